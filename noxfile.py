@@ -1,0 +1,79 @@
+"""Developer and CI sessions for the rbee workspace.
+
+`nox` with no arguments runs every test-ish session (see ``nox.options.sessions``).
+Each session gets its own uv-created virtualenv into which the *locked* workspace
+(uv.lock, all members, the ``dev`` dependency group) is synced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["lint", "typecheck", "boundary", "tests", "conformance"]
+
+PYTHON = "3.11"
+ROOT = Path(__file__).parent
+CONFORMANCE_DIR = "packages/jobproto/tests/conformance"
+
+
+def sync(session: nox.Session) -> None:
+    """Install the locked workspace (every member + the dev group) into the session venv."""
+    session.run_install(
+        "uv",
+        "sync",
+        "--locked",
+        "--all-packages",
+        "--group",
+        "dev",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff lint + format check."""
+    sync(session)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over packages/*/src (configured in pyproject.toml)."""
+    sync(session)
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def boundary(session: nox.Session) -> None:
+    """The sans-IO core (jobproto.core) must not import any I/O framework."""
+    sync(session)
+    session.run("python", "scripts/check_boundary.py")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole pytest suite; pass pytest arguments after `--`."""
+    sync(session)
+    # Exit code 5 = "no tests collected": fine while suites are still being written.
+    session.run("pytest", *session.posargs, success_codes=[0, 5])
+
+
+@nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """jobproto conformance suite; e.g. `nox -s conformance -- --url http://host:port`."""
+    sync(session)
+    if not (ROOT / CONFORMANCE_DIR).is_dir():
+        session.error(f"{CONFORMANCE_DIR} does not exist (conformance suite not written yet)")
+    session.run("pytest", CONFORMANCE_DIR, "-m", "conformance", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: a jobproto service streaming a job in your terminal."""
+    sync(session)
+    session.run("python", "-m", "jobproto.demo", *session.posargs)

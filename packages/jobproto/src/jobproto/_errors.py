@@ -1,0 +1,110 @@
+"""The jobproto error tree.
+
+Every error jobproto raises is one of these::
+
+    JobProtoError
+     ├── LocalProtocolError        our own caller misused the API (illegal transition, bad event)
+     ├── RemoteProtocolError       a peer broke jobproto/1 (bad envelope, bad status line)
+     ├── RequestError (ValueError) a request refused with a 4xx; carries status, code, field
+     │    ├── JobNotFound (KeyError)
+     │    └── IdempotencyConflict
+     └── JobFailed                 raised by a handler to fail its job with a code of its choosing
+
+A ``RequestError`` becomes the one JSON error shape on the wire (``docs/protocol.md`` §Errors)::
+
+    {"error": {"code": "validation_error", "message": "...", "field": "max_tokens"}}
+
+The client raises ``jobproto.client.HTTPStatusError`` (a ``RequestError``) rebuilt from that shape,
+so code that catches ``RequestError`` works the same on both sides of the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "IdempotencyConflict",
+    "JobFailed",
+    "JobNotFound",
+    "JobProtoError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "RequestError",
+]
+
+
+class JobProtoError(Exception):
+    """Base of every error raised by jobproto."""
+
+
+class LocalProtocolError(JobProtoError):
+    """The local caller asked for something jobproto/1 forbids (a programming error)."""
+
+
+class RemoteProtocolError(JobProtoError):
+    """A peer sent something that does not follow jobproto/1."""
+
+
+class RequestError(JobProtoError, ValueError):
+    """A request refused with a 4xx status and the documented error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        details: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire shape: ``{"error": {"code", "message", ["field"], ["details"]}}``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        if self.details is not None:
+            body["details"] = self.details
+        return {"error": body}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.code!r}, {self.message!r})"
+
+
+class JobNotFound(RequestError, KeyError):
+    """No job with this id exists (or it has been removed after its retention time)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(404, "job_not_found", f"no job with id {job_id!r}", field="job_id")
+        self.job_id = job_id
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.message
+
+
+class IdempotencyConflict(RequestError):
+    """The Idempotency-Key was already used with a different request body."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request body",
+            field="Idempotency-Key",
+            details={"key": key},
+        )
+
+
+class JobFailed(JobProtoError):
+    """Raise from a handler to end its job ``failed`` with this code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,71 @@
+"""The event log behind a job's stream: encoded frames by sequence number, bounded.
+
+Each event is encoded once, when it is appended; every subscriber reads the same bytes. A
+subscriber is a cursor (the last seq it has sent), not a queue, so fan-out costs nothing per
+subscriber until it reads, and a slow subscriber holds no memory of its own. When the log is over
+its bound, the oldest frames are dropped; a reader whose cursor points before what is retained
+gets a ``Gap``.
+"""
+
+from __future__ import annotations
+
+from ._errors import LocalProtocolError
+from ._events import Gap
+
+__all__ = ["EventLog"]
+
+
+class EventLog:
+    """Frames for seqs ``first_seq .. last_seq`` (at least the last ``max_events`` appended)."""
+
+    __slots__ = ("_first_seq", "_frames", "_max_events", "_slack")
+
+    def __init__(self, max_events: int = 10_000) -> None:
+        if max_events < 1:
+            raise LocalProtocolError("max_events must be at least 1")
+        self._frames: list[bytes] = []
+        self._first_seq = 1
+        self._max_events = max_events
+        # Trim in batches: dropping one frame per append would memmove the whole list every time.
+        self._slack = max(1, max_events // 16)
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest seq still retained (``last_seq + 1`` when nothing is)."""
+        return self._first_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest event; 0 before the first."""
+        return self._first_seq + len(self._frames) - 1
+
+    @property
+    def next_seq(self) -> int:
+        return self.last_seq + 1
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def append(self, frame: bytes) -> int:
+        """Add the frame of event ``next_seq``; return its seq."""
+        self._frames.append(frame)
+        if len(self._frames) > self._max_events + self._slack:
+            drop = len(self._frames) - self._max_events
+            del self._frames[:drop]
+            self._first_seq += drop
+        return self.last_seq
+
+    def read(self, after: int, limit: int | None = None) -> tuple[Gap | None, list[bytes]]:
+        """Frames of the events after seq ``after`` (at most ``limit``), and a gap if any were lost.
+
+        ``after`` may not be beyond ``last_seq``: a cursor from the future is the caller's bug.
+        """
+        if after > self.last_seq or after < 0:
+            raise LocalProtocolError(f"cursor {after} is outside 0..{self.last_seq}")
+        gap = None
+        if after < self._first_seq - 1:
+            gap = Gap(after=after, first_available=self._first_seq)
+            after = self._first_seq - 1
+        start = after - self._first_seq + 1
+        end = len(self._frames) if limit is None else min(len(self._frames), start + limit)
+        return gap, self._frames[start:end]

@@ -1,0 +1,294 @@
+"""The wire format of jobproto/1, in one place: JSON envelopes, SSE frames, operation parameters.
+
+Models (``_events``, ``_registry``) never mention JSON; this module turns them into the shapes of
+``docs/protocol.md`` and back. Parameters of operations are structured by a strict cattrs converter:
+no type coercion (``"5"`` is not an int, ``true`` is not an int), no extra keys, and every error
+names the path of the bad field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from ._errors import RemoteProtocolError, RequestError
+from ._events import (
+    Cancelled,
+    Data,
+    Event,
+    Expired,
+    Failed,
+    Gap,
+    JobEvent,
+    Narration,
+    Origin,
+    Progress,
+    Succeeded,
+    UnknownEvent,
+)
+
+__all__ = [
+    "converter",
+    "decode_envelope",
+    "dumps",
+    "encode_envelope",
+    "encode_frame",
+    "encode_gap_frame",
+    "format_timestamp",
+    "parse_timestamp",
+    "structure_params",
+]
+
+T = TypeVar("T")
+
+_VALIDATOR_FIELD = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)' must")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, UTF-8 friendly. It escapes CR and LF, so the result is always one SSE line."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+# -- timestamps: RFC 3339, UTC, millisecond precision ----------------------------------------------
+
+
+def format_timestamp(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def parse_timestamp(text: str) -> float:
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    return datetime.fromisoformat(text).timestamp()
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+def _payload(event: Event) -> Any:
+    if isinstance(event, Data):
+        return event.payload
+    if isinstance(event, Narration):
+        return {
+            "action": event.action,
+            "message": event.message,
+            "level": event.level,
+            "fields": dict(event.fields),
+        }
+    if isinstance(event, Progress):
+        return {
+            "action": event.action,
+            "current": event.current,
+            "total": event.total,
+            "unit": event.unit,
+            "message": event.message,
+        }
+    if isinstance(event, Succeeded):
+        return {"result": event.result}
+    if isinstance(event, Failed):
+        return {"code": event.code, "message": event.message}
+    if isinstance(event, (Cancelled, Expired)):
+        return {"reason": event.reason}
+    return dict(event.payload)
+
+
+def _origin_json(origin: Origin) -> dict[str, Any]:
+    out: dict[str, Any] = {"service": origin.service, "job_id": origin.job_id, "seq": origin.seq}
+    if origin.origin is not None:
+        out["origin"] = _origin_json(origin.origin)
+    return out
+
+
+def encode_envelope(ev: JobEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "seq": ev.seq,
+        "job_id": ev.job_id,
+        "correlation_id": ev.correlation_id,
+        "type": ev.event.TYPE,
+        "timestamp": format_timestamp(ev.timestamp),
+        "payload": _payload(ev.event),
+    }
+    if ev.origin is not None:
+        out["origin"] = _origin_json(ev.origin)
+    return out
+
+
+def encode_frame(ev: JobEvent) -> bytes:
+    """The SSE block of one log entry: ``id:`` seq, ``event:`` type, ``data:`` the envelope.
+
+    Built directly rather than through the generic SSE encoder: the JSON is one line (``dumps``
+    escapes CR/LF) and the type is one of our own names, so no splitting is needed. This runs once
+    per event, whatever the number of subscribers.
+    """
+    return f"id: {ev.seq}\nevent: {ev.event.TYPE}\ndata: {dumps(encode_envelope(ev))}\n\n".encode()
+
+
+def encode_gap_frame(gap: Gap, job_id: str, correlation_id: str, now: float) -> bytes:
+    """A gap has no ``id:`` (it is no log entry), so the client's Last-Event-ID stays put."""
+    envelope = {
+        "seq": None,
+        "job_id": job_id,
+        "correlation_id": correlation_id,
+        "type": Gap.TYPE,
+        "timestamp": format_timestamp(now),
+        "payload": {"after": gap.after, "first_available": gap.first_available, "lost": gap.lost},
+    }
+    return f"event: gap\ndata: {dumps(envelope)}\n\n".encode()
+
+
+def _req(obj: Mapping[str, Any], key: str, typ: type[T] | tuple[type, ...]) -> T:
+    try:
+        value = obj[key]
+    except KeyError:
+        raise RemoteProtocolError(f"envelope has no {key!r}") from None
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
+        raise RemoteProtocolError(f"envelope field {key!r} has the wrong type")
+    return value  # type: ignore[return-value]
+
+
+def _decode_origin(raw: Any) -> Origin:
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError("origin is not an object")
+    inner = raw.get("origin")
+    return Origin(
+        service=_req(raw, "service", str),
+        job_id=_req(raw, "job_id", str),
+        seq=_req(raw, "seq", int),
+        origin=None if inner is None else _decode_origin(inner),
+    )
+
+
+def _decode_event(type_: str, p: Any) -> Event:
+    try:
+        if type_ == Data.TYPE:
+            return Data(p)
+        if not isinstance(p, dict):
+            raise RemoteProtocolError(f"payload of a {type_!r} event is not an object")
+        if type_ == Narration.TYPE:
+            return Narration(p["action"], p["message"], p.get("level", "info"), p.get("fields", {}))
+        if type_ == Progress.TYPE:
+            return Progress(
+                p["action"], p["current"], p.get("total"), p.get("unit", ""), p.get("message", "")
+            )
+        if type_ == Succeeded.TYPE:
+            return Succeeded(p.get("result"))
+        if type_ == Failed.TYPE:
+            return Failed(str(p["code"]), str(p["message"]))
+        if type_ == Cancelled.TYPE:
+            return Cancelled(p.get("reason", ""))
+        if type_ == Expired.TYPE:
+            return Expired(p.get("reason", ""))
+    except KeyError as exc:
+        raise RemoteProtocolError(f"{type_!r} event lacks {exc.args[0]!r}") from None
+    return UnknownEvent(type_, p)
+
+
+def decode_envelope(data: str) -> JobEvent | tuple[Gap, str, str]:
+    """Parse the ``data:`` of one event. A gap comes back as ``(Gap, job_id, correlation_id)``."""
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"event data is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError("event data is not a JSON object")
+    type_ = _req(raw, "type", str)
+    job_id = _req(raw, "job_id", str)
+    correlation_id = _req(raw, "correlation_id", str)
+    payload = raw.get("payload")
+    if type_ == Gap.TYPE:
+        if not isinstance(payload, dict):
+            raise RemoteProtocolError("gap payload is not an object")
+        gap = Gap(_req(payload, "after", int), _req(payload, "first_available", int))
+        return gap, job_id, correlation_id
+    origin = raw.get("origin")
+    return JobEvent(
+        seq=_req(raw, "seq", int),
+        job_id=job_id,
+        correlation_id=correlation_id,
+        timestamp=parse_timestamp(_req(raw, "timestamp", str)),
+        event=_decode_event(type_, payload),
+        origin=None if origin is None else _decode_origin(origin),
+    )
+
+
+# -- operation parameters --------------------------------------------------------------------------
+
+
+def _strict(expected: type, accepted: tuple[type, ...]) -> Any:
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, bool) and expected is not bool:
+            raise TypeError(f"expected {expected.__name__}, got a boolean")
+        if not isinstance(value, accepted):
+            raise TypeError(f"expected {expected.__name__}, got {_json_type(value)}")
+        return float(cast(float, value)) if expected is float else value
+
+    return hook
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "number"
+    return names.get(type(value), type(value).__name__)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(str, _strict(str, (str,)))
+    conv.register_structure_hook(int, _strict(int, (int,)))
+    conv.register_structure_hook(float, _strict(float, (int, float)))
+    conv.register_structure_hook(bool, _strict(bool, (bool,)))
+    return conv
+
+
+#: The converter for operation parameters and results. Register hooks for your own types on it.
+converter = _make_converter()
+
+
+def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
+    """Walk cattrs' exception groups to the first leaf; return (field path, message)."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        extra = sorted(exc.extra_fields)
+        where = f"{path}.{extra[0]}" if path else extra[0]
+        return where, f"unknown field(s): {', '.join(extra)}"
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        for sub in exc.exceptions:
+            notes = getattr(sub, "__notes__", [])
+            note = next((n for n in notes if hasattr(n, "name") or hasattr(n, "index")), None)
+            step = ""
+            if note is not None and hasattr(note, "name"):
+                step = f".{note.name}" if path else str(note.name)
+            elif note is not None and hasattr(note, "index"):
+                step = f"[{note.index}]"
+            return _first_error(sub, path + step)
+    if isinstance(exc, KeyError):
+        return path, "required field missing"
+    message = str(exc.args[0]) if exc.args else type(exc).__name__
+    if not path:
+        # attrs validators name the attribute in quotes at the start of their message.
+        named = _VALIDATOR_FIELD.match(message)
+        if named is not None:
+            path = named.group(1)
+    return path, message
+
+
+def structure_params(raw: Mapping[str, Any], cls: type[T]) -> T:
+    """Validate ``raw`` (without its ``operation`` key) into ``cls``, or raise a 422."""
+    try:
+        return converter.structure(raw, cls)
+    except Exception as exc:  # cattrs raises groups, TypeErrors, ValueErrors from validators
+        field, message = _first_error(exc, "")
+        if message == "required field missing":
+            message = f"required field {field!r} is missing"
+        raise RequestError(
+            422,
+            "validation_error",
+            f"{field}: {message}" if field else message,
+            field=field or None,
+        ) from None

@@ -1,0 +1,38 @@
+"""Serve jobproto/1 operations from Starlette.
+
+    from jobproto import Operations, narrate
+    from jobproto.asgi import create_app
+
+    ops = Operations()
+
+    @ops.operation("hello")
+    async def hello(params: HelloParams) -> dict[str, str]:
+        narrate("hello", f"greeting {params.name}")
+        return {"greeting": f"hello {params.name}"}
+
+    app = create_app(ops)   # uvicorn module:app
+
+To add the job routes to an existing app, build a ``JobService`` and use ``job_routes(service)``
+with ``service.lifespan`` as (part of) the app's lifespan.
+"""
+
+from __future__ import annotations
+
+from ._app import create_app, error_handlers
+from ._middleware import CorrelationMiddleware
+from ._openapi import openapi_document
+from ._routes import job_routes, status_json
+from ._service import JobHandle, JobService
+from ._settings import ServiceSettings
+
+__all__ = [
+    "CorrelationMiddleware",
+    "JobHandle",
+    "JobService",
+    "ServiceSettings",
+    "create_app",
+    "error_handlers",
+    "job_routes",
+    "openapi_document",
+    "status_json",
+]

@@ -1,0 +1,64 @@
+"""``create_app``: a Starlette app serving one ``JobService``, with the error shape everywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from .._correlation import CORRELATION_HEADER
+from .._operations import Operations
+from ._middleware import CorrelationMiddleware
+from ._routes import correlation_of, job_routes
+from ._service import JobService
+from ._settings import ServiceSettings
+
+__all__ = ["create_app", "error_handlers"]
+
+logger = logging.getLogger("jobproto.asgi")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    body = {"error": {"code": code, "message": exc.detail or code.replace("_", " ")}}
+    headers = dict(exc.headers or {})
+    headers[CORRELATION_HEADER] = correlation_of(request.scope)
+    return JSONResponse(body, exc.status_code, headers=headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Logged by Starlette's ServerErrorMiddleware; the client gets the shape, never a traceback.
+    body = {"error": {"code": "internal_error", "message": "internal server error"}}
+    return JSONResponse(body, 500, headers={CORRELATION_HEADER: correlation_of(request.scope)})
+
+
+def error_handlers() -> dict[type[Exception] | int, object]:
+    """Exception handlers that give a host app's 404/405/500 the jobproto error shape."""
+    return {HTTPException: _http_error, Exception: _internal_error}
+
+
+def create_app(
+    operations: Operations | JobService,
+    settings: ServiceSettings | None = None,
+    *,
+    routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """A Starlette app speaking jobproto/1 for ``operations``; extra ``routes`` are added after."""
+    service = operations if isinstance(operations, JobService) else JobService(operations, settings)
+    app = Starlette(
+        routes=[*job_routes(service), *routes],
+        middleware=[Middleware(CorrelationMiddleware)],
+        exception_handlers=error_handlers(),  # type: ignore[arg-type]
+        lifespan=service.lifespan,
+    )
+    app.state.jobs = service
+    return app

@@ -1,0 +1,272 @@
+"""The HTTP endpoints of jobproto/1 (docs/protocol.md §Endpoints), as Starlette routes.
+
+Every endpoint answers a refused request with the one error shape and a 4xx, and every response
+carries ``X-Correlation-ID`` (the client's when well formed, else a new one), whether or not the
+correlation middleware is installed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from .._correlation import CORRELATION_HEADER, accept_correlation_id, is_valid_job_id
+from .._errors import JobNotFound, RequestError
+from .._narration import _current_correlation
+from .._states import JobState
+from .._tracing import trace_headers_from
+from .._wire import format_timestamp
+from ._openapi import openapi_document
+from ._service import JobHandle, JobService
+from ._stream import stream_job
+
+__all__ = ["job_routes", "status_json"]
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
+
+
+def _ts(value: float | None) -> str | None:
+    return None if value is None else format_timestamp(value)
+
+
+def status_json(handle: JobHandle, root: str = "") -> dict[str, Any]:
+    job = handle.job
+    error = None if job.error is None else {"code": job.error.code, "message": job.error.message}
+    return {
+        "job_id": job.id,
+        "operation": job.operation,
+        "state": job.state.value,
+        "created_at": _ts(job.created_at),
+        "started_at": _ts(job.started_at),
+        "finished_at": _ts(job.finished_at),
+        "last_seq": job.last_seq,
+        "correlation_id": job.correlation_id,
+        "result": job.result,
+        "error": error,
+        "sse_url": f"{root}/v1/jobs/{job.id}/stream",
+        "status_url": f"{root}/v1/jobs/{job.id}",
+    }
+
+
+def correlation_of(scope: Scope) -> str:
+    """The request's correlation id (set by the middleware, or derived here without it)."""
+    state = scope.setdefault("state", {})
+    cid = state.get("correlation_id")
+    if cid is None:
+        raw = None
+        for name, value in scope.get("headers", []):
+            if name == b"x-correlation-id":
+                raw = value.decode("latin-1")
+                break
+        cid = state["correlation_id"] = accept_correlation_id(raw)
+    return str(cid)
+
+
+def _json(scope: Scope, status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
+    headers[CORRELATION_HEADER] = correlation_of(scope)
+    headers["Cache-Control"] = "no-store"
+    return JSONResponse(body, status, headers=headers)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(endpoint: Endpoint) -> Endpoint:
+    """Turn a refused request into its 4xx error shape."""
+
+    async def wrapped(request: Request) -> Response:
+        token = _current_correlation.set(correlation_of(request.scope))
+        try:
+            return await endpoint(request)
+        except RequestError as exc:
+            return _json(request.scope, exc.status, exc.to_json())
+        finally:
+            _current_correlation.reset(token)
+
+    return wrapped
+
+
+def _content_type_is_json(value: str) -> bool:
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "payload_too_large", f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "payload_too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _handle(service: JobService, job_id: str) -> JobHandle:
+    if not is_valid_job_id(job_id):
+        raise JobNotFound(job_id)
+    return service.get(job_id)
+
+
+def _int_param(raw: str, name: str, low: int, high: int | None = None) -> int:
+    if (
+        not raw.isdigit()
+        or len(raw) > 18
+        or int(raw) < low
+        or (high is not None and int(raw) > high)
+    ):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise RequestError(400, "invalid_query", f"{name} must be an integer {bound}", field=name)
+    return int(raw)
+
+
+def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]:
+    """The routes of jobproto/1 for ``service``; mount them on any Starlette app."""
+    settings = service.settings
+
+    async def create(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not _content_type_is_json(content_type):
+            raise RequestError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be application/json, got {content_type or 'none'!r}",
+                field="Content-Type",
+            )
+        raw = await _read_body(request, settings.max_body_bytes)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise RequestError(
+                400,
+                "invalid_header",
+                "Idempotency-Key must be 1-255 characters",
+                field="Idempotency-Key",
+            )
+        handle, created = service.create(
+            body,
+            correlation_id=correlation_of(request.scope),
+            trace_headers=trace_headers_from(request.headers),
+            idempotency_key=key,
+        )
+        root = request.scope.get("root_path", "")
+        out = status_json(handle, root)
+        out = {
+            k: out[k]
+            for k in (
+                "job_id",
+                "sse_url",
+                "status_url",
+                "operation",
+                "state",
+                "correlation_id",
+                "created_at",
+            )
+        }
+        headers = {"Location": out["status_url"]}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return _json(request.scope, 201 if created else 200, out, headers)
+
+    async def list_jobs(request: Request) -> Response:
+        q = request.query_params
+        unknown = set(q) - {"state", "cursor", "limit"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise RequestError(
+                400, "invalid_query", f"unknown query parameter {name!r}", field=name
+            )
+        state = None
+        if "state" in q:
+            try:
+                state = JobState(q["state"])
+            except ValueError:
+                names = ", ".join(s.value for s in JobState)
+                raise RequestError(
+                    400, "invalid_query", f"state must be one of {names}", field="state"
+                ) from None
+        limit = _int_param(q["limit"], "limit", 1, MAX_PAGE) if "limit" in q else DEFAULT_PAGE
+        jobs, cursor = service.registry.page(state=state, cursor=q.get("cursor"), limit=limit)
+        root = request.scope.get("root_path", "")
+        body = {
+            "jobs": [status_json(service.handles[j.id], root) for j in jobs],
+            "next_cursor": cursor,
+        }
+        return _json(request.scope, 200, body)
+
+    async def status(request: Request) -> Response:
+        handle = _handle(service, request.path_params["job_id"])
+        return _json(request.scope, 200, status_json(handle, request.scope.get("root_path", "")))
+
+    async def cancel(request: Request) -> Response:
+        handle = _handle(service, request.path_params["job_id"])
+        done = await service.cancel(handle)
+        body = status_json(handle, request.scope.get("root_path", ""))
+        return _json(request.scope, 200 if done else 202, body)
+
+    async def stream_cursor(request: Request, handle: JobHandle) -> int:
+        raw = request.headers.get("last-event-id")
+        name = "Last-Event-ID"
+        if raw is None or raw == "":
+            raw, name = request.query_params.get("after", "0"), "after"
+        after = _int_param(raw.strip(), name, 0)
+        if after > handle.job.last_seq:
+            raise RequestError(
+                400,
+                "invalid_cursor",
+                f"{name} {after} is past the last event of this job ({handle.job.last_seq})",
+                field=name,
+            )
+        return after
+
+    async def stream(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        token = _current_correlation.set(correlation_of(scope))
+        try:
+            handle = _handle(service, request.path_params["job_id"])
+            after = await stream_cursor(request, handle)
+        except RequestError as exc:
+            await _json(scope, exc.status, exc.to_json())(scope, receive, send)
+            return
+        finally:
+            _current_correlation.reset(token)
+        headers = [(b"x-correlation-id", correlation_of(scope).encode())]
+        await stream_job(service, handle, after, scope, receive, send, headers)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(service, prefix))
+
+    return [
+        Route(prefix, _guarded(create), methods=["POST"]),
+        Route(prefix, _guarded(list_jobs), methods=["GET"]),
+        Route(prefix + "/{job_id}", _guarded(status), methods=["GET"]),
+        Route(prefix + "/{job_id}", _guarded(cancel), methods=["DELETE"]),
+        Route(prefix + "/{job_id}/stream", _StreamEndpoint(stream), methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+    ]
+
+
+class _StreamEndpoint:
+    """Starlette treats a non-function endpoint as a raw ASGI app: the stream needs one."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

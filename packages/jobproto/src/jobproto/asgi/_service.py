@@ -1,0 +1,268 @@
+"""The job runtime of a service: runs handlers in a task group, wakes subscribers, cancels, sweeps.
+
+``JobService`` is the only object with state (no module globals). Its ``lifespan()`` owns one task
+group: every job's handler runs in it, plus the janitor that expires unsubscribed jobs and removes
+finished ones after their retention time. Leaving the lifespan cancels running jobs (they end
+``cancelled`` with reason "service shutting down") and ends every open stream.
+
+A ``JobHandle`` is the live side of a ``Job``: the cancel scope of its handler, the event that wakes
+its subscribers, and ``emit()``, which is what ``narrate()`` reaches through the context variable.
+``emit()`` never blocks and may be called from worker threads (``anyio.to_thread``): it hands the
+event to the event loop and returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .._errors import JobFailed, LocalProtocolError
+from .._events import Cancelled, Event, Expired, Failed, Origin, Succeeded
+from .._narration import _current_job, redact_text
+from .._operations import Operations
+from .._registry import Job, JobRegistry
+from .._states import JobState
+from .._tracing import job_span
+from .._wire import converter
+from ._settings import ServiceSettings
+
+__all__ = ["JobHandle", "JobService"]
+
+logger = logging.getLogger("jobproto.service")
+
+
+class JobHandle:
+    """The live side of one job. Implements ``JobSink`` for narration."""
+
+    __slots__ = ("_service", "cancel_reason", "changed", "done", "job", "scope")
+
+    def __init__(self, job: Job, service: JobService) -> None:
+        self.job = job
+        self._service = service
+        self.changed = anyio.Event()
+        self.done = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
+        self.cancel_reason: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def correlation_id(self) -> str:
+        return self.job.correlation_id
+
+    def emit(self, event: Event, origin: Origin | None = None) -> None:
+        """Append an event to the job's log and wake its subscribers. Thread-safe, non-blocking."""
+        if threading.get_ident() != self._service._loop_thread:
+            self._service._call_soon_threadsafe(self.emit, event, origin)
+            return
+        if self.job.state is not JobState.RUNNING:
+            # A task that outlived its handler narrating late: logging has it, the stream is closed.
+            return
+        self.job.emit(event, time.time(), origin)
+        self.notify()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class JobService:
+    """Runs the jobs of one set of operations. Serve it with ``jobproto.asgi.create_app``."""
+
+    def __init__(self, operations: Operations, settings: ServiceSettings | None = None) -> None:
+        self.operations = operations
+        self.settings = settings or ServiceSettings()
+        self.registry = JobRegistry(self.settings.max_log_events)
+        self.handles: dict[str, JobHandle] = {}
+        self.closing = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._loop_thread = threading.get_ident()
+        self._call_soon_threadsafe: Callable[..., object] = _no_loop
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Run the service (use as the Starlette app's lifespan, or directly in tests)."""
+        self._loop_thread = threading.get_ident()
+        self._call_soon_threadsafe = _threadsafe_caller()
+        self.closing = False
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._janitor)
+            try:
+                yield
+            finally:
+                self.begin_shutdown()
+                tg.cancel_scope.cancel()
+        self._tg = None
+
+    def begin_shutdown(self) -> None:
+        """End every open stream (servers call this as soon as they are asked to stop)."""
+        self.closing = True
+        for handle in list(self.handles.values()):
+            handle.notify()
+
+    @property
+    def running(self) -> bool:
+        return self._tg is not None
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def create(
+        self,
+        body: Mapping[str, Any],
+        *,
+        correlation_id: str,
+        trace_headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[JobHandle, bool]:
+        """Validate ``body`` and create its job; ``(handle, created)`` (False on a replay)."""
+        if self._tg is None:
+            raise LocalProtocolError("the JobService is not running: serve the app with lifespan")
+        op, params = self.operations.parse(body)
+        fingerprint = ""
+        if idempotency_key is not None:
+            canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+        job, created = self.registry.create(
+            op.name,
+            params,
+            correlation_id,
+            time.time(),
+            trace_headers=trace_headers,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+        if not created:
+            return self.handles[job.id], False
+        handle = self.handles[job.id] = JobHandle(job, self)
+        if self.settings.start_mode == "immediate":
+            self._start(handle)
+        return handle, True
+
+    def get(self, job_id: str) -> JobHandle:
+        return self.handles[self.registry.get(job_id).id]
+
+    def subscribe(self, handle: JobHandle) -> None:
+        """A stream connected: the job no longer expires, and starts if it waits for this."""
+        handle.job.subscribed = True
+        if handle.job.state is JobState.QUEUED and not self.closing:
+            self._start(handle)
+
+    async def cancel(self, handle: JobHandle, reason: str = "cancelled by request") -> bool:
+        """Cancel a job; True when it has ended by the time this returns (idempotent)."""
+        job = handle.job
+        if job.state is JobState.QUEUED:
+            job.finish(Cancelled(reason), time.time())
+            handle.notify()
+            handle.done.set()
+        elif job.state is JobState.RUNNING:
+            if handle.cancel_reason is None:
+                handle.cancel_reason = reason
+            if handle.scope is not None:
+                handle.scope.cancel()
+            with anyio.move_on_after(self.settings.cancel_wait):
+                await handle.done.wait()
+        return job.finished
+
+    def _start(self, handle: JobHandle) -> None:
+        assert self._tg is not None
+        handle.job.start(time.time())
+        self._tg.start_soon(self._run, handle, name=f"job {handle.job.id}")
+
+    async def _run(self, handle: JobHandle) -> None:
+        job = handle.job
+        op = self.operations.get(job.operation)
+        token = _current_job.set(handle)
+        try:
+            with job_span(
+                job.trace_headers,
+                self.settings.service_name,
+                job.operation,
+                job.id,
+                job.correlation_id,
+            ):
+                outcome = await self._call(handle, op.handler, job.params)
+            if not job.finished:
+                self._finish(handle, outcome)
+        finally:
+            if not job.finished:
+                # Cancelled from outside: this job's scope, or the whole service shutting down.
+                reason = handle.cancel_reason or "service shutting down"
+                job.finish(Cancelled(reason), time.time())
+                handle.notify()
+            _current_job.reset(token)
+            handle.done.set()
+
+    async def _call(
+        self, handle: JobHandle, handler: Callable[[Any], Any], params: Any
+    ) -> Succeeded | Failed | None:
+        with anyio.CancelScope() as scope:
+            handle.scope = scope
+            if handle.cancel_reason is not None:
+                scope.cancel()
+            try:
+                result = await handler(params)
+            except JobFailed as exc:
+                return Failed(exc.code, redact_text(exc.message))
+            except Exception as exc:
+                logger.exception("job %s (%s) failed", handle.job.id, handle.job.operation)
+                return Failed("internal_error", redact_text(f"{type(exc).__name__}: {exc}"))
+            return Succeeded(converter.unstructure(result))
+        return None  # cancelled: _run's finally ends the job
+
+    def _finish(self, handle: JobHandle, outcome: Succeeded | Failed | None) -> None:
+        if outcome is None:
+            return
+        now = time.time()
+        try:
+            handle.job.finish(outcome, now)
+        except (TypeError, ValueError) as exc:  # a result json cannot encode
+            handle.job.finish(Failed("internal_error", f"result is not JSON: {exc}"), now)
+        handle.notify()
+
+    # -- housekeeping ------------------------------------------------------------------------------
+
+    async def _janitor(self) -> None:
+        settings = self.settings
+        while True:
+            await anyio.sleep(settings.sweep_interval)
+            self.sweep(time.time())
+
+    def sweep(self, now: float) -> None:
+        """Expire queued jobs nobody subscribed to; drop finished jobs past their retention."""
+        for job in self.registry.due_to_expire(now, self.settings.subscribe_timeout):
+            timeout = self.settings.subscribe_timeout
+            job.finish(Expired(f"no subscriber within {timeout:g} s"), now)
+            handle = self.handles[job.id]
+            handle.notify()
+            handle.done.set()
+        for job in self.registry.remove_finished(now, self.settings.retention_ttl):
+            self.handles.pop(job.id, None)
+
+
+def _no_loop(*_: object) -> None:
+    raise LocalProtocolError("the JobService is not running")
+
+
+def _threadsafe_caller() -> Callable[..., object]:
+    """How to run a callback on this event loop from another thread.
+
+    jobproto serves on asyncio (uvicorn's loop); anyio's own thread portal would block the calling
+    thread until the loop ran the callback, and narration must never block.
+    """
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon_threadsafe

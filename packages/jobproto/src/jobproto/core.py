@@ -1,0 +1,119 @@
+"""The sans-IO core of jobproto, in one namespace.
+
+Nothing here does I/O or imports an I/O framework (starlette, httpx, anyio): events, the state
+machine, the event log and registry, the SSE codec, the wire format, errors, identifiers and
+narration. ``nox -s boundary`` proves it. The adapters (``jobproto.asgi``, ``jobproto.client``,
+``jobproto.relay``, ``jobproto.conformance``) are built on this.
+"""
+
+from __future__ import annotations
+
+from ._correlation import (
+    CORRELATION_HEADER,
+    accept_correlation_id,
+    is_valid_correlation_id,
+    is_valid_job_id,
+    is_valid_traceparent,
+    new_correlation_id,
+    new_job_id,
+)
+from ._errors import (
+    IdempotencyConflict,
+    JobFailed,
+    JobNotFound,
+    JobProtoError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestError,
+)
+from ._events import (
+    TERMINAL_TYPES,
+    Cancelled,
+    Data,
+    Event,
+    Expired,
+    Failed,
+    Gap,
+    JobEvent,
+    Narration,
+    Origin,
+    Progress,
+    Succeeded,
+    TerminalEvent,
+    UnknownEvent,
+)
+from ._log import EventLog
+from ._narration import (
+    ContextFilter,
+    JobSink,
+    current_correlation_id,
+    current_job,
+    emit_data,
+    narrate,
+    progress,
+    redact,
+    redact_text,
+)
+from ._operations import Operation, Operations
+from ._registry import Job, JobRegistry
+from ._schema import schema_of
+from ._sse import ServerSentEvent, SSEDecoder, encode, encode_comment
+from ._states import JobState, Transition, next_state
+from ._wire import converter, decode_envelope, encode_envelope, encode_frame
+
+__all__ = [
+    "CORRELATION_HEADER",
+    "TERMINAL_TYPES",
+    "Cancelled",
+    "ContextFilter",
+    "Data",
+    "Event",
+    "EventLog",
+    "Expired",
+    "Failed",
+    "Gap",
+    "IdempotencyConflict",
+    "Job",
+    "JobEvent",
+    "JobFailed",
+    "JobNotFound",
+    "JobProtoError",
+    "JobRegistry",
+    "JobSink",
+    "JobState",
+    "LocalProtocolError",
+    "Narration",
+    "Operation",
+    "Operations",
+    "Origin",
+    "Progress",
+    "RemoteProtocolError",
+    "RequestError",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "Succeeded",
+    "TerminalEvent",
+    "Transition",
+    "UnknownEvent",
+    "accept_correlation_id",
+    "converter",
+    "current_correlation_id",
+    "current_job",
+    "decode_envelope",
+    "emit_data",
+    "encode",
+    "encode_comment",
+    "encode_envelope",
+    "encode_frame",
+    "is_valid_correlation_id",
+    "is_valid_job_id",
+    "is_valid_traceparent",
+    "narrate",
+    "new_correlation_id",
+    "new_job_id",
+    "next_state",
+    "progress",
+    "redact",
+    "redact_text",
+    "schema_of",
+]

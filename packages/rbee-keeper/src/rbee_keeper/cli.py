@@ -1,0 +1,14 @@
+"""Entry point for the `rbee` command (not implemented yet)."""
+
+import sys
+from typing import NoReturn
+
+
+def main() -> NoReturn:
+    """Report that this tier is not implemented yet and exit with status 2."""
+    print("rbee: not implemented yet", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
