@@ -63,6 +63,8 @@ class Operations:
             raise LocalProtocolError(f"operation {op.name!r} is defined twice")
         if not attrs.has(op.params):
             raise LocalProtocolError(f"parameters of {op.name!r} must be an attrs class")
+        if any(f.name == "operation" for f in attrs.fields(op.params)):
+            raise LocalProtocolError(f"parameters of {op.name!r} may not have a field 'operation'")
         self._ops[op.name] = op
 
     def operation(

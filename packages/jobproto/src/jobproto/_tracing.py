@@ -39,12 +39,16 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
 @contextmanager
 def job_span(
-    carrier: Mapping[str, str], service: str, operation: str, job_id: str, correlation_id: str
+    tracer: trace.Tracer,
+    carrier: Mapping[str, str],
+    service: str,
+    operation: str,
+    job_id: str,
+    correlation_id: str,
 ) -> Iterator[None]:
     """Run the body as a server span continuing the caller's trace."""
     token = context.attach(propagate.extract(carrier))
     try:
-        tracer = trace.get_tracer("jobproto")
         with tracer.start_as_current_span(
             f"{service} {operation}",
             kind=trace.SpanKind.SERVER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -51,9 +52,14 @@ def create_app(
     settings: ServiceSettings | None = None,
     *,
     routes: Sequence[BaseRoute] = (),
+    tracer_provider: TracerProvider | None = None,
 ) -> Starlette:
     """A Starlette app speaking jobproto/1 for ``operations``; extra ``routes`` are added after."""
-    service = operations if isinstance(operations, JobService) else JobService(operations, settings)
+    service = (
+        operations
+        if isinstance(operations, JobService)
+        else JobService(operations, settings, tracer_provider=tracer_provider)
+    )
     app = Starlette(
         routes=[*job_routes(service), *routes],
         middleware=[Middleware(CorrelationMiddleware)],

@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from opentelemetry import trace
 
 from .._errors import JobFailed, LocalProtocolError
 from .._events import Cancelled, Event, Expired, Failed, Origin, Succeeded
@@ -80,8 +81,16 @@ class JobHandle:
 class JobService:
     """Runs the jobs of one set of operations. Serve it with ``jobproto.asgi.create_app``."""
 
-    def __init__(self, operations: Operations, settings: ServiceSettings | None = None) -> None:
+    def __init__(
+        self,
+        operations: Operations,
+        settings: ServiceSettings | None = None,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
         self.operations = operations
+        # None: the global provider, so an SDK configured later still gets our spans.
+        self.tracer = trace.get_tracer("jobproto", tracer_provider=tracer_provider)
         self.settings = settings or ServiceSettings()
         self.registry = JobRegistry(self.settings.max_log_events)
         self.handles: dict[str, JobHandle] = {}
@@ -188,6 +197,7 @@ class JobService:
         token = _current_job.set(handle)
         try:
             with job_span(
+                self.tracer,
                 job.trace_headers,
                 self.settings.service_name,
                 job.operation,

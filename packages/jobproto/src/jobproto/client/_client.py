@@ -1,0 +1,349 @@
+"""``JobClient``: submit jobs, follow their events with automatic resume, cancel, inspect.
+
+Theory of operation
+-------------------
+Every call is one HTTP request through an ``httpx.AsyncClient`` (the transport seam: tests pass one
+built on ``httpx.MockTransport``), carrying the caller's correlation id and W3C trace context.
+
+``events()`` is the one long-lived call. It is an async generator that owns its HTTP stream: the
+``async with`` around the response lives inside the generator, so closing the generator (``break``
+inside ``contextlib.aclosing``, cancellation, garbage collection) closes the connection. SSE parsing
+is httpx-sse's (WHATWG HTML §9.2.6); reconnecting is ours, because httpx-sse has no reconnect loop.
+The generator remembers the last ``seq`` it yielded and, when the stream breaks before the terminal
+event (transport error, 5xx, or a clean end of body: the server drops subscribers that lag behind),
+connects again with ``Last-Event-ID: <seq>`` as WHATWG §9.2.4 prescribes for a reconnecting
+EventSource. The server replays from its log, so nothing is lost, and anything replayed twice is
+dropped here by seq. A 4xx means the request itself is wrong (the job is gone): no retry.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+from httpx_sse import aconnect_sse
+from opentelemetry import propagate
+
+from .._correlation import CORRELATION_HEADER
+from .._errors import LocalProtocolError, RemoteProtocolError
+from .._events import Cancelled, Expired, Failed, Gap, JobEvent, Succeeded
+from .._narration import current_correlation_id
+from .._wire import decode_envelope, dumps
+from ._models import (
+    CreatedJob,
+    JobPage,
+    JobStatus,
+    RemoteJobCancelled,
+    RemoteJobFailed,
+    StreamInterrupted,
+    parse_created,
+    parse_page,
+    parse_status,
+    response_error,
+    response_json,
+)
+
+__all__ = ["JobClient"]
+
+logger = logging.getLogger("jobproto.client")
+
+LAST_EVENT_ID = "Last-Event-ID"
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+class JobClient:
+    """An async client for one jobproto/1 server at ``base_url`` (e.g. ``http://127.0.0.1:7833``).
+
+    Use it as ``async with JobClient(url) as client:``. Pass ``http`` to share a configured
+    ``httpx.AsyncClient`` (auth, TLS, a test transport); the client then leaves closing it to you.
+    ``headers`` go on every request. ``max_reconnects`` bounds consecutive failed attempts of
+    ``events()`` (and of ``create()`` with an idempotency key); ``backoff_initial`` and
+    ``backoff_max`` shape the exponential backoff between them, in seconds.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        max_reconnects: int = 8,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+    ) -> None:
+        if max_reconnects < 0:
+            raise ValueError("max_reconnects must be >= 0")
+        self._base = base_url.rstrip("/")
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
+        self._timeout = httpx.Timeout(timeout)
+        # No read timeout on streams: a running job may legitimately say nothing for minutes (the
+        # server's 15 s keepalives may also be eaten by a proxy). A dead peer still surfaces as a
+        # transport error, and the caller bounds the wait with a cancel scope if it wants one.
+        self._stream_timeout = httpx.Timeout(timeout, read=None)
+        self._default_headers = dict(headers or {})
+        self._max_reconnects = max_reconnects
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        # Seam for tests that check the backoff without waiting for it.
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+
+    async def __aenter__(self) -> JobClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this ``JobClient`` created it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _url(self, *parts: str) -> str:
+        # Job ids are URL-safe by construction, but quoting keeps a bad one from changing the path.
+        return self._base + "/v1/jobs" + "".join("/" + quote(part, safe="") for part in parts)
+
+    def _headers(self, correlation_id: str | None) -> dict[str, str]:
+        headers = dict(self._default_headers)
+        correlation_id = correlation_id or current_correlation_id()
+        if correlation_id:
+            headers[CORRELATION_HEADER] = correlation_id
+        # W3C Trace Context: the active span (if any) travels as traceparent/tracestate. Without
+        # an OpenTelemetry SDK or an active span this adds nothing.
+        propagate.inject(headers)
+        return headers
+
+    def _delay(self, failures: int, server_retry: float | None) -> float:
+        """Seconds to wait before attempt ``failures + 1``: exponential from the server's
+        ``retry:`` (else ``backoff_initial``) up to ``backoff_max``, plus up to 25% jitter so that
+        many clients cut off together do not come back together. A server ``retry:`` above
+        ``backoff_max`` wins: the server asked not to be called sooner (WHATWG §9.2.4)."""
+        base = self._backoff_initial if server_retry is None else server_retry
+        delay = min(base * 2.0 ** (failures - 1), max(self._backoff_max, base))
+        return delay + random.uniform(0, delay / 4)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        response = await self._http.request(
+            method, url, headers=headers, params=params, content=content, timeout=self._timeout
+        )
+        if not response.is_success:
+            raise response_error(response)
+        return response
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        operation: str,
+        /,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        **more_fields: Any,
+    ) -> CreatedJob:
+        """Submit a job: ``POST /v1/jobs`` with ``{"operation": operation, **fields}``.
+
+        Fields come from ``fields`` and keyword arguments alike (use ``fields`` for names that
+        clash with this method's own). With an ``idempotency_key`` a transport error is retried
+        (the server answers a repeat with the job it already made, ``replayed=True``); without
+        one it propagates, since the job may or may not have been created.
+        """
+        body: dict[str, Any] = {"operation": operation}
+        for source in (fields or {}, more_fields):
+            for key, value in source.items():
+                if key in body:
+                    raise LocalProtocolError(f"job field {key!r} given twice")
+                body[key] = value
+        content = dumps(body).encode()
+        headers = self._headers(correlation_id)
+        headers["Content-Type"] = "application/json"
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_KEY] = idempotency_key
+        retries = self._max_reconnects if idempotency_key is not None else 0
+        failures = 0
+        while True:
+            try:
+                response = await self._request(
+                    "POST", self._url(), headers=headers, content=content
+                )
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > retries:
+                    raise
+                logger.info("retrying job creation after %r (attempt %d)", exc, failures + 1)
+                await self._sleep(self._delay(failures, None))
+                continue
+            # 201: a new job; 200: the Idempotency-Key matched one made before.
+            return parse_created(response_json(response), replayed=response.status_code == 200)
+
+    async def status(self, job_id: str) -> JobStatus:
+        """``GET /v1/jobs/{id}``."""
+        response = await self._request("GET", self._url(job_id), headers=self._headers(None))
+        return parse_status(response_json(response))
+
+    async def list(
+        self, *, state: str | None = None, cursor: str | None = None, limit: int | None = None
+    ) -> JobPage:
+        """``GET /v1/jobs``: one page of jobs, optionally only those in ``state``."""
+        params = {
+            key: str(value)
+            for key, value in (("state", state), ("cursor", cursor), ("limit", limit))
+            if value is not None
+        }
+        response = await self._request(
+            "GET", self._url(), headers=self._headers(None), params=params
+        )
+        return parse_page(response_json(response))
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """``DELETE /v1/jobs/{id}``. The status is final when the job has ended; otherwise
+        (202) cancellation is under way and ``events()`` will end with ``cancelled``."""
+        response = await self._request("DELETE", self._url(job_id), headers=self._headers(None))
+        return parse_status(response_json(response))
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    async def events(
+        self, job_id: str, *, after: int = 0, correlation_id: str | None = None
+    ) -> AsyncGenerator[JobEvent | Gap, None]:
+        """The events of a job after seq ``after``, through its terminal event, resuming by itself.
+
+        Yields each ``JobEvent`` once, in seq order, and a ``Gap`` where the server no longer had
+        the events the stream needed. Ends right after the terminal event. Raises
+        ``HTTPStatusError`` on a 4xx (e.g. 404, the job is gone) and ``StreamInterrupted`` after
+        ``max_reconnects`` consecutive failed attempts.
+
+        To stop early, close the generator so the connection is closed at once, not when the
+        garbage collector gets to it::
+
+            async with contextlib.aclosing(client.events(job_id)) as events:
+                async for event in events:
+                    if done(event):
+                        break
+        """
+        url = self._url(job_id, "stream")
+        last_seq = after
+        last_gap: Gap | None = None
+        server_retry: float | None = None
+        failures = 0
+        while True:
+            cause: Exception | None = None
+            headers = self._headers(correlation_id)
+            if last_seq > 0:
+                headers[LAST_EVENT_ID] = str(last_seq)
+            try:
+                async with aconnect_sse(
+                    self._http, "GET", url, headers=headers, timeout=self._stream_timeout
+                ) as source:
+                    response = source.response
+                    if not response.is_success:
+                        await response.aread()
+                        error = response_error(response)
+                        if response.status_code < 500:
+                            raise error
+                        cause = error  # 5xx: the server may be restarting; try again
+                    else:
+                        async for sse in source.aiter_sse():
+                            if sse.retry is not None:
+                                server_retry = sse.retry / 1000
+                            if not sse.data:  # the ``retry:`` frame
+                                continue
+                            item = decode_envelope(sse.data)
+                            if isinstance(item, tuple):
+                                gap = item[0]
+                                # A reconnect from the same seq draws the same gap again.
+                                if gap == last_gap:
+                                    continue
+                                last_gap, failures = gap, 0
+                                yield gap
+                                continue
+                            # A replay after a reconnect may overlap what was already yielded.
+                            if item.seq <= last_seq:
+                                continue
+                            last_seq, failures = item.seq, 0
+                            yield item
+                            if item.terminal:
+                                return
+            except httpx.TransportError as exc:  # includes httpx_sse.SSEError
+                cause = exc
+            # Here the stream broke, or ended before the terminal event (a lagging subscriber is
+            # dropped by the server and expected to resume from the log).
+            failures += 1
+            if failures > self._max_reconnects:
+                raise StreamInterrupted(job_id, last_seq, failures) from cause
+            delay = self._delay(failures, server_retry)
+            logger.info(
+                "event stream of %s broke (%s); reconnecting after seq %d in %.2fs",
+                job_id,
+                "ended early" if cause is None else repr(cause),
+                last_seq,
+                delay,
+            )
+            await self._sleep(delay)
+
+    async def run(
+        self,
+        operation: str,
+        /,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        on_event: Callable[[JobEvent | Gap], Any] | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        **more_fields: Any,
+    ) -> Any:
+        """Create a job, follow it to the end, and return its result.
+
+        ``on_event`` (a function or coroutine function) sees every event, the terminal one
+        included. Raises ``RemoteJobFailed`` when the job fails and ``RemoteJobCancelled`` when
+        it is cancelled or expires.
+        """
+        created = await self.create(
+            operation,
+            fields,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            **more_fields,
+        )
+        stream = self.events(created.job_id, correlation_id=created.correlation_id)
+        async with aclosing(stream):
+            async for item in stream:
+                if on_event is not None:
+                    outcome = on_event(item)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                if isinstance(item, JobEvent) and item.terminal:
+                    return _result(item)
+        # events() only ends after a terminal event, which returned above.
+        raise RemoteProtocolError(f"the stream of job {created.job_id} ended without an outcome")
+
+
+def _result(ev: JobEvent) -> Any:
+    """The result of a succeeded job; raise for the other terminal events."""
+    event = ev.event
+    if isinstance(event, Succeeded):
+        return event.result
+    if isinstance(event, Failed):
+        raise RemoteJobFailed(event.code, event.message, job_id=ev.job_id)
+    if isinstance(event, (Cancelled, Expired)):
+        raise RemoteJobCancelled(event.TYPE, event.reason, job_id=ev.job_id)
+    raise RemoteProtocolError(f"{ev.type!r} is not a terminal event")

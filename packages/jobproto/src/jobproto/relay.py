@@ -1,0 +1,82 @@
+"""The cascade relay: run a job on another jobproto service as part of the current job.
+
+``await relay(client, "worker_spawn", {...}, service="hive")`` creates the downstream job, re-emits
+each of its events on the current job's stream in order, with its ``origin`` (service, job id, seq,
+and the origin it had itself) kept, and returns the downstream result. The downstream stream resumes
+by itself with Last-Event-ID if the connection breaks (``JobClient.events``), so nothing is lost or
+repeated. When the current job is cancelled (or the relay fails for any other reason) before the
+downstream job has ended, the downstream job is cancelled too. The correlation id and the trace
+context travel with the create request (the client reads them from the current job's context).
+
+A downstream terminal event is not re-emitted: the current job has its own. ``failed`` downstream
+raises ``JobFailed`` with the downstream code (so the current job fails with it unless the caller
+handles it); ``cancelled``/``expired`` downstream raise ``JobFailed("downstream_cancelled", ...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+
+from ._errors import JobFailed
+from ._events import Cancelled, Expired, Failed, Gap, Narration, Origin, Succeeded
+from ._narration import current_job
+from .asgi._service import JobHandle
+from .client import JobClient
+
+__all__ = ["relay"]
+
+#: how long cancelling the downstream job may take when the current one is torn down
+CANCEL_GRACE = 5.0
+
+
+async def relay(
+    client: JobClient,
+    operation: str,
+    fields: Mapping[str, Any] | None = None,
+    *,
+    service: str,
+    idempotency_key: str | None = None,
+) -> Any:
+    """Run ``operation`` on ``client``'s service, relaying its events; return its result."""
+    job = current_job()
+    target = job if isinstance(job, JobHandle) else None
+    created = await client.create(operation, fields, idempotency_key=idempotency_key)
+    finished = False
+    try:
+        async with aclosing(client.events(created.job_id)) as events:
+            async for ev in events:
+                if isinstance(ev, Gap):
+                    if target is not None:
+                        message = f"lost {ev.lost} events of {service} job {created.job_id}"
+                        target.emit(Narration("relay_gap", message, "warning"))
+                    continue
+                event = ev.event
+                if isinstance(event, (Succeeded, Failed, Cancelled, Expired)):
+                    finished = True
+                    if isinstance(event, Succeeded):
+                        return event.result
+                    if isinstance(event, Failed):
+                        raise JobFailed(event.code, f"{service}: {event.message}")
+                    raise JobFailed(
+                        "downstream_cancelled",
+                        f"{service} job {created.job_id} ended {event.TYPE}: {event.reason}",
+                    )
+                if target is not None:
+                    target.emit(event, Origin(service, ev.job_id, ev.seq, ev.origin))
+    finally:
+        if not finished:
+            # best effort: the downstream service may be gone already
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(CANCEL_GRACE),
+                contextlib.suppress(Exception),
+            ):
+                await client.cancel(created.job_id)
+    raise JobFailed(
+        "relay_incomplete", f"{service} job {created.job_id} ended without a terminal event"
+    )

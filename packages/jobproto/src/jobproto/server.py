@@ -1,0 +1,78 @@
+"""Run a jobproto app under uvicorn, with a shutdown that does not hang on open streams.
+
+uvicorn, asked to stop, waits for open connections to finish before it runs the app's lifespan
+shutdown (sse-starlette#124): an SSE stream never finishes by itself, so the server would wait
+forever. ``Server`` tells the ``JobService`` to end its streams the moment uvicorn is asked to
+exit; clients reconnect (and resume) wherever the service comes back.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from .asgi._service import JobService
+
+__all__ = ["Server", "bound_port", "serve"]
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server whose exit also ends the service's open streams."""
+
+    def __init__(self, config: uvicorn.Config, service: JobService | None = None) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.service is not None:
+            self.service.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started server listens on (useful with port 0)."""
+    for srv in server.servers:
+        for sock in srv.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(sock.getsockname()[1])
+    raise RuntimeError("the server is not listening")
+
+
+def serve(
+    app: Starlette,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``app`` (from ``create_app``) until SIGINT/SIGTERM; ``on_ready(port)`` once bound."""
+    service = getattr(app.state, "jobs", None)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    server = Server(config, service if isinstance(service, JobService) else None)
+    if on_ready is None:
+        server.run()
+        return
+
+    import asyncio
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            on_ready(bound_port(server))
+        await task
+
+    asyncio.run(main())

@@ -1,0 +1,228 @@
+"""The ASGI adapter on real uvicorn: lifecycle, cancel, threads, relay, tracing, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from jobproto import (
+    Cancelled,
+    Data,
+    JobEvent,
+    Narration,
+    Operations,
+    Succeeded,
+    current_correlation_id,
+    narrate,
+)
+from jobproto.asgi import ServiceSettings, create_app
+from jobproto.client import JobClient, RemoteJobFailed
+from jobproto.conformance import conformance_operations
+from jobproto.relay import relay
+from jobproto.testing import serving
+
+pytestmark = pytest.mark.anyio
+
+
+@attrs.frozen
+class Empty:
+    pass
+
+
+@attrs.frozen
+class Downstream:
+    url: str
+    op: str = "wait"
+    fields: dict[str, Any] = attrs.Factory(dict)
+
+
+def upstream_ops(seen: dict[str, Any]) -> Operations:
+    ops = Operations()
+
+    @ops.operation("cascade")
+    async def cascade(params: Downstream) -> Any:
+        seen["correlation_id"] = current_correlation_id()
+        narrate("cascade", "calling downstream")
+        async with JobClient(params.url) as client:
+            try:
+                return await relay(client, params.op, params.fields, service="down")
+            finally:
+                seen["relay_exited"] = True
+
+    @ops.operation("threaded")
+    async def threaded(params: Empty) -> str:
+        def work() -> str:
+            for i in range(50):
+                narrate("thread", f"line {i}", thread=threading.get_ident())
+            return "done"
+
+        return await anyio.to_thread.run_sync(work)
+
+    return ops
+
+
+async def collect(client: JobClient, job_id: str) -> list[JobEvent]:
+    out: list[JobEvent] = []
+    async with aclosing(client.events(job_id)) as events:
+        async for ev in events:
+            assert isinstance(ev, JobEvent)
+            out.append(ev)
+    return out
+
+
+async def test_narration_from_worker_threads_reaches_the_stream_in_order() -> None:
+    async with serving(create_app(upstream_ops({}))) as url, JobClient(url) as client:
+        job = await client.create("threaded")
+        events = await collect(client, job.job_id)
+    lines = [e.event.message for e in events if isinstance(e.event, Narration)]
+    assert lines == [f"line {i}" for i in range(50)]
+    assert [e.seq for e in events] == list(range(1, 52))
+    assert events[-1].event == Succeeded("done")
+
+
+async def test_relay_reemits_downstream_events_with_origin_and_correlation() -> None:
+    seen: dict[str, Any] = {}
+    down_app = create_app(conformance_operations(), ServiceSettings(service_name="down"))
+    async with serving(down_app) as down, serving(create_app(upstream_ops(seen))) as up:
+        async with JobClient(up) as client:
+            fields = {"messages": ["a", "b\nc", ""], "result": {"n": 3}}
+            job = await client.create(
+                "cascade",
+                {"url": down, "op": "echo", "fields": fields},
+                correlation_id="corr-relay-test",
+            )
+            events = await collect(client, job.job_id)
+        async with JobClient(down) as down_client:
+            (down_job,) = (await down_client.list()).jobs
+            down_events = await collect(down_client, down_job.job_id)
+
+    assert seen["correlation_id"] == "corr-relay-test"
+    assert down_job.correlation_id == "corr-relay-test"
+    assert {e.correlation_id for e in events} == {"corr-relay-test"}
+    relayed = [e for e in events if e.origin is not None]
+    # every downstream event but its terminal one, in order, with its origin
+    assert [(e.origin.seq, e.event) for e in relayed if e.origin] == [
+        (d.seq, d.event) for d in down_events[:-1]
+    ]
+    assert all(e.origin and e.origin.service == "down" for e in relayed)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].event == Succeeded({"n": 3})
+    assert [e.event.payload for e in relayed if isinstance(e.event, Data)][1] == {
+        "index": 1,
+        "message": "b\nc",
+    }
+
+
+async def test_downstream_failure_fails_the_upstream_job_with_its_code() -> None:
+    down_app = create_app(conformance_operations())
+    async with serving(down_app) as down, serving(create_app(upstream_ops({}))) as up:
+        async with JobClient(up) as client:
+            fields = {"code": "no_gpu", "message": "nothing fits"}
+            with pytest.raises(RemoteJobFailed) as info:
+                await client.run("cascade", {"url": down, "op": "fail", "fields": fields})
+    assert info.value.code == "no_gpu"
+    assert "nothing fits" in info.value.message
+
+
+async def test_cancelling_upstream_cancels_the_downstream_job() -> None:
+    seen: dict[str, Any] = {}
+    down_app = create_app(conformance_operations())
+    async with serving(down_app) as down, serving(create_app(upstream_ops(seen))) as up:
+        async with JobClient(up) as client, JobClient(down) as down_client:
+            job = await client.create(
+                "cascade", {"url": down, "op": "wait", "fields": {"seconds": 30}}
+            )
+            async with aclosing(client.events(job.job_id)) as events:
+                async for ev in events:
+                    if isinstance(ev, JobEvent) and ev.origin is not None:
+                        break  # the downstream job is running
+            status = await client.cancel(job.job_id)
+            assert status.state == "cancelled"
+            (down_job,) = (await down_client.list()).jobs
+            with anyio.fail_after(5):
+                while (await down_client.status(down_job.job_id)).state != "cancelled":
+                    await anyio.sleep(0.02)
+            final = await collect(client, job.job_id)
+    assert seen["relay_exited"] is True
+    assert isinstance(final[-1].event, Cancelled)
+
+
+async def test_cascade_forms_one_trace_with_an_sdk() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    down_app = create_app(
+        conformance_operations(), ServiceSettings(service_name="down"), tracer_provider=provider
+    )
+    up_app = create_app(
+        upstream_ops({}), ServiceSettings(service_name="up"), tracer_provider=provider
+    )
+    async with serving(down_app) as down, serving(up_app) as up, JobClient(up) as client:
+        with tracer.start_as_current_span("client") as root:
+            await client.run("cascade", {"url": down, "op": "echo", "fields": {}})
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert {"client", "up cascade", "down echo"} <= set(spans)
+    trace_id = root.get_span_context().trace_id
+    assert {s.context.trace_id for s in spans.values()} == {trace_id}
+    assert spans["down echo"].parent.span_id == spans["up cascade"].context.span_id
+
+
+async def test_traceparent_is_forwarded_without_an_sdk() -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    got: dict[str, str] = {}
+
+    ops = Operations()
+
+    @ops.operation("peek")
+    async def peek(params: Empty) -> None:
+        headers: dict[str, str] = {}
+        from opentelemetry import propagate
+
+        propagate.inject(headers)
+        got.update(headers)
+
+    async with serving(create_app(ops)) as url, httpx.AsyncClient(base_url=url) as http:
+        r = await http.post("/v1/jobs", json={"operation": "peek"}, headers={"traceparent": parent})
+        async with http.stream("GET", r.json()["sse_url"]) as s:
+            await s.aread()
+    assert got["traceparent"].split("-")[1] == parent.split("-")[1]
+
+
+async def test_service_shutdown_cancels_running_jobs_and_ends_streams() -> None:
+    app = create_app(conformance_operations())
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        r = await http.post("/v1/jobs", json={"operation": "wait", "seconds": 30})
+        job_id = r.json()["job_id"]
+        async with http.stream("GET", f"/v1/jobs/{job_id}/stream") as s:
+            async for chunk in s.aiter_bytes():
+                if b"event: narration" in chunk:
+                    break
+    # serving() has exited: the lifespan ended and the job with it.
+    handle = app.state.jobs.registry.get(job_id)
+    assert handle.state.value == "cancelled"
+    assert handle.cancel_reason == "service shutting down"
+
+
+async def test_keepalive_and_send_timeout_settings_take_effect() -> None:
+    settings = ServiceSettings(keepalive_interval=0.05)
+    async with serving(create_app(conformance_operations(), settings)) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            r = await http.post("/v1/jobs", json={"operation": "wait", "seconds": 0.5, "tick": 5})
+            started = time.monotonic()
+            body = b""
+            async with http.stream("GET", r.json()["sse_url"]) as s:
+                async for chunk in s.aiter_bytes():
+                    body += chunk
+    assert body.count(b": keepalive\n\n") >= 3
+    assert time.monotonic() - started < 5
