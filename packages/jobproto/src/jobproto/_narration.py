@@ -14,6 +14,7 @@ Secrets are redacted before anything leaves the process: values of fields named 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Mapping
@@ -45,16 +46,36 @@ _LEVELS = {
 
 REDACTED = "***"
 
-_SECRET_KEY = re.compile(
-    r"(?i)(pass(word|wd)?|pwd|secret|token|api[_-]?key|authori[sz]ation|cookie|credential"
-    r"|private[_-]?key|session[_-]?id)"
+# A field is secret when one of its words is (``auth_token``, ``hf_token``, ``Authorization``), or
+# two adjacent words are (``api_key``); ``max_tokens`` or ``passage`` are not.
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "token",
+        "authorization",
+        "authorisation",
+        "auth",
+        "cookie",
+        "credential",
+        "credentials",
+        "apikey",
+        "bearer",
+    }
 )
+_SECRET_PAIRS = frozenset(
+    {("api", "key"), ("private", "key"), ("session", "id"), ("access", "key")}
+)
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _SECRET_TEXT = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"), r"\1 " + REDACTED),
     (
         re.compile(
             r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token|authorization)"
-            r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+            r"([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&}]+)"
         ),
         r"\1\2" + REDACTED,
     ),
@@ -97,9 +118,16 @@ def redact_text(text: str) -> str:
     return text
 
 
+def is_secret_key(key: str) -> bool:
+    words = [w.lower() for w in _KEY_WORDS.findall(key)]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
+
+
 def redact(value: Any, key: str = "") -> Any:
     """A copy of ``value`` with secret-named fields and secret-looking strings masked."""
-    if key and _SECRET_KEY.search(key) and value not in (None, "", [], {}):
+    if key and is_secret_key(key) and value not in (None, "", [], {}):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)

@@ -185,7 +185,7 @@ class JobRegistry:
     def _parse_cursor(cursor: str | None) -> int:
         if cursor is None:
             return 1 << 62
-        if not cursor.isdigit() or len(cursor) > 18:
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
             raise RequestError(
                 400, "invalid_cursor", "cursor is not one this server gave out", field="cursor"
             )

@@ -63,7 +63,8 @@ def schema_of(cls: type) -> dict[str, Any]:
         if field.default is attrs.NOTHING:
             required.append(field.name)
         elif not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-            schema["default"] = field.default
+            default = field.default
+            schema["default"] = default.value if isinstance(default, enum.Enum) else default
         props[field.name] = schema
     out: dict[str, Any] = {
         "type": "object",

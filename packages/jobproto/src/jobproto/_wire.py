@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+import typing
+from collections import abc
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
+import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
-from ._errors import RemoteProtocolError, RequestError
+from ._errors import LocalProtocolError, RemoteProtocolError, RequestError
 from ._events import (
     Cancelled,
     Data,
@@ -47,7 +52,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-_VALIDATOR_FIELD = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)' must")
+_VALIDATOR_FIELD = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
+#: event type names: what may follow ``event:`` (no CR/LF, nothing that could forge a field)
+_TYPE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def dumps(value: Any) -> str:
@@ -126,7 +133,16 @@ def encode_frame(ev: JobEvent) -> bytes:
     escapes CR/LF) and the type is one of our own names, so no splitting is needed. This runs once
     per event, whatever the number of subscribers.
     """
-    return f"id: {ev.seq}\nevent: {ev.event.TYPE}\ndata: {dumps(encode_envelope(ev))}\n\n".encode()
+    type_ = ev.event.TYPE
+    if isinstance(ev.event, UnknownEvent) and not _TYPE_NAME.fullmatch(type_):
+        raise LocalProtocolError(f"event type {type_!r} is not a valid name")
+    envelope = encode_envelope(ev)
+    try:
+        return f"id: {ev.seq}\nevent: {type_}\ndata: {dumps(envelope)}\n\n".encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (say, from a badly decoded file name): send it \u-escaped instead.
+        data = json.dumps(envelope, separators=(",", ":"), allow_nan=False)
+        return f"id: {ev.seq}\nevent: {type_}\ndata: {data}\n\n".encode()
 
 
 def encode_gap_frame(gap: Gap, job_id: str, correlation_id: str, now: float) -> bytes:
@@ -140,6 +156,15 @@ def encode_gap_frame(gap: Gap, job_id: str, correlation_id: str, now: float) -> 
         "payload": {"after": gap.after, "first_available": gap.first_available, "lost": gap.lost},
     }
     return f"event: gap\ndata: {dumps(envelope)}\n\n".encode()
+
+
+def _decode_timestamp(text: str) -> float:
+    if not (text.endswith("Z") or (text[-6:-5] in "+-" and text[-3:-2] == ":")):
+        raise RemoteProtocolError(f"timestamp {text!r} has no UTC offset")
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise RemoteProtocolError(f"timestamp {text!r} is not RFC 3339") from None
 
 
 def _req(obj: Mapping[str, Any], key: str, typ: type[T] | tuple[type, ...]) -> T:
@@ -164,28 +189,51 @@ def _decode_origin(raw: Any) -> Origin:
     )
 
 
+def _field(p: Mapping[str, Any], key: str, typ: type | tuple[type, ...], default: Any = ...) -> Any:
+    if key not in p:
+        if default is ...:
+            raise RemoteProtocolError(f"event payload lacks {key!r}")
+        return default
+    value = p[key]
+    if (isinstance(value, bool) and typ is not bool) or not isinstance(value, typ):
+        raise RemoteProtocolError(f"event payload field {key!r} has the wrong type")
+    return value
+
+
+_NUMBER = (int, float)
+_OPT_NUMBER = (int, float, type(None))
+
+
 def _decode_event(type_: str, p: Any) -> Event:
-    try:
-        if type_ == Data.TYPE:
-            return Data(p)
-        if not isinstance(p, dict):
-            raise RemoteProtocolError(f"payload of a {type_!r} event is not an object")
-        if type_ == Narration.TYPE:
-            return Narration(p["action"], p["message"], p.get("level", "info"), p.get("fields", {}))
-        if type_ == Progress.TYPE:
-            return Progress(
-                p["action"], p["current"], p.get("total"), p.get("unit", ""), p.get("message", "")
-            )
-        if type_ == Succeeded.TYPE:
-            return Succeeded(p.get("result"))
-        if type_ == Failed.TYPE:
-            return Failed(str(p["code"]), str(p["message"]))
-        if type_ == Cancelled.TYPE:
-            return Cancelled(p.get("reason", ""))
-        if type_ == Expired.TYPE:
-            return Expired(p.get("reason", ""))
-    except KeyError as exc:
-        raise RemoteProtocolError(f"{type_!r} event lacks {exc.args[0]!r}") from None
+    if type_ == Data.TYPE:
+        return Data(p)
+    if not isinstance(p, dict):
+        raise RemoteProtocolError(f"payload of a {type_!r} event is not an object")
+    if type_ == Narration.TYPE:
+        return Narration(
+            _field(p, "action", str),
+            _field(p, "message", str),
+            _field(p, "level", str, "info"),
+            _field(p, "fields", dict, {}),
+        )
+    if type_ == Progress.TYPE:
+        return Progress(
+            _field(p, "action", str),
+            _field(p, "current", _NUMBER),
+            _field(p, "total", _OPT_NUMBER, None),
+            _field(p, "unit", str, ""),
+            _field(p, "message", str, ""),
+        )
+    if type_ == Succeeded.TYPE:
+        return Succeeded(p.get("result"))
+    if type_ == Failed.TYPE:
+        return Failed(_field(p, "code", str), _field(p, "message", str))
+    if type_ == Cancelled.TYPE:
+        return Cancelled(_field(p, "reason", str, ""))
+    if type_ == Expired.TYPE:
+        return Expired(_field(p, "reason", str, ""))
+    if not _TYPE_NAME.fullmatch(type_):
+        raise RemoteProtocolError(f"event type {type_!r} is not a valid name")
     return UnknownEvent(type_, p)
 
 
@@ -211,7 +259,7 @@ def decode_envelope(data: str) -> JobEvent | tuple[Gap, str, str]:
         seq=_req(raw, "seq", int),
         job_id=job_id,
         correlation_id=correlation_id,
-        timestamp=parse_timestamp(_req(raw, "timestamp", str)),
+        timestamp=_decode_timestamp(_req(raw, "timestamp", str)),
         event=_decode_event(type_, payload),
         origin=None if origin is None else _decode_origin(origin),
     )
@@ -238,8 +286,42 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) in (list, abc.Sequence, abc.MutableSequence)
+
+
+def _is_dict(tp: Any) -> bool:
+    return typing.get_origin(tp) in (dict, abc.Mapping, abc.MutableMapping) or tp is dict
+
+
+def _strict_list(tp: Any, conv: cattrs.Converter) -> Any:
+    base = list_structure_factory(tp, conv)
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected array, got {_json_type(value)}")
+        return base(value, tp)
+
+    return hook
+
+
+def _strict_object(tp: Any, conv: cattrs.Converter) -> Any:
+    base = make_dict_structure_fn(tp, conv) if attrs.has(tp) else conv.gen_structure_mapping(tp)
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected object, got {_json_type(value)}")
+        return base(value, tp)
+
+    return hook
+
+
 def _make_converter() -> cattrs.Converter:
+    """No coercion: cattrs would turn "5" into 5 and "abc" into ["a", "b", "c"]."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook_factory(_is_list, lambda tp: _strict_list(tp, conv))
+    conv.register_structure_hook_factory(_is_dict, lambda tp: _strict_object(tp, conv))
+    conv.register_structure_hook_factory(attrs.has, lambda tp: _strict_object(tp, conv))
     conv.register_structure_hook(str, _strict(str, (str,)))
     conv.register_structure_hook(int, _strict(int, (int,)))
     conv.register_structure_hook(float, _strict(float, (int, float)))
@@ -270,11 +352,11 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     if isinstance(exc, KeyError):
         return path, "required field missing"
     message = str(exc.args[0]) if exc.args else type(exc).__name__
-    if not path:
-        # attrs validators name the attribute in quotes at the start of their message.
-        named = _VALIDATOR_FIELD.match(message)
-        if named is not None:
-            path = named.group(1)
+    # attrs validators name the attribute in quotes ("'x' must be ...", "Length of 'x' ...");
+    # they run in __init__, so cattrs only knows the path of the object, not of the field.
+    named = _VALIDATOR_FIELD.search(message) if isinstance(exc, ValueError) else None
+    if named is not None and not path.endswith(named.group(1)):
+        path = f"{path}.{named.group(1)}" if path else named.group(1)
     return path, message
 
 

@@ -115,6 +115,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _handle(service: JobService, job_id: str) -> JobHandle:
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
@@ -148,7 +152,7 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
             )
         raw = await _read_body(request, settings.max_body_bytes)
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
         key = request.headers.get("idempotency-key")

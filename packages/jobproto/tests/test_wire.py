@@ -1,0 +1,532 @@
+"""Tests for the wire format (jobproto._wire): envelopes, SSE frames and operation parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobproto._errors import LocalProtocolError, RemoteProtocolError, RequestError
+from jobproto._events import (
+    TERMINAL_TYPES,
+    Cancelled,
+    Data,
+    Event,
+    Expired,
+    Failed,
+    Gap,
+    JobEvent,
+    Narration,
+    Origin,
+    Progress,
+    Succeeded,
+    UnknownEvent,
+)
+from jobproto._sse import SSEDecoder
+from jobproto._wire import (
+    decode_envelope,
+    dumps,
+    encode_envelope,
+    encode_frame,
+    encode_gap_frame,
+    format_timestamp,
+    parse_timestamp,
+    structure_params,
+)
+
+# --- strategies -----------------------------------------------------------------------------------
+
+# Text with the characters that break naive framing, on top of Hypothesis' general unicode.
+awkward = st.sampled_from(
+    ["", "\n", "\r", "\r\n", "\n\n", "data: x", ":", "\u2028", "é", "🐝", "\0"]
+)
+text = st.one_of(st.text(), st.lists(st.one_of(awkward, st.text()), max_size=5).map("".join))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    text,
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)),
+    max_leaves=20,
+)
+json_objects = st.dictionaries(text, json_values, max_size=4)
+numbers = st.one_of(st.integers(-(2**53), 2**53), st.floats(allow_nan=False, allow_infinity=False))
+# Whole milliseconds, 1970..2100: the wire keeps milliseconds.
+timestamps = st.integers(0, 4_102_444_800_000).map(lambda ms: ms / 1000)
+origins: st.SearchStrategy[Origin | None] = st.deferred(
+    lambda: st.none() | st.builds(Origin, text, text, st.integers(0, 2**53), origins)
+)
+KNOWN = {"narration", "progress", "data", "gap", *TERMINAL_TYPES}
+unknown_types = st.from_regex(r"[a-z][a-z0-9_.\-]{0,20}", fullmatch=True).filter(
+    lambda t: t not in KNOWN
+)
+
+events: st.SearchStrategy[Event] = st.one_of(
+    st.builds(
+        Narration,
+        text,
+        text,
+        st.sampled_from(["debug", "info", "warning", "error"]) | text,
+        json_objects,
+    ),
+    st.builds(Progress, text, numbers, st.none() | numbers, text, text),
+    st.builds(Data, json_values),
+    st.builds(Succeeded, json_values),
+    st.builds(Failed, text, text),
+    st.builds(Cancelled, text),
+    st.builds(Expired, text),
+    st.builds(UnknownEvent, unknown_types, json_objects),
+)
+job_events = st.builds(
+    JobEvent,
+    seq=st.integers(1, 2**53),
+    job_id=text,
+    correlation_id=text,
+    timestamp=timestamps,
+    event=events,
+    origin=origins,
+)
+
+
+def decode_frames(data: bytes, cut: int | None = None) -> list[JobEvent | tuple[Gap, str, str]]:
+    decoder = SSEDecoder()
+    chunks = [data] if cut is None else [data[:cut], data[cut:]]
+    sses = [sse for chunk in chunks for sse in decoder.feed(chunk)]
+    return [decode_envelope(sse.data) for sse in sses]
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(ev=job_events, cut=st.floats(0, 1))
+def test_every_event_round_trips_through_an_sse_frame(ev: JobEvent, cut: float) -> None:
+    data = encode_frame(ev)
+    # Exactly one block: id, event, data (one line), blank line.
+    lines = data.decode().split("\n")
+    assert len(lines) == 5
+    assert lines[0] == f"id: {ev.seq}"
+    assert lines[1] == f"event: {ev.event.TYPE}"
+    assert lines[2].startswith("data: {")
+    assert "\r" not in lines[2]
+    assert lines[3:] == ["", ""]
+    # Decoded from bytes cut anywhere, it is the same event.
+    decoder = SSEDecoder()
+    at = round(cut * len(data))
+    sses = decoder.feed(data[:at]) + decoder.feed(data[at:])
+    assert len(sses) == 1
+    assert sses[0].id == str(ev.seq)
+    assert sses[0].event == ev.event.TYPE
+    assert decoder.last_event_id == str(ev.seq)
+    assert decode_envelope(sses[0].data) == ev
+
+
+@settings(max_examples=50, deadline=None)
+@given(evs=st.lists(job_events, min_size=1, max_size=5))
+def test_consecutive_frames_decode_in_order(evs: list[JobEvent]) -> None:
+    assert decode_frames(b"".join(encode_frame(ev) for ev in evs)) == evs
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Narration("load", "line one\nline two\r\nthree\rfour", "warning", {"a": {"b": [1, "\n"]}}),
+        Narration("", "", "info", {}),
+        Progress("download", 3, None, "", ""),
+        Progress("download", 0.5, 1.0, "GB", "half"),
+        Data("token\n\r\n"),
+        Data(None),
+        Data([1, "two", {"three": 3.0}]),
+        Succeeded(None),
+        Succeeded({"text": "é🐝\n"}),
+        Failed("model_not_found", "no such model"),
+        Cancelled(""),
+        Cancelled("user asked"),
+        Expired("nobody subscribed"),
+        UnknownEvent("future.event", {"x": 1}),
+    ],
+    ids=repr,
+)
+def test_examples_round_trip(event: Event) -> None:
+    ev = JobEvent(7, "job_x", "corr", 1_700_000_000.123, event)
+    assert decode_frames(encode_frame(ev)) == [ev]
+    assert decode_envelope(dumps(encode_envelope(ev))) == ev
+
+
+def test_origin_chain_round_trips() -> None:
+    origin = Origin("hive", "job_h", 3, Origin("worker", "job_w", 9))
+    ev = JobEvent(1, "job_q", "corr", 1.5, Data("tok"), origin)
+    envelope = encode_envelope(ev)
+    assert envelope["origin"] == {
+        "service": "hive",
+        "job_id": "job_h",
+        "seq": 3,
+        "origin": {"service": "worker", "job_id": "job_w", "seq": 9},
+    }
+    assert decode_frames(encode_frame(ev)) == [ev]
+
+
+def test_envelope_shape() -> None:
+    ev = JobEvent(3, "job_x", "corr", 0.25, Progress("dl", 1, None))
+    assert encode_envelope(ev) == {
+        "seq": 3,
+        "job_id": "job_x",
+        "correlation_id": "corr",
+        "type": "progress",
+        "timestamp": "1970-01-01T00:00:00.250Z",
+        "payload": {"action": "dl", "current": 1, "total": None, "unit": "", "message": ""},
+    }
+    assert "origin" not in encode_envelope(ev)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ts=timestamps)
+def test_timestamps_round_trip_at_millisecond_precision(ts: float) -> None:
+    text_ = format_timestamp(ts)
+    assert text_.endswith("Z")
+    assert len(text_) == len("2024-01-01T00:00:00.000Z")
+    assert parse_timestamp(text_) == ts
+
+
+def test_timestamp_with_offset_is_understood() -> None:
+    assert parse_timestamp("1970-01-01T01:00:00.500+01:00") == 0.5
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    after=st.integers(0, 2**40),
+    lost=st.integers(1, 2**20),
+    job_id=text,
+    corr=text,
+    now=timestamps,
+)
+def test_gap_frame_round_trips(after: int, lost: int, job_id: str, corr: str, now: float) -> None:
+    gap = Gap(after, after + lost + 1)
+    data = encode_gap_frame(gap, job_id, corr, now)
+    lines = data.decode().split("\n")
+    # No id: a gap is not a log entry, so the client's Last-Event-ID must stay put.
+    assert lines[0] == "event: gap"
+    assert lines[1].startswith("data: {")
+    assert lines[2:] == ["", ""]
+    decoder = SSEDecoder()
+    decoder.feed(b"id: 41\nevent: data\ndata: {}\n\n")
+    (sse,) = decoder.feed(data)
+    assert sse.event == "gap"
+    assert decoder.last_event_id == "41"
+    decoded = decode_envelope(sse.data)
+    assert decoded == (gap, job_id, corr)
+    assert isinstance(decoded, tuple)
+    assert decoded[0].lost == lost
+    assert json.loads(sse.data)["payload"]["lost"] == lost
+
+
+def test_dumps_is_one_line_and_refuses_nan() -> None:
+    assert dumps({"a": "x\ny\rz"}) == '{"a":"x\\ny\\rz"}'
+    assert dumps("é") == '"é"'
+    with pytest.raises(ValueError):
+        dumps(float("nan"))
+
+
+# --- decode_envelope: what it refuses -------------------------------------------------------------
+
+GOOD: dict[str, Any] = {
+    "seq": 1,
+    "job_id": "job_x",
+    "correlation_id": "corr",
+    "type": "data",
+    "timestamp": "2024-05-01T12:00:00.000Z",
+    "payload": {"x": 1},
+}
+
+
+def with_(**changes: Any) -> str:
+    return json.dumps({**GOOD, **changes})
+
+
+def without(key: str) -> str:
+    return json.dumps({k: v for k, v in GOOD.items() if k != key})
+
+
+def test_the_good_envelope_decodes() -> None:
+    ev = decode_envelope(json.dumps(GOOD))
+    assert isinstance(ev, JobEvent)
+    assert ev.event == Data({"x": 1})
+    assert ev.origin is None
+
+
+@pytest.mark.parametrize("data", ["", "{", "not json", "{'a': 1}", "[1,", "\x00"], ids=repr)
+def test_refuses_non_json(data: str) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_envelope(data)
+
+
+@pytest.mark.parametrize("data", ["[]", "[1]", "1", '"s"', "null", "true", "NaN"])
+def test_refuses_non_objects(data: str) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_envelope(data)
+
+
+@pytest.mark.parametrize("key", ["seq", "job_id", "correlation_id", "type", "timestamp"])
+def test_refuses_missing_fields(key: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=key):
+        decode_envelope(without(key))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"seq": "1"},
+        {"seq": True},
+        {"seq": 1.0},
+        {"seq": None},
+        {"job_id": 1},
+        {"job_id": None},
+        {"correlation_id": ["c"]},
+        {"type": 5},
+        {"type": None},
+        {"timestamp": 1714564800},
+        {"origin": "hive"},
+        {"origin": {"service": "hive", "job_id": "j"}},
+        {"origin": {"service": "hive", "job_id": "j", "seq": False}},
+        {"origin": {"service": 1, "job_id": "j", "seq": 1}},
+        {"origin": {"service": "s", "job_id": "j", "seq": 1, "origin": 7}},
+        {"type": "narration", "payload": None},
+        {"type": "narration", "payload": ["a", "m"]},
+        {"type": "narration", "payload": {"message": "m"}},
+        {"type": "narration", "payload": {"action": "a"}},
+        {"type": "progress", "payload": {"action": "a"}},
+        {"type": "failed", "payload": {"code": "x"}},
+        {"type": "succeeded", "payload": "ok"},
+        {"type": "some_future_type", "payload": [1]},
+        {"type": "gap", "seq": None, "payload": None},
+        {"type": "gap", "seq": None, "payload": {"after": 1}},
+        {"type": "gap", "seq": None, "payload": {"after": True, "first_available": 3}},
+        {"type": "gap", "seq": None, "payload": {"after": 1, "first_available": "3"}},
+    ],
+    ids=repr,
+)
+def test_refuses_wrong_typed_fields(changes: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_envelope(with_(**changes))
+
+
+@pytest.mark.parametrize("stamp", ["not a time", "2024-13-01T00:00:00.000Z"])
+def test_refuses_a_malformed_timestamp(stamp: str) -> None:
+    """BUG: ``parse_timestamp`` lets ``datetime``'s ValueError through; a peer's bad data must be
+    a RemoteProtocolError like every other malformed field (a client catching that would crash).
+    """
+    with pytest.raises(RemoteProtocolError):
+        decode_envelope(with_(timestamp=stamp))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"type": "narration", "payload": {"action": 1, "message": "m"}},
+        {"type": "narration", "payload": {"action": "a", "message": None}},
+        {"type": "narration", "payload": {"action": "a", "message": "m", "fields": [1]}},
+        {"type": "progress", "payload": {"action": "a", "current": "half"}},
+        {"type": "progress", "payload": {"action": "a", "current": 1, "total": "2"}},
+        {"type": "cancelled", "payload": {"reason": 5}},
+    ],
+    ids=repr,
+)
+def test_refuses_wrong_typed_payload_fields(changes: dict[str, Any]) -> None:
+    """BUG: payload fields are not type-checked; ``Progress(current="half")`` reaches the caller."""
+    with pytest.raises(RemoteProtocolError):
+        decode_envelope(with_(**changes))
+
+
+def test_payload_defaults() -> None:
+    ev = decode_envelope(with_(type="narration", payload={"action": "a", "message": "m"}))
+    assert isinstance(ev, JobEvent)
+    assert ev.event == Narration("a", "m", "info", {})
+    ev = decode_envelope(with_(type="progress", payload={"action": "a", "current": 1}))
+    assert isinstance(ev, JobEvent)
+    assert ev.event == Progress("a", 1, None, "", "")
+    ev = decode_envelope(with_(type="succeeded", payload={}))
+    assert isinstance(ev, JobEvent)
+    assert ev.event == Succeeded(None)
+    ev = decode_envelope(without("payload"))
+    assert isinstance(ev, JobEvent)
+    assert ev.event == Data(None)
+
+
+def test_unknown_event_type_decodes_as_unknown_event() -> None:
+    ev = decode_envelope(with_(type="model.loaded", payload={"model": "m", "n": [1]}))
+    assert isinstance(ev, JobEvent)
+    assert ev.event == UnknownEvent("model.loaded", {"model": "m", "n": [1]})
+    assert ev.type == "model.loaded"
+    assert not ev.terminal
+
+
+def test_extra_envelope_fields_are_ignored() -> None:
+    ev = decode_envelope(with_(future_field={"x": 1}))
+    assert isinstance(ev, JobEvent)
+    assert ev.seq == 1
+
+
+# --- frames that cannot be framed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message", ["\ud800", "a\udcffb"], ids=repr)
+def test_a_lone_surrogate_does_not_break_encoding(message: str) -> None:
+    """BUG: ``dumps(ensure_ascii=False)`` keeps a lone surrogate (e.g. from a surrogateescape'd
+    file name) and ``.encode()`` raises UnicodeEncodeError, so one odd narration crashes the
+    handler that narrated it. JSON can carry it escaped (``\\ud800``), and that round-trips.
+    """
+    ev = JobEvent(1, "job_x", "corr", 0.0, Narration("open", message))
+    assert decode_frames(encode_frame(ev)) == [ev]
+
+
+@pytest.mark.parametrize("type_", ["a\nb", "a\rb", "x\ndata: {}\n\nid: 999"], ids=repr)
+def test_an_event_type_with_a_line_break_cannot_inject_frames(type_: str) -> None:
+    """BUG (latent): ``encode_frame`` writes ``event: {TYPE}`` unchecked. Types are ours, except
+    ``UnknownEvent``'s, which come from a peer's JSON (where ``\\n`` is legal) and ``Job.emit``
+    accepts; a relay re-emitting it would let the peer inject SSE lines. It must either refuse the
+    event or produce exactly one id/event/data block that decodes back to it.
+    """
+    ev = JobEvent(1, "job_x", "corr", 0.0, UnknownEvent(type_, {}))
+    try:
+        data = encode_frame(ev)
+    except LocalProtocolError:  # emitting such an event is the caller's error
+        return
+    lines = data.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    assert [line.split(":", 1)[0] for line in lines] == ["id", "event", "data", "", ""]
+    assert decode_frames(data) == [ev]
+
+
+# --- structure_params -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Message:
+    role: Literal["user", "assistant"]
+    content: str = attrs.field(validator=attrs.validators.min_len(1))
+
+
+@attrs.frozen
+class ChatParams:
+    messages: list[Message]
+    max_tokens: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    temperature: float = 1.0
+    stream: bool = False
+    stop: list[str] = attrs.field(factory=list)
+    seed: int | None = None
+    model: str = attrs.field(default="m", validator=attrs.validators.max_len(8))
+
+
+def check_422(raw: Any, field: str | None, *fragments: str) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        structure_params(raw, ChatParams)
+    exc = info.value
+    assert exc.status == 422
+    assert exc.code == "validation_error"
+    assert exc.field == field
+    for fragment in fragments:
+        assert fragment in exc.message
+    assert exc.to_json()["error"].get("field") == field
+    return exc
+
+
+def test_valid_params() -> None:
+    raw = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        "temperature": 1,
+        "stream": True,
+        "stop": ["\n"],
+        "seed": 3,
+    }
+    params = structure_params(raw, ChatParams)
+    assert params == ChatParams([Message("user", "hi")], 5, 1.0, True, ["\n"], 3)
+    assert type(params.temperature) is float
+    assert structure_params({"messages": []}, ChatParams) == ChatParams([])
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"messages": [], "max_tokens": "5"}, "max_tokens"),
+        ({"messages": [], "max_tokens": True}, "max_tokens"),
+        ({"messages": [], "max_tokens": 5.0}, "max_tokens"),
+        ({"messages": [], "max_tokens": None}, "max_tokens"),
+        ({"messages": [], "temperature": "1.0"}, "temperature"),
+        ({"messages": [], "temperature": False}, "temperature"),
+        ({"messages": [], "stream": 1}, "stream"),
+        ({"messages": [], "stream": "true"}, "stream"),
+        ({"messages": [], "model": 5}, "model"),
+        ({"messages": [], "seed": "3"}, "seed"),
+        ({"messages": [], "seed": True}, "seed"),
+        ({"messages": [], "stop": [1]}, "stop[0]"),
+        ({"messages": [], "stop": ["a", None]}, "stop[1]"),
+    ],
+    ids=repr,
+)
+def test_strict_types(raw: dict[str, Any], field: str) -> None:
+    check_422(raw, field, field)
+
+
+def test_bool_message_says_boolean() -> None:
+    check_422({"messages": [], "max_tokens": True}, "max_tokens", "boolean")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"messages": [], "stop": "abc"}, "stop"),
+        ({"messages": [], "stop": {"a": 1}}, "stop"),
+        ({"messages": "hi"}, "messages"),
+    ],
+    ids=repr,
+)
+def test_a_list_field_refuses_strings_and_objects(raw: dict[str, Any], field: str) -> None:
+    """BUG: cattrs structures any iterable into a list: ``"stop": "abc"`` becomes
+    ``["a", "b", "c"]`` and ``{"a": 1}`` becomes ``["a"]``, against "no type coercion".
+    """
+    check_422(raw, field)
+
+
+def test_extra_keys_are_refused_naming_the_field() -> None:
+    check_422({"messages": [], "temprature": 1.0}, "temprature", "temprature")
+    exc = check_422({"messages": [], "b": 1, "a": 2}, "a")
+    assert "a, b" in exc.message
+
+
+def test_missing_required_field_is_named() -> None:
+    check_422({}, "messages", "'messages'", "missing")
+
+
+def test_nested_paths() -> None:
+    good = {"role": "user", "content": "x"}
+    check_422({"messages": [good, {"role": "system", "content": "x"}]}, "messages[1].role")
+    check_422({"messages": [good, {"content": "x"}]}, "messages[1].role", "missing")
+    check_422({"messages": [good, {"role": "user", "content": 5}]}, "messages[1].content")
+    check_422({"messages": [good, good, {**good, "name": "n"}]}, "messages[2].name")
+    check_422({"messages": [7]}, "messages[0]")
+
+
+def test_validator_error_names_the_field() -> None:
+    check_422({"messages": [], "max_tokens": 0}, "max_tokens", "max_tokens")
+
+
+def test_length_validator_error_names_the_field() -> None:
+    """BUG: attrs' ``min_len``/``max_len`` say "Length of 'model' must be <= 8"; the regex in
+    ``_wire`` only matches messages that *start* with the quoted name, so ``field`` is None.
+    """
+    check_422({"messages": [], "model": "much-too-long"}, "model")
+
+
+def test_validator_error_in_a_nested_class_names_the_nested_field() -> None:
+    """BUG: a validator failing inside a nested class reports the parent's path only
+    (``messages[0]``), not the field (``messages[0].content``).
+    """
+    check_422({"messages": [{"role": "user", "content": ""}]}, "messages[0].content")
