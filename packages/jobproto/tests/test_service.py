@@ -226,3 +226,44 @@ async def test_keepalive_and_send_timeout_settings_take_effect() -> None:
                     body += chunk
     assert body.count(b": keepalive\n\n") >= 3
     assert time.monotonic() - started < 5
+
+
+async def test_405_lists_every_allowed_method_and_head_starts_nothing() -> None:
+    async with serving(create_app(conformance_operations())) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            r = await http.put("/v1/jobs")
+            assert r.status_code == 405
+            assert set(r.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+            assert r.json()["error"]["code"] == "method_not_allowed"
+            job = (await http.post("/v1/jobs", json={"operation": "echo"})).json()
+            r = await http.post(job["status_url"])
+            assert {"GET", "DELETE"} <= set(r.headers["allow"].replace(" ", "").split(","))
+            r = await http.head(job["sse_url"])
+            assert r.status_code == 200
+            assert (await http.get(job["status_url"])).json()["state"] == "queued"
+
+
+async def test_a_long_finished_job_replays_in_one_connection() -> None:
+    settings = ServiceSettings(max_subscriber_lag=16, max_batch_events=8)
+    async with serving(create_app(conformance_operations(), settings)) as url:
+        async with JobClient(url) as client, httpx.AsyncClient(base_url=url) as http:
+            job = await client.create("burst", {"count": 500})
+            await collect(client, job.job_id)
+            async with http.stream("GET", job.sse_url) as s:
+                body = await s.aread()
+    assert body.count(b"\nevent: data\n") == 500
+    assert body.rstrip().endswith(b"}}")
+    assert b"event: succeeded" in body
+
+
+async def test_a_downstream_refusal_fails_the_relaying_job_with_its_code() -> None:
+    down_app = create_app(conformance_operations())
+    async with serving(down_app) as down, serving(create_app(upstream_ops({}))) as up:
+        async with JobClient(up) as client:
+            with pytest.raises(RemoteJobFailed) as info:
+                await client.run("cascade", {"url": down, "op": "echo", "fields": {"x": 1}})
+            assert info.value.code == "validation_error"
+            with pytest.raises(RemoteJobFailed) as info:
+                dead = "http://127.0.0.1:9"
+                await client.run("cascade", {"url": dead, "op": "echo", "fields": {}})
+            assert info.value.code == "downstream_unavailable"

@@ -11,6 +11,9 @@ context travel with the create request (the client reads them from the current j
 A downstream terminal event is not re-emitted: the current job has its own. ``failed`` downstream
 raises ``JobFailed`` with the downstream code (so the current job fails with it unless the caller
 handles it); ``cancelled``/``expired`` downstream raise ``JobFailed("downstream_cancelled", ...)``.
+A downstream service that refuses the job fails it with the refusal's code (``validation_error``,
+``unknown_operation``...); one that cannot be reached, or loses the job, with
+``downstream_unavailable``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from contextlib import aclosing
 from typing import Any
 
 import anyio
+import httpx
 
-from ._errors import JobFailed
+from ._errors import JobFailed, RemoteProtocolError
 from ._events import Cancelled, Expired, Failed, Gap, Narration, Origin, Succeeded
 from ._narration import current_job
 from .asgi._service import JobHandle
-from .client import JobClient
+from .client import HTTPStatusError, JobClient, StreamInterrupted
 
 __all__ = ["relay"]
 
@@ -43,6 +47,21 @@ async def relay(
     idempotency_key: str | None = None,
 ) -> Any:
     """Run ``operation`` on ``client``'s service, relaying its events; return its result."""
+    try:
+        return await _relay(client, operation, fields, service, idempotency_key)
+    except HTTPStatusError as exc:  # the downstream service refused the job (or lost it)
+        raise JobFailed(exc.code, f"{service}: {exc.message}") from exc
+    except (httpx.HTTPError, StreamInterrupted, RemoteProtocolError) as exc:
+        raise JobFailed("downstream_unavailable", f"{service}: {exc}") from exc
+
+
+async def _relay(
+    client: JobClient,
+    operation: str,
+    fields: Mapping[str, Any] | None,
+    service: str,
+    idempotency_key: str | None,
+) -> Any:
     job = current_job()
     target = job if isinstance(job, JobHandle) else None
     created = await client.create(operation, fields, idempotency_key=idempotency_key)

@@ -1,7 +1,8 @@
 """``/openapi.json``: the job endpoints and every operation's request schema (OpenAPI 3.1).
 
-Generated from the operation definitions, so the document cannot drift from what the service
-validates.
+Generated from the operation definitions, so field names, types, required fields and defaults
+cannot drift from what the service validates. Range checks done by attrs validators appear only
+where the field also declares them in ``metadata={"schema": {...}}``.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _ts(value: float | None) -> str | None:
     return None if value is None else format_timestamp(value)
 
 
-def status_json(handle: JobHandle, root: str = "") -> dict[str, Any]:
+def status_json(handle: JobHandle, root: str = "", prefix: str = "/v1/jobs") -> dict[str, Any]:
     job = handle.job
     error = None if job.error is None else {"code": job.error.code, "message": job.error.message}
     return {
@@ -50,8 +50,8 @@ def status_json(handle: JobHandle, root: str = "") -> dict[str, Any]:
         "correlation_id": job.correlation_id,
         "result": job.result,
         "error": error,
-        "sse_url": f"{root}/v1/jobs/{job.id}/stream",
-        "status_url": f"{root}/v1/jobs/{job.id}",
+        "sse_url": f"{root}{prefix}/{job.id}/stream",
+        "status_url": f"{root}{prefix}/{job.id}",
     }
 
 
@@ -125,7 +125,9 @@ def _handle(service: JobService, job_id: str) -> JobHandle:
     return service.get(job_id)
 
 
-def _int_param(raw: str, name: str, low: int, high: int | None = None) -> int:
+def _int_param(
+    raw: str, name: str, low: int, high: int | None = None, code: str = "invalid_query"
+) -> int:
     if (
         not raw.isdigit()
         or len(raw) > 18
@@ -133,7 +135,7 @@ def _int_param(raw: str, name: str, low: int, high: int | None = None) -> int:
         or (high is not None and int(raw) > high)
     ):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise RequestError(400, "invalid_query", f"{name} must be an integer {bound}", field=name)
+        raise RequestError(400, code, f"{name} must be an integer {bound}", field=name)
     return int(raw)
 
 
@@ -170,7 +172,7 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
             idempotency_key=key,
         )
         root = request.scope.get("root_path", "")
-        out = status_json(handle, root)
+        out = status_json(handle, root, prefix)
         out = {
             k: out[k]
             for k in (
@@ -209,27 +211,29 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
         jobs, cursor = service.registry.page(state=state, cursor=q.get("cursor"), limit=limit)
         root = request.scope.get("root_path", "")
         body = {
-            "jobs": [status_json(service.handles[j.id], root) for j in jobs],
+            "jobs": [status_json(service.handles[j.id], root, prefix) for j in jobs],
             "next_cursor": cursor,
         }
         return _json(request.scope, 200, body)
 
     async def status(request: Request) -> Response:
         handle = _handle(service, request.path_params["job_id"])
-        return _json(request.scope, 200, status_json(handle, request.scope.get("root_path", "")))
+        return _json(
+            request.scope, 200, status_json(handle, request.scope.get("root_path", ""), prefix)
+        )
 
     async def cancel(request: Request) -> Response:
         handle = _handle(service, request.path_params["job_id"])
         done = await service.cancel(handle)
-        body = status_json(handle, request.scope.get("root_path", ""))
+        body = status_json(handle, request.scope.get("root_path", ""), prefix)
         return _json(request.scope, 200 if done else 202, body)
 
     async def stream_cursor(request: Request, handle: JobHandle) -> int:
         raw = request.headers.get("last-event-id")
-        name = "Last-Event-ID"
+        name, code = "Last-Event-ID", "invalid_header"
         if raw is None or raw == "":
-            raw, name = request.query_params.get("after", "0"), "after"
-        after = _int_param(raw.strip(), name, 0)
+            raw, name, code = request.query_params.get("after", "0"), "after", "invalid_query"
+        after = _int_param(raw.strip(), name, 0, code=code)
         if after > handle.job.last_seq:
             raise RequestError(
                 400,
@@ -251,18 +255,29 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
         finally:
             _current_correlation.reset(token)
         headers = [(b"x-correlation-id", correlation_of(scope).encode())]
+        if scope["method"] == "HEAD":  # headers only: a HEAD is no subscriber, starts nothing
+            start = {"type": "http.response.start", "status": 200, "headers": headers}
+            await send(start)
+            await send({"type": "http.response.body", "body": b""})
+            return
         await stream_job(service, handle, after, scope, receive, send, headers)
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(service, prefix))
+        return _json(request.scope, 200, openapi_document(service, prefix))
+
+    # One route per resource, dispatching on the method, so a 405 lists every allowed method
+    # in its Allow header (RFC 9110, section 15.5.6).
+    async def jobs(request: Request) -> Response:
+        return await (create if request.method == "POST" else list_jobs)(request)
+
+    async def job(request: Request) -> Response:
+        return await (cancel if request.method == "DELETE" else status)(request)
 
     return [
-        Route(prefix, _guarded(create), methods=["POST"]),
-        Route(prefix, _guarded(list_jobs), methods=["GET"]),
-        Route(prefix + "/{job_id}", _guarded(status), methods=["GET"]),
-        Route(prefix + "/{job_id}", _guarded(cancel), methods=["DELETE"]),
+        Route(prefix, _guarded(jobs), methods=["GET", "POST"]),
+        Route(prefix + "/{job_id}", _guarded(job), methods=["GET", "DELETE"]),
         Route(prefix + "/{job_id}/stream", _StreamEndpoint(stream), methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/openapi.json", _guarded(openapi), methods=["GET"], include_in_schema=False),
     ]
 
 

@@ -65,13 +65,21 @@ class JobHandle:
     def emit(self, event: Event, origin: Origin | None = None) -> None:
         """Append an event to the job's log and wake its subscribers. Thread-safe, non-blocking."""
         if threading.get_ident() != self._service._loop_thread:
-            self._service._call_soon_threadsafe(self.emit, event, origin)
+            self._service._call_soon_threadsafe(self._emit_from_thread, event, origin)
             return
         if self.job.state is not JobState.RUNNING:
             # A task that outlived its handler narrating late: logging has it, the stream is closed.
             return
         self.job.emit(event, time.time(), origin)
         self.notify()
+
+    def _emit_from_thread(self, event: Event, origin: Origin | None) -> None:
+        # The thread that narrated has moved on: an event that cannot be encoded is logged here
+        # (on the loop thread the same mistake raises into the caller).
+        try:
+            self.emit(event, origin)
+        except (TypeError, ValueError):
+            logger.exception("job %s: dropped an event that is not JSON", self.job.id)
 
     def notify(self) -> None:
         self.changed.set()

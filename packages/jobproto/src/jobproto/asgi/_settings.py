@@ -16,7 +16,7 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 
 @attrs.frozen
 class ServiceSettings:
-    #: name used in spans, relay origins and the OpenAPI title
+    #: name used in spans and as the OpenAPI title
     service_name: str = "jobproto"
     #: "on_subscribe": a job runs when its first stream connects; "immediate": when created
     start_mode: Literal["on_subscribe", "immediate"] = "on_subscribe"

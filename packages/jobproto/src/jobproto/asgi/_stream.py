@@ -84,12 +84,14 @@ async def _pump(service: JobService, handle: JobHandle, cursor: int, send: Send)
         if pending:
             body = b"".join(pending)
             pending.clear()
+            behind_before = log.last_seq - cursor
             with anyio.fail_after(settings.send_timeout):
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-            if log.last_seq - cursor > settings.max_subscriber_lag:
-                logger.info(
-                    "job %s: closing a subscriber %d events behind", job.id, log.last_seq - cursor
-                )
+            # Falling behind means losing ground while sending: a backlog being replayed (a
+            # finished job, a resume) is read in batches and is not lag.
+            behind = log.last_seq - cursor
+            if behind > settings.max_subscriber_lag and behind > behind_before:
+                logger.info("job %s: closing a subscriber %d events behind", job.id, behind)
                 return
             continue
         if job.finished and cursor >= log.last_seq:
