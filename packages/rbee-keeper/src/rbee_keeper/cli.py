@@ -1,13 +1,565 @@
-"""Entry point for the `rbee` command (not implemented yet)."""
+"""The ``rbee`` command: one click command per thing a person asks the queen to do.
 
+Every command that talks to the queen runs one job there and streams it (``runner.run_job``),
+except ``rbee queen start|stop`` (local processes, ``services``), ``rbee jobs ...`` (the job
+endpoints themselves) and ``rbee config show``. Job parameters are sent only when given, so the
+queen's (and worker's) defaults apply otherwise, and the queen is the one judge of their ranges:
+a value it refuses exits 5 with its message and the field.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from jobproto.client import JobClient
+
+from . import __version__
+from .config import SETTINGS, ConfigError, Settings, load_settings
+from .render import HumanRenderer, JsonRenderer, Renderer
+from .runner import (
+    EXIT_OK,
+    EXIT_USAGE,
+    call,
+    run_job,
+    run_sync,
+    stream_job,
+)
+from .services import ServiceError, is_listening, local_services, running_pid, start_local, stop
+
+__all__ = ["main", "rbee"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """\b
+Exit codes: 0 success, 1 job failed, 2 usage error, 3 queen unreachable,
+4 job cancelled, 5 request refused by the queen (validation), 130 Ctrl+C."""
+
+ENGINES = ("auto", "transformers", "vllm", "synthetic")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
 
 
-def main() -> NoReturn:
-    """Report that this tier is not implemented yet and exit with status 2."""
-    print("rbee: not implemented yet", file=sys.stderr)
-    raise SystemExit(2)
+class SettingsError(click.ClickException):
+    """A bad setting is a usage error (exit 2), reported without the usage line."""
+
+    exit_code = EXIT_USAGE
+
+
+class App:
+    """What the group passes to its commands: the flags, and the settings made from them."""
+
+    def __init__(self, flags: dict[str, Any], config_file: Path | None) -> None:
+        self.flags = flags
+        self.config_file = config_file
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        # Loaded on first use, so that `rbee CMD --help` works with a broken config file.
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.flags, config_file=self.config_file)
+            except ConfigError as exc:
+                raise SettingsError(str(exc)) from None
+        return self._settings
+
+
+def renderer_for(as_json: bool) -> Renderer:
+    if as_json:
+        return JsonRenderer(sys.stdout, sys.stderr)
+    return HumanRenderer(sys.stdout, sys.stderr)
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON Lines on stdout: one object per event, then the result.",
+)
+hive_option = click.option(
+    "--hive", default=None, help="The hive to use (default: the only one the queen knows)."
+)
+
+
+def _fields(**fields: Any) -> dict[str, Any]:
+    """Job fields that were given (None and empty tuples are left to the queen's defaults)."""
+    return {k: v for k, v in fields.items() if v is not None and v != ()}
+
+
+def job_command(operation: str) -> Callable[[F], F]:
+    """Make a command function that returns job fields into one that runs the job and exits."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> None:
+            ctx = click.get_current_context()
+            app: App = ctx.ensure_object(App)
+            fields = func(*args, **kwargs)
+            renderer = renderer_for(as_json)
+            settings = app.settings
+            ctx.exit(run_sync(lambda: run_job(settings, renderer, operation, fields)))
+
+        return json_option(wrapper)  # type: ignore[return-value]
+
+    return decorate
+
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--queen-url", default=None, help="The queen (RBEE_QUEEN_URL).")
+@click.option(
+    "--state-dir",
+    default=None,
+    help="Pid files and logs of the local services (RBEE_STATE_DIR).",
+)
+@click.option("--models-dir", default=None, help="Models of the local hive (RBEE_MODELS_DIR).")
+@click.option(
+    "--hive-port", default=None, type=int, help="Port of the local hive (RBEE_HIVE_PORT)."
+)
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file (RBEE_CONFIG; default $XDG_CONFIG_HOME/rbee/config.toml).",
+)
+@click.version_option(__version__, prog_name="rbee")
+@click.pass_context
+def rbee(
+    ctx: click.Context,
+    queen_url: str | None,
+    state_dir: str | None,
+    models_dir: str | None,
+    hive_port: int | None,
+    config_file: Path | None,
+) -> None:
+    """rbee: run LLMs on your own machines.
+
+    Talks to the queen (default http://127.0.0.1:8500). Narration goes to stderr, output
+    (tokens, results) to stdout. Settings: see `rbee config show`.
+    """
+    flags = {
+        "queen_url": queen_url,
+        "state_dir": state_dir,
+        "models_dir": models_dir,
+        "hive_port": hive_port,
+    }
+    ctx.obj = App(flags, config_file)
+
+
+# -- infer and status -----------------------------------------------------------------------------
+
+
+@rbee.command()
+@click.argument("prompt")
+@click.option("--model", "-m", required=True, help="Model name (as the hive knows it).")
+@click.option("--max-tokens", type=int, default=None, help="Most tokens to generate.")
+@click.option("--temperature", type=float, default=None, help="0 = greedy.")
+@click.option("--top-p", type=float, default=None)
+@click.option("--top-k", type=int, default=None, help="0 = off.")
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="Stop sequence (repeatable).")
+@click.option("--system", default=None, help="System message (sends a chat).")
+@hive_option
+@json_option
+@click.option(
+    "--no-autostart", is_flag=True, help="Do not start the local queen and hive when not running."
+)
+@click.pass_obj
+def infer(
+    app: App,
+    prompt: str,
+    model: str,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    seed: int | None,
+    stop: tuple[str, ...],
+    system: str | None,
+    hive: str | None,
+    as_json: bool,
+    no_autostart: bool,
+) -> None:
+    """Generate text from PROMPT ('-' reads it from stdin); tokens stream to stdout."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    fields = _fields(
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=list(stop) if stop else None,
+        hive=hive,
+    )
+    if system is not None:
+        fields["messages"] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompt},
+        ]
+    else:
+        fields["prompt"] = prompt
+    settings = app.settings
+    renderer = renderer_for(as_json)
+    code = run_sync(
+        lambda: run_job(settings, renderer, "infer", fields, autostart=not no_autostart)
+    )
+    click.get_current_context().exit(code)
+
+
+@rbee.command()
+@job_command("status")
+def status() -> dict[str, Any]:
+    """Hives, workers, models and jobs in flight, as the queen sees them."""
+    return {}
+
+
+# -- queen ----------------------------------------------------------------------------------------
+
+
+@rbee.group()
+def queen() -> None:
+    """The local queen (and hive) processes."""
+
+
+@queen.command("start")
+@json_option
+@click.pass_obj
+def queen_start(app: App, as_json: bool) -> None:
+    """Start the local queen and hive in the background (no-op when running)."""
+    settings = app.settings
+    renderer = renderer_for(as_json)
+
+    async def start() -> int:
+        try:
+            await start_local(settings, renderer.note)
+        except ServiceError as exc:
+            renderer.error(str(exc), exit_code=3, code="service_error")
+            return 3
+        queen_svc, hive_svc = local_services(settings)
+        renderer.output(
+            {
+                "queen": {"url": queen_svc.url, "pid": running_pid(queen_svc)},
+                "hive": {"url": hive_svc.url, "pid": running_pid(hive_svc)},
+                "logs": str(queen_svc.log_file.parent),
+            }
+        )
+        return EXIT_OK
+
+    click.get_current_context().exit(run_sync(start))
+
+
+@queen.command("stop")
+@json_option
+@click.pass_obj
+def queen_stop(app: App, as_json: bool) -> None:
+    """Stop the local hive and queen that rbee started (SIGTERM, then SIGKILL)."""
+    settings = app.settings
+    renderer = renderer_for(as_json)
+    queen_svc, hive_svc = local_services(settings)
+    out: dict[str, Any] = {}
+    for service in (hive_svc, queen_svc):
+        result = stop(service, settings.stop_timeout)
+        out[service.name] = {"outcome": result.outcome, "pid": result.pid}
+        if result.stale:
+            renderer.note(f"removed the stale pid file of the {service.name}")
+    renderer.output(out)
+
+
+@queen.command("status")
+@json_option
+@click.pass_obj
+def queen_status(app: App, as_json: bool) -> None:
+    """The local processes, then the queen's own status (a `status` job)."""
+    settings = app.settings
+    renderer = renderer_for(as_json)
+    queen_svc, hive_svc = local_services(settings)
+
+    async def show() -> int:
+        local = [
+            {
+                "service": service.name,
+                "url": service.url,
+                "pid": running_pid(service),
+                "answers": await is_listening(service.url),
+                "log": str(service.log_file),
+            }
+            for service in (queen_svc, hive_svc)
+        ]
+        renderer.output({"local": local})
+        return await run_job(settings, renderer, "status", {})
+
+    click.get_current_context().exit(run_sync(show))
+
+
+# -- hives, workers, models -----------------------------------------------------------------------
+
+
+@rbee.group()
+def hive() -> None:
+    """Hives: one per machine, they run the workers."""
+
+
+@hive.command("list")
+@job_command("hive_list")
+def hive_list() -> dict[str, Any]:
+    """The hives the queen knows, and their state."""
+    return {}
+
+
+def _hive_or_default(name: str | None) -> str:
+    app: App = click.get_current_context().ensure_object(App)
+    return name if name is not None else app.settings.hive_id
+
+
+@hive.command("status")
+@hive_option
+@job_command("hive_status")
+def hive_status(hive: str | None) -> dict[str, Any]:
+    """One hive in detail (default: the local hive)."""
+    return {"hive": _hive_or_default(hive)}
+
+
+@hive.command("start")
+@hive_option
+@job_command("hive_start")
+def hive_start(hive: str | None) -> dict[str, Any]:
+    """Ask the queen to start a hive on its machine."""
+    return {"hive": _hive_or_default(hive)}
+
+
+@hive.command("stop")
+@hive_option
+@job_command("hive_stop")
+def hive_stop(hive: str | None) -> dict[str, Any]:
+    """Ask the queen to stop a hive it started."""
+    return {"hive": _hive_or_default(hive)}
+
+
+@rbee.group()
+def worker() -> None:
+    """Workers: one process per loaded model."""
+
+
+@worker.command("spawn")
+@click.option("--model", "-m", required=True, help="Model name.")
+@click.option("--engine", type=click.Choice(ENGINES), default=None, help="Default: auto.")
+@hive_option
+@job_command("worker_spawn")
+def worker_spawn(model: str, engine: str | None, hive: str | None) -> dict[str, Any]:
+    """Start a worker for a model and wait until it is ready."""
+    return _fields(model=model, engine=engine, hive=hive)
+
+
+@worker.command("list")
+@hive_option
+@job_command("worker_list")
+def worker_list(hive: str | None) -> dict[str, Any]:
+    """The workers of a hive."""
+    return _fields(hive=hive)
+
+
+@worker.command("stop")
+@click.argument("worker_id")
+@hive_option
+@job_command("worker_stop")
+def worker_stop(worker_id: str, hive: str | None) -> dict[str, Any]:
+    """Stop a worker."""
+    return _fields(worker_id=worker_id, hive=hive)
+
+
+@rbee.group()
+def model() -> None:
+    """Models on the hives."""
+
+
+@model.command("download")
+@click.argument("repo_id")
+@click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
+@click.option("--name", default=None, help="Name to register it under (default: from REPO_ID).")
+@hive_option
+@job_command("model_download")
+def model_download(
+    repo_id: str, revision: str | None, name: str | None, hive: str | None
+) -> dict[str, Any]:
+    """Download a model from the Hugging Face Hub onto a hive."""
+    return _fields(repo_id=repo_id, revision=revision, name=name, hive=hive)
+
+
+@model.command("register")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@hive_option
+@job_command("model_register")
+def model_register(name: str, path: Path, hive: str | None) -> dict[str, Any]:
+    """Register a local model directory under NAME (nothing is copied)."""
+    # Relative to where the person is: the hive's working directory means nothing to them.
+    return _fields(name=name, path=str(path.expanduser().absolute()), hive=hive)
+
+
+@model.command("list")
+@hive_option
+@job_command("model_list")
+def model_list(hive: str | None) -> dict[str, Any]:
+    """The models of a hive."""
+    return _fields(hive=hive)
+
+
+@model.command("delete")
+@click.argument("name")
+@hive_option
+@job_command("model_delete")
+def model_delete(name: str, hive: str | None) -> dict[str, Any]:
+    """Delete a model from a hive."""
+    return _fields(name=name, hive=hive)
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+
+@rbee.group()
+def jobs() -> None:
+    """The jobs on the queen."""
+
+
+def _status_row(raw: dict[str, Any]) -> dict[str, Any]:
+    error = raw.get("error")
+    return {
+        "job_id": raw.get("job_id"),
+        "operation": raw.get("operation"),
+        "state": raw.get("state"),
+        "created_at": raw.get("created_at"),
+        "finished_at": raw.get("finished_at"),
+        "error": f"{error.get('code')}: {error.get('message')}"
+        if isinstance(error, dict)
+        else None,
+    }
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice(JOB_STATES), default=None, help="Only jobs in STATE.")
+@click.option("--limit", type=click.IntRange(1, 100), default=50, show_default=True)
+@json_option
+@click.pass_obj
+def jobs_list(app: App, state: str | None, limit: int, as_json: bool) -> None:
+    """Jobs on the queen, newest first as the queen orders them."""
+    settings = app.settings
+    renderer = renderer_for(as_json)
+
+    async def request(client: JobClient) -> Any:
+        page = await client.list(state=state, limit=limit)
+        if as_json:
+            return {"jobs": [job.raw for job in page.jobs], "next_cursor": page.next_cursor}
+        return {"jobs": [_status_row(job.raw) for job in page.jobs]}
+
+    click.get_current_context().exit(run_sync(lambda: call(settings, renderer, request)))
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@json_option
+@click.pass_obj
+def jobs_status(app: App, job_id: str, as_json: bool) -> None:
+    """One job: state, timestamps, result or error."""
+    settings = app.settings
+    renderer = renderer_for(as_json)
+
+    async def request(client: JobClient) -> Any:
+        return (await client.status(job_id)).raw
+
+    click.get_current_context().exit(run_sync(lambda: call(settings, renderer, request)))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@json_option
+@click.pass_obj
+def jobs_cancel(app: App, job_id: str, as_json: bool) -> None:
+    """Cancel a job (and, through the queen, what it runs downstream)."""
+    settings = app.settings
+    renderer = renderer_for(as_json)
+
+    async def request(client: JobClient) -> Any:
+        job = await client.cancel(job_id)
+        return {"job_id": job.job_id, "state": job.state}
+
+    click.get_current_context().exit(run_sync(lambda: call(settings, renderer, request)))
+
+
+@jobs.command("stream")
+@click.argument("job_id")
+@click.option("--after", type=click.IntRange(min=0), default=0, help="Skip events up to this seq.")
+@click.option(
+    "--cancel-on-interrupt",
+    is_flag=True,
+    help="Ctrl+C cancels the job (by default it only detaches from it).",
+)
+@json_option
+@click.pass_obj
+def jobs_stream(
+    app: App, job_id: str, after: int, cancel_on_interrupt: bool, as_json: bool
+) -> None:
+    """Attach to a job: replay its events from the start (or --after) and follow it to the end."""
+    settings = app.settings
+    renderer = renderer_for(as_json)
+
+    async def start(client: JobClient) -> tuple[str, str, int]:
+        job = await client.status(job_id)
+        return job.job_id, job.operation, after
+
+    code = run_sync(
+        lambda: stream_job(settings, renderer, start, cancel_on_interrupt=cancel_on_interrupt)
+    )
+    click.get_current_context().exit(code)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@rbee.group()
+def config() -> None:
+    """Settings: defaults < config file < RBEE_* environment < flags."""
+
+
+@config.command("show")
+@json_option
+@click.pass_obj
+def config_show(app: App, as_json: bool) -> None:
+    """Every setting, its value, and where that value came from."""
+    settings = app.settings
+    values = settings.as_dict()
+    found = "" if settings.config_file_found else " (not found)"
+    if as_json:
+        renderer_for(True).output(
+            {
+                "config_file": str(settings.config_file),
+                "config_file_found": settings.config_file_found,
+                "settings": values,
+                "sources": dict(settings.sources),
+            }
+        )
+        return
+    # As TOML, so that `rbee config show > ~/.config/rbee/config.toml` makes a config to edit.
+    lines = [f"# config file: {settings.config_file}{found}"]
+    for spec in SETTINGS:
+        where = ", ".join(filter(None, [spec.env, spec.flag]))
+        lines.append(f"\n# {spec.help} ({where})")
+        # JSON strings, numbers and arrays of strings are valid TOML values.
+        value = json.dumps(values[spec.name], ensure_ascii=False)
+        lines.append(f"{spec.name} = {value}  # {settings.sources[spec.name]}")
+    click.echo("\n".join(lines))
+
+
+def main() -> None:
+    """Entry point of the ``rbee`` console script."""
+    rbee(prog_name="rbee")
 
 
 if __name__ == "__main__":

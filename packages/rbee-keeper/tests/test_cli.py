@@ -1,0 +1,81 @@
+"""Command-line parsing and help, without any queen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from click.testing import Result
+
+import rbee_keeper
+from rbee_keeper.cli import rbee
+
+Invoke = Callable[..., Result]
+
+COMMANDS = {
+    "infer": [],
+    "status": [],
+    "queen": ["start", "stop", "status"],
+    "hive": ["list", "status", "start", "stop"],
+    "worker": ["spawn", "list", "stop"],
+    "model": ["download", "register", "list", "delete"],
+    "jobs": ["list", "status", "cancel", "stream"],
+    "config": ["show"],
+}
+
+
+def test_version(invoke: Invoke) -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert rbee_keeper.__version__ in result.stdout
+
+
+def test_help_lists_commands_and_exit_codes(invoke: Invoke) -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.stdout
+    assert "3 queen unreachable" in result.stdout
+
+
+def test_the_command_tree() -> None:
+    assert set(rbee.commands) == set(COMMANDS)
+    for name, subcommands in COMMANDS.items():
+        group = rbee.commands[name]
+        assert set(getattr(group, "commands", {})) == set(subcommands)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["infer", "hi"],  # --model is required
+        ["infer", "hi", "-m", "x", "--max-tokens", "many"],
+        ["worker", "spawn", "-m", "x", "--engine", "warp"],
+        ["jobs", "list", "--state", "sleeping"],
+        ["jobs", "status"],
+        ["model", "register", "only-a-name"],
+        ["nonsense"],
+    ],
+)
+def test_usage_errors_exit_2(invoke: Invoke, args: list[str]) -> None:
+    assert invoke(*args).exit_code == 2
+
+
+def test_subcommand_help_works_with_a_broken_config(invoke: Invoke) -> None:
+    result = invoke("infer", "--help", RBEE_HIVE_PORT="not-a-port")
+    assert result.exit_code == 0
+    assert "--no-autostart" in result.stdout
+
+
+def test_jobs_commands_report_an_unreachable_queen(invoke: Invoke) -> None:
+    result = invoke("jobs", "list")
+    assert result.exit_code == 3
+    assert "queen not running on 127.0.0.1:" in result.stderr
+
+
+def test_a_queen_on_another_host_is_not_autostarted(invoke: Invoke) -> None:
+    # 127.0.0.2 refuses at once like any closed port, but it is not a name rbee starts a queen for.
+    result = invoke("infer", "hi", "-m", "x", RBEE_QUEEN_URL="http://127.0.0.2:9")
+    assert result.exit_code == 3
+    assert "cannot connect to the queen on 127.0.0.2:9" in result.stderr
+    assert "started queen" not in result.stderr

@@ -1,0 +1,145 @@
+"""Settings: defaults < config file < RBEE_* environment < flags; `rbee config show`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+import rbee_keeper.config
+from rbee_keeper.config import SETTINGS, ConfigError, load_settings
+
+Invoke = Callable[..., Result]
+
+
+def write_config(env: dict[str, str], text: str) -> Path:
+    path = Path(env["XDG_CONFIG_HOME"]) / "rbee" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_xdg(env: dict[str, str]) -> None:
+    env = {k: v for k, v in env.items() if k != "RBEE_QUEEN_URL"}
+    settings = load_settings(env=env)
+    assert settings.queen_url == "http://127.0.0.1:8500"
+    assert settings.state_dir == Path(env["XDG_STATE_HOME"]) / "rbee"
+    assert settings.models_dir == Path(env["XDG_DATA_HOME"]) / "rbee" / "models"
+    assert settings.config_file == Path(env["XDG_CONFIG_HOME"]) / "rbee" / "config.toml"
+    assert not settings.config_file_found
+    assert settings.queen_command == (sys.executable, "-m", "rbee_queen.app")
+    assert settings.hive_command == (sys.executable, "-m", "rbee_hive.app")
+    assert settings.hive_port == 9000
+    assert set(settings.sources.values()) == {"default"}
+
+
+def test_relative_xdg_values_are_ignored(env: dict[str, str]) -> None:
+    settings = load_settings(env={"XDG_STATE_HOME": "relative/state"})
+    assert settings.state_dir == Path.home() / ".local" / "state" / "rbee"
+
+
+def test_precedence_file_then_env_then_flag(env: dict[str, str]) -> None:
+    path = write_config(
+        env,
+        'queen_url = "http://10.0.0.1:8500"\n'
+        "hive_port = 9001\n"
+        'hive_id = "box"\n'
+        'state_dir = "state"\n'
+        'hive_command = ["rbee-hive", "--heartbeat", "1"]\n',
+    )
+    env = dict(env, RBEE_QUEEN_URL="http://10.0.0.2:8500", RBEE_HIVE_PORT="9002")
+    settings = load_settings({"queen_url": "http://10.0.0.3:8500/"}, env=env)
+    assert settings.queen_url == "http://10.0.0.3:8500"  # flag, trailing slash dropped
+    assert settings.hive_port == 9002  # env
+    assert settings.hive_id == "box"  # file
+    assert settings.state_dir == path.parent / "state"  # relative to the file
+    assert settings.hive_command == ("rbee-hive", "--heartbeat", "1")
+    assert settings.sources["queen_url"] == "flag --queen-url"
+    assert settings.sources["hive_port"] == "env RBEE_HIVE_PORT"
+    assert settings.sources["hive_id"] == f"file {path}"
+    assert settings.sources["stop_timeout"] == "default"
+
+
+def test_commands_from_the_environment_are_shell_split(env: dict[str, str]) -> None:
+    env = dict(env, RBEE_QUEEN_COMMAND="'/opt/my python' -m rbee_queen.app")
+    assert load_settings(env=env).queen_command == ("/opt/my python", "-m", "rbee_queen.app")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hive_port = 0\n", "setting hive_port (file"),
+        ('queen_url = "ftp://x"\n', "must be an http(s) URL"),
+        ("stop_timeout = -1\n", "positive number of seconds"),
+        ("queen_command = []\n", "non-empty list of strings"),
+        ("typo = 1\n", "unknown setting 'typo'"),
+        ("queen_url = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_values_are_named(env: dict[str, str], text: str, expected: str) -> None:
+    write_config(env, text)
+    env = {k: v for k, v in env.items() if not k.startswith("RBEE_")}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert expected in str(info.value)
+
+
+def test_bad_env_value_is_a_usage_error(invoke: Invoke) -> None:
+    result = invoke("config", "show", RBEE_HIVE_PORT="many")
+    assert result.exit_code == 2
+    assert "setting hive_port (env RBEE_HIVE_PORT) must be a port number" in result.stderr
+
+
+def test_an_explicit_config_file_must_exist(env: dict[str, str], invoke: Invoke) -> None:
+    result = invoke("--config", "/nonexistent/rbee.toml", "config", "show")
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+    with pytest.raises(ConfigError):
+        load_settings(env=dict(env, RBEE_CONFIG="/nonexistent/rbee.toml"))
+
+
+def test_config_show_via_the_cli(env: dict[str, str], invoke: Invoke) -> None:
+    write_config(env, "hive_port = 9001\nhive_id = 'file-hive'\n")
+    result = invoke(
+        "--hive-port",
+        "9003",
+        "config",
+        "show",
+        "--json",
+        RBEE_HIVE_PORT="9002",
+        RBEE_HIVE_ID="env-hive",
+    )
+    assert result.exit_code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["config_file_found"] is True
+    assert shown["settings"]["hive_port"] == 9003
+    assert shown["sources"]["hive_port"] == "flag --hive-port"
+    assert shown["settings"]["hive_id"] == "env-hive"
+
+
+def test_config_show_prints_a_usable_toml_file(env: dict[str, str], invoke: Invoke) -> None:
+    result = invoke("config", "show")
+    assert result.exit_code == 0, result.stderr
+    parsed = tomllib.loads(result.stdout)
+    assert set(parsed) == {spec.name for spec in SETTINGS}
+    for spec in SETTINGS:
+        assert spec.env in result.stdout
+    # Written back as a config file, it reads back to the same settings.
+    write_config(env, result.stdout)
+    again = load_settings(env=env)
+    assert again.config_file_found
+    assert again.as_dict() == load_settings(env=env, config_file=None).as_dict()
+    assert again.as_dict()["hive_port"] == parsed["hive_port"]
+
+
+def test_every_setting_is_documented() -> None:
+    doc = rbee_keeper.config.__doc__ or ""
+    for spec in SETTINGS:
+        assert spec.name in doc and spec.env in doc
+        if spec.flag:
+            assert spec.flag in doc

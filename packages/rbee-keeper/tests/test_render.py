@@ -1,0 +1,132 @@
+"""The renderers on their own: events in, text out (no server, no event loop)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from jobproto import (
+    Data,
+    Event,
+    Failed,
+    Gap,
+    JobEvent,
+    Narration,
+    Origin,
+    Progress,
+    Succeeded,
+    UnknownEvent,
+)
+from rbee_keeper.render import (
+    HumanRenderer,
+    JsonRenderer,
+    format_bytes,
+    infer_summary,
+    service_of,
+)
+
+JOB = "job_AAAAAAAAAAAAAAAAAAAAAA"
+
+
+def ev(seq: int, event: Event, origin: Origin | None = None) -> JobEvent:
+    return JobEvent(seq, JOB, "corr", 1_700_000_000.0, event, origin)
+
+
+def human() -> tuple[HumanRenderer, io.StringIO, io.StringIO]:
+    out, err = io.StringIO(), io.StringIO()
+    return HumanRenderer(out, err, no_color=True), out, err
+
+
+def test_service_of_is_the_innermost_origin() -> None:
+    assert service_of(ev(1, Data(1))) == "queen"
+    relayed = Origin("hive", "j2", 4, Origin("worker", "j3", 2))
+    assert service_of(ev(1, Data(1), relayed)) == "worker"
+    assert service_of(ev(1, Data(1), Origin("hive", "j2", 4))) == "hive"
+
+
+def test_narration_progress_and_tokens() -> None:
+    renderer, out, err = human()
+    worker = Origin("worker", "j3", 2)
+    renderer.event(ev(1, Narration("load", "loading [weights]", "warning"), worker))
+    renderer.event(ev(2, Progress("model_download", 512, 1024, "bytes")))
+    renderer.event(ev(3, Progress("model_download", 1024, 1024, "bytes")))
+    renderer.event(ev(4, Progress("worker_start", 2.0, None, "s", "waiting for /ready")))
+    renderer.event(ev(4, Progress("load", 20.5, 300, "s"), Origin("hive", "j2", 1)))
+    renderer.event(ev(5, Data({"text": "Hel", "token_ids": [1]})))
+    renderer.event(ev(6, Data({"text": "lo", "token_ids": [2]})))
+    renderer.event(ev(7, Data({"other": True})))
+    renderer.event(ev(8, UnknownEvent("future", {"x": 1})))
+    renderer.event(Gap(after=8, first_available=12))
+    result = {"completion_tokens": 2, "tokens_per_s": 20.0, "ttft_ms": 50, "finish_reason": "stop"}
+    renderer.succeeded("infer", result, JOB, 0.5)
+    assert out.getvalue() == 'Hello\n{"other": true}\n'
+    text = err.getvalue()
+    assert "[worker] load: loading [weights]" in text  # markup-like text stays as it is
+    assert "[queen] model_download" in text and "1.0/1.0 kB" in text
+    assert "[queen] worker_start: waiting for /ready" in text and "2.0 s" in text
+    assert "[hive] load" in text and "20.5 s (limit 300 s)" in text
+    assert "[queen] future:" in text
+    assert "3 events of this job were lost" in text
+    assert "2 tokens, 20.0 tok/s, first token 50 ms, 0.50 s, finish stop" in text
+
+
+def test_infer_result_without_data_events_still_prints_the_text() -> None:
+    renderer, out, _ = human()
+    renderer.succeeded("infer", {"text": "all at once", "completion_tokens": 3}, JOB, 1.0)
+    assert out.getvalue() == "all at once\n"
+
+
+def test_results_and_failures() -> None:
+    renderer, out, err = human()
+    renderer.succeeded(
+        "model_list",
+        {"models": [{"name": "tiny", "size_bytes": 3 << 30}], "hives": [], "note": None},
+        JOB,
+        0.1,
+    )
+    assert "tiny" in out.getvalue() and "3.0 GiB" in out.getvalue()
+    assert "hives: none" in out.getvalue()
+    renderer.ended("failed", JOB, "busy", "queue full")
+    assert "job failed: busy: queue full" in err.getvalue()
+    assert JOB in err.getvalue()
+
+
+def test_infer_summary_tolerates_missing_fields() -> None:
+    assert infer_summary({}, 1.234) == "1.23 s"
+    assert infer_summary({"completion_tokens": 1, "model": "m"}, 2) == "1 tokens, 2.00 s, model m"
+
+
+def test_format_bytes() -> None:
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(1023) == "1023 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(5 << 40) == "5.0 TiB"
+
+
+def test_json_renderer_writes_json_lines() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    renderer = JsonRenderer(out, err)
+    renderer.event(ev(1, Narration("a", "b"), Origin("hive", "j2", 7)))
+    renderer.event(Gap(after=1, first_available=3))
+    renderer.event(ev(4, Succeeded({"ok": True})))
+    renderer.succeeded("status", {"ok": True}, JOB, 0.25)
+    renderer.ended("failed", JOB, "boom", "it broke")
+    renderer.event(ev(5, Failed("boom", "it broke")))
+    renderer.error("refused", exit_code=5, code="validation_error", field="max_tokens")
+    lines: list[dict[str, Any]] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["type"] for line in lines] == [
+        "narration",
+        "gap",
+        "succeeded",
+        "result",
+        "result",
+        "failed",
+        "error",
+    ]
+    assert lines[0]["origin"] == {"service": "hive", "job_id": "j2", "seq": 7}
+    assert lines[0]["payload"]["action"] == "a"
+    assert lines[3]["result"] == {"ok": True} and lines[3]["elapsed_s"] == 0.25
+    assert lines[4]["error"] == {"code": "boom", "message": "it broke"}
+    assert lines[6]["field"] == "max_tokens" and lines[6]["exit_code"] == 5
+    assert "refused" in err.getvalue()

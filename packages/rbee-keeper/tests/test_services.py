@@ -1,0 +1,195 @@
+"""The local queen and hive as background processes, with fake commands standing in for both.
+
+The fake queen script serves a jobproto app on the ``--port`` it is given and ignores the hive's
+other arguments, so it plays the queen and the hive alike. Every test checks that no process it
+started is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped, unused-ignore]
+import pytest
+from click.testing import Result
+
+from rbee_keeper.config import load_settings
+from rbee_keeper.services import _cmdline_matches, local_services, running_pid
+
+Invoke = Callable[..., Result]
+FAKE = str(Path(__file__).with_name("fake_queen.py"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def local(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """Settings for a local queen and hive run by the fake; yields the state dir. Afterwards,
+    anything still named by a pid file is killed (and the test fails)."""
+    state = tmp_path / "state" / "rbee"
+    monkeypatch.setenv("RBEE_QUEEN_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RBEE_HIVE_PORT", str(free_port()))
+    monkeypatch.setenv("RBEE_QUEEN_COMMAND", f"{sys.executable} {FAKE}")
+    monkeypatch.setenv("RBEE_HIVE_COMMAND", f"{sys.executable} {FAKE}")
+    monkeypatch.setenv("RBEE_START_TIMEOUT", "20")
+    monkeypatch.setenv("RBEE_STOP_TIMEOUT", "5")
+    yield state
+    leftovers = []
+    for pid_file in state.glob("*.pid"):
+        pid = json.loads(pid_file.read_text())["pid"]
+        if psutil.pid_exists(pid):
+            leftovers.append(pid)
+            os.killpg(pid, signal.SIGKILL)
+            psutil.Process(pid).wait(5)
+    assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def pids(state: Path) -> dict[str, int]:
+    return {p.stem: json.loads(p.read_text())["pid"] for p in state.glob("*.pid")}
+
+
+def gone(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_queen_start_and_stop(local: Path, invoke: Invoke) -> None:
+    started = invoke("queen", "start")
+    assert started.exit_code == 0, started.stderr
+    assert "started queen" in started.stderr and "started hive" in started.stderr
+    running = pids(local)
+    assert set(running) == {"queen", "hive"}
+    for name, pid in running.items():
+        # Detached: a session (and process group) of its own, output into its log file.
+        assert os.getsid(pid) == pid and os.getpgid(pid) == pid
+        assert (local / "logs" / f"{name}.log").read_text().startswith("--- rbee:")
+
+    again = invoke("queen", "start")
+    assert again.exit_code == 0
+    assert "queen already running" in again.stderr
+    assert pids(local) == running
+
+    status = invoke("queen", "status")
+    assert status.exit_code == 0, status.stderr
+    assert str(running["queen"]) in status.stdout
+
+    stopped = invoke("queen", "stop", "--json")
+    assert stopped.exit_code == 0, stopped.stderr
+    outcome = json.loads(stopped.stdout)
+    assert outcome["queen"] == {"outcome": "stopped", "pid": running["queen"]}
+    assert outcome["hive"] == {"outcome": "stopped", "pid": running["hive"]}
+    assert pids(local) == {}
+    assert all(gone(pid) for pid in running.values())
+
+    nothing = invoke("queen", "stop", "--json")
+    assert json.loads(nothing.stdout)["queen"]["outcome"] == "not running"
+
+
+def test_infer_autostarts_the_queen_and_hive(local: Path, invoke: Invoke) -> None:
+    result = invoke("infer", "hi", "-m", "tiny")
+    try:
+        assert result.exit_code == 0, result.stderr
+        assert "started queen" in result.stderr
+        assert result.stdout == "Hello, world!\n"
+        assert set(pids(local)) == {"queen", "hive"}
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+    assert pids(local) == {}
+
+
+def test_unreachable_queen_with_no_autostart_exits_3(local: Path, invoke: Invoke) -> None:
+    result = invoke("infer", "hi", "-m", "tiny", "--no-autostart")
+    assert result.exit_code == 3
+    port = load_settings().queen_url.rsplit(":", 1)[1]
+    assert f"queen not running on 127.0.0.1:{port}; start it with `rbee queen start`" in (
+        result.stderr
+    )
+    assert pids(local) == {}  # nothing was started
+
+    as_json = invoke("status", "--json")
+    assert as_json.exit_code == 3
+    error = json.loads(as_json.stdout)
+    assert error["type"] == "error" and error["exit_code"] == 3
+
+
+def test_a_queen_that_dies_on_start_is_reported(local: Path, invoke: Invoke) -> None:
+    script = "import sys; print('cannot bind', file=sys.stderr); sys.exit(3)"
+    result = invoke(
+        "queen", "start", RBEE_QUEEN_COMMAND=f"{sys.executable} -c {json.dumps(script)}"
+    )
+    assert result.exit_code == 3
+    assert "the queen exited while starting" in result.stderr
+    assert "cannot bind" in result.stderr  # the tail of its log
+    assert invoke("queen", "stop").exit_code == 0
+    assert pids(local) == {}
+
+
+def test_a_missing_command_is_reported(local: Path, invoke: Invoke) -> None:
+    result = invoke("queen", "start", RBEE_QUEEN_COMMAND="/nonexistent/rbee-queen")
+    assert result.exit_code == 3
+    assert "cannot start the queen" in result.stderr
+    assert "RBEE_QUEEN_COMMAND" in result.stderr
+
+
+def test_stale_pid_file_of_a_dead_process(local: Path, invoke: Invoke) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    queen, _ = local_services(load_settings())
+    queen.pid_file.parent.mkdir(parents=True)
+    record = {"pid": dead.pid, "argv": list(queen.argv), "create_time": 0}
+    queen.pid_file.write_text(json.dumps(record))
+
+    result = invoke("queen", "stop", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["queen"]["outcome"] == "not running"
+    assert "stale pid file of the queen" in result.stderr
+    assert not queen.pid_file.exists()
+
+
+@pytest.mark.parametrize("kind", ["other command", "bare pid"])
+def test_a_reused_pid_is_not_signalled(local: Path, invoke: Invoke, kind: str) -> None:
+    # A live process that is not the queen holds the pid the pid file names.
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    try:
+        queen, _ = local_services(load_settings())
+        queen.pid_file.parent.mkdir(parents=True)
+        if kind == "bare pid":
+            queen.pid_file.write_text(f"{other.pid}\n")
+        else:
+            record = {"pid": other.pid, "argv": list(queen.argv), "create_time": None}
+            queen.pid_file.write_text(json.dumps(record))
+        assert running_pid(queen) is None
+        assert not queen.pid_file.exists()
+
+        queen.pid_file.write_text(json.dumps({"pid": other.pid, "argv": list(queen.argv)}))
+        assert invoke("queen", "stop").exit_code == 0
+        assert other.poll() is None  # still alive: not ours to stop
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_cmdline_matching() -> None:
+    argv = ["/venv/bin/rbee-queen", "--host", "127.0.0.1", "--port", "8500"]
+    assert _cmdline_matches(list(argv), argv)
+    # A console script run through its #! line.
+    assert _cmdline_matches(["/venv/bin/python", *argv], argv)
+    assert not _cmdline_matches(["/venv/bin/python", "/x/other", *argv[1:]], argv)
+    assert not _cmdline_matches([*argv[:-1], "9000"], argv)
+    assert not _cmdline_matches(["sleep", "30"], argv)
+    assert _cmdline_matches(["/usr/bin/python3", "/x/rbee-queen"], ["rbee-queen"])
