@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
@@ -47,14 +48,34 @@ def error_handlers() -> dict[type[Exception] | int, object]:
     return {HTTPException: _http_error, Exception: _internal_error}
 
 
+def _combined(
+    service: JobService,
+    outer: Callable[[Starlette], AbstractAsyncContextManager[None]] | None,
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    if outer is None:
+        return service.lifespan
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with outer(app), service.lifespan(app):
+            yield
+
+    return lifespan
+
+
 def create_app(
     operations: Operations | JobService,
     settings: ServiceSettings | None = None,
     *,
     routes: Sequence[BaseRoute] = (),
     tracer_provider: TracerProvider | None = None,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
-    """A Starlette app speaking jobproto/1 for ``operations``; extra ``routes`` are added after."""
+    """A Starlette app speaking jobproto/1 for ``operations``; extra ``routes`` are added after.
+
+    ``lifespan`` is the app's own: it is entered before the job service starts and left after the
+    service has ended its jobs, so resources it opens outlive every job.
+    """
     service = (
         operations
         if isinstance(operations, JobService)
@@ -64,7 +85,7 @@ def create_app(
         routes=[*job_routes(service), *routes],
         middleware=[Middleware(CorrelationMiddleware)],
         exception_handlers=error_handlers(),  # type: ignore[arg-type]
-        lifespan=service.lifespan,
+        lifespan=_combined(service, lifespan),
     )
     app.state.jobs = service
     return app

@@ -1,0 +1,122 @@
+"""What the queen does: one typed handler per operation (``docs/tiers.md`` §queen).
+
+| operation      | does                                                                         |
+|----------------|------------------------------------------------------------------------------|
+| status         | hives, workers, models and the jobs in flight, as the queen sees them         |
+| hive_list      | the registered hives, up or down                                             |
+| hive_status    | one hive, and its process when this queen's machine runs it                  |
+| hive_start     | run a hive process on this machine; done once it has registered             |
+| hive_stop      | stop a hive this machine runs (SIGTERM, then SIGKILL, to its process group)  |
+| worker_*       | relayed to the hive named (or the only one): one job id for the user         |
+| model_*        | relayed likewise                                                             |
+| infer          | choose (or start) a worker, then relay its ``infer`` job: no hive in between |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobproto import Operations
+
+from .params import (
+    HiveParams,
+    HiveStartParams,
+    InferParams,
+    ModelDownloadParams,
+    ModelNameParams,
+    ModelRegisterParams,
+    NoParams,
+    OnHiveParams,
+    WorkerSpawnParams,
+    WorkerStopParams,
+    forward_fields,
+)
+from .queen import Queen
+
+__all__ = ["queen_operations"]
+
+
+def queen_operations(queen: Queen) -> Operations:
+    ops = Operations()
+
+    @ops.operation("status")
+    async def status(params: NoParams) -> dict[str, Any]:
+        """Hives, workers, models and jobs in flight."""
+        return queen.status()
+
+    @ops.operation("hive_list")
+    async def hive_list(params: NoParams) -> dict[str, Any]:
+        """The registered hives and their state (up/down)."""
+        return queen.hive_list()
+
+    @ops.operation("hive_status")
+    async def hive_status(params: HiveParams) -> dict[str, Any]:
+        """One hive: its registration, workers, and local process if any."""
+        return queen.hive_status(params.hive)
+
+    @ops.operation("hive_start")
+    async def hive_start(params: HiveStartParams) -> dict[str, Any]:
+        """Start a hive on this machine; succeeds once it has registered."""
+        return await queen.local_hives.start(
+            params.hive,
+            port=queen.settings.hive_port if params.port is None else params.port,
+            queen_url=params.queen_url or queen.url,
+            heartbeat=params.heartbeat,
+            models_dir=params.models_dir,
+        )
+
+    @ops.operation("hive_stop")
+    async def hive_stop(params: HiveParams) -> dict[str, Any]:
+        """Stop a hive this machine runs (SIGTERM, then SIGKILL, to its process group)."""
+        return await queen.local_hives.stop(params.hive)
+
+    @ops.operation("worker_spawn")
+    async def worker_spawn(params: WorkerSpawnParams) -> Any:
+        """Start a worker on a hive (relayed); its record once it is ready."""
+        hive = queen.resolve_hive(params.hive)
+        record = await queen.forward(hive, "worker_spawn", params)
+        queen.note_worker(hive.hive_id, record)
+        return record
+
+    @ops.operation("worker_list")
+    async def worker_list(params: OnHiveParams) -> Any:
+        """The workers of a hive, as the hive reports them (relayed)."""
+        return await queen.forward(queen.resolve_hive(params.hive), "worker_list", params)
+
+    @ops.operation("worker_stop")
+    async def worker_stop(params: WorkerStopParams) -> Any:
+        """Stop a worker (relayed to the hive that runs it)."""
+        hive = queen.resolve_hive(params.hive or queen.hive_of_worker(params.worker_id))
+        result = await queen.forward(hive, "worker_stop", params)
+        queen.registry.forget_worker(hive.hive_id, params.worker_id)
+        return result
+
+    @ops.operation("model_download")
+    async def model_download(params: ModelDownloadParams) -> Any:
+        """Download a model from Hugging Face onto a hive (relayed, with progress)."""
+        return await queen.forward(queen.resolve_hive(params.hive), "model_download", params)
+
+    @ops.operation("model_register")
+    async def model_register(params: ModelRegisterParams) -> Any:
+        """Register a local model directory on a hive (relayed)."""
+        return await queen.forward(queen.resolve_hive(params.hive), "model_register", params)
+
+    @ops.operation("model_list")
+    async def model_list(params: OnHiveParams) -> Any:
+        """The models on a hive (relayed); their sizes inform scheduling."""
+        hive = queen.resolve_hive(params.hive)
+        listing = await queen.forward(hive, "model_list", params)
+        queen.registry.learn_models(hive.hive_id, listing)
+        return listing
+
+    @ops.operation("model_delete")
+    async def model_delete(params: ModelNameParams) -> Any:
+        """Delete a model from a hive (relayed)."""
+        return await queen.forward(queen.resolve_hive(params.hive), "model_delete", params)
+
+    @ops.operation("infer")
+    async def infer(params: InferParams) -> Any:
+        """Generate text on the least busy worker with the model (started if none)."""
+        return await queen.scheduler.infer(params.model, params.hive, forward_fields(params))
+
+    return ops

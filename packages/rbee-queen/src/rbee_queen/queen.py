@@ -1,0 +1,151 @@
+"""``Queen``: the state of one queen process, shared by its operations and its HTTP routes.
+
+Everything with state hangs off this one object (no module globals): the hive registry, the
+scheduler, the local hive processes and the connection pool to hives and workers. ``running()``
+is its part of the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from jobproto import JobFailed, JobState, narrate
+from jobproto.asgi import JobService
+
+from .hives import LocalHives
+from .params import forward_fields
+from .registry import Hive, HiveRegistry, parse_worker_record
+from .remote import Remote
+from .scheduler import Scheduler
+from .settings import QueenSettings
+
+__all__ = ["Queen"]
+
+
+class Queen:
+    def __init__(
+        self, settings: QueenSettings | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings or QueenSettings()
+        self.clock = clock
+        self.registry = HiveRegistry(self.settings.hive_timeout_beats)
+        self.remote = Remote()
+        self.scheduler = Scheduler(self.registry, self.remote, self.settings, clock)
+        self.local_hives = LocalHives(self.settings, self.registry, clock)
+        #: the job service running the queen's operations (set by ``create_app``)
+        self.jobs: JobService | None = None
+        #: the port the queen is bound to, once known (``main`` sets it; port 0 = any)
+        self.bound_port: int | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.remote.running():
+            yield
+
+    @property
+    def url(self) -> str:
+        """The URL hives on this machine reach the queen at."""
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.bound_port or self.settings.port}"
+
+    # -- hives -------------------------------------------------------------------------------------
+
+    def resolve_hive(self, name: str | None) -> Hive:
+        """The hive named, else the only one (the only one up, when several are registered)."""
+        now = self.clock()
+        hives = self.registry.hives()
+        if name is not None:
+            if name not in self.registry:
+                known = ", ".join(h.hive_id for h in hives) or "none"
+                raise JobFailed(
+                    "unknown_hive", f"hive {name!r} is not registered (registered: {known})"
+                )
+            hive = self.registry.get(name)
+        elif not hives:
+            raise JobFailed(
+                "no_hive",
+                "no hive is registered with this queen (start one with `rbee hive start`)",
+            )
+        else:
+            up = [h for h in hives if self.registry.state(h, now) == "up"]
+            if len(hives) == 1:
+                hive = hives[0]
+            elif len(up) == 1:
+                hive = up[0]
+            else:
+                listing = ", ".join(f"{h.hive_id} ({self.registry.state(h, now)})" for h in hives)
+                raise JobFailed(
+                    "hive_required",
+                    f"{len(hives)} hives are registered ({listing}): name one with `hive`",
+                )
+        if self.registry.state(hive, now) == "down":
+            silent = now - hive.last_seen
+            raise JobFailed(
+                "hive_down",
+                f"hive {hive.hive_id} is down: no heartbeat for {silent:.0f} s"
+                f" (expected every {hive.registration.heartbeat_interval:g} s)",
+            )
+        return hive
+
+    async def forward(self, hive: Hive, operation: str, params: Any) -> Any:
+        """Relay ``operation`` to ``hive`` on the current job (origin ``hive:ID``)."""
+        narrate("forward", f"{operation} on hive {hive.hive_id}", hive_id=hive.hive_id)
+        return await self.remote.relay(
+            hive.url,
+            f"hive:{hive.hive_id}",
+            operation,
+            forward_fields(params),
+        )
+
+    def note_worker(self, hive_id: str, raw: Any) -> None:
+        """A worker started through the queen is routable before the hive's next heartbeat."""
+        with contextlib.suppress(ValueError):  # an odd record: the heartbeat will tell
+            self.registry.note_worker(hive_id, parse_worker_record(raw), self.clock())
+
+    def hive_of_worker(self, worker_id: str) -> str | None:
+        hives = {w.hive_id for w in self.registry.workers(self.clock()) if w.worker_id == worker_id}
+        return hives.pop() if len(hives) == 1 else None
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def hive_list(self) -> dict[str, Any]:
+        return {"hives": self.registry.snapshot(self.clock())}
+
+    def hive_status(self, hive_id: str) -> dict[str, Any]:
+        local = self.local_hives.status(hive_id)
+        if hive_id not in self.registry:
+            if local is None:
+                raise JobFailed("unknown_hive", f"hive {hive_id!r} is not registered")
+            return {"hive_id": hive_id, "state": "starting", "process": local}
+        now = self.clock()
+        hive = self.registry.get(hive_id)
+        return {**self.registry.hive_json(hive, now, self.registry.workers(now)), "process": local}
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        workers = self.registry.workers(now)
+        models: dict[str, list[str]] = {}
+        for hive in self.registry.hives():
+            for model in hive.registration.models:
+                models.setdefault(model, []).append(hive.hive_id)
+        jobs = list(self.jobs.registry) if self.jobs is not None else []
+        active = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)]
+        return {
+            "hives": [self.registry.hive_json(h, now) for h in self.registry.hives()],
+            "workers": [self.registry.worker_json(w) for w in workers],
+            "models": models,
+            "in_flight": self.registry.in_flight(),
+            "jobs": [
+                {"job_id": j.id, "operation": j.operation, "state": j.state.value} for j in active
+            ],
+        }

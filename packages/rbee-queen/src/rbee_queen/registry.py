@@ -1,0 +1,413 @@
+"""The queen's picture of the cluster: hives, their workers, and the queen's own in-flight counts.
+
+Sans-IO: no clock, no sockets. Every call that depends on time takes ``now`` (epoch seconds), so
+liveness is a pure function of what was heard and when:
+
+* A hive registers and heartbeats with the same idempotent ``PUT /v1/hives/{id}`` body
+  (``parse_registration`` validates it). Each heartbeat *replaces* what the hive said before:
+  the hive's supervisor is the truth about its workers and models.
+* A hive is ``up`` while ``now - last_seen <= hive_timeout_beats * heartbeat_interval`` (its own
+  interval, as it declared it), ``down`` after. Nothing is removed for being down: a hive that
+  comes back is ``up`` again with its next heartbeat, and a queen restarted from nothing learns
+  every hive again the same way.
+* A worker the queen has just spawned is ``noted`` so that the requests waiting for it can use it
+  before the hive's heartbeats say it is ready; the first heartbeat that reports it in a state
+  other than ``starting`` (or the timeout) ends that.
+* The in-flight count per worker is the queen's own: requests it is relaying to that worker now.
+* A worker *incarnation* (hive, id, url, pid) is probed on ``/health`` before its first use; a
+  failed probe or a broken connection keeps that incarnation out of routing. A restarted worker
+  has a new pid and url, so it is probed afresh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+from jobproto import RequestError
+
+__all__ = [
+    "Hive",
+    "HiveRegistry",
+    "HiveState",
+    "Incarnation",
+    "Registration",
+    "WorkerKey",
+    "WorkerRecord",
+    "WorkerView",
+    "parse_registration",
+    "parse_worker_record",
+]
+
+HiveState = Literal["up", "down"]
+WorkerKey = tuple[str, str]  # (hive_id, worker_id)
+Incarnation = tuple[str, str, str | None, int | None]  # (hive_id, worker_id, url, pid)
+
+DEFAULT_HEARTBEAT = 5.0
+
+
+# -- the registration body -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class WorkerRecord:
+    """One worker as its hive reports it (``docs/tiers.md`` §hive, worker record)."""
+
+    worker_id: str
+    model: str
+    state: str
+    url: str | None = None
+    pid: int | None = None
+    engine: str = ""
+    restarts: int = 0
+    #: the record exactly as the hive sent it (shown back to users as is)
+    raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+
+@attrs.frozen
+class Registration:
+    hive_id: str
+    url: str
+    capabilities: Mapping[str, Any]
+    models: tuple[str, ...]
+    workers: tuple[WorkerRecord, ...]
+    free_memory_bytes: int | None
+    heartbeat_interval: float
+
+
+def _invalid(field: str, message: str) -> RequestError:
+    return RequestError(422, "validation_error", f"{field}: {message}", field=field)
+
+
+def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], path: str, what: str) -> Any:
+    value = body.get(key)
+    # bool is an int in Python but never a number on the wire.
+    if value is not None and (
+        not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    ):
+        raise _invalid(path + key, f"must be {what}")
+    return value
+
+
+def _parse_worker(raw: Any, path: str) -> WorkerRecord:
+    if not isinstance(raw, Mapping):
+        raise _invalid(path, "must be an object")
+    worker_id = _get(raw, "worker_id", (str,), path + ".", "a string")
+    model = _get(raw, "model", (str,), path + ".", "a string")
+    for key, value in (("worker_id", worker_id), ("model", model)):
+        if not value:
+            raise _invalid(f"{path}.{key}", "required and non-empty")
+    url = _get(raw, "url", (str,), path + ".", "a string")
+    if url is not None and not _is_http_url(url):
+        raise _invalid(f"{path}.url", f"must be an http(s) URL, got {url!r}")
+    return WorkerRecord(
+        worker_id=worker_id,
+        model=model,
+        state=_get(raw, "state", (str,), path + ".", "a string") or "unknown",
+        url=url,
+        pid=_get(raw, "pid", (int,), path + ".", "an integer"),
+        engine=_get(raw, "engine", (str,), path + ".", "a string") or "",
+        restarts=_get(raw, "restarts", (int,), path + ".", "an integer") or 0,
+        raw=dict(raw),
+    )
+
+
+def parse_worker_record(raw: Any) -> WorkerRecord:
+    """Validate one worker record (e.g. a ``worker_spawn`` result); a 422 ``RequestError``."""
+    return _parse_worker(raw, "worker")
+
+
+def _is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _model_name(raw: Any, path: str) -> str:
+    # The contract sends names; a hive that sends its model_list entries is understood too.
+    if isinstance(raw, Mapping):
+        raw = raw.get("name")
+    if not isinstance(raw, str) or not raw:
+        raise _invalid(path, "must be a model name")
+    return raw
+
+
+def parse_registration(hive_id: str, body: Any) -> Registration:
+    """Validate a ``PUT /v1/hives/{hive_id}`` body, or raise a 422 ``RequestError`` naming a field.
+
+    Unknown keys are ignored on purpose: a heartbeat from a newer hive must not be refused by an
+    older queen (the hive would drop out of routing), so only the fields the queen uses are checked.
+    """
+    if not hive_id or len(hive_id) > 128 or not hive_id.isprintable() or "/" in hive_id:
+        raise _invalid("hive_id", "must be 1-128 printable characters without '/'")
+    if not isinstance(body, Mapping):
+        raise RequestError(422, "validation_error", "the request body must be a JSON object")
+    named = _get(body, "hive_id", (str,), "", "a string")
+    if named is not None and named != hive_id:
+        raise _invalid("hive_id", f"{named!r} does not match the hive id in the path {hive_id!r}")
+    url = _get(body, "url", (str,), "", "a string")
+    if url is None:
+        raise _invalid("url", "required: the URL the queen reaches this hive at")
+    if not _is_http_url(url):
+        raise _invalid("url", f"must be an http(s) URL, got {url!r}")
+    interval = _get(body, "heartbeat_interval", (int, float), "", "a number")
+    if interval is not None and not (0 < interval < math.inf):
+        raise _invalid("heartbeat_interval", "must be a positive number of seconds")
+    free = _get(body, "free_memory_bytes", (int,), "", "an integer")
+    if free is not None and free < 0:
+        raise _invalid("free_memory_bytes", "must not be negative")
+    models = _get(body, "models", (list,), "", "a list of model names") or []
+    workers = _get(body, "workers", (list,), "", "a list of worker records") or []
+    capabilities = _get(body, "capabilities", (dict,), "", "an object") or {}
+    return Registration(
+        hive_id=hive_id,
+        url=url.rstrip("/"),
+        capabilities=dict(capabilities),
+        models=tuple(_model_name(m, f"models[{i}]") for i, m in enumerate(models)),
+        workers=tuple(_parse_worker(w, f"workers[{i}]") for i, w in enumerate(workers)),
+        free_memory_bytes=free,
+        heartbeat_interval=float(interval) if interval is not None else DEFAULT_HEARTBEAT,
+    )
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Hive:
+    registration: Registration
+    first_seen: float
+    last_seen: float
+    #: workers the queen spawned that the hive has not reported yet: id -> (record, noted at)
+    noted: dict[str, tuple[WorkerRecord, float]] = attrs.field(factory=dict)
+
+    @property
+    def hive_id(self) -> str:
+        return self.registration.hive_id
+
+    @property
+    def url(self) -> str:
+        return self.registration.url
+
+    def workers(self) -> list[WorkerRecord]:
+        # what the queen noted is newer than the heartbeat it arrived after (see register)
+        reported = [w for w in self.registration.workers if w.worker_id not in self.noted]
+        return reported + [rec for rec, _ in self.noted.values()]
+
+
+@attrs.frozen
+class WorkerView:
+    """A worker as the scheduler sees it: the hive's record plus the queen's own knowledge."""
+
+    hive_id: str
+    hive_state: HiveState
+    record: WorkerRecord
+    in_flight: int
+    #: True: passed a /health probe; False: failed one (or broke); None: not probed yet
+    healthy: bool | None
+
+    @property
+    def key(self) -> WorkerKey:
+        return (self.hive_id, self.record.worker_id)
+
+    @property
+    def incarnation(self) -> Incarnation:
+        return (self.hive_id, self.record.worker_id, self.record.url, self.record.pid)
+
+    @property
+    def worker_id(self) -> str:
+        return self.record.worker_id
+
+    @property
+    def url(self) -> str | None:
+        return self.record.url
+
+    @property
+    def routable(self) -> bool:
+        return (
+            self.hive_state == "up"
+            and self.record.state == "ready"
+            and self.record.url is not None
+            and self.healthy is not False
+        )
+
+
+class HiveRegistry:
+    """Hives by id, with liveness computed from ``now`` and the queen's in-flight counts."""
+
+    def __init__(self, timeout_beats: int = 3) -> None:
+        self.timeout_beats = timeout_beats
+        self._hives: dict[str, Hive] = {}
+        self._in_flight: dict[WorkerKey, int] = {}
+        self._health: dict[Incarnation, bool] = {}
+        #: (hive_id, model) -> size in bytes, learnt from the hives' model listings
+        self._sizes: dict[tuple[str, str], int] = {}
+        #: (hive_id, requested model) -> the name the hive gave it when it downloaded it
+        self._aliases: dict[tuple[str, str], str] = {}
+
+    # -- hives -------------------------------------------------------------------------------------
+
+    def register(self, registration: Registration, now: float) -> bool:
+        """Register or heartbeat (idempotent); True when the hive was not known before."""
+        hive = self._hives.get(registration.hive_id)
+        if hive is None:
+            self._hives[registration.hive_id] = Hive(registration, now, now)
+            return True
+        hive.registration = registration
+        hive.last_seen = now
+        # A noted worker gives way to the hive's word once a heartbeat reports it, unless that
+        # heartbeat still says ``starting``: it was sent before the spawn finished (it crossed
+        # the spawn's answer on the way), and believing it would start a second worker.
+        settled = {w.worker_id for w in registration.workers if w.state != "starting"}
+        horizon = self.timeout_beats * registration.heartbeat_interval
+        hive.noted = {
+            wid: (rec, at)
+            for wid, (rec, at) in hive.noted.items()
+            if wid not in settled and now - at <= horizon
+        }
+        live = {(hive.hive_id, w.worker_id, w.url, w.pid) for w in hive.workers()}
+        self._health = {
+            inc: ok for inc, ok in self._health.items() if inc[0] != hive.hive_id or inc in live
+        }
+        return False
+
+    def remove(self, hive_id: str) -> None:
+        self._hives.pop(hive_id, None)
+
+    def get(self, hive_id: str) -> Hive:
+        return self._hives[hive_id]
+
+    def __contains__(self, hive_id: object) -> bool:
+        return hive_id in self._hives
+
+    def hives(self) -> list[Hive]:
+        return sorted(self._hives.values(), key=lambda h: h.hive_id)
+
+    def state(self, hive: Hive, now: float) -> HiveState:
+        silent = now - hive.last_seen
+        return (
+            "up" if silent <= self.timeout_beats * hive.registration.heartbeat_interval else "down"
+        )
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def note_worker(self, hive_id: str, record: WorkerRecord, now: float) -> None:
+        """A worker the queen spawned: usable at once, until the hive's heartbeats take over."""
+        hive = self._hives.get(hive_id)
+        if hive is not None:
+            hive.noted[record.worker_id] = (record, now)
+
+    def forget_worker(self, hive_id: str, worker_id: str) -> None:
+        """A worker stopped through the queen: out of routing before the next heartbeat says so."""
+        hive = self._hives.get(hive_id)
+        if hive is None:
+            return
+        hive.noted.pop(worker_id, None)
+        kept = tuple(w for w in hive.registration.workers if w.worker_id != worker_id)
+        hive.registration = attrs.evolve(hive.registration, workers=kept)
+
+    def workers(self, now: float) -> list[WorkerView]:
+        out = []
+        for hive in self.hives():
+            state = self.state(hive, now)
+            for record in hive.workers():
+                key = (hive.hive_id, record.worker_id)
+                inc = (hive.hive_id, record.worker_id, record.url, record.pid)
+                out.append(
+                    WorkerView(
+                        hive.hive_id,
+                        state,
+                        record,
+                        self._in_flight.get(key, 0),
+                        self._health.get(inc),
+                    )
+                )
+        return out
+
+    def acquire(self, key: WorkerKey) -> None:
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def release(self, key: WorkerKey) -> None:
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+
+    def in_flight(self, key: WorkerKey | None = None) -> int:
+        """Requests the queen is relaying to one worker now (to all of them without ``key``)."""
+        if key is None:
+            return sum(self._in_flight.values())
+        return self._in_flight.get(key, 0)
+
+    def set_health(self, incarnation: Incarnation, healthy: bool) -> None:
+        self._health[incarnation] = healthy
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def learn_models(self, hive_id: str, listing: Any) -> None:
+        """Remember model sizes from a ``model_list`` result (``models[].name/size_bytes``)."""
+        models = listing.get("models") if isinstance(listing, Mapping) else None
+        for entry in models if isinstance(models, list) else []:
+            if isinstance(entry, Mapping):
+                name, size = entry.get("name"), entry.get("size_bytes")
+                if isinstance(name, str) and isinstance(size, int) and not isinstance(size, bool):
+                    self._sizes[(hive_id, name)] = size
+
+    def model_size(self, hive_id: str, model: str) -> int | None:
+        return self._sizes.get((hive_id, self.local_name(hive_id, model)))
+
+    def set_alias(self, hive_id: str, model: str, local_name: str) -> None:
+        if local_name != model:
+            self._aliases[(hive_id, model)] = local_name
+
+    def local_name(self, hive_id: str, model: str) -> str:
+        """The name ``hive_id`` knows ``model`` by (a download may have named it differently)."""
+        return self._aliases.get((hive_id, model), model)
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def worker_json(self, view: WorkerView) -> dict[str, Any]:
+        return {
+            **view.record.raw,
+            "worker_id": view.worker_id,
+            "model": view.record.model,
+            "state": view.record.state,
+            "url": view.url,
+            "hive_id": view.hive_id,
+            "hive_state": view.hive_state,
+            "in_flight": view.in_flight,
+            "healthy": view.healthy,
+        }
+
+    def hive_json(
+        self, hive: Hive, now: float, workers: Iterable[WorkerView] | None = None
+    ) -> dict[str, Any]:
+        """A hive for users; with ``workers``, the hive's workers among them are included."""
+        reg = hive.registration
+        out: dict[str, Any] = {
+            "hive_id": hive.hive_id,
+            "url": reg.url,
+            "state": self.state(hive, now),
+            "last_seen": _timestamp(hive.last_seen),
+            "seconds_since_seen": round(max(0.0, now - hive.last_seen), 3),
+            "heartbeat_interval": reg.heartbeat_interval,
+            "capabilities": dict(reg.capabilities),
+            "models": list(reg.models),
+            "free_memory_bytes": reg.free_memory_bytes,
+        }
+        if workers is not None:
+            out["workers"] = [self.worker_json(w) for w in workers if w.hive_id == hive.hive_id]
+        return out
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        workers = self.workers(now)
+        return [self.hive_json(h, now, workers) for h in self.hives()]
+
+
+def _timestamp(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

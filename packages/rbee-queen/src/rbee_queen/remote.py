@@ -1,0 +1,101 @@
+"""Calls from the queen to hives and workers.
+
+Every cascade goes through ``jobproto.relay``: the downstream job's events are re-emitted on the
+current job (origin ``hive:ID`` or ``worker:ID``), cancelling the current job cancels the downstream
+one, and the correlation id and trace context travel with the create request. A refusal keeps the
+peer's code (``validation_error``...); a peer that cannot be reached fails with the protocol's
+``downstream_unavailable`` (docs/protocol.md §Errors), whose message here also names the URL.
+
+One ``httpx.AsyncClient`` (one connection pool) serves every call; ``running()`` owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from jobproto import JobFailed
+from jobproto.client import JobClient
+from jobproto.relay import relay
+
+__all__ = ["UNAVAILABLE", "Remote"]
+
+#: consecutive reconnects of a relayed stream before the peer counts as gone. A jobproto server
+#: asks for 2 s between reconnects (SSE ``retry:``), and the client honours that over its own
+#: backoff, so each reconnect costs at least 2 s. Workers get one: a worker that drops its stream
+#: has usually died, and the user should hear so in seconds, not after half a minute.
+HIVE_RECONNECTS = 8
+WORKER_RECONNECTS = 1
+#: the relay's code for a peer it cannot reach, or whose job it lost
+UNAVAILABLE = "downstream_unavailable"
+
+
+class Remote:
+    def __init__(self, timeout: float = 30.0) -> None:
+        self._timeout = timeout
+        self._http: httpx.AsyncClient | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=self._timeout) as http:
+            self._http = http
+            try:
+                yield
+            finally:
+                self._http = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("the queen is not running (serve its app with lifespan)")
+        return self._http
+
+    def client(self, url: str, *, max_reconnects: int = HIVE_RECONNECTS) -> JobClient:
+        return JobClient(url, http=self.http, max_reconnects=max_reconnects)
+
+    async def relay(
+        self,
+        url: str,
+        service: str,
+        operation: str,
+        fields: Mapping[str, Any],
+        *,
+        max_reconnects: int = HIVE_RECONNECTS,
+    ) -> Any:
+        """Run ``operation`` on the service at ``url`` as part of the current job; its result."""
+        client = self.client(url, max_reconnects=max_reconnects)
+        try:
+            return await relay(client, operation, fields, service=service)
+        except JobFailed as exc:
+            # the relay's own failure to reach the peer has a cause; a downstream failure has none
+            if exc.code == UNAVAILABLE and isinstance(exc.__cause__, Exception):
+                why = _why(exc.__cause__)
+                raise JobFailed(UNAVAILABLE, f"{service} at {url} is unavailable: {why}") from exc
+            raise
+
+    async def run(self, url: str, operation: str, fields: Mapping[str, Any]) -> Any:
+        """Run ``operation`` without relaying its events (a quick look-up); its result."""
+        return await self.client(url).run(operation, fields)
+
+    async def health(self, url: str, within: float) -> str | None:
+        """Probe ``GET {url}/health``: None when healthy, else why not."""
+        try:
+            response = await self.http.get(url.rstrip("/") + "/health", timeout=within)
+        except httpx.HTTPError as exc:
+            return f"unreachable ({_why(exc)})"
+        if response.status_code == 200:
+            return None
+        try:
+            reason = response.json().get("reason")
+        except (ValueError, AttributeError):
+            reason = None
+        return f"answered {response.status_code}" + (f": {reason}" if reason else "")
+
+
+def _why(exc: Exception) -> str:
+    # httpx's connection errors often have an empty message; the type says enough then.
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,90 @@
+"""The queen's plain JSON endpoints (not jobs): hives register and heartbeat here.
+
+``PUT /v1/hives/{hive_id}``: register or heartbeat (idempotent: 201 the first time, 200 after);
+``GET /v1/hives``: every hive with its state; ``GET /v1/hives/{hive_id}``: one. A refused request
+gets the jobproto error shape ``{"error": {"code", "message", "field"}}`` and a 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from jobproto import RequestError
+
+from .queen import Queen
+from .registry import parse_registration
+
+__all__ = ["hive_routes"]
+
+#: a heartbeat lists models and workers: generous, but bounded
+MAX_BODY_BYTES = 1 << 20
+
+
+async def _json_body(request: Request) -> Any:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, got {media or 'none'!r}",
+            field="Content-Type",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestError(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+
+
+def _error(exc: RequestError) -> Response:
+    return JSONResponse(exc.to_json(), exc.status, headers={"Cache-Control": "no-store"})
+
+
+def hive_routes(queen: Queen) -> list[BaseRoute]:
+    registry = queen.registry
+
+    async def put_hive(request: Request) -> Response:
+        hive_id = request.path_params["hive_id"]
+        try:
+            registration = parse_registration(hive_id, await _json_body(request))
+        except RequestError as exc:
+            return _error(exc)
+        created = registry.register(registration, queen.clock())
+        body = {
+            "hive_id": hive_id,
+            "state": "up",
+            "registered": created,
+            "heartbeat_interval": registration.heartbeat_interval,
+            "timeout_beats": registry.timeout_beats,
+        }
+        return JSONResponse(body, 201 if created else 200)
+
+    async def list_hives(request: Request) -> Response:
+        return JSONResponse(queen.hive_list(), headers={"Cache-Control": "no-store"})
+
+    async def get_hive(request: Request) -> Response:
+        hive_id = request.path_params["hive_id"]
+        if hive_id not in registry:
+            error = RequestError(
+                404, "hive_not_found", f"no hive {hive_id!r} is registered", field="hive_id"
+            )
+            return _error(error)
+        now = queen.clock()
+        body = registry.hive_json(registry.get(hive_id), now, registry.workers(now))
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    return [
+        Route("/v1/hives", list_hives, methods=["GET"]),
+        Route("/v1/hives/{hive_id}", put_hive, methods=["PUT"]),
+        Route("/v1/hives/{hive_id}", get_hive, methods=["GET"]),
+    ]

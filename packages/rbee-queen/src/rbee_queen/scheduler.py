@@ -1,0 +1,394 @@
+"""Where an inference request runs: the choice (pure) and the work of making it possible.
+
+Theory of operation
+-------------------
+``pick_worker`` and ``place`` are pure functions of a snapshot of the registry:
+
+1. ``pick_worker``: among the workers that are ``ready``, on an ``up`` hive, not known to be
+   unhealthy, and serve the model, the one with the fewest requests the queen has in flight to it
+   (ties: hive id, then worker id, so the choice is reproducible). The original picked the first
+   idle worker, which piles every burst onto one worker while the others idle.
+2. ``place``: no such worker, so where to start one. A hive that is ``up`` and has the model, and
+   whose free memory holds it (when both are known), the one with the most free memory; else an
+   ``up`` hive that can download it (the model is a Hugging Face repo id ``owner/name``). Nothing
+   fits: ``NoCapacity`` with a sentence that says why, for the user.
+
+``Scheduler`` does the I/O around them. Starting a worker is single-flight per model: the first
+request for a model with no worker leads (relays ``worker_spawn`` to the chosen hive, narrated on
+its own job); concurrent requests for the model wait for that flight and then route again, so a
+burst of N requests starts one worker, not N. A flight that fails shares its failure with the
+requests that waited for it; a flight whose leader was cancelled lets the next request lead.
+Every worker incarnation is probed on ``/health`` before its first use. The in-flight count is
+taken in the same step as the choice (no ``await`` between them), so concurrent requests see each
+other's counts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import attrs
+
+from jobproto import JobFailed, narrate
+
+from .registry import HiveRegistry, HiveState, WorkerRecord, WorkerView, parse_worker_record
+from .remote import UNAVAILABLE, WORKER_RECONNECTS, Remote
+from .settings import QueenSettings
+
+__all__ = ["HiveInfo", "NoCapacity", "Placement", "Scheduler", "pick_worker", "place"]
+
+#: rounds of route -> (start a worker) -> probe before a request gives up
+MAX_ROUNDS = 3
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# -- pure choices ----------------------------------------------------------------------------------
+
+
+def pick_worker(
+    workers: Iterable[WorkerView],
+    model: str,
+    *,
+    hive: str | None = None,
+    local_name: Callable[[str, str], str] = lambda _hive, model: model,
+) -> WorkerView | None:
+    """The routable worker serving ``model`` (on ``hive`` if named) with the fewest in flight."""
+    candidates = [
+        w
+        for w in workers
+        if w.routable
+        and (hive is None or w.hive_id == hive)
+        and w.record.model in (model, local_name(w.hive_id, model))
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda w: (w.in_flight, w.hive_id, w.worker_id))
+
+
+@attrs.frozen
+class HiveInfo:
+    """What ``place`` needs to know of one hive."""
+
+    hive_id: str
+    state: HiveState
+    seconds_since_seen: float
+    models: frozenset[str]
+    #: the name the hive knows the requested model by
+    local_name: str
+    free_memory_bytes: int | None = None
+    #: size of the model on this hive, when known
+    model_size: int | None = None
+    can_download: bool = True
+
+
+@attrs.frozen
+class Placement:
+    hive_id: str
+    model: str  # the name on that hive
+    download: bool
+
+
+@attrs.frozen
+class NoCapacity:
+    reason: str
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def _fits(h: HiveInfo) -> bool:
+    return (
+        h.model_size is None or h.free_memory_bytes is None or h.free_memory_bytes >= h.model_size
+    )
+
+
+def _roomiest(hives: Sequence[HiveInfo]) -> HiveInfo:
+    # most free memory first (unknown last), then the hive id for a reproducible choice
+    return min(hives, key=lambda h: (-(h.free_memory_bytes or -1), h.hive_id))
+
+
+def place(
+    hives: Sequence[HiveInfo], model: str, *, hive: str | None = None
+) -> Placement | NoCapacity:
+    """Where to start a worker for ``model``, or why it cannot be started anywhere."""
+    if not hives:
+        return NoCapacity(
+            f"cannot serve model {model!r}: no hive is registered with this queen"
+            " (start one with `rbee hive start`)"
+        )
+    if hive is not None:
+        named = [h for h in hives if h.hive_id == hive]
+        if not named:
+            known = ", ".join(h.hive_id for h in hives)
+            return NoCapacity(
+                f"cannot serve model {model!r}: hive {hive!r} is not registered"
+                f" (registered: {known})"
+            )
+        hives = named
+    up = [h for h in hives if h.state == "up"]
+    if not up:
+        silent = "; ".join(
+            f"{h.hive_id}: last heard {h.seconds_since_seen:.0f} s ago" for h in hives
+        )
+        which = (
+            f"hive {hive!r} is" if hive is not None else f"all {len(hives)} registered hives are"
+        )
+        return NoCapacity(f"cannot serve model {model!r}: {which} down ({silent})")
+    having = [h for h in up if h.local_name in h.models]
+    if having:
+        fitting = [h for h in having if _fits(h)]
+        if fitting:
+            best = _roomiest(fitting)
+            return Placement(best.hive_id, best.local_name, download=False)
+        short = "; ".join(
+            f"{h.hive_id} has {_gib(h.free_memory_bytes or 0)} free,"
+            f" it needs {_gib(h.model_size or 0)}"
+            for h in having
+        )
+        return NoCapacity(f"cannot start a worker for model {model!r}: not enough memory ({short})")
+    downloaders = [h for h in up if h.can_download and _fits(h)]
+    if _REPO_ID.fullmatch(model) and downloaders:
+        best = _roomiest(downloaders)
+        return Placement(best.hive_id, model, download=True)
+    listing = "; ".join(f"{h.hive_id}: {', '.join(sorted(h.models)) or 'none'}" for h in up)
+    why = (
+        "and no hive can download it"
+        if _REPO_ID.fullmatch(model)
+        else "and it is no Hugging Face repo id (owner/name) to download"
+    )
+    return NoCapacity(
+        f"cannot serve model {model!r}: no hive that is up has it ({listing}) {why};"
+        " download or register it on a hive first (`rbee model download|register`)"
+    )
+
+
+# -- the scheduler ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Flight:
+    """One worker being started for a model; the requests that wait for it share its outcome."""
+
+    hive: str | None
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    hive_id: str | None = None
+    error: JobFailed | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        registry: HiveRegistry,
+        remote: Remote,
+        settings: QueenSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.remote = remote
+        self.settings = settings
+        self.clock = clock
+        self._flights: dict[str, _Flight] = {}
+
+    async def infer(self, model: str, hive: str | None, fields: Mapping[str, Any]) -> Any:
+        """Run ``infer`` on the best worker for ``model`` (starting one if needed), relayed."""
+        async with self.worker_for(model, hive) as worker:
+            assert worker.url is not None  # routable workers have one
+            try:
+                return await self.remote.relay(
+                    worker.url,
+                    f"worker:{worker.worker_id}",
+                    "infer",
+                    fields,
+                    max_reconnects=WORKER_RECONNECTS,
+                )
+            except JobFailed as exc:
+                if exc.code in ("engine_dead", UNAVAILABLE):  # no new requests for it
+                    self.registry.set_health(worker.incarnation, False)
+                raise
+
+    @asynccontextmanager
+    async def worker_for(self, model: str, hive: str | None = None) -> AsyncIterator[WorkerView]:
+        """A healthy worker for ``model``, counted in flight for the duration of the block."""
+        worker = await self._acquire(model, hive)
+        try:
+            yield worker
+        finally:
+            self.registry.release(worker.key)
+
+    async def _acquire(self, model: str, hive: str | None) -> WorkerView:
+        where = f" on hive {hive}" if hive else ""
+        narrate("routing", f"routing a request for model {model}{where}", model=model)
+        for _ in range(MAX_ROUNDS):
+            worker = pick_worker(
+                self.registry.workers(self.clock()),
+                model,
+                hive=hive,
+                local_name=self.registry.local_name,
+            )
+            if worker is None:
+                await self._start_worker(model, hive)
+                continue
+            self.registry.acquire(worker.key)  # in the same step as the choice
+            try:
+                healthy = worker.healthy or await self._probe(worker)
+            except BaseException:
+                self.registry.release(worker.key)
+                raise
+            if healthy:
+                narrate(
+                    "routed",
+                    f"worker {worker.worker_id} on hive {worker.hive_id}"
+                    f" ({worker.in_flight} other requests in flight)",
+                    worker_id=worker.worker_id,
+                    hive_id=worker.hive_id,
+                )
+                return worker
+            self.registry.release(worker.key)
+        raise JobFailed(
+            "no_capacity", f"no healthy worker for model {model!r} after {MAX_ROUNDS} attempts"
+        )
+
+    async def _probe(self, worker: WorkerView) -> bool:
+        assert worker.url is not None
+        problem = await self.remote.health(worker.url, self.settings.health_timeout)
+        self.registry.set_health(worker.incarnation, problem is None)
+        if problem is not None:
+            narrate(
+                "worker_unhealthy",
+                f"worker {worker.worker_id} on hive {worker.hive_id} {problem}; routing elsewhere",
+                level="warning",
+            )
+        return problem is None
+
+    # -- starting a worker, single-flight per model ----------------------------------------------
+
+    async def _start_worker(self, model: str, hive: str | None) -> None:
+        flight = self._flights.get(model)
+        if flight is not None:
+            narrate(
+                "waiting",
+                f"a worker for model {model} is already starting"
+                + (f" on hive {flight.hive_id}" if flight.hive_id else "")
+                + "; waiting for it",
+            )
+            await flight.done.wait()
+            if flight.error is not None and flight.hive == hive:
+                raise JobFailed(flight.error.code, flight.error.message)
+            return  # route again: the new worker, or lead the next flight
+        flight = self._flights[model] = _Flight(hive)
+        try:
+            await self._spawn(model, hive, flight)
+        except JobFailed as exc:
+            flight.error = exc
+            raise
+        finally:
+            if self._flights.get(model) is flight:
+                del self._flights[model]
+            flight.done.set()
+
+    async def _spawn(self, model: str, hive: str | None, flight: _Flight) -> None:
+        await self._learn_sizes(model, hive)
+        decision = place(self.hive_infos(model), model, hive=hive)
+        if isinstance(decision, NoCapacity):
+            raise JobFailed("no_capacity", decision.reason)
+        flight.hive_id = decision.hive_id
+        url = self.registry.get(decision.hive_id).url
+        service = f"hive:{decision.hive_id}"
+        timeout = self.settings.worker_ready_timeout
+        with anyio.move_on_after(timeout) as scope:
+            name = decision.model
+            if decision.download:
+                narrate(
+                    "downloading",
+                    f"no hive has model {model}; downloading it on hive {decision.hive_id}",
+                    hive_id=decision.hive_id,
+                )
+                done = await self.remote.relay(url, service, "model_download", {"repo_id": model})
+                if isinstance(done, Mapping) and isinstance(done.get("name"), str):
+                    name = done["name"]
+                self.registry.set_alias(decision.hive_id, model, name)
+            narrate(
+                "spawning",
+                f"spawning a worker for model {name} on hive {decision.hive_id}",
+                hive_id=decision.hive_id,
+                model=name,
+            )
+            raw = await self.remote.relay(url, service, "worker_spawn", {"model": name})
+        if scope.cancelled_caught:
+            raise JobFailed(
+                "worker_start_timeout",
+                f"no worker for model {model} was ready on hive {decision.hive_id}"
+                f" within {timeout:g} s",
+            )
+        record = self._spawned_record(raw, decision.hive_id)
+        self.registry.note_worker(decision.hive_id, record, self.clock())
+        narrate(
+            "worker_ready",
+            f"worker {record.worker_id} ready on hive {decision.hive_id} at {record.url}",
+            worker_id=record.worker_id,
+            hive_id=decision.hive_id,
+        )
+
+    @staticmethod
+    def _spawned_record(raw: Any, hive_id: str) -> WorkerRecord:
+        try:
+            record = parse_worker_record(raw)
+        except ValueError as exc:
+            raise JobFailed(
+                "bad_gateway", f"hive {hive_id} answered worker_spawn with {exc}"
+            ) from None
+        # worker_spawn answers once the worker is ready (docs/tiers.md §hive).
+        if record.state not in ("ready", "unknown") or record.url is None:
+            raise JobFailed(
+                "worker_not_ready",
+                f"hive {hive_id} started worker {record.worker_id} but it is {record.state}",
+            )
+        return attrs.evolve(record, state="ready")
+
+    async def _learn_sizes(self, model: str, hive: str | None) -> None:
+        """Ask the hives that have ``model`` but have not said its size (best effort, quick)."""
+        now = self.clock()
+        for h in self.registry.hives():
+            name = self.registry.local_name(h.hive_id, model)
+            if (
+                (hive is None or h.hive_id == hive)
+                and self.registry.state(h, now) == "up"
+                and name in h.registration.models
+                and self.registry.model_size(h.hive_id, model) is None
+            ):
+                with anyio.move_on_after(self.settings.health_timeout):
+                    try:
+                        listing = await self.remote.run(h.url, "model_list", {})
+                    except Exception:  # an old or busy hive: place without the size
+                        continue
+                    self.registry.learn_models(h.hive_id, listing)
+
+    def hive_infos(self, model: str) -> list[HiveInfo]:
+        now = self.clock()
+        out = []
+        for h in self.registry.hives():
+            reg = h.registration
+            free = reg.free_memory_bytes
+            if free is None:
+                ram = reg.capabilities.get("ram_free_bytes")
+                free = ram if isinstance(ram, int) and not isinstance(ram, bool) else None
+            out.append(
+                HiveInfo(
+                    hive_id=h.hive_id,
+                    state=self.registry.state(h, now),
+                    seconds_since_seen=max(0.0, now - h.last_seen),
+                    models=frozenset(reg.models),
+                    local_name=self.registry.local_name(h.hive_id, model),
+                    free_memory_bytes=free,
+                    model_size=self.registry.model_size(h.hive_id, model),
+                    can_download=reg.capabilities.get("can_download", True) is not False,
+                )
+            )
+        return out

@@ -1,0 +1,52 @@
+"""Settings of one queen process (``docs/tiers.md`` §queen)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = ["QueenSettings", "default_state_dir"]
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/rbee/queen`` (``~/.local/state/rbee/queen`` when unset)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "rbee" / "queen"
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _default_hive_command() -> tuple[str, ...]:
+    # The same interpreter as the queen: the hive is installed next to it in the workspace.
+    return (sys.executable, "-m", "rbee_hive.app")
+
+
+@attrs.frozen
+class QueenSettings:
+    host: str = "127.0.0.1"
+    port: int = 8500
+    #: the URL hives started by this queen report to (default: http://host:port as bound)
+    public_url: str | None = None
+    #: a hive silent for this many of its own heartbeat intervals is ``down``
+    hive_timeout_beats: int = attrs.field(default=3, validator=_positive)
+    #: pid files (``hives/``) and logs (``logs/``) of hives started by ``hive_start``
+    state_dir: Path = attrs.field(factory=default_state_dir, converter=Path)
+    #: the command that runs a hive; ``hive_start`` appends its flags (tests put a fake here)
+    hive_command: tuple[str, ...] = attrs.field(factory=_default_hive_command, converter=tuple)
+    #: the port ``hive_start`` gives a local hive unless the request names one
+    hive_port: int = 9000
+    #: longest wait for a started hive's first registration (seconds)
+    hive_start_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: grace between SIGTERM and SIGKILL when stopping a hive (seconds)
+    hive_stop_grace: float = attrs.field(default=10.0, validator=_positive)
+    #: longest wait for a spawned worker to be ready, download included (seconds)
+    worker_ready_timeout: float = attrs.field(default=600.0, validator=_positive)
+    #: timeout of a worker's ``/health`` probe (seconds)
+    health_timeout: float = attrs.field(default=5.0, validator=_positive)

@@ -1,0 +1,422 @@
+"""FAKE hives and FAKE workers for the queen's tests, built with jobproto itself.
+
+They mimic the contracts of ``docs/tiers.md`` (§hive, §worker) just enough for routing: a fake
+worker streams canned text, a fake hive "spawns" fake workers in-process and reports canned models.
+Nothing here loads a model or starts a real hive; the real tiers have their own tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from jobproto import (
+    JobEvent,
+    JobFailed,
+    Operations,
+    current_correlation_id,
+    current_job,
+    emit_data,
+    narrate,
+    progress,
+)
+from jobproto.asgi import ServiceSettings, create_app
+from jobproto.client import JobClient
+from jobproto.testing import serving
+from rbee_queen.app import create_app as create_queen_app
+from rbee_queen.settings import QueenSettings
+
+# -- a fake worker ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FakeMessage:
+    role: str
+    content: str
+
+
+@attrs.frozen
+class FakeInferParams:
+    """The worker's ``infer`` parameters (strict: the queen must send exactly these)."""
+
+    prompt: str | None = None
+    messages: list[FakeMessage] | None = None
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = attrs.Factory(list)
+
+
+class FakeWorker:
+    """A FAKE worker: ``infer`` emits ``{"text": ...}`` data events, then a result."""
+
+    def __init__(self, worker_id: str, model: str = "tiny", words: int = 3) -> None:
+        self.worker_id = worker_id
+        self.model = model
+        self.words = words
+        self.url = ""
+        self.healthy = True
+        #: while set, infer jobs wait after their first token (to hold requests in flight)
+        self.gate: anyio.Event | None = None
+        #: set when an infer job has emitted its first token
+        self.started = anyio.Event()
+        #: fail every infer with this code (e.g. "engine_dead")
+        self.fail_with: str | None = None
+        self.jobs: list[tuple[str, str | None]] = []  # (job id, correlation id)
+        self.params: list[FakeInferParams] = []
+        self.stopped = anyio.Event()
+        self.closed = anyio.Event()
+        self.app = create_app(
+            self._operations(),
+            ServiceSettings(service_name=f"fake-worker-{worker_id}"),
+            routes=[
+                Route("/health", self._health, methods=["GET"]),
+                Route("/ready", self._ready, methods=["GET"]),
+            ],
+        )
+
+    def _operations(self) -> Operations:
+        ops = Operations()
+
+        @ops.operation("infer")
+        async def infer(params: FakeInferParams) -> dict[str, Any]:
+            job = current_job()
+            assert job is not None
+            self.jobs.append((job.job_id, current_correlation_id()))
+            self.params.append(params)
+            if self.fail_with is not None:
+                raise JobFailed(self.fail_with, "the engine died: CUDA error (fake)")
+            words = [f"w{i} " for i in range(min(self.words, params.max_tokens))]
+            for i, word in enumerate(words):
+                emit_data({"text": word, "token_ids": [i]})
+                if i == 0:
+                    self.started.set()
+                    if self.gate is not None:
+                        await self.gate.wait()
+            return {
+                "text": "".join(words),
+                "finish_reason": "length",
+                "prompt_tokens": 1,
+                "completion_tokens": len(words),
+                "ttft_ms": 1.0,
+                "tokens_per_s": 1000.0,
+                "model": self.model,
+                "engine": f"fake:{self.worker_id}",
+            }
+
+        return ops
+
+    async def shut_down(self) -> None:
+        """Stop serving (as if the process died) and wait until the port is closed."""
+        self.stopped.set()
+        with anyio.fail_after(10):
+            await self.closed.wait()
+
+    async def _health(self, request: Request) -> Response:
+        if self.healthy:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unhealthy", "reason": "engine dead (fake)"}, 503)
+
+    async def _ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": True, "model": self.model, "engine": "fake"})
+
+    def record(self, state: str = "ready") -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "model": self.model,
+            "engine": "fake",
+            "url": self.url,
+            "pid": 4242,
+            "state": state,
+            "restarts": 0,
+            "started_at": "2026-01-01T00:00:00.000Z",
+            "last_exit": None,
+        }
+
+
+# -- a fake hive -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SpawnParams:
+    model: str
+    engine: str = "auto"
+    worker_id: str | None = None
+    device: str | None = None
+    max_concurrency: int | None = None
+    engine_args: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class Nothing:
+    pass
+
+
+@attrs.frozen
+class WorkerIdParams:
+    worker_id: str
+
+
+@attrs.frozen
+class DownloadParams:
+    repo_id: str
+    revision: str = "main"
+    name: str | None = None
+
+
+@attrs.frozen
+class RegisterParams:
+    name: str
+    path: str
+
+
+@attrs.frozen
+class NameParams:
+    name: str
+
+
+class FakeHive:
+    """A FAKE hive: spawns fake workers in-process, reports canned models, heartbeats on demand."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        hive_id: str,
+        *,
+        models: tuple[str, ...] = ("tiny",),
+        heartbeat: float = 5.0,
+        spawn_delay: float = 0.3,
+        free_memory: int | None = 8 << 30,
+        model_size: int = 5_000_000,
+    ) -> None:
+        self.hive_id = hive_id
+        self.models = list(models)
+        self.heartbeat = heartbeat
+        self.spawn_delay = spawn_delay
+        self.free_memory = free_memory
+        self.model_size = model_size
+        self.workers: dict[str, FakeWorker] = {}
+        #: workers being spawned, reported ``starting`` in heartbeats (as the real hive does)
+        self.starting: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()
+        self.spawned: list[SpawnParams] = []
+        self.url = ""
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.app = create_app(
+            self._operations(), ServiceSettings(service_name=f"fake-hive-{hive_id}")
+        )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[FakeHive]:
+        async with serving(self.app) as url, anyio.create_task_group() as tg:
+            self.url = url
+            self._tg = tg
+            try:
+                yield self
+            finally:
+                # each fake worker's server shuts down by itself (a cancelled uvicorn may not)
+                for worker in self.workers.values():
+                    worker.stopped.set()
+
+    async def add_worker(self, worker_id: str, model: str = "tiny") -> FakeWorker:
+        """Start a fake worker this hive reports as ready (as if spawned earlier)."""
+        worker = FakeWorker(worker_id, model)
+        assert self._tg is not None
+        await self._tg.start(self._serve, worker)
+        self.workers[worker_id] = worker
+        return worker
+
+    async def _serve(self, worker: FakeWorker, *, task_status: anyio.abc.TaskStatus[str]) -> None:
+        try:
+            async with serving(worker.app) as url:
+                worker.url = url
+                task_status.started(url)
+                await worker.stopped.wait()
+        finally:
+            worker.closed.set()
+
+    def registration(self) -> dict[str, Any]:
+        return {
+            "hive_id": self.hive_id,
+            "url": self.url,
+            "capabilities": {"cpu_cores": 4, "ram_total_bytes": 16 << 30, "gpus": []},
+            "workers": [*self.starting.values(), *(w.record() for w in self.workers.values())],
+            "models": list(self.models),
+            "free_memory_bytes": self.free_memory,
+            "heartbeat_interval": self.heartbeat,
+        }
+
+    async def register(self, queen_url: str) -> httpx.Response:
+        async with httpx.AsyncClient() as http:
+            response = await http.put(
+                f"{queen_url}/v1/hives/{self.hive_id}", json=self.registration()
+            )
+        response.raise_for_status()
+        return response
+
+    async def beat(self, queen_url: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Heartbeat every ``heartbeat`` seconds until cancelled (the queen may be away)."""
+        async with httpx.AsyncClient() as http:
+            await self.register(queen_url)  # registered by the time the caller goes on
+            task_status.started()
+            while True:
+                await anyio.sleep(self.heartbeat)
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.put(f"{queen_url}/v1/hives/{self.hive_id}", json=self.registration())
+
+    def _operations(self) -> Operations:
+        ops = Operations()
+
+        @ops.operation("worker_spawn")
+        async def worker_spawn(params: SpawnParams) -> dict[str, Any]:
+            self.calls["worker_spawn"] += 1
+            self.spawned.append(params)
+            worker_id = params.worker_id or f"{self.hive_id}-w{next(self._ids)}"
+            narrate("spawn", f"starting worker {worker_id} for {params.model}")
+            progress("worker_start", 0, 1, unit="steps")
+            self.starting[worker_id] = {
+                "worker_id": worker_id,
+                "model": params.model,
+                "url": None,
+                "pid": 4242,
+                "state": "starting",
+            }
+            await anyio.sleep(self.spawn_delay)
+            worker = await self.add_worker(worker_id, params.model)
+            del self.starting[worker_id]
+            progress("worker_start", 1, 1, unit="steps")
+            return worker.record()
+
+        @ops.operation("worker_list")
+        async def worker_list(params: Nothing) -> dict[str, Any]:
+            self.calls["worker_list"] += 1
+            return {"workers": [w.record() for w in self.workers.values()]}
+
+        @ops.operation("worker_stop")
+        async def worker_stop(params: WorkerIdParams) -> dict[str, Any]:
+            self.calls["worker_stop"] += 1
+            worker = self.workers.pop(params.worker_id, None)
+            if worker is None:
+                raise JobFailed("worker_not_found", f"no worker {params.worker_id}")
+            narrate("stop", f"stopping worker {params.worker_id}")
+            worker.stopped.set()
+            return worker.record("stopped")
+
+        @ops.operation("model_download")
+        async def model_download(params: DownloadParams) -> dict[str, Any]:
+            self.calls["model_download"] += 1
+            name = params.name or params.repo_id.replace("/", "--")
+            for done in (0, 50, 100):
+                progress("download", done, 100, unit="bytes", message=f"{params.repo_id}")
+            self.models.append(name)
+            return {"name": name, "size_bytes": 100, "source": params.repo_id}
+
+        @ops.operation("model_register")
+        async def model_register(params: RegisterParams) -> dict[str, Any]:
+            self.calls["model_register"] += 1
+            self.models.append(params.name)
+            return {"name": params.name, "path": params.path}
+
+        @ops.operation("model_list")
+        async def model_list(params: Nothing) -> dict[str, Any]:
+            self.calls["model_list"] += 1
+            narrate("models", f"{len(self.models)} models")
+            return {
+                "models": [
+                    {
+                        "name": name,
+                        "size_bytes": self.model_size,
+                        "source": "local",
+                        "path": f"/models/{name}",
+                        "revision": None,
+                    }
+                    for name in self.models
+                ]
+            }
+
+        @ops.operation("model_delete")
+        async def model_delete(params: NameParams) -> dict[str, Any]:
+            self.calls["model_delete"] += 1
+            if params.name not in self.models:
+                raise JobFailed("model_not_found", f"no model {params.name!r}")
+            self.models.remove(params.name)
+            return {"deleted": params.name}
+
+        return ops
+
+
+# -- the queen with fakes around it ----------------------------------------------------------------
+
+
+@attrs.define
+class Cluster:
+    queen_url: str
+    app: Any
+    client: JobClient
+    hives: dict[str, FakeHive]
+
+    @property
+    def queen(self) -> Any:
+        return self.app.state.queen
+
+
+async def collect(client: JobClient, job_id: str) -> list[JobEvent]:
+    out: list[JobEvent] = []
+    async with aclosing(client.events(job_id)) as events:
+        async for ev in events:
+            assert isinstance(ev, JobEvent)
+            out.append(ev)
+    return out
+
+
+ClusterFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> ClusterFactory:
+    """``async with cluster(hives=[FakeHive(...)], **settings) as c``: a served queen + fakes."""
+
+    @asynccontextmanager
+    async def make(
+        hives: tuple[FakeHive, ...] | list[FakeHive] = (), **settings: Any
+    ) -> AsyncIterator[Cluster]:
+        settings.setdefault("state_dir", tmp_path / "queen")
+        app = create_queen_app(QueenSettings(**settings))
+        async with AsyncExitStack() as stack:
+            queen_url = await stack.enter_async_context(serving(app))
+            for hive in hives:
+                await stack.enter_async_context(hive.running())
+            client = await stack.enter_async_context(JobClient(queen_url))
+            yield Cluster(queen_url, app, client, {h.hive_id: h for h in hives})
+
+    return make
+
+
+@attrs.frozen
+class Fakes:
+    Hive: type[FakeHive] = FakeHive
+    Worker: type[FakeWorker] = FakeWorker
+    collect: Callable[[JobClient, str], Awaitable[list[JobEvent]]] = collect
+
+
+@pytest.fixture
+def fakes() -> Fakes:
+    """The fakes, for tests (conftest is not importable under ``--import-mode=importlib``)."""
+    return Fakes()

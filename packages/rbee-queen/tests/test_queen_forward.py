@@ -1,0 +1,142 @@
+"""Operations forwarded to a hive: relayed on the user's one job, with the hive resolved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobproto import Failed, Narration, Progress, Succeeded
+from jobproto.client import HTTPStatusError, JobClient, RemoteJobFailed
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_forwarded_op_relays_hive_events_on_one_queen_job(cluster: Any, fakes: Any) -> None:
+    hive = fakes.Hive("h1", models=("tiny", "small"))
+    async with cluster([hive]) as c:
+        await hive.register(c.queen_url)
+        job = await c.client.create("model_list", correlation_id="corr-forward-1")
+        events = await fakes.collect(c.client, job.job_id)
+        async with JobClient(hive.url) as hive_client:
+            (hive_job,) = (await hive_client.list()).jobs
+    assert {e.job_id for e in events} == {job.job_id}  # one job id for the user
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    relayed = [e for e in events if e.origin is not None]
+    assert relayed and all(e.origin.service == "hive:h1" for e in relayed)
+    assert {e.origin.job_id for e in relayed} == {hive_job.job_id}
+    assert any(isinstance(e.event, Narration) and e.event.message == "2 models" for e in relayed)
+    assert hive_job.correlation_id == "corr-forward-1"
+    result = events[-1].event
+    assert isinstance(result, Succeeded)
+    assert [m["name"] for m in result.result["models"]] == ["tiny", "small"]
+    assert hive.calls["model_list"] == 1
+
+
+async def test_the_only_hive_is_used_when_none_is_named(cluster: Any, fakes: Any) -> None:
+    hive = fakes.Hive("solo")
+    async with cluster([hive]) as c:
+        await hive.register(c.queen_url)
+        await c.client.run("model_register", name="mine", path="/tmp/mine")
+        listing = await c.client.run("worker_list")
+        download_events: list[Any] = []
+        await c.client.run("model_download", repo_id="org/m", on_event=download_events.append)
+        deleted = await c.client.run("model_delete", name="mine", hive="solo")
+    assert listing == {"workers": []}
+    assert deleted == {"deleted": "mine"}
+    assert hive.calls["model_register"] == 1 and hive.calls["model_download"] == 1
+    progress = [e.event for e in download_events if isinstance(e.event, Progress)]
+    assert [p.current for p in progress] == [0, 50, 100]
+
+
+async def test_two_hives_and_none_named_fails_with_a_clear_message(
+    cluster: Any, fakes: Any
+) -> None:
+    a, b = fakes.Hive("a"), fakes.Hive("b")
+    async with cluster([a, b]) as c:
+        await a.register(c.queen_url)
+        await b.register(c.queen_url)
+        with pytest.raises(RemoteJobFailed) as ambiguous:
+            await c.client.run("worker_list")
+        with pytest.raises(RemoteJobFailed) as unknown:
+            await c.client.run("worker_list", hive="zz")
+        assert await c.client.run("worker_list", hive="b") == {"workers": []}
+    assert ambiguous.value.code == "hive_required"
+    assert "2 hives are registered (a (up), b (up)): name one with `hive`" in (
+        ambiguous.value.message
+    )
+    assert unknown.value.code == "unknown_hive"
+    assert "'zz' is not registered (registered: a, b)" in unknown.value.message
+    assert a.calls["worker_list"] == 0 and b.calls["worker_list"] == 1
+
+
+async def test_no_hive_registered_fails_no_hive(cluster: Any) -> None:
+    async with cluster() as c:
+        with pytest.raises(RemoteJobFailed) as info:
+            await c.client.run("model_list")
+    assert info.value.code == "no_hive"
+
+
+async def test_hive_failures_keep_their_code(cluster: Any, fakes: Any) -> None:
+    hive = fakes.Hive("h1")
+    async with cluster([hive]) as c:
+        await hive.register(c.queen_url)
+        job = await c.client.create("model_delete", name="nope")
+        events = await fakes.collect(c.client, job.job_id)
+    failed = events[-1].event
+    assert isinstance(failed, Failed)
+    assert failed.code == "model_not_found"
+    assert failed.message == "hive:h1: no model 'nope'"
+
+
+async def test_spawn_and_stop_through_the_queen_update_its_picture(
+    cluster: Any, fakes: Any
+) -> None:
+    hive = fakes.Hive("h1", spawn_delay=0.0)
+    async with cluster([hive]) as c:
+        await hive.register(c.queen_url)
+        record = await c.client.run("worker_spawn", model="tiny", worker_id="w7")
+        workers = (await c.client.run("status"))["workers"]
+        # no hive named: the queen knows which hive reported w7
+        await c.client.run("worker_stop", worker_id="w7")
+        after = (await c.client.run("status"))["workers"]
+    assert record["worker_id"] == "w7" and record["state"] == "ready"
+    assert [(w["worker_id"], w["hive_id"]) for w in workers] == [("w7", "h1")]
+    assert after == []
+    assert hive.spawned[0].worker_id == "w7"
+
+
+async def test_parameters_are_validated_before_a_job_exists(cluster: Any) -> None:
+    async with cluster() as c:
+        with pytest.raises(HTTPStatusError) as neither:
+            await c.client.create("infer", model="tiny")
+        with pytest.raises(HTTPStatusError) as both:
+            await c.client.create(
+                "infer", model="tiny", prompt="x", messages=[{"role": "user", "content": "x"}]
+            )
+        with pytest.raises(HTTPStatusError) as bad_hive:
+            await c.client.create("worker_list", hive="../etc")
+        with pytest.raises(HTTPStatusError) as no_model:
+            await c.client.create("worker_spawn")
+    for err in (neither, both, bad_hive, no_model):
+        assert err.value.status == 422
+    assert "'prompt' must be given, or 'messages', but not both" in neither.value.message
+    assert bad_hive.value.field == "hive"
+    assert no_model.value.field == "model"
+
+
+async def test_status_and_hive_list(cluster: Any, fakes: Any) -> None:
+    hive = fakes.Hive("h1", models=("tiny", "big"))
+    async with cluster([hive]) as c:
+        await hive.add_worker("w1")
+        await hive.register(c.queen_url)
+        status = await c.client.run("status")
+        hives = await c.client.run("hive_list")
+        one = await c.client.run("hive_status", hive="h1")
+    assert status["models"] == {"tiny": ["h1"], "big": ["h1"]}
+    assert [w["worker_id"] for w in status["workers"]] == ["w1"]
+    assert status["in_flight"] == 0
+    assert [j["operation"] for j in status["jobs"]] == ["status"]
+    assert [h["hive_id"] for h in hives["hives"]] == ["h1"]
+    assert one["state"] == "up" and one["process"] is None
+    assert [w["worker_id"] for w in one["workers"]] == ["w1"]
