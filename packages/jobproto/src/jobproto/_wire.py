@@ -52,7 +52,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-_VALIDATOR_FIELD = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
+# the messages of attrs' own validators: "'x' must be ...", "Length of 'x' must be ..."
+_VALIDATOR_FIELD = re.compile(r"(?:Length of )?'([A-Za-z_][A-Za-z0-9_]*)' must")
 #: event type names: what may follow ``event:`` (no CR/LF, nothing that could forge a field)
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -354,7 +355,7 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     message = str(exc.args[0]) if exc.args else type(exc).__name__
     # attrs validators name the attribute in quotes ("'x' must be ...", "Length of 'x' ...");
     # they run in __init__, so cattrs only knows the path of the object, not of the field.
-    named = _VALIDATOR_FIELD.search(message) if isinstance(exc, ValueError) else None
+    named = _VALIDATOR_FIELD.match(message) if isinstance(exc, ValueError) else None
     if named is not None and not path.endswith(named.group(1)):
         path = f"{path}.{named.group(1)}" if path else named.group(1)
     return path, message

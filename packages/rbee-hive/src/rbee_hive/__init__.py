@@ -1,6 +1,9 @@
-"""rbee hive: per-machine manager (planned to listen on :9000).
+"""rbee hive: one per machine. Spawns and supervises workers, keeps the models on disk, and
+reports to the queen with a heartbeat (docs/tiers.md, hive). Listens on :9000 by default.
 
-Skeleton only: nothing is implemented yet.
+Modules: ``settings`` (HiveSettings), ``supervisor`` (worker processes), ``models`` (catalog and
+downloads), ``capabilities`` (CPU, RAM, GPUs), ``registration`` (heartbeat), ``operations`` (the
+jobproto operations), ``hive`` (the state they share), ``app`` (create_app and the command).
 """
 
 __version__ = "0.1.0"

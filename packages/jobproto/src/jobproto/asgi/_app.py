@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
@@ -13,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import ExceptionHandler
 
 from .._correlation import CORRELATION_HEADER
 from .._operations import Operations
@@ -43,7 +45,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, 500, headers={CORRELATION_HEADER: correlation_of(request.scope)})
 
 
-def error_handlers() -> dict[type[Exception] | int, object]:
+def error_handlers() -> dict[Any, ExceptionHandler]:
     """Exception handlers that give a host app's 404/405/500 the jobproto error shape."""
     return {HTTPException: _http_error, Exception: _internal_error}
 
@@ -84,7 +86,7 @@ def create_app(
     app = Starlette(
         routes=[*job_routes(service), *routes],
         middleware=[Middleware(CorrelationMiddleware)],
-        exception_handlers=error_handlers(),  # type: ignore[arg-type]
+        exception_handlers=error_handlers(),
         lifespan=_combined(service, lifespan),
     )
     app.state.jobs = service

@@ -1,0 +1,24 @@
+"""The hive's errors. Each is a ``jobproto.JobFailed``: raised from an operation, it ends the job
+``failed`` with its code (a bad request never gets this far: it is a 422 before the job)::
+
+    JobFailed (jobproto)
+     ├── ModelError   model_not_found, model_exists, model_busy, model_in_use, path_not_found,
+     │                not_a_directory, invalid_path, invalid_name, catalog_corrupt,
+     │                repo_not_found, repo_gated, revision_not_found, hub_offline,
+     │                download_failed, download_cancelled
+     └── WorkerError  worker_not_found, worker_exists, worker_failed, worker_stopped
+"""
+
+from __future__ import annotations
+
+from jobproto import JobFailed
+
+__all__ = ["ModelError", "WorkerError"]
+
+
+class ModelError(JobFailed):
+    """A model operation refused or failed; ``code`` is the job's failure code."""
+
+
+class WorkerError(JobFailed):
+    """A worker operation refused or failed; ``code`` is the job's failure code."""

@@ -1,0 +1,105 @@
+"""The hive's state in one object: its settings, model catalog, worker supervisor and heartbeat.
+
+``Hive.running()`` is the hive's part of the app lifespan: it starts the catalog, the
+supervisor and the heartbeat in one task group and, on the way out, stops the heartbeat, then
+every worker (SIGTERM, then SIGKILL), then any download.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from . import capabilities
+from .models import ModelCatalog
+from .registration import Heartbeat
+from .settings import HiveSettings
+from .supervisor import Supervisor
+
+__all__ = ["Hive"]
+
+logger = logging.getLogger("rbee_hive")
+
+
+class Hive:
+    def __init__(self, settings: HiveSettings) -> None:
+        self.settings = settings
+        self.catalog = ModelCatalog(
+            settings.models_dir,
+            hf_cache_dir=settings.hf_cache_dir,
+            hf_endpoint=settings.hf_endpoint,
+            progress_interval=settings.progress_interval,
+        )
+        self.heartbeat: Heartbeat | None = None
+        if settings.queen_url is not None:
+            self.heartbeat = Heartbeat(
+                settings.queen_url, settings.hive_id, settings.heartbeat_interval, self.snapshot
+            )
+        self.supervisor = Supervisor(settings, on_change=self._changed)
+        self._url: str | None = None
+        if settings.public_url is not None:
+            self._url = settings.public_url.rstrip("/")
+        elif settings.port != 0:
+            self._url = f"http://{_url_host(settings.host)}:{settings.port}"
+        self._url_known: anyio.Event | None = None
+
+    @property
+    def url(self) -> str | None:
+        """The URL the queen should use for this hive (None until a port-0 hive is bound)."""
+        return self._url
+
+    def advertise(self, port: int) -> None:
+        """Tell the hive the port it is bound to (for ``--port 0``); no-op with a public URL."""
+        if self.settings.public_url is None:
+            self._url = f"http://{_url_host(self.settings.host)}:{port}"
+        if self._url_known is not None:
+            self._url_known.set()
+
+    def _changed(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.kick()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Hive]:
+        self._url_known = anyio.Event()
+        if self._url is not None:
+            self._url_known.set()
+        async with (
+            self.catalog.running(),
+            self.supervisor.running(),
+            anyio.create_task_group() as tg,
+        ):
+            if self.heartbeat is not None:
+                # A port-0 hive knows its URL only once bound (advertise()): beat after that.
+                tg.start_soon(functools.partial(self.heartbeat.run, ready=self._url_known))
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The heartbeat body (docs/tiers.md, hive): also served as ``GET /v1/hive``."""
+        caps = await capabilities.collect()
+        return {
+            "hive_id": self.settings.hive_id,
+            "url": self._url,
+            "capabilities": caps,
+            "workers": [worker.to_json() for worker in self.supervisor.list_workers()],
+            "models": await self.catalog.names(),
+            "free_memory_bytes": caps["ram_free_bytes"],
+            "heartbeat_interval": self.settings.heartbeat_interval,
+        }
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        # Bound to every interface: the machine's name is the best guess at how others reach it
+        # (--public-url says it exactly).
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

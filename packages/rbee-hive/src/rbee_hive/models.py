@@ -1,0 +1,425 @@
+"""The models on this machine: a catalog under the models directory, downloads from Hugging Face.
+
+Layout::
+
+    {models_dir}/catalog.json        what the hive knows about each model (source, repo, revision)
+    {models_dir}/{name}/             a downloaded model (or a directory put there by hand: "local")
+    {models_dir}/.locks/{name}.lock  held while a model is downloaded or deleted (any process)
+    {models_dir}/{name}/.cache/      huggingface_hub's record of a download (files, commits)
+
+A registered model is a directory elsewhere, recorded in ``catalog.json`` and never copied.
+Names are single path components (``NAME_PATTERN``, never ``..``), and every path the hive
+derives from one is checked to sit directly under the models directory.
+
+Downloads (``download``) run in the catalog's task group, not in the job that asked: a second
+request for a model being downloaded joins the running download (single flight) and sees the same
+progress; a job that goes away detaches, and the download stops when no job waits for it any more.
+Another process downloading the same model is kept out by a file lock per model. The fetch itself,
+its progress and what resumes are in ``downloads``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+import filelock
+
+from jobproto import narrate
+
+from .downloads import HF_DIR, DownloadCancelled, Flight, download_error, fetch
+from .errors import ModelError
+
+__all__ = [
+    "NAME_PATTERN",
+    "ModelCatalog",
+    "ModelInfo",
+    "check_name",
+    "check_repo_id",
+]
+
+logger = logging.getLogger("rbee_hive.models")
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REPO_ID_PATTERN = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$"
+)
+CATALOG = "catalog.json"
+#: how long leaving ``running()`` waits for download threads to stop
+SHUTDOWN_GRACE = 5.0
+_RESERVED = {CATALOG}
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """``value`` if it is a safe model (or worker) name, else ``ValueError``."""
+    if not NAME_PATTERN.fullmatch(value) or ".." in value or value in _RESERVED:
+        # The field is named first, quoted: jobproto takes the first quoted word as the field.
+        raise ValueError(
+            f"{what!r} must be 1-128 letters, digits, dots, underscores or dashes, start with a"
+            f" letter or digit and not contain two dots in a row; got {value!r}"
+        )
+    return value
+
+
+def check_repo_id(value: str) -> str:
+    if not REPO_ID_PATTERN.fullmatch(value) or ".." in value:
+        raise ValueError(f"'repo_id' must look like org/name, got {value!r}")
+    return value
+
+
+@attrs.frozen
+class ModelInfo:
+    name: str
+    path: Path
+    source: str  # "huggingface" | "registered" | "local"
+    revision: str | None = None
+    repo_id: str | None = None
+    size_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size_bytes": self.size_bytes,
+            "source": self.source,
+            "path": str(self.path),
+            "revision": self.revision,
+            "repo_id": self.repo_id,
+        }
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (symlinks followed to files, as the HF cache uses them),
+    without huggingface_hub's bookkeeping folder."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        if Path(root) == path and HF_DIR in dirs:
+            dirs.remove(HF_DIR)
+        for name in files:
+            with contextlib.suppress(OSError):  # vanished meanwhile, or a dangling link
+                total += os.stat(os.path.join(root, name)).st_size
+    return total
+
+
+def _no_size(path: Path) -> int:
+    return 0
+
+
+# -- the catalog -----------------------------------------------------------------------------------
+
+
+class ModelCatalog:
+    """The models of one hive. Use ``async with catalog.running():`` around its use."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        hf_cache_dir: Path,
+        hf_endpoint: str | None = None,
+        progress_interval: float = 0.5,
+    ) -> None:
+        self.root = Path(models_dir).expanduser().absolute()
+        self.hf_cache_dir = hf_cache_dir
+        self.hf_endpoint = hf_endpoint
+        self.progress_interval = progress_interval
+        self._flights: dict[str, Flight] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ModelCatalog]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".locks").mkdir(exist_ok=True)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield self
+            finally:
+                # Downloads stop at their next chunk. A thread stuck on a silent connection is
+                # not waited for past SHUTDOWN_GRACE (huggingface_hub's own timeouts end it).
+                for flight in list(self._flights.values()):
+                    flight.tracker.cancelled.set()
+                tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
+                self._tg = None
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    def model_dir(self, name: str) -> Path:
+        """``{models_dir}/{name}``, checked to be a direct child of the models directory."""
+        check_name(name)
+        path = self.root / name
+        if path.parent != self.root or os.path.normpath(path) != str(path):
+            raise ValueError(f"model name {name!r} escapes the models directory")
+        return path
+
+    def _lock(self, name: str) -> filelock.FileLock:
+        return filelock.FileLock(str(self.root / ".locks" / f"{check_name(name)}.lock"))
+
+    def _catalog_lock(self) -> filelock.FileLock:
+        return filelock.FileLock(str(self.root / ".locks" / "catalog.lock"))
+
+    # -- catalog.json ------------------------------------------------------------------------------
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            raw = json.loads((self.root / CATALOG).read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise ModelError(
+                "catalog_corrupt", f"{self.root / CATALOG} is not JSON: {exc}"
+            ) from exc
+        models = raw.get("models") if isinstance(raw, dict) else None
+        return {k: v for k, v in (models or {}).items() if isinstance(v, dict)}
+
+    def _write(self, models: dict[str, dict[str, Any]]) -> None:
+        path = self.root / CATALOG
+        tmp = path.with_name(f".{CATALOG}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": 1, "models": models}, indent=2, sort_keys=True))
+        os.replace(tmp, path)  # atomic: a reader sees the old catalog or the new one
+
+    def _update(self, name: str, entry: dict[str, Any] | None) -> None:
+        with self._catalog_lock():
+            models = self._read()
+            if entry is None:
+                models.pop(name, None)
+            else:
+                models[name] = entry
+            self._write(models)
+
+    # -- queries (sync, run in a thread) -----------------------------------------------------------
+
+    def _info(
+        self, name: str, entry: dict[str, Any] | None, sized: bool = True
+    ) -> ModelInfo | None:
+        size = tree_size if sized else _no_size
+        if entry is not None and entry.get("source") == "registered":
+            path = Path(str(entry.get("path", "")))
+            nbytes = size(path) if path.is_dir() else 0
+            return ModelInfo(name, path, "registered", entry.get("revision"), None, nbytes)
+        path = self.model_dir(name)
+        if not path.is_dir():
+            return None
+        if entry is None:
+            if (path / HF_DIR / "huggingface").is_dir():
+                return None  # a download that never finished: not a usable model
+            return ModelInfo(name, path, "local", None, None, size(path))
+        return ModelInfo(
+            name,
+            path,
+            str(entry.get("source", "huggingface")),
+            entry.get("revision"),
+            entry.get("repo_id"),
+            size(path),
+        )
+
+    def _list_sync(self, sized: bool = True) -> list[ModelInfo]:
+        entries = self._read()
+        names = set(entries)
+        for child in self.root.iterdir():
+            if child.is_dir() and NAME_PATTERN.fullmatch(child.name) and ".." not in child.name:
+                names.add(child.name)
+        out = []
+        for name in sorted(names):
+            if name in self._flights:
+                continue
+            try:
+                info = self._info(name, entries.get(name), sized)
+            except ValueError:
+                continue
+            if info is not None:
+                out.append(info)
+        return out
+
+    def _get_sync(self, name: str) -> ModelInfo:
+        check_name(name)
+        info = None if name in self._flights else self._info(name, self._read().get(name))
+        if info is None:
+            raise ModelError("model_not_found", f"no model named {name!r} on this hive")
+        return info
+
+    async def list_models(self) -> list[ModelInfo]:
+        return await anyio.to_thread.run_sync(self._list_sync)
+
+    async def get(self, name: str) -> ModelInfo:
+        return await anyio.to_thread.run_sync(self._get_sync, name)
+
+    async def names(self) -> list[str]:
+        # The heartbeat's list: no sizes, so no walk through every model's files.
+        infos = await anyio.to_thread.run_sync(self._list_sync, False)
+        return [info.name for info in infos]
+
+    # -- register / delete -------------------------------------------------------------------------
+
+    def _register_sync(self, name: str, path: str) -> ModelInfo:
+        self.model_dir(name)
+        target = Path(path)
+        if not target.is_absolute():
+            raise ModelError("invalid_path", f"path must be absolute, got {path!r}")
+        try:
+            target = target.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise ModelError("path_not_found", f"{path} does not exist") from None
+        if not target.is_dir():
+            raise ModelError("not_a_directory", f"{path} is not a directory")
+        with self._catalog_lock():
+            models = self._read()
+            if name in models or self.model_dir(name).exists() or name in self._flights:
+                raise ModelError("model_exists", f"a model named {name!r} already exists")
+            models[name] = {"source": "registered", "path": str(target), "added_at": time.time()}
+            self._write(models)
+        return ModelInfo(name, target, "registered", None, None, tree_size(target))
+
+    async def register(self, name: str, path: str) -> ModelInfo:
+        """Record ``path`` (an existing directory, absolute) as model ``name``; nothing copied."""
+        return await anyio.to_thread.run_sync(self._register_sync, name, path)
+
+    def _delete_sync(self, name: str) -> ModelInfo:
+        info = self._get_sync(name)
+        if info.source == "registered":
+            self._update(name, None)  # the files are the user's: only forget them
+            return info
+        lock = self._lock(name)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise ModelError("model_busy", f"model {name!r} is being downloaded") from None
+        try:
+            path = self.model_dir(name)
+            if path.is_symlink():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+            self._update(name, None)
+        finally:
+            lock.release()
+        return info
+
+    async def delete(self, name: str) -> ModelInfo:
+        """Delete a downloaded (or local) model's files; forget a registered one."""
+        if name in self._flights:
+            raise ModelError("model_busy", f"model {name!r} is being downloaded")
+        return await anyio.to_thread.run_sync(self._delete_sync, name)
+
+    # -- download ----------------------------------------------------------------------------------
+
+    async def download(
+        self, repo_id: str, revision: str = "main", name: str | None = None
+    ) -> ModelInfo:
+        """Download ``repo_id`` at ``revision`` as model ``name`` (default: the repo's name).
+
+        Narrates and reports progress on the current job. A second call for the same model while
+        one runs joins it. Cancelling the call stops the download if nobody else waits for it.
+        """
+        check_repo_id(repo_id)
+        if name is None:
+            try:
+                name = check_name(repo_id.rsplit("/", 1)[-1])
+            except ValueError:
+                raise ModelError("invalid_name", f"pass a name: {repo_id!r} is not one") from None
+        check_name(name)
+        if name not in self._flights:
+            await anyio.to_thread.run_sync(self._check_target, name, repo_id)
+        if self._tg is None:
+            raise RuntimeError("the model catalog is not running")
+        flight = self._flights.get(name)  # looked up after the check: it yielded to the loop
+        if flight is None:
+            flight = self._flights[name] = Flight(name, repo_id, revision, self.model_dir(name))
+            self._tg.start_soon(self._run, flight, name=f"download {name}")
+        elif (flight.repo_id, flight.revision) != (repo_id, revision):
+            raise ModelError(
+                "model_busy",
+                f"{name!r} is being downloaded from {flight.repo_id}@{flight.revision}",
+            )
+        else:
+            narrate("model_download", f"joining the running download of {name}")
+        ctx = contextvars.copy_context()
+        flight.observers.append(ctx)
+        try:
+            await flight.done.wait()
+        finally:
+            flight.observers.remove(ctx)
+            if not flight.done.is_set() and not flight.observers:
+                logger.info("nobody waits for the download of %s any more: stopping it", name)
+                flight.tracker.cancelled.set()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None
+        return flight.result
+
+    def _check_target(self, name: str, repo_id: str) -> None:
+        """Refuse to download over a model that is not an earlier download of the same repo."""
+        entry = self._read().get(name)
+        if entry is not None and (
+            entry.get("source") != "huggingface" or entry.get("repo_id") != repo_id
+        ):
+            where = entry.get("repo_id") or entry.get("path")
+            raise ModelError(
+                "model_exists",
+                f"a model named {name!r} already exists ({entry.get('source')} {where});"
+                " choose another name",
+            )
+        target = self.model_dir(name)
+        earlier_download = (target / HF_DIR / "huggingface").is_dir()
+        if entry is None and target.is_dir() and not earlier_download and any(target.iterdir()):
+            raise ModelError("model_exists", f"{target} already holds files; choose another name")
+
+    async def _run(self, flight: Flight) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._report, flight)
+                try:
+                    flight.result = await anyio.to_thread.run_sync(
+                        self._download_sync, flight, abandon_on_cancel=True
+                    )
+                except Exception as exc:  # caught here, not as a group from the task group
+                    flight.error = download_error(exc, flight)
+                except anyio.get_cancelled_exc_class():
+                    flight.tracker.cancelled.set()  # the thread stops at its next chunk
+                    flight.error = download_error(DownloadCancelled(), flight)
+                    raise
+                finally:
+                    tg.cancel_scope.cancel()
+            if flight.result is not None:
+                flight.report(final=True)
+        finally:
+            del self._flights[flight.name]
+            flight.done.set()
+
+    async def _report(self, flight: Flight) -> None:
+        while True:
+            flight.report()
+            await anyio.sleep(self.progress_interval)
+
+    def _download_sync(self, flight: Flight) -> ModelInfo:
+        def record(commit: str) -> None:
+            entry = {
+                "source": "huggingface",
+                "repo_id": flight.repo_id,
+                "revision": commit,
+                "requested_revision": flight.revision,
+                "downloaded_at": time.time(),
+            }
+            self._update(flight.name, entry)
+
+        commit = fetch(
+            flight,
+            lock=self._lock(flight.name),
+            cache_dir=self.hf_cache_dir,
+            endpoint=self.hf_endpoint,
+            record=record,
+        )
+        path = flight.local_dir
+        return ModelInfo(flight.name, path, "huggingface", commit, flight.repo_id, tree_size(path))

@@ -1,0 +1,242 @@
+"""What a hive does, as jobproto operations: one typed handler each (docs/tiers.md, hive).
+
+Parameters are validated before a job exists (a bad name or path is a 422); handlers narrate and
+call into ``supervisor``, ``models`` and ``capabilities``; a refusal is a ``JobFailed`` with a code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from typing import Any
+
+import anyio
+import attrs
+
+from jobproto import Operations, narrate
+
+from . import capabilities
+from .errors import ModelError, WorkerError
+from .hive import Hive
+from .models import check_name, check_repo_id
+from .supervisor import WorkerSpec, WorkerState
+
+__all__ = [
+    "ENGINES",
+    "CapabilitiesParams",
+    "ModelDeleteParams",
+    "ModelDownloadParams",
+    "ModelListParams",
+    "ModelRegisterParams",
+    "WorkerListParams",
+    "WorkerSpawnParams",
+    "WorkerStopParams",
+    "hive_operations",
+]
+
+ENGINES = ("auto", "transformers", "vllm", "synthetic")
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,2})?)$")
+_ENGINE_ARG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+
+# -- validators (a ValueError here is a 422 naming the field) --------------------------------------
+
+
+def _name(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_name(value, attribute.name)
+
+
+def _optional_name(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        check_name(value, attribute.name)
+
+
+def _repo_id(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_repo_id(value)
+
+
+def _revision(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _REVISION.fullmatch(value) or ".." in value:
+        raise ValueError(f"'revision' must be a branch, tag or commit, got {value!r}")
+
+
+def _abs_path(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value or "\0" in value or not os.path.isabs(value):
+        raise ValueError(f"'path' must be an absolute directory path, got {value!r}")
+
+
+def _device(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not _DEVICE.fullmatch(value):
+        raise ValueError(f"'device' must be cpu, cuda or cuda:N, got {value!r}")
+
+
+def _engine_args(_: object, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    for key, item in value.items():
+        if not _ENGINE_ARG_KEY.fullmatch(key) or "\n" in item or "\0" in item:
+            raise ValueError(
+                f"'engine_args' must map option names to values, got the entry {key!r}"
+            )
+
+
+# -- parameters ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class WorkerSpawnParams:
+    model: str = attrs.field(validator=_name)
+    engine: str = attrs.field(default="auto", validator=attrs.validators.in_(ENGINES))
+    worker_id: str | None = attrs.field(default=None, validator=_optional_name)
+    device: str | None = attrs.field(default=None, validator=_device)
+    max_concurrency: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(4096))
+        ),
+    )
+    engine_args: dict[str, str] = attrs.field(factory=dict, validator=_engine_args)
+
+
+@attrs.frozen
+class WorkerListParams:
+    pass
+
+
+@attrs.frozen
+class WorkerStopParams:
+    worker_id: str = attrs.field(validator=_name)
+
+
+@attrs.frozen
+class ModelDownloadParams:
+    repo_id: str = attrs.field(validator=_repo_id)
+    revision: str = attrs.field(default="main", validator=_revision)
+    name: str | None = attrs.field(default=None, validator=_optional_name)
+
+
+@attrs.frozen
+class ModelRegisterParams:
+    name: str = attrs.field(validator=_name)
+    path: str = attrs.field(validator=_abs_path)
+
+
+@attrs.frozen
+class ModelListParams:
+    pass
+
+
+@attrs.frozen
+class ModelDeleteParams:
+    name: str = attrs.field(validator=_name)
+
+
+@attrs.frozen
+class CapabilitiesParams:
+    pass
+
+
+def _new_worker_id(model: str) -> str:
+    return f"{model[:100]}-{secrets.token_hex(3)}"
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+def hive_operations(hive: Hive) -> Operations:
+    ops = Operations()
+    supervisor, catalog = hive.supervisor, hive.catalog
+
+    @ops.operation("worker_spawn")
+    async def worker_spawn(params: WorkerSpawnParams) -> dict[str, Any]:
+        """Start a worker for a model of this hive and wait until it is ready."""
+        model = await catalog.get(params.model)
+        spec = WorkerSpec(
+            worker_id=params.worker_id or _new_worker_id(model.name),
+            model=model.name,
+            model_path=model.path,
+            engine=params.engine,
+            device=params.device,
+            max_concurrency=params.max_concurrency,
+            engine_args=dict(params.engine_args),
+        )
+        worker = supervisor.spawn(spec)
+        narrate(
+            "worker_spawn",
+            f"spawning {spec.worker_id} ({model.name}, {spec.engine})",
+            worker_id=spec.worker_id,
+            log=str(worker.log_path),
+        )
+        try:
+            with worker.observed():
+                await supervisor.wait_started(worker)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):  # the spawn was called off: so is the worker
+                await supervisor.stop(spec.worker_id)
+            raise
+        if worker.state == WorkerState.STOPPED:
+            raise WorkerError("worker_stopped", f"{spec.worker_id} was stopped while starting")
+        if worker.state != WorkerState.READY:
+            raise WorkerError(
+                "worker_failed", f"{spec.worker_id} {worker.error}; its log: {worker.log_path}"
+            )
+        narrate(
+            "worker_spawn", f"{spec.worker_id} is ready at {worker.url}", worker_id=spec.worker_id
+        )
+        return worker.to_json()
+
+    @ops.operation("worker_list")
+    async def worker_list(params: WorkerListParams) -> dict[str, Any]:
+        """The workers of this hive and their states."""
+        return {"workers": [worker.to_json() for worker in supervisor.list_workers()]}
+
+    @ops.operation("worker_stop")
+    async def worker_stop(params: WorkerStopParams) -> dict[str, Any]:
+        """Stop a worker: SIGTERM to its process group, SIGKILL after the grace period."""
+        supervisor.get(params.worker_id)
+        narrate("worker_stop", f"stopping {params.worker_id}", worker_id=params.worker_id)
+        worker = await supervisor.stop(params.worker_id)
+        narrate("worker_stop", f"{params.worker_id} is {worker.state}", worker_id=params.worker_id)
+        return worker.to_json()
+
+    @ops.operation("model_download")
+    async def model_download(params: ModelDownloadParams) -> dict[str, Any]:
+        """Download a model from Hugging Face into the models directory (resumable)."""
+        narrate("model_download", f"downloading {params.repo_id}@{params.revision}")
+        info = await catalog.download(params.repo_id, params.revision, params.name)
+        narrate("model_download", f"{info.name} is ready: {info.size_bytes} bytes at {info.path}")
+        return info.to_json()
+
+    @ops.operation("model_register")
+    async def model_register(params: ModelRegisterParams) -> dict[str, Any]:
+        """Register a local directory as a model, without copying it."""
+        info = await catalog.register(params.name, params.path)
+        narrate("model_register", f"registered {info.name} at {info.path}")
+        return info.to_json()
+
+    @ops.operation("model_list")
+    async def model_list(params: ModelListParams) -> dict[str, Any]:
+        """The models on this hive."""
+        return {"models": [info.to_json() for info in await catalog.list_models()]}
+
+    @ops.operation("model_delete")
+    async def model_delete(params: ModelDeleteParams) -> dict[str, Any]:
+        """Delete a downloaded model's files, or forget a registered one."""
+        users = [
+            w.worker_id
+            for w in supervisor.list_workers()
+            if w.alive and w.spec.model == params.name
+        ]
+        if users:
+            raise ModelError("model_in_use", f"{params.name} is used by {', '.join(users)}")
+        info = await catalog.delete(params.name)
+        verb = "unregistered" if info.source == "registered" else "deleted"
+        narrate("model_delete", f"{verb} {info.name} ({info.path})")
+        return info.to_json()
+
+    @ops.operation("capabilities")
+    async def capabilities_(params: CapabilitiesParams) -> dict[str, Any]:
+        """CPU cores, RAM and GPUs of this machine."""
+        return await capabilities.collect()
+
+    return ops

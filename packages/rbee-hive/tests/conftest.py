@@ -1,0 +1,399 @@
+"""Fixtures of the hive's tests: settings in a temporary directory, a hive served on a loopback
+port, a FAKE queen and a FAKE Hugging Face hub (both small Starlette apps on 127.0.0.1), and a
+check after every test that no process it started is left alive.
+
+Workers are FAKE (``fake_worker.py``): they speak the worker's process contract without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import psutil
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from jobproto import JobEvent, Narration, Progress
+from jobproto.client import JobClient
+from jobproto.testing import serving
+from rbee_hive.app import create_app
+from rbee_hive.hive import Hive
+from rbee_hive.settings import HiveSettings
+
+FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
+
+
+def fake_worker(*flags: str) -> tuple[str, ...]:
+    return (sys.executable, str(FAKE_WORKER), *flags)
+
+
+# -- no process left behind ------------------------------------------------------------------------
+
+
+def _live_children() -> dict[int, psutil.Process]:
+    out = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                out[proc.pid] = proc
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    before = set(_live_children())
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        extra = {pid: p for pid, p in _live_children().items() if pid not in before}
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    described = []
+    for proc in extra.values():
+        try:
+            described.append(f"{proc.pid} {proc.cmdline()}")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    assert not described, f"the test left processes behind: {described}"
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie not yet reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# -- settings and a running hive -------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., HiveSettings]:
+    def make(**overrides: Any) -> HiveSettings:
+        values: dict[str, Any] = {
+            "port": 0,
+            "models_dir": tmp_path / "models",
+            "state_dir": tmp_path / "state",
+            "worker_command": fake_worker(),
+            "stop_grace": 2.0,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.2,
+            "ready_timeout": 10.0,
+            "ready_poll_interval": 0.05,
+            "heartbeat_interval": 0.2,
+            "progress_interval": 0.05,
+        }
+        values.update(overrides)
+        return HiveSettings(**values)
+
+    return make
+
+
+@attrs.frozen
+class RunningHive:
+    url: str
+    hive: Hive
+    client: JobClient
+
+
+StartHive = Callable[[HiveSettings], AbstractAsyncContextManager[RunningHive]]
+
+
+@pytest.fixture
+def start_hive() -> StartHive:
+    @asynccontextmanager
+    async def start(settings: HiveSettings) -> AsyncIterator[RunningHive]:
+        app = create_app(settings)
+        async with serving(app) as url:
+            hive: Hive = app.state.hive
+            hive.advertise(int(url.rsplit(":", 1)[1]))
+            async with JobClient(url, timeout=10.0) as client:
+                yield RunningHive(url, hive, client)
+
+    return start
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A directory to register as a model (its contents are never read by the fake worker)."""
+    path = tmp_path / "external" / "tiny"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    (path / "weights.bin").write_bytes(b"\0" * 1000)
+    return path
+
+
+class Kit:
+    """Helpers for the tests (a fixture: test modules cannot import conftest)."""
+
+    fake_worker = staticmethod(fake_worker)
+    gone = staticmethod(gone)
+
+    @staticmethod
+    async def run_job(
+        client: JobClient, operation: str, **fields: Any
+    ) -> tuple[Any, list[JobEvent]]:
+        """Run a job to its end: (result, events); raises RemoteJobFailed like ``run``."""
+        events: list[JobEvent] = []
+
+        def keep(item: Any) -> None:
+            if isinstance(item, JobEvent):
+                events.append(item)
+
+        result = await client.run(operation, fields, on_event=keep)
+        return result, events
+
+    @staticmethod
+    def narrations(events: list[JobEvent], action: str | None = None) -> list[Narration]:
+        out = [e.event for e in events if isinstance(e.event, Narration)]
+        return [n for n in out if action is None or n.action == action]
+
+    @staticmethod
+    def progresses(events: list[JobEvent], action: str) -> list[Progress]:
+        return [
+            e.event for e in events if isinstance(e.event, Progress) and e.event.action == action
+        ]
+
+    @staticmethod
+    async def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+        with anyio.fail_after(seconds):
+            while not predicate():
+                await anyio.sleep(0.02)
+
+
+@pytest.fixture
+def kit() -> type[Kit]:
+    return Kit
+
+
+# -- a FAKE queen ----------------------------------------------------------------------------------
+
+
+class FakeQueen:
+    """Records ``PUT /v1/hives/{hive_id}``; answers 503 to the first ``fail_first`` of them."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.fail_first = fail_first
+        self.beats: list[tuple[float, str, dict[str, Any]]] = []
+        self.attempts = 0
+
+    def app(self) -> Starlette:
+        async def put_hive(request: Request) -> Response:
+            self.attempts += 1
+            if self.attempts <= self.fail_first:
+                return JSONResponse({"error": "restarting"}, 503)
+            body = await request.json()
+            self.beats.append((time.monotonic(), request.path_params["hive_id"], body))
+            return JSONResponse({"ok": True})
+
+        return Starlette(routes=[Route("/v1/hives/{hive_id}", put_hive, methods=["PUT"])])
+
+
+@pytest.fixture
+def fake_queen() -> Callable[..., AbstractAsyncContextManager[tuple[str, FakeQueen]]]:
+    @asynccontextmanager
+    async def start(fail_first: int = 0) -> AsyncIterator[tuple[str, FakeQueen]]:
+        queen = FakeQueen(fail_first)
+        async with serving(queen.app()) as url:
+            yield url, queen
+
+    return start
+
+
+# -- a FAKE Hugging Face hub -----------------------------------------------------------------------
+
+
+def _oid(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+class FakeHub:
+    """The few endpoints ``snapshot_download`` uses, for repos held in memory.
+
+    - ``GET /api/models/{org}/{repo}/revision/{rev}``: sha and siblings (with sizes)
+    - ``GET /api/models/{org}/{repo}/tree/{rev}``: the file list
+    - ``HEAD``/``GET /{org}/{repo}/resolve/{rev}/{file}``: ETag, X-Repo-Commit, Content-Length,
+      ``Range`` requests answered 206
+
+    ``cut_once``: {file: n}: the first full GET of file sends n bytes and drops the connection.
+    ``fail``: files answered 500 (until removed). ``delay``: seconds before each file body.
+    """
+
+    def __init__(self) -> None:
+        self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range
+        self.cut_once: dict[str, int] = {}
+        self.fail: set[str] = set()
+        self.delay = 0.0
+
+    def add(self, repo_id: str, files: dict[str, bytes]) -> str:
+        sha = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
+        self.repos[repo_id] = (sha, files)
+        return sha
+
+    def file_gets(self, filename: str) -> list[str | None]:
+        """The Range header of every GET of ``filename`` (None: a full GET)."""
+        return [r for m, p, r in self.requests if m == "GET" and p.endswith("/" + filename)]
+
+    def _repo(self, request: Request) -> tuple[str, str, dict[str, bytes]] | Response:
+        repo_id = f"{request.path_params['org']}/{request.path_params['repo']}"
+        if repo_id not in self.repos:
+            return JSONResponse(
+                {"error": "not found"}, 404, headers={"X-Error-Code": "RepoNotFound"}
+            )
+        sha, files = self.repos[repo_id]
+        if request.path_params["rev"] not in ("main", sha):
+            headers = {"X-Error-Code": "RevisionNotFound"}
+            return JSONResponse({"error": "no such revision"}, 404, headers=headers)
+        return repo_id, sha, files
+
+    def app(self) -> Starlette:
+        async def info(request: Request) -> Response:
+            self.requests.append(("GET", request.url.path, None))
+            found = self._repo(request)
+            if isinstance(found, Response):
+                return found
+            repo_id, sha, files = found
+            siblings = [
+                {"rfilename": name, "size": len(data), "blobId": _oid(data)}
+                for name, data in files.items()
+            ]
+            return JSONResponse(
+                {"id": repo_id, "modelId": repo_id, "sha": sha, "siblings": siblings}
+            )
+
+        async def tree(request: Request) -> Response:
+            self.requests.append(("GET", request.url.path, None))
+            found = self._repo(request)
+            if isinstance(found, Response):
+                return found
+            _, _, files = found
+            entries = [
+                {
+                    "type": "file",
+                    "path": name,
+                    "size": len(data),
+                    "oid": hashlib.sha1(data).hexdigest(),
+                }
+                for name, data in files.items()
+            ]
+            return JSONResponse(entries)
+
+        return Starlette(
+            routes=[
+                Route("/api/models/{org}/{repo}/revision/{rev}", info, methods=["GET"]),
+                Route("/api/models/{org}/{repo}/tree/{rev}", tree, methods=["GET"]),
+                Route(
+                    "/{org}/{repo}/resolve/{rev}/{filename:path}",
+                    _Resolve(self),
+                    methods=["GET", "HEAD"],
+                ),
+            ]
+        )
+
+
+class _Resolve:
+    """The file endpoint, as plain ASGI: it must be able to drop a connection mid-body."""
+
+    def __init__(self, hub: FakeHub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hub = self.hub
+        request = Request(scope, receive)
+        method = request.method
+        range_header = request.headers.get("range")
+        hub.requests.append((method, request.url.path, range_header))
+        found = hub._repo(request)
+        if isinstance(found, Response):
+            await found(scope, receive, send)
+            return
+        _, sha, files = found
+        filename = request.path_params["filename"]
+        if filename not in files:
+            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
+            await JSONResponse({"error": "no such file"}, 404, headers=headers)(
+                scope, receive, send
+            )
+            return
+        data = files[filename]
+        if method == "GET" and filename in hub.fail:
+            await JSONResponse({"error": "boom"}, 500)(scope, receive, send)
+            return
+        headers = {
+            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "X-Repo-Commit": sha,
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        status, body = 200, data
+        if range_header and range_header.startswith("bytes="):
+            start_text, _, end_text = range_header[len("bytes=") :].partition("-")
+            start = int(start_text)
+            end = int(end_text) if end_text else len(data) - 1
+            status, body = 206, data[start : end + 1]
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        headers["Content-Length"] = str(len(body))
+        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        if method == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if hub.delay:
+            await anyio.sleep(hub.delay)
+        if status == 200 and filename in hub.cut_once:
+            cut = hub.cut_once.pop(filename)
+            await send({"type": "http.response.body", "body": body[:cut], "more_body": True})
+            # Returning without finishing the body makes uvicorn drop the connection: the
+            # client sees fewer bytes than Content-Length promised.
+            return
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+def hf_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """huggingface_hub online (for the fake hub only), without the user's token, cache or home.
+
+    Its constants are read at import time, so they are patched where it reads them.
+    """
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # Telemetry would look up an "agent harness" registry on the real hub.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+
+
+@pytest.fixture
+def fake_hub(hf_isolated: None) -> Callable[[], AbstractAsyncContextManager[tuple[str, FakeHub]]]:
+    @asynccontextmanager
+    async def start() -> AsyncIterator[tuple[str, FakeHub]]:
+        hub = FakeHub()
+        async with serving(hub.app()) as url:
+            yield url, hub
+
+    return start

@@ -1,0 +1,107 @@
+"""A FAKE rbee worker for the hive's tests: no model, no torch, only the worker's process contract.
+
+It accepts the real worker's flags (docs/tiers.md, worker), binds 127.0.0.1:0 itself, prints the
+``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}`` line, and serves ``/ready`` and
+``/health`` with the stdlib's http.server. Flags starting with ``--fake-`` script misbehaviour:
+
+    --fake-ready-after S      /ready says "loading" for S seconds, then ready (default 0.1)
+    --fake-crash-after S      exit with status 3, S seconds after becoming ready
+    --fake-exit-early N       exit with status N before listening
+    --fake-fail-load          /ready says the model failed to load
+    --fake-ignore-term        ignore SIGTERM (the hive must SIGKILL it)
+    --fake-child              start a grandchild (sleep) in the same process group, print its pid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--engine", default="auto")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--model-name", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("--engine-arg", action="append", default=[])
+    p.add_argument("--fake-ready-after", type=float, default=0.1)
+    p.add_argument("--fake-crash-after", type=float, default=None)
+    p.add_argument("--fake-exit-early", type=int, default=None)
+    p.add_argument("--fake-fail-load", action="store_true")
+    p.add_argument("--fake-ignore-term", action="store_true")
+    p.add_argument("--fake-child", action="store_true")
+    args = p.parse_args()
+
+    if args.fake_ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"fake worker {args.worker_id}: model {args.model} engine {args.engine}", flush=True)
+    print(f"fake worker args: {' '.join(sys.argv[1:])}", file=sys.stderr, flush=True)
+    if args.fake_exit_early is not None:
+        print("fake worker: exiting before it listens", file=sys.stderr, flush=True)
+        sys.exit(args.fake_exit_early)
+    if args.fake_child:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print(f"fake worker child pid {child.pid}", flush=True)
+
+    started = time.monotonic()
+    name = args.model_name or os.path.basename(args.model)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *a: object) -> None:
+            pass
+
+        def _json(self, status: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self._json(200, {"status": "ok"})
+            elif self.path == "/ready":
+                if args.fake_fail_load:
+                    self._json(
+                        503, {"ready": False, "state": "failed", "error": "fake load failure"}
+                    )
+                elif time.monotonic() - started >= args.fake_ready_after:
+                    self._json(
+                        200, {"ready": True, "model": name, "engine": "fake", "load_seconds": 0.1}
+                    )
+                else:
+                    self._json(503, {"ready": False, "state": "loading", "error": None})
+            else:
+                self._json(404, {"error": {"code": "not_found", "message": self.path}})
+
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    print(
+        "RBEE_WORKER_LISTENING " + json.dumps({"port": port, "worker_id": args.worker_id}),
+        flush=True,
+    )
+
+    if args.fake_crash_after is not None:
+        time.sleep(args.fake_ready_after + args.fake_crash_after)
+        print("fake worker: crashing on purpose", file=sys.stderr, flush=True)
+        os._exit(3)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The ``rbee-hive`` command end to end (a real process), settings, pid-file cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from jobproto.client import JobClient
+from rbee_hive.app import main
+from rbee_hive.settings import HiveSettings
+from rbee_hive.supervisor import Supervisor, reap_leftovers, write_pidfile
+
+Settings = Callable[..., HiveSettings]
+
+WORKER_FIELDS = {
+    "worker_id", "model", "engine", "url", "pid", "state", "restarts", "started_at", "last_exit",
+}  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_the_command_serves_registers_and_stops_its_workers_on_sigterm(
+    tmp_path: Path, fake_queen: Any, model_dir: Path, kit: Any
+) -> None:
+    async with fake_queen() as (queen_url, queen):
+        argv = [
+            sys.executable, "-m", "rbee_hive.app", "--port", "0", "--hive-id", "cli-hive",
+            "--queen-url", queen_url, "--models-dir", str(tmp_path / "models"),
+            "--state-dir", str(tmp_path / "state"), "--heartbeat", "0.2",
+            "--worker-command", shlex.join(kit.fake_worker()), "--stop-grace", "2",
+        ]  # fmt: skip
+        with (tmp_path / "hive.err").open("wb") as err:
+            process = await anyio.open_process(argv, stderr=err, start_new_session=True)
+        try:
+            assert process.stdout is not None
+            lines = BufferedByteReceiveStream(process.stdout)
+            with anyio.fail_after(15):
+                line = (await lines.receive_until(b"\n", 65536)).decode()
+            assert line.startswith("RBEE_HIVE_LISTENING ")
+            info = json.loads(line.split(" ", 1)[1])
+            url = info["url"]
+            assert url == f"http://127.0.0.1:{info['port']}"
+
+            async with JobClient(url) as client:
+                await kit.run_job(client, "model_register", name="tiny", path=str(model_dir))
+                worker, _ = await kit.run_job(client, "worker_spawn", model="tiny")
+            assert set(worker) >= WORKER_FIELDS
+            assert worker["state"] == "ready"
+            await kit.wait_for(lambda: any(b["workers"] for _, _, b in queen.beats))
+            assert queen.beats[0][1] == "cli-hive" and queen.beats[0][2]["url"] == url
+
+            process.send_signal(signal.SIGTERM)  # the hive only: it must stop its workers
+            with anyio.fail_after(15):
+                # uvicorn re-raises the SIGTERM it caught once shutdown is complete.
+                assert await process.wait() in (0, -signal.SIGTERM)
+            assert "state stopped" in (tmp_path / "hive.err").read_text()
+            assert kit.gone(worker["pid"])
+            assert list((tmp_path / "state" / "run").iterdir()) == []
+        finally:
+            if process.returncode is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+            await process.aclose()
+
+
+def test_bad_settings_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--hive-id", "no/slashes"])
+    assert exc.value.code == 2
+    assert "hive_id" in capsys.readouterr().err
+
+
+def test_settings_defaults() -> None:
+    settings = HiveSettings()
+    assert settings.port == 9000
+    assert settings.hive_id == "localhost"
+    assert settings.queen_url is None
+    assert settings.heartbeat_interval == 5.0
+    assert settings.stop_grace == 10.0
+    assert settings.restart_limit == 5
+    assert (settings.backoff_initial, settings.backoff_max) == (1.0, 60.0)
+    assert settings.ready_timeout == 300.0
+    assert settings.worker_command == (sys.executable, "-m", "rbee_worker.app")
+    with pytest.raises(ValueError):
+        HiveSettings(queen_url="ftp://queen")
+    with pytest.raises(ValueError):
+        HiveSettings(worker_command=())
+
+
+def test_workers_left_by_a_killed_hive_are_stopped(make_settings: Settings) -> None:
+    settings = make_settings()
+    settings.run_dir.mkdir(parents=True)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    leftover = subprocess.Popen(sleeper, start_new_session=True)
+    # A pid file whose process started before the recorded time is someone else's (a reused pid).
+    stranger = subprocess.Popen(sleeper, start_new_session=True)
+    try:
+        write_pidfile(settings.run_dir, "old", leftover.pid, sleeper)
+        path = write_pidfile(settings.run_dir, "reused", stranger.pid, sleeper)
+        info = json.loads(path.read_text())
+        path.write_text(json.dumps(dict(info, create_time=time.time() + 3600)))
+
+        reap_leftovers(settings.run_dir, grace=2.0)
+        leftover.wait(5)  # gone (psutil reaped it, so its status is not ours to read)
+        assert stranger.poll() is None
+        assert list(settings.run_dir.iterdir()) == []
+    finally:
+        for proc in (leftover, stranger):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.mark.anyio
+async def test_the_supervisor_reaps_leftovers_when_it_starts(make_settings: Settings) -> None:
+    settings = make_settings()
+    settings.run_dir.mkdir(parents=True)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    leftover = await anyio.open_process(sleeper, start_new_session=True)
+    try:
+        write_pidfile(settings.run_dir, "old", leftover.pid, sleeper)
+        async with Supervisor(settings).running():
+            with anyio.fail_after(5):
+                await leftover.wait()
+    finally:
+        if leftover.returncode is None:
+            leftover.kill()
+            await leftover.wait()
+        await leftover.aclose()

@@ -1,0 +1,161 @@
+"""The model catalog: register, list, delete, and the validation that keeps every name and path
+inside the models directory (a bad one is refused with a 422 before any job exists)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobproto.client import HTTPStatusError, RemoteJobFailed
+from rbee_hive.models import ModelCatalog, check_name
+from rbee_hive.settings import HiveSettings
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        "../x",
+        "a/../b",
+        "/etc",
+        "/abs/path",
+        "a/b",
+        ".hidden",
+        "-dash",
+        "x" * 129,
+        "catalog.json",
+        "a..b",
+        "sp ace",
+        "new\nline",
+        "nul\0",
+    ],
+)
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", ["tiny", "Qwen2.5-0.5B-Instruct", "a", "m_1", "x" * 128])
+def test_good_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@given(st.text(max_size=140))
+def test_an_accepted_name_stays_in_the_models_dir(name: str) -> None:
+    catalog = ModelCatalog(Path("/srv/models"), hf_cache_dir=Path("/tmp/unused"))
+    try:
+        path = catalog.model_dir(name)
+    except ValueError:
+        return
+    assert path.parent == Path("/srv/models")
+    assert path.name == name
+
+
+@pytest.mark.anyio
+async def test_register_list_delete(
+    start_hive: Any, make_settings: Callable[..., HiveSettings], model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings()
+    async with start_hive(settings) as h:
+        result, events = await kit.run_job(
+            h.client, "model_register", name="tiny", path=str(model_dir)
+        )
+        assert result["source"] == "registered"
+        assert result["path"] == str(model_dir)
+        assert result["size_bytes"] == model_dir.joinpath("config.json").stat().st_size + 1000
+        assert kit.narrations(events, "model_register")
+
+        # Not copied: the models directory holds only the catalog.
+        assert not (settings.models_dir / "tiny").exists()
+        catalog = json.loads((settings.models_dir / "catalog.json").read_text())
+        assert catalog["models"]["tiny"]["path"] == str(model_dir)
+
+        # A model put into the models directory by hand is listed as "local".
+        local = settings.models_dir / "handmade"
+        local.mkdir()
+        (local / "weights.bin").write_bytes(b"1" * 10)
+
+        listed, _ = await kit.run_job(h.client, "model_list")
+        by_name = {m["name"]: m for m in listed["models"]}
+        assert set(by_name) == {"tiny", "handmade"}
+        assert by_name["handmade"] == {
+            "name": "handmade",
+            "size_bytes": 10,
+            "source": "local",
+            "path": str(local),
+            "revision": None,
+            "repo_id": None,
+        }
+
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_register", name="tiny", path=str(model_dir))
+        assert exc.value.code == "model_exists"
+
+        # Deleting a registered model forgets it; its files are the user's.
+        deleted, _ = await kit.run_job(h.client, "model_delete", name="tiny")
+        assert deleted["source"] == "registered"
+        assert (model_dir / "weights.bin").exists()
+        # Deleting a local one removes its directory.
+        await kit.run_job(h.client, "model_delete", name="handmade")
+        assert not local.exists()
+        listed, _ = await kit.run_job(h.client, "model_list")
+        assert listed["models"] == []
+
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_delete", name="tiny")
+        assert exc.value.code == "model_not_found"
+
+
+@pytest.mark.anyio
+async def test_register_refuses_what_is_not_a_directory(
+    start_hive: Any, make_settings: Callable[..., HiveSettings], model_dir: Path, kit: Any
+) -> None:
+    async with start_hive(make_settings()) as h:
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_register", name="a", path=str(model_dir / "nope"))
+        assert exc.value.code == "path_not_found"
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(
+                h.client, "model_register", name="a", path=str(model_dir / "config.json")
+            )
+        assert exc.value.code == "not_a_directory"
+
+
+BAD_REQUESTS = [
+    ("model_register", {"name": "../x", "path": "/tmp"}, "name"),
+    ("model_register", {"name": "/etc", "path": "/tmp"}, "name"),
+    ("model_register", {"name": "", "path": "/tmp"}, "name"),
+    ("model_register", {"name": "ok", "path": "relative/dir"}, "path"),
+    ("model_register", {"name": "ok", "path": ""}, "path"),
+    ("model_delete", {"name": "../../etc"}, "name"),
+    ("model_download", {"repo_id": "../x"}, "repo_id"),
+    ("model_download", {"repo_id": "org/repo", "name": "a/b"}, "name"),
+    ("model_download", {"repo_id": "org/repo", "revision": "../main"}, "revision"),
+    ("worker_spawn", {"model": "../tiny"}, "model"),
+    ("worker_spawn", {"model": "tiny", "worker_id": "../w"}, "worker_id"),
+    ("worker_spawn", {"model": "tiny", "engine": "bogus"}, "engine"),
+    ("worker_spawn", {"model": "tiny", "device": "tpu"}, "device"),
+    ("worker_spawn", {"model": "tiny", "max_concurrency": 0}, "max_concurrency"),
+    ("worker_spawn", {"model": "tiny", "engine_args": {"a=b": "c"}}, "engine_args"),
+    ("worker_stop", {"worker_id": "/w"}, "worker_id"),
+]
+
+
+@pytest.mark.anyio
+async def test_bad_parameters_are_a_422(
+    start_hive: Any, make_settings: Callable[..., HiveSettings]
+) -> None:
+    async with start_hive(make_settings()) as h:
+        for operation, fields, field in BAD_REQUESTS:
+            with pytest.raises(HTTPStatusError) as exc:
+                await h.client.create(operation, fields)
+            assert (exc.value.status, exc.value.field) == (422, field), (operation, fields)
+        jobs = await h.client.list()
+        assert jobs.jobs == []  # refused before any job existed

@@ -1,0 +1,259 @@
+"""Worker supervision with FAKE workers (``fake_worker.py``): spawn, readiness, output, stop,
+crash and restart with backoff, shutdown. After every test no process may be left
+(the autouse ``no_leftover_processes`` fixture, with psutil)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from jobproto.client import RemoteJobCancelled, RemoteJobFailed
+from rbee_hive.settings import HiveSettings
+from rbee_hive.supervisor import Supervisor, WorkerSpec
+
+Settings = Callable[..., HiveSettings]
+
+
+async def register(h: Any, kit: Any, model_dir: Path) -> None:
+    await kit.run_job(h.client, "model_register", name="tiny", path=str(model_dir))
+
+
+@pytest.mark.anyio
+async def test_spawn_ready_list_stop(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings(worker_command=kit.fake_worker("--fake-ready-after", "0.3"))
+    async with start_hive(settings) as h:
+        await register(h, kit, model_dir)
+        worker, events = await kit.run_job(
+            h.client,
+            "worker_spawn",
+            model="tiny",
+            worker_id="w1",
+            engine="synthetic",
+            device="cpu",
+            max_concurrency=2,
+            engine_args={"tokens_per_s": "50"},
+        )
+        assert worker["state"] == "ready"
+        assert worker["worker_id"] == "w1"
+        assert worker["model"] == "tiny"
+        assert worker["engine"] == "fake"  # what /ready said the engine is
+        assert worker["restarts"] == 0
+        pid = worker["pid"]
+        assert not kit.gone(pid)
+
+        # The worker's own output arrives as narration on the spawn job...
+        output = [n.message for n in kit.narrations(events, "worker_output")]
+        assert any(line.startswith("RBEE_WORKER_LISTENING ") for line in output)
+        assert any("fake worker w1: model " + str(model_dir) in line for line in output)
+        argv_line = next(line for line in output if line.startswith("fake worker args:"))
+        for part in [
+            "--engine synthetic",
+            "--port 0",
+            "--worker-id w1",
+            "--model-name tiny",
+            "--device cpu",
+            "--max-concurrency 2",
+            "--engine-arg tokens_per_s=50",
+        ]:
+            assert part in argv_line
+        stderr = [
+            n for n in kit.narrations(events, "worker_output") if n.fields["stream"] == "stderr"
+        ]
+        assert stderr and all(n.fields["worker_id"] == "w1" for n in stderr)
+        # ...start-up progress is reported in seconds against the ready timeout...
+        started = kit.progresses(events, "worker_start")
+        assert started and started[0].unit == "s" and started[0].total == settings.ready_timeout
+        # ...and every line is in the worker's log file.
+        log = (settings.state_dir / "logs" / "w1.log").read_text()
+        assert "RBEE_WORKER_LISTENING" in log and "fake worker args:" in log
+
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(worker["url"] + "/health")).json() == {"status": "ok"}
+
+        listed, _ = await kit.run_job(h.client, "worker_list")
+        assert [w["worker_id"] for w in listed["workers"]] == ["w1"]
+        assert listed["workers"][0]["state"] == "ready"
+
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "worker_spawn", model="tiny", worker_id="w1")
+        assert exc.value.code == "worker_exists"
+
+        stopped, _ = await kit.run_job(h.client, "worker_stop", worker_id="w1")
+        assert stopped["state"] == "stopped"
+        assert stopped["last_exit"] == -15  # SIGTERM
+        assert kit.gone(pid)
+        listed, _ = await kit.run_job(h.client, "worker_list")
+        assert listed["workers"] == []
+
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "worker_stop", worker_id="w1")
+        assert exc.value.code == "worker_not_found"
+
+
+@pytest.mark.anyio
+async def test_stop_kills_the_whole_group_and_sigkills_after_grace(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings(
+        worker_command=kit.fake_worker("--fake-ignore-term", "--fake-child"), stop_grace=0.5
+    )
+    async with start_hive(settings) as h:
+        await register(h, kit, model_dir)
+        worker, events = await kit.run_job(h.client, "worker_spawn", model="tiny", worker_id="w")
+        child_line = next(
+            n.message for n in kit.narrations(events, "worker_output") if "child pid" in n.message
+        )
+        child = int(child_line.rsplit(" ", 1)[1])
+        assert not kit.gone(child)
+        t0 = time.monotonic()
+        stopped, _ = await kit.run_job(h.client, "worker_stop", worker_id="w")
+        assert time.monotonic() - t0 >= 0.5  # it ignored SIGTERM: SIGKILL came after the grace
+        assert stopped["last_exit"] == -9
+        assert kit.gone(worker["pid"])
+        assert kit.gone(child)  # the grandchild went with the group
+
+
+@pytest.mark.anyio
+async def test_crash_is_marked_at_once_and_restarted_with_backoff_up_to_the_limit(
+    make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings(
+        worker_command=kit.fake_worker("--fake-ready-after", "0.05", "--fake-crash-after", "0.3"),
+        restart_limit=2,
+        backoff_initial=0.2,
+        backoff_max=0.3,
+    )
+    supervisor = Supervisor(settings)
+    async with supervisor.running():
+        worker = supervisor.spawn(WorkerSpec("w", "tiny", model_dir))
+        with anyio.fail_after(20):
+            await worker.finished.wait()
+    changes = list(worker.history)
+    states = [state for _, state in changes]
+    assert states == [
+        "starting", "ready", "restarting",
+        "starting", "ready", "restarting",
+        "starting", "ready", "failed",
+    ]  # fmt: skip
+    assert worker.restarts == 2
+    assert worker.last_exit == 3
+    assert "exited with status 3" in (worker.error or "")
+    assert "gave up after 2 restarts" in (worker.error or "")
+    # Backoff: restart n waits backoff_initial * 2**(n-1), capped at backoff_max.
+    times = [t for t, _ in changes]
+    first_wait = times[3] - times[2]
+    second_wait = times[6] - times[5]
+    assert 0.2 <= first_wait < 0.6
+    assert 0.3 <= second_wait < 0.7  # 0.4, capped at 0.3
+    # "At once": the crash (0.3 s after ready) is noticed well before any poll interval.
+    assert times[2] - times[1] < 0.3 + 0.25
+    log = worker.log_path.read_text()
+    assert log.count("fake worker: crashing on purpose") == 3
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_never_gets_ready_fails_the_spawn(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    cases = [
+        (kit.fake_worker("--fake-exit-early", "7"), "exited with status 7 before it was ready"),
+        (kit.fake_worker("--fake-fail-load"), "failed to load: fake load failure"),
+        (kit.fake_worker("--fake-ready-after", "60"), "not ready within 0.6 s"),
+        (("/nonexistent/worker-binary",), "could not start"),
+    ]
+    for i, (command, message) in enumerate(cases):
+        settings = make_settings(worker_command=command, ready_timeout=0.6)
+        async with start_hive(settings) as h:
+            if i == 0:
+                await register(h, kit, model_dir)
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(h.client, "worker_spawn", model="tiny", worker_id="w")
+            assert exc.value.code == "worker_failed"
+            assert message in exc.value.message
+            assert "w.log" in exc.value.message
+            # A first start that fails is not retried: the worker is left failed, visible.
+            listed, _ = await kit.run_job(h.client, "worker_list")
+            (record,) = listed["workers"]
+            assert record["state"] == "failed" and record["restarts"] == 0
+            assert record["pid"] is None
+            # Stopping a failed worker removes it.
+            await kit.run_job(h.client, "worker_stop", worker_id="w")
+
+
+@pytest.mark.anyio
+async def test_spawn_of_an_unknown_model_fails(
+    start_hive: Any, make_settings: Settings, kit: Any
+) -> None:
+    async with start_hive(make_settings()) as h:
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "worker_spawn", model="nothing")
+        assert exc.value.code == "model_not_found"
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_spawn_job_stops_the_worker(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings(worker_command=kit.fake_worker("--fake-ready-after", "60"))
+    async with start_hive(settings) as h:
+        await register(h, kit, model_dir)
+        created = await h.client.create("worker_spawn", model="tiny", worker_id="w")
+        pid = None
+        async for item in h.client.events(created.job_id):
+            if getattr(item.event, "action", None) == "worker_start":
+                pid = h.hive.supervisor.get("w").pid
+                await h.client.cancel(created.job_id)
+            if getattr(item, "terminal", False):
+                break
+        assert pid is not None
+        with pytest.raises(RemoteJobCancelled):
+            await _result(h.client, created.job_id)
+        assert kit.gone(pid)
+        assert h.hive.supervisor.list_workers() == []
+
+
+async def _result(client: Any, job_id: str) -> Any:
+    status = await client.status(job_id)
+    if status.state == "cancelled":
+        raise RemoteJobCancelled("cancelled", "", job_id=job_id)
+    return status.result
+
+
+@pytest.mark.anyio
+async def test_model_in_use_is_not_deleted(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    async with start_hive(make_settings()) as h:
+        await register(h, kit, model_dir)
+        await kit.run_job(h.client, "worker_spawn", model="tiny", worker_id="w")
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_delete", name="tiny")
+        assert exc.value.code == "model_in_use"
+        await kit.run_job(h.client, "worker_stop", worker_id="w")
+        await kit.run_job(h.client, "model_delete", name="tiny")
+
+
+@pytest.mark.anyio
+async def test_hive_shutdown_stops_every_worker(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings(worker_command=kit.fake_worker("--fake-child"), stop_grace=0.5)
+    pids = []
+    async with start_hive(settings) as h:
+        await register(h, kit, model_dir)
+        for worker_id in ("a", "b", "c"):
+            worker, _ = await kit.run_job(
+                h.client, "worker_spawn", model="tiny", worker_id=worker_id
+            )
+            pids.append(worker["pid"])
+        assert not any(kit.gone(pid) for pid in pids)
+    assert all(kit.gone(pid) for pid in pids)
+    assert list((settings.state_dir / "run").iterdir()) == []  # pid files removed
