@@ -336,6 +336,9 @@ converter = _make_converter()
 
 def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     """Walk cattrs' exception groups to the first leaf; return (field path, message)."""
+    if isinstance(exc, RequestError):  # raised by a parameter class itself, naming its field
+        field = exc.field or ""
+        return (f"{path}.{field}" if path and field else path or field), exc.message
     if isinstance(exc, ForbiddenExtraKeysError):
         extra = sorted(exc.extra_fields)
         where = f"{path}.{extra[0]}" if path else extra[0]

@@ -1,6 +1,7 @@
-"""rbee worker: runs a model and serves inference jobs.
+"""rbee worker: runs one model with one engine and serves ``infer`` as jobproto jobs.
 
-Skeleton only: nothing is implemented yet.
+The command is ``rbee-worker`` (``rbee_worker.app:main``); the app factory is
+``rbee_worker.app.create_app(settings)``; engines live in ``rbee_worker.engines``.
 """
 
 __version__ = "0.1.0"

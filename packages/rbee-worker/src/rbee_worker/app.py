@@ -1,14 +1,179 @@
-"""Entry point for the `rbee-worker` command (not implemented yet)."""
+"""The worker app (``create_app``) and the ``rbee-worker`` command (``main``).
 
+    rbee-worker --model PATH --engine {auto,transformers,vllm,synthetic} --host 127.0.0.1
+                --port 0 --worker-id ID [--model-name NAME] [--max-concurrency N]
+                [--max-queue N] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+                [--engine-arg KEY=VALUE ...]
+    rbee-worker build-tiny-model DIR [--seed N]
+
+The command binds its port itself (0: any free port, race-free), prints exactly one line on stdout
+once it listens, ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}``, and only then starts
+loading the model (in a thread: ``/health`` and ``/ready`` answer meanwhile). Logs go to stderr.
+
+Importing this module imports neither torch nor vLLM: the engine's module is imported by
+``create_engine`` once the command line has said which engine runs, and torch only when that
+engine loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
 import sys
-from typing import NoReturn
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+
+from jobproto.asgi import ServiceSettings
+from jobproto.asgi import create_app as create_job_app
+
+from .engines import ENGINE_NAMES, Engine, EngineNotAvailable, create_engine
+from .health import health_routes
+from .operations import worker_operations
+from .settings import DEVICES, DTYPES, WorkerSettings, new_worker_id
+from .worker import Worker
+
+__all__ = ["LISTENING_PREFIX", "create_app", "main", "parse_args"]
+
+LISTENING_PREFIX = "RBEE_WORKER_LISTENING"
+
+logger = logging.getLogger("rbee_worker")
 
 
-def main() -> NoReturn:
-    """Report that this tier is not implemented yet and exit with status 2."""
-    print("rbee-worker: not implemented yet", file=sys.stderr)
-    raise SystemExit(2)
+def create_app(
+    settings: WorkerSettings, *, engine: Engine | None = None, load_on_startup: bool = True
+) -> Starlette:
+    """The worker as a Starlette app: the ``infer`` job plus health routes.
+
+    ``engine`` replaces the one ``settings`` names (tests use it to inject engines). The model
+    loads when the app starts, or, with ``load_on_startup=False``, when
+    ``app.state.worker.begin_loading()`` is called (the command does once it listens).
+    """
+    if engine is None:
+        engine = create_engine(
+            settings.engine,
+            model=settings.model,
+            model_name=settings.display_model_name,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_concurrency=settings.max_concurrency,
+            engine_args=settings.engine_args,
+        )
+    worker = Worker(settings, engine)
+
+    # The worker's lifespan wraps the job service's: at shutdown the jobs are cancelled first
+    # and the engine is closed after.
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with worker.running(load_now=load_on_startup):
+            yield
+
+    app = create_job_app(
+        worker_operations(worker),
+        ServiceSettings(service_name=settings.service_name),
+        routes=health_routes(worker),
+        lifespan=lifespan,
+    )
+    app.state.worker = worker
+    return app
+
+
+def _engine_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> WorkerSettings:
+    parser = argparse.ArgumentParser(
+        prog="rbee-worker",
+        description="Serve one model as jobproto 'infer' jobs."
+        " (Also: rbee-worker build-tiny-model DIR.)",
+    )
+    parser.add_argument("--model", help="model directory (not needed by the synthetic engine)")
+    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=_non_negative, default=0, help="0: any free port")
+    parser.add_argument("--worker-id", default=None, help="default: a random id")
+    parser.add_argument("--model-name", default=None, help="default: the model directory name")
+    parser.add_argument("--max-concurrency", type=_positive, default=None)
+    parser.add_argument("--max-queue", type=_non_negative, default=16)
+    parser.add_argument("--device", choices=DEVICES, default=None)
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    parser.add_argument(
+        "--engine-arg", type=_engine_arg, action="append", default=[], metavar="KEY=VALUE"
+    )
+    args = parser.parse_args(argv)
+    if args.model is None and args.engine != "synthetic":
+        parser.error(f"--model is required with --engine {args.engine}")
+    if args.port > 65535:
+        parser.error("--port must be at most 65535")
+    return WorkerSettings(
+        model=args.model,
+        engine=args.engine,
+        host=args.host,
+        port=args.port,
+        worker_id=args.worker_id or new_worker_id(),
+        model_name=args.model_name,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        device=args.device,
+        dtype=args.dtype,
+        engine_args=dict(args.engine_arg),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``rbee-worker`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Progress bars (transformers' "Loading weights") are carriage-return noise in a log file.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if argv[:1] == ["build-tiny-model"]:
+        from .tiny_model import main as build_main
+
+        return build_main(argv[1:])
+    settings = parse_args(argv)
+    try:
+        app = create_app(settings, load_on_startup=False)
+    except (ValueError, EngineNotAvailable) as exc:
+        print(f"rbee-worker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s [{settings.worker_id}] %(name)s: %(message)s",
+    )
+    worker: Worker = app.state.worker
+
+    def on_ready(port: int) -> None:
+        line: dict[str, Any] = {"port": port, "worker_id": settings.worker_id}
+        print(f"{LISTENING_PREFIX} {json.dumps(line)}", flush=True)
+        worker.begin_loading()
+
+    from jobproto.server import serve
+
+    serve(app, settings.host, settings.port, on_ready=on_ready)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

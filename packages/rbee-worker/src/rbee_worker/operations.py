@@ -1,0 +1,199 @@
+"""The worker's jobproto operations. There is one: ``infer``.
+
+``infer`` (docs/tiers.md, worker): check the model is ready, take a slot in the bounded queue
+(or fail ``busy`` at once), stream the engine's deltas as ``data`` events
+``{"text", "token_ids"}``, and succeed with the totals. Failure codes:
+
+    model_not_ready   still loading, or the load failed
+    busy              every slot taken and the queue full
+    engine_dead       the engine died before or during this generation (message says why)
+    invalid_request   the model cannot serve this request (prompt too long, no chat template)
+    aborted           the engine aborted the generation (Engine.abort)
+
+Cancelling the job cancels the handler; leaving the engine's ``stream()`` block stops the
+generation between two tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import attrs
+
+from jobproto import JobFailed, Operations, current_job, emit_data, narrate
+
+from .engines import ChatMessage, EngineDead, GenerationRequest, InvalidRequest
+from .worker import Busy, Worker
+
+__all__ = ["InferParams", "Message", "worker_operations"]
+
+# Upper bounds that keep one request from asking for absurd work; the real bound of max_tokens
+# is the model's max_model_len, which only the loaded engine knows (checked in the handler).
+MAX_TOKENS_CAP = 1 << 20
+MAX_STOPS = 16
+MAX_MESSAGES = 1024
+
+
+def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number")
+
+
+def _top_p(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"'{attribute.name}' must be in (0, 1], got {value}")
+
+
+def _stops(_: object, attribute: attrs.Attribute[Any], value: list[str]) -> None:
+    if len(value) > MAX_STOPS:
+        raise ValueError(f"'{attribute.name}' must have at most {MAX_STOPS} strings")
+    if any(not s for s in value):
+        raise ValueError(f"'{attribute.name}' must not contain empty strings")
+
+
+@attrs.frozen
+class Message:
+    role: str = attrs.field(validator=attrs.validators.min_len(1))
+    content: str
+
+
+@attrs.frozen
+class InferParams:
+    """Generate from a ``prompt`` or chat ``messages`` (exactly one)."""
+
+    prompt: str | None = None
+    messages: list[Message] | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            [attrs.validators.min_len(1), attrs.validators.max_len(MAX_MESSAGES)]
+        ),
+    )
+    max_tokens: int = attrs.field(
+        default=128,
+        validator=[attrs.validators.ge(1), attrs.validators.le(MAX_TOKENS_CAP)],
+        metadata={"schema": {"minimum": 1}},
+    )
+    temperature: float = attrs.field(
+        default=1.0,
+        validator=[_finite, attrs.validators.ge(0.0)],
+        metadata={"schema": {"minimum": 0}},
+    )
+    top_p: float = attrs.field(default=1.0, validator=_top_p)
+    top_k: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    seed: int | None = attrs.field(
+        default=None,
+        # torch generators take seeds below 2**64; keep to what every engine can take.
+        validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.lt(1 << 63)]),
+    )
+    stop: list[str] = attrs.field(factory=list, validator=_stops)
+
+    def __attrs_post_init__(self) -> None:
+        # The field named first in the message is the one the 422 error points at.
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError(
+                "'messages' must not be given together with 'prompt': send one of them"
+            )
+        if self.prompt is None and self.messages is None:
+            raise ValueError("'prompt' must be given, or 'messages' (exactly one of them)")
+
+    def request(self, request_id: str) -> GenerationRequest:
+        messages = None
+        if self.messages is not None:
+            messages = tuple(ChatMessage(m.role, m.content) for m in self.messages)
+        return GenerationRequest(
+            prompt=self.prompt,
+            messages=messages,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=tuple(self.stop),
+            request_id=request_id,
+        )
+
+
+def worker_operations(worker: Worker) -> Operations:
+    ops = Operations()
+
+    @ops.operation("infer")
+    async def infer(params: InferParams) -> dict[str, Any]:
+        """Generate text, streaming tokens as data events; the result has the totals."""
+        started = time.perf_counter()
+        await _check_ready(worker)
+        engine = worker.engine
+        if params.max_tokens > engine.max_model_len:
+            raise JobFailed(
+                "invalid_request",
+                f"max_tokens {params.max_tokens} is over this model's max_model_len"
+                f" {engine.max_model_len}",
+            )
+        job = current_job()
+        request = params.request(job.job_id if job is not None else "")
+
+        def queued(ahead: int) -> None:
+            narrate("queue", f"every slot is busy; queued with {ahead} request(s) ahead")
+
+        try:
+            async with worker.admission.slot(on_wait=queued):
+                return await _generate(worker, request, started)
+        except Busy as exc:
+            raise JobFailed("busy", str(exc)) from None
+
+    return ops
+
+
+async def _check_ready(worker: Worker) -> None:
+    reason = await worker.dead_reason()
+    if reason is not None:
+        raise JobFailed("engine_dead", reason)
+    if worker.state == "loading":
+        raise JobFailed("model_not_ready", "the model is still loading; retry when /ready is 200")
+    if worker.state == "failed":
+        raise JobFailed("model_not_ready", f"the model failed to load: {worker.error}")
+
+
+async def _generate(worker: Worker, request: GenerationRequest, started: float) -> dict[str, Any]:
+    engine = worker.engine
+    began = time.perf_counter()
+    first_token: float | None = None
+    text: list[str] = []
+    completion = prompt_tokens = 0
+    finish = None
+    try:
+        async with engine.stream(request) as deltas:
+            async for delta in deltas:
+                if delta.token_ids and first_token is None:
+                    first_token = time.perf_counter()
+                if delta.text or delta.token_ids:
+                    # One data event per delta: jobproto writes every frame a subscriber has not
+                    # seen yet in one send, and the engine merges tokens a slow reader left behind.
+                    emit_data({"text": delta.text, "token_ids": list(delta.token_ids)})
+                text.append(delta.text)
+                completion += len(delta.token_ids)
+                prompt_tokens = delta.prompt_tokens
+                if delta.finish_reason is not None:
+                    finish = delta.finish_reason
+                    break
+    except EngineDead as exc:
+        worker.mark_dead(str(exc))
+        raise JobFailed("engine_dead", str(exc)) from None
+    except InvalidRequest as exc:
+        raise JobFailed("invalid_request", str(exc)) from None
+    if finish is None or finish == "abort":
+        raise JobFailed("aborted", "the engine aborted this generation")
+    ended = time.perf_counter()
+    return {
+        "text": "".join(text),
+        "finish_reason": finish,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        # From the job's start (queueing included: what the client waited) to the first token.
+        "ttft_ms": round(((first_token or ended) - started) * 1000, 3),
+        # Over the generation itself (prefill included, queueing not).
+        "tokens_per_s": round(completion / (ended - began), 3) if ended > began else 0.0,
+        "model": engine.model_name,
+        "engine": engine.name,
+    }

@@ -1,0 +1,155 @@
+"""The worker's runtime state: the engine, its loading, and admission of requests to it.
+
+``Worker`` is the one object with state in a worker process (``create_app`` builds it; nothing is
+global). Its life:
+
+    loading ──load ok──▶ ready ──engine died──▶ failed
+       └────load error──────────────────────────▶ failed
+
+``running()`` is part of the app's lifespan: it loads the engine in a background task (the load
+itself runs in a thread inside the engine, so the event loop keeps serving ``/health`` and
+``/ready`` meanwhile) and closes the engine at shutdown, after the jobs have been cancelled.
+
+``Admission`` is the bounded queue in front of the engine: ``max_concurrency`` generations run,
+up to ``max_queue`` wait in FIFO order, and any more are refused at once (``Busy``), so a client
+is told to go elsewhere instead of waiting behind an unbounded line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import anyio
+
+from .engines import Engine, EngineDead
+from .settings import WorkerSettings
+
+__all__ = ["Admission", "Busy", "Worker", "WorkerState"]
+
+logger = logging.getLogger("rbee_worker")
+
+WorkerState = Literal["loading", "ready", "failed"]
+
+
+class Busy(Exception):
+    """Every slot is taken and the queue is full."""
+
+
+class Admission:
+    """At most ``max_concurrency`` holders of a slot; at most ``max_queue`` waiting for one."""
+
+    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.queued = 0
+        # anyio's Semaphore wakes waiters in FIFO order: first queued, first served.
+        self._slots = anyio.Semaphore(max_concurrency)
+
+    @property
+    def in_flight(self) -> int:
+        return self.max_concurrency - self._slots.value
+
+    @asynccontextmanager
+    async def slot(self, on_wait: Callable[[int], None] | None = None) -> AsyncIterator[None]:
+        """Hold one slot for the block. When it must queue, ``on_wait(ahead)`` says so first."""
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            if self.queued >= self.max_queue:
+                raise Busy(
+                    f"all {self.max_concurrency} slots are busy and {self.queued} requests"
+                    f" are queued (max_queue {self.max_queue})"
+                ) from None
+            if on_wait is not None:
+                on_wait(self.queued)
+            self.queued += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.queued -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+class Worker:
+    """One engine serving one model, its load state and its admission queue."""
+
+    def __init__(self, settings: WorkerSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.state: WorkerState = "loading"
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+        # The engine was built with settings.max_concurrency (or its own default): its number is
+        # the one that holds, also for an engine handed to create_app directly.
+        self.admission = Admission(engine.max_concurrency, settings.max_queue)
+        self._may_load = anyio.Event()
+
+    def begin_loading(self) -> None:
+        """Let the load start (the CLI calls this once the server listens)."""
+        self._may_load.set()
+
+    @asynccontextmanager
+    async def running(self, *, load_now: bool = True) -> AsyncIterator[None]:
+        """Load the engine in the background for the duration of the block; close it after."""
+        if load_now:
+            self.begin_loading()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._load)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.engine.close()
+            logger.info("engine closed; worker stopped")
+
+    async def _load(self) -> None:
+        await self._may_load.wait()
+        logger.info("loading %s with the %s engine", self.engine.model_name, self.engine.name)
+        started = time.perf_counter()
+        try:
+            await self.engine.load()
+        except Exception as exc:
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.error("loading the model failed: %s", self.error, exc_info=True)
+            return
+        self.load_seconds = round(time.perf_counter() - started, 3)
+        self.state = "ready"
+        logger.info("model %s ready in %.2f s", self.engine.model_name, self.load_seconds)
+
+    async def dead_reason(self) -> str | None:
+        """Why the engine can no longer serve, if it cannot (also marks the worker failed)."""
+        if self.state == "loading" or (self.state == "failed" and self.load_seconds is None):
+            return None  # not loaded (yet): not ready, but nothing has died
+        try:
+            await self.engine.health()
+        except EngineDead as exc:
+            self.mark_dead(str(exc))
+            return str(exc)
+        return None
+
+    def mark_dead(self, reason: str) -> None:
+        if self.state != "failed":
+            logger.error("the engine died: %s", reason)
+        self.state, self.error = "failed", reason
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.settings.worker_id,
+            "model": self.engine.model_name,
+            "engine": self.engine.name,
+            "state": self.state,
+            "in_flight": self.admission.in_flight,
+            "queued": self.admission.queued,
+            "max_concurrency": self.admission.max_concurrency,
+            "max_queue": self.admission.max_queue,
+        }

@@ -1,0 +1,280 @@
+"""The worker app served by real uvicorn on a loopback port, driven with ``JobClient``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from jobproto import Cancelled, Data, JobEvent, Narration
+from jobproto.client import HTTPStatusError, JobClient, RemoteJobFailed
+from jobproto.testing import serving
+from rbee_worker.app import create_app
+from rbee_worker.engines.transformers import TransformersEngine
+from rbee_worker.settings import WorkerSettings
+
+
+@asynccontextmanager
+async def served(app: Starlette) -> AsyncIterator[tuple[JobClient, httpx.AsyncClient]]:
+    """Serve ``app`` on a loopback port; a job client and a plain HTTP client for it."""
+    async with serving(app) as url, JobClient(url) as client:
+        async with httpx.AsyncClient(base_url=url) as http:
+            yield client, http
+
+
+async def wait_ready(http: httpx.AsyncClient) -> dict[str, Any]:
+    with anyio.fail_after(20):
+        while (response := await http.get("/ready")).status_code != 200:
+            await anyio.sleep(0.02)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_for(http: httpx.AsyncClient, **expected: Any) -> None:
+    """Poll /v1/worker until it shows ``expected``."""
+    with anyio.fail_after(10):
+        while True:
+            info = (await http.get("/v1/worker")).json()
+            if all(info[k] == v for k, v in expected.items()):
+                return
+            await anyio.sleep(0.01)
+
+
+def synthetic(**engine_args: str) -> WorkerSettings:
+    return WorkerSettings(engine="synthetic", worker_id="w-test", engine_args=engine_args)
+
+
+@pytest.mark.anyio
+async def test_infer_end_to_end(tiny_model: Path) -> None:
+    settings = WorkerSettings(model=str(tiny_model), engine="transformers", device="cpu")
+    events: list[Any] = []
+    async with served(create_app(settings)) as (client, http):
+        ready = await wait_ready(http)
+        assert ready["ready"] is True and ready["engine"] == "transformers"
+        assert ready["model"] == "tiny" and ready["load_seconds"] >= 0
+        result = await client.run(
+            "infer", prompt="The bees", max_tokens=16, temperature=0, on_event=events.append
+        )
+        chat = await client.run(
+            "infer",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=4,
+            temperature=0,
+        )
+        info = (await http.get("/v1/worker")).json()
+    data = [e.event.payload for e in events if isinstance(e.event, Data)]
+    assert data, "tokens arrive as data events"
+    assert all(set(d) == {"text", "token_ids"} for d in data)
+    assert "".join(d["text"] for d in data) == result["text"]
+    assert sum(len(d["token_ids"]) for d in data) == result["completion_tokens"]
+    assert set(result) == {
+        "text",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "tokens_per_s",
+        "model",
+        "engine",
+    }
+    assert result["finish_reason"] in {"stop", "length"}
+    assert result["model"] == "tiny" and result["engine"] == "transformers"
+    assert result["prompt_tokens"] > 1 and result["ttft_ms"] > 0 and result["tokens_per_s"] > 0
+    assert chat["completion_tokens"] >= 1 and chat["prompt_tokens"] > result["prompt_tokens"] - 5
+    assert info == {
+        "worker_id": settings.worker_id,
+        "model": "tiny",
+        "engine": "transformers",
+        "state": "ready",
+        "in_flight": 0,
+        "queued": 0,
+        "max_concurrency": 1,
+        "max_queue": 16,
+    }
+
+
+@pytest.mark.anyio
+async def test_ready_is_503_while_loading_then_200() -> None:
+    async with served(create_app(synthetic(load_seconds="0.5"))) as (client, http):
+        loading = await http.get("/ready")
+        assert loading.status_code == 503
+        assert loading.json() == {"ready": False, "state": "loading", "error": None}
+        assert (await http.get("/health")).json() == {"status": "ok"}
+        with pytest.raises(RemoteJobFailed) as failed:
+            await client.run("infer", prompt="hi", max_tokens=3)
+        assert failed.value.code == "model_not_ready"
+        ready = await wait_ready(http)
+        assert ready == {"ready": True, "model": "synthetic", "engine": "synthetic",
+                         "load_seconds": ready["load_seconds"]}  # fmt: skip
+        assert ready["load_seconds"] >= 0.45
+        result = await client.run("infer", prompt="hi", max_tokens=3)
+        assert result["engine"] == "synthetic" and result["completion_tokens"] == 3
+
+
+@pytest.mark.anyio
+async def test_a_failed_load_is_reported(tmp_path: Path) -> None:
+    settings = WorkerSettings(model=str(tmp_path / "missing"), engine="transformers")
+    async with served(create_app(settings)) as (client, http):
+        with anyio.fail_after(20):
+            while (response := await http.get("/ready")).json()["state"] == "loading":
+                await anyio.sleep(0.02)
+        assert response.status_code == 503
+        assert response.json()["state"] == "failed" and response.json()["error"]
+        with pytest.raises(RemoteJobFailed) as failed:
+            await client.run("infer", prompt="hi")
+        assert failed.value.code == "model_not_ready"
+        assert "failed to load" in failed.value.message
+        assert (await http.get("/v1/worker")).json()["state"] == "failed"
+
+
+@pytest.mark.anyio
+async def test_busy_when_the_queue_is_full() -> None:
+    settings = WorkerSettings(
+        engine="synthetic",
+        max_concurrency=1,
+        max_queue=1,
+        engine_args={"tokens_per_second": "20"},
+    )
+    narrations: list[str] = []
+    async with served(create_app(settings)) as (client, http):
+        await wait_ready(http)
+        running = await client.create("infer", prompt="a", max_tokens=1000)
+        waiting = await client.create("infer", prompt="b", max_tokens=1000)
+        first_token = anyio.Event()
+
+        async def follow(job_id: str) -> None:
+            async with aclosing(client.events(job_id)) as events:
+                async for item in events:
+                    event = item.event if isinstance(item, JobEvent) else None
+                    if isinstance(event, Data):
+                        first_token.set()
+                    if isinstance(event, Narration):
+                        narrations.append(event.message)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow, running.job_id)
+            await first_token.wait()
+            tg.start_soon(follow, waiting.job_id)
+            await wait_for(http, in_flight=1, queued=1)
+            with pytest.raises(RemoteJobFailed) as refused:
+                await client.run("infer", prompt="c", max_tokens=5)
+            assert refused.value.code == "busy"
+            assert "max_queue 1" in refused.value.message
+            await client.cancel(running.job_id)
+            await wait_for(http, in_flight=1, queued=0)  # the waiting one got the slot
+            await client.cancel(waiting.job_id)
+        await wait_for(http, in_flight=0, queued=0)
+        assert (await client.status(running.job_id)).state == "cancelled"
+    assert any("queued with 0 request(s) ahead" in n for n in narrations)
+
+
+INVALID: list[tuple[dict[str, Any], str]] = [
+    ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "messages"),
+    ({}, "prompt"),
+    ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "hi", "temperature": -1}, "temperature"),
+    ({"prompt": "hi", "top_p": 0}, "top_p"),
+    ({"prompt": "hi", "top_k": -1}, "top_k"),
+    ({"prompt": "hi", "seed": -1}, "seed"),
+    ({"prompt": "hi", "stop": [""]}, "stop"),
+    ({"prompt": "hi", "max_tokens": "5"}, "max_tokens"),
+    ({"prompt": "hi", "n": 2}, "n"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": []}, "messages"),
+]
+
+
+@pytest.mark.anyio
+async def test_invalid_requests_are_422_with_the_field() -> None:
+    # One server for every case: each is refused before any job exists.
+    async with served(create_app(synthetic())) as (client, _):
+        for fields, field in INVALID:
+            with pytest.raises(HTTPStatusError) as refused:
+                await client.create("infer", fields)
+            error = refused.value
+            assert (error.status, error.code) == (422, "validation_error"), fields
+            assert error.field == field, fields
+
+
+@pytest.mark.anyio
+async def test_max_tokens_over_the_model_context_fails() -> None:
+    async with served(create_app(synthetic(max_model_len="64"))) as (client, http):
+        await wait_ready(http)
+        with pytest.raises(RemoteJobFailed) as failed:
+            await client.run("infer", prompt="hi", max_tokens=65)
+    assert failed.value.code == "invalid_request"
+
+
+class FragileEngine(TransformersEngine):
+    """The real engine, whose model raises on its third forward pass after loading."""
+
+    def _load(self) -> None:
+        super()._load()
+        model, calls = self._model, 0
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
+            return model(*args, **kwargs)
+
+        self._model = forward
+
+
+@pytest.mark.anyio
+async def test_engine_death_fails_jobs_and_health(tiny_model: Path) -> None:
+    settings = WorkerSettings(model=str(tiny_model), engine="transformers")
+    engine = FragileEngine(str(tiny_model), device="cpu")
+    async with served(create_app(settings, engine=engine)) as (client, http):
+        await wait_ready(http)
+        assert (await http.get("/health")).status_code == 200
+        with pytest.raises(RemoteJobFailed) as died:
+            await client.run("infer", prompt="hi", max_tokens=10)
+        assert died.value.code == "engine_dead"
+        assert "device-side assert" in died.value.message
+        health = await http.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unhealthy"
+        assert "device-side assert" in health.json()["reason"]
+        ready = await http.get("/ready")
+        assert ready.status_code == 503 and ready.json()["state"] == "failed"
+        with pytest.raises(RemoteJobFailed) as again:
+            await client.run("infer", prompt="hi", max_tokens=10)
+        assert again.value.code == "engine_dead"
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_job_stops_generation(tiny_model: Path) -> None:
+    engine = TransformersEngine(str(tiny_model), device="cpu")
+    settings = WorkerSettings(model=str(tiny_model), engine="transformers")
+    async with served(create_app(settings, engine=engine)) as (client, http):
+        await wait_ready(http)
+        job = await client.create("infer", prompt="Tell me a story", max_tokens=480, temperature=0)
+        tokens, terminal = 0, None
+        steps_at_cancel = steps_after = -1
+        async with aclosing(client.events(job.job_id)) as events:
+            async for item in events:
+                assert isinstance(item, JobEvent)
+                if isinstance(item.event, Data) and steps_at_cancel < 0:
+                    tokens += len(item.event.payload["token_ids"])
+                    if tokens >= 5:
+                        steps_at_cancel = engine.steps
+                        status = await client.cancel(job.job_id)
+                        steps_after = engine.steps
+                        # DELETE answers once the job ended: the generation was cut short.
+                        assert status.state == "cancelled"
+                if item.terminal:
+                    terminal = item.event
+        assert isinstance(terminal, Cancelled)
+        # The handler, and with it the decode thread, had stopped when DELETE answered.
+        assert 0 <= steps_after - steps_at_cancel <= 3
+        await anyio.sleep(0.2)
+        assert engine.steps == steps_after < 100
+        await wait_for(http, in_flight=0)

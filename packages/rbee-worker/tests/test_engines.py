@@ -1,0 +1,98 @@
+"""The engine interface: choosing an engine, requests, and the worker's admission queue."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from rbee_worker.engines import (
+    Engine,
+    EngineNotAvailable,
+    GenerationRequest,
+    create_engine,
+    resolve_engine_name,
+)
+from rbee_worker.engines.synthetic import SyntheticEngine
+from rbee_worker.engines.transformers import TransformersEngine
+from rbee_worker.worker import Admission, Busy
+
+
+def test_auto_is_transformers_in_this_build() -> None:
+    # This build has no vLLM engine, so auto never picks it, installed or not.
+    assert resolve_engine_name("auto") == "transformers"
+    engine = create_engine("auto", model="/models/tiny")
+    assert isinstance(engine, TransformersEngine)
+    assert engine.max_concurrency == 1 and engine.model_name == "tiny"
+
+
+def test_vllm_says_plainly_that_it_is_not_available() -> None:
+    with pytest.raises(EngineNotAvailable, match="the vllm engine is not available in this build"):
+        create_engine("vllm", model="/models/tiny")
+
+
+def test_engine_choice_errors() -> None:
+    with pytest.raises(ValueError, match="unknown engine"):
+        create_engine("llamacpp", model="/models/tiny")
+    with pytest.raises(ValueError, match="needs --model"):
+        create_engine("transformers", model=None)
+    with pytest.raises(ValueError, match="unknown engine arg"):
+        create_engine("transformers", model="/m", engine_args={"max_model_length": "8"})
+
+
+def test_transformers_engine_args() -> None:
+    engine = create_engine(
+        "transformers", model="/m", engine_args={"max_model_len": "64", "threads": "1"}
+    )
+    assert isinstance(engine, TransformersEngine)
+    assert (engine.max_model_len, engine.threads) == (64, 1)
+
+
+def test_engines_implement_the_protocol() -> None:
+    assert isinstance(create_engine("synthetic", model=None), Engine)
+    assert isinstance(create_engine("transformers", model="/m"), Engine)
+    assert isinstance(create_engine("synthetic", model=None), SyntheticEngine)
+
+
+def test_a_request_has_exactly_one_of_prompt_and_messages() -> None:
+    with pytest.raises(ValueError):
+        GenerationRequest()
+    with pytest.raises(ValueError):
+        GenerationRequest(prompt="a", messages=())
+
+
+@pytest.mark.anyio
+async def test_admission_runs_queues_then_refuses() -> None:
+    admission = Admission(max_concurrency=2, max_queue=1)
+    release = anyio.Event()
+    waits: list[int] = []
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with admission.slot(on_wait=waits.append):
+            order.append(name)
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold, "a")
+        tg.start_soon(hold, "b")
+        tg.start_soon(hold, "c")
+        await anyio.wait_all_tasks_blocked()
+        assert (admission.in_flight, admission.queued) == (2, 1)
+        assert order == ["a", "b"] and waits == [0]
+        with pytest.raises(Busy, match="max_queue 1"):
+            async with admission.slot():
+                pass
+        release.set()
+    assert order == ["a", "b", "c"]
+    assert (admission.in_flight, admission.queued) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    admission = Admission(max_concurrency=1, max_queue=4)
+    async with admission.slot():
+        with anyio.move_on_after(0.01):
+            async with admission.slot():
+                pytest.fail("the slot is taken")
+        assert (admission.in_flight, admission.queued) == (1, 0)
+    assert admission.in_flight == 0
