@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx
 
 from . import capabilities
 from .models import ModelCatalog
@@ -60,6 +61,15 @@ class Hive:
             self._url = f"http://{_url_host(self.settings.host)}:{port}"
         if self._url_known is not None:
             self._url_known.set()
+
+    async def announce(self) -> None:
+        """Beat now and wait for it, so the queen knows of a change (a model registered, say)
+        before the job that made it ends; a user's next command can count on it."""
+        if self.heartbeat is None or self._url is None:
+            return
+        with anyio.move_on_after(5):
+            async with httpx.AsyncClient(timeout=5) as http:
+                await self.heartbeat.beat(http)
 
     def _changed(self) -> None:
         if self.heartbeat is not None:

@@ -204,6 +204,7 @@ def hive_operations(hive: Hive) -> Operations:
         """Download a model from Hugging Face into the models directory (resumable)."""
         narrate("model_download", f"downloading {params.repo_id}@{params.revision}")
         info = await catalog.download(params.repo_id, params.revision, params.name)
+        await hive.announce()
         narrate("model_download", f"{info.name} is ready: {info.size_bytes} bytes at {info.path}")
         return info.to_json()
 
@@ -211,6 +212,7 @@ def hive_operations(hive: Hive) -> Operations:
     async def model_register(params: ModelRegisterParams) -> dict[str, Any]:
         """Register a local directory as a model, without copying it."""
         info = await catalog.register(params.name, params.path)
+        await hive.announce()
         narrate("model_register", f"registered {info.name} at {info.path}")
         return info.to_json()
 
@@ -230,6 +232,7 @@ def hive_operations(hive: Hive) -> Operations:
         if users:
             raise ModelError("model_in_use", f"{params.name} is used by {', '.join(users)}")
         info = await catalog.delete(params.name)
+        await hive.announce()
         verb = "unregistered" if info.source == "registered" else "deleted"
         narrate("model_delete", f"{verb} {info.name} ({info.path})")
         return info.to_json()
