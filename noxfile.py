@@ -74,6 +74,13 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The main job: a jobproto service streaming a job in your terminal."""
+    """The main job: `rbee infer` end to end (queen, hive, a transformers worker, tiny model)."""
+    sync(session)
+    session.run("python", "scripts/demo.py", *session.posargs)
+
+
+@nox.session(name="jobproto-demo", python=PYTHON)
+def jobproto_demo(session: nox.Session) -> None:
+    """jobproto alone: two services, a relayed job, a dropped and resumed stream."""
     sync(session)
     session.run("python", "-m", "jobproto.demo", *session.posargs)
