@@ -1,0 +1,681 @@
+"""The jobproto/1 conformance state machine: a random walk of clients against one service.
+
+Theory of operation
+-------------------
+``ConformanceMachine`` is a Hypothesis ``RuleBasedStateMachine``. Each rule is one thing a client
+may do (create a job, read its stream whole or in part, resume from any seq it has seen, fan out,
+cancel twice, ask for a status or a page of the list, send something wrong) and checks the answer
+on the spot against docs/protocol.md. What must hold across rules lives in ``_model``: the states
+seen of a job only follow the transition table; every copy of a log entry is byte-identical; each
+subscriber's view, stitched across its resumes, covers the log exactly once. ``teardown`` cancels
+what still runs, replays every job to its end and checks its log against the operation's behaviour
+and its final status.
+
+All I/O goes through one synchronous ``httpx.Client`` with a read timeout, and every stream has a
+deadline, so no step can hang. The service is shared by all examples of a run (and maybe by other
+clients): the machine only reasons about jobs it made, and its idempotency keys carry a per-run
+prefix. A stream may end before its terminal event when the subscriber lags too far behind
+(§4.7); the machine then reconnects with ``Last-Event-ID``, as a client should, but only where the
+service's ``max_subscriber_lag`` is unknown or small enough for that to be legitimate.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
+from urllib.parse import quote
+
+import attrs
+import httpx
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from .._correlation import is_valid_correlation_id
+from ._model import JobRecord, View, expected_length
+from ._probe import (
+    TERMINAL,
+    TIMESTAMP,
+    CursorMode,
+    StreamReader,
+    check_error,
+    check_headers,
+    expect,
+    json_body,
+)
+from ._strategies import (
+    BAD_CREATE,
+    BAD_CURSORS,
+    BAD_LIST,
+    BadCreate,
+    bad_job_ids,
+    correlation_ids,
+    create_bodies,
+    idempotency_keys,
+)
+
+__all__ = [
+    "ConformanceConfig",
+    "ConformanceMachine",
+    "finish",
+    "follow",
+    "open_stream",
+    "run_conformance",
+]
+
+_CREATED_KEYS = frozenset(
+    {"job_id", "sse_url", "status_url", "operation", "state", "correlation_id", "created_at"}
+)
+_MODES: list[CursorMode] = ["header", "query", "both"]
+_MAX_RECONNECTS = 64
+#: how many events a subscriber reads before it hangs up: often a few, sometimes many
+_COUNTS = st.integers(0, 8) | st.integers(0, 120)
+_NO_SUCH_JOB = "job_AAAAAAAAAAAAAAAAAAAAAA"
+#: (method, path, status, code) of requests no route of §2 serves (§2.8)
+_BAD_ROUTES = [
+    ("PUT", "/v1/jobs", 405, "method_not_allowed"),
+    ("PATCH", f"/v1/jobs/{_NO_SUCH_JOB}", 405, "method_not_allowed"),
+    ("POST", f"/v1/jobs/{_NO_SUCH_JOB}/stream", 405, "method_not_allowed"),
+    ("GET", "/v1/nothing", 404, "not_found"),
+    ("POST", "/v1", 404, "not_found"),
+]
+
+
+@attrs.frozen
+class ConformanceConfig:
+    """How to reach the service under test and what the suite may assume about it."""
+
+    #: the service's root, e.g. ``http://127.0.0.1:7833``
+    base_url: str = "http://testserver"
+    #: a sync transport instead of the network (``base_url`` then only names the host)
+    transport: httpx.BaseTransport | None = None
+    #: the service's largest accepted create body; None skips the oversize checks
+    max_body_bytes: int | None = 1 << 20
+    #: the service's ``max_subscriber_lag``; None (unknown): any stream may end early (§4.7)
+    max_subscriber_lag: int | None = None
+    #: seconds one socket read may take (streams of the conformance operations are never quiet
+    #: for much longer than a second)
+    read_timeout: float = 10.0
+    #: seconds one whole stream may stay open
+    stream_timeout: float = 30.0
+    #: Hypothesis settings of a run
+    max_examples: int = 60
+    step_count: int = 25
+    #: shrink a failing walk to a minimal one; this reruns it hundreds of times (minutes, up to
+    #: Hypothesis' own limit of 5), so by default the first failing walk is reported as found
+    shrink: bool = False
+
+    def client(self) -> httpx.Client:
+        timeout = httpx.Timeout(self.read_timeout, connect=5.0)
+        return httpx.Client(base_url=self.base_url, transport=self.transport, timeout=timeout)
+
+    def hypothesis_settings(self) -> settings:
+        phases = [p for p in Phase if self.shrink or p not in (Phase.shrink, Phase.explain)]
+        return settings(
+            max_examples=self.max_examples,
+            stateful_step_count=self.step_count,
+            deadline=None,
+            phases=phases,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+
+
+def run_conformance(config: ConformanceConfig) -> None:
+    """Run the state machine against one service; raises on the first non-conformance."""
+    with config.client() as http:
+        # Hypothesis calls this with no arguments, like the class it is typed as.
+        factory = cast("type[RuleBasedStateMachine]", lambda: ConformanceMachine(config, http))
+        run_state_machine_as_test(factory, settings=config.hypothesis_settings())
+
+
+def open_stream(
+    http: httpx.Client,
+    job: JobRecord,
+    after: int | None = None,
+    mode: CursorMode = "query",
+    timeout: float = 30.0,
+) -> StreamReader:
+    """Subscribe to ``job``; the answer is checked to be a stream (§4.1)."""
+    reader = StreamReader(
+        http, job.job_id, after=after, mode=mode, correlation_id=job.correlation_id, timeout=timeout
+    )
+    try:
+        reader.check_opened()
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def follow(
+    http: httpx.Client,
+    view: View,
+    after: int | None = None,
+    mode: CursorMode = "query",
+    max_events: int | None = None,
+    *,
+    timeout: float = 30.0,
+    may_end_early: bool = True,
+) -> None:
+    """Read ``view``'s job after ``after`` into ``view``: ``max_events`` events, or to the end
+    (reconnecting when ``may_end_early``, else failing if the stream ends before the terminal)."""
+    with open_stream(http, view.job, after, mode, timeout) as reader:
+        view.connections += 1
+        for item in reader.read(max_events):
+            view.add(item)
+        if view.finished:
+            reader.expect_end()
+    if max_events is None:
+        finish(http, view, timeout, may_end_early)
+
+
+def finish(http: httpx.Client, view: View, timeout: float, may_end_early: bool) -> None:
+    """A stream ended before its terminal event: reconnect as a client must (§4.7, §10)."""
+    job = view.job
+    for _ in range(_MAX_RECONNECTS):
+        if view.finished:
+            return
+        expect(may_end_early, f"stream of {job.job_id} ended before its terminal event")
+        before = view.last_seen
+        view.rewind(before)  # Last-Event-ID is the last event seen; a gap does not move it
+        with open_stream(http, job, before, "header", timeout) as reader:
+            view.connections += 1
+            for item in reader.read():
+                view.add(item)
+            if view.finished:
+                reader.expect_end()
+        expect(view.last_seen > before, f"stream of {job.job_id}: a reconnect brought nothing")
+    expect(view.finished, f"stream of {job.job_id}: {_MAX_RECONNECTS} reconnects, no end")
+
+
+def _resume_point(view: View) -> st.SearchStrategy[int]:
+    """Where a subscriber resumes: mostly after the last event it saw (as a client does), else
+    after any event it saw, or from the start. Drawn from the end, not the start, of the list."""
+    seen = [0, *view.seen_seqs()]
+    anywhere = st.integers(0, len(seen) - 1).map(lambda i: seen[-1 - i])
+    return st.one_of(st.just(seen[-1]), anywhere)
+
+
+def _canonical(body: Any) -> str:
+    """Two bodies are the same request when their JSON values are (§2.2.1)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+@attrs.define(eq=False)
+class _Keyed:
+    key: str
+    body: dict[str, Any]
+    job: JobRecord
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(f"_Keyed({self.key!r}, {self.job!r})")
+
+
+class ConformanceMachine(RuleBasedStateMachine):
+    jobs = Bundle("jobs")
+    views = Bundle("views")
+
+    def __init__(self, config: ConformanceConfig, http: httpx.Client) -> None:
+        super().__init__()
+        self.config = config
+        self.http = http
+        self.run_id = uuid.uuid4().hex[:12]
+        self.made: list[JobRecord] = []
+        self.keyed: list[_Keyed] = []
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    def _stream(
+        self, job: JobRecord, after: int | None = None, mode: CursorMode = "query"
+    ) -> StreamReader:
+        return open_stream(self.http, job, after, mode, self.config.stream_timeout)
+
+    def _may_end_early(self, job: JobRecord) -> bool:
+        lag = self.config.max_subscriber_lag
+        events = expected_length(job.body)
+        return lag is None or events is None or events + 1 > lag
+
+    def _follow(
+        self,
+        view: View,
+        after: int | None = None,
+        mode: CursorMode = "query",
+        max_events: int | None = None,
+    ) -> None:
+        """Read ``view``'s job after ``after``: ``max_events`` events, or to its end."""
+        follow(
+            self.http,
+            view,
+            after,
+            mode,
+            max_events,
+            timeout=self.config.stream_timeout,
+            may_end_early=self._may_end_early(view.job),
+        )
+
+    def _continue(self, view: View) -> None:
+        finish(self.http, view, self.config.stream_timeout, self._may_end_early(view.job))
+
+    def _full_replay(self, job: JobRecord) -> View:
+        replay = View(job)
+        self._follow(replay, after=0)
+        return replay
+
+    def _finish_view(self, view: View) -> None:
+        """A subscriber read to the end: compare it with a full replay and with the status."""
+        view.check_against(self._full_replay(view.job))
+        status = self._status(view.job, "status after the end")
+        expect(status["state"] in TERMINAL, f"job {view.job.job_id} ended but is {status}")
+        view.job.check_log()
+
+    # -- plain requests ----------------------------------------------------------------------------
+
+    def _status(self, job: JobRecord, where: str = "status") -> Mapping[str, Any]:
+        r = self.http.get(f"/v1/jobs/{job.job_id}")
+        expect(r.status_code == 200, f"GET /v1/jobs/{job.job_id}: {r.status_code} {r.text!r}")
+        check_headers(r)
+        body = json_body(r)
+        job.check_status(body, where)
+        return dict(body)
+
+    def _post(
+        self, body: bytes, content_type: str | None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        h = dict(headers or {})
+        if content_type is not None:
+            h["Content-Type"] = content_type
+        return self.http.post("/v1/jobs", content=body, headers=h)
+
+    def _create(self, body: Any, cid: str | None, key: str | None) -> tuple[httpx.Response, Any]:
+        headers = {}
+        if cid is not None:
+            headers["X-Correlation-ID"] = cid
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        r = self._post(json.dumps(body).encode(), "application/json", headers)
+        return r, json_body(r)
+
+    def _check_created(self, r: httpx.Response, out: Any, cid: str | None) -> str:
+        """The seven fields of a create answer (§2.2) and its headers; returns the header id."""
+        sent = cid if cid is not None and is_valid_correlation_id(cid) else None
+        header_cid = check_headers(r, sent)
+        where = f"create -> {r.status_code}"
+        missing = _CREATED_KEYS - set(out if isinstance(out, dict) else {})
+        expect(not missing, f"{where}: answer lacks {sorted(missing)}: {out!r}")
+        expect(isinstance(out["job_id"], str), f"{where}: job_id {out['job_id']!r}")
+        expect(
+            out["sse_url"] == out["status_url"] + "/stream"
+            and str(out["status_url"]).endswith("/v1/jobs/" + out["job_id"]),
+            f"{where}: urls {out}",
+        )
+        location = r.headers.get("location")
+        expect(location == out["status_url"], f"{where}: Location {location!r}, answer {out}")
+        stamp = out["created_at"]
+        expect(isinstance(stamp, str) and bool(TIMESTAMP.fullmatch(stamp)), f"{where}: {stamp!r}")
+        return header_cid
+
+    def _record(
+        self, r: httpx.Response, out: Any, body: dict[str, Any], cid: str | None
+    ) -> JobRecord:
+        expect(r.status_code == 201, f"create {body!r}: {r.status_code} {r.text!r}")
+        header_cid = self._check_created(r, out, cid)
+        job_id = out["job_id"]
+        expect(out["operation"] == body["operation"], f"create: operation {out['operation']!r}")
+        expect(out["correlation_id"] == header_cid, f"create: correlation id {out!r} vs header")
+        expect(out["state"] in ("queued", "running"), f"create: a new job is {out['state']!r}")
+        expect(all(j.job_id != job_id for j in self.made), f"create: job id {job_id} reused")
+        job = JobRecord(job_id, body, header_cid, len(self.made))
+        job.observe_state(out["state"], "create")
+        self.made.append(job)
+        return job
+
+    def _check_replay(
+        self, known: _Keyed, body: dict[str, Any], r: httpx.Response, out: Any
+    ) -> None:
+        if _canonical(body) != _canonical(known.body):
+            check_error(r, status=409, code="idempotency_conflict", field="Idempotency-Key")
+            return
+        expect(r.status_code == 200, f"replayed create: {r.status_code} {r.text!r}")
+        self._check_created(r, out, None)
+        replayed = r.headers.get("idempotent-replayed", "")
+        expect(replayed.lower() == "true", f"replayed create: Idempotent-Replayed {replayed!r}")
+        job = known.job
+        expect(out["job_id"] == job.job_id, f"a replay made another job: {out!r}")
+        expect(out["correlation_id"] == job.correlation_id, f"replay: {out!r}, not the original")
+        job.observe_state(out["state"], "replayed create")
+
+    # -- creating ----------------------------------------------------------------------------------
+
+    @initialize(target=jobs, body=create_bodies, cid=correlation_ids)
+    def first_job(self, body: dict[str, Any], cid: str | None) -> JobRecord:
+        """Every walk starts with a job, so the rules about jobs can run from the first step."""
+        return self._new_job(body, cid)
+
+    @rule(target=jobs, body=create_bodies, cid=correlation_ids)
+    def create(self, body: dict[str, Any], cid: str | None) -> JobRecord:
+        return self._new_job(body, cid)
+
+    def _new_job(self, body: dict[str, Any], cid: str | None) -> JobRecord:
+        r, out = self._create(body, cid, None)
+        return self._record(r, out, body, cid)
+
+    @rule(target=jobs, body=create_bodies, cid=correlation_ids, key=idempotency_keys)
+    def create_with_key(self, body: dict[str, Any], cid: str | None, key: str) -> JobRecord:
+        key = f"{self.run_id}-{key}"
+        known = next((k for k in self.keyed if k.key == key), None)
+        r, out = self._create(body, cid, key)
+        if known is not None:  # the walk drew a key it used before
+            self._check_replay(known, body, r, out)
+            return known.job
+        job = self._record(r, out, body, cid)
+        job.idempotency_key = key
+        self.keyed.append(_Keyed(key, body, job))
+        return job
+
+    @precondition(lambda self: bool(self.keyed))
+    @rule(data=st.data(), variant=st.sampled_from(["same", "other", "invalid"]))
+    def replay_key(self, data: st.DataObject, variant: str) -> None:
+        known = data.draw(st.sampled_from(self.keyed), label="key")
+        if variant == "invalid":  # validation comes before the key lookup (§2.2)
+            r, _ = self._create({"operation": "echo", "bogus": True}, None, known.key)
+            check_error(r, status=422, code="validation_error", field="bogus")
+            return
+        if variant == "same":  # the same JSON value with its members in another order
+            body = dict(reversed(list(known.body.items())))
+        else:
+            other = create_bodies.filter(lambda b: _canonical(b) != _canonical(known.body))
+            body = data.draw(other, label="body")
+        r, out = self._create(body, None, known.key)
+        self._check_replay(known, body, r, out)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    @rule(target=views, job=jobs)
+    def read_to_end(self, job: JobRecord) -> View:
+        view = View(job)
+        job.views.append(view)
+        self._follow(view)
+        self._finish_view(view)
+        return view
+
+    @rule(target=views, job=jobs, k=_COUNTS)
+    def read_part(self, job: JobRecord, k: int) -> View:
+        """Read ``k`` events, then hang up mid-stream."""
+        view = View(job)
+        job.views.append(view)
+        self._follow(view, max_events=k)
+        return view
+
+    @rule(
+        view=views,
+        data=st.data(),
+        mode=st.sampled_from(_MODES),
+        k=st.none() | _COUNTS,
+    )
+    def resume(self, view: View, data: st.DataObject, mode: CursorMode, k: int | None) -> None:
+        """Reconnect after any seq this subscriber has seen (Last-Event-ID and/or ``?after=``)."""
+        seq = data.draw(_resume_point(view), label="after")
+        view.rewind(seq)
+        self._follow(view, seq, mode, k)
+        if k is None:
+            self._finish_view(view)
+
+    @rule(
+        job=jobs,
+        data=st.data(),
+        pieces=st.lists(st.tuples(_COUNTS, st.sampled_from(_MODES)), min_size=1, max_size=6),
+    )
+    def read_in_pieces(
+        self, job: JobRecord, data: st.DataObject, pieces: list[tuple[int, CursorMode]]
+    ) -> None:
+        """One subscriber that hangs up again and again, each time resuming after a random seq
+        it has seen, then reads to the end: stitched together, it saw the log exactly once."""
+        view = View(job)
+        job.views.append(view)
+        self._follow(view, max_events=pieces[0][0])
+        for k, mode in pieces[1:]:
+            seq = data.draw(_resume_point(view), label="after")
+            view.rewind(seq)
+            self._follow(view, seq, mode, k)
+        seq = data.draw(_resume_point(view), label="after")
+        view.rewind(seq)
+        self._follow(view, seq, pieces[-1][1])
+        self._finish_view(view)
+
+    @rule(job=jobs, n=st.integers(2, 4))
+    def fan_out(self, job: JobRecord, n: int) -> None:
+        """Several subscribers at once, read in turns: every one sees the same log."""
+        views = [View(job) for _ in range(n)]
+        job.views.extend(views)
+        readers: list[StreamReader] = []
+        try:
+            for view in views:
+                readers.append(self._stream(job))
+                view.connections += 1
+            active = list(zip(views, readers, strict=True))
+            while active:
+                for pair in list(active):
+                    view, reader = pair
+                    item = reader.next_item()
+                    if item is not None:
+                        view.add(item)
+                    if item is None or view.finished:
+                        if view.finished:
+                            reader.expect_end()
+                        active.remove(pair)
+        finally:
+            for reader in readers:
+                reader.close()
+        for view in views:
+            self._continue(view)
+            self._finish_view(view)
+
+    # -- cancel, status, list ----------------------------------------------------------------------
+
+    @rule(job=jobs)
+    def cancel_twice(self, job: JobRecord) -> None:
+        first = self._cancel(job)
+        second = self._cancel(job)
+        if first[0] == 200:
+            expect(second == first, f"cancel of {job.job_id}: {first}, then {second}")
+
+    def _cancel(self, job: JobRecord) -> tuple[int, str]:
+        r = self.http.delete(f"/v1/jobs/{job.job_id}")
+        expect(r.status_code in (200, 202), f"DELETE {job.job_id}: {r.status_code} {r.text!r}")
+        check_headers(r)
+        body = json_body(r)
+        job.check_status(body, f"DELETE -> {r.status_code}")
+        ended = body["state"] in TERMINAL
+        expect(ended == (r.status_code == 200), f"DELETE -> {r.status_code} with {body['state']}")
+        return r.status_code, body["state"]
+
+    @rule(job=jobs)
+    def status(self, job: JobRecord) -> None:
+        self._status(job)
+
+    @rule(
+        state=st.none() | st.sampled_from(sorted(TERMINAL | {"queued", "running"})),
+        limit=st.none() | st.integers(1, 100),
+        pages=st.integers(1, 3),
+    )
+    def list_jobs(self, state: str | None, limit: int | None, pages: int) -> None:
+        self._pages(state, limit, pages)
+
+    @rule()
+    def list_unfiltered(self) -> None:
+        """Page through the newest jobs: each of ours shows up once, unless it was removed."""
+        mine = {j.job_id for j in self.made}
+        listed: set[str] = set()
+        params: dict[str, str] = {"limit": "100"}
+        for _ in range(5):  # ours are the newest, unless another client is busy meanwhile
+            entries, cursor = self._page(params, None)
+            listed.update(str(e["job_id"]) for e in entries)
+            if mine <= listed or cursor is None:
+                break
+            params["cursor"] = cursor
+        else:
+            return  # a busy service: more jobs than a step should page through
+        for job in self.made:
+            if job.job_id not in listed:
+                r = self.http.get(f"/v1/jobs/{job.job_id}")
+                expect(r.status_code == 404, f"job {job.job_id} exists but is not listed")
+
+    def _pages(
+        self, state: str | None, limit: int | None, pages: int
+    ) -> tuple[list[Mapping[str, Any]], bool]:
+        """Up to ``pages`` pages of the list, checked; (entries, whether the last page came)."""
+        params: dict[str, str] = {}
+        if state is not None:
+            params["state"] = state
+        if limit is not None:
+            params["limit"] = str(limit)
+        entries: list[Mapping[str, Any]] = []
+        for _ in range(pages):
+            page, cursor = self._page(params, entries)
+            entries += page
+            if cursor is None:
+                return entries, True
+            params["cursor"] = cursor  # the next page, with the same state (§2.4)
+        return entries, False
+
+    def _page(
+        self, params: dict[str, str], before: list[Mapping[str, Any]] | None
+    ) -> tuple[list[Mapping[str, Any]], str | None]:
+        """One page of the list, checked (with ``before``, the pages before it); its cursor."""
+        r = self.http.get("/v1/jobs", params=params)
+        expect(r.status_code == 200, f"GET /v1/jobs {params}: {r.status_code} {r.text!r}")
+        check_headers(r)
+        page = json_body(r)
+        ok = isinstance(page, dict) and isinstance(page.get("jobs"), list)
+        expect(ok and "next_cursor" in page, f"list: {page!r}")
+        limit = int(params.get("limit", 50))
+        expect(len(page["jobs"]) <= limit, f"list {params}: {len(page['jobs'])} jobs")
+        mine = {j.job_id: j for j in self.made}
+        earlier = before or []
+        seen = {e["job_id"] for e in earlier}
+        indexes = [mine[e["job_id"]].index for e in earlier if e["job_id"] in mine]
+        for entry in page["jobs"]:
+            expect(isinstance(entry, dict), f"list {params}: entry {entry!r}")
+            job_id = entry.get("job_id")
+            expect(job_id not in seen, f"list {params}: {job_id} twice")
+            seen.add(job_id)
+            job = mine.get(str(job_id))
+            if job is not None:
+                job.check_status(entry, "list")
+                newest_first = not indexes or job.index < indexes[-1]
+                expect(newest_first, f"list {params}: not newest first at {job_id}")
+                indexes.append(job.index)
+            if "state" in params:
+                expect(entry.get("state") == params["state"], f"list {params}: {entry!r}")
+        cursor = page["next_cursor"]
+        expect(cursor is None or isinstance(cursor, str), f"list: next_cursor {cursor!r}")
+        return page["jobs"], cursor
+
+    # -- bad input ---------------------------------------------------------------------------------
+
+    def _still_alive(self) -> None:
+        """After any refused request the service still answers."""
+        if self.made:
+            self._status(self.made[-1], "status after bad input")
+        else:
+            r = self.http.get("/v1/jobs", params={"limit": "1"})
+            expect(r.status_code == 200, f"list after bad input: {r.status_code}")
+
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(["create", "key", "oversize", "unknown_job", "list", "route"]),
+    )
+    def bad_request(self, data: st.DataObject, kind: str) -> None:
+        """Something the service must refuse with a 4xx and the error shape (§5), then live on."""
+        if kind == "create":
+            name = data.draw(st.sampled_from(sorted(BAD_CREATE)), label="bad_create")
+            self._bad_create(BAD_CREATE[name], data.draw(correlation_ids, label="cid"))
+        elif kind == "key":
+            key = data.draw(st.sampled_from(["", "k" * 256]), label="key")
+            r, _ = self._create({"operation": "echo"}, None, key)
+            check_error(r, status=400, code="invalid_header", field="Idempotency-Key")
+        elif kind == "oversize" and self.config.max_body_bytes is not None:
+            self._oversize(self.config.max_body_bytes, data.draw(st.booleans(), label="chunked"))
+        elif kind == "unknown_job":
+            job_id = data.draw(bad_job_ids, label="job_id")
+            self._unknown_job(job_id, data.draw(st.sampled_from(["get", "delete", "stream"])))
+        elif kind == "list":
+            params, code, field = data.draw(st.sampled_from(BAD_LIST), label="query")
+            r = self.http.get("/v1/jobs", params=params)
+            check_error(r, status=400, code=code, field=field)
+        elif kind == "route":
+            method, path, status, code = data.draw(st.sampled_from(_BAD_ROUTES), label="route")
+            r = self.http.request(method, path)
+            check_error(r, status=status, code=code, no_store=False)
+            if status == 405:
+                expect(bool(r.headers.get("allow")), f"{method} {path} -> 405 without Allow")
+        self._still_alive()
+
+    def _bad_create(self, bad: BadCreate, cid: str | None) -> None:
+        headers = {} if cid is None else {"X-Correlation-ID": cid}
+        r = self._post(bad.body, bad.content_type, headers)
+        sent = cid if cid is not None and is_valid_correlation_id(cid) else None
+        check_error(r, status=bad.status, code=bad.code, field=bad.field, sent_correlation=sent)
+
+    def _oversize(self, limit: int, chunked: bool) -> None:
+        head, tail = b'{"operation": "echo", "messages": ["', b'"]}'
+        body = head + b"x" * (limit + 1 - len(head) - len(tail)) + tail
+        content: bytes | Iterator[bytes] = body
+        if chunked:  # no Content-Length: the service must count while it reads
+            content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+        headers = {"Content-Type": "application/json"}
+        r = self.http.post("/v1/jobs", content=content, headers=headers)
+        check_error(r, status=413, code="payload_too_large")
+
+    def _unknown_job(self, job_id: str, method: str) -> None:
+        path = f"/v1/jobs/{quote(job_id, safe='%')}"
+        if method == "stream":
+            r = self.http.get(path + "/stream")
+        else:
+            r = self.http.request(method.upper(), path)
+        check_error(r, status=404, code="job_not_found", field="job_id")
+
+    @rule(
+        job=jobs,
+        cursor=st.sampled_from([*BAD_CURSORS, ("future", "invalid_cursor")]),
+        header=st.booleans(),
+    )
+    def bad_cursor(self, job: JobRecord, cursor: tuple[str, str], header: bool) -> None:
+        value, code = cursor
+        if value == "future":  # past last_seq, whatever the job has done meanwhile
+            value = str(10**9)
+        if header:  # a bad header is invalid_header; a bad query parameter invalid_query
+            name = "Last-Event-ID"
+            code = code.replace("invalid_query", "invalid_header")
+            r = self.http.get(f"/v1/jobs/{job.job_id}/stream", headers={name: value})
+        else:
+            name = "after"
+            r = self.http.get(f"/v1/jobs/{job.job_id}/stream", params={name: value})
+        check_error(r, status=400, code=code, field=name)
+        self._still_alive()
+
+    # -- the end of one example --------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        """Every job ends; its replay, its status and all its subscribers' views agree."""
+        for job in self.made:
+            if job.final_state is None:
+                self._cancel(job)
+        for job in self.made:
+            replay = self._full_replay(job)
+            status = self._status(job, "status at teardown")
+            expect(status["state"] in TERMINAL, f"job {job.job_id} did not end: {status}")
+            for view in job.views:
+                if view.finished:
+                    view.check_against(replay)
+            job.check_log()
+            expect(job.terminal_seq == replay.cursor, f"job {job.job_id}: replay {replay.cursor}")

@@ -1,0 +1,263 @@
+"""The reference service for the conformance suite, served by uvicorn three ways.
+
+* ``main()``, behind ``python -m jobproto.conformance.server``: a real server process. It announces
+  its address once it is listening (``--port-file``, written atomically, and a line on stdout), so
+  a parent that asked for ``--port 0`` finds the port the kernel chose. SIGTERM and SIGINT stop it
+  cleanly with exit status 0 (uvicorn would re-raise the signal after its graceful shutdown).
+* ``ThreadedServer``: the same app in a background thread of the calling process.
+* ``ServerProcess.spawn``: ``main()`` in a child process of its own process group, stopped with
+  SIGTERM and, if that is not enough, SIGKILL to the whole group.
+
+On shutdown the ``JobService`` is told first (``begin_shutdown``), so open streams end at once
+instead of holding uvicorn's graceful shutdown until their jobs finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import attrs
+import uvicorn
+
+from ..asgi import JobService, ServiceSettings, create_app
+from ._operations import conformance_operations
+
+__all__ = [
+    "ServerProcess",
+    "ThreadedServer",
+    "build_parser",
+    "main",
+    "settings_args",
+    "settings_from_args",
+]
+
+#: ServiceSettings fields a command-line flag can set: ``--max-log-events 64`` and so on
+_FLAGS: dict[str, type] = {
+    "max_log_events": int,
+    "subscribe_timeout": float,
+    "retention_ttl": float,
+    "keepalive_interval": float,
+    "sweep_interval": float,
+    "max_body_bytes": int,
+    "max_subscriber_lag": int,
+    "max_batch_events": int,
+    "send_timeout": float,
+    "cancel_wait": float,
+    "retry_ms": int,
+}
+
+
+class _Server(uvicorn.Server):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        service: JobService,
+        on_started: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.service = service
+        self.on_started = on_started
+
+    @property
+    def port(self) -> int:
+        return int(self.servers[0].sockets[0].getsockname()[1])
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started(self.port)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        self.service.begin_shutdown()
+        await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded for re-raising: a signal asks for a clean stop, and a clean stop exits 0.
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def _make_server(
+    settings: ServiceSettings,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    log_config: bool = False,
+    on_started: Callable[[int], None] | None = None,
+) -> _Server:
+    service = JobService(conformance_operations(), settings)
+    config = uvicorn.Config(
+        create_app(service),
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=uvicorn.config.LOGGING_CONFIG if log_config else None,
+        access_log=False,
+        lifespan="on",
+        # a frozen client can hold a stream open until the send timeout: do not wait for it
+        timeout_graceful_shutdown=3,
+    )
+    return _Server(config, service, on_started)
+
+
+class ThreadedServer:
+    """The reference app served by uvicorn in a thread of this process."""
+
+    def __init__(
+        self, settings: ServiceSettings | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.settings = settings or ServiceSettings()
+        self._server = _make_server(self.settings, host, port)
+        self._host = host
+        self._thread = threading.Thread(
+            target=self._server.run, name="jobproto-conformance-server", daemon=True
+        )
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the in-process conformance server failed to start")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the in-process server did not start within {timeout} s")
+            time.sleep(0.01)
+        self.url = f"http://{self._host}:{self._server.port}"
+        return self.url
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@attrs.define
+class ServerProcess:
+    """``python -m jobproto.conformance.server`` as a child in its own process group."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @classmethod
+    def spawn(
+        cls, args: Sequence[str], workdir: Path, host: str = "127.0.0.1", timeout: float = 30.0
+    ) -> ServerProcess:
+        port_file = workdir / "port"
+        log_path = workdir / "server.log"
+        command = [sys.executable, "-m", "jobproto.conformance.server", "--host", host]
+        command += ["--port", "0", "--port-file", str(port_file), *args]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        server = cls(process, "", log_path)
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{' '.join(command)} did not start:\n{tail}")
+            time.sleep(0.02)
+        server.url = f"http://{host}:{int(port_file.read_text())}"
+        return server
+
+    def stop(self, grace: float = 10.0) -> int:
+        """SIGTERM to the group, SIGKILL after ``grace`` seconds; the exit status."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.process.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace)
+        return self.process.wait()
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobproto.conformance.server",
+        description="Serve the jobproto/1 conformance operations with the reference service.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (see --port-file)")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here when listening")
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--start-mode", choices=["on_subscribe", "immediate"])
+    parser.add_argument("--service-name")
+    for name, kind in _FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, metavar=kind.__name__.upper())
+    return parser
+
+
+def settings_from_args(ns: argparse.Namespace) -> ServiceSettings:
+    given = {name: getattr(ns, name) for name in _FLAGS if getattr(ns, name) is not None}
+    if ns.start_mode is not None:
+        given["start_mode"] = ns.start_mode
+    if ns.service_name is not None:
+        given["service_name"] = ns.service_name
+    return ServiceSettings(**given)
+
+
+def settings_args(settings: ServiceSettings) -> list[str]:
+    """The flags that make the command line serve with ``settings``."""
+    args = ["--start-mode", settings.start_mode, "--service-name", settings.service_name]
+    for name in _FLAGS:
+        args += ["--" + name.replace("_", "-"), repr(getattr(settings, name))]
+    return args
+
+
+def _announce(host: str, port_file: Path | None) -> Callable[[int], None]:
+    def started(port: int) -> None:
+        if port_file is not None:
+            tmp = port_file.with_name(port_file.name + ".tmp")
+            tmp.write_text(str(port))
+            os.replace(tmp, port_file)  # atomic: a reader never sees half a number
+        print(f"listening on http://{host}:{port}", flush=True)
+
+    return started
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(ns)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    server = _make_server(
+        settings,
+        ns.host,
+        ns.port,
+        log_level=ns.log_level,
+        log_config=True,
+        on_started=_announce(ns.host, ns.port_file),
+    )
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,310 @@
+"""The jobproto/1 conformance suite: ``nox -s conformance [-- --url URL]``.
+
+``test_state_machine`` is the random walk (``jobproto.conformance._machine``). The other tests pin
+down what a random walk rarely reaches: gaps, keepalives, expiry, retention and slow subscribers
+need a service whose limits are known (``tuned_target``, skipped with ``--url``); cancelling queued
+and running jobs and closing a stream early work against any service (``conformance_target``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from jobproto.asgi import ServiceSettings
+from jobproto.conformance._machine import ConformanceConfig, follow, open_stream, run_conformance
+from jobproto.conformance._model import JobRecord, View, check_status_object
+from jobproto.conformance._probe import (
+    CursorMode,
+    GapItem,
+    StreamEvent,
+    check_error,
+    check_headers,
+    expect,
+)
+from jobproto.conformance.pytest_plugin import Target
+
+pytestmark = pytest.mark.conformance
+
+
+@pytest.mark.timeout(420)  # a failing walk with --conformance-shrink: minutes
+def test_state_machine(conformance_config: ConformanceConfig) -> None:
+    run_conformance(conformance_config)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http(conformance_target: Target) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=conformance_target.url, timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture
+def tuned(tuned_target: Target) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tuned_target.url, timeout=10.0) as client:
+        yield client
+
+
+def limits(target: Target) -> ServiceSettings:
+    assert target.settings is not None
+    return target.settings
+
+
+def create(http: httpx.Client, body: dict[str, Any], key: str | None = None) -> JobRecord:
+    headers = {} if key is None else {"Idempotency-Key": key}
+    r = http.post("/v1/jobs", json=body, headers=headers)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    return JobRecord(out["job_id"], body, out["correlation_id"], 0, states=[out["state"]])
+
+
+def status(http: httpx.Client, job: JobRecord) -> dict[str, Any]:
+    r = http.get(f"/v1/jobs/{job.job_id}")
+    assert r.status_code == 200, r.text
+    check_headers(r)
+    body: dict[str, Any] = r.json()
+    job.check_status(body, "status")
+    return body
+
+
+def read_all(http: httpx.Client, job: JobRecord, after: int = 0) -> View:
+    """The job's events after ``after`` to its end, reconnecting as a client does."""
+    view = View(job)
+    view.rewind(after)
+    follow(http, view, after, timeout=30.0)
+    return view
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def events(view: View) -> list[StreamEvent]:
+    return [i for i in view.items if isinstance(i, StreamEvent)]
+
+
+# -- any service -----------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job(http: httpx.Client) -> None:
+    job = create(http, {"operation": "wait", "seconds": 30})
+    first = http.delete(f"/v1/jobs/{job.job_id}")
+    assert first.status_code == 200, first.text
+    job.check_status(first.json(), "DELETE")
+    assert first.json()["state"] == "cancelled"
+    view = read_all(http, job)
+    if job.states[0] == "queued":  # on_subscribe: it never ran, so its log is one event
+        assert [e.type for e in events(view)] == ["cancelled"]
+        assert first.json()["started_at"] is None
+    assert events(view)[-1].payload == {"reason": "cancelled by request"}
+    again = http.delete(f"/v1/jobs/{job.job_id}")
+    assert (again.status_code, again.json()) == (200, status(http, job))
+    job.check_log()
+
+
+def test_cancel_a_running_job(http: httpx.Client) -> None:
+    job = create(http, {"operation": "wait", "seconds": 30, "tick": 0.1})
+    view = View(job)
+    with open_stream(http, job) as stream:
+        first = stream.read(1)
+        assert [type(i) for i in first] == [StreamEvent], first
+        view.add(first[0])
+        assert status(http, job)["state"] == "running"
+        r = http.delete(f"/v1/jobs/{job.job_id}")
+        assert r.status_code in (200, 202), r.text
+        job.check_status(r.json(), "DELETE")
+        for item in stream.read():
+            view.add(item)
+        assert view.finished, "the stream of a cancelled job ends with its terminal event"
+        stream.expect_end()
+    assert events(view)[-1].type == "cancelled"
+    assert events(view)[-1].payload == {"reason": "cancelled by request"}
+    final = status(http, job)
+    assert final["state"] == "cancelled" and final["started_at"] is not None
+    again = http.delete(f"/v1/jobs/{job.job_id}")
+    assert (again.status_code, again.json()["state"]) == (200, "cancelled")
+    job.check_log()
+
+
+def test_closing_a_stream_does_not_cancel_the_job(http: httpx.Client) -> None:
+    job = create(http, {"operation": "echo", "messages": ["a", "b", "c", "d"], "delay": 0.1})
+    view = View(job)
+    follow(http, view, max_events=2)
+    assert not view.finished
+    time.sleep(0.2)
+    follow(http, view, view.last_seen, "header")  # resume where it hung up
+    assert events(view)[-1].type == "succeeded"
+    assert [e.seq for e in events(view)] == list(range(1, 14))
+    job.check_log()
+
+
+def test_cursor_at_the_end_of_a_finished_job(http: httpx.Client) -> None:
+    job = create(http, {"operation": "echo", "messages": ["x"]})
+    last = read_all(http, job).cursor
+    modes: list[CursorMode] = ["header", "query"]
+    for mode in modes:
+        with open_stream(http, job, last, mode) as stream:
+            assert stream.read() == []
+            assert stream.raw.first_line is not None and stream.raw.first_line.startswith("retry:")
+    r = http.get(f"/v1/jobs/{job.job_id}/stream", params={"after": str(last + 1)})
+    check_error(r, status=400, code="invalid_cursor", field="after")
+
+
+def test_openapi_document(http: httpx.Client) -> None:
+    r = http.get("/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["openapi"].startswith("3.1") and doc["info"]["version"] == "jobproto/1"
+    schemas = doc["components"]["schemas"]
+    for name in ("Error", "JobStatus", "op_echo", "op_fail", "op_crash", "op_wait", "op_burst"):
+        assert name in schemas, name
+
+
+# -- services with known limits --------------------------------------------------------------------
+
+
+def test_gap_when_a_burst_overflows_the_log(tuned: httpx.Client, tuned_target: Target) -> None:
+    keep = limits(tuned_target).max_log_events
+    count = 5 * keep
+    job = create(tuned, {"operation": "burst", "count": count, "size": 8})
+    live = read_all(tuned, job)  # live, a subscriber may or may not lag behind the burst
+    assert live.cursor == count + 1
+    assert status(tuned, job)["last_seq"] == count + 1  # counts dropped events too (§4.8)
+
+    replay = read_all(tuned, job)
+    gap = replay.items[0]
+    assert isinstance(gap, GapItem), replay.items[:2]
+    assert gap.after == 0 and gap.first_available > 1
+    retained = count + 1 - gap.first_available + 1
+    assert keep <= retained <= keep + keep // 16, retained
+    assert [e.seq for e in events(replay)] == list(range(gap.first_available, count + 2))
+    live.check_against(replay)
+
+    # the same cursor gets the same gap again; one inside the retained log gets none (§4.5)
+    again = read_all(tuned, job, after=3)
+    assert again.items[0] == GapItem(3, gap.first_available)
+    assert read_all(tuned, job, after=3).items[0] == again.items[0]
+    inside = read_all(tuned, job, after=gap.first_available + 5)
+    assert events(inside)[0].seq == gap.first_available + 6
+    assert not any(isinstance(i, GapItem) for i in inside.items)
+    job.check_log()
+
+
+def test_keepalive_on_a_quiet_stream(tuned: httpx.Client, tuned_target: Target) -> None:
+    interval = limits(tuned_target).keepalive_interval
+    quiet = 6 * interval
+    job = create(tuned, {"operation": "wait", "seconds": quiet, "tick": 10})
+    with open_stream(tuned, job) as stream:
+        view = View(job)
+        for item in stream.read():
+            view.add(item)
+        stream.expect_end()
+        comments = stream.raw.comments
+    assert [e.type for e in events(view)] == ["narration", "succeeded"]
+    assert len(comments) >= 3, comments
+    assert set(comments) == {"keepalive"}, comments
+    job.check_log()
+
+
+def test_a_job_nobody_subscribes_to_expires(tuned: httpx.Client, tuned_target: Target) -> None:
+    settings = limits(tuned_target)
+    job = create(tuned, {"operation": "echo", "messages": ["never"]})
+    created = time.monotonic()
+    wait_for(
+        lambda: status(tuned, job)["state"] != "queued",
+        settings.subscribe_timeout + settings.sweep_interval + 5,
+        "expiry",
+    )
+    assert time.monotonic() - created >= settings.subscribe_timeout * 0.9
+    final = status(tuned, job)
+    assert final["state"] == "expired" and final["started_at"] is None and final["last_seq"] == 1
+    view = read_all(tuned, job)  # subscribing now does not start it: it replays its end
+    assert [(e.seq, e.type) for e in events(view)] == [(1, "expired")]
+    assert events(view)[0].payload == {
+        "reason": f"no subscriber within {settings.subscribe_timeout:g} s"
+    }
+    r = tuned.delete(f"/v1/jobs/{job.job_id}")
+    assert (r.status_code, r.json()["state"]) == (200, "expired")
+    job.check_log()
+
+
+def test_a_finished_job_is_removed_after_retention(
+    tuned: httpx.Client, tuned_target: Target
+) -> None:
+    settings = limits(tuned_target)
+    key = f"retention-{time.monotonic_ns()}"
+    body = {"operation": "echo", "messages": ["kept a while"]}
+    job = create(tuned, body, key)
+    read_all(tuned, job)
+    assert status(tuned, job)["state"] == "succeeded"
+
+    def gone() -> bool:
+        return tuned.get(f"/v1/jobs/{job.job_id}").status_code == 404
+
+    wait_for(gone, settings.retention_ttl + settings.sweep_interval + 5, "removal")
+    path = f"/v1/jobs/{job.job_id}"
+    check_error(tuned.get(path), status=404, code="job_not_found", field="job_id")
+    check_error(tuned.get(path + "/stream"), status=404, code="job_not_found")
+    check_error(tuned.delete(path), status=404, code="job_not_found")
+    listed = tuned.get("/v1/jobs", params={"limit": "100"}).json()["jobs"]
+    assert job.job_id not in {j["job_id"] for j in listed}
+    # its idempotency key went with it (§2.2.1): the same request now makes a new job
+    again = create(tuned, body, key)
+    assert again.job_id != job.job_id
+
+
+def test_a_slow_subscriber_does_not_delay_the_others(
+    tuned: httpx.Client, tuned_target: Target
+) -> None:
+    count = 20_000
+    job = create(tuned, {"operation": "burst", "count": count, "size": 1024})
+    with httpx.Client(base_url=tuned_target.url, timeout=10.0) as other:
+        with open_stream(other, job) as slow:  # never read while the others run
+            started = time.monotonic()
+            fast = [read_all(tuned, job) for _ in range(2)]
+            took = time.monotonic() - started
+            assert status(tuned, job)["state"] == "succeeded"
+            assert took < 10, f"the other subscribers took {took:.1f} s"
+            for view in fast:
+                assert view.cursor == count + 1
+            # the slow one, read at last, still gets a consistent view, resuming as needed
+            view = View(job)
+            view.connections += 1
+            try:
+                for item in slow.read():
+                    view.add(item)
+            except httpx.TransportError:
+                pass  # dropped as a frozen client (send_timeout): it resumes from the log
+    follow(tuned, view, view.last_seen, "header")
+    assert view.finished
+    view.check_against(read_all(tuned, job))
+
+
+def test_status_objects_in_each_state(http: httpx.Client) -> None:
+    """A queued (unless the service starts jobs at once), a running and a failed job, listed."""
+    queued = create(http, {"operation": "wait", "seconds": 5})
+    running = create(http, {"operation": "wait", "seconds": 5, "tick": 0.1})
+    failed = create(http, {"operation": "fail", "after": 1, "code": "nope"})
+    expected = [(running, "running"), (failed, "failed")]
+    if queued.states[0] == "queued":
+        expected.append((queued, "queued"))
+    with open_stream(http, running) as stream:
+        stream.read(1)
+        read_all(http, failed)
+        page = http.get("/v1/jobs", params={"limit": "10"}).json()["jobs"]
+        by_id = {entry["job_id"]: entry for entry in page}
+        for job, state in expected:
+            check_status_object(by_id[job.job_id], f"list entry of a {state} job")
+            expect(by_id[job.job_id]["state"] == state, f"{by_id[job.job_id]}")
+        assert by_id[failed.job_id]["error"] == {"code": "nope", "message": "failed on purpose"}
+        http.delete(f"/v1/jobs/{running.job_id}")
+    http.delete(f"/v1/jobs/{queued.job_id}")

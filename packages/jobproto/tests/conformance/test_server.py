@@ -1,0 +1,72 @@
+"""The reference server of the conformance suite: its command line, signals and shutdown."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobproto.conformance._machine import open_stream
+from jobproto.conformance._model import JobRecord, View
+from jobproto.conformance._server import ServerProcess, ThreadedServer
+
+pytestmark = pytest.mark.conformance
+
+
+def _wait_job(http: httpx.Client) -> JobRecord:
+    r = http.post("/v1/jobs", json={"operation": "wait", "seconds": 30, "tick": 0.1})
+    assert r.status_code == 201, r.text
+    out = r.json()
+    return JobRecord(out["job_id"], {"operation": "wait", "seconds": 30}, out["correlation_id"], 0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_streams_and_exits_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    server = ServerProcess.spawn(["--keepalive-interval", "0.2"], tmp_path)
+    try:
+        assert f"listening on {server.url}" in server.log_path.read_text()
+        with httpx.Client(base_url=server.url, timeout=10.0) as http:
+            job = _wait_job(http)
+            view = View(job)
+            with open_stream(http, job) as stream:
+                view.add(stream.read(1)[0])
+                server.process.send_signal(sig)
+                started = time.monotonic()
+                for item in stream.read():  # the stream ends at once, without its terminal
+                    view.add(item)
+                assert not view.finished
+                assert time.monotonic() - started < 3
+        assert server.process.wait(10) == 0
+    finally:
+        server.stop()
+
+
+def test_the_port_file_and_flags(tmp_path: Path) -> None:
+    server = ServerProcess.spawn(["--max-log-events", "64", "--start-mode", "immediate"], tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10.0) as http:
+            r = http.post("/v1/jobs", json={"operation": "echo"})
+            assert r.json()["state"] == "running"  # --start-mode immediate took effect
+    finally:
+        assert server.stop() == 0
+
+
+def test_bad_flags_exit_with_usage(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="did not start"):
+        ServerProcess.spawn(["--max-log-events", "0"], tmp_path, timeout=20)
+
+
+def test_the_threaded_server_stops_with_streams_open() -> None:
+    server = ThreadedServer()
+    url = server.start()
+    with httpx.Client(base_url=url, timeout=10.0) as http:
+        job = _wait_job(http)
+        with open_stream(http, job) as stream:
+            stream.read(1)
+            started = time.monotonic()
+            server.stop()
+            assert time.monotonic() - started < 3
+            assert stream.read() == []  # ended cleanly, without a terminal event (§4.9)
