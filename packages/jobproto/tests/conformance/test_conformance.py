@@ -9,14 +9,14 @@ and running jobs and closing a stream early work against any service (``conforma
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from jobproto.asgi import ServiceSettings
-from jobproto.conformance._machine import ConformanceConfig, follow, open_stream, run_conformance
+from jobproto.conformance._machine import ConformanceConfig, run_conformance
 from jobproto.conformance._model import JobRecord, View, check_status_object
 from jobproto.conformance._probe import (
     CursorMode,
@@ -26,6 +26,7 @@ from jobproto.conformance._probe import (
     check_headers,
     expect,
 )
+from jobproto.conformance._streams import follow, open_stream
 from jobproto.conformance.pytest_plugin import Target
 
 pytestmark = pytest.mark.conformance
@@ -81,7 +82,7 @@ def read_all(http: httpx.Client, job: JobRecord, after: int = 0) -> View:
     return view
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"no {what} within {timeout} s"
@@ -105,7 +106,7 @@ def test_cancel_a_queued_job(http: httpx.Client) -> None:
     if job.states[0] == "queued":  # on_subscribe: it never ran, so its log is one event
         assert [e.type for e in events(view)] == ["cancelled"]
         assert first.json()["started_at"] is None
-    assert events(view)[-1].payload == {"reason": "cancelled by request"}
+    assert events(view)[-1].payload["reason"] == "cancelled by request"
     again = http.delete(f"/v1/jobs/{job.job_id}")
     assert (again.status_code, again.json()) == (200, status(http, job))
     job.check_log()
@@ -127,7 +128,7 @@ def test_cancel_a_running_job(http: httpx.Client) -> None:
         assert view.finished, "the stream of a cancelled job ends with its terminal event"
         stream.expect_end()
     assert events(view)[-1].type == "cancelled"
-    assert events(view)[-1].payload == {"reason": "cancelled by request"}
+    assert events(view)[-1].payload["reason"] == "cancelled by request"
     final = status(http, job)
     assert final["state"] == "cancelled" and final["started_at"] is not None
     again = http.delete(f"/v1/jobs/{job.job_id}")
@@ -157,6 +158,25 @@ def test_cursor_at_the_end_of_a_finished_job(http: httpx.Client) -> None:
             assert stream.raw.first_line is not None and stream.raw.first_line.startswith("retry:")
     r = http.get(f"/v1/jobs/{job.job_id}/stream", params={"after": str(last + 1)})
     check_error(r, status=400, code="invalid_cursor", field="after")
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "\u0660", "\uff11"])  # ², Arabic-Indic 0, fullwidth 1
+def test_only_ascii_digits_make_an_integer(http: httpx.Client, digits: str) -> None:
+    """``limit`` and ``after`` are decimal integers written in ASCII digits (§2.4, §4.6)."""
+    job = create(http, {"operation": "wait", "seconds": 0})
+    r = http.get("/v1/jobs", params={"limit": digits})
+    check_error(r, status=400, code="invalid_query", field="limit")
+    r = http.get(f"/v1/jobs/{job.job_id}/stream", params={"after": digits})
+    check_error(r, status=400, code="invalid_query", field="after")
+
+
+def test_deeply_nested_json_is_refused(http: httpx.Client) -> None:
+    """JSON nested deeper than the service parses is a refused request, never a 500 (§5)."""
+    body = b'{"operation": "echo", "result": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = http.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    check_error(r)
+    r = http.post("/v1/jobs", json={"operation": "echo"})
+    assert r.status_code == 201, "the service still creates jobs"
 
 
 def test_openapi_document(http: httpx.Client) -> None:
@@ -229,9 +249,8 @@ def test_a_job_nobody_subscribes_to_expires(tuned: httpx.Client, tuned_target: T
     assert final["state"] == "expired" and final["started_at"] is None and final["last_seq"] == 1
     view = read_all(tuned, job)  # subscribing now does not start it: it replays its end
     assert [(e.seq, e.type) for e in events(view)] == [(1, "expired")]
-    assert events(view)[0].payload == {
-        "reason": f"no subscriber within {settings.subscribe_timeout:g} s"
-    }
+    reason = f"no subscriber within {settings.subscribe_timeout:g} s"
+    assert events(view)[0].payload["reason"] == reason
     r = tuned.delete(f"/v1/jobs/{job.job_id}")
     assert (r.status_code, r.json()["state"]) == (200, "expired")
     job.check_log()

@@ -9,18 +9,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobproto.conformance._machine import open_stream
 from jobproto.conformance._model import JobRecord, View
+from jobproto.conformance._probe import StreamEvent
 from jobproto.conformance._server import ServerProcess, ThreadedServer
+from jobproto.conformance._streams import follow, open_stream
 
 pytestmark = pytest.mark.conformance
 
 
-def _wait_job(http: httpx.Client) -> JobRecord:
-    r = http.post("/v1/jobs", json={"operation": "wait", "seconds": 30, "tick": 0.1})
+def _create(http: httpx.Client, body: dict[str, object]) -> JobRecord:
+    r = http.post("/v1/jobs", json=body)
     assert r.status_code == 201, r.text
     out = r.json()
-    return JobRecord(out["job_id"], {"operation": "wait", "seconds": 30}, out["correlation_id"], 0)
+    return JobRecord(out["job_id"], body, out["correlation_id"], 0)
+
+
+def _wait_job(http: httpx.Client) -> JobRecord:
+    return _create(http, {"operation": "wait", "seconds": 30, "tick": 0.1})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -70,3 +75,26 @@ def test_the_threaded_server_stops_with_streams_open() -> None:
             server.stop()
             assert time.monotonic() - started < 3
             assert stream.read() == []  # ended cleanly, without a terminal event (§4.9)
+
+
+def test_a_result_too_deep_to_encode_fails_only_its_job(tmp_path: Path) -> None:
+    """A handler's result the service cannot encode fails that job (§3.2 "succeed"); it must
+    not take the service down. Run on a server of its own: a service that breaks here is dead."""
+    server = ServerProcess.spawn([], tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10.0) as http:
+            deep: list[object] = []
+            for _ in range(900):  # valid JSON, parsed fine; too deep to convert recursively
+                deep = [deep]
+            job = _create(http, {"operation": "echo", "result": deep})
+            view = View(job)
+            follow(http, view, timeout=10.0)
+            terminal = view.items[-1]
+            assert isinstance(terminal, StreamEvent)
+            assert terminal.type in ("succeeded", "failed"), terminal.data
+            after = _create(http, {"operation": "echo", "messages": ["still here"]})
+            view = View(after)
+            follow(http, view, timeout=10.0)
+            assert [i.type for i in view.items if isinstance(i, StreamEvent)][-1] == "succeeded"
+    finally:
+        server.stop()

@@ -129,7 +129,7 @@ def _int_param(
     raw: str, name: str, low: int, high: int | None = None, code: str = "invalid_query"
 ) -> int:
     if (
-        not raw.isdigit()
+        not (raw.isascii() and raw.isdigit())  # str.isdigit() also accepts "²" and other scripts
         or len(raw) > 18
         or int(raw) < low
         or (high is not None and int(raw) > high)
@@ -157,6 +157,9 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
             body = json.loads(raw, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+        except RecursionError:
+            message = "request body is nested too deeply"
+            raise RequestError(400, "invalid_json", message) from None
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise RequestError(

@@ -215,6 +215,13 @@ class JobService:
                 outcome = await self._call(handle, op.handler, job.params)
             if not job.finished:
                 self._finish(handle, outcome)
+        except Exception:
+            # A fault of ours (not the handler's: _call catches those) must cost this job only,
+            # never the task group that runs every other job of the service.
+            logger.exception("job %s (%s): internal error", job.id, job.operation)
+            if not job.finished:
+                job.finish(Failed("internal_error", "internal error"), time.time())
+                handle.notify()
         finally:
             if not job.finished:
                 # Cancelled from outside: this job's scope, or the whole service shutting down.
@@ -232,13 +239,12 @@ class JobService:
             if handle.cancel_reason is not None:
                 scope.cancel()
             try:
-                result = await handler(params)
+                return Succeeded(converter.unstructure(await handler(params)))
             except JobFailed as exc:
                 return Failed(exc.code, redact_text(exc.message))
             except Exception as exc:
                 logger.exception("job %s (%s) failed", handle.job.id, handle.job.operation)
                 return Failed("internal_error", redact_text(f"{type(exc).__name__}: {exc}"))
-            return Succeeded(converter.unstructure(result))
         return None  # cancelled: _run's finally ends the job
 
     def _finish(self, handle: JobHandle, outcome: Succeeded | Failed | None) -> None:
@@ -247,7 +253,7 @@ class JobService:
         now = time.time()
         try:
             handle.job.finish(outcome, now)
-        except (TypeError, ValueError) as exc:  # a result json cannot encode
+        except (TypeError, ValueError, RecursionError) as exc:  # a result json cannot encode
             handle.job.finish(Failed("internal_error", f"result is not JSON: {exc}"), now)
         handle.notify()
 

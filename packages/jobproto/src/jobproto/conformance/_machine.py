@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
-from urllib.parse import quote
 
 import attrs
 import httpx
@@ -52,42 +51,35 @@ from ._probe import (
     expect,
     json_body,
 )
+from ._refusals import (
+    refuse_create,
+    refuse_cursor,
+    refuse_key,
+    refuse_list,
+    refuse_oversize,
+    refuse_route,
+    refuse_unknown_job,
+)
 from ._strategies import (
     BAD_CREATE,
     BAD_CURSORS,
     BAD_LIST,
-    BadCreate,
+    BAD_ROUTES,
     bad_job_ids,
     correlation_ids,
     create_bodies,
     idempotency_keys,
 )
+from ._streams import finish, follow, open_stream, resume_point
 
-__all__ = [
-    "ConformanceConfig",
-    "ConformanceMachine",
-    "finish",
-    "follow",
-    "open_stream",
-    "run_conformance",
-]
+__all__ = ["ConformanceConfig", "ConformanceMachine", "run_conformance"]
 
 _CREATED_KEYS = frozenset(
     {"job_id", "sse_url", "status_url", "operation", "state", "correlation_id", "created_at"}
 )
 _MODES: list[CursorMode] = ["header", "query", "both"]
-_MAX_RECONNECTS = 64
 #: how many events a subscriber reads before it hangs up: often a few, sometimes many
 _COUNTS = st.integers(0, 8) | st.integers(0, 120)
-_NO_SUCH_JOB = "job_AAAAAAAAAAAAAAAAAAAAAA"
-#: (method, path, status, code) of requests no route of §2 serves (§2.8)
-_BAD_ROUTES = [
-    ("PUT", "/v1/jobs", 405, "method_not_allowed"),
-    ("PATCH", f"/v1/jobs/{_NO_SUCH_JOB}", 405, "method_not_allowed"),
-    ("POST", f"/v1/jobs/{_NO_SUCH_JOB}/stream", 405, "method_not_allowed"),
-    ("GET", "/v1/nothing", 404, "not_found"),
-    ("POST", "/v1", 404, "not_found"),
-]
 
 
 @attrs.frozen
@@ -108,7 +100,7 @@ class ConformanceConfig:
     #: seconds one whole stream may stay open
     stream_timeout: float = 30.0
     #: Hypothesis settings of a run
-    max_examples: int = 60
+    max_examples: int = 80
     step_count: int = 25
     #: shrink a failing walk to a minimal one; this reruns it hundreds of times (minutes, up to
     #: Hypothesis' own limit of 5), so by default the first failing walk is reported as found
@@ -135,74 +127,6 @@ def run_conformance(config: ConformanceConfig) -> None:
         # Hypothesis calls this with no arguments, like the class it is typed as.
         factory = cast("type[RuleBasedStateMachine]", lambda: ConformanceMachine(config, http))
         run_state_machine_as_test(factory, settings=config.hypothesis_settings())
-
-
-def open_stream(
-    http: httpx.Client,
-    job: JobRecord,
-    after: int | None = None,
-    mode: CursorMode = "query",
-    timeout: float = 30.0,
-) -> StreamReader:
-    """Subscribe to ``job``; the answer is checked to be a stream (§4.1)."""
-    reader = StreamReader(
-        http, job.job_id, after=after, mode=mode, correlation_id=job.correlation_id, timeout=timeout
-    )
-    try:
-        reader.check_opened()
-    except BaseException:
-        reader.close()
-        raise
-    return reader
-
-
-def follow(
-    http: httpx.Client,
-    view: View,
-    after: int | None = None,
-    mode: CursorMode = "query",
-    max_events: int | None = None,
-    *,
-    timeout: float = 30.0,
-    may_end_early: bool = True,
-) -> None:
-    """Read ``view``'s job after ``after`` into ``view``: ``max_events`` events, or to the end
-    (reconnecting when ``may_end_early``, else failing if the stream ends before the terminal)."""
-    with open_stream(http, view.job, after, mode, timeout) as reader:
-        view.connections += 1
-        for item in reader.read(max_events):
-            view.add(item)
-        if view.finished:
-            reader.expect_end()
-    if max_events is None:
-        finish(http, view, timeout, may_end_early)
-
-
-def finish(http: httpx.Client, view: View, timeout: float, may_end_early: bool) -> None:
-    """A stream ended before its terminal event: reconnect as a client must (§4.7, §10)."""
-    job = view.job
-    for _ in range(_MAX_RECONNECTS):
-        if view.finished:
-            return
-        expect(may_end_early, f"stream of {job.job_id} ended before its terminal event")
-        before = view.last_seen
-        view.rewind(before)  # Last-Event-ID is the last event seen; a gap does not move it
-        with open_stream(http, job, before, "header", timeout) as reader:
-            view.connections += 1
-            for item in reader.read():
-                view.add(item)
-            if view.finished:
-                reader.expect_end()
-        expect(view.last_seen > before, f"stream of {job.job_id}: a reconnect brought nothing")
-    expect(view.finished, f"stream of {job.job_id}: {_MAX_RECONNECTS} reconnects, no end")
-
-
-def _resume_point(view: View) -> st.SearchStrategy[int]:
-    """Where a subscriber resumes: mostly after the last event it saw (as a client does), else
-    after any event it saw, or from the start. Drawn from the end, not the start, of the list."""
-    seen = [0, *view.seen_seqs()]
-    anywhere = st.integers(0, len(seen) - 1).map(lambda i: seen[-1 - i])
-    return st.one_of(st.just(seen[-1]), anywhere)
 
 
 def _canonical(body: Any) -> str:
@@ -287,21 +211,13 @@ class ConformanceMachine(RuleBasedStateMachine):
         job.check_status(body, where)
         return dict(body)
 
-    def _post(
-        self, body: bytes, content_type: str | None, headers: Mapping[str, str] | None = None
-    ) -> httpx.Response:
-        h = dict(headers or {})
-        if content_type is not None:
-            h["Content-Type"] = content_type
-        return self.http.post("/v1/jobs", content=body, headers=h)
-
     def _create(self, body: Any, cid: str | None, key: str | None) -> tuple[httpx.Response, Any]:
-        headers = {}
+        headers = {"Content-Type": "application/json"}
         if cid is not None:
             headers["X-Correlation-ID"] = cid
         if key is not None:
             headers["Idempotency-Key"] = key
-        r = self._post(json.dumps(body).encode(), "application/json", headers)
+        r = self.http.post("/v1/jobs", content=json.dumps(body).encode(), headers=headers)
         return r, json_body(r)
 
     def _check_created(self, r: httpx.Response, out: Any, cid: str | None) -> str:
@@ -423,7 +339,7 @@ class ConformanceMachine(RuleBasedStateMachine):
     )
     def resume(self, view: View, data: st.DataObject, mode: CursorMode, k: int | None) -> None:
         """Reconnect after any seq this subscriber has seen (Last-Event-ID and/or ``?after=``)."""
-        seq = data.draw(_resume_point(view), label="after")
+        seq = data.draw(resume_point(view), label="after")
         view.rewind(seq)
         self._follow(view, seq, mode, k)
         if k is None:
@@ -443,10 +359,10 @@ class ConformanceMachine(RuleBasedStateMachine):
         job.views.append(view)
         self._follow(view, max_events=pieces[0][0])
         for k, mode in pieces[1:]:
-            seq = data.draw(_resume_point(view), label="after")
+            seq = data.draw(resume_point(view), label="after")
             view.rewind(seq)
             self._follow(view, seq, mode, k)
-        seq = data.draw(_resume_point(view), label="after")
+        seq = data.draw(resume_point(view), label="after")
         view.rewind(seq)
         self._follow(view, seq, pieces[-1][1])
         self._finish_view(view)
@@ -596,53 +512,24 @@ class ConformanceMachine(RuleBasedStateMachine):
     )
     def bad_request(self, data: st.DataObject, kind: str) -> None:
         """Something the service must refuse with a 4xx and the error shape (§5), then live on."""
+        http = self.http
         if kind == "create":
             name = data.draw(st.sampled_from(sorted(BAD_CREATE)), label="bad_create")
-            self._bad_create(BAD_CREATE[name], data.draw(correlation_ids, label="cid"))
+            refuse_create(http, BAD_CREATE[name], data.draw(correlation_ids, label="cid"))
         elif kind == "key":
-            key = data.draw(st.sampled_from(["", "k" * 256]), label="key")
-            r, _ = self._create({"operation": "echo"}, None, key)
-            check_error(r, status=400, code="invalid_header", field="Idempotency-Key")
+            refuse_key(http, data.draw(st.sampled_from(["", "k" * 256]), label="key"))
         elif kind == "oversize" and self.config.max_body_bytes is not None:
-            self._oversize(self.config.max_body_bytes, data.draw(st.booleans(), label="chunked"))
+            refuse_oversize(http, self.config.max_body_bytes, data.draw(st.booleans()))
         elif kind == "unknown_job":
             job_id = data.draw(bad_job_ids, label="job_id")
-            self._unknown_job(job_id, data.draw(st.sampled_from(["get", "delete", "stream"])))
+            refuse_unknown_job(
+                http, job_id, data.draw(st.sampled_from(["get", "delete", "stream"]))
+            )
         elif kind == "list":
-            params, code, field = data.draw(st.sampled_from(BAD_LIST), label="query")
-            r = self.http.get("/v1/jobs", params=params)
-            check_error(r, status=400, code=code, field=field)
+            refuse_list(http, *data.draw(st.sampled_from(BAD_LIST), label="query"))
         elif kind == "route":
-            method, path, status, code = data.draw(st.sampled_from(_BAD_ROUTES), label="route")
-            r = self.http.request(method, path)
-            check_error(r, status=status, code=code, no_store=False)
-            if status == 405:
-                expect(bool(r.headers.get("allow")), f"{method} {path} -> 405 without Allow")
+            refuse_route(http, *data.draw(st.sampled_from(BAD_ROUTES), label="route"))
         self._still_alive()
-
-    def _bad_create(self, bad: BadCreate, cid: str | None) -> None:
-        headers = {} if cid is None else {"X-Correlation-ID": cid}
-        r = self._post(bad.body, bad.content_type, headers)
-        sent = cid if cid is not None and is_valid_correlation_id(cid) else None
-        check_error(r, status=bad.status, code=bad.code, field=bad.field, sent_correlation=sent)
-
-    def _oversize(self, limit: int, chunked: bool) -> None:
-        head, tail = b'{"operation": "echo", "messages": ["', b'"]}'
-        body = head + b"x" * (limit + 1 - len(head) - len(tail)) + tail
-        content: bytes | Iterator[bytes] = body
-        if chunked:  # no Content-Length: the service must count while it reads
-            content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
-        headers = {"Content-Type": "application/json"}
-        r = self.http.post("/v1/jobs", content=content, headers=headers)
-        check_error(r, status=413, code="payload_too_large")
-
-    def _unknown_job(self, job_id: str, method: str) -> None:
-        path = f"/v1/jobs/{quote(job_id, safe='%')}"
-        if method == "stream":
-            r = self.http.get(path + "/stream")
-        else:
-            r = self.http.request(method.upper(), path)
-        check_error(r, status=404, code="job_not_found", field="job_id")
 
     @rule(
         job=jobs,
@@ -653,14 +540,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         value, code = cursor
         if value == "future":  # past last_seq, whatever the job has done meanwhile
             value = str(10**9)
-        if header:  # a bad header is invalid_header; a bad query parameter invalid_query
-            name = "Last-Event-ID"
-            code = code.replace("invalid_query", "invalid_header")
-            r = self.http.get(f"/v1/jobs/{job.job_id}/stream", headers={name: value})
-        else:
-            name = "after"
-            r = self.http.get(f"/v1/jobs/{job.job_id}/stream", params={name: value})
-        check_error(r, status=400, code=code, field=name)
+        refuse_cursor(self.http, job.job_id, value, code, header)
         self._still_alive()
 
     # -- the end of one example --------------------------------------------------------------------

@@ -388,7 +388,8 @@ class StreamReader:
         where = f"stream of {self.job_id}"
         env = self._envelope(sse)
         if sse.event == "gap":
-            expect("id" not in block.names(), f"{where}: a gap block has an id: line: {block}")
+            if "id" in block.names():
+                expect(False, f"{where}: a gap block has an id: line: {block}")
             expect(env["seq"] is None, f"{where}: gap envelope seq is {env['seq']!r}, not null")
             expect("origin" not in env, f"{where}: a gap has an origin: {env}")
             p = env["payload"]
@@ -402,7 +403,8 @@ class StreamReader:
             expect(lost == first - after - 1 and lost > 0, f"{where}: inconsistent gap {p!r}")
             return GapItem(after, first)
         raw_id = block.value("id")
-        expect(raw_id is not None, f"{where}: event block without id: line: {block}")
+        if raw_id is None:
+            expect(False, f"{where}: event block without id: line: {block}")
         seq = env["seq"]
         expect(type(seq) is int and seq >= 1, f"{where}: envelope seq {seq!r}")
         expect(raw_id == str(seq) == sse.id, f"{where}: id: {raw_id!r} but seq {seq!r}")

@@ -19,6 +19,7 @@ __all__ = [
     "BAD_CREATE",
     "BAD_CURSORS",
     "BAD_LIST",
+    "BAD_ROUTES",
     "BadCreate",
     "bad_job_ids",
     "correlation_ids",
@@ -77,7 +78,8 @@ create_bodies: st.SearchStrategy[dict[str, Any]] = st.one_of(
     _body("crash", {}, {"message": texts}),
     _body(
         "wait",
-        {"seconds": st.floats(0.0, 0.3) | st.floats(0.0, 2.0) | st.integers(0, 1)},
+        # mostly short: every read of a running wait job waits for it (the suite's time budget)
+        {"seconds": st.one_of(st.floats(0.0, 0.3), st.integers(0, 1), st.floats(0.0, 2.0))},
         {"tick": st.floats(0.05, 1.0)},
     ),
     _body(
@@ -192,6 +194,17 @@ BAD_LIST: list[tuple[dict[str, str], str, str]] = [
     ({"cursor": "not-a-cursor"}, "invalid_cursor", "cursor"),
     ({"cursor": "-5"}, "invalid_cursor", "cursor"),
     ({"page": "2"}, "invalid_query", "page"),
+]
+
+_NO_SUCH_JOB = "job_AAAAAAAAAAAAAAAAAAAAAA"
+
+#: (method, path, status, code) of requests no route serves (§2.8)
+BAD_ROUTES: list[tuple[str, str, int, str]] = [
+    ("PUT", "/v1/jobs", 405, "method_not_allowed"),
+    ("PATCH", f"/v1/jobs/{_NO_SUCH_JOB}", 405, "method_not_allowed"),
+    ("POST", f"/v1/jobs/{_NO_SUCH_JOB}/stream", 405, "method_not_allowed"),
+    ("GET", "/v1/nothing", 404, "not_found"),
+    ("POST", "/v1", 404, "not_found"),
 ]
 
 #: a stream cursor that must be refused: (value, code); a cursor past last_seq is the machine's

@@ -1,0 +1,90 @@
+"""Requests a service must refuse, each sent and its answer checked (docs/protocol.md §2, §5).
+
+Every refusal is a 4xx with the one error shape, the documented ``code`` and ``field``, and the
+headers every response carries. The requests themselves come from ``_strategies``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
+
+from .._correlation import is_valid_correlation_id
+from ._probe import check_error, expect
+from ._strategies import BadCreate
+
+__all__ = [
+    "refuse_create",
+    "refuse_cursor",
+    "refuse_key",
+    "refuse_list",
+    "refuse_oversize",
+    "refuse_route",
+    "refuse_unknown_job",
+]
+
+
+def refuse_create(http: httpx.Client, bad: BadCreate, cid: str | None) -> None:
+    headers = {} if cid is None else {"X-Correlation-ID": cid}
+    if bad.content_type is not None:
+        headers["Content-Type"] = bad.content_type
+    r = http.post("/v1/jobs", content=bad.body, headers=headers)
+    sent = cid if cid is not None and is_valid_correlation_id(cid) else None
+    check_error(r, status=bad.status, code=bad.code, field=bad.field, sent_correlation=sent)
+
+
+def refuse_key(http: httpx.Client, key: str) -> None:
+    """An Idempotency-Key must be 1 to 255 characters (§2.2 step 4)."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    r = http.post("/v1/jobs", content=json.dumps({"operation": "echo"}), headers=headers)
+    check_error(r, status=400, code="invalid_header", field="Idempotency-Key")
+
+
+def refuse_oversize(http: httpx.Client, limit: int, chunked: bool) -> None:
+    """A body one byte over the limit, with a Content-Length or chunked (§2.2 step 2)."""
+    head, tail = b'{"operation": "echo", "messages": ["', b'"]}'
+    body = head + b"x" * (limit + 1 - len(head) - len(tail)) + tail
+    content: bytes | Iterator[bytes] = body
+    if chunked:  # no Content-Length: the service must count while it reads
+        content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    headers = {"Content-Type": "application/json"}
+    r = http.post("/v1/jobs", content=content, headers=headers)
+    check_error(r, status=413, code="payload_too_large")
+
+
+def refuse_unknown_job(http: httpx.Client, job_id: str, method: str) -> None:
+    """Unknown and malformed ids alike are ``404 job_not_found`` (§2, §6.3)."""
+    path = f"/v1/jobs/{quote(job_id, safe='%')}"
+    if method == "stream":
+        method, path = "get", path + "/stream"
+    r = http.request(method.upper(), path)
+    check_error(r, status=404, code="job_not_found", field="job_id")
+
+
+def refuse_list(http: httpx.Client, params: dict[str, str], code: str, field: str) -> None:
+    check_error(http.get("/v1/jobs", params=params), status=400, code=code, field=field)
+
+
+def refuse_route(http: httpx.Client, method: str, path: str, status: int, code: str) -> None:
+    """No such path: 404; no such method on a path: 405 with ``Allow`` (§2.8)."""
+    r = http.request(method, path)
+    check_error(r, status=status, code=code, no_store=False)
+    if status == 405:
+        expect(bool(r.headers.get("allow")), f"{method} {path} -> 405 without Allow")
+
+
+def refuse_cursor(http: httpx.Client, job_id: str, value: str, code: str, header: bool) -> None:
+    """A stream cursor that is no integer >= 0 is refused as a bad header or query parameter;
+    one past the job's last_seq is ``invalid_cursor`` (§2.6, §4.6)."""
+    path = f"/v1/jobs/{job_id}/stream"
+    if header:
+        name = "Last-Event-ID"
+        code = code.replace("invalid_query", "invalid_header")
+        r = http.get(path, headers={name: value})
+    else:
+        name = "after"
+        r = http.get(path, params={name: value})
+    check_error(r, status=400, code=code, field=name)
