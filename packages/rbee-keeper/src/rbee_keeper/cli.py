@@ -348,14 +348,36 @@ def worker() -> None:
     """Workers: one process per loaded model."""
 
 
+def _engine_args(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str] | None:
+    args: dict[str, str] = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", ctx, param)
+        args[key] = value
+    return args or None
+
+
 @worker.command("spawn")
 @click.option("--model", "-m", required=True, help="Model name.")
 @click.option("--engine", type=click.Choice(ENGINES), default=None, help="Default: auto.")
+@click.option(
+    "--engine-arg",
+    "engine_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_engine_args,
+    help="Option for the engine (repeatable), e.g. tokens_per_second=20 for synthetic.",
+)
 @hive_option
 @job_command("worker_spawn")
-def worker_spawn(model: str, engine: str | None, hive: str | None) -> dict[str, Any]:
+def worker_spawn(
+    model: str, engine: str | None, engine_args: dict[str, str] | None, hive: str | None
+) -> dict[str, Any]:
     """Start a worker for a model and wait until it is ready."""
-    return _fields(model=model, engine=engine, hive=hive)
+    return _fields(model=model, engine=engine, engine_args=engine_args, hive=hive)
 
 
 @worker.command("list")
