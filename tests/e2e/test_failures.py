@@ -147,3 +147,23 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
         assert status["state"] == "cancelled", status
     finally:
         cluster.cleanup("slow-cancel")
+
+
+def test_a_request_during_a_restart_waits_for_the_worker_instead_of_spawning(
+    cluster: Any, kit: Any
+) -> None:
+    rbee = cluster.rbee
+    cluster.register("slow-restart")
+    try:
+        worker_id = cluster.spawn_synthetic("slow-restart", rate=RATE)["worker_id"]
+        old_pid = {w["worker_id"]: w["pid"] for w in cluster.workers()}[worker_id]
+        os.kill(old_pid, signal.SIGKILL)
+        # at once, before the hive has restarted it (and maybe before the queen has heard)
+        again = rbee.ok("infer", "go", "--model", "slow-restart", "--max-tokens", "5")
+        assert again.out == "The quick brown fox jumps\n", str(again)
+        assert again.routed() == [worker_id]
+        assert [w["worker_id"] for w in cluster.hive_workers() if w["model"] == "slow-restart"] == [
+            worker_id
+        ]
+    finally:
+        cluster.cleanup("slow-restart")

@@ -44,6 +44,9 @@ __all__ = ["HiveInfo", "NoCapacity", "Placement", "Scheduler", "pick_worker", "p
 
 #: rounds of route -> (start a worker) -> probe before a request gives up
 MAX_ROUNDS = 3
+#: worker states in which a hive is bringing a worker (back) up: wait for it, spawn no second one
+RESTARTING = frozenset({"restarting", "starting"})
+RESTART_POLL = 0.1
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -233,7 +236,8 @@ class Scheduler:
                 local_name=self.registry.local_name,
             )
             if worker is None:
-                await self._start_worker(model, hive)
+                if not await self._await_restart(model, hive):
+                    await self._start_worker(model, hive)
                 continue
             self.registry.acquire(worker.key)  # in the same step as the choice
             try:
@@ -254,6 +258,54 @@ class Scheduler:
         raise JobFailed(
             "no_capacity", f"no healthy worker for model {model!r} after {MAX_ROUNDS} attempts"
         )
+
+    async def _await_restart(self, model: str, hive: str | None) -> bool:
+        """Wait for a worker of ``model`` the hive is restarting, rather than start a second one.
+
+        A worker that just failed its probe but that its hive still reports ``ready`` is waited
+        for too, for two of that hive's heartbeats: the hive reports a crash at once, and a
+        restart should not race a second spawn. False at once when there is none; True once one
+        is ready (or gone: route again).
+        """
+
+        def restarting() -> list[WorkerView]:
+            return [
+                w
+                for w in self.registry.workers(self.clock())
+                if w.hive_state == "up"
+                and (
+                    w.record.state in RESTARTING
+                    or (w.record.state == "ready" and w.healthy is False)
+                )
+                and (hive is None or w.hive_id == hive)
+                and w.record.model in (model, self.registry.local_name(w.hive_id, model))
+            ]
+
+        pending = restarting()
+        if not pending:
+            return False
+        names = ", ".join(f"{w.worker_id} ({w.record.state})" for w in pending)
+        narrate("waiting", f"waiting for worker {names} of model {model} to be ready again")
+        if any(w.record.state in RESTARTING for w in pending):
+            bound = self.settings.worker_ready_timeout
+        else:
+            bound = 2 * max(
+                self.registry.get(w.hive_id).registration.heartbeat_interval for w in pending
+            )
+        with anyio.move_on_after(bound):
+            # bounded by the timeout; the hive reports the new state with its next heartbeat
+            while (
+                restarting()
+                and pick_worker(
+                    self.registry.workers(self.clock()),
+                    model,
+                    hive=hive,
+                    local_name=self.registry.local_name,
+                )
+                is None
+            ):
+                await anyio.sleep(RESTART_POLL)
+        return True
 
     async def _probe(self, worker: WorkerView) -> bool:
         assert worker.url is not None
