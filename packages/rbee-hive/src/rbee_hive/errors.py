@@ -6,7 +6,9 @@
      │                not_a_directory, invalid_path, invalid_name, catalog_corrupt,
      │                repo_not_found, repo_gated, revision_not_found, hub_offline,
      │                download_failed, download_cancelled
-     └── WorkerError  worker_not_found, worker_exists, worker_failed, worker_stopped
+     └── WorkerError  worker_not_found, worker_exists, worker_failed, worker_stopped,
+                      placement (placement.py): no_gpu, no_such_gpu, not_enough_gpus,
+                      invalid_device, insufficient_gpu_memory, insufficient_memory
 """
 
 from __future__ import annotations

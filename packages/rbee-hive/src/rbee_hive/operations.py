@@ -20,7 +20,8 @@ from . import capabilities
 from .errors import ModelError, WorkerError
 from .hive import Hive
 from .models import check_name, check_repo_id
-from .supervisor import WorkerSpec, WorkerState
+from .placement import Claims, Placement, PlacementError, plan
+from .supervisor import Supervisor, WorkerSpec, WorkerState
 
 __all__ = [
     "ENGINES",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 ENGINES = ("auto", "transformers", "vllm", "synthetic")
-_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,2})?)$")
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,2}(,[0-9]{1,2})*)?)$")
 _ENGINE_ARG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
@@ -69,7 +70,7 @@ def _abs_path(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
 
 def _device(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and not _DEVICE.fullmatch(value):
-        raise ValueError(f"'device' must be cpu, cuda or cuda:N, got {value!r}")
+        raise ValueError(f"'device' must be cpu, cuda or cuda:N[,M...], got {value!r}")
 
 
 def _engine_args(_: object, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
@@ -136,6 +137,38 @@ class CapabilitiesParams:
     pass
 
 
+async def _place(
+    params: WorkerSpawnParams, model: str, size: int, supervisor: Supervisor
+) -> Placement:
+    """Where the worker runs (``placement``), or the spawn fails with why it cannot."""
+    gpus = await capabilities.query_gpus()
+    _, ram_free = capabilities.host_memory()
+    gpu_claims: dict[int, int] = {}
+    ram_claim = 0
+    for worker in supervisor.list_workers():
+        # Ready workers' memory shows in what is free; starting ones have not allocated yet.
+        if worker.state not in (WorkerState.STARTING, WorkerState.RESTARTING):
+            continue
+        for index in worker.spec.gpus:
+            gpu_claims[index] = gpu_claims.get(index, 0) + worker.spec.need_bytes
+        if not worker.spec.gpus:
+            ram_claim += worker.spec.need_bytes
+    try:
+        return plan(
+            model=model,
+            engine=params.engine,
+            device=params.device,
+            engine_args=params.engine_args,
+            model_size=size,
+            gpus=gpus,
+            ram_free=ram_free,
+            claims=Claims(gpu_claims, ram_claim),
+            env=os.environ,
+        )
+    except PlacementError as exc:
+        raise WorkerError(exc.code, exc.message) from None
+
+
 def _new_worker_id(model: str) -> str:
     return f"{model[:100]}-{secrets.token_hex(3)}"
 
@@ -151,14 +184,19 @@ def hive_operations(hive: Hive) -> Operations:
     async def worker_spawn(params: WorkerSpawnParams) -> dict[str, Any]:
         """Start a worker for a model of this hive and wait until it is ready."""
         model = await catalog.get(params.model)
+        placement = await _place(params, model.name, model.size_bytes, supervisor)
+        narrate("placement", f"{model.name}: {placement.note}", gpus=list(placement.gpus))
         spec = WorkerSpec(
             worker_id=params.worker_id or _new_worker_id(model.name),
             model=model.name,
             model_path=model.path,
             engine=params.engine,
-            device=params.device,
+            device=placement.device,
             max_concurrency=params.max_concurrency,
             engine_args=dict(params.engine_args),
+            env=dict(placement.env),
+            gpus=placement.gpus,
+            need_bytes=placement.need_bytes,
         )
         worker = supervisor.spawn(spec)
         narrate(

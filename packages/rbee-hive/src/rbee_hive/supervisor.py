@@ -85,6 +85,12 @@ class WorkerSpec:
     device: str | None = None
     max_concurrency: int | None = None
     engine_args: Mapping[str, str] = attrs.field(factory=dict)
+    #: extra environment (placement: CUDA_VISIBLE_DEVICES)
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    #: the GPUs placement gave it (nvidia-smi indices)
+    gpus: tuple[int, ...] = ()
+    #: memory placement estimated it needs, per GPU or of RAM (claimed while it starts)
+    need_bytes: int = 0
 
     def argv(self, settings: HiveSettings) -> list[str]:
         """The worker's command line (docs/tiers.md, worker)."""
@@ -167,6 +173,7 @@ class Worker:
             "last_exit": self.last_exit,
             "error": self.error,
             "device": self.spec.device,
+            "gpus": list(self.spec.gpus),
             "log_path": str(self.log_path),
         }
 
@@ -364,6 +371,7 @@ class Supervisor:
         worker.set_state(WorkerState.STARTING)
         worker.note(f"starting: {shlex.join(argv)}")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.update(worker.spec.env)
         try:
             process = await anyio.open_process(
                 argv,

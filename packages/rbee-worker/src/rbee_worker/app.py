@@ -10,6 +10,11 @@ The command binds its port itself (0: any free port, race-free), prints exactly 
 once it listens, ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}``, and only then starts
 loading the model (in a thread: ``/health`` and ``/ready`` answer meanwhile). Logs go to stderr.
 
+Exit status: 0 after SIGTERM/SIGINT (uvicorn re-raises the signal it caught, so a supervisor may
+see the signal instead), 2 for bad flags or an engine that cannot run here, and
+``EXIT_ENGINE_DEAD`` (3) when the engine died under the worker: the worker stops serving a second
+after (its jobs have failed ``engine_dead`` by then) so that its supervisor restarts it.
+
 Importing this module imports neither torch nor vLLM: the engine's module is imported by
 ``create_engine`` once the command line has said which engine runs, and torch only when that
 engine loads.
@@ -31,15 +36,16 @@ from starlette.applications import Starlette
 from jobproto.asgi import ServiceSettings
 from jobproto.asgi import create_app as create_job_app
 
-from .engines import ENGINE_NAMES, Engine, EngineNotAvailable, create_engine
+from .engines import ENGINE_NAMES, Engine, EngineNotAvailable, _vllm_guard, create_engine
 from .health import health_routes
 from .operations import worker_operations
 from .settings import DEVICES, DTYPES, WorkerSettings, new_worker_id
 from .worker import Worker
 
-__all__ = ["LISTENING_PREFIX", "create_app", "main", "parse_args"]
+__all__ = ["EXIT_ENGINE_DEAD", "LISTENING_PREFIX", "create_app", "main", "parse_args"]
 
 LISTENING_PREFIX = "RBEE_WORKER_LISTENING"
+EXIT_ENGINE_DEAD = 3
 
 logger = logging.getLogger("rbee_worker")
 
@@ -152,28 +158,77 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return build_main(argv[1:])
     settings = parse_args(argv)
-    try:
-        app = create_app(settings, load_on_startup=False)
-    except (ValueError, EngineNotAvailable) as exc:
-        print(f"rbee-worker: {exc}", file=sys.stderr)
-        return 2
+    # Before the engine is created: which engine "auto" picked, and why, is logged then.
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format=f"%(asctime)s %(levelname)s [{settings.worker_id}] %(name)s: %(message)s",
     )
+    try:
+        app = create_app(settings, load_on_startup=False)
+    except (ValueError, EngineNotAvailable) as exc:
+        print(f"rbee-worker: {exc}", file=sys.stderr)
+        return 2
+    return _serve(app, settings)
+
+
+def _serve(app: Starlette, settings: WorkerSettings) -> int:
+    """``jobproto.server.serve``, plus an exit of our own when the engine dies."""
+    import asyncio
+
+    import uvicorn
+
+    from jobproto.server import Server, bound_port
+
     worker: Worker = app.state.worker
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    # The job service (create_job_app puts it on app.state.jobs) ends its streams at exit.
+    server = Server(config, app.state.jobs)
+    exit_code = 0
 
-    def on_ready(port: int) -> None:
-        line: dict[str, Any] = {"port": port, "worker_id": settings.worker_id}
-        print(f"{LISTENING_PREFIX} {json.dumps(line)}", flush=True)
-        worker.begin_loading()
+    def engine_dead(reason: str) -> None:
+        nonlocal exit_code
+        logger.error(
+            "exiting (status %d) so that a fresh worker replaces this one: %s",
+            EXIT_ENGINE_DEAD,
+            reason,
+        )
+        exit_code = EXIT_ENGINE_DEAD
+        # Not handle_exit(): uvicorn would re-raise that "signal" at the end and the status
+        # would read as a SIGTERM instead of the engine's death.
+        if server.service is not None:
+            server.service.begin_shutdown()
+        server.should_exit = True
 
-    from jobproto.server import serve
+    worker.on_engine_dead = engine_dead
 
-    serve(app, settings.host, settings.port, on_ready=on_ready)
-    return 0
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            line: dict[str, Any] = {"port": bound_port(server), "worker_id": settings.worker_id}
+            print(f"{LISTENING_PREFIX} {json.dumps(line)}", flush=True)
+            worker.begin_loading()
+        await task
 
+    asyncio.run(run())
+    return exit_code
+
+
+# vLLM starts its engine core with multiprocessing, which imports this module again in the child
+# (as the main module of ``python -m rbee_worker.app``, or through the console script). There the
+# orphan guard starts at once: a worker killed while the engine is still being built must not
+# leave an engine core behind, and vLLM loads its plugins (the guard's other way in) only once
+# the engine core has finished its handshake with the worker. A no-op in any other process.
+_vllm_guard.register()
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,6 +10,14 @@ global). Its life:
 itself runs in a thread inside the engine, so the event loop keeps serving ``/health`` and
 ``/ready`` meanwhile) and closes the engine at shutdown, after the jobs have been cancelled.
 
+Once ready, a watchdog task polls ``engine.health()`` every ``health_interval`` seconds (vLLM's
+engine core can die with no request running). A dead engine (found by the watchdog, by
+``/health``, or by a generation that failed ``EngineDead``) marks the worker ``failed``; the jobs
+in flight fail ``engine_dead``; and after ``exit_delay`` seconds (their terminal events reach
+their subscribers first) ``on_engine_dead(reason)`` is called: the ``rbee-worker`` command then
+exits non-zero, so that its supervisor (the hive) starts a fresh worker. Without the callback
+(an app in a test) the worker stays up and answers 503.
+
 ``Admission`` is the bounded queue in front of the engine: ``max_concurrency`` generations run,
 up to ``max_queue`` wait in FIFO order, and any more are refused at once (``Busy``), so a client
 is told to go elsewhere instead of waiting behind an unbounded line.
@@ -80,9 +88,21 @@ class Admission:
 class Worker:
     """One engine serving one model, its load state and its admission queue."""
 
-    def __init__(self, settings: WorkerSettings, engine: Engine) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        engine: Engine,
+        *,
+        health_interval: float = 1.0,
+        exit_delay: float = 1.0,
+    ) -> None:
         self.settings = settings
         self.engine = engine
+        self.health_interval = health_interval
+        self.exit_delay = exit_delay
+        #: called once, ``exit_delay`` after the engine died (the command exits non-zero)
+        self.on_engine_dead: Callable[[str], None] | None = None
+        self._died = anyio.Event()
         self.state: WorkerState = "loading"
         self.error: str | None = None
         self.load_seconds: float | None = None
@@ -90,6 +110,7 @@ class Worker:
         # the one that holds, also for an engine handed to create_app directly.
         self.admission = Admission(engine.max_concurrency, settings.max_queue)
         self._may_load = anyio.Event()
+        self._load_ended = anyio.Event()
 
     def begin_loading(self) -> None:
         """Let the load start (the CLI calls this once the server listens)."""
@@ -103,6 +124,7 @@ class Worker:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._load)
+                tg.start_soon(self._watch)
                 try:
                     yield
                 finally:
@@ -121,10 +143,24 @@ class Worker:
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             logger.error("loading the model failed: %s", self.error, exc_info=True)
-            return
-        self.load_seconds = round(time.perf_counter() - started, 3)
-        self.state = "ready"
-        logger.info("model %s ready in %.2f s", self.engine.model_name, self.load_seconds)
+        else:
+            self.load_seconds = round(time.perf_counter() - started, 3)
+            self.state = "ready"
+            logger.info("model %s ready in %.2f s", self.engine.model_name, self.load_seconds)
+        self._load_ended.set()
+
+    async def _watch(self) -> None:
+        """Poll the engine's health once loaded; when it died, tell ``on_engine_dead``."""
+        await self._load_ended.wait()
+        if self.load_seconds is None:
+            return  # the load failed: /ready says so, and the hive stops this worker
+        while not self._died.is_set():
+            with anyio.move_on_after(self.health_interval):
+                await self._died.wait()
+            await self.dead_reason()
+        await anyio.sleep(self.exit_delay)
+        if self.on_engine_dead is not None and self.error is not None:
+            self.on_engine_dead(self.error)
 
     async def dead_reason(self) -> str | None:
         """Why the engine can no longer serve, if it cannot (also marks the worker failed)."""
@@ -138,12 +174,17 @@ class Worker:
         return None
 
     def mark_dead(self, reason: str) -> None:
-        if self.state != "failed":
+        if not self._died.is_set():
             logger.error("the engine died: %s", reason)
         self.state, self.error = "failed", reason
+        self._died.set()
 
     def info(self) -> dict[str, Any]:
+        # Engines may report numbers of their own (vLLM: requests it holds).
+        stats = getattr(self.engine, "stats", None)
+        extra = stats() if callable(stats) else {}
         return {
+            **extra,
             "worker_id": self.settings.worker_id,
             "model": self.engine.model_name,
             "engine": self.engine.name,

@@ -27,7 +27,7 @@ Errors::
 
 from __future__ import annotations
 
-import importlib.util
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -47,6 +47,7 @@ __all__ = [
     "FinishReason",
     "GenerationRequest",
     "InvalidRequest",
+    "choose_engine",
     "create_engine",
     "merge_deltas",
     "resolve_engine_name",
@@ -57,6 +58,8 @@ __all__ = [
 FinishReason = Literal["stop", "length", "abort"]
 
 ENGINE_NAMES = ("auto", "transformers", "vllm", "synthetic")
+
+logger = logging.getLogger("rbee_worker.engines")
 
 
 class EngineError(Exception):
@@ -196,21 +199,26 @@ class EngineArgs:
             raise ValueError(f"unknown engine arg(s) for the {self._engine} engine: {unknown}")
 
 
-#: Whether this build has a vLLM engine. It does not yet (a later issue): ``auto`` must then not
-#: pick vLLM even where the ``vllm`` package is installed, or such a worker could never start.
-VLLM_ENGINE_BUILT = False
-
-
-def resolve_engine_name(name: str) -> str:
-    """``auto``: vLLM where this build has its engine and ``vllm`` imports; else transformers."""
+def choose_engine(name: str) -> tuple[str, str]:
+    """The engine ``name`` stands for, and why: ``auto`` is vLLM where vLLM is installed and can
+    run on this machine (its CPU build, or its GPU build with a GPU visible), else transformers.
+    The reason goes into the worker's log, and so into the hive's narration of the spawn."""
     if name not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
     if name != "auto":
-        return name
-    # find_spec does not import the module: checking must not cost vLLM's 10 s import.
-    if VLLM_ENGINE_BUILT and importlib.util.find_spec("vllm") is not None:
-        return "vllm"
-    return "transformers"
+        return name, "asked for by name"
+    # Package metadata and /dev only: deciding must not cost vLLM's 10-20 s import.
+    from ._vllm_config import availability
+
+    usable, why = availability()
+    if usable:
+        return "vllm", f"auto: {why}"
+    return "transformers", f"auto: not vllm ({why})"
+
+
+def resolve_engine_name(name: str) -> str:
+    """``auto``: vLLM where it is installed and can run here; else transformers."""
+    return choose_engine(name)[0]
 
 
 def create_engine(
@@ -229,11 +237,11 @@ def create_engine(
     arguments, no model where one is needed) and ``EngineNotAvailable`` for an engine that this
     build cannot run.
     """
-    resolved = resolve_engine_name(name)
+    resolved, why = choose_engine(name)
+    logger.info("engine %s: %s", resolved, why)
     args = dict(engine_args or {})
     if resolved == "vllm":
-        # Not a fake: the vLLM engine is a later issue, and a request for it must say so plainly.
-        raise EngineNotAvailable("the vllm engine is not available in this build")
+        return _create_vllm(model, model_name, device, dtype, max_concurrency, args)
     if resolved == "synthetic":
         from .synthetic import SyntheticEngine
 
@@ -248,6 +256,40 @@ def create_engine(
         model,
         model_name=model_name,
         device=device,
+        dtype=dtype,
+        max_concurrency=max_concurrency,
+        engine_args=args,
+    )
+
+
+def _create_vllm(
+    model: str | None,
+    model_name: str | None,
+    device: str | None,
+    dtype: str,
+    max_concurrency: int | None,
+    args: Mapping[str, str],
+) -> Engine:
+    from ._vllm_config import availability, installed_build
+
+    build = installed_build()
+    usable, why = availability(build)
+    if not usable or build is None:
+        raise EngineNotAvailable(f"the vllm engine cannot run here: {why}")
+    if device is not None and device != build.device:
+        raise EngineNotAvailable(
+            f"--device {device}, but the installed vLLM ({build}) runs on {build.device}"
+        )
+    if model is None:
+        raise ValueError("the vllm engine needs --model PATH")
+    from .vllm import VllmEngine
+
+    # The engine args are checked against vLLM's own AsyncEngineArgs when the engine loads:
+    # that needs vLLM imported (10-20 s), which must not delay the worker's listening.
+    return VllmEngine(
+        model,
+        build=build,
+        model_name=model_name,
         dtype=dtype,
         max_concurrency=max_concurrency,
         engine_args=args,

@@ -40,6 +40,7 @@ import anyio.to_thread
 
 from . import Delta, EngineArgs, EngineDead, FinishReason, GenerationRequest, InvalidRequest
 from ._channel import DeltaChannel
+from ._prompt import prompt_ids as prompt_ids_of
 from ._text import IncrementalDetokenizer, StopStrings
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ class TransformersEngine:
     def _generate(self, request: GenerationRequest, channel: DeltaChannel) -> None:
         """The decode loop (runs in a worker thread). Never raises: errors go to the channel."""
         try:
-            prompt_ids = self._prompt_ids(request)
+            prompt_ids = prompt_ids_of(self._tokenizer, request, self.max_model_len)
         except Exception as exc:  # this request's problem (InvalidRequest) or a bug: not fatal
             channel.close(exc)
             return
@@ -209,31 +210,6 @@ class TransformersEngine:
             channel.close(EngineDead(self._dead))
         else:
             channel.close()
-
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        tokenizer = self._tokenizer
-        if request.messages is not None:
-            if not getattr(tokenizer, "chat_template", None):
-                raise InvalidRequest("this model's tokenizer has no chat template: send a prompt")
-            conversation = [{"role": m.role, "content": m.content} for m in request.messages]
-            try:
-                text = tokenizer.apply_chat_template(
-                    conversation, add_generation_prompt=True, tokenize=False
-                )
-            except Exception as exc:  # jinja2 errors: a template may refuse a conversation
-                raise InvalidRequest(f"the chat template refused these messages: {exc}") from None
-            # The template writes the special tokens it wants (bos) itself.
-            ids = tokenizer(text, add_special_tokens=False).input_ids
-        else:
-            ids = tokenizer(request.prompt).input_ids
-        if not ids:
-            raise InvalidRequest("the prompt is empty after tokenization")
-        if len(ids) >= self.max_model_len:
-            raise InvalidRequest(
-                f"the prompt is {len(ids)} tokens; this model's max_model_len is"
-                f" {self.max_model_len}, leaving no room for a completion"
-            )
-        return list(ids)
 
     def _decode(
         self, request: GenerationRequest, prompt_ids: list[int], channel: DeltaChannel
