@@ -31,6 +31,10 @@ async def run(engine: TransformersEngine, request: GenerationRequest) -> list[De
         return [delta async for delta in deltas]
 
 
+def tokens(deltas: list[Delta]) -> list[int]:
+    return [t for d in deltas for t in d.token_ids]
+
+
 def prompt_ids(tokenizer: Any, request: GenerationRequest) -> list[int]:
     """What the request's prompt tokenizes to, computed with transformers' own calls."""
     if request.messages is None:
@@ -64,7 +68,7 @@ async def test_greedy_tokens_equal_transformers_generate(
     model, tokenizer = reference
     engine = await loaded(tiny_model)
     deltas = await run(engine, request_)
-    ids = [t for d in deltas for t in d.token_ids]
+    ids = tokens(deltas)
     text = "".join(d.text for d in deltas)
 
     prompt = prompt_ids(tokenizer, request_)
@@ -98,7 +102,7 @@ async def test_seeded_sampling_is_reproducible(tiny_model: Path) -> None:
             top_p=0.9,
             seed=seed,
         )
-        return [t for d in await run(engine, request) for t in d.token_ids]
+        return tokens(await run(engine, request))
 
     first, again, other = await sample(7), await sample(7), await sample(8)
     assert first == again
@@ -112,7 +116,9 @@ async def test_top_k_1_is_greedy(tiny_model: Path) -> None:
     top1 = await run(
         engine, GenerationRequest(prompt="Bees", max_tokens=16, temperature=1.5, top_k=1, seed=3)
     )
-    assert [d.token_ids for d in greedy] == [d.token_ids for d in top1]
+    # Compare the token sequence, not its grouping: a reader that lags takes several deltas as
+    # one, so how tokens are grouped into deltas depends on timing.
+    assert tokens(greedy) == tokens(top1)
 
 
 @pytest.mark.anyio
