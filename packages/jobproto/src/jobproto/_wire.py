@@ -8,12 +8,14 @@ names the path of the bad field.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 import typing
 from collections import abc
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -58,18 +60,37 @@ _VALIDATOR_FIELD = re.compile(r"(?:Length of )?'([A-Za-z_][A-Za-z0-9_]*)' must")
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
+# ``json.dumps`` with any non-default option builds a new ``JSONEncoder`` on every call; this runs
+# for every event (twice per event in a relay), so the encoder is built once. It keeps no state
+# between calls (``encode`` makes its own circular-reference markers), so sharing it is safe.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, UTF-8 friendly. It escapes CR and LF, so the result is always one SSE line."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 # -- timestamps: RFC 3339, UTC, millisecond precision ----------------------------------------------
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=16)
+def _format_ms(ms: int) -> str:
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
 def format_timestamp(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    # Events of one stream mostly share their millisecond: each millisecond is formatted once.
+    # The microseconds are rounded half-even first, as ``datetime.fromtimestamp`` rounds them,
+    # so the text is the one ``fromtimestamp(ts).isoformat(timespec="milliseconds")`` gives.
+    frac, whole = math.modf(ts)
+    return _format_ms(int(whole) * 1000 + round(frac * 1e6) // 1000)
 
 
+@functools.lru_cache(maxsize=16)
 def parse_timestamp(text: str) -> float:
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"

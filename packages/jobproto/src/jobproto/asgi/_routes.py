@@ -257,6 +257,9 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
             return
         finally:
             _current_correlation.reset(token)
+        # The stream can stay open for hours: keep nothing of the request it does not need (the
+        # Request with its parsed headers and query: ~0.4 KiB of an idle stream's ~18).
+        del request
         headers = [(b"x-correlation-id", correlation_of(scope).encode())]
         if scope["method"] == "HEAD":  # headers only: a HEAD is no subscriber, starts nothing
             start = {"type": "http.response.start", "status": 200, "headers": headers}

@@ -5,14 +5,24 @@ group: every job's handler runs in it, plus the janitor that expires unsubscribe
 finished ones after their retention time. Leaving the lifespan cancels running jobs (they end
 ``cancelled`` with reason "service shutting down") and ends every open stream.
 
-A ``JobHandle`` is the live side of a ``Job``: the cancel scope of its handler, the event that wakes
-its subscribers, and ``emit()``, which is what ``narrate()`` reaches through the context variable.
+A ``JobHandle`` is the live side of a ``Job``: the cancel scope of its handler, the streams
+waiting for its next event, and ``emit()``, which ``narrate()`` reaches through the context
+variable.
 ``emit()`` never blocks and may be called from worker threads (``anyio.to_thread``): it hands the
 event to the event loop and returns.
+
+Waking subscribers is on the path of every event, so it is kept to what it must do: a stream that
+has nothing left to send parks one future on the handle (``wait_change``), and ``notify()``
+resolves the futures parked there, if any; an event emitted while every stream is busy sending
+costs a length check. (A fresh ``anyio.Event`` per event, which looks up the running async
+library, was a quarter of ``emit()``'s time in a relaying queen: see docs/benchmarks.md.) These
+are asyncio futures: jobproto serves on uvicorn's asyncio loop, as ``_threadsafe_caller`` below
+also assumes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -44,12 +54,13 @@ logger = logging.getLogger("jobproto.service")
 class JobHandle:
     """The live side of one job. Implements ``JobSink`` for narration."""
 
-    __slots__ = ("_service", "cancel_reason", "changed", "done", "job", "scope")
+    __slots__ = ("_service", "_waiters", "cancel_reason", "done", "job", "scope")
 
     def __init__(self, job: Job, service: JobService) -> None:
         self.job = job
         self._service = service
-        self.changed = anyio.Event()
+        # a dict as an ordered set: woken in the order they came, removed in O(1)
+        self._waiters: dict[asyncio.Future[bool], None] = {}
         self.done = anyio.Event()
         self.scope: anyio.CancelScope | None = None
         self.cancel_reason: str | None = None
@@ -82,8 +93,30 @@ class JobHandle:
             logger.exception("job %s: dropped an event that is not JSON", self.job.id)
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+        """Wake every stream waiting in ``wait_change``."""
+        if self._waiters:
+            waiters, self._waiters = self._waiters, {}
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(True)
+
+    async def wait_change(self, within: float, waiter: asyncio.Future[bool] | None = None) -> bool:
+        """Wait for the next ``notify()``; False when ``within`` seconds passed first.
+
+        Call it right after looking at the log, with no ``await`` in between: an event emitted
+        after that look then wakes this wait, and none can slip in before it is registered.
+        ``waiter`` is the future to wait on (a new one by default): whoever holds it may end the
+        wait early by setting its result.
+        """
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future() if waiter is None else waiter
+        self._waiters[fut] = None
+        timer = loop.call_later(within, _time_out, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._waiters.pop(fut, None)  # timed out, ended early or cancelled: still listed
 
 
 class JobService:
@@ -275,6 +308,11 @@ class JobService:
             handle.done.set()
         for job in self.registry.remove_finished(now, self.settings.retention_ttl):
             self.handles.pop(job.id, None)
+
+
+def _time_out(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 def _no_loop(*_: object) -> None:
