@@ -141,6 +141,9 @@ async def _pump(
             behind = log.last_seq - cursor
             if behind > settings.max_subscriber_lag and behind > behind_before:
                 logger.info("job %s: closing a subscriber %d events behind", job.id, behind)
+                # end the body cleanly: the client resumes from the log with Last-Event-ID
+                send_timeout.deadline = clock() + settings.send_timeout
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
         return  # the client is gone
     # Only the deadline cancels this scope: the client did not take a send in time.
