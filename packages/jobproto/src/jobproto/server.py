@@ -8,6 +8,7 @@ exit; clients reconnect (and resume) wherever the service comes back.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from types import FrameType
@@ -17,7 +18,7 @@ from starlette.applications import Starlette
 
 from .asgi._service import JobService
 
-__all__ = ["Server", "bound_port", "serve"]
+__all__ = ["Server", "bound_port", "config", "run", "serve"]
 
 
 class Server(uvicorn.Server):
@@ -42,6 +43,42 @@ def bound_port(server: uvicorn.Server) -> int:
     raise RuntimeError("the server is not listening")
 
 
+def config(
+    app: Starlette, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+) -> uvicorn.Config:
+    """uvicorn's settings for a jobproto service.
+
+    uvicorn picks its event loop and HTTP parser itself (``loop``/``http`` "auto"): uvloop and
+    httptools where they are installed (``jobproto[server]`` installs them), asyncio and h11
+    otherwise. On the benchmark machine that halved the CPU a relayed token costs the queen
+    (docs/benchmarks.md).
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+
+
+def run(server: uvicorn.Server, on_ready: Callable[[int], None] | None = None) -> None:
+    """Run ``server`` on the event loop its config picks until it exits; ``on_ready(port)`` once
+    it listens."""
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started and on_ready is not None:
+            on_ready(bound_port(server))
+        await task
+
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(main())
+
+
 def serve(
     app: Starlette,
     host: str = "127.0.0.1",
@@ -52,27 +89,8 @@ def serve(
 ) -> None:
     """Serve ``app`` (from ``create_app``) until SIGINT/SIGTERM; ``on_ready(port)`` once bound."""
     service = getattr(app.state, "jobs", None)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,
-        lifespan="on",
+    server = Server(
+        config(app, host, port, log_level=log_level),
+        service if isinstance(service, JobService) else None,
     )
-    server = Server(config, service if isinstance(service, JobService) else None)
-    if on_ready is None:
-        server.run()
-        return
-
-    import asyncio
-
-    async def main() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            on_ready(bound_port(server))
-        await task
-
-    asyncio.run(main())
+    run(server, on_ready)

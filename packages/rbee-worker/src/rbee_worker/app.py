@@ -174,23 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(app: Starlette, settings: WorkerSettings) -> int:
     """``jobproto.server.serve``, plus an exit of our own when the engine dies."""
-    import asyncio
-
-    import uvicorn
-
-    from jobproto.server import Server, bound_port
+    from jobproto.server import Server, config, run
 
     worker: Worker = app.state.worker
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-        lifespan="on",
-    )
     # The job service (create_job_app puts it on app.state.jobs) ends its streams at exit.
-    server = Server(config, app.state.jobs)
+    server = Server(config(app, settings.host, settings.port), app.state.jobs)
     exit_code = 0
 
     def engine_dead(reason: str) -> None:
@@ -209,17 +197,12 @@ def _serve(app: Starlette, settings: WorkerSettings) -> int:
 
     worker.on_engine_dead = engine_dead
 
-    async def run() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            line: dict[str, Any] = {"port": bound_port(server), "worker_id": settings.worker_id}
-            print(f"{LISTENING_PREFIX} {json.dumps(line)}", flush=True)
-            worker.begin_loading()
-        await task
+    def ready(port: int) -> None:
+        line: dict[str, Any] = {"port": port, "worker_id": settings.worker_id}
+        print(f"{LISTENING_PREFIX} {json.dumps(line)}", flush=True)
+        worker.begin_loading()
 
-    asyncio.run(run())
+    run(server, ready)
     return exit_code
 
 
