@@ -22,7 +22,9 @@ from jobproto import (
     Narration,
     Operations,
     Succeeded,
+    concat_data,
     current_correlation_id,
+    emit_data,
     narrate,
 )
 from jobproto.asgi import ServiceSettings, create_app
@@ -267,3 +269,52 @@ async def test_a_downstream_refusal_fails_the_relaying_job_with_its_code() -> No
                 dead = "http://127.0.0.1:9"
                 await client.run("cascade", {"url": dead, "op": "echo", "fields": {}})
             assert info.value.code == "downstream_unavailable"
+
+
+@attrs.frozen
+class Tokens:
+    n: int
+    url: str = ""
+
+
+async def test_unread_tokens_coalesce_downstream_and_through_a_relay() -> None:
+    ops = Operations()
+
+    @ops.operation("tokens")
+    async def tokens(params: Tokens) -> int:
+        for i in range(params.n):  # flat out: no subscriber reads before the handler returns
+            emit_data({"text": f"{i} ", "token_ids": [i]}, merge=concat_data)
+        return params.n
+
+    @ops.operation("relayed")
+    async def relayed(params: Tokens) -> Any:
+        async with JobClient(params.url) as client:
+            return await relay(client, "tokens", {"n": params.n}, service="down", merge=concat_data)
+
+    n = 600
+    async with serving(create_app(ops)) as url, JobClient(url) as client:
+        direct = await collect(client, (await client.create("tokens", {"n": n})).job_id)
+        job = await client.create("relayed", {"n": n, "url": url})
+        through = await collect(client, job.job_id)
+    for events in (direct, through):
+        data = [e.event.payload for e in events if isinstance(e.event, Data)]
+        assert "".join(d["text"] for d in data) == "".join(f"{i} " for i in range(n))
+        assert [i for d in data for i in d["token_ids"]] == list(range(n))
+        assert len(data) < n  # merged
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert events[-1].event == Succeeded(n)
+
+
+async def test_a_lagging_subscriber_is_closed_with_a_clean_end_of_body() -> None:
+    settings = ServiceSettings(max_subscriber_lag=64, start_mode="immediate")
+    app = create_app(conformance_operations(), settings)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        created = await http.post(
+            "/v1/jobs", json={"operation": "burst", "count": 50_000, "size": 1024}
+        )
+        job_id = created.json()["job_id"]
+        async with http.stream("GET", f"/v1/jobs/{job_id}/stream") as response:
+            await anyio.sleep(0.5)  # fall behind while the job runs flat out
+            body = b"".join([chunk async for chunk in response.aiter_raw()])  # no protocol error
+    assert b"event: data" in body
+    assert b"event: succeeded" not in body  # closed early, for lag

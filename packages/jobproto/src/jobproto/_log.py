@@ -5,9 +5,15 @@ subscriber is a cursor (the last seq it has sent), not a queue, so fan-out costs
 subscriber until it reads, and a slow subscriber holds no memory of its own. When the log is over
 its bound, the oldest frames are dropped; a reader whose cursor points before what is retained
 gets a ``Gap``.
+
+The newest entry may be *pending*: appended with a function that makes its frame, called when a
+reader first reaches it (or when the next entry is appended). Until then its owner may change what
+it will encode (``Job`` merges data events into it while nobody has read it: coalescing).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from ._errors import LocalProtocolError
 from ._events import Gap
@@ -18,7 +24,7 @@ __all__ = ["EventLog"]
 class EventLog:
     """Frames for seqs ``first_seq .. last_seq`` (at least the last ``max_events`` appended)."""
 
-    __slots__ = ("_first_seq", "_frames", "_max_events", "_slack")
+    __slots__ = ("_first_seq", "_frames", "_max_events", "_pending", "_slack")
 
     def __init__(self, max_events: int = 10_000) -> None:
         if max_events < 1:
@@ -28,6 +34,7 @@ class EventLog:
         self._max_events = max_events
         # Trim in batches: dropping one frame per append would memmove the whole list every time.
         self._slack = max(1, max_events // 16)
+        self._pending: Callable[[], bytes] | None = None
 
     @property
     def first_seq(self) -> int:
@@ -46,14 +53,36 @@ class EventLog:
     def __len__(self) -> int:
         return len(self._frames)
 
+    @property
+    def pending(self) -> bool:
+        """Whether the newest entry is pending: no reader has reached it yet."""
+        return self._pending is not None
+
     def append(self, frame: bytes) -> int:
         """Add the frame of event ``next_seq``; return its seq."""
+        self._seal()
         self._frames.append(frame)
+        self._trim()
+        return self.last_seq
+
+    def append_pending(self, make_frame: Callable[[], bytes]) -> int:
+        """Add event ``next_seq``, its frame to be made by ``make_frame`` when first needed."""
+        self._seal()
+        self._frames.append(b"")
+        self._pending = make_frame
+        self._trim()
+        return self.last_seq
+
+    def _seal(self) -> None:
+        if self._pending is not None:
+            make_frame, self._pending = self._pending, None
+            self._frames[-1] = make_frame()
+
+    def _trim(self) -> None:
         if len(self._frames) > self._max_events + self._slack:
             drop = len(self._frames) - self._max_events
             del self._frames[:drop]
             self._first_seq += drop
-        return self.last_seq
 
     def read(self, after: int, limit: int | None = None) -> tuple[Gap | None, list[bytes]]:
         """Frames of the events after seq ``after`` (at most ``limit``), and a gap if any were lost.
@@ -68,4 +97,6 @@ class EventLog:
             after = self._first_seq - 1
         start = after - self._first_seq + 1
         end = len(self._frames) if limit is None else min(len(self._frames), start + limit)
+        if end == len(self._frames) and start < end:
+            self._seal()
         return gap, self._frames[start:end]

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 from ._events import Data, Event, Narration, Progress
+from ._merge import Merge
 
 __all__ = [
     "ContextFilter",
@@ -94,7 +95,8 @@ class JobSink(Protocol):
     @property
     def correlation_id(self) -> str: ...
 
-    def emit(self, event: Event) -> None: ...
+    def emit(self, event: Event, *, merge: Merge | None = None) -> None:
+        """Append ``event``; ``merge`` as in ``Job.emit`` (a sink may ignore it)."""
 
 
 _current_job: ContextVar[JobSink | None] = ContextVar("jobproto_current_job", default=None)
@@ -179,11 +181,18 @@ def progress(
         job.emit(Progress(action, current, total, unit, message))
 
 
-def emit_data(payload: Any) -> None:
-    """Emit an operation-specific ``data`` event on the current job (no-op outside a job)."""
+def emit_data(payload: Any, *, merge: Merge | None = None) -> None:
+    """Emit an operation-specific ``data`` event on the current job (no-op outside a job).
+
+    With ``merge`` (``concat_data`` for streamed output), the event may join the previous one
+    while no subscriber has read it yet (see ``Job.emit``).
+    """
     job = _current_job.get()
     if job is not None:
-        job.emit(Data(payload))
+        if merge is None:
+            job.emit(Data(payload))
+        else:
+            job.emit(Data(payload), merge=merge)
 
 
 class ContextFilter(logging.Filter):

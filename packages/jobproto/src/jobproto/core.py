@@ -43,6 +43,7 @@ from ._events import (
     UnknownEvent,
 )
 from ._log import EventLog
+from ._merge import Merge, concat_data
 from ._narration import (
     ContextFilter,
     JobSink,
@@ -82,6 +83,7 @@ __all__ = [
     "JobSink",
     "JobState",
     "LocalProtocolError",
+    "Merge",
     "Narration",
     "Operation",
     "Operations",
@@ -96,6 +98,7 @@ __all__ = [
     "Transition",
     "UnknownEvent",
     "accept_correlation_id",
+    "concat_data",
     "converter",
     "current_correlation_id",
     "current_job",

@@ -8,6 +8,11 @@ repeated. When the current job is cancelled (or the relay fails for any other re
 downstream job has ended, the downstream job is cancelled too. The correlation id and the trace
 context travel with the create request (the client reads them from the current job's context).
 
+With ``merge`` (``concat_data`` for streamed output), relayed data events coalesce on the current
+job as ``Job.emit`` describes: a client that reads more slowly than the downstream service writes
+then costs this service one event per batch instead of one per downstream event. A merged event's
+``origin`` names the last downstream event in it.
+
 A downstream terminal event is not re-emitted: the current job has its own. ``failed`` downstream
 raises ``JobFailed`` with the downstream code (so the current job fails with it unless the caller
 handles it); ``cancelled``/``expired`` downstream raise ``JobFailed("downstream_cancelled", ...)``.
@@ -27,7 +32,8 @@ import anyio
 import httpx
 
 from ._errors import JobFailed, RemoteProtocolError
-from ._events import Cancelled, Expired, Failed, Gap, Narration, Origin, Succeeded
+from ._events import Cancelled, Data, Expired, Failed, Gap, Narration, Origin, Succeeded
+from ._merge import Merge
 from ._narration import current_job
 from .asgi._service import JobHandle
 from .client import HTTPStatusError, JobClient, StreamInterrupted
@@ -45,10 +51,11 @@ async def relay(
     *,
     service: str,
     idempotency_key: str | None = None,
+    merge: Merge | None = None,
 ) -> Any:
     """Run ``operation`` on ``client``'s service, relaying its events; return its result."""
     try:
-        return await _relay(client, operation, fields, service, idempotency_key)
+        return await _relay(client, operation, fields, service, idempotency_key, merge)
     except HTTPStatusError as exc:  # the downstream service refused the job (or lost it)
         raise JobFailed(exc.code, f"{service}: {exc.message}") from exc
     except (httpx.HTTPError, StreamInterrupted, RemoteProtocolError) as exc:
@@ -61,6 +68,7 @@ async def _relay(
     fields: Mapping[str, Any] | None,
     service: str,
     idempotency_key: str | None,
+    merge: Merge | None,
 ) -> Any:
     job = current_job()
     target = job if isinstance(job, JobHandle) else None
@@ -86,7 +94,11 @@ async def _relay(
                         f"{service} job {created.job_id} ended {event.TYPE}: {event.reason}",
                     )
                 if target is not None:
-                    target.emit(event, Origin(service, ev.job_id, ev.seq, ev.origin))
+                    origin = Origin(service, ev.job_id, ev.seq, ev.origin)
+                    if merge is not None and isinstance(event, Data):
+                        target.emit(event, origin, merge=merge)
+                    else:
+                        target.emit(event, origin)
     finally:
         if not finished:
             # best effort: the downstream service may be gone already

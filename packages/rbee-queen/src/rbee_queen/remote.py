@@ -6,18 +6,22 @@ one, and the correlation id and trace context travel with the create request. A 
 peer's code (``validation_error``...); a peer that cannot be reached fails with the protocol's
 ``downstream_unavailable`` (docs/protocol.md §Errors), whose message here also names the URL.
 
-One ``httpx.AsyncClient`` (one connection pool) serves every call; ``running()`` owns it.
+Relayed jobs are spread over several ``httpx.AsyncClient``s (connection pools), at most
+``STREAMS_PER_POOL`` relays each; other calls use the first. A relayed stream holds its connection
+for its whole life, and httpcore's pool scans all its connections (idle ones quadratically) on
+every request that starts or ends: one pool behind 500 relayed streams spent four fifths of the
+queen's CPU in that scan (docs/benchmarks.md, section 2). ``running()`` owns the pools.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
 
-from jobproto import JobFailed
+from jobproto import JobFailed, Merge
 from jobproto.client import JobClient
 from jobproto.relay import relay
 
@@ -31,27 +35,61 @@ HIVE_RECONNECTS = 8
 WORKER_RECONNECTS = 1
 #: the relay's code for a peer it cannot reach, or whose job it lost
 UNAVAILABLE = "downstream_unavailable"
+#: relays at once per connection pool (a relay holds one connection, two while it cancels)
+STREAMS_PER_POOL = 32
+
+
+class _Pool:
+    __slots__ = ("active", "http")
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.active = 0
 
 
 class Remote:
     def __init__(self, timeout: float = 30.0) -> None:
         self._timeout = timeout
-        self._http: httpx.AsyncClient | None = None
+        self._pools: list[_Pool] = []
+        self._stack: AsyncExitStack | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=self._timeout) as http:
-            self._http = http
+        async with AsyncExitStack() as stack:
+            self._stack = stack
+            self._pools = [_Pool(await stack.enter_async_context(self._new_http()))]
             try:
                 yield
             finally:
-                self._http = None
+                self._pools = []
+                self._stack = None
+
+    def _new_http(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(
+            max_connections=None, max_keepalive_connections=STREAMS_PER_POOL, keepalive_expiry=30
+        )
+        return httpx.AsyncClient(timeout=self._timeout, limits=limits)
 
     @property
     def http(self) -> httpx.AsyncClient:
-        if self._http is None:
+        """The pool for calls that are not relays (health probes, look-ups)."""
+        if not self._pools:
             raise RuntimeError("the queen is not running (serve its app with lifespan)")
-        return self._http
+        return self._pools[0].http
+
+    @asynccontextmanager
+    async def _relay_pool(self) -> AsyncIterator[httpx.AsyncClient]:
+        if self._stack is None:
+            raise RuntimeError("the queen is not running (serve its app with lifespan)")
+        pool = min(self._pools, key=lambda p: p.active)
+        if pool.active >= STREAMS_PER_POOL:
+            pool = _Pool(await self._stack.enter_async_context(self._new_http()))
+            self._pools.append(pool)
+        pool.active += 1
+        try:
+            yield pool.http
+        finally:
+            pool.active -= 1
 
     def client(self, url: str, *, max_reconnects: int = HIVE_RECONNECTS) -> JobClient:
         return JobClient(url, http=self.http, max_reconnects=max_reconnects)
@@ -64,11 +102,13 @@ class Remote:
         fields: Mapping[str, Any],
         *,
         max_reconnects: int = HIVE_RECONNECTS,
+        merge: Merge | None = None,
     ) -> Any:
         """Run ``operation`` on the service at ``url`` as part of the current job; its result."""
-        client = self.client(url, max_reconnects=max_reconnects)
         try:
-            return await relay(client, operation, fields, service=service)
+            async with self._relay_pool() as http:
+                client = JobClient(url, http=http, max_reconnects=max_reconnects)
+                return await relay(client, operation, fields, service=service, merge=merge)
         except JobFailed as exc:
             # the relay's own failure to reach the peer has a cause; a downstream failure has none
             if exc.code == UNAVAILABLE and isinstance(exc.__cause__, Exception):

@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 import attrs
 
-from jobproto import JobFailed, narrate
+from jobproto import JobFailed, concat_data, narrate
 
 from .registry import HiveRegistry, HiveState, WorkerRecord, WorkerView, parse_worker_record
 from .remote import UNAVAILABLE, WORKER_RECONNECTS, Remote
@@ -210,6 +210,7 @@ class Scheduler:
                     "infer",
                     fields,
                     max_reconnects=WORKER_RECONNECTS,
+                    merge=concat_data,  # token deltas the client has not read yet coalesce
                 )
             except JobFailed as exc:
                 if exc.code in ("engine_dead", UNAVAILABLE):  # no new requests for it

@@ -38,6 +38,7 @@ from opentelemetry import trace
 
 from .._errors import JobFailed, LocalProtocolError
 from .._events import Cancelled, Event, Expired, Failed, Origin, Succeeded
+from .._merge import Merge
 from .._narration import _current_job, redact_text
 from .._operations import Operations
 from .._registry import Job, JobRegistry
@@ -73,22 +74,26 @@ class JobHandle:
     def correlation_id(self) -> str:
         return self.job.correlation_id
 
-    def emit(self, event: Event, origin: Origin | None = None) -> None:
-        """Append an event to the job's log and wake its subscribers. Thread-safe, non-blocking."""
+    def emit(
+        self, event: Event, origin: Origin | None = None, *, merge: Merge | None = None
+    ) -> None:
+        """Append an event to the job's log and wake its subscribers. Thread-safe, non-blocking.
+
+        ``merge``: coalesce data events while unread (``Job.emit``)."""
         if threading.get_ident() != self._service._loop_thread:
-            self._service._call_soon_threadsafe(self._emit_from_thread, event, origin)
+            self._service._call_soon_threadsafe(self._emit_from_thread, event, origin, merge)
             return
         if self.job.state is not JobState.RUNNING:
             # A task that outlived its handler narrating late: logging has it, the stream is closed.
             return
-        self.job.emit(event, time.time(), origin)
+        self.job.emit(event, time.time(), origin, merge=merge)
         self.notify()
 
-    def _emit_from_thread(self, event: Event, origin: Origin | None) -> None:
+    def _emit_from_thread(self, event: Event, origin: Origin | None, merge: Merge | None) -> None:
         # The thread that narrated has moved on: an event that cannot be encoded is logged here
         # (on the loop thread the same mistake raises into the caller).
         try:
-            self.emit(event, origin)
+            self.emit(event, origin, merge=merge)
         except (TypeError, ValueError):
             logger.exception("job %s: dropped an event that is not JSON", self.job.id)
 
