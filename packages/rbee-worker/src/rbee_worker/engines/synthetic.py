@@ -118,9 +118,12 @@ class SyntheticEngine:
             if rate > 0:
                 # Emit every token due by now in one delta, then sleep until the next is due:
                 # the rate holds even when a sleep overshoots.
-                due = min(count, int((anyio.current_time() - started) * rate) + 1)
+                # One reading of the clock: a second one could be past the due time already, and
+                # anyio refuses a negative sleep.
+                elapsed = anyio.current_time() - started
+                due = min(count, int(elapsed * rate) + 1)
                 if due <= sent:
-                    await anyio.sleep(started + sent / rate - anyio.current_time())
+                    await anyio.sleep(max(0.0, sent / rate - elapsed))
                     continue
                 ids = range(sent, due)
             else:
