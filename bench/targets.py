@@ -1,0 +1,173 @@
+"""The performance targets, read off the sections' rows, and the text above the report's tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ._report import TIMES, Row, Section, Target
+from ._stats import Stat
+
+__all__ = ["PREAMBLE", "targets"]
+
+PREAMBLE = """\
+What rbee's transport costs, each figure beside a baseline measured in the same run, on the
+machine below. Written by `nox -s bench` (which builds section 7's vLLM environment and runs
+`python -m bench --vllm`); the same numbers are in `docs/benchmarks.json`. Every server runs in
+a process of its own on 127.0.0.1; the client is another. Unless a row says otherwise a cell is
+the median of the repeated runs with the min-max of those runs in brackets, and a ratio is taken
+run by run (each run of ours against the baseline's run right before or after it), so a machine
+that is busier in one minute than in the next moves both sides. The machine is shared: the load
+average is given per section. What the figures mean, and what was changed to reach them, is in
+the notes at the end."""
+
+
+def _find(sections: list[Section], key: str, pred: Callable[[Row], bool]) -> Row | None:
+    for sec in sections:
+        if sec.key == key:
+            for row in sec.rows:
+                if pred(row):
+                    return row
+    return None
+
+
+def _median(s: Stat | None) -> float | None:
+    return None if s is None else s.median
+
+
+def _spread(s: Stat | None, unit: str = "") -> str:
+    if s is None or s.n <= 1:
+        return ""
+    return f"runs {s.low:.2f}-{s.high:.2f}{unit}"
+
+
+def targets(sections: list[Section]) -> list[Target]:
+    out: list[Target] = []
+
+    for streams in (1, 100):
+        prefix = f"events/s, {streams} stream"
+        row = _find(
+            sections,
+            "throughput",
+            lambda r, p=prefix: r.measure.startswith(p) and not r.base_name,  # type: ignore[misc]
+        )
+        out.append(
+            Target(
+                f"throughput_{streams}",
+                f"jobproto stream throughput ≥ 1.0{TIMES} bare sse-starlette, {streams} stream"
+                + ("s" if streams > 1 else ""),
+                _median(row.ratio) if row else None,
+                1.0,
+                "ge",
+                TIMES,
+                (
+                    f"{row.ours.median:,.0f} vs {row.base.median:,.0f} events/s; "
+                    + _spread(row.ratio, TIMES)
+                )
+                if row and row.ours and row.base
+                else "",
+            )
+        )
+
+    row = _find(sections, "relay", lambda r: r.measure.startswith("tokens/s, 100 streams"))
+    out.append(
+        Target(
+            "relay_throughput_100",
+            f"relay through the queen ≥ 0.9{TIMES} direct throughput, 100 streams",
+            _median(row.ratio) if row else None,
+            0.9,
+            "ge",
+            TIMES,
+            f"{row.ours.median:,.0f} vs {row.base.median:,.0f} tokens/s; "
+            + _spread(row.ratio, TIMES)
+            if row and row.ours and row.base
+            else "",
+        )
+    )
+    row = _find(
+        sections, "relay", lambda r: r.measure.startswith("added latency per token, p50, 1 ")
+    )
+    out.append(
+        Target(
+            "relay_added_latency_p50",
+            "added latency ≤ 0.25 ms p50 per token, 1 stream",
+            _median(row.ours) if row else None,
+            0.25,
+            "le",
+            " ms",
+            _spread(row.ours, " ms") if row else "",
+        )
+    )
+    row = _find(sections, "create", lambda r: r.measure.startswith("POST /v1/jobs + first event"))
+    out.append(
+        Target(
+            "create_first_event",
+            f"job create + first event ≤ 1.5{TIMES} the bare endpoint's latency",
+            _median(row.ratio) if row else None,
+            1.5,
+            "le",
+            TIMES,
+            f"{row.ours.median:.2f} vs {row.base.median:.2f} ms; {_spread(row.ratio, TIMES)}"
+            if row and row.ours and row.base
+            else "",
+        )
+    )
+    idle = [
+        r
+        for sec in sections
+        if sec.key == "memory"
+        for r in sec.rows
+        if r.measure.startswith("RSS per idle open stream") and not r.base_name
+    ]
+    worst = max(idle, key=lambda r: r.ours.median if r.ours else 0.0, default=None)
+    out.append(
+        Target(
+            "idle_stream_rss",
+            "idle stream ≤ 16 KiB RSS",
+            _median(worst.ours) if worst else None,
+            16.0,
+            "le",
+            " KiB",
+            "; ".join(
+                f"{r.measure.rsplit(', ', 1)[1]}: {r.ours.median:.1f} KiB" for r in idle if r.ours
+            ),
+        )
+    )
+    row = _find(sections, "memory", lambda r: r.measure.startswith("RSS after"))
+    out.append(
+        Target(
+            "abandoned_rss",
+            "abandoned streams leave RSS within 5% of where it started",
+            _median(row.ours) if row else None,
+            1.05,
+            "le",
+            TIMES,
+            row.note if row else "",
+        )
+    )
+    row = _find(sections, "vllm", lambda r: r.measure.startswith("tokens/s, 8 concurrent"))
+    out.append(
+        Target(
+            "vllm_throughput_8",
+            f"(vLLM) rbee ≥ 0.95{TIMES} vLLM's server tokens/s, 8 concurrent requests",
+            _median(row.ratio) if row else None,
+            0.95,
+            "ge",
+            TIMES,
+            f"{row.ours.median:,.0f} vs {row.base.median:,.0f} tokens/s"
+            if row and row.ours and row.base
+            else "",
+        )
+    )
+    row = _find(sections, "vllm", lambda r: r.measure.startswith("time to first token added"))
+    out.append(
+        Target(
+            "vllm_ttft",
+            "(vLLM) ≤ 2 ms added time to first token",
+            _median(row.ours) if row else None,
+            2.0,
+            "le",
+            " ms",
+            _spread(row.ours, " ms") if row else "",
+        )
+    )
+    return out
