@@ -125,3 +125,42 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
                 pytest.fail("the slot is taken")
         assert (admission.in_flight, admission.queued) == (1, 0)
     assert admission.in_flight == 0
+
+
+def test_engine_modules_import_the_interface_not_the_package() -> None:
+    """Engine modules depend on ``engines.base`` and their private helpers: never on the
+    package ``__init__`` (which only re-exports) nor on modules above ``engines``."""
+    import ast
+    from pathlib import Path
+
+    import rbee_worker.engines as package
+
+    folder = Path(package.__file__).parent
+    upward = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if (node.level == 1 and not module) or node.level > 1:
+                    upward.append(f"{path.name}: from {'.' * node.level}{module} import ...")
+                elif node.level == 0 and module.split(".")[0] == "rbee_worker":
+                    upward.append(f"{path.name}: from {module} import ...")
+            elif isinstance(node, ast.Import):
+                upward += [
+                    f"{path.name}: import {a.name}"
+                    for a in node.names
+                    if a.name.split(".")[0] == "rbee_worker"
+                ]
+    assert upward == []
+
+
+def test_the_package_re_exports_the_interface_and_the_loader() -> None:
+    import rbee_worker.engines as package
+    from rbee_worker.engines import base, loader
+
+    assert sorted(package.__all__) == sorted([*base.__all__, *loader.__all__])
+    for name in package.__all__:
+        source = base if name in base.__all__ else loader
+        assert getattr(package, name) is getattr(source, name)

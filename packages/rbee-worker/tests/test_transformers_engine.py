@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from rbee_worker.engines import (
-    ChatMessage,
+    ChatTurn,
     Delta,
     EngineDead,
     GenerationRequest,
@@ -49,8 +49,8 @@ GREEDY = [
     GenerationRequest(prompt="Hello, how are you today?", max_tokens=24, temperature=0),
     GenerationRequest(
         messages=[
-            ChatMessage("system", "You are a helpful assistant."),
-            ChatMessage("user", "Write one sentence about bees."),
+            ChatTurn("system", "You are a helpful assistant."),
+            ChatTurn("user", "Write one sentence about bees."),
         ],
         max_tokens=24,
         temperature=0,

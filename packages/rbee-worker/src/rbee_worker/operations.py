@@ -24,7 +24,7 @@ import attrs
 
 from jobproto import JobFailed, Operations, concat_data, current_job, emit_data, narrate
 
-from .engines import ChatMessage, EngineDead, GenerationRequest, InvalidRequest
+from .engines import ChatTurn, EngineDead, GenerationRequest, InvalidRequest
 from .worker import Busy, Worker
 
 __all__ = ["InferParams", "Message", "worker_operations"]
@@ -101,7 +101,7 @@ class InferParams:
     def request(self, request_id: str) -> GenerationRequest:
         messages = None
         if self.messages is not None:
-            messages = tuple(ChatMessage(m.role, m.content) for m in self.messages)
+            messages = tuple(ChatTurn(m.role, m.content) for m in self.messages)
         return GenerationRequest(
             prompt=self.prompt,
             messages=messages,

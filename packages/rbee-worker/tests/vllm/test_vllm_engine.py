@@ -31,7 +31,7 @@ with warnings.catch_warnings():
         importlib.import_module(_module)
 
 from rbee_worker.engines import (
-    ChatMessage,
+    ChatTurn,
     Delta,
     EngineDead,
     GenerationRequest,
@@ -55,8 +55,8 @@ GREEDY = [
     GenerationRequest(prompt="Once upon a time there was", max_tokens=48, temperature=0),
     GenerationRequest(
         messages=[
-            ChatMessage("system", "You are a helpful assistant."),
-            ChatMessage("user", "Write one sentence about bees."),
+            ChatTurn("system", "You are a helpful assistant."),
+            ChatTurn("user", "Write one sentence about bees."),
         ],
         max_tokens=32,
         temperature=0,

@@ -18,7 +18,7 @@ import threading
 
 import anyio
 
-from . import Delta, merge_deltas
+from .base import Delta, merge_deltas
 
 __all__ = ["DeltaChannel"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import GenerationRequest, InvalidRequest
+from .base import GenerationRequest, InvalidRequest
 
 __all__ = ["prompt_ids"]
 

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import attrs
 
-from . import GenerationRequest
+from .base import GenerationRequest
 
 __all__ = [
     "DEFAULT_CPU_KV_CACHE_BYTES",

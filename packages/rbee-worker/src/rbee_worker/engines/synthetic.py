@@ -20,8 +20,8 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.lowlevel
 
-from . import Delta, EngineArgs, GenerationRequest, InvalidRequest
 from ._text import StopStrings
+from .base import Delta, EngineArgs, GenerationRequest, InvalidRequest
 
 __all__ = ["SYNTHETIC_TOKENS", "SyntheticEngine"]
 

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from . import Delta, EngineArgs, EngineDead, FinishReason, GenerationRequest, InvalidRequest
 from ._channel import DeltaChannel
 from ._prompt import prompt_ids as prompt_ids_of
 from ._text import IncrementalDetokenizer, StopStrings
+from .base import Delta, EngineArgs, EngineDead, FinishReason, GenerationRequest, InvalidRequest
 
 if TYPE_CHECKING:
     import torch

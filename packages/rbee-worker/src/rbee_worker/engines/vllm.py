@@ -56,7 +56,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import Delta, EngineDead, EngineError, FinishReason, GenerationRequest, InvalidRequest
 from ._prompt import prompt_ids
 from ._vllm_config import (
     DEFAULT_MAX_CONCURRENCY,
@@ -65,6 +64,7 @@ from ._vllm_config import (
     engine_kwargs,
     sampling_kwargs,
 )
+from .base import Delta, EngineDead, EngineError, FinishReason, GenerationRequest, InvalidRequest
 
 __all__ = ["VllmEngine"]
 
