@@ -22,6 +22,7 @@ CORE_NAMES = [
     "EventLog",
     "Expired",
     "Failed",
+    "FieldError",
     "Gap",
     "IdempotencyConflict",
     "Job",

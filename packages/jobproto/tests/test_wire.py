@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobproto._errors import LocalProtocolError, RemoteProtocolError, RequestError
+from jobproto._errors import FieldError, LocalProtocolError, RemoteProtocolError, RequestError
 from jobproto._events import (
     TERMINAL_TYPES,
     Cancelled,
@@ -530,3 +530,121 @@ def test_validator_error_in_a_nested_class_names_the_nested_field() -> None:
     (``messages[0]``), not the field (``messages[0].content``).
     """
     check_422({"messages": [{"role": "user", "content": ""}]}, "messages[0].content")
+
+
+# --- which field a validator error names: found by the attribute, never by the message ------------
+
+
+def _quiet(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value > 3:
+        raise ValueError("too big")  # names no field at all
+
+
+def _misleading(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ValueError("'other' must be positive")  # names the wrong one
+
+
+@attrs.frozen
+class Inner:
+    low: int = attrs.field(default=0)
+    high: int = attrs.field(default=0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.low > self.high:
+            raise FieldError("high", "must not be below 'low'")
+
+
+def _even(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value % 2:
+        raise FieldError("even_one", "must be even")  # a validator may name another field
+
+
+@attrs.frozen
+class Checked:
+    quiet: int = attrs.field(default=0, validator=_quiet)
+    other: int = attrs.field(default=0)
+    misleading: int = attrs.field(default=0, validator=_misleading)
+    kind: str = attrs.field(default="a", validator=attrs.validators.in_(("a", "b")))
+    typed: Any = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    even: int = attrs.field(default=0, validator=_even)
+    inner: Inner = attrs.field(factory=Inner)
+    inners: list[Inner] = attrs.field(factory=list)
+    whole: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if self.whole < 0:
+            raise ValueError("'quiet' must not be used with a negative 'whole'")
+
+
+def checked_422(raw: dict[str, Any]) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        structure_params(raw, Checked)
+    assert (info.value.status, info.value.code) == (422, "validation_error")
+    return info.value
+
+
+def test_a_validator_message_that_names_no_field_still_names_it() -> None:
+    exc = checked_422({"quiet": 4})
+    assert exc.field == "quiet"
+    assert exc.message == "quiet: too big"
+
+
+def test_a_validator_message_naming_another_field_does_not_mislead() -> None:
+    assert checked_422({"misleading": -1}).field == "misleading"
+
+
+def test_attrs_in_validator_message_is_its_text_not_its_args() -> None:
+    exc = checked_422({"kind": "c"})
+    assert exc.field == "kind"
+    assert "'kind' must be in" in exc.message
+    assert "Attribute(" not in exc.message
+
+
+def test_attrs_instance_of_validator_names_the_field() -> None:
+    exc = checked_422({"typed": "x"})
+    assert exc.field == "typed"
+    assert "Attribute(" not in exc.message
+
+
+def test_the_first_refusing_validator_is_named_as_attrs_runs_them() -> None:
+    assert checked_422({"quiet": 9, "misleading": -1}).field == "quiet"
+    assert checked_422({"misleading": -1, "kind": "c"}).field == "misleading"
+
+
+def test_a_field_error_names_its_own_field() -> None:
+    exc = checked_422({"even": 1})
+    assert exc.field == "even_one"
+    assert exc.message == "even_one: must be even"
+
+
+def test_a_field_error_from_post_init_of_a_nested_class_gets_the_path() -> None:
+    assert checked_422({"inner": {"low": 2, "high": 1}}).field == "inner.high"
+    raw = {"inners": [{"low": 0, "high": 1}, {"low": 2, "high": 1}]}
+    assert checked_422(raw).field == "inners[1].high"
+
+
+def test_an_unnamed_post_init_error_names_the_object_not_a_guess() -> None:
+    """No validator refused: the message's quoted name is not taken as the field."""
+    exc = checked_422({"whole": -1})
+    assert exc.field is None
+    assert "negative" in exc.message
+    assert checked_422({"inners": [{}, {}], "whole": -1}).field is None
+
+
+def test_valid_values_pass_every_check() -> None:
+    raw = {"quiet": 3, "kind": "b", "typed": 5, "even": 2, "inner": {"low": 1, "high": 2}}
+    params = structure_params(raw, Checked)
+    assert params.inner == Inner(1, 2)
+
+
+def test_field_error_is_a_value_error_and_a_request_error() -> None:
+    error = FieldError("max_tokens", "must be at least 1")
+    assert isinstance(error, ValueError)
+    assert isinstance(error, RequestError)
+    assert (error.status, error.code, error.field) == (422, "validation_error", "max_tokens")
+    assert str(error) == "max_tokens: must be at least 1"
+    body = {"code": "validation_error", "message": "must be at least 1", "field": "max_tokens"}
+    assert error.to_json() == {"error": body}
+    with pytest.raises(FieldError):
+        Inner(2, 1)

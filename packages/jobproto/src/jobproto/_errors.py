@@ -6,6 +6,7 @@ Every error jobproto raises is one of these::
      ├── LocalProtocolError        our own caller misused the API (illegal transition, bad event)
      ├── RemoteProtocolError       a peer broke jobproto/1 (bad envelope, bad status line)
      ├── RequestError (ValueError) a request refused with a 4xx; carries status, code, field
+     │    ├── FieldError               a validator refusing one field's value (a 422 naming it)
      │    ├── JobNotFound (KeyError)
      │    └── IdempotencyConflict
      └── JobFailed                 raised by a handler to fail its job with a code of its choosing
@@ -16,6 +17,13 @@ A ``RequestError`` becomes the one JSON error shape on the wire (``docs/protocol
 
 The client raises ``jobproto.client.HTTPStatusError`` (a ``RequestError``) rebuilt from that shape,
 so code that catches ``RequestError`` works the same on both sides of the wire.
+
+Validators of operation parameters may raise any ``ValueError`` or ``TypeError``: the strict
+converter (``_wire``) knows which attribute's validator refused, and reports that attribute as the
+422's ``field`` whatever the message says. A validator that wants to name another field (a check
+across fields, a key inside a mapping) raises ``FieldError(field, message)``; ``field`` is relative
+to the class being validated, and the converter prefixes the path of nested objects
+(``messages[1].content``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "FieldError",
     "IdempotencyConflict",
     "JobFailed",
     "JobNotFound",
@@ -75,6 +84,26 @@ class RequestError(JobProtoError, ValueError):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.code!r}, {self.message!r})"
+
+
+class FieldError(RequestError):
+    """One field's value is refused: raise it from an attrs validator or ``__attrs_post_init__``.
+
+    It is a ``ValueError`` (through ``RequestError``), so attrs and cattrs treat it like any
+    validator error; on the wire it becomes the 422 ``validation_error`` with ``field`` set to the
+    path of the field (``FieldError("content", ...)`` inside ``messages[1]`` is
+    ``messages[1].content``). It is also a ``RequestError``: a request whose parameters raise it
+    is refused with that 422, which is what it means.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(422, "validation_error", message, field=field)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.field!r}, {self.message!r})"
 
 
 class JobNotFound(RequestError, KeyError):

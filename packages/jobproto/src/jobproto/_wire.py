@@ -24,7 +24,7 @@ from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-from ._errors import LocalProtocolError, RemoteProtocolError, RequestError
+from ._errors import FieldError, LocalProtocolError, RemoteProtocolError, RequestError
 from ._events import (
     Cancelled,
     Data,
@@ -54,8 +54,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-# the messages of attrs' own validators: "'x' must be ...", "Length of 'x' must be ..."
-_VALIDATOR_FIELD = re.compile(r"(?:Length of )?'([A-Za-z_][A-Za-z0-9_]*)' must")
 #: event type names: what may follow ``event:`` (no CR/LF, nothing that could forge a field)
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -328,14 +326,104 @@ def _strict_list(tp: Any, conv: cattrs.Converter) -> Any:
 
 
 def _strict_object(tp: Any, conv: cattrs.Converter) -> Any:
-    base = make_dict_structure_fn(tp, conv) if attrs.has(tp) else conv.gen_structure_mapping(tp)
+    if not attrs.has(tp):
+        mapping = conv.gen_structure_mapping(tp)
+
+        def mapping_hook(value: Any, _: Any) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected object, got {_json_type(value)}")
+            return mapping(value, tp)
+
+        return mapping_hook
+
+    base = make_dict_structure_fn(tp, conv)
 
     def hook(value: Any, _: Any) -> Any:
         if not isinstance(value, dict):
             raise TypeError(f"expected object, got {_json_type(value)}")
-        return base(value, tp)
+        try:
+            return base(value, tp)
+        except ClassValidationError as exc:
+            raise _name_validator_errors(exc, value, tp, conv) from None
 
     return hook
+
+
+# -- which attribute a validator error belongs to --------------------------------------------------
+#
+# attrs runs validators inside ``__init__``, after cattrs has structured every field: cattrs then
+# sees one exception from the constructor and knows the path of the object, not of the field.
+# The field is found by what the error *is*, never by what its message says: the fields are
+# structured again into a copy of the class without validators, and the validators run on it in
+# attrs' own order; the first one that refuses is the one that refused in ``__init__``. This runs
+# only on the error path. A ``FieldError`` names its field itself and is left as it is.
+
+
+def _is_from_init(exc: BaseException) -> bool:
+    """An error cattrs did not attach to a field: raised by ``__init__`` (validators, post-init)."""
+    notes = getattr(exc, "__notes__", [])
+    return isinstance(exc, (ValueError, TypeError)) and not any(
+        hasattr(n, "name") or hasattr(n, "index") for n in notes
+    )
+
+
+def _message_of(exc: BaseException) -> str:
+    # attrs' ``in_`` and ``instance_of`` raise with (message, attribute, ...) as args
+    if exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc) or type(exc).__name__
+
+
+@functools.cache
+def _without_validators(cls: type) -> type:
+    """A copy of the attrs class ``cls``: the same fields, defaults and converters, no checks."""
+    hints = typing.get_type_hints(cls)
+    fields = {
+        a.name: attrs.field(
+            default=a.default,
+            converter=a.converter,
+            alias=a.alias,
+            type=hints.get(a.name, a.type),
+            kw_only=True,
+        )
+        for a in attrs.fields(cls)
+        if a.init
+    }
+    return attrs.make_class(f"{cls.__name__}Unchecked", fields, slots=True)
+
+
+def _validator_field(cls: type, raw: Mapping[str, Any], conv: cattrs.Converter) -> str | None:
+    """The name of the first attribute of ``cls`` whose validator refuses ``raw``'s value."""
+    try:
+        values: Any = conv.structure(raw, _without_validators(cls))
+    except Exception:  # it did structure once; if it does not now, name nothing
+        return None
+    for a in attrs.fields(cls):
+        if a.validator is None or not a.init:
+            continue
+        try:
+            a.validator(values, a, getattr(values, a.name))
+        except (ValueError, TypeError):
+            return str(a.name)
+        except Exception:  # a validator that needs the real instance: not this one
+            continue
+    return None
+
+
+def _name_validator_errors(
+    exc: ClassValidationError, raw: Mapping[str, Any], cls: type, conv: cattrs.Converter
+) -> ClassValidationError:
+    """``exc`` with each unnamed validator error replaced by a ``FieldError`` naming its field."""
+    subs: list[Exception] = []
+    for sub in exc.exceptions:
+        if _is_from_init(sub) and not isinstance(sub, RequestError):
+            name = _validator_field(cls, raw, conv)
+            if name is not None:
+                named = FieldError(name, _message_of(sub))
+                named.__cause__ = sub
+                sub = named
+        subs.append(sub)
+    return ClassValidationError(exc.message, subs, exc.cl)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -357,7 +445,7 @@ converter = _make_converter()
 
 def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     """Walk cattrs' exception groups to the first leaf; return (field path, message)."""
-    if isinstance(exc, RequestError):  # raised by a parameter class itself, naming its field
+    if isinstance(exc, RequestError):  # a FieldError, or raised by a parameter class itself
         field = exc.field or ""
         return (f"{path}.{field}" if path and field else path or field), exc.message
     if isinstance(exc, ForbiddenExtraKeysError):
@@ -376,13 +464,9 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
             return _first_error(sub, path + step)
     if isinstance(exc, KeyError):
         return path, "required field missing"
-    message = str(exc.args[0]) if exc.args else type(exc).__name__
-    # attrs validators name the attribute in quotes ("'x' must be ...", "Length of 'x' ...");
-    # they run in __init__, so cattrs only knows the path of the object, not of the field.
-    named = _VALIDATOR_FIELD.match(message) if isinstance(exc, ValueError) else None
-    if named is not None and not path.endswith(named.group(1)):
-        path = f"{path}.{named.group(1)}" if path else named.group(1)
-    return path, message
+    # a structuring error of this path, or an error of ``__init__`` no validator owned up to
+    # (``__attrs_post_init__``): the path of the object is all that is known
+    return path, _message_of(exc)
 
 
 def structure_params(raw: Mapping[str, Any], cls: type[T]) -> T:

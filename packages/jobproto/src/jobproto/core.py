@@ -18,6 +18,7 @@ from ._correlation import (
     new_job_id,
 )
 from ._errors import (
+    FieldError,
     IdempotencyConflict,
     JobFailed,
     JobNotFound,
@@ -72,6 +73,7 @@ __all__ = [
     "EventLog",
     "Expired",
     "Failed",
+    "FieldError",
     "Gap",
     "IdempotencyConflict",
     "Job",
