@@ -121,6 +121,7 @@ async def test_parameters_are_validated_before_a_job_exists(cluster: Any) -> Non
     for err in (neither, both, bad_hive, no_model):
         assert err.value.status == 422
     assert "'prompt' must be given, or 'messages', but not both" in neither.value.message
+    assert (neither.value.field, both.value.field) == ("prompt", "messages")
     assert bad_hive.value.field == "hive"
     assert no_model.value.field == "model"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from jobproto import converter
+from jobproto import FieldError, converter
 
 __all__ = [
     "ChatMessage",
@@ -130,7 +130,11 @@ class ChatMessage:
 
 def _one_input(instance: InferParams, attribute: attrs.Attribute[Any], value: Any) -> None:
     if (instance.prompt is None) == (instance.messages is None):
-        raise ValueError("'prompt' must be given, or 'messages', but not both")
+        # a check across fields: name the one to add (prompt) or to drop (messages)
+        raise FieldError(
+            "prompt" if instance.prompt is None else "messages",
+            "'prompt' must be given, or 'messages', but not both",
+        )
 
 
 @attrs.frozen
