@@ -10,8 +10,9 @@ Shared by the whole session (worker loads cost ~12 s on two cores, so they are s
 - ``tiny_model``: the tiny random-weight Llama (``rbee-worker build-tiny-model``), built once and
   kept in pytest's cache (keyed by the builder's source and the library versions), then copied
   into the session directory;
-- ``fake_hub``: a FAKE Hugging Face hub process (``fake_hub.py``) serving that model as
-  ``org/tiny``, which drops the connection once mid-file for two files;
+- ``fake_hub``: a FAKE Hugging Face hub process (``python -m rbee_hive.testing.fake_hub``, the
+  hive's tests' fake) serving that model as ``org/tiny``; a test arms the faults it wants
+  (``FakeHubProcess.control``) and reads the requests made since it began;
 - ``cluster``: the local queen and hive, started with ``rbee queen start``; the model registered
   as ``tiny``. The hive gets ``--hf-endpoint`` (the fake hub) and a 1 s heartbeat through the
   config file's ``hive_command``; ``rbee queen stop`` at the end must leave no process behind.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import re
@@ -48,18 +48,18 @@ import psutil
 import pytest
 
 from jobproto.client import JobClient, RemoteJobFailed
+from rbee_hive.testing.fake_hub import LISTENING as HUB_LISTENING
+from rbee_hive.testing.fake_hub import pseudo_random_bytes
 
 T = TypeVar("T")
 
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
-FAKE_HUB = Path(__file__).with_name("fake_hub.py")
 
-#: the fake hub's repository and what it does to the download
+#: the fake hub's repository
 HUB_REPO = "org/tiny"
 #: an extra file larger than huggingface_hub's 10 MiB resume chunk, so a cut can resume mid-file
 HUB_EXTRA = ("original/blob.bin", 12 * 1024 * 1024)
-HUB_CUTS = {"model.safetensors": 2_000_000, "original/blob.bin": 11 * 1024 * 1024}
 #: heartbeat of the session's local hive (the queen marks it down after 3 missed beats)
 LOCAL_HEARTBEAT = 1.0
 #: seconds the hive gives a worker between SIGTERM and SIGKILL
@@ -529,25 +529,23 @@ class FakeHubProcess:
     files: dict[str, bytes]
     running: Running
 
-    def requests(self) -> list[tuple[str, str, str | None]]:
-        """Every request the hub has seen: (method, path, Range header)."""
-        return [tuple(r) for r in httpx.get(self.url + "/_requests", timeout=5).json()]
+    def requests(self, since: int = 0) -> list[tuple[str, str, str | None]]:
+        """Every request the hub has seen, from the ``since``-th on: (method, path, Range)."""
+        seen = httpx.get(self.url + "/_requests", timeout=30).json()
+        return [(method, path, rng) for method, path, rng in seen[since:]]
 
-    def file_gets(self, filename: str) -> list[str | None]:
-        """The Range header of every GET of ``filename`` (None: a whole-file GET)."""
+    def file_gets(self, filename: str, since: int = 0) -> list[str | None]:
+        """The Range header of every GET of ``filename`` (None: a whole-file GET) from the
+        ``since``-th request on."""
         return [
             rng
-            for method, path, rng in self.requests()
+            for method, path, rng in self.requests(since)
             if method == "GET" and "/resolve/" in path and path.endswith("/" + filename)
         ]
 
-
-def _load_fake_hub_module() -> Any:
-    spec = importlib.util.spec_from_file_location("rbee_e2e_fake_hub", FAKE_HUB)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    def control(self, **changes: Any) -> None:
+        """Set the hub's faults (``cut_once``, ``fail``, ``delay``: see ``FakeHub``)."""
+        httpx.post(self.url + "/_control", json=changes, timeout=30).raise_for_status()
 
 
 @pytest.fixture(scope="session")
@@ -555,25 +553,25 @@ def fake_hub(tiny_model: Path) -> Iterator[FakeHubProcess]:
     extra_name, extra_size = HUB_EXTRA
     argv = [
         PYTHON,
-        str(FAKE_HUB),
+        "-m",
+        "rbee_hive.testing.fake_hub",
         "--repo",
         HUB_REPO,
         "--dir",
         str(tiny_model),
         "--extra",
         f"{extra_name}={extra_size}",
-        *(arg for name, cut in HUB_CUTS.items() for arg in ("--cut", f"{name}={cut}")),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
     with Running(argv, env, tiny_model.parent) as running:
         SESSION_OWNED.add(running.pid)
         try:
             line = running.wait_for(
-                lambda r: re.search(r"FAKE_HUB_LISTENING (\{.*\})", r.out), 30, "the fake hub"
+                lambda r: re.search(rf"{HUB_LISTENING} (\{{.*\}})", r.out), 60, "the fake hub"
             )
             port = json.loads(line.group(1))["port"]
             files = model_files(tiny_model)
-            files[extra_name] = _load_fake_hub_module().pseudo_random_bytes(extra_name, extra_size)
+            files[extra_name] = pseudo_random_bytes(extra_name, extra_size)
             yield FakeHubProcess(f"http://127.0.0.1:{port}", HUB_REPO, files, running)
         finally:
             running.signal(signal.SIGTERM)

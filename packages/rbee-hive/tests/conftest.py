@@ -1,13 +1,13 @@
 """Fixtures of the hive's tests: settings in a temporary directory, a hive served on a loopback
-port, a FAKE queen and a FAKE Hugging Face hub (both small Starlette apps on 127.0.0.1), and a
-check after every test that no process it started is left alive.
+port, a FAKE queen and a FAKE Hugging Face hub (``rbee_hive.testing.fake_hub``; both small
+Starlette apps on 127.0.0.1), and a check after every test that no process it started is left
+alive.
 
 Workers are FAKE (``fake_worker.py``): they speak the worker's process contract without a model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +23,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from jobproto import JobEvent, Narration, Progress
 from jobproto.client import JobClient
@@ -31,6 +30,7 @@ from jobproto.testing import serving
 from rbee_hive.app import create_app
 from rbee_hive.hive import Hive
 from rbee_hive.settings import HiveSettings
+from rbee_hive.testing.fake_hub import FakeHub
 
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
 
@@ -57,7 +57,9 @@ def _live_children() -> dict[int, psutil.Process]:
 def no_leftover_processes() -> Iterator[None]:
     before = set(_live_children())
     yield
-    deadline = time.monotonic() + 3.0
+    # A process on its way out gets all the time a loaded machine needs; only one that stays
+    # fails the test.
+    deadline = time.monotonic() + 20.0
     while True:
         extra = {pid: p for pid, p in _live_children().items() if pid not in before}
         if not extra or time.monotonic() > deadline:
@@ -148,14 +150,20 @@ class Kit:
 
     @staticmethod
     async def run_job(
-        client: JobClient, operation: str, **fields: Any
+        client: JobClient,
+        operation: str,
+        on_event: Callable[[JobEvent], None] | None = None,
+        **fields: Any,
     ) -> tuple[Any, list[JobEvent]]:
-        """Run a job to its end: (result, events); raises RemoteJobFailed like ``run``."""
+        """Run a job to its end: (result, events); raises RemoteJobFailed like ``run``.
+        ``on_event`` sees each event as it arrives (to act on one: release a held hub...)."""
         events: list[JobEvent] = []
 
         def keep(item: Any) -> None:
             if isinstance(item, JobEvent):
                 events.append(item)
+                if on_event is not None:
+                    on_event(item)
 
         result = await client.run(operation, fields, on_event=keep)
         return result, events
@@ -217,154 +225,7 @@ def fake_queen() -> Callable[..., AbstractAsyncContextManager[tuple[str, FakeQue
     return start
 
 
-# -- a FAKE Hugging Face hub -----------------------------------------------------------------------
-
-
-def _oid(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
-class FakeHub:
-    """The few endpoints ``snapshot_download`` uses, for repos held in memory.
-
-    - ``GET /api/models/{org}/{repo}/revision/{rev}``: sha and siblings (with sizes)
-    - ``GET /api/models/{org}/{repo}/tree/{rev}``: the file list
-    - ``HEAD``/``GET /{org}/{repo}/resolve/{rev}/{file}``: ETag, X-Repo-Commit, Content-Length,
-      ``Range`` requests answered 206
-
-    ``cut_once``: {file: n}: the first full GET of file sends n bytes and drops the connection.
-    ``fail``: files answered 500 (until removed). ``delay``: seconds before each file body.
-    """
-
-    def __init__(self) -> None:
-        self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
-        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range
-        self.cut_once: dict[str, int] = {}
-        self.fail: set[str] = set()
-        self.delay = 0.0
-
-    def add(self, repo_id: str, files: dict[str, bytes]) -> str:
-        sha = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
-        self.repos[repo_id] = (sha, files)
-        return sha
-
-    def file_gets(self, filename: str) -> list[str | None]:
-        """The Range header of every GET of ``filename`` (None: a full GET)."""
-        return [r for m, p, r in self.requests if m == "GET" and p.endswith("/" + filename)]
-
-    def _repo(self, request: Request) -> tuple[str, str, dict[str, bytes]] | Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['repo']}"
-        if repo_id not in self.repos:
-            return JSONResponse(
-                {"error": "not found"}, 404, headers={"X-Error-Code": "RepoNotFound"}
-            )
-        sha, files = self.repos[repo_id]
-        if request.path_params["rev"] not in ("main", sha):
-            headers = {"X-Error-Code": "RevisionNotFound"}
-            return JSONResponse({"error": "no such revision"}, 404, headers=headers)
-        return repo_id, sha, files
-
-    def app(self) -> Starlette:
-        async def info(request: Request) -> Response:
-            self.requests.append(("GET", request.url.path, None))
-            found = self._repo(request)
-            if isinstance(found, Response):
-                return found
-            repo_id, sha, files = found
-            siblings = [
-                {"rfilename": name, "size": len(data), "blobId": _oid(data)}
-                for name, data in files.items()
-            ]
-            return JSONResponse(
-                {"id": repo_id, "modelId": repo_id, "sha": sha, "siblings": siblings}
-            )
-
-        async def tree(request: Request) -> Response:
-            self.requests.append(("GET", request.url.path, None))
-            found = self._repo(request)
-            if isinstance(found, Response):
-                return found
-            _, _, files = found
-            entries = [
-                {
-                    "type": "file",
-                    "path": name,
-                    "size": len(data),
-                    "oid": hashlib.sha1(data).hexdigest(),
-                }
-                for name, data in files.items()
-            ]
-            return JSONResponse(entries)
-
-        return Starlette(
-            routes=[
-                Route("/api/models/{org}/{repo}/revision/{rev}", info, methods=["GET"]),
-                Route("/api/models/{org}/{repo}/tree/{rev}", tree, methods=["GET"]),
-                Route(
-                    "/{org}/{repo}/resolve/{rev}/{filename:path}",
-                    _Resolve(self),
-                    methods=["GET", "HEAD"],
-                ),
-            ]
-        )
-
-
-class _Resolve:
-    """The file endpoint, as plain ASGI: it must be able to drop a connection mid-body."""
-
-    def __init__(self, hub: FakeHub) -> None:
-        self.hub = hub
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hub = self.hub
-        request = Request(scope, receive)
-        method = request.method
-        range_header = request.headers.get("range")
-        hub.requests.append((method, request.url.path, range_header))
-        found = hub._repo(request)
-        if isinstance(found, Response):
-            await found(scope, receive, send)
-            return
-        _, sha, files = found
-        filename = request.path_params["filename"]
-        if filename not in files:
-            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
-            await JSONResponse({"error": "no such file"}, 404, headers=headers)(
-                scope, receive, send
-            )
-            return
-        data = files[filename]
-        if method == "GET" and filename in hub.fail:
-            await JSONResponse({"error": "boom"}, 500)(scope, receive, send)
-            return
-        headers = {
-            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-            "X-Repo-Commit": sha,
-            "Accept-Ranges": "bytes",
-            "Content-Type": "application/octet-stream",
-        }
-        status, body = 200, data
-        if range_header and range_header.startswith("bytes="):
-            start_text, _, end_text = range_header[len("bytes=") :].partition("-")
-            start = int(start_text)
-            end = int(end_text) if end_text else len(data) - 1
-            status, body = 206, data[start : end + 1]
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        headers["Content-Length"] = str(len(body))
-        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        if method == "HEAD":
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if hub.delay:
-            await anyio.sleep(hub.delay)
-        if status == 200 and filename in hub.cut_once:
-            cut = hub.cut_once.pop(filename)
-            await send({"type": "http.response.body", "body": body[:cut], "more_body": True})
-            # Returning without finishing the body makes uvicorn drop the connection: the
-            # client sees fewer bytes than Content-Length promised.
-            return
-        await send({"type": "http.response.body", "body": body})
+# -- a FAKE Hugging Face hub (the one the end-to-end tests use too) -------------------------------
 
 
 @pytest.fixture

@@ -1,12 +1,17 @@
-"""Downloads through huggingface_hub's ``snapshot_download`` from a FAKE hub on loopback:
-progress, an interrupted file resumed with a Range request, files kept across attempts,
-a single flight for concurrent requests, cancellation."""
+"""Downloads through huggingface_hub's ``snapshot_download`` from a FAKE hub on loopback
+(``rbee_hive.testing.fake_hub``): progress, an interrupted file resumed with a Range request,
+files kept across attempts, a single flight for concurrent requests, cancellation, and errors
+that say what they tried to reach.
+
+Where a test needs a download still running when it acts, the hub holds a file's body until the
+test has seen what it waits for (``hub.hold``/``hub.release``): no test guesses a duration."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
+from jobproto import JobEvent, Narration, Progress
 from jobproto.client import RemoteJobFailed
 from rbee_hive.settings import HiveSettings
 
@@ -43,8 +49,17 @@ async def test_download_with_progress(
         sha = hub.add(REPO, FILES)
         settings = make_settings(hf_endpoint=hub_url)
         async with start_hive(settings) as h:
-            hub.delay = 0.2  # slow enough for a few progress samples
-            result, events = await kit.run_job(h.client, "model_download", repo_id=REPO)
+            # The weights stay on the wire until a progress sample of the running download has
+            # reached the job: then they flow.
+            hub.hold("model.safetensors")
+
+            def release_on_progress(event: JobEvent) -> None:
+                if isinstance(event.event, Progress):
+                    hub.release()
+
+            result, events = await kit.run_job(
+                h.client, "model_download", release_on_progress, repo_id=REPO
+            )
             assert result == {
                 "name": "tiny-llama",
                 "size_bytes": sum(len(d) for d in FILES.values()),
@@ -124,6 +139,10 @@ async def test_a_failed_download_keeps_completed_files_for_the_next_attempt(
             with pytest.raises(RemoteJobFailed) as exc:
                 await kit.run_job(h.client, "model_download", repo_id=REPO, name="tiny")
             assert exc.value.code == "download_failed"
+            # The error says what it tried to reach: the hub, the repository, the file.
+            assert f"{REPO}@main from {hub_url} failed" in exc.value.message
+            assert f"{hub_url}/{REPO}/resolve/" in exc.value.message
+            assert "model.safetensors" in exc.value.message
             assert not stale.exists()
             assert (target / "config.json").read_bytes() == FILES["config.json"]
             # An unfinished download is not a model.
@@ -147,14 +166,21 @@ async def test_concurrent_downloads_of_one_model_share_one(
 ) -> None:
     async with fake_hub() as (hub_url, hub):
         hub.add(REPO, FILES)
-        hub.delay = 0.3
+        # The download stays in flight until one of the two jobs has joined the other's.
+        hub.hold("model.safetensors")
         settings = make_settings(hf_endpoint=hub_url)
         async with start_hive(settings) as h:
             results: list[Any] = []
             joined: list[Any] = []
 
+            def release_on_join(event: JobEvent) -> None:
+                if isinstance(event.event, Narration) and "joining" in event.event.message:
+                    hub.release()
+
             async def download() -> None:
-                result, events = await kit.run_job(h.client, "model_download", repo_id=REPO)
+                result, events = await kit.run_job(
+                    h.client, "model_download", release_on_join, repo_id=REPO
+                )
                 results.append(result)
                 joined.append(events)
 
@@ -181,7 +207,7 @@ async def test_cancelling_the_only_download_job_stops_the_download(
 ) -> None:
     async with fake_hub() as (hub_url, hub):
         hub.add(REPO, FILES)
-        hub.delay = 1.0
+        hub.hold("model.safetensors")  # the download cannot finish before the cancel
         settings = make_settings(hf_endpoint=hub_url)
         async with start_hive(settings) as h:
             created = await h.client.create("model_download", repo_id=REPO, name="tiny")
@@ -191,12 +217,31 @@ async def test_cancelling_the_only_download_job_stops_the_download(
                 if getattr(item, "terminal", False):
                     break
             assert (await h.client.status(created.job_id)).state == "cancelled"
-            await kit.wait_for(lambda: not h.hive.catalog._flights, 10.0)
-            assert not list((settings.models_dir / "tiny").rglob("*.incomplete"))
+            # The download's thread stops at its next chunk and removes its partial file.
+            hub.release()
+            await kit.wait_for(lambda: not h.hive.catalog._flights, 30.0)
+            await kit.wait_for(
+                lambda: not list((settings.models_dir / "tiny").rglob("*.incomplete")), 30.0
+            )
             # Nothing is left half-done: the next download completes.
-            hub.delay = 0.0
             await kit.run_job(h.client, "model_download", repo_id=REPO, name="tiny")
         check_files(settings.models_dir / "tiny")
+
+
+@pytest.mark.anyio
+async def test_a_hub_that_does_not_answer_is_named_in_the_error(
+    start_hive: Any, hf_isolated: None, make_settings: Settings, kit: Any
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on (bound, never listening)
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with start_hive(make_settings(hf_endpoint=endpoint)) as h:
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(h.client, "model_download", repo_id=REPO, name="tiny")
+    assert exc.value.code == "download_failed"
+    assert f"downloading {REPO}@main from {endpoint} failed" in exc.value.message
+    assert f"({endpoint}/api/models/{REPO}/revision/main" in exc.value.message
+    assert "ConnectError" in exc.value.message
 
 
 @pytest.mark.anyio
@@ -209,6 +254,7 @@ async def test_hub_errors_have_codes(
             with pytest.raises(RemoteJobFailed) as exc:
                 await kit.run_job(h.client, "model_download", repo_id="rbee-test/nothing")
             assert exc.value.code == "repo_not_found"
+            assert f"'rbee-test/nothing' on {hub_url}" in exc.value.message
             with pytest.raises(RemoteJobFailed) as exc:
                 await kit.run_job(h.client, "model_download", repo_id=REPO, revision="v9")
             assert exc.value.code == "revision_not_found"
@@ -245,16 +291,20 @@ async def test_hive_shutdown_does_not_wait_for_a_stalled_download(
     monkeypatch.setattr(rbee_hive.models, "SHUTDOWN_GRACE", 0.3)
     async with fake_hub() as (hub_url, hub):
         hub.add(REPO, FILES)
-        hub.delay = 2.0  # the hub answers, then says nothing for 2 s
+        hub.hold("model.safetensors")  # the hub answers, then says nothing until released
         settings = make_settings(hf_endpoint=hub_url)
-        async with start_hive(settings) as h:
-            created = await h.client.create("model_download", repo_id=REPO, name="tiny")
-            async for item in h.client.events(created.job_id):
-                if getattr(item.event, "message", "").startswith("downloading"):
-                    break
-            t0 = anyio.current_time()
-        assert anyio.current_time() - t0 < 1.5
-    # The abandoned thread stops at its next chunk and cleans up after itself.
-    await kit.wait_for(lambda: not list((settings.models_dir / "tiny").rglob("*.incomplete")))
+        # A hive that waited for the download would wait for as long as the hub holds the file:
+        # until this deadline, which only such a hive reaches.
+        with anyio.fail_after(30):
+            async with start_hive(settings) as h:
+                created = await h.client.create("model_download", repo_id=REPO, name="tiny")
+                async for item in h.client.events(created.job_id):
+                    if getattr(item.event, "message", "").startswith("downloading"):
+                        break
+        hub.release()
+        # The abandoned thread stops at its next chunk and cleans up after itself.
+        await kit.wait_for(
+            lambda: not list((settings.models_dir / "tiny").rglob("*.incomplete")), 30.0
+        )
     catalog = settings.models_dir / "catalog.json"
     assert not catalog.exists() or "tiny" not in json.loads(catalog.read_text())["models"]

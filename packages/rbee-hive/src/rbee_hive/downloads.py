@@ -209,9 +209,12 @@ def fetch(
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    info = HfApi(endpoint=endpoint).model_info(
-        flight.repo_id, revision=flight.revision, files_metadata=True
-    )
+    try:
+        info = HfApi(endpoint=endpoint).model_info(
+            flight.repo_id, revision=flight.revision, files_metadata=True
+        )
+    except Exception as exc:
+        raise download_error(exc, flight, endpoint) from exc
     commit = info.sha
     if commit is None:
         raise ModelError("download_failed", "the hub did not say which commit to download")
@@ -228,14 +231,17 @@ def fetch(
         flight.phase = (
             f"downloading {flight.repo_id}@{commit[:12]} ({len(sizes)} files) into {local_dir}"
         )
-        snapshot_download(
-            flight.repo_id,
-            revision=commit,
-            local_dir=str(local_dir),
-            cache_dir=str(cache_dir),  # the hive's own cache, never the user's
-            endpoint=endpoint,
-            tqdm_class=cast(Any, flight.tracker.bar_class()),
-        )
+        try:
+            snapshot_download(
+                flight.repo_id,
+                revision=commit,
+                local_dir=str(local_dir),
+                cache_dir=str(cache_dir),  # the hive's own cache, never the user's
+                endpoint=endpoint,
+                tqdm_class=cast(Any, flight.tracker.bar_class()),
+            )
+        except Exception as exc:
+            raise download_error(exc, flight, endpoint) from exc
         record(commit)
     finally:
         lock.release()
@@ -277,13 +283,16 @@ def remove_stale_partials(local_dir: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def download_error(exc: Exception, flight: Flight) -> ModelError:
-    """The job failure for what ended a download."""
+def download_error(exc: Exception, flight: Flight, endpoint: str | None = None) -> ModelError:
+    """The job failure for what ended a download. Its message names the repository and what was
+    reached for: the hub (``endpoint``, huggingface_hub's default when None) and, when the
+    failure came from a request, that request's URL."""
     repo_id, revision = flight.repo_id, flight.revision
     if isinstance(exc, ModelError):
         return exc
     if isinstance(exc, DownloadCancelled):
         return ModelError("download_cancelled", f"the download of {flight.name} was stopped")
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
         OfflineModeIsEnabled,
@@ -291,14 +300,44 @@ def download_error(exc: Exception, flight: Flight) -> ModelError:
         RevisionNotFoundError,
     )
 
+    hub = (endpoint or constants.ENDPOINT).rstrip("/")
     # GatedRepoError is a RepositoryNotFoundError: test it first.
     if isinstance(exc, GatedRepoError):
-        return ModelError("repo_gated", f"{repo_id} is gated: accept its terms and set HF_TOKEN")
+        return ModelError(
+            "repo_gated", f"{repo_id} on {hub} is gated: accept its terms and set HF_TOKEN"
+        )
     if isinstance(exc, RepositoryNotFoundError):
-        return ModelError("repo_not_found", f"no model repository {repo_id!r} (or it is private)")
+        return ModelError(
+            "repo_not_found", f"no model repository {repo_id!r} on {hub} (or it is private)"
+        )
     if isinstance(exc, RevisionNotFoundError):
-        return ModelError("revision_not_found", f"{repo_id} has no revision {revision!r}")
+        return ModelError("revision_not_found", f"{repo_id} on {hub} has no revision {revision!r}")
     if isinstance(exc, OfflineModeIsEnabled):
         return ModelError("hub_offline", "downloads are disabled (HF_HUB_OFFLINE is set)")
-    logger.warning("download of %s failed", flight.name, exc_info=exc)
-    return ModelError("download_failed", f"{type(exc).__name__}: {exc}")
+    logger.warning("download of %s from %s failed", flight.name, hub, exc_info=exc)
+    url = _request_url(exc)
+    lines = str(exc).strip().splitlines()  # huggingface_hub appends a line of links
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    at = f" ({url})" if url and url not in detail else ""
+    return ModelError(
+        "download_failed", f"downloading {repo_id}@{revision} from {hub} failed{at}: {detail}"
+    )
+
+
+def _request_url(exc: BaseException) -> str | None:
+    """The URL of the request that failed, when the exception (or its cause) carries one:
+    httpx's errors have ``request``, huggingface_hub's HTTP errors a ``response``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for holder in (current, getattr(current, "response", None)):
+            try:
+                request = getattr(holder, "request", None)  # httpx raises when it has none
+            except RuntimeError:
+                request = None
+            url = getattr(request, "url", None)
+            if url is not None:
+                return str(url)
+        current = current.__cause__ or current.__context__
+    return None
