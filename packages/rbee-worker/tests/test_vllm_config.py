@@ -33,7 +33,7 @@ from rbee_worker.engines._vllm_config import (
 )
 from rbee_worker.engines.synthetic import SyntheticEngine
 from rbee_worker.settings import WorkerSettings
-from rbee_worker.worker import Worker
+from rbee_worker.worker import WorkerRuntime
 
 # Shapes of vLLM's AsyncEngineArgs annotations (as dataclasses.fields reports them).
 FIELDS: dict[str, Any] = {
@@ -304,7 +304,7 @@ class DyingEngine(SyntheticEngine):
 @pytest.mark.anyio
 async def test_a_dead_engine_is_noticed_without_a_request_and_ends_the_worker() -> None:
     engine = DyingEngine()
-    worker = Worker(
+    worker = WorkerRuntime(
         WorkerSettings(engine="synthetic"), engine, health_interval=0.02, exit_delay=0.05
     )
     exits: list[str] = []

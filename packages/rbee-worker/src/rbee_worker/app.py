@@ -40,7 +40,7 @@ from .engines import ENGINE_NAMES, Engine, EngineNotAvailable, _vllm_guard, crea
 from .health import health_routes
 from .operations import worker_operations
 from .settings import DEVICES, DTYPES, WorkerSettings, new_worker_id
-from .worker import Worker
+from .worker import WorkerRuntime
 
 __all__ = ["EXIT_ENGINE_DEAD", "LISTENING_PREFIX", "create_app", "main", "parse_args"]
 
@@ -57,7 +57,7 @@ def create_app(
 
     ``engine`` replaces the one ``settings`` names (tests use it to inject engines). The model
     loads when the app starts, or, with ``load_on_startup=False``, when
-    ``app.state.worker.begin_loading()`` is called (the command does once it listens).
+    ``app.state.runtime.begin_loading()`` is called (the command does once it listens).
     """
     if engine is None:
         engine = create_engine(
@@ -69,22 +69,22 @@ def create_app(
             max_concurrency=settings.max_concurrency,
             engine_args=settings.engine_args,
         )
-    worker = Worker(settings, engine)
+    runtime = WorkerRuntime(settings, engine)
 
     # The worker's lifespan wraps the job service's: at shutdown the jobs are cancelled first
     # and the engine is closed after.
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with worker.running(load_now=load_on_startup):
+        async with runtime.running(load_now=load_on_startup):
             yield
 
     app = create_job_app(
-        worker_operations(worker),
+        worker_operations(runtime),
         ServiceSettings(service_name=settings.service_name),
-        routes=health_routes(worker),
+        routes=health_routes(runtime),
         lifespan=lifespan,
     )
-    app.state.worker = worker
+    app.state.runtime = runtime
     return app
 
 
@@ -176,7 +176,7 @@ def _serve(app: Starlette, settings: WorkerSettings) -> int:
     """``jobproto.server.serve``, plus an exit of our own when the engine dies."""
     from jobproto.server import Server, config, run
 
-    worker: Worker = app.state.worker
+    runtime: WorkerRuntime = app.state.runtime
     # The job service (create_job_app puts it on app.state.jobs) ends its streams at exit.
     server = Server(config(app, settings.host, settings.port), app.state.jobs)
     exit_code = 0
@@ -195,12 +195,12 @@ def _serve(app: Starlette, settings: WorkerSettings) -> int:
             server.service.begin_shutdown()
         server.should_exit = True
 
-    worker.on_engine_dead = engine_dead
+    runtime.on_engine_dead = engine_dead
 
     def ready(port: int) -> None:
         line: dict[str, Any] = {"port": port, "worker_id": settings.worker_id}
         print(f"{LISTENING_PREFIX} {json.dumps(line)}", flush=True)
-        worker.begin_loading()
+        runtime.begin_loading()
 
     run(server, ready)
     return exit_code

@@ -22,10 +22,18 @@ from typing import Any
 
 import attrs
 
-from jobproto import JobFailed, Operations, concat_data, current_job, emit_data, narrate
+from jobproto import (
+    FieldError,
+    JobFailed,
+    Operations,
+    concat_data,
+    current_job,
+    emit_data,
+    narrate,
+)
 
 from .engines import ChatTurn, EngineDead, GenerationRequest, InvalidRequest
-from .worker import Busy, Worker
+from .worker import Busy, WorkerRuntime
 
 __all__ = ["InferParams", "Message", "worker_operations"]
 
@@ -90,13 +98,15 @@ class InferParams:
     stop: list[str] = attrs.field(factory=list, validator=_stops)
 
     def __attrs_post_init__(self) -> None:
-        # The field named first in the message is the one the 422 error points at.
+        # A check across fields: FieldError names the field the 422 error points at.
         if self.prompt is not None and self.messages is not None:
-            raise ValueError(
-                "'messages' must not be given together with 'prompt': send one of them"
+            raise FieldError(
+                "messages", "'messages' must not be given together with 'prompt': send one of them"
             )
         if self.prompt is None and self.messages is None:
-            raise ValueError("'prompt' must be given, or 'messages' (exactly one of them)")
+            raise FieldError(
+                "prompt", "'prompt' must be given, or 'messages' (exactly one of them)"
+            )
 
     def request(self, request_id: str) -> GenerationRequest:
         messages = None
@@ -115,15 +125,15 @@ class InferParams:
         )
 
 
-def worker_operations(worker: Worker) -> Operations:
+def worker_operations(runtime: WorkerRuntime) -> Operations:
     ops = Operations()
 
     @ops.operation("infer")
     async def infer(params: InferParams) -> dict[str, Any]:
         """Generate text, streaming tokens as data events; the result has the totals."""
         started = time.perf_counter()
-        await _check_ready(worker)
-        engine = worker.engine
+        await _check_ready(runtime)
+        engine = runtime.engine
         if params.max_tokens > engine.max_model_len:
             raise JobFailed(
                 "invalid_request",
@@ -137,26 +147,28 @@ def worker_operations(worker: Worker) -> Operations:
             narrate("queue", f"every slot is busy; queued with {ahead} request(s) ahead")
 
         try:
-            async with worker.admission.slot(on_wait=queued):
-                return await _generate(worker, request, started)
+            async with runtime.admission.slot(on_wait=queued):
+                return await _generate(runtime, request, started)
         except Busy as exc:
             raise JobFailed("busy", str(exc)) from None
 
     return ops
 
 
-async def _check_ready(worker: Worker) -> None:
-    reason = await worker.dead_reason()
+async def _check_ready(runtime: WorkerRuntime) -> None:
+    reason = await runtime.dead_reason()
     if reason is not None:
         raise JobFailed("engine_dead", reason)
-    if worker.state == "loading":
+    if runtime.state == "loading":
         raise JobFailed("model_not_ready", "the model is still loading; retry when /ready is 200")
-    if worker.state == "failed":
-        raise JobFailed("model_not_ready", f"the model failed to load: {worker.error}")
+    if runtime.state == "failed":
+        raise JobFailed("model_not_ready", f"the model failed to load: {runtime.error}")
 
 
-async def _generate(worker: Worker, request: GenerationRequest, started: float) -> dict[str, Any]:
-    engine = worker.engine
+async def _generate(
+    runtime: WorkerRuntime, request: GenerationRequest, started: float
+) -> dict[str, Any]:
+    engine = runtime.engine
     began = time.perf_counter()
     first_token: float | None = None
     text: list[str] = []
@@ -179,7 +191,7 @@ async def _generate(worker: Worker, request: GenerationRequest, started: float) 
                     finish = delta.finish_reason
                     break
     except EngineDead as exc:
-        worker.mark_dead(str(exc))
+        runtime.mark_dead(str(exc))
         raise JobFailed("engine_dead", str(exc)) from None
     except InvalidRequest as exc:
         raise JobFailed("invalid_request", str(exc)) from None

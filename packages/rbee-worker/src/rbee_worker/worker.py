@@ -1,7 +1,7 @@
 """The worker's runtime state: the engine, its loading, and admission of requests to it.
 
-``Worker`` is the one object with state in a worker process (``create_app`` builds it; nothing is
-global). Its life:
+``WorkerRuntime`` is the one object with state in a worker process (``create_app`` builds it;
+nothing is global). Its life:
 
     loading ──load ok──▶ ready ──engine died──▶ failed
        └────load error──────────────────────────▶ failed
@@ -36,7 +36,7 @@ import anyio
 from .engines import Engine, EngineDead
 from .settings import WorkerSettings
 
-__all__ = ["Admission", "Busy", "Worker", "WorkerState"]
+__all__ = ["Admission", "Busy", "WorkerRuntime", "WorkerState"]
 
 logger = logging.getLogger("rbee_worker")
 
@@ -85,7 +85,7 @@ class Admission:
             self._slots.release()
 
 
-class Worker:
+class WorkerRuntime:
     """One engine serving one model, its load state and its admission queue."""
 
     def __init__(
