@@ -201,8 +201,8 @@ def test_redact_text_leaves_ordinary_text_alone(text: str) -> None:
     ['config {"password": "hunter2"}', "settings {'api_key': 'hunter2'}"],
 )
 def test_redact_text_masks_quoted_keys(text: str) -> None:
-    """BUG: the key/value pattern wants ``[=:]`` right after the key, so a secret in JSON or in a
-    Python dict repr (``f"{settings}"``, a common thing to narrate) leaks.
+    """A secret in JSON or in a Python dict repr (``f"{settings}"``, a common thing to narrate)
+    is masked too: the key may be quoted before its ``:``.
     """
     assert "hunter2" not in redact_text(text)
 
@@ -278,8 +278,8 @@ def test_empty_secret_fields_stay_empty(empty: Any) -> None:
     ],
 )
 def test_counts_and_text_named_like_a_secret_word_are_not_masked(key: str, value: Any) -> None:
-    """BUG: ``_SECRET_KEY`` is searched anywhere in the key, so ``max_tokens=256`` (a count,
-    narrated by every generation) and a retrieval ``passage`` show as ``***``.
+    """A key that merely contains a secret word is not a secret: ``max_tokens=256`` (a count,
+    narrated by every generation) and a retrieval ``passage`` stay readable.
     """
     assert redact({key: value}) == {key: value}
 

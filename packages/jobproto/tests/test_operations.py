@@ -352,9 +352,8 @@ def test_the_operation_schema_does_not_change_the_class_schema() -> None:
 
 
 def test_schemas_are_json() -> None:
-    """BUG: an enum field's default goes into the schema as the member (``Color.RED``), not its
-    value, so ``/openapi.json`` cannot be encoded. ``_type_schema`` gives enums by value; the
-    default must follow.
+    """An enum field's default goes into the schema by value (``"red"``), as ``_type_schema``
+    gives the enum itself; the member (``Color.RED``) would make ``/openapi.json`` unencodable.
     """
     schema = schema_of(ChatParams)
     assert schema["properties"]["color"] == {"enum": ["red", "blue"], "default": "red"}

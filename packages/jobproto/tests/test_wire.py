@@ -320,9 +320,9 @@ def test_refuses_wrong_typed_fields(changes: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("stamp", ["not a time", "2024-13-01T00:00:00.000Z"])
 def test_refuses_a_malformed_timestamp(stamp: str) -> None:
-    """BUG: ``parse_timestamp`` lets ``datetime``'s ValueError through; a peer's bad data must be
-    a RemoteProtocolError like every other malformed field (a client catching that would crash).
-    """
+    """A peer's malformed timestamp is a RemoteProtocolError like every other malformed field:
+    ``datetime``'s own ValueError must not get through (a client catching the former would
+    crash)."""
     with pytest.raises(RemoteProtocolError):
         decode_envelope(with_(timestamp=stamp))
 
@@ -340,7 +340,7 @@ def test_refuses_a_malformed_timestamp(stamp: str) -> None:
     ids=repr,
 )
 def test_refuses_wrong_typed_payload_fields(changes: dict[str, Any]) -> None:
-    """BUG: payload fields are not type-checked; ``Progress(current="half")`` reaches the caller."""
+    """Payload fields are type-checked: ``Progress(current="half")`` never reaches the caller."""
     with pytest.raises(RemoteProtocolError):
         decode_envelope(with_(**changes))
 
@@ -379,9 +379,9 @@ def test_extra_envelope_fields_are_ignored() -> None:
 
 @pytest.mark.parametrize("message", ["\ud800", "a\udcffb"], ids=repr)
 def test_a_lone_surrogate_does_not_break_encoding(message: str) -> None:
-    """BUG: ``dumps(ensure_ascii=False)`` keeps a lone surrogate (e.g. from a surrogateescape'd
-    file name) and ``.encode()`` raises UnicodeEncodeError, so one odd narration crashes the
-    handler that narrated it. JSON can carry it escaped (``\\ud800``), and that round-trips.
+    """A lone surrogate (e.g. from a surrogateescape'd file name) is sent escaped
+    (``\\ud800``) and round-trips: with ``dumps(ensure_ascii=False)`` alone, ``.encode()`` would
+    raise UnicodeEncodeError and one odd narration would crash the handler that narrated it.
     """
     ev = JobEvent(1, "job_x", "corr", 0.0, Narration("open", message))
     assert decode_frames(encode_frame(ev)) == [ev]
@@ -389,10 +389,10 @@ def test_a_lone_surrogate_does_not_break_encoding(message: str) -> None:
 
 @pytest.mark.parametrize("type_", ["a\nb", "a\rb", "x\ndata: {}\n\nid: 999"], ids=repr)
 def test_an_event_type_with_a_line_break_cannot_inject_frames(type_: str) -> None:
-    """BUG (latent): ``encode_frame`` writes ``event: {TYPE}`` unchecked. Types are ours, except
-    ``UnknownEvent``'s, which come from a peer's JSON (where ``\\n`` is legal) and ``Job.emit``
-    accepts; a relay re-emitting it would let the peer inject SSE lines. It must either refuse the
-    event or produce exactly one id/event/data block that decodes back to it.
+    """``encode_frame`` writes ``event: {TYPE}``. Types are ours, except ``UnknownEvent``'s,
+    which come from a peer's JSON (where ``\\n`` is legal) and ``Job.emit`` accepts; a relay
+    re-emitting one must not let the peer inject SSE lines. It either refuses the event or
+    produces exactly one id/event/data block that decodes back to it.
     """
     ev = JobEvent(1, "job_x", "corr", 0.0, UnknownEvent(type_, {}))
     try:
@@ -489,8 +489,8 @@ def test_bool_message_says_boolean() -> None:
     ids=repr,
 )
 def test_a_list_field_refuses_strings_and_objects(raw: dict[str, Any], field: str) -> None:
-    """BUG: cattrs structures any iterable into a list: ``"stop": "abc"`` becomes
-    ``["a", "b", "c"]`` and ``{"a": 1}`` becomes ``["a"]``, against "no type coercion".
+    """No type coercion: left to itself cattrs structures any iterable into a list
+    (``"stop": "abc"`` would become ``["a", "b", "c"]`` and ``{"a": 1}`` ``["a"]``).
     """
     check_422(raw, field)
 
@@ -519,15 +519,14 @@ def test_validator_error_names_the_field() -> None:
 
 
 def test_length_validator_error_names_the_field() -> None:
-    """BUG: attrs' ``min_len``/``max_len`` say "Length of 'model' must be <= 8"; the regex in
-    ``_wire`` only matches messages that *start* with the quoted name, so ``field`` is None.
-    """
+    """attrs' ``min_len``/``max_len`` say "Length of 'model' must be <= 8": the 422 still names
+    ``model`` as its field."""
     check_422({"messages": [], "model": "much-too-long"}, "model")
 
 
 def test_validator_error_in_a_nested_class_names_the_nested_field() -> None:
-    """BUG: a validator failing inside a nested class reports the parent's path only
-    (``messages[0]``), not the field (``messages[0].content``).
+    """A validator failing inside a nested class reports the field's whole path
+    (``messages[0].content``), not the parent's (``messages[0]``).
     """
     check_422({"messages": [{"role": "user", "content": ""}]}, "messages[0].content")
 
