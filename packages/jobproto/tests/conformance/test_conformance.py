@@ -237,14 +237,14 @@ def test_keepalive_on_a_quiet_stream(tuned: httpx.Client, tuned_target: Target) 
 
 def test_a_job_nobody_subscribes_to_expires(tuned: httpx.Client, tuned_target: Target) -> None:
     settings = limits(tuned_target)
+    created = time.monotonic()  # before the service creates it: the time measured is never less
     job = create(tuned, {"operation": "echo", "messages": ["never"]})
-    created = time.monotonic()
     wait_for(
         lambda: status(tuned, job)["state"] != "queued",
         settings.subscribe_timeout + settings.sweep_interval + 5,
         "expiry",
     )
-    assert time.monotonic() - created >= settings.subscribe_timeout * 0.9
+    assert time.monotonic() - created >= settings.subscribe_timeout  # never expired early
     final = status(tuned, job)
     assert final["state"] == "expired" and final["started_at"] is None and final["last_seq"] == 1
     view = read_all(tuned, job)  # subscribing now does not start it: it replays its end
@@ -288,11 +288,10 @@ def test_a_slow_subscriber_does_not_delay_the_others(
     job = create(tuned, {"operation": "burst", "count": count, "size": 1024})
     with httpx.Client(base_url=tuned_target.url, timeout=10.0) as other:
         with open_stream(other, job) as slow:  # never read while the others run
-            started = time.monotonic()
+            # Were the job held up by the slow subscriber, it would never end and these reads
+            # would fail at their deadline.
             fast = [read_all(tuned, job) for _ in range(2)]
-            took = time.monotonic() - started
             assert status(tuned, job)["state"] == "succeeded"
-            assert took < 10, f"the other subscribers took {took:.1f} s"
             for view in fast:
                 assert view.cursor == count + 1
             # the slow one, read at last, still gets a consistent view, resuming as needed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -39,11 +38,11 @@ def test_a_signal_ends_streams_and_exits_cleanly(tmp_path: Path, sig: signal.Sig
             with open_stream(http, job) as stream:
                 view.add(stream.read(1)[0])
                 server.process.send_signal(sig)
-                started = time.monotonic()
-                for item in stream.read():  # the stream ends at once, without its terminal
+                # The stream ends without its terminal event (the job would run 30 s and end
+                # with one: a server that waited for it, not ending the stream, is caught).
+                for item in stream.read():
                     view.add(item)
                 assert not view.finished
-                assert time.monotonic() - started < 3
         assert server.process.wait(10) == 0
     finally:
         server.stop()
@@ -71,10 +70,10 @@ def test_the_threaded_server_stops_with_streams_open() -> None:
         job = _wait_job(http)
         with open_stream(http, job) as stream:
             stream.read(1)
-            started = time.monotonic()
             server.stop()
-            assert time.monotonic() - started < 3
-            assert stream.read() == []  # ended cleanly, without a terminal event (§4.9)
+            # Ended cleanly, without a terminal event (§4.9), and without the narration of the
+            # 30 s job's ticks (a stop that waited for the job would have let them through).
+            assert stream.read() == []
 
 
 def test_a_result_too_deep_to_encode_fails_only_its_job(tmp_path: Path) -> None:
