@@ -21,6 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 import jobproto.client
 from jobproto import (
     Cancelled,
+    ConnectFailed,
     Data,
     Expired,
     Failed,
@@ -32,8 +33,9 @@ from jobproto import (
     RemoteProtocolError,
     RequestError,
     Succeeded,
+    TransportFailed,
+    bind_job,
 )
-from jobproto._narration import _current_correlation
 from jobproto._wire import encode_frame, encode_gap_frame
 from jobproto.client import (
     CreatedJob,
@@ -274,13 +276,10 @@ async def test_correlation_id_from_context_or_argument() -> None:
     server = Server(
         httpx.Response(201, json=created_json()), httpx.Response(201, json=created_json())
     )
-    token = _current_correlation.set("corr-from-context")
-    try:
+    with bind_job(None, correlation_id="corr-from-context"):
         async with client_for(server) as (client, _):
             await client.create("echo")
             await client.create("echo", correlation_id="corr-explicit")
-    finally:
-        _current_correlation.reset(token)
     assert [r.headers["X-Correlation-ID"] for r in server.requests] == [
         "corr-from-context",
         "corr-explicit",
@@ -311,11 +310,22 @@ async def test_create_retries_transport_errors_only_with_idempotency_key() -> No
         created = await client.create("echo", idempotency_key="key-1")
     assert created.job_id == JOB and len(server.requests) == 2 and len(slept) == 1
 
-    server = Server(httpx.ConnectError("refused"))
+    refused = httpx.ConnectError("refused")
+    server = Server(refused)
     async with client_for(server) as (client, _):
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(ConnectFailed) as info:
             await client.create("echo")
     assert len(server.requests) == 1
+    assert info.value.__cause__ is refused
+
+    cut = httpx.ReadError("reset")
+    server = Server(cut, cut, cut)
+    async with client_for(server, max_reconnects=2) as (client, slept):
+        with pytest.raises(TransportFailed) as failed:
+            await client.create("echo", idempotency_key="key-1")
+    assert not isinstance(failed.value, ConnectFailed)
+    assert failed.value.__cause__ is cut
+    assert len(server.requests) == 3 and len(slept) == 2
 
 
 # -- status, list, cancel --------------------------------------------------------------------------
@@ -347,11 +357,50 @@ async def test_status_of_a_malformed_answer_is_a_protocol_error() -> None:
 
 
 @pytest.mark.anyio
-async def test_connect_error_propagates() -> None:
-    server = Server(httpx.ConnectError("refused"))
+async def test_connect_error_is_a_connect_failed_with_its_cause() -> None:
+    refused = httpx.ConnectError("refused")
+    server = Server(refused)
     async with client_for(server) as (client, _):
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(ConnectFailed) as info:
             await client.status(JOB)
+    assert info.value.__cause__ is refused
+    assert f"GET {BASE}/v1/jobs/{JOB}" in str(info.value)
+    assert "refused" in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cause",
+    [httpx.ReadError(""), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("bad line")],
+    ids=repr,
+)
+async def test_every_request_turns_transport_errors_into_transport_failed(
+    cause: httpx.TransportError,
+) -> None:
+    calls: list[Callable[[JobClient], Any]] = [
+        lambda c: c.status(JOB),
+        lambda c: c.list(),
+        lambda c: c.cancel(JOB),
+        lambda c: c.create("echo"),
+    ]
+    for call in calls:
+        server = Server(cause)
+        async with client_for(server) as (client, _):
+            with pytest.raises(TransportFailed) as info:
+                await call(client)
+        assert type(info.value) is TransportFailed
+        assert info.value.__cause__ is cause
+        assert type(cause).__name__ in str(info.value)  # httpx's message may be empty
+
+
+@pytest.mark.anyio
+async def test_a_body_that_cannot_be_decoded_is_a_protocol_error() -> None:
+    body = httpx.ByteStream(b"not gzip")
+    bad = httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=body)
+    async with client_for(Server(bad)) as (client, _):
+        with pytest.raises(RemoteProtocolError) as info:
+            await client.status(JOB)
+    assert isinstance(info.value.__cause__, httpx.DecodingError)
 
 
 @pytest.mark.anyio

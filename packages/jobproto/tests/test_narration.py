@@ -1,5 +1,5 @@
 """Tests for narration, redaction and log context (jobproto._narration). No event loop: the
-current job is a context variable, set here directly to a fake sink."""
+current job is a context variable, bound here to a fake sink with ``bind_job``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
-from jobproto import _narration
-from jobproto._events import Data, Event, Narration, Progress
+from jobproto._errors import LocalProtocolError
+from jobproto._events import Data, Event, Narration, Origin, Progress
+from jobproto._merge import Merge
 from jobproto._narration import (
     ContextFilter,
+    JobSink,
+    bind_job,
     current_correlation_id,
     current_job,
     emit_data,
@@ -31,19 +34,20 @@ class FakeSink:
         self.job_id = job_id
         self.correlation_id = correlation_id
         self.events: list[Event] = []
+        self.origins: list[Origin | None] = []
 
-    def emit(self, event: Event) -> None:
+    def emit(
+        self, event: Event, origin: Origin | None = None, *, merge: Merge | None = None
+    ) -> None:
         self.events.append(event)
+        self.origins.append(origin)
 
 
 @pytest.fixture
 def sink() -> Iterator[FakeSink]:
     job = FakeSink()
-    token = _narration._current_job.set(job)
-    try:
+    with bind_job(job):
         yield job
-    finally:
-        _narration._current_job.reset(token)
 
 
 @pytest.fixture
@@ -336,21 +340,54 @@ def test_current_job_and_correlation(sink: FakeSink) -> None:
     assert current_correlation_id() == "corr-fake"
 
 
-def test_the_job_wins_over_the_request_correlation(sink: FakeSink) -> None:
-    token = _narration._current_correlation.set("corr-request")
-    try:
+def test_a_job_brings_its_own_correlation_id() -> None:
+    job = FakeSink()
+    with bind_job(None, correlation_id="corr-request"), bind_job(job):
         assert current_correlation_id() == "corr-fake"
-    finally:
-        _narration._current_correlation.reset(token)
+    with bind_job(job, correlation_id="corr-fake"):
+        assert current_correlation_id() == "corr-fake"
+    with (
+        pytest.raises(LocalProtocolError, match="corr-other"),
+        bind_job(job, correlation_id="corr-other"),
+    ):
+        pass
+    assert current_job() is None
 
 
 def test_request_correlation_without_a_job() -> None:
     assert current_correlation_id() is None
-    token = _narration._current_correlation.set("corr-request")
-    try:
+    with bind_job(None, correlation_id="corr-request"):
         assert current_correlation_id() == "corr-request"
-    finally:
-        _narration._current_correlation.reset(token)
+        assert current_job() is None
+    assert current_correlation_id() is None
+
+
+def test_bind_job_restores_what_was_bound_before(sink: FakeSink) -> None:
+    inner = FakeSink("job_inner", "corr-inner")
+    with bind_job(inner) as bound:
+        assert bound is inner
+        narrate("a", "to the inner job")
+        with bind_job(None, correlation_id="corr-detached"):
+            assert current_job() is None  # a task detached from any job narrates to logging only
+            narrate("a", "to nobody")
+            assert current_correlation_id() == "corr-detached"
+        assert current_job() is inner
+    assert current_job() is sink
+    assert current_correlation_id() == "corr-fake"
+    assert [e.message for e in inner.events] == ["to the inner job"]  # type: ignore[union-attr]
+    assert sink.events == []
+
+
+def test_bind_job_restores_after_an_exception(sink: FakeSink) -> None:
+    with pytest.raises(KeyError), bind_job(FakeSink("job_x", "corr-x")):
+        raise KeyError("x")
+    assert current_job() is sink
+
+
+def test_a_fake_sink_is_a_job_sink() -> None:
+    sink: JobSink = FakeSink()  # mypy checks the protocol (emit takes an origin)
+    sink.emit(Data(1), Origin("hive", "job_h", 3))
+    assert isinstance(sink, FakeSink) and sink.origins == [Origin("hive", "job_h", 3)]
 
 
 def test_the_job_propagates_into_a_copied_context(sink: FakeSink) -> None:
@@ -370,8 +407,8 @@ def test_a_job_set_in_a_copied_context_does_not_leak_out() -> None:
     other = FakeSink("job_other", "corr-other")
 
     def handler() -> None:
-        _narration._current_job.set(other)
-        narrate("a", "inside")
+        with bind_job(other):
+            narrate("a", "inside")
 
     contextvars.copy_context().run(handler)
     assert current_job() is None
@@ -383,8 +420,8 @@ def test_two_contexts_two_jobs() -> None:
     one, two = FakeSink("job_1", "c1"), FakeSink("job_2", "c2")
 
     def run_as(job: FakeSink, message: str) -> None:
-        _narration._current_job.set(job)
-        narrate("a", message)
+        with bind_job(job):
+            narrate("a", message)
 
     contextvars.copy_context().run(run_as, one, "for one")
     contextvars.copy_context().run(run_as, two, "for two")
@@ -417,14 +454,11 @@ def test_context_filter_outside_a_job() -> None:
 
 
 def test_context_filter_with_a_request_correlation() -> None:
-    token = _narration._current_correlation.set("corr-request")
-    try:
+    with bind_job(None, correlation_id="corr-request"):
         record = make_record()
         ContextFilter().filter(record)
         assert record.correlation_id == "corr-request"  # type: ignore[attr-defined]
         assert record.job_id == "-"  # type: ignore[attr-defined]
-    finally:
-        _narration._current_correlation.reset(token)
 
 
 def test_context_filter_keeps_explicit_values(sink: FakeSink) -> None:

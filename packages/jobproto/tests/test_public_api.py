@@ -16,6 +16,7 @@ import jobproto.core
 CORE_NAMES = [
     "CORRELATION_HEADER",
     "Cancelled",
+    "ConnectFailed",
     "ContextFilter",
     "Data",
     "Event",
@@ -48,8 +49,10 @@ CORE_NAMES = [
     "TERMINAL_TYPES",
     "TerminalEvent",
     "Transition",
+    "TransportFailed",
     "UnknownEvent",
     "accept_correlation_id",
+    "bind_job",
     "concat_data",
     "converter",
     "current_correlation_id",
@@ -145,6 +148,8 @@ def test_version_and_protocol() -> None:
 
 def test_the_error_tree() -> None:
     from jobproto import (
+        ConnectFailed,
+        FieldError,
         IdempotencyConflict,
         JobFailed,
         JobNotFound,
@@ -152,14 +157,18 @@ def test_the_error_tree() -> None:
         LocalProtocolError,
         RemoteProtocolError,
         RequestError,
+        TransportFailed,
     )
 
-    for exc in (LocalProtocolError, RemoteProtocolError, RequestError, JobFailed):
+    for exc in (LocalProtocolError, RemoteProtocolError, RequestError, TransportFailed, JobFailed):
         assert exc.__bases__[0] is JobProtoError
     assert issubclass(RequestError, ValueError)
     assert issubclass(JobNotFound, RequestError)
     assert issubclass(JobNotFound, KeyError)
     assert issubclass(IdempotencyConflict, RequestError)
+    assert issubclass(FieldError, RequestError)
+    assert issubclass(ConnectFailed, TransportFailed)
+    assert not issubclass(TransportFailed, (ValueError, OSError))
     assert not issubclass(LocalProtocolError, ValueError)
     error = RequestError(422, "validation_error", "bad", field="x", details={"a": 1})
     assert error.to_json() == {

@@ -9,6 +9,8 @@ Every error jobproto raises is one of these::
      │    ├── FieldError               a validator refusing one field's value (a 422 naming it)
      │    ├── JobNotFound (KeyError)
      │    └── IdempotencyConflict
+     ├── TransportFailed           a request did not get an answer: the connection failed or broke
+     │    └── ConnectFailed        no connection at all (refused, unknown host): nothing was sent
      └── JobFailed                 raised by a handler to fail its job with a code of its choosing
 
 A ``RequestError`` becomes the one JSON error shape on the wire (``docs/protocol.md`` §Errors)::
@@ -16,7 +18,10 @@ A ``RequestError`` becomes the one JSON error shape on the wire (``docs/protocol
     {"error": {"code": "validation_error", "message": "...", "field": "max_tokens"}}
 
 The client raises ``jobproto.client.HTTPStatusError`` (a ``RequestError``) rebuilt from that shape,
-so code that catches ``RequestError`` works the same on both sides of the wire.
+so code that catches ``RequestError`` works the same on both sides of the wire. The client raises
+``TransportFailed`` (``ConnectFailed`` when no connection could be opened) where the HTTP library
+raised its own transport error, which stays chained as ``__cause__``: callers catch jobproto's
+errors and need not import the HTTP library.
 
 Validators of operation parameters may raise any ``ValueError`` or ``TypeError``: the strict
 converter (``_wire``) knows which attribute's validator refused, and reports that attribute as the
@@ -31,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ConnectFailed",
     "FieldError",
     "IdempotencyConflict",
     "JobFailed",
@@ -39,6 +45,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "RequestError",
+    "TransportFailed",
 ]
 
 
@@ -128,6 +135,23 @@ class IdempotencyConflict(RequestError):
             field="Idempotency-Key",
             details={"key": key},
         )
+
+
+class TransportFailed(JobProtoError):
+    """A request to a peer got no answer: connecting failed, or the connection broke or timed out.
+
+    Raised by the client adapter; the HTTP library's own error is ``__cause__``. Whether the peer
+    acted on the request is unknown (except for ``ConnectFailed``), so only idempotent requests
+    (or a create with an Idempotency-Key) are safe to send again.
+    """
+
+
+class ConnectFailed(TransportFailed):
+    """No connection to the peer could be opened (refused, unknown host, unreachable).
+
+    Nothing was sent, so the request is safe to send again, for example once the service is
+    started.
+    """
 
 
 class JobFailed(JobProtoError):

@@ -1,7 +1,9 @@
 """Narration: ``narrate(action, message, **fields)`` from anywhere inside a job.
 
-The current job lives in a context variable, set by the service around each handler. Tasks the
-handler starts copy the context (asyncio and anyio both do, and so does ``anyio.to_thread``), so a
+The current job lives in a context variable, bound by the adapter around each handler with
+``bind_job(sink)`` (and a request's correlation id, outside any job, with
+``bind_job(None, correlation_id=...)``); nothing else sets it. Tasks the handler starts copy the
+context (asyncio and anyio both do, and so does ``anyio.to_thread``), so a
 line narrated deep in the call tree reaches the right job's stream without anyone passing a job id
 around. Every narration also goes to Python ``logging`` (logger ``jobproto.narration``) with
 ``job_id``, ``correlation_id`` and ``action`` as record attributes, so one correlation id finds a
@@ -17,16 +19,19 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-from ._events import Data, Event, Narration, Progress
+from ._errors import LocalProtocolError
+from ._events import Data, Event, Narration, Origin, Progress
 from ._merge import Merge
 
 __all__ = [
     "ContextFilter",
     "JobSink",
+    "bind_job",
     "current_correlation_id",
     "current_job",
     "emit_data",
@@ -87,7 +92,11 @@ _SECRET_TEXT = [
 
 
 class JobSink(Protocol):
-    """What narration needs of a job: its ids and a non-blocking ``emit``."""
+    """What narration (and ``jobproto.relay``) needs of a job: its ids and a non-blocking ``emit``.
+
+    Any object with these is a sink: the ASGI adapter's ``JobHandle``, or a sink of your own (a
+    test's list, a job run by another framework).
+    """
 
     @property
     def job_id(self) -> str: ...
@@ -95,12 +104,47 @@ class JobSink(Protocol):
     @property
     def correlation_id(self) -> str: ...
 
-    def emit(self, event: Event, *, merge: Merge | None = None) -> None:
-        """Append ``event``; ``merge`` as in ``Job.emit`` (a sink may ignore it)."""
+    def emit(
+        self, event: Event, origin: Origin | None = None, *, merge: Merge | None = None
+    ) -> None:
+        """Append ``event``, without blocking.
+
+        ``origin`` is where the event came from when it is re-emitted from another job (the relay
+        passes the downstream service, job id, seq and that event's own origin): it must be kept
+        with the event, since it goes on the wire. ``merge`` is as in ``Job.emit``; a sink may
+        ignore it.
+        """
 
 
 _current_job: ContextVar[JobSink | None] = ContextVar("jobproto_current_job", default=None)
 _current_correlation: ContextVar[str | None] = ContextVar("jobproto_correlation", default=None)
+
+
+@contextmanager
+def bind_job(job: JobSink | None, *, correlation_id: str | None = None) -> Iterator[JobSink | None]:
+    """Inside the block, ``job`` is the current job and ``correlation_id`` the current correlation.
+
+    This is how an adapter hands narration its job: ``with bind_job(handle): await handler(...)``
+    around a handler, or ``with bind_job(None, correlation_id=cid):`` around a request that has no
+    job (its logging then carries the request's correlation id). A job's correlation id is its
+    own: pass none with a job, or the same one. Tasks started inside the block copy the binding
+    (asyncio and anyio copy the context), and leaving the block restores what was bound before.
+    Bind and leave in the same task (the rule of ``ContextVar.reset``).
+    """
+    if job is not None:
+        if correlation_id is not None and correlation_id != job.correlation_id:
+            raise LocalProtocolError(
+                f"job {job.job_id} has the correlation id {job.correlation_id!r},"
+                f" not {correlation_id!r}"
+            )
+        correlation_id = job.correlation_id
+    job_token = _current_job.set(job)
+    correlation_token = _current_correlation.set(correlation_id)
+    try:
+        yield job
+    finally:
+        _current_correlation.reset(correlation_token)
+        _current_job.reset(job_token)
 
 
 def current_job() -> JobSink | None:

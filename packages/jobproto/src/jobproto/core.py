@@ -18,6 +18,7 @@ from ._correlation import (
     new_job_id,
 )
 from ._errors import (
+    ConnectFailed,
     FieldError,
     IdempotencyConflict,
     JobFailed,
@@ -26,6 +27,7 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
     RequestError,
+    TransportFailed,
 )
 from ._events import (
     TERMINAL_TYPES,
@@ -48,6 +50,7 @@ from ._merge import Merge, concat_data
 from ._narration import (
     ContextFilter,
     JobSink,
+    bind_job,
     current_correlation_id,
     current_job,
     emit_data,
@@ -67,6 +70,7 @@ __all__ = [
     "CORRELATION_HEADER",
     "TERMINAL_TYPES",
     "Cancelled",
+    "ConnectFailed",
     "ContextFilter",
     "Data",
     "Event",
@@ -98,8 +102,10 @@ __all__ = [
     "Succeeded",
     "TerminalEvent",
     "Transition",
+    "TransportFailed",
     "UnknownEvent",
     "accept_correlation_id",
+    "bind_job",
     "concat_data",
     "converter",
     "current_correlation_id",

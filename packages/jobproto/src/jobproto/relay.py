@@ -17,8 +17,13 @@ A downstream terminal event is not re-emitted: the current job has its own. ``fa
 raises ``JobFailed`` with the downstream code (so the current job fails with it unless the caller
 handles it); ``cancelled``/``expired`` downstream raise ``JobFailed("downstream_cancelled", ...)``.
 A downstream service that refuses the job fails it with the refusal's code (``validation_error``,
-``unknown_operation``...); one that cannot be reached, or loses the job, with
-``downstream_unavailable``.
+``unknown_operation``...); one that cannot be reached (``TransportFailed``), breaks its stream
+too often (``StreamInterrupted``) or does not speak jobproto/1, with ``downstream_unavailable``;
+the client's error is the ``JobFailed``'s ``__cause__``.
+
+The events go to the current job's sink (``jobproto.current_job()``), whatever adapter bound it:
+``JobSink.emit`` takes the ``origin``. Outside a job, the downstream job runs and its events are
+dropped. This module imports the client adapter only, never the ASGI one.
 """
 
 from __future__ import annotations
@@ -29,13 +34,11 @@ from contextlib import aclosing
 from typing import Any
 
 import anyio
-import httpx
 
-from ._errors import JobFailed, RemoteProtocolError
+from ._errors import JobFailed, RemoteProtocolError, TransportFailed
 from ._events import Cancelled, Data, Expired, Failed, Gap, Narration, Origin, Succeeded
 from ._merge import Merge
 from ._narration import current_job
-from .asgi._service import JobHandle
 from .client import HTTPStatusError, JobClient, StreamInterrupted
 
 __all__ = ["relay"]
@@ -58,7 +61,7 @@ async def relay(
         return await _relay(client, operation, fields, service, idempotency_key, merge)
     except HTTPStatusError as exc:  # the downstream service refused the job (or lost it)
         raise JobFailed(exc.code, f"{service}: {exc.message}") from exc
-    except (httpx.HTTPError, StreamInterrupted, RemoteProtocolError) as exc:
+    except (TransportFailed, StreamInterrupted, RemoteProtocolError) as exc:
         raise JobFailed("downstream_unavailable", f"{service}: {exc}") from exc
 
 
@@ -70,8 +73,7 @@ async def _relay(
     idempotency_key: str | None,
     merge: Merge | None,
 ) -> Any:
-    job = current_job()
-    target = job if isinstance(job, JobHandle) else None
+    target = current_job()  # any JobSink; None outside a job: run it, relay nothing
     created = await client.create(operation, fields, idempotency_key=idempotency_key)
     finished = False
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._narration import _current_correlation
+from .._narration import bind_job
 from ._routes import correlation_of
 
 __all__ = ["CorrelationMiddleware"]
@@ -34,8 +34,5 @@ class CorrelationMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        token = _current_correlation.set(cid)
-        try:
+        with bind_job(None, correlation_id=cid):
             await self.app(scope, receive, send_with_id)
-        finally:
-            _current_correlation.reset(token)

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._correlation import CORRELATION_HEADER, accept_correlation_id, is_valid_job_id
 from .._errors import JobNotFound, RequestError
-from .._narration import _current_correlation
+from .._narration import bind_job
 from .._states import JobState
 from .._tracing import trace_headers_from
 from .._wire import format_timestamp
@@ -83,13 +83,11 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
     """Turn a refused request into its 4xx error shape."""
 
     async def wrapped(request: Request) -> Response:
-        token = _current_correlation.set(correlation_of(request.scope))
-        try:
-            return await endpoint(request)
-        except RequestError as exc:
-            return _json(request.scope, exc.status, exc.to_json())
-        finally:
-            _current_correlation.reset(token)
+        with bind_job(None, correlation_id=correlation_of(request.scope)):
+            try:
+                return await endpoint(request)
+            except RequestError as exc:
+                return _json(request.scope, exc.status, exc.to_json())
 
     return wrapped
 
@@ -248,15 +246,13 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
 
     async def stream(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        token = _current_correlation.set(correlation_of(scope))
-        try:
-            handle = _handle(service, request.path_params["job_id"])
-            after = await stream_cursor(request, handle)
-        except RequestError as exc:
-            await _json(scope, exc.status, exc.to_json())(scope, receive, send)
-            return
-        finally:
-            _current_correlation.reset(token)
+        with bind_job(None, correlation_id=correlation_of(scope)):
+            try:
+                handle = _handle(service, request.path_params["job_id"])
+                after = await stream_cursor(request, handle)
+            except RequestError as exc:
+                await _json(scope, exc.status, exc.to_json())(scope, receive, send)
+                return
         # The stream can stay open for hours: keep nothing of the request it does not need (the
         # Request with its parsed headers and query: ~0.4 KiB of an idle stream's ~18).
         del request

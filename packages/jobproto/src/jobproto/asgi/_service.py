@@ -6,8 +6,8 @@ finished ones after their retention time. Leaving the lifespan cancels running j
 ``cancelled`` with reason "service shutting down") and ends every open stream.
 
 A ``JobHandle`` is the live side of a ``Job``: the cancel scope of its handler, the streams
-waiting for its next event, and ``emit()``, which ``narrate()`` reaches through the context
-variable.
+waiting for its next event, and ``emit()``, which ``narrate()`` reaches through the job bound
+with ``jobproto.bind_job`` (a ``JobHandle`` is a ``JobSink``).
 ``emit()`` never blocks and may be called from worker threads (``anyio.to_thread``): it hands the
 event to the event loop and returns.
 
@@ -39,7 +39,7 @@ from opentelemetry import trace
 from .._errors import JobFailed, LocalProtocolError
 from .._events import Cancelled, Event, Expired, Failed, Origin, Succeeded
 from .._merge import Merge
-from .._narration import _current_job, redact_text
+from .._narration import bind_job, redact_text
 from .._operations import Operations
 from .._registry import Job, JobRegistry
 from .._states import JobState
@@ -240,7 +240,15 @@ class JobService:
     async def _run(self, handle: JobHandle) -> None:
         job = handle.job
         op = self.operations.get(job.operation)
-        token = _current_job.set(handle)
+        try:
+            with bind_job(handle):
+                await self._run_bound(handle, op.handler)
+        finally:
+            handle.done.set()
+
+    async def _run_bound(self, handle: JobHandle, handler: Callable[[Any], Any]) -> None:
+        """Run the handler to the one terminal event, with ``handle`` bound as the current job."""
+        job = handle.job
         try:
             with job_span(
                 self.tracer,
@@ -250,7 +258,7 @@ class JobService:
                 job.id,
                 job.correlation_id,
             ):
-                outcome = await self._call(handle, op.handler, job.params)
+                outcome = await self._call(handle, handler, job.params)
             if not job.finished:
                 self._finish(handle, outcome)
         except Exception:
@@ -266,8 +274,6 @@ class JobService:
                 reason = handle.cancel_reason or "service shutting down"
                 job.finish(Cancelled(reason), time.time())
                 handle.notify()
-            _current_job.reset(token)
-            handle.done.set()
 
     async def _call(
         self, handle: JobHandle, handler: Callable[[Any], Any], params: Any

@@ -14,6 +14,10 @@ event (transport error, 5xx, or a clean end of body: the server drops subscriber
 connects again with ``Last-Event-ID: <seq>`` as WHATWG §9.2.4 prescribes for a reconnecting
 EventSource. The server replays from its log, so nothing is lost, and anything replayed twice is
 dropped here by seq. A 4xx means the request itself is wrong (the job is gone): no retry.
+
+httpx's own errors never leave the client: a transport error becomes ``TransportFailed``
+(``ConnectFailed`` when no connection was opened), a body that cannot be decoded a
+``RemoteProtocolError``, each with httpx's error as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from httpx_sse import aconnect_sse
 from opentelemetry import propagate
 
 from .._correlation import CORRELATION_HEADER
-from .._errors import LocalProtocolError, RemoteProtocolError
+from .._errors import (
+    ConnectFailed,
+    JobProtoError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransportFailed,
+)
 from .._events import Cancelled, Expired, Failed, Gap, JobEvent, Succeeded
 from .._narration import current_correlation_id
 from .._wire import decode_envelope, dumps
@@ -141,9 +151,12 @@ class JobClient:
         params: dict[str, str] | None = None,
         content: bytes | None = None,
     ) -> httpx.Response:
-        response = await self._http.request(
-            method, url, headers=headers, params=params, content=content, timeout=self._timeout
-        )
+        try:
+            response = await self._http.request(
+                method, url, headers=headers, params=params, content=content, timeout=self._timeout
+            )
+        except httpx.RequestError as exc:
+            raise _failure(method, url, exc) from exc
         if not response.is_success:
             raise response_error(response)
         return response
@@ -163,9 +176,10 @@ class JobClient:
         """Submit a job: ``POST /v1/jobs`` with ``{"operation": operation, **fields}``.
 
         Fields come from ``fields`` and keyword arguments alike (use ``fields`` for names that
-        clash with this method's own). With an ``idempotency_key`` a transport error is retried
+        clash with this method's own). With an ``idempotency_key`` a transport failure is retried
         (the server answers a repeat with the job it already made, ``replayed=True``); without
-        one it propagates, since the job may or may not have been created.
+        one ``TransportFailed`` propagates, since the job may or may not have been created
+        (``ConnectFailed``: it was not).
         """
         body: dict[str, Any] = {"operation": operation}
         for source in (fields or {}, more_fields):
@@ -185,11 +199,11 @@ class JobClient:
                 response = await self._request(
                     "POST", self._url(), headers=headers, content=content
                 )
-            except httpx.TransportError as exc:
+            except TransportFailed as exc:
                 failures += 1
                 if failures > retries:
                     raise
-                logger.info("retrying job creation after %r (attempt %d)", exc, failures + 1)
+                logger.info("retrying job creation after %s (attempt %d)", exc, failures + 1)
                 await self._sleep(self._delay(failures, None))
                 continue
             # 201: a new job; 200: the Idempotency-Key matched one made before.
@@ -285,6 +299,8 @@ class JobClient:
                                 return
             except httpx.TransportError as exc:  # includes httpx_sse.SSEError
                 cause = exc
+            except httpx.RequestError as exc:  # not the connection: the body itself is wrong
+                raise _failure("GET", url, exc) from exc
             # Here the stream broke, or ended before the terminal event (a lagging subscriber is
             # dropped by the server and expected to resume from the log).
             failures += 1
@@ -335,6 +351,17 @@ class JobClient:
                     return _result(item)
         # events() only ends after a terminal event, which returned above.
         raise RemoteProtocolError(f"the stream of job {created.job_id} ended without an outcome")
+
+
+def _failure(method: str, url: str, exc: httpx.RequestError) -> JobProtoError:
+    """The jobproto error for httpx's ``exc`` (the caller chains ``exc`` as its cause)."""
+    # httpx's messages are often empty ("ReadError()"): the type name says what happened then
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, httpx.ConnectError):
+        return ConnectFailed(f"cannot connect for {method} {url}: {why}")
+    if isinstance(exc, httpx.TransportError):
+        return TransportFailed(f"{method} {url} got no answer: {why}")
+    return RemoteProtocolError(f"{method} {url}: {why}")  # DecodingError, TooManyRedirects
 
 
 def _result(ev: JobEvent) -> Any:

@@ -13,6 +13,9 @@ Errors the client adds to the jobproto tree::
      │    └── RemoteJobFailed      the job ended ``failed`` (.code, .message, .job_id)
      ├── RemoteJobCancelled        the job ended ``cancelled`` or ``expired`` (.state, .reason)
      └── StreamInterrupted         the event stream broke more often in a row than allowed
+
+and from the core's tree it raises ``TransportFailed``/``ConnectFailed`` (a request got no answer)
+and ``RemoteProtocolError`` (an answer that is not jobproto/1). No httpx error leaves the client.
 """
 
 from __future__ import annotations
