@@ -398,7 +398,9 @@ def no_leftover_processes(e2e_base: Path) -> Iterator[None]:
             allowed |= tree(pid)
         return [p for p in mentioning(base) if p.pid not in allowed]
 
-    deadline = time.monotonic() + 10.0
+    # Processes on their way out get all the time a loaded machine needs; only those that stay
+    # fail the test.
+    deadline = time.monotonic() + 30.0
     left = strays()
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -709,7 +711,7 @@ def stop_and_check(
     rbee: Rbee,
     where: Path,
     exclude: Collection[int] = (),
-    grace: float = 5.0,
+    grace: float = 30.0,
 ) -> list[str]:
     """``rbee queen stop`` (expected to succeed); then whatever still mentions ``where`` but is
     not in ``exclude`` (killed, and returned)."""

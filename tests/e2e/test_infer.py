@@ -1,8 +1,10 @@
 """``rbee infer`` on a real transformers worker: a burst starts one worker; greedy tokens are
 transformers' own.
 
-The burst runs first on purpose: it is what starts the session's transformers worker for
-``tiny`` (a model with no worker yet), and the parity tests then reuse that worker.
+In file order the burst runs first and starts the session's transformers worker for ``tiny``,
+which the parity tests then reuse (a worker load costs ~12 s on two cores). Each test stands
+alone too: the burst stops whatever worker ``tiny`` has first, and a parity test run alone has
+the queen start one.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_a_request_goes_to_the_idle_worker_not_the_busy_one(cluster: Any) -> Non
         args = ("infer", "go", "--model", "synth-sched")
         with rbee.start(*args, "--max-tokens", "200") as long:
             long.wait_for(lambda r: "fox" in r.out, 30, "the long request's tokens")
-            (busy,) = long.wait_for(lambda r: r.err and _routed(r.err), 5, "its routing")
+            (busy,) = long.wait_for(lambda r: r.err and _routed(r.err), 30, "its routing")
             assert busy in ids
 
             status = rbee.result("status")
