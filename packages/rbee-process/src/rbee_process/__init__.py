@@ -1,0 +1,48 @@
+"""rbee_process: the one way rbee starts, identifies, stops and reaps its background processes.
+
+Used by the keeper (the local queen), the queen (the hives of its machine) and the hive (its
+workers). ``_record`` is identity (pid files that record a start time, the alive check, reaping),
+``_spawn`` starting (detached, its own session, output to a log), ``_stop`` termination of a
+process group (SIGTERM, grace, SIGKILL, leftovers) and log tails.
+"""
+
+from ._record import (
+    ProcessRecord,
+    alive,
+    group_members,
+    process_of,
+    read_pid_file,
+    reap,
+    write_pid_file,
+)
+from ._spawn import SpawnError, child_env, session_options, spawn_detached
+from ._stop import (
+    StopOutcome,
+    aterminate,
+    log_tail,
+    signal_group,
+    stop_pid_file,
+    terminate,
+    wait_gone,
+)
+
+__all__ = [
+    "ProcessRecord",
+    "SpawnError",
+    "StopOutcome",
+    "alive",
+    "aterminate",
+    "child_env",
+    "group_members",
+    "log_tail",
+    "process_of",
+    "read_pid_file",
+    "reap",
+    "session_options",
+    "signal_group",
+    "spawn_detached",
+    "stop_pid_file",
+    "terminate",
+    "wait_gone",
+    "write_pid_file",
+]

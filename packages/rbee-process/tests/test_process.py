@@ -1,0 +1,229 @@
+"""rbee_process on real short-lived children (``python -c`` sleepers).
+
+Every test waits for the event itself (a file a child writes, a process that is gone), with a
+deadline only as a guard against hanging, and checks at the end that no child it started is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped, unused-ignore]
+import pytest
+
+import rbee_process
+from rbee_process import ProcessRecord, StopOutcome
+
+#: a sleeper that writes its pid (and its child's) where the test can wait for it
+SLEEPER = r"""
+import json, os, signal, subprocess, sys, time
+mode, out = sys.argv[1], sys.argv[2]
+child = None
+if "grandchild" in mode:
+    child = subprocess.Popen([sys.executable, "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+if "ignore_term" in mode:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("sleeper up", flush=True)
+tmp = out + ".tmp"
+with open(tmp, "w") as f:
+    json.dump({"pid": os.getpid(), "child": child.pid if child else None, "cwd": os.getcwd(),
+               "env": os.environ.get("RBEE_TEST_VALUE")}, f)
+os.replace(tmp, out)
+time.sleep(60)
+"""
+
+
+def wait_for(predicate: Callable[[], bool], within: float = 30.0) -> None:
+    """Wait until ``predicate()`` holds; the deadline only keeps a broken test from hanging."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "the awaited event did not happen"
+        time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[int]]:
+    """Pids the test started; any still alive afterwards is killed and fails the test."""
+    pids: list[int] = []
+    yield pids
+    left = [pid for pid in pids if not gone(pid)]
+    for pid in left:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        rbee_process.reap(pid)
+    assert not left, f"processes left behind: {left}"
+
+
+def spawn_sleeper(
+    tmp_path: Path, started: list[int], mode: str = "plain", **kwargs: object
+) -> tuple[ProcessRecord, dict[str, object]]:
+    out = tmp_path / f"sleeper-{len(started)}.json"
+    record = rbee_process.spawn_detached(
+        [sys.executable, "-c", SLEEPER, mode, str(out)],
+        log_path=tmp_path / "logs" / "sleeper.log",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    started.append(record.pid)
+    wait_for(out.exists)
+    info = json.loads(out.read_text())
+    if info["child"]:
+        started.append(info["child"])
+    return record, info
+
+
+def test_spawn_detached_runs_in_its_own_session_with_a_pid_file(
+    tmp_path: Path, started: list[int]
+) -> None:
+    pid_file = tmp_path / "run" / "sleeper.pid"
+    record, info = spawn_sleeper(
+        tmp_path, started, pid_file=pid_file, env={"RBEE_TEST_VALUE": "x"}, label="sleeper"
+    )
+    assert info["pid"] == record.pid and info["env"] == "x"
+    assert os.getsid(record.pid) == record.pid and os.getpgid(record.pid) == record.pid
+    assert rbee_process.read_pid_file(pid_file) == record
+    assert record.start_time == pytest.approx(psutil.Process(record.pid).create_time())
+    assert rbee_process.alive(record)
+    log = Path(str(record.log_path))
+    wait_for(lambda: "sleeper up" in log.read_text())
+    assert log.read_text().startswith("--- rbee: ")
+    assert "starting sleeper:" in log.read_text().splitlines()[0]
+    assert rbee_process.log_tail(log, 1) == "sleeper up"
+
+    outcome, stopped = rbee_process.stop_pid_file(pid_file, grace=10)
+    assert outcome is StopOutcome.STOPPED and stopped == record
+    assert not pid_file.exists()
+    assert gone(record.pid)
+    # reaped, not a zombie: the pid is no child of ours any more
+    with pytest.raises(ChildProcessError):
+        os.waitpid(record.pid, os.WNOHANG)
+
+
+def test_spawn_with_a_cwd(tmp_path: Path, started: list[int]) -> None:
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    record, info = spawn_sleeper(tmp_path, started, cwd=where)
+    assert info["cwd"] == str(where)
+    assert psutil.Process(record.pid).cmdline() == list(record.argv)  # the trampoline is gone
+    assert rbee_process.terminate(record, grace=10) is StopOutcome.STOPPED
+
+
+def test_a_missing_command_is_a_spawn_error(tmp_path: Path) -> None:
+    with pytest.raises(rbee_process.SpawnError) as info:
+        rbee_process.spawn_detached(["/nonexistent/rbee-thing"], log_path=tmp_path / "x.log")
+    assert "/nonexistent/rbee-thing" in str(info.value)
+
+
+def test_a_reused_pid_is_never_signalled(tmp_path: Path, started: list[int]) -> None:
+    record, _ = spawn_sleeper(tmp_path, started)
+    # The same pid, but a process that started at another time: not the one the file meant.
+    assert record.start_time is not None
+    stranger = ProcessRecord(record.pid, record.start_time - 100.0, record.argv)
+    pid_file = tmp_path / "stale.pid"
+    rbee_process.write_pid_file(pid_file, stranger)
+    assert not rbee_process.alive(stranger)
+    assert rbee_process.stop_pid_file(pid_file, grace=1)[0] is StopOutcome.NOT_RUNNING
+    assert not pid_file.exists()
+    assert rbee_process.alive(record)  # still running: never signalled
+    # Without a start time the command line must match.
+    assert not rbee_process.alive(ProcessRecord(record.pid, None, ("some", "other")))
+    assert rbee_process.alive(ProcessRecord(record.pid, None, record.argv))
+    assert rbee_process.terminate(record, grace=10) is StopOutcome.STOPPED
+
+
+def test_unreadable_and_bare_pid_files_are_stale(tmp_path: Path) -> None:
+    path = tmp_path / "x.pid"
+    assert rbee_process.read_pid_file(path) is None
+    for text in ("", "not json", f"{os.getpid()}\n", json.dumps({"pid": -3}), "[]"):
+        path.write_text(text)
+        assert rbee_process.read_pid_file(path) is None, text
+
+
+def test_terminate_kills_the_group_and_a_grandchild_that_ignores_sigterm(
+    tmp_path: Path, started: list[int]
+) -> None:
+    record, info = spawn_sleeper(tmp_path, started, mode="grandchild")
+    child = int(info["child"])  # type: ignore[call-overload]
+    assert os.getpgid(child) == record.pid
+    assert rbee_process.terminate(record, grace=10) is StopOutcome.STOPPED
+    # The leader went on SIGTERM; its child ignored it and went with the final SIGKILL.
+    wait_for(lambda: gone(child))
+    assert gone(record.pid)
+
+
+@pytest.mark.anyio
+async def test_aterminate_escalates_to_sigkill(tmp_path: Path, started: list[int]) -> None:
+    record, info = spawn_sleeper(tmp_path, started, mode="ignore_term grandchild")
+    kills: list[str] = []
+    outcome = await rbee_process.aterminate(record, grace=0.3, on_kill=lambda: kills.append("k"))
+    assert outcome is StopOutcome.KILLED and kills == ["k"]
+    assert gone(record.pid)
+    wait_for(lambda: gone(int(info["child"])))  # type: ignore[call-overload]
+
+
+def test_terminate_reaches_a_group_whose_leader_is_gone(tmp_path: Path, started: list[int]) -> None:
+    # A leader killed alone leaves its child running in its group: the case of a hive that was
+    # itself killed while its workers ran.
+    record, info = spawn_sleeper(tmp_path, started, mode="grandchild")
+    child = int(info["child"])  # type: ignore[call-overload]
+    os.kill(record.pid, signal.SIGKILL)
+    wait_for(lambda: not rbee_process.alive(record))
+    assert not gone(child)
+    assert [p.pid for p in rbee_process.group_members(record)] == [child]
+    assert rbee_process.terminate(record, grace=0.3) is StopOutcome.KILLED
+    wait_for(lambda: gone(child))
+    assert rbee_process.terminate(record, grace=0.3) is StopOutcome.NOT_RUNNING
+
+
+def test_reap_returns_the_exit_code_of_our_child(tmp_path: Path) -> None:
+    record = rbee_process.spawn_detached(
+        [sys.executable, "-c", "import sys; sys.exit(7)"], log_path=tmp_path / "exit.log"
+    )
+    codes: list[int | None] = []
+
+    def reaped() -> bool:
+        codes.append(rbee_process.reap(record.pid))
+        return codes[-1] is not None
+
+    wait_for(reaped)
+    assert codes[-1] == 7
+    assert not rbee_process.alive(record)
+    assert rbee_process.reap(record.pid) is None  # collected once, not twice
+
+
+def test_session_options_start_a_child_in_its_own_group(started: list[int]) -> None:
+    options = rbee_process.session_options({"RBEE_TEST_VALUE": "y"})
+    assert options["env"]["PYTHONUNBUFFERED"] == "1" and options["env"]["RBEE_TEST_VALUE"] == "y"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import os; print(os.getpgid(0), os.getpid())"],
+        stdout=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+    started.append(proc.pid)
+    out, _ = proc.communicate(timeout=30)
+    pgid, pid = out.split()
+    assert pgid == pid == str(proc.pid)
+
+
+def test_our_own_group_is_never_signalled() -> None:
+    own = ProcessRecord(os.getpgrp(), None, ())
+    assert rbee_process.terminate(own, grace=0.1) is StopOutcome.NOT_RUNNING
+    assert rbee_process.signal_group(os.getpgrp(), signal.SIGTERM) is False
