@@ -97,7 +97,7 @@ def make_settings(tmp_path: Path) -> Callable[..., HiveSettings]:
             "stop_grace": 2.0,
             "backoff_initial": 0.05,
             "backoff_max": 0.2,
-            "ready_timeout": 10.0,
+            "ready_timeout": 60.0,  # a deadline for hung starts only; a fake starts at once
             "ready_poll_interval": 0.05,
             "heartbeat_interval": 0.2,
             "progress_interval": 0.05,
@@ -180,7 +180,8 @@ class Kit:
         ]
 
     @staticmethod
-    async def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    async def wait_for(predicate: Callable[[], bool], seconds: float = 30.0) -> None:
+        """Wait until ``predicate()``; ``seconds`` is a deadline for a hung test, not a window."""
         with anyio.fail_after(seconds):
             while not predicate():
                 await anyio.sleep(0.02)
