@@ -15,7 +15,8 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from jobproto.client import JobClient
-from rbee_worker.app import LISTENING_PREFIX, main, parse_args
+from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
+from rbee_worker.app import main, parse_args
 
 
 def worker_command() -> list[str]:
@@ -54,6 +55,7 @@ async def test_the_command_prints_listening_and_serves(tmp_path: Path) -> None:
         announced = json.loads(payload)
         assert announced["worker_id"] == "w-cli"
         assert set(announced) == {"port", "worker_id"} and announced["port"] > 0
+        assert parse_listening_line(line.decode().rstrip("\n")) == announced  # as the hive reads it
         url = f"http://127.0.0.1:{announced['port']}"
         async with httpx.AsyncClient(base_url=url) as http, JobClient(url) as client:
             with anyio.fail_after(10):

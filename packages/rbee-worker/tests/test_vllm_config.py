@@ -19,6 +19,7 @@ import anyio
 import psutil
 import pytest
 
+from rbee_contracts.lifecycle import ModelLoadState
 from rbee_worker.engines import EngineDead, GenerationRequest
 from rbee_worker.engines._vllm_config import (
     DEFAULT_CPU_KV_CACHE_BYTES,
@@ -311,7 +312,7 @@ async def test_a_dead_engine_is_noticed_without_a_request_and_ends_the_worker() 
     worker.on_engine_dead = exits.append
     async with worker.running():
         with anyio.fail_after(5):
-            while worker.state != "ready":
+            while worker.state is not ModelLoadState.READY:
                 await anyio.sleep(0.01)
         await anyio.sleep(0.1)
         assert exits == [] and await worker.dead_reason() is None
@@ -320,4 +321,4 @@ async def test_a_dead_engine_is_noticed_without_a_request_and_ends_the_worker() 
             while not exits:
                 await anyio.sleep(0.01)
     assert exits == [engine.cause]
-    assert worker.state == "failed" and worker.error == engine.cause
+    assert worker.state is ModelLoadState.FAILED and worker.error == engine.cause

@@ -7,8 +7,9 @@
     rbee-worker build-tiny-model DIR [--seed N]
 
 The command binds its port itself (0: any free port, race-free), prints exactly one line on stdout
-once it listens, ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}``, and only then starts
-loading the model (in a thread: ``/health`` and ``/ready`` answer meanwhile). Logs go to stderr.
+once it listens, ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}`` (spelled once, in
+``rbee_contracts.worker_cli``, which the hive parses it with), and only then starts loading the
+model (in a thread: ``/health`` and ``/ready`` answer meanwhile). Logs go to stderr.
 
 Exit status: 0 after SIGTERM/SIGINT (uvicorn re-raises the signal it caught, so a supervisor may
 see the signal instead), 2 for bad flags or an engine that cannot run here, and
@@ -23,28 +24,27 @@ engine loads.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 
 from jobproto.asgi import ServiceSettings
 from jobproto.asgi import create_app as create_job_app
+from rbee_contracts.engines import ENGINES
+from rbee_contracts.worker_cli import listening_line
 
-from .engines import ENGINE_NAMES, Engine, EngineNotAvailable, _vllm_guard, create_engine
+from .engines import Engine, EngineNotAvailable, _vllm_guard, create_engine
 from .health import health_routes
 from .operations import worker_operations
 from .settings import DEVICES, DTYPES, WorkerSettings, new_worker_id
 from .worker import WorkerRuntime
 
-__all__ = ["EXIT_ENGINE_DEAD", "LISTENING_PREFIX", "create_app", "main", "parse_args"]
+__all__ = ["EXIT_ENGINE_DEAD", "create_app", "main", "parse_args"]
 
-LISTENING_PREFIX = "RBEE_WORKER_LISTENING"
 EXIT_ENGINE_DEAD = 3
 
 logger = logging.getLogger("rbee_worker")
@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerSettings:
         " (Also: rbee-worker build-tiny-model DIR.)",
     )
     parser.add_argument("--model", help="model directory (not needed by the synthetic engine)")
-    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto")
+    parser.add_argument("--engine", choices=ENGINES, default="auto")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=_non_negative, default=0, help="0: any free port")
     parser.add_argument("--worker-id", default=None, help="default: a random id")
@@ -198,8 +198,7 @@ def _serve(app: Starlette, settings: WorkerSettings) -> int:
     runtime.on_engine_dead = engine_dead
 
     def ready(port: int) -> None:
-        line: dict[str, Any] = {"port": port, "worker_id": settings.worker_id}
-        print(f"{LISTENING_PREFIX} {json.dumps(line)}", flush=True)
+        print(listening_line(port, settings.worker_id), flush=True)
         runtime.begin_loading()
 
     run(server, ready)

@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from rbee_contracts.lifecycle import ModelLoadState
+
 from .worker import WorkerRuntime
 
 __all__ = ["health_routes"]
@@ -28,7 +30,7 @@ def health_routes(runtime: WorkerRuntime) -> list[BaseRoute]:
     async def ready(request: Request) -> Response:
         """200 once the model is loaded and the engine alive; 503 with the state otherwise."""
         await runtime.dead_reason()  # a dead engine turns the state to failed
-        if runtime.state == "ready":
+        if runtime.state is ModelLoadState.READY:
             body = {
                 "ready": True,
                 "model": runtime.engine.model_name,
@@ -36,7 +38,7 @@ def health_routes(runtime: WorkerRuntime) -> list[BaseRoute]:
                 "load_seconds": runtime.load_seconds,
             }
             return JSONResponse(body, 200, _NO_STORE)
-        body = {"ready": False, "state": runtime.state, "error": runtime.error}
+        body = {"ready": False, "state": runtime.state.value, "error": runtime.error}
         return JSONResponse(body, 503, _NO_STORE)
 
     async def info(request: Request) -> Response:

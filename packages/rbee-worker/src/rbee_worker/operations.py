@@ -31,6 +31,7 @@ from jobproto import (
     emit_data,
     narrate,
 )
+from rbee_contracts.lifecycle import ModelLoadState
 
 from .engines import ChatTurn, EngineDead, GenerationRequest, InvalidRequest
 from .worker import Busy, WorkerRuntime
@@ -159,9 +160,9 @@ async def _check_ready(runtime: WorkerRuntime) -> None:
     reason = await runtime.dead_reason()
     if reason is not None:
         raise JobFailed("engine_dead", reason)
-    if runtime.state == "loading":
+    if runtime.state is ModelLoadState.LOADING:
         raise JobFailed("model_not_ready", "the model is still loading; retry when /ready is 200")
-    if runtime.state == "failed":
+    if runtime.state is ModelLoadState.FAILED:
         raise JobFailed("model_not_ready", f"the model failed to load: {runtime.error}")
 
 

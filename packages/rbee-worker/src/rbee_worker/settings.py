@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from .engines import ENGINE_NAMES
+from rbee_contracts.engines import ENGINES
 
 __all__ = ["DEVICES", "DTYPES", "WorkerSettings", "new_worker_id"]
 
@@ -37,7 +37,7 @@ class WorkerSettings:
     #: path of the model directory (the synthetic engine needs none)
     model: str | None = None
     #: auto | transformers | vllm | synthetic
-    engine: str = attrs.field(default="auto", validator=attrs.validators.in_(ENGINE_NAMES))
+    engine: str = attrs.field(default="auto", validator=attrs.validators.in_(ENGINES))
     host: str = "127.0.0.1"
     #: 0 = any free port (the worker binds it itself, race-free, and prints which)
     port: int = attrs.field(default=0, validator=[_at_least(0), attrs.validators.le(65535)])

@@ -1,7 +1,9 @@
 """The worker's runtime state: the engine, its loading, and admission of requests to it.
 
 ``WorkerRuntime`` is the one object with state in a worker process (``create_app`` builds it;
-nothing is global). Its life:
+nothing is global). Its model's life is ``rbee_contracts.lifecycle.ModelLoadState``, what
+``/ready`` reports; every change goes through that module's one table
+(``model_load_transition``: any other move raises):
 
     loading ──load ok──▶ ready ──engine died──▶ failed
        └────load error──────────────────────────▶ failed
@@ -29,18 +31,18 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import anyio
+
+from rbee_contracts.lifecycle import ModelLoadState, model_load_transition
 
 from .engines import Engine, EngineDead
 from .settings import WorkerSettings
 
-__all__ = ["Admission", "Busy", "WorkerRuntime", "WorkerState"]
+__all__ = ["Admission", "Busy", "WorkerRuntime"]
 
 logger = logging.getLogger("rbee_worker")
-
-WorkerState = Literal["loading", "ready", "failed"]
 
 
 class Busy(Exception):
@@ -103,7 +105,8 @@ class WorkerRuntime:
         #: called once, ``exit_delay`` after the engine died (the command exits non-zero)
         self.on_engine_dead: Callable[[str], None] | None = None
         self._died = anyio.Event()
-        self.state: WorkerState = "loading"
+        self._state = ModelLoadState.LOADING
+        #: why the model is failed (the load's error, or the engine's death); None otherwise
         self.error: str | None = None
         self.load_seconds: float | None = None
         # The engine was built with settings.max_concurrency (or its own default): its number is
@@ -111,6 +114,14 @@ class WorkerRuntime:
         self.admission = Admission(engine.max_concurrency, settings.max_queue)
         self._may_load = anyio.Event()
         self._load_ended = anyio.Event()
+
+    @property
+    def state(self) -> ModelLoadState:
+        return self._state
+
+    def _move(self, new: ModelLoadState, error: str | None = None) -> None:
+        self._state = model_load_transition(self._state, new)
+        self.error = error
 
     def begin_loading(self) -> None:
         """Let the load start (the CLI calls this once the server listens)."""
@@ -141,11 +152,11 @@ class WorkerRuntime:
         try:
             await self.engine.load()
         except Exception as exc:
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            self._move(ModelLoadState.FAILED, f"{type(exc).__name__}: {exc}")
             logger.error("loading the model failed: %s", self.error, exc_info=True)
         else:
             self.load_seconds = round(time.perf_counter() - started, 3)
-            self.state = "ready"
+            self._move(ModelLoadState.READY)
             logger.info("model %s ready in %.2f s", self.engine.model_name, self.load_seconds)
         self._load_ended.set()
 
@@ -164,8 +175,8 @@ class WorkerRuntime:
 
     async def dead_reason(self) -> str | None:
         """Why the engine can no longer serve, if it cannot (also marks the worker failed)."""
-        if self.state == "loading" or (self.state == "failed" and self.load_seconds is None):
-            return None  # not loaded (yet): not ready, but nothing has died
+        if self.load_seconds is None:
+            return None  # not loaded (yet, or ever): not ready, but nothing has died
         try:
             await self.engine.health()
         except EngineDead as exc:
@@ -174,9 +185,12 @@ class WorkerRuntime:
         return None
 
     def mark_dead(self, reason: str) -> None:
-        if not self._died.is_set():
-            logger.error("the engine died: %s", reason)
-        self.state, self.error = "failed", reason
+        """The engine died: the model is failed. The first reason stands (later ones, from
+        jobs that were in flight, are its consequences)."""
+        if self._died.is_set():
+            return
+        logger.error("the engine died: %s", reason)
+        self._move(ModelLoadState.FAILED, reason)
         self._died.set()
 
     def info(self) -> dict[str, Any]:
@@ -188,7 +202,7 @@ class WorkerRuntime:
             "worker_id": self.settings.worker_id,
             "model": self.engine.model_name,
             "engine": self.engine.name,
-            "state": self.state,
+            "state": self.state.value,
             "in_flight": self.admission.in_flight,
             "queued": self.admission.queued,
             "max_concurrency": self.admission.max_concurrency,

@@ -24,10 +24,9 @@ from .base import (
     InvalidRequest,
     merge_deltas,
 )
-from .loader import ENGINE_NAMES, choose_engine, create_engine, resolve_engine_name
+from .loader import choose_engine, create_engine, resolve_engine_name
 
 __all__ = [
-    "ENGINE_NAMES",
     "ChatTurn",
     "Delta",
     "Engine",

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from rbee_contracts.engines import ENGINES
+
 from .base import Engine, EngineNotAvailable
 
-__all__ = ["ENGINE_NAMES", "choose_engine", "create_engine", "resolve_engine_name"]
-
-ENGINE_NAMES = ("auto", "transformers", "vllm", "synthetic")
+__all__ = ["choose_engine", "create_engine", "resolve_engine_name"]
 
 logger = logging.getLogger("rbee_worker.engines")
 
@@ -29,8 +29,8 @@ def choose_engine(name: str) -> tuple[str, str]:
     """The engine ``name`` stands for, and why: ``auto`` is vLLM where vLLM is installed and can
     run on this machine (its CPU build, or its GPU build with a GPU visible), else transformers.
     The reason goes into the worker's log, and so into the hive's narration of the spawn."""
-    if name not in ENGINE_NAMES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     if name != "auto":
         return name, "asked for by name"
     # Package metadata and /dev only: deciding must not cost vLLM's 10-20 s import.
