@@ -29,16 +29,17 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import httpx
 
 from jobproto import (
     Cancelled,
+    ConnectFailed,
     Expired,
     Failed,
     JobEvent,
     JobProtoError,
     RemoteProtocolError,
     Succeeded,
+    TransportFailed,
 )
 from jobproto.client import HTTPStatusError, JobClient, JobStatus, StreamInterrupted
 
@@ -107,7 +108,7 @@ async def _watch_interrupts() -> AsyncIterator[_Interrupts]:
 def report(renderer: Renderer, exc: BaseException, settings: Settings, job_id: str | None) -> int:
     """Tell the person what went wrong and what to do; return the exit code."""
     url = settings.queen_url
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed):
         parts = urlsplit(url)
         where = f"{parts.hostname}:{parts.port or 80}"
         if is_local(url):
@@ -123,8 +124,8 @@ def report(renderer: Renderer, exc: BaseException, settings: Settings, job_id: s
         )
         renderer.error(message, exit_code=EXIT_UNREACHABLE, code="stream_interrupted")
         return EXIT_UNREACHABLE
-    if isinstance(exc, httpx.HTTPError):
-        message = f"the queen at {url} did not answer: {type(exc).__name__} {exc}".rstrip()
+    if isinstance(exc, TransportFailed):
+        message = f"the queen at {url} did not answer: {exc}"
         renderer.error(message, exit_code=EXIT_UNREACHABLE, code="queen_unreachable")
         return EXIT_UNREACHABLE
     if isinstance(exc, HTTPStatusError):
@@ -157,7 +158,7 @@ def report(renderer: Renderer, exc: BaseException, settings: Settings, job_id: s
     return EXIT_FAILED
 
 
-_EXPECTED = (httpx.HTTPError, JobProtoError, ServiceError)
+_EXPECTED = (JobProtoError, ServiceError)
 
 
 async def follow(
@@ -251,7 +252,7 @@ async def run_job(
     async def start(client: JobClient) -> tuple[str, str, int]:
         try:
             created = await client.create(operation, fields)
-        except httpx.ConnectError:
+        except ConnectFailed:  # nothing was sent: safe to start the queen and send it again
             if not (autostart and is_local(settings.queen_url)):
                 raise
             await start_local(settings, renderer.note)

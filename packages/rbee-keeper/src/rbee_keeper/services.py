@@ -263,7 +263,7 @@ async def is_listening(url: str, limit: float = 2.0) -> bool:
     try:
         async with JobClient(url, timeout=limit) as client:
             await client.list(limit=1)
-    except (httpx.HTTPError, JobProtoError):
+    except JobProtoError:  # TransportFailed, a refusal, or not jobproto/1
         return False
     return True
 
