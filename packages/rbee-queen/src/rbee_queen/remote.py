@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from jobproto import JobFailed, Merge
+from jobproto import JobFailed, Merge, TransportFailed
 from jobproto.client import JobClient
 from jobproto.relay import relay
 
@@ -135,7 +135,11 @@ class Remote:
         return f"answered {response.status_code}" + (f": {reason}" if reason else "")
 
 
-def _why(exc: Exception) -> str:
+def _why(exc: BaseException) -> str:
+    # jobproto's TransportFailed names the request (whose URL the caller names already); its
+    # cause, the transport's own error, says what went wrong.
+    if isinstance(exc, TransportFailed) and exc.__cause__ is not None:
+        exc = exc.__cause__
     # httpx's connection errors often have an empty message; the type says enough then.
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
