@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+import rbee_process
 from jobproto.client import RemoteJobFailed
 
 pytestmark = pytest.mark.anyio
@@ -148,7 +149,7 @@ async def test_hive_start_waits_for_registration_and_hive_stop_leaves_nothing(
     assert "--queen-url" in started["command"]
     log = state / "logs" / "hive-local1.log"
     assert "fake hive local1 starting" in log.read_text()
-    assert stopped["stopped"] == "terminated"
+    assert stopped["stopped"] == "stopped"
     assert not (state / "hives" / "local1.pid").exists()
     assert hives_after == []
     assert not alive(pids["hive"])
@@ -223,3 +224,40 @@ async def test_stopping_a_hive_this_machine_does_not_run(cluster: Any, fakes: An
             await c.client.run("hive_stop", hive="nowhere")
     assert not_local.value.code == "hive_not_local"
     assert unknown.value.code == "unknown_hive"
+
+
+async def test_a_pid_file_whose_pid_is_another_process_is_not_signalled(
+    cluster: Any, tmp_path: Path
+) -> None:
+    # A pid file left by an earlier queen whose hive is gone; its pid now belongs to a stranger.
+    stranger = rbee_process.spawn_detached(
+        [sys.executable, "-c", "import time; time.sleep(60)"], log_path=tmp_path / "stranger.log"
+    )
+    try:
+        assert stranger.start_time is not None
+        state = tmp_path / "queen"
+        reused = rbee_process.ProcessRecord(stranger.pid, stranger.start_time - 50, ("rbee-hive",))
+        rbee_process.write_pid_file(state / "hives" / "gone.pid", reused)
+        async with cluster(state_dir=state) as c:
+            status = await c.client.run("hive_stop", hive="gone")
+        assert status["stopped"] == "not running" and status["pid"] == stranger.pid
+        assert rbee_process.alive(stranger)  # never signalled
+        assert not (state / "hives" / "gone.pid").exists()
+    finally:
+        assert rbee_process.terminate(stranger, grace=5) is rbee_process.StopOutcome.STOPPED
+
+
+async def test_a_restarted_queen_stops_the_hive_an_earlier_queen_started(
+    cluster: Any, fake_hive_command: tuple[str, ...], tmp_path: Path, leftovers: None
+) -> None:
+    state = tmp_path / "queen"
+    async with cluster(hive_command=fake_hive_command, state_dir=state) as first:
+        await first.client.run(
+            "hive_start", hive="kept", port=0, queen_url=first.queen_url, heartbeat=0.2
+        )
+    pids = started_pids(state, "kept")
+    assert alive(pids["hive"])  # the hive outlives the queen that started it
+    async with cluster(hive_command=fake_hive_command, state_dir=state) as second:
+        stopped = await second.client.run("hive_stop", hive="kept")
+    assert stopped["pid"] == pids["hive"] and stopped["stopped"] == "stopped"
+    assert not alive(pids["hive"]) and not alive(pids["child"])

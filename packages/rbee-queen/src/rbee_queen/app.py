@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -70,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--public-url", default=None, help="the URL hives reach this queen at")
     p.add_argument("--hive-port", type=int, default=9000, help="port of hives started here")
+    p.add_argument(
+        "--hive-command",
+        default=None,
+        help="command that runs a hive started here (split like a shell would; no shell runs it;"
+        " default: this Python's -m rbee_hive.app)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -81,13 +89,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    extra: dict[str, Any] = {}
+    if args.state_dir is not None:
+        extra["state_dir"] = args.state_dir
+    if args.hive_command:
+        extra["hive_command"] = shlex.split(args.hive_command)
     settings = QueenSettings(
         host=args.host,
         port=args.port,
         public_url=args.public_url,
         hive_timeout_beats=args.hive_timeout_beats,
         hive_port=args.hive_port,
-        **({"state_dir": args.state_dir} if args.state_dir is not None else {}),
+        **extra,
     )
     app = create_app(settings)
     queen: Queen = app.state.queen

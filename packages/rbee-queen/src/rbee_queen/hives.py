@@ -1,53 +1,42 @@
 """Hives on this machine: ``hive_start`` runs a hive process, ``hive_stop`` ends it.
 
-A hive is started like the hive starts workers: an argument list (never a shell), its own
-session and process group (``start_new_session``), stdout and stderr into
-``{state_dir}/logs/hive-{id}.log``, and a pid file ``{state_dir}/hives/{id}.pid`` (JSON) so that a
-queen restarted later can still stop it. The pid file records the process's start time (Linux
-``/proc/<pid>/stat``), so a pid reused by some other program is never signalled.
+The queen is the one owner of the hives of its machine (the keeper's ``rbee queen start``,
+``rbee hive start|stop`` and ``rbee queen stop`` all ask it). A hive is started through
+``rbee_process`` like every background process of rbee: an argument list (never a shell), its
+own session and process group, stdout and stderr into ``{state_dir}/logs/hive-{id}.log``, and a
+pid file ``{state_dir}/hives/{id}.pid`` that records its start time, so that a queen restarted
+later (or the keeper, when the queen is gone) can still stop it, and a pid reused by some other
+program is never signalled.
 
 The hive is a daemon: it outlives the job that started it and the queen too (it re-registers
 with the next queen by itself). ``start`` returns once the hive has registered with this queen;
 a hive that exits first, or does not register in time, is stopped and the job fails with the
 last lines of its log. ``stop`` sends SIGTERM to the group, SIGKILL after the grace period, then
 SIGKILL to whatever is left in the group: nothing the hive started in its group survives it.
+The queen reaps its exited hives whenever it looks at them, so none stays a zombie.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import attrs
 
+import rbee_process
 from jobproto import JobFailed, narrate, progress
+from rbee_process import ProcessRecord
 
 from .registry import HiveRegistry
 from .settings import QueenSettings
 
-__all__ = ["LocalHives", "PidFile"]
+__all__ = ["LocalHives"]
 
 POLL = 0.05
 LOG_TAIL_LINES = 20
-
-
-@attrs.frozen
-class PidFile:
-    hive_id: str
-    pid: int
-    #: the process's start time in clock ticks since boot (None where /proc is missing)
-    start_ticks: int | None
-    started_at: float
-    log: str
-    command: list[str]
 
 
 class LocalHives:
@@ -60,7 +49,6 @@ class LocalHives:
         self.settings = settings
         self.registry = registry
         self.clock = clock
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def pid_path(self, hive_id: str) -> Path:
         return self.settings.state_dir / "hives" / f"{hive_id}.pid"
@@ -82,8 +70,8 @@ class LocalHives:
         running = self.running(hive_id)
         if running is not None:
             narrate("hive_running", f"hive {hive_id} already runs (pid {running.pid})")
-            await self._wait_registered(hive_id, since=0.0, proc=None, log=Path(running.log))
-            return {**self._json(running), "already_running": True}
+            await self._wait_registered(hive_id, running, since=0.0, child=False)
+            return {**self._json(hive_id, running), "already_running": True}
         hive_dir = self.settings.state_dir / "hives" / hive_id
         command = [
             *self.settings.hive_command,
@@ -93,39 +81,43 @@ class LocalHives:
             *(("--heartbeat", f"{heartbeat:g}") if heartbeat is not None else ()),
         ]
         log = self.log_path(hive_id)
-        log.parent.mkdir(parents=True, exist_ok=True)
         hive_dir.mkdir(parents=True, exist_ok=True)
         started_at = self.clock()
         narrate("hive_starting", f"starting hive {hive_id} (log: {log})", command=command)
-        proc = _spawn(command, log)
-        self._children[hive_id] = proc
-        info = PidFile(hive_id, proc.pid, _start_ticks(proc.pid), started_at, str(log), command)
-        _write_pid_file(self.pid_path(hive_id), info)
         try:
-            await self._wait_registered(hive_id, since=started_at, proc=proc, log=log)
+            record = rbee_process.spawn_detached(
+                command, log_path=log, pid_file=self.pid_path(hive_id), label=f"hive {hive_id}"
+            )
+        except rbee_process.SpawnError as exc:
+            raise JobFailed("hive_exited", f"hive {hive_id} could not be started: {exc}") from None
+        try:
+            await self._wait_registered(hive_id, record, since=started_at, child=True)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._terminate(hive_id, info, grace=1.0)
+                await self._terminate(hive_id, record, grace=1.0)
             raise
-        narrate("hive_started", f"hive {hive_id} registered (pid {proc.pid})")
-        return {**self._json(info), "already_running": False}
+        narrate("hive_started", f"hive {hive_id} registered (pid {record.pid})")
+        return {**self._json(hive_id, record), "already_running": False}
 
     async def _wait_registered(
-        self, hive_id: str, *, since: float, proc: subprocess.Popen[bytes] | None, log: Path
+        self, hive_id: str, record: ProcessRecord, *, since: float, child: bool
     ) -> None:
         timeout = self.settings.hive_start_timeout
+        log = record.log_path or self.log_path(hive_id)
         began = time.monotonic()
         next_report = 1.0
         with anyio.move_on_after(timeout):
             while True:
                 if hive_id in self.registry and self.registry.get(hive_id).last_seen >= since:
                     return
-                if proc is not None and proc.poll() is not None:
-                    raise JobFailed(
-                        "hive_exited",
-                        f"hive {hive_id} exited with status {proc.returncode} before it registered;"
-                        f" the end of {log}:\n{_tail(log)}",
-                    )
+                if child:
+                    code = rbee_process.reap(record.pid)
+                    if code is not None:
+                        raise JobFailed(
+                            "hive_exited",
+                            f"hive {hive_id} exited with status {code} before it registered;"
+                            f" the end of {log}:\n{_tail(log)}",
+                        )
                 waited = time.monotonic() - began
                 if waited >= next_report:
                     progress(
@@ -146,8 +138,8 @@ class LocalHives:
     # -- stop --------------------------------------------------------------------------------------
 
     async def stop(self, hive_id: str) -> dict[str, Any]:
-        info = _read_pid_file(self.pid_path(hive_id))
-        if info is None:
+        record = rbee_process.read_pid_file(self.pid_path(hive_id))
+        if record is None:
             if hive_id in self.registry:
                 raise JobFailed(
                     "hive_not_local",
@@ -155,152 +147,62 @@ class LocalHives:
                     f" {self.pid_path(hive_id)}); stop it where it runs",
                 )
             raise JobFailed("unknown_hive", f"no hive {hive_id!r} is known on this machine")
-        if not self._alive(hive_id, info):
-            narrate("hive_not_running", f"hive {hive_id} (pid {info.pid}) had already exited")
-            how = "not running"
-        else:
-            how = await self._terminate(hive_id, info, grace=self.settings.hive_stop_grace)
-        self._forget(hive_id)
-        return {**self._json(info), "stopped": how}
+        how = await self._terminate(hive_id, record, grace=self.settings.hive_stop_grace)
+        if how is rbee_process.StopOutcome.NOT_RUNNING:
+            narrate("hive_not_running", f"hive {hive_id} (pid {record.pid}) had already exited")
+        return {**self._json(hive_id, record), "stopped": str(how)}
 
-    async def _terminate(self, hive_id: str, info: PidFile, *, grace: float) -> str:
+    async def _terminate(
+        self, hive_id: str, record: ProcessRecord, *, grace: float
+    ) -> rbee_process.StopOutcome:
         """SIGTERM the group, SIGKILL after ``grace``, then SIGKILL what is left; how it ended."""
-        how = "terminated"
-        if self._alive(hive_id, info):
+        if rbee_process.alive(record):
             narrate(
                 "hive_stopping",
                 f"stopping hive {hive_id} (SIGTERM to process group"
-                f" {info.pid}, SIGKILL after {grace:g} s)",
+                f" {record.pid}, SIGKILL after {grace:g} s)",
             )
-            _signal_group(info.pid, signal.SIGTERM)
-            if not await self._wait_exit(hive_id, info, grace):
-                narrate(
-                    "hive_killing",
-                    f"hive {hive_id} ignored SIGTERM for {grace:g} s: SIGKILL",
-                    level="warning",
-                )
-                _signal_group(info.pid, signal.SIGKILL)
-                await self._wait_exit(hive_id, info, 5.0)
-                how = "killed"
-        _signal_group(info.pid, signal.SIGKILL)  # stragglers the hive left in its group
+
+        def killing() -> None:
+            narrate(
+                "hive_killing",
+                f"hive {hive_id} ignored SIGTERM for {grace:g} s: SIGKILL",
+                level="warning",
+            )
+
+        how = await rbee_process.aterminate(record, grace, on_kill=killing)
         self._forget(hive_id)
         return how
 
-    async def _wait_exit(self, hive_id: str, info: PidFile, within: float) -> bool:
-        with anyio.move_on_after(within):
-            while self._alive(hive_id, info):
-                await anyio.sleep(POLL)
-            return True
-        return False
-
     def _forget(self, hive_id: str) -> None:
-        proc = self._children.pop(hive_id, None)
-        if proc is not None:
-            proc.poll()  # reap it if it has exited
         with contextlib.suppress(FileNotFoundError):
             self.pid_path(hive_id).unlink()
         self.registry.remove(hive_id)
 
     # -- inspection --------------------------------------------------------------------------------
 
-    def running(self, hive_id: str) -> PidFile | None:
-        """The pid file of the hive when its process still runs (a stale pid file is removed)."""
-        info = _read_pid_file(self.pid_path(hive_id))
-        if info is None:
-            return None
-        if self._alive(hive_id, info):
-            return info
-        proc = self._children.pop(hive_id, None)
-        if proc is not None:
-            proc.poll()
+    def running(self, hive_id: str) -> ProcessRecord | None:
+        """The record of the hive when its process still runs (a stale pid file is removed)."""
+        record = rbee_process.read_pid_file(self.pid_path(hive_id))
+        if record is not None and rbee_process.alive(record):  # alive() reaps an exited child
+            return record
         with contextlib.suppress(FileNotFoundError):
             self.pid_path(hive_id).unlink()
         return None
 
     def status(self, hive_id: str) -> dict[str, Any] | None:
-        info = self.running(hive_id)
-        return None if info is None else self._json(info)
-
-    def _alive(self, hive_id: str, info: PidFile) -> bool:
-        proc = self._children.get(hive_id)
-        if proc is not None and proc.pid == info.pid:
-            return proc.poll() is None  # our child: poll() also reaps it
-        if not _pid_alive(info.pid):
-            return False
-        # Another process may have the pid now: only the one that started then is ours.
-        return info.start_ticks is None or _start_ticks(info.pid) == info.start_ticks
+        record = self.running(hive_id)
+        return None if record is None else self._json(hive_id, record)
 
     @staticmethod
-    def _json(info: PidFile) -> dict[str, Any]:
-        return {"hive_id": info.hive_id, "pid": info.pid, "log": info.log, "command": info.command}
+    def _json(hive_id: str, record: ProcessRecord) -> dict[str, Any]:
+        return {
+            "hive_id": hive_id,
+            "pid": record.pid,
+            "log": record.log_path,
+            "command": list(record.argv),
+        }
 
 
-def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    # fork+exec returns at once; the child's own start-up is what start() then waits for.
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() signals the whole group
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 onwards)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split()
-
-
-def _start_ticks(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[19]) if fields is not None and len(fields) > 19 else None
-
-
-def _pid_alive(pid: int) -> bool:
-    fields = _stat(pid)
-    if fields is not None:
-        return fields[0] != "Z"  # a zombie has exited; its parent has not reaped it yet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _write_pid_file(path: Path, info: PidFile) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(attrs.asdict(info)))
-    tmp.replace(path)  # atomic: a reader never sees half a pid file
-
-
-def _read_pid_file(path: Path) -> PidFile | None:
-    try:
-        raw = json.loads(path.read_text())
-        return PidFile(**raw)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+def _tail(path: str | Path) -> str:
+    return rbee_process.log_tail(path, LOG_TAIL_LINES) or "(empty or missing log)"
