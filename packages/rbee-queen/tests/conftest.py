@@ -1,6 +1,7 @@
 """FAKE hives and FAKE workers for the queen's tests, built with jobproto itself.
 
-They mimic the contracts of ``docs/tiers.md`` (§hive, §worker) just enough for routing: a fake
+They speak the shared contracts (``rbee_contracts``: the same parameter, result and record
+types as the real hive and worker) and do just enough for routing: a fake
 worker streams canned text, a fake hive "spawns" fake workers in-process and reports canned models.
 Nothing here loads a model or starts a real hive; the real tiers have their own tests.
 """
@@ -28,6 +29,7 @@ from jobproto import (
     JobEvent,
     JobFailed,
     Operations,
+    converter,
     current_correlation_id,
     current_job,
     emit_data,
@@ -37,30 +39,25 @@ from jobproto import (
 from jobproto.asgi import ServiceSettings, create_app
 from jobproto.client import JobClient
 from jobproto.testing import serving
+from rbee_contracts.hive_ops import (
+    ModelDeleteParams,
+    ModelDownloadParams,
+    ModelInfo,
+    ModelList,
+    ModelListParams,
+    ModelRegisterParams,
+    WorkerList,
+    WorkerListParams,
+    WorkerSpawnParams,
+    WorkerStopParams,
+)
+from rbee_contracts.infer import InferParams, InferResult
+from rbee_contracts.lifecycle import WorkerState
+from rbee_contracts.records import WorkerRecord
 from rbee_queen.app import create_app as create_queen_app
 from rbee_queen.settings import QueenSettings
 
 # -- a fake worker ---------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class FakeMessage:
-    role: str
-    content: str
-
-
-@attrs.frozen
-class FakeInferParams:
-    """The worker's ``infer`` parameters (strict: the queen must send exactly these)."""
-
-    prompt: str | None = None
-    messages: list[FakeMessage] | None = None
-    max_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] = attrs.Factory(list)
 
 
 class FakeWorker:
@@ -79,7 +76,7 @@ class FakeWorker:
         #: fail every infer with this code (e.g. "engine_dead")
         self.fail_with: str | None = None
         self.jobs: list[tuple[str, str | None]] = []  # (job id, correlation id)
-        self.params: list[FakeInferParams] = []
+        self.params: list[InferParams] = []
         self.stopped = anyio.Event()
         self.closed = anyio.Event()
         self.app = create_app(
@@ -95,7 +92,7 @@ class FakeWorker:
         ops = Operations()
 
         @ops.operation("infer")
-        async def infer(params: FakeInferParams) -> dict[str, Any]:
+        async def infer(params: InferParams) -> dict[str, Any]:
             job = current_job()
             assert job is not None
             self.jobs.append((job.job_id, current_correlation_id()))
@@ -109,16 +106,17 @@ class FakeWorker:
                     self.started.set()
                     if self.gate is not None:
                         await self.gate.wait()
-            return {
-                "text": "".join(words),
-                "finish_reason": "length",
-                "prompt_tokens": 1,
-                "completion_tokens": len(words),
-                "ttft_ms": 1.0,
-                "tokens_per_s": 1000.0,
-                "model": self.model,
-                "engine": f"fake:{self.worker_id}",
-            }
+            result = InferResult(
+                text="".join(words),
+                finish_reason="length",
+                prompt_tokens=1,
+                completion_tokens=len(words),
+                ttft_ms=1.0,
+                tokens_per_s=1000.0,
+                model=self.model,
+                engine=f"fake:{self.worker_id}",
+            )
+            return dict(converter.unstructure(result))
 
         return ops
 
@@ -136,59 +134,20 @@ class FakeWorker:
     async def _ready(self, request: Request) -> Response:
         return JSONResponse({"ready": True, "model": self.model, "engine": "fake"})
 
-    def record(self, state: str = "ready") -> dict[str, Any]:
-        return {
-            "worker_id": self.worker_id,
-            "model": self.model,
-            "engine": "fake",
-            "url": self.url,
-            "pid": 4242,
-            "state": state,
-            "restarts": 0,
-            "started_at": "2026-01-01T00:00:00.000Z",
-            "last_exit": None,
-        }
+    def record(self, state: WorkerState = WorkerState.READY) -> dict[str, Any]:
+        record = WorkerRecord(
+            worker_id=self.worker_id,
+            model=self.model,
+            engine="fake",
+            url=self.url or None,
+            pid=4242,
+            state=state,
+            started_at="2026-01-01T00:00:00.000Z",
+        )
+        return dict(converter.unstructure(record))
 
 
 # -- a fake hive -----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class SpawnParams:
-    model: str
-    engine: str = "auto"
-    worker_id: str | None = None
-    device: str | None = None
-    max_concurrency: int | None = None
-    engine_args: dict[str, str] = attrs.Factory(dict)
-
-
-@attrs.frozen
-class Nothing:
-    pass
-
-
-@attrs.frozen
-class WorkerIdParams:
-    worker_id: str
-
-
-@attrs.frozen
-class DownloadParams:
-    repo_id: str
-    revision: str = "main"
-    name: str | None = None
-
-
-@attrs.frozen
-class RegisterParams:
-    name: str
-    path: str
-
-
-@attrs.frozen
-class NameParams:
-    name: str
 
 
 class FakeHive:
@@ -216,7 +175,7 @@ class FakeHive:
         #: workers being spawned, reported ``starting`` in heartbeats (as the real hive does)
         self.starting: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
-        self.spawned: list[SpawnParams] = []
+        self.spawned: list[WorkerSpawnParams] = []
         self.url = ""
         self._tg: anyio.abc.TaskGroup | None = None
         self.app = create_app(
@@ -285,19 +244,14 @@ class FakeHive:
         ops = Operations()
 
         @ops.operation("worker_spawn")
-        async def worker_spawn(params: SpawnParams) -> dict[str, Any]:
+        async def worker_spawn(params: WorkerSpawnParams) -> dict[str, Any]:
             self.calls["worker_spawn"] += 1
             self.spawned.append(params)
             worker_id = params.worker_id or f"{self.hive_id}-w{next(self._ids)}"
             narrate("spawn", f"starting worker {worker_id} for {params.model}")
             progress("worker_start", 0, 1, unit="steps")
-            self.starting[worker_id] = {
-                "worker_id": worker_id,
-                "model": params.model,
-                "url": None,
-                "pid": 4242,
-                "state": "starting",
-            }
+            starting = WorkerRecord(worker_id, params.model, WorkerState.STARTING, pid=4242)
+            self.starting[worker_id] = converter.unstructure(starting)
             await anyio.sleep(self.spawn_delay)
             worker = await self.add_worker(worker_id, params.model)
             del self.starting[worker_id]
@@ -305,59 +259,57 @@ class FakeHive:
             return worker.record()
 
         @ops.operation("worker_list")
-        async def worker_list(params: Nothing) -> dict[str, Any]:
+        async def worker_list(params: WorkerListParams) -> dict[str, Any]:
             self.calls["worker_list"] += 1
-            return {"workers": [w.record() for w in self.workers.values()]}
+            records = [converter.structure(w.record(), WorkerRecord) for w in self.workers.values()]
+            return dict(converter.unstructure(WorkerList(records)))
 
         @ops.operation("worker_stop")
-        async def worker_stop(params: WorkerIdParams) -> dict[str, Any]:
+        async def worker_stop(params: WorkerStopParams) -> dict[str, Any]:
             self.calls["worker_stop"] += 1
             worker = self.workers.pop(params.worker_id, None)
             if worker is None:
                 raise JobFailed("worker_not_found", f"no worker {params.worker_id}")
             narrate("stop", f"stopping worker {params.worker_id}")
             worker.stopped.set()
-            return worker.record("stopped")
+            return worker.record(WorkerState.STOPPED)
 
         @ops.operation("model_download")
-        async def model_download(params: DownloadParams) -> dict[str, Any]:
+        async def model_download(params: ModelDownloadParams) -> dict[str, Any]:
             self.calls["model_download"] += 1
             name = params.name or params.repo_id.replace("/", "--")
             for done in (0, 50, 100):
                 progress("download", done, 100, unit="bytes", message=f"{params.repo_id}")
             self.models.append(name)
-            return {"name": name, "size_bytes": 100, "source": params.repo_id}
+            info = ModelInfo(
+                name, 100, "huggingface", f"/models/{name}", params.revision, params.repo_id
+            )
+            return dict(converter.unstructure(info))
 
         @ops.operation("model_register")
-        async def model_register(params: RegisterParams) -> dict[str, Any]:
+        async def model_register(params: ModelRegisterParams) -> dict[str, Any]:
             self.calls["model_register"] += 1
             self.models.append(params.name)
-            return {"name": params.name, "path": params.path}
+            info = ModelInfo(params.name, 100, "registered", params.path)
+            return dict(converter.unstructure(info))
 
         @ops.operation("model_list")
-        async def model_list(params: Nothing) -> dict[str, Any]:
+        async def model_list(params: ModelListParams) -> dict[str, Any]:
             self.calls["model_list"] += 1
             narrate("models", f"{len(self.models)} models")
-            return {
-                "models": [
-                    {
-                        "name": name,
-                        "size_bytes": self.model_size,
-                        "source": "local",
-                        "path": f"/models/{name}",
-                        "revision": None,
-                    }
-                    for name in self.models
-                ]
-            }
+            infos = [
+                ModelInfo(name, self.model_size, "local", f"/models/{name}") for name in self.models
+            ]
+            return dict(converter.unstructure(ModelList(infos)))
 
         @ops.operation("model_delete")
-        async def model_delete(params: NameParams) -> dict[str, Any]:
+        async def model_delete(params: ModelDeleteParams) -> dict[str, Any]:
             self.calls["model_delete"] += 1
             if params.name not in self.models:
                 raise JobFailed("model_not_found", f"no model {params.name!r}")
             self.models.remove(params.name)
-            return {"deleted": params.name}
+            info = ModelInfo(params.name, self.model_size, "local", f"/models/{params.name}")
+            return dict(converter.unstructure(info))
 
         return ops
 

@@ -43,7 +43,7 @@ async def test_the_only_hive_is_used_when_none_is_named(cluster: Any, fakes: Any
         await c.client.run("model_download", repo_id="org/m", on_event=download_events.append)
         deleted = await c.client.run("model_delete", name="mine", hive="solo")
     assert listing == {"workers": []}
-    assert deleted == {"deleted": "mine"}
+    assert deleted["name"] == "mine"
     assert hive.calls["model_register"] == 1 and hive.calls["model_download"] == 1
     progress = [e.event for e in download_events if isinstance(e.event, Progress)]
     assert [p.current for p in progress] == [0, 50, 100]
@@ -120,7 +120,7 @@ async def test_parameters_are_validated_before_a_job_exists(cluster: Any) -> Non
             await c.client.create("worker_spawn")
     for err in (neither, both, bad_hive, no_model):
         assert err.value.status == 422
-    assert "'prompt' must be given, or 'messages', but not both" in neither.value.message
+    assert "'prompt' must be given, or 'messages' (exactly one of them)" in neither.value.message
     assert (neither.value.field, both.value.field) == ("prompt", "messages")
     assert bad_hive.value.field == "hive"
     assert no_model.value.field == "model"

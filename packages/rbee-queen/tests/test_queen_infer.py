@@ -259,7 +259,8 @@ async def test_a_worker_that_died_since_its_probe_fails_clearly_and_is_avoided(
             await c.client.run("infer", model="tiny", prompt="y")
         after = await c.client.run("infer", model="tiny", prompt="z")
     assert info.value.code == "downstream_unavailable"
-    assert info.value.message.startswith(f"worker:a at {doomed.url} is unavailable: ConnectError")
+    assert info.value.message.startswith(f"worker:a at {doomed.url} is unavailable: ")
+    assert "ConnectError" in info.value.message
     assert after["engine"] == "fake:b"
 
 

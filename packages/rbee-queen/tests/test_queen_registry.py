@@ -9,8 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobproto import RequestError
-from rbee_queen.registry import HiveRegistry, WorkerRecord, WorkerView, parse_registration
-from rbee_queen.scheduler import HiveInfo, NoCapacity, Placement, pick_worker, place
+from rbee_contracts.lifecycle import HiveState, WorkerState
+from rbee_contracts.records import WorkerRecord
+from rbee_queen.registry import HiveRegistry, WorkerView, parse_registration
+from rbee_queen.scheduler import HiveInfo, NoCapacity, SpawnDecision, pick_worker, place
 
 
 def body(hive_id: str = "h1", **over: Any) -> dict[str, Any]:
@@ -37,10 +39,11 @@ def worker(wid: str, model: str = "tiny", state: str = "ready", pid: int = 1) ->
 def test_registration_parses_the_contract_body() -> None:
     reg = parse_registration("h1", body(workers=[worker("w1")], extra_field_from_newer_hive=1))
     assert reg.hive_id == "h1"
-    assert reg.models == ("tiny",)
+    assert reg.heartbeat.models == ["tiny"]
     assert reg.workers[0].worker_id == "w1"
-    assert reg.workers[0].raw["pid"] == 1
-    assert reg.heartbeat_interval == 1.0
+    assert reg.workers[0].pid == 1
+    assert reg.workers[0].state is WorkerState.READY
+    assert reg.heartbeat.heartbeat_interval == 1.0
 
 
 @pytest.mark.parametrize(
@@ -73,7 +76,7 @@ def test_register_is_idempotent_and_heartbeats_replace() -> None:
     assert reg.register(parse_registration("h1", body()), now=100.0) is True
     assert reg.register(parse_registration("h1", body(models=["a", "b"])), now=101.0) is False
     (hive,) = reg.hives()
-    assert hive.registration.models == ("a", "b")
+    assert hive.heartbeat.models == ["a", "b"]
     assert (hive.first_seen, hive.last_seen) == (100.0, 101.0)
 
 
@@ -121,7 +124,13 @@ def test_in_flight_counts_and_least_busy_choice() -> None:
 @given(st.lists(st.tuples(st.integers(0, 20), st.sampled_from(["ready", "starting", "failed"]))))
 def test_pick_worker_is_the_least_busy_routable(specs: list[tuple[int, str]]) -> None:
     views = [
-        WorkerView("h", "up", WorkerRecord(f"w{i}", "tiny", state, f"http://w{i}"), n, None)
+        WorkerView(
+            "h",
+            HiveState.UP,
+            WorkerRecord(f"w{i}", "tiny", WorkerState(state), url=f"http://w{i}"),
+            n,
+            None,
+        )
         for i, (n, state) in enumerate(specs)
     ]
     chosen = pick_worker(views, "tiny")
@@ -146,7 +155,7 @@ def test_unhealthy_incarnations_are_skipped_until_the_worker_restarts() -> None:
 def test_noted_workers_serve_until_the_hive_reports_them() -> None:
     reg = HiveRegistry(timeout_beats=3)
     reg.register(parse_registration("h1", body()), now=0.0)
-    reg.note_worker("h1", WorkerRecord("w9", "tiny", "ready", "http://w9"), now=0.5)
+    reg.note_worker("h1", WorkerRecord("w9", "tiny", WorkerState.READY, url="http://w9"), now=0.5)
     assert [w.worker_id for w in reg.workers(0.5)] == ["w9"]
     # heartbeats sent before the spawn finished do not list it, or list it starting: still noted
     reg.register(parse_registration("h1", body()), now=1.0)
@@ -157,7 +166,7 @@ def test_noted_workers_serve_until_the_hive_reports_them() -> None:
     reg.register(parse_registration("h1", body(workers=[worker("w9", state="failed")])), now=2.0)
     assert [w.record.state for w in reg.workers(2.0)] == ["failed"]
     # ... and a noted worker the hive never reports is dropped after the timeout
-    reg.note_worker("h1", WorkerRecord("ghost", "tiny", "ready", "http://g"), now=2.0)
+    reg.note_worker("h1", WorkerRecord("ghost", "tiny", WorkerState.READY, url="http://g"), now=2.0)
     reg.register(parse_registration("h1", body()), now=6.0)
     assert [w.worker_id for w in reg.workers(6.0)] == []
 
@@ -179,15 +188,15 @@ def info(hive_id: str, **over: Any) -> HiveInfo:
     return HiveInfo(**fields)
 
 
-def reason(result: Placement | NoCapacity) -> str:
+def reason(result: SpawnDecision | NoCapacity) -> str:
     assert isinstance(result, NoCapacity), result
     return result.reason
 
 
 def test_place_prefers_a_hive_with_the_model_and_the_most_memory() -> None:
     hives = [info("a", free_memory_bytes=2 << 30), info("b", free_memory_bytes=4 << 30)]
-    assert place(hives, "tiny") == Placement("b", "tiny", download=False)
-    assert place(hives, "tiny", hive="a") == Placement("a", "tiny", download=False)
+    assert place(hives, "tiny") == SpawnDecision("b", "tiny", download=False)
+    assert place(hives, "tiny", hive="a") == SpawnDecision("a", "tiny", download=False)
 
 
 def test_place_says_why_nothing_can_serve() -> None:
@@ -205,6 +214,6 @@ def test_place_says_why_nothing_can_serve() -> None:
 
 def test_place_downloads_a_repo_id_nobody_has() -> None:
     hives = [info("a", models=frozenset(), local_name="org/m")]
-    assert place(hives, "org/m") == Placement("a", "org/m", download=True)
+    assert place(hives, "org/m") == SpawnDecision("a", "org/m", download=True)
     no_net = [info("a", models=frozenset(), local_name="org/m", can_download=False)]
     assert "no hive can download it" in reason(place(no_net, "org/m"))

@@ -10,6 +10,9 @@
 | worker_*       | relayed to the hive named (or the only one): one job id for the user         |
 | model_*        | relayed likewise                                                             |
 | infer          | choose (or start) a worker, then relay its ``infer`` job: no hive in between |
+
+The parameter types are the shared contracts (``rbee_contracts.queen_ops``): each relayed
+operation's type extends the hive's or worker's own, so a value they would refuse is a 422 here.
 """
 
 from __future__ import annotations
@@ -17,20 +20,21 @@ from __future__ import annotations
 from typing import Any
 
 from jobproto import Operations
-
-from .params import (
+from rbee_contracts.queen_ops import (
     HiveParams,
     HiveStartParams,
-    InferParams,
-    ModelDownloadParams,
-    ModelNameParams,
-    ModelRegisterParams,
     NoParams,
-    OnHiveParams,
-    WorkerSpawnParams,
-    WorkerStopParams,
+    QueenInferParams,
+    QueenModelDeleteParams,
+    QueenModelDownloadParams,
+    QueenModelListParams,
+    QueenModelRegisterParams,
+    QueenWorkerListParams,
+    QueenWorkerSpawnParams,
+    QueenWorkerStopParams,
     forward_fields,
 )
+
 from .queen import Queen
 
 __all__ = ["queen_operations"]
@@ -71,7 +75,7 @@ def queen_operations(queen: Queen) -> Operations:
         return await queen.local_hives.stop(params.hive)
 
     @ops.operation("worker_spawn")
-    async def worker_spawn(params: WorkerSpawnParams) -> Any:
+    async def worker_spawn(params: QueenWorkerSpawnParams) -> Any:
         """Start a worker on a hive (relayed); its record once it is ready."""
         hive = queen.resolve_hive(params.hive)
         record = await queen.forward(hive, "worker_spawn", params)
@@ -79,12 +83,12 @@ def queen_operations(queen: Queen) -> Operations:
         return record
 
     @ops.operation("worker_list")
-    async def worker_list(params: OnHiveParams) -> Any:
+    async def worker_list(params: QueenWorkerListParams) -> Any:
         """The workers of a hive, as the hive reports them (relayed)."""
         return await queen.forward(queen.resolve_hive(params.hive), "worker_list", params)
 
     @ops.operation("worker_stop")
-    async def worker_stop(params: WorkerStopParams) -> Any:
+    async def worker_stop(params: QueenWorkerStopParams) -> Any:
         """Stop a worker (relayed to the hive that runs it)."""
         hive = queen.resolve_hive(params.hive or queen.hive_of_worker(params.worker_id))
         result = await queen.forward(hive, "worker_stop", params)
@@ -92,17 +96,17 @@ def queen_operations(queen: Queen) -> Operations:
         return result
 
     @ops.operation("model_download")
-    async def model_download(params: ModelDownloadParams) -> Any:
+    async def model_download(params: QueenModelDownloadParams) -> Any:
         """Download a model from Hugging Face onto a hive (relayed, with progress)."""
         return await queen.forward(queen.resolve_hive(params.hive), "model_download", params)
 
     @ops.operation("model_register")
-    async def model_register(params: ModelRegisterParams) -> Any:
+    async def model_register(params: QueenModelRegisterParams) -> Any:
         """Register a local model directory on a hive (relayed)."""
         return await queen.forward(queen.resolve_hive(params.hive), "model_register", params)
 
     @ops.operation("model_list")
-    async def model_list(params: OnHiveParams) -> Any:
+    async def model_list(params: QueenModelListParams) -> Any:
         """The models on a hive (relayed); their sizes inform scheduling."""
         hive = queen.resolve_hive(params.hive)
         listing = await queen.forward(hive, "model_list", params)
@@ -110,12 +114,12 @@ def queen_operations(queen: Queen) -> Operations:
         return listing
 
     @ops.operation("model_delete")
-    async def model_delete(params: ModelNameParams) -> Any:
+    async def model_delete(params: QueenModelDeleteParams) -> Any:
         """Delete a model from a hive (relayed)."""
         return await queen.forward(queen.resolve_hive(params.hive), "model_delete", params)
 
     @ops.operation("infer")
-    async def infer(params: InferParams) -> Any:
+    async def infer(params: QueenInferParams) -> Any:
         """Generate text on the least busy worker with the model (started if none)."""
         return await queen.scheduler.infer(params.model, params.hive, forward_fields(params))
 

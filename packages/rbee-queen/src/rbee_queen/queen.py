@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from jobproto import JobFailed, JobState, narrate
+from jobproto import JobFailed, JobState, RequestError, narrate
 from jobproto.asgi import JobService
+from rbee_contracts.queen_ops import forward_fields
+from rbee_contracts.records import parse_worker_record
 
 from .hives import LocalHives
-from .params import forward_fields
-from .registry import Hive, HiveRegistry, parse_worker_record
+from .registry import HiveRecord, HiveRegistry
 from .remote import Remote
 from .scheduler import Scheduler
 from .settings import QueenSettings
@@ -60,7 +61,7 @@ class Queen:
 
     # -- hives -------------------------------------------------------------------------------------
 
-    def resolve_hive(self, name: str | None) -> Hive:
+    def resolve_hive(self, name: str | None) -> HiveRecord:
         """The hive named, else the only one (the only one up, when several are registered)."""
         now = self.clock()
         hives = self.registry.hives()
@@ -93,11 +94,11 @@ class Queen:
             raise JobFailed(
                 "hive_down",
                 f"hive {hive.hive_id} is down: no heartbeat for {silent:.0f} s"
-                f" (expected every {hive.registration.heartbeat_interval:g} s)",
+                f" (expected every {hive.heartbeat.heartbeat_interval:g} s)",
             )
         return hive
 
-    async def forward(self, hive: Hive, operation: str, params: Any) -> Any:
+    async def forward(self, hive: HiveRecord, operation: str, params: Any) -> Any:
         """Relay ``operation`` to ``hive`` on the current job (origin ``hive:ID``)."""
         narrate("forward", f"{operation} on hive {hive.hive_id}", hive_id=hive.hive_id)
         return await self.remote.relay(
@@ -109,7 +110,7 @@ class Queen:
 
     def note_worker(self, hive_id: str, raw: Any) -> None:
         """A worker started through the queen is routable before the hive's next heartbeat."""
-        with contextlib.suppress(ValueError):  # an odd record: the heartbeat will tell
+        with contextlib.suppress(RequestError):  # an odd record: the heartbeat will tell
             self.registry.note_worker(hive_id, parse_worker_record(raw), self.clock())
 
     def hive_of_worker(self, worker_id: str) -> str | None:
@@ -136,7 +137,7 @@ class Queen:
         workers = self.registry.workers(now)
         models: dict[str, list[str]] = {}
         for hive in self.registry.hives():
-            for model in hive.registration.models:
+            for model in hive.heartbeat.models:
                 models.setdefault(model, []).append(hive.hive_id)
         jobs = list(self.jobs.registry) if self.jobs is not None else []
         active = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)]

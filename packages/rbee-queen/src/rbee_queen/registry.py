@@ -21,164 +21,64 @@ liveness is a pure function of what was heard and when:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import attrs
 
-from jobproto import RequestError
+from jobproto import converter
+from rbee_contracts.lifecycle import HiveState, WorkerState
+from rbee_contracts.records import Heartbeat, WorkerRecord, parse_heartbeat
 
 __all__ = [
-    "Hive",
+    "HiveRecord",
     "HiveRegistry",
-    "HiveState",
     "Incarnation",
     "Registration",
     "WorkerKey",
-    "WorkerRecord",
     "WorkerView",
     "parse_registration",
-    "parse_worker_record",
 ]
 
-HiveState = Literal["up", "down"]
 WorkerKey = tuple[str, str]  # (hive_id, worker_id)
 Incarnation = tuple[str, str, str | None, int | None]  # (hive_id, worker_id, url, pid)
-
-DEFAULT_HEARTBEAT = 5.0
 
 
 # -- the registration body -------------------------------------------------------------------------
 
 
 @attrs.frozen
-class WorkerRecord:
-    """One worker as its hive reports it (``docs/tiers.md`` §hive, worker record)."""
-
-    worker_id: str
-    model: str
-    state: str
-    url: str | None = None
-    pid: int | None = None
-    engine: str = ""
-    restarts: int = 0
-    #: the record exactly as the hive sent it (shown back to users as is)
-    raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
-
-
-@attrs.frozen
 class Registration:
+    """One accepted heartbeat: the hive's id (from the path) and what it said."""
+
     hive_id: str
-    url: str
-    capabilities: Mapping[str, Any]
-    models: tuple[str, ...]
-    workers: tuple[WorkerRecord, ...]
-    free_memory_bytes: int | None
-    heartbeat_interval: float
+    heartbeat: Heartbeat
 
-
-def _invalid(field: str, message: str) -> RequestError:
-    return RequestError(422, "validation_error", f"{field}: {message}", field=field)
-
-
-def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], path: str, what: str) -> Any:
-    value = body.get(key)
-    # bool is an int in Python but never a number on the wire.
-    if value is not None and (
-        not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-    ):
-        raise _invalid(path + key, f"must be {what}")
-    return value
-
-
-def _parse_worker(raw: Any, path: str) -> WorkerRecord:
-    if not isinstance(raw, Mapping):
-        raise _invalid(path, "must be an object")
-    worker_id = _get(raw, "worker_id", (str,), path + ".", "a string")
-    model = _get(raw, "model", (str,), path + ".", "a string")
-    for key, value in (("worker_id", worker_id), ("model", model)):
-        if not value:
-            raise _invalid(f"{path}.{key}", "required and non-empty")
-    url = _get(raw, "url", (str,), path + ".", "a string")
-    if url is not None and not _is_http_url(url):
-        raise _invalid(f"{path}.url", f"must be an http(s) URL, got {url!r}")
-    return WorkerRecord(
-        worker_id=worker_id,
-        model=model,
-        state=_get(raw, "state", (str,), path + ".", "a string") or "unknown",
-        url=url,
-        pid=_get(raw, "pid", (int,), path + ".", "an integer"),
-        engine=_get(raw, "engine", (str,), path + ".", "a string") or "",
-        restarts=_get(raw, "restarts", (int,), path + ".", "an integer") or 0,
-        raw=dict(raw),
-    )
-
-
-def parse_worker_record(raw: Any) -> WorkerRecord:
-    """Validate one worker record (e.g. a ``worker_spawn`` result); a 422 ``RequestError``."""
-    return _parse_worker(raw, "worker")
-
-
-def _is_http_url(value: str) -> bool:
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def _model_name(raw: Any, path: str) -> str:
-    # The contract sends names; a hive that sends its model_list entries is understood too.
-    if isinstance(raw, Mapping):
-        raw = raw.get("name")
-    if not isinstance(raw, str) or not raw:
-        raise _invalid(path, "must be a model name")
-    return raw
+    @property
+    def workers(self) -> list[WorkerRecord]:
+        return self.heartbeat.workers
 
 
 def parse_registration(hive_id: str, body: Any) -> Registration:
-    """Validate a ``PUT /v1/hives/{hive_id}`` body, or raise a 422 ``RequestError`` naming a field.
+    """Validate a ``PUT /v1/hives/{hive_id}`` body (``rbee_contracts.records.Heartbeat``), or
+    raise a 422 ``RequestError`` naming a field.
 
     Unknown keys are ignored on purpose: a heartbeat from a newer hive must not be refused by an
-    older queen (the hive would drop out of routing), so only the fields the queen uses are checked.
+    older queen (the hive would drop out of routing).
     """
-    if not hive_id or len(hive_id) > 128 or not hive_id.isprintable() or "/" in hive_id:
-        raise _invalid("hive_id", "must be 1-128 printable characters without '/'")
-    if not isinstance(body, Mapping):
-        raise RequestError(422, "validation_error", "the request body must be a JSON object")
-    named = _get(body, "hive_id", (str,), "", "a string")
-    if named is not None and named != hive_id:
-        raise _invalid("hive_id", f"{named!r} does not match the hive id in the path {hive_id!r}")
-    url = _get(body, "url", (str,), "", "a string")
-    if url is None:
-        raise _invalid("url", "required: the URL the queen reaches this hive at")
-    if not _is_http_url(url):
-        raise _invalid("url", f"must be an http(s) URL, got {url!r}")
-    interval = _get(body, "heartbeat_interval", (int, float), "", "a number")
-    if interval is not None and not (0 < interval < math.inf):
-        raise _invalid("heartbeat_interval", "must be a positive number of seconds")
-    free = _get(body, "free_memory_bytes", (int,), "", "an integer")
-    if free is not None and free < 0:
-        raise _invalid("free_memory_bytes", "must not be negative")
-    models = _get(body, "models", (list,), "", "a list of model names") or []
-    workers = _get(body, "workers", (list,), "", "a list of worker records") or []
-    capabilities = _get(body, "capabilities", (dict,), "", "an object") or {}
-    return Registration(
-        hive_id=hive_id,
-        url=url.rstrip("/"),
-        capabilities=dict(capabilities),
-        models=tuple(_model_name(m, f"models[{i}]") for i, m in enumerate(models)),
-        workers=tuple(_parse_worker(w, f"workers[{i}]") for i, w in enumerate(workers)),
-        free_memory_bytes=free,
-        heartbeat_interval=float(interval) if interval is not None else DEFAULT_HEARTBEAT,
-    )
+    beat = parse_heartbeat(hive_id, body)
+    return Registration(hive_id, attrs.evolve(beat, hive_id=hive_id, url=beat.url.rstrip("/")))
 
 
 # -- the registry ----------------------------------------------------------------------------------
 
 
 @attrs.define
-class Hive:
+class HiveRecord:
+    """A registered hive: its last heartbeat, when it was heard, and the workers the queen
+    spawned on it that its heartbeats have not reported yet."""
+
     registration: Registration
     first_seen: float
     last_seen: float
@@ -190,8 +90,12 @@ class Hive:
         return self.registration.hive_id
 
     @property
+    def heartbeat(self) -> Heartbeat:
+        return self.registration.heartbeat
+
+    @property
     def url(self) -> str:
-        return self.registration.url
+        return self.heartbeat.url
 
     def workers(self) -> list[WorkerRecord]:
         # what the queen noted is newer than the heartbeat it arrived after (see register)
@@ -229,8 +133,8 @@ class WorkerView:
     @property
     def routable(self) -> bool:
         return (
-            self.hive_state == "up"
-            and self.record.state == "ready"
+            self.hive_state == HiveState.UP
+            and self.record.state == WorkerState.READY
             and self.record.url is not None
             and self.healthy is not False
         )
@@ -241,7 +145,7 @@ class HiveRegistry:
 
     def __init__(self, timeout_beats: int = 3) -> None:
         self.timeout_beats = timeout_beats
-        self._hives: dict[str, Hive] = {}
+        self._hives: dict[str, HiveRecord] = {}
         self._in_flight: dict[WorkerKey, int] = {}
         self._health: dict[Incarnation, bool] = {}
         #: (hive_id, model) -> size in bytes, learnt from the hives' model listings
@@ -255,15 +159,15 @@ class HiveRegistry:
         """Register or heartbeat (idempotent); True when the hive was not known before."""
         hive = self._hives.get(registration.hive_id)
         if hive is None:
-            self._hives[registration.hive_id] = Hive(registration, now, now)
+            self._hives[registration.hive_id] = HiveRecord(registration, now, now)
             return True
         hive.registration = registration
         hive.last_seen = now
         # A noted worker gives way to the hive's word once a heartbeat reports it, unless that
         # heartbeat still says ``starting``: it was sent before the spawn finished (it crossed
         # the spawn's answer on the way), and believing it would start a second worker.
-        settled = {w.worker_id for w in registration.workers if w.state != "starting"}
-        horizon = self.timeout_beats * registration.heartbeat_interval
+        settled = {w.worker_id for w in registration.workers if w.state != WorkerState.STARTING}
+        horizon = self.timeout_beats * registration.heartbeat.heartbeat_interval
         hive.noted = {
             wid: (rec, at)
             for wid, (rec, at) in hive.noted.items()
@@ -278,20 +182,20 @@ class HiveRegistry:
     def remove(self, hive_id: str) -> None:
         self._hives.pop(hive_id, None)
 
-    def get(self, hive_id: str) -> Hive:
+    def get(self, hive_id: str) -> HiveRecord:
         return self._hives[hive_id]
 
     def __contains__(self, hive_id: object) -> bool:
         return hive_id in self._hives
 
-    def hives(self) -> list[Hive]:
+    def hives(self) -> list[HiveRecord]:
         return sorted(self._hives.values(), key=lambda h: h.hive_id)
 
-    def state(self, hive: Hive, now: float) -> HiveState:
+    def state(self, hive: HiveRecord, now: float) -> HiveState:
         silent = now - hive.last_seen
-        return (
-            "up" if silent <= self.timeout_beats * hive.registration.heartbeat_interval else "down"
-        )
+        if silent <= self.timeout_beats * hive.heartbeat.heartbeat_interval:
+            return HiveState.UP
+        return HiveState.DOWN
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -307,8 +211,9 @@ class HiveRegistry:
         if hive is None:
             return
         hive.noted.pop(worker_id, None)
-        kept = tuple(w for w in hive.registration.workers if w.worker_id != worker_id)
-        hive.registration = attrs.evolve(hive.registration, workers=kept)
+        kept = [w for w in hive.registration.workers if w.worker_id != worker_id]
+        beat = attrs.evolve(hive.heartbeat, workers=kept)
+        hive.registration = attrs.evolve(hive.registration, heartbeat=beat)
 
     def workers(self, now: float) -> list[WorkerView]:
         out = []
@@ -373,26 +278,22 @@ class HiveRegistry:
 
     def worker_json(self, view: WorkerView) -> dict[str, Any]:
         return {
-            **view.record.raw,
-            "worker_id": view.worker_id,
-            "model": view.record.model,
-            "state": view.record.state,
-            "url": view.url,
+            **converter.unstructure(view.record),
             "hive_id": view.hive_id,
-            "hive_state": view.hive_state,
+            "hive_state": view.hive_state.value,
             "in_flight": view.in_flight,
             "healthy": view.healthy,
         }
 
     def hive_json(
-        self, hive: Hive, now: float, workers: Iterable[WorkerView] | None = None
+        self, hive: HiveRecord, now: float, workers: Iterable[WorkerView] | None = None
     ) -> dict[str, Any]:
         """A hive for users; with ``workers``, the hive's workers among them are included."""
-        reg = hive.registration
+        reg = hive.heartbeat
         out: dict[str, Any] = {
             "hive_id": hive.hive_id,
             "url": reg.url,
-            "state": self.state(hive, now),
+            "state": self.state(hive, now).value,
             "last_seen": _timestamp(hive.last_seen),
             "seconds_since_seen": round(max(0.0, now - hive.last_seen), 3),
             "heartbeat_interval": reg.heartbeat_interval,

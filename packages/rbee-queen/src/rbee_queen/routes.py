@@ -64,7 +64,7 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
             "hive_id": hive_id,
             "state": "up",
             "registered": created,
-            "heartbeat_interval": registration.heartbeat_interval,
+            "heartbeat_interval": registration.heartbeat.heartbeat_interval,
             "timeout_beats": registry.timeout_beats,
         }
         return JSONResponse(body, 201 if created else 200)

@@ -25,7 +25,6 @@ other's counts.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,21 +33,23 @@ from typing import Any
 import anyio
 import attrs
 
-from jobproto import JobFailed, concat_data, narrate
+from jobproto import JobFailed, RequestError, concat_data, narrate
+from rbee_contracts.hive_ops import ModelDownloadParams, WorkerSpawnParams
+from rbee_contracts.lifecycle import HiveState, WorkerState
+from rbee_contracts.queen_ops import forward_fields
+from rbee_contracts.records import WorkerRecord, parse_worker_record
 
-from .registry import HiveRegistry, HiveState, WorkerRecord, WorkerView, parse_worker_record
+from .registry import HiveRegistry, WorkerView
 from .remote import UNAVAILABLE, WORKER_RECONNECTS, Remote
 from .settings import QueenSettings
 
-__all__ = ["HiveInfo", "NoCapacity", "Placement", "Scheduler", "pick_worker", "place"]
+__all__ = ["HiveInfo", "NoCapacity", "Scheduler", "SpawnDecision", "pick_worker", "place"]
 
 #: rounds of route -> (start a worker) -> probe before a request gives up
 MAX_ROUNDS = 3
 #: worker states in which a hive is bringing a worker (back) up: wait for it, spawn no second one
-RESTARTING = frozenset({"restarting", "starting"})
+RESTARTING = frozenset({WorkerState.RESTARTING, WorkerState.STARTING})
 RESTART_POLL = 0.1
-
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # -- pure choices ----------------------------------------------------------------------------------
@@ -91,7 +92,10 @@ class HiveInfo:
 
 
 @attrs.frozen
-class Placement:
+class SpawnDecision:
+    """Where to start a worker for a model: the hive, the model's name there, and whether the
+    hive must download it first. (The hive's own ``placement`` then picks GPUs on it.)"""
+
     hive_id: str
     model: str  # the name on that hive
     download: bool
@@ -100,6 +104,12 @@ class Placement:
 @attrs.frozen
 class NoCapacity:
     reason: str
+
+
+def _downloadable(model: str) -> bool:
+    # The queen's infer type took ``model`` as a model name or a repo id (rbee_contracts.ids):
+    # one with an owner part is a Hugging Face repo id that a hive can download.
+    return "/" in model
 
 
 def _gib(n: int) -> str:
@@ -119,7 +129,7 @@ def _roomiest(hives: Sequence[HiveInfo]) -> HiveInfo:
 
 def place(
     hives: Sequence[HiveInfo], model: str, *, hive: str | None = None
-) -> Placement | NoCapacity:
+) -> SpawnDecision | NoCapacity:
     """Where to start a worker for ``model``, or why it cannot be started anywhere."""
     if not hives:
         return NoCapacity(
@@ -135,7 +145,7 @@ def place(
                 f" (registered: {known})"
             )
         hives = named
-    up = [h for h in hives if h.state == "up"]
+    up = [h for h in hives if h.state == HiveState.UP]
     if not up:
         silent = "; ".join(
             f"{h.hive_id}: last heard {h.seconds_since_seen:.0f} s ago" for h in hives
@@ -149,7 +159,7 @@ def place(
         fitting = [h for h in having if _fits(h)]
         if fitting:
             best = _roomiest(fitting)
-            return Placement(best.hive_id, best.local_name, download=False)
+            return SpawnDecision(best.hive_id, best.local_name, download=False)
         short = "; ".join(
             f"{h.hive_id} has {_gib(h.free_memory_bytes or 0)} free,"
             f" it needs {_gib(h.model_size or 0)}"
@@ -157,13 +167,13 @@ def place(
         )
         return NoCapacity(f"cannot start a worker for model {model!r}: not enough memory ({short})")
     downloaders = [h for h in up if h.can_download and _fits(h)]
-    if _REPO_ID.fullmatch(model) and downloaders:
+    if _downloadable(model) and downloaders:
         best = _roomiest(downloaders)
-        return Placement(best.hive_id, model, download=True)
+        return SpawnDecision(best.hive_id, model, download=True)
     listing = "; ".join(f"{h.hive_id}: {', '.join(sorted(h.models)) or 'none'}" for h in up)
     why = (
         "and no hive can download it"
-        if _REPO_ID.fullmatch(model)
+        if _downloadable(model)
         else "and it is no Hugging Face repo id (owner/name) to download"
     )
     return NoCapacity(
@@ -273,10 +283,10 @@ class Scheduler:
             return [
                 w
                 for w in self.registry.workers(self.clock())
-                if w.hive_state == "up"
+                if w.hive_state == HiveState.UP
                 and (
                     w.record.state in RESTARTING
-                    or (w.record.state == "ready" and w.healthy is False)
+                    or (w.record.state == WorkerState.READY and w.healthy is False)
                 )
                 and (hive is None or w.hive_id == hive)
                 and w.record.model in (model, self.registry.local_name(w.hive_id, model))
@@ -285,13 +295,13 @@ class Scheduler:
         pending = restarting()
         if not pending:
             return False
-        names = ", ".join(f"{w.worker_id} ({w.record.state})" for w in pending)
+        names = ", ".join(f"{w.worker_id} ({w.record.state.value})" for w in pending)
         narrate("waiting", f"waiting for worker {names} of model {model} to be ready again")
         if any(w.record.state in RESTARTING for w in pending):
             bound = self.settings.worker_ready_timeout
         else:
             bound = 2 * max(
-                self.registry.get(w.hive_id).registration.heartbeat_interval for w in pending
+                self.registry.get(w.hive_id).heartbeat.heartbeat_interval for w in pending
             )
         with anyio.move_on_after(bound):
             # bounded by the timeout; the hive reports the new state with its next heartbeat
@@ -363,7 +373,8 @@ class Scheduler:
                     f"no hive has model {model}; downloading it on hive {decision.hive_id}",
                     hive_id=decision.hive_id,
                 )
-                done = await self.remote.relay(url, service, "model_download", {"repo_id": model})
+                download = forward_fields(ModelDownloadParams(repo_id=model))
+                done = await self.remote.relay(url, service, "model_download", download)
                 if isinstance(done, Mapping) and isinstance(done.get("name"), str):
                     name = done["name"]
                 self.registry.set_alias(decision.hive_id, model, name)
@@ -373,7 +384,8 @@ class Scheduler:
                 hive_id=decision.hive_id,
                 model=name,
             )
-            raw = await self.remote.relay(url, service, "worker_spawn", {"model": name})
+            spawn = forward_fields(WorkerSpawnParams(model=name))
+            raw = await self.remote.relay(url, service, "worker_spawn", spawn)
         if scope.cancelled_caught:
             raise JobFailed(
                 "worker_start_timeout",
@@ -393,17 +405,17 @@ class Scheduler:
     def _spawned_record(raw: Any, hive_id: str) -> WorkerRecord:
         try:
             record = parse_worker_record(raw)
-        except ValueError as exc:
+        except RequestError as exc:
             raise JobFailed(
-                "bad_gateway", f"hive {hive_id} answered worker_spawn with {exc}"
+                "bad_gateway", f"hive {hive_id} answered worker_spawn with {exc.message}"
             ) from None
         # worker_spawn answers once the worker is ready (docs/tiers.md §hive).
-        if record.state not in ("ready", "unknown") or record.url is None:
+        if record.state != WorkerState.READY or record.url is None:
             raise JobFailed(
                 "worker_not_ready",
                 f"hive {hive_id} started worker {record.worker_id} but it is {record.state}",
             )
-        return attrs.evolve(record, state="ready")
+        return record
 
     async def _learn_sizes(self, model: str, hive: str | None) -> None:
         """Ask the hives that have ``model`` but have not said its size (best effort, quick)."""
@@ -412,8 +424,8 @@ class Scheduler:
             name = self.registry.local_name(h.hive_id, model)
             if (
                 (hive is None or h.hive_id == hive)
-                and self.registry.state(h, now) == "up"
-                and name in h.registration.models
+                and self.registry.state(h, now) == HiveState.UP
+                and name in h.heartbeat.models
                 and self.registry.model_size(h.hive_id, model) is None
             ):
                 with anyio.move_on_after(self.settings.health_timeout):
@@ -427,7 +439,7 @@ class Scheduler:
         now = self.clock()
         out = []
         for h in self.registry.hives():
-            reg = h.registration
+            reg = h.heartbeat
             free = reg.free_memory_bytes
             if free is None:
                 ram = reg.capabilities.get("ram_free_bytes")

@@ -1,0 +1,139 @@
+"""``infer``: its parameters, its data events and its result (queen → worker).
+
+``InferParams`` is the one infer parameter type: the worker structures it from the request, and
+the queen's own type (``queen_ops.QueenInferParams``) extends it with the queen's routing
+fields, so the queen refuses with a 422, before routing anything, every value a worker would
+refuse. Limits a model sets (``max_tokens`` over its ``max_model_len``) are known only to the
+loaded engine and remain the worker's to check.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import attrs
+
+from jobproto import FieldError
+
+__all__ = [
+    "MAX_MESSAGES",
+    "MAX_STOPS",
+    "MAX_TOKENS_CAP",
+    "ChatMessage",
+    "InferDelta",
+    "InferParams",
+    "InferResult",
+]
+
+# Upper bounds that keep one request from asking for absurd work; the real bound of max_tokens
+# is the model's max_model_len, which only the loaded engine knows (checked by the worker).
+MAX_TOKENS_CAP: Final = 1 << 20
+MAX_STOPS: Final = 16
+MAX_MESSAGES: Final = 1024
+#: seeds are below 2**63: torch generators take seeds below 2**64; every engine can take these
+SEED_LIMIT: Final = 1 << 63
+
+
+def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value):
+        raise FieldError(attribute.name, f"'{attribute.name}' must be a finite number")
+
+
+def _top_p(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise FieldError(attribute.name, f"'{attribute.name}' must be in (0, 1], got {value}")
+
+
+def _stops(_: object, attribute: attrs.Attribute[Any], value: list[str]) -> None:
+    if len(value) > MAX_STOPS:
+        raise FieldError(
+            attribute.name, f"'{attribute.name}' must have at most {MAX_STOPS} strings"
+        )
+    if any(not s for s in value):
+        raise FieldError(attribute.name, f"'{attribute.name}' must not contain empty strings")
+
+
+@attrs.frozen
+class ChatMessage:
+    """One turn of a chat: ``{"role": "user", "content": "..."}``."""
+
+    role: str = attrs.field(validator=attrs.validators.min_len(1))
+    content: str
+
+
+@attrs.frozen
+class InferParams:
+    """Generate from a ``prompt`` or chat ``messages`` (exactly one)."""
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            [attrs.validators.min_len(1), attrs.validators.max_len(MAX_MESSAGES)]
+        ),
+        metadata={"schema": {"minItems": 1, "maxItems": MAX_MESSAGES}},
+    )
+    max_tokens: int = attrs.field(
+        default=128,
+        validator=[attrs.validators.ge(1), attrs.validators.le(MAX_TOKENS_CAP)],
+        metadata={"schema": {"minimum": 1, "maximum": MAX_TOKENS_CAP}},
+    )
+    temperature: float = attrs.field(
+        default=1.0,
+        validator=[_finite, attrs.validators.ge(0.0)],
+        metadata={"schema": {"minimum": 0}},
+    )
+    top_p: float = attrs.field(
+        default=1.0, validator=_top_p, metadata={"schema": {"exclusiveMinimum": 0, "maximum": 1}}
+    )
+    top_k: int = attrs.field(
+        default=0, validator=attrs.validators.ge(0), metadata={"schema": {"minimum": 0}}
+    )
+    seed: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            [attrs.validators.ge(0), attrs.validators.lt(SEED_LIMIT)]
+        ),
+        metadata={"schema": {"minimum": 0, "exclusiveMaximum": SEED_LIMIT}},
+    )
+    stop: list[str] = attrs.field(
+        factory=list, validator=_stops, metadata={"schema": {"maxItems": MAX_STOPS}}
+    )
+
+    def __attrs_post_init__(self) -> None:
+        # A check across fields: FieldError names the field the 422 error points at.
+        if self.prompt is not None and self.messages is not None:
+            raise FieldError(
+                "messages", "'messages' must not be given together with 'prompt': send one of them"
+            )
+        if self.prompt is None and self.messages is None:
+            raise FieldError(
+                "prompt", "'prompt' must be given, or 'messages' (exactly one of them)"
+            )
+
+
+@attrs.frozen
+class InferDelta:
+    """One ``data`` event of an infer job: text and the token ids it came from. Deltas nobody
+    has read yet may be merged (``jobproto.concat_data``): a reader concatenates them."""
+
+    text: str
+    token_ids: list[int] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class InferResult:
+    """The result of an infer job (the worker's, relayed as is by the queen)."""
+
+    text: str
+    #: "stop", "length" (max_tokens reached) or the engine's own reason
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    #: from the job's start (queueing included) to the first token, in milliseconds
+    ttft_ms: float
+    #: over the generation itself (prefill included, queueing not)
+    tokens_per_s: float
+    model: str
+    engine: str

@@ -1,0 +1,195 @@
+"""The queen's operations: their parameters (keeper → queen).
+
+The queen is the one judge of parameters: each type of an operation the queen passes on
+*extends* the downstream type (the hive's from ``hive_ops``, the worker's ``InferParams``) with
+the queen's own routing fields (``hive``; ``model`` for infer), so every value the hive or the
+worker would refuse is refused by the queen first, with a 422, before anything is routed or
+spawned. ``forward_fields`` is what goes on: the downstream type's fields only, without the
+``None``s (the downstream defaults are the same).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from jobproto import FieldError, converter
+
+from .hive_ops import (
+    ModelDeleteParams,
+    ModelDownloadParams,
+    ModelListParams,
+    ModelRegisterParams,
+    WorkerListParams,
+    WorkerSpawnParams,
+    WorkerStopParams,
+)
+from .ids import check_name, check_repo_id, hive_id_validator, optional_hive_id_validator
+from .infer import InferParams
+from .records import is_http_url
+
+__all__ = [
+    "HiveParams",
+    "HiveStartParams",
+    "NoParams",
+    "QueenInferParams",
+    "QueenModelDeleteParams",
+    "QueenModelDownloadParams",
+    "QueenModelListParams",
+    "QueenModelRegisterParams",
+    "QueenWorkerListParams",
+    "QueenWorkerSpawnParams",
+    "QueenWorkerStopParams",
+    "downstream_type",
+    "forward_fields",
+]
+
+
+def _hive() -> Any:
+    """The queen's ``hive`` field: which hive (default: the only one, or the one that has it)."""
+    return attrs.field(default=None, kw_only=True, validator=optional_hive_id_validator)
+
+
+def _model_ref(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    # A model a hive has (its name), or a Hugging Face repo id the queen may have a hive fetch.
+    try:
+        check_name(value, attribute.name)
+    except FieldError:
+        try:
+            check_repo_id(value, attribute.name)
+        except FieldError:
+            raise FieldError(
+                attribute.name,
+                f"'{attribute.name}' must be a model name or a Hugging Face repo id (org/name),"
+                f" got {value!r}",
+            ) from None
+
+
+def _optional_url(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not is_http_url(value):
+        raise FieldError(
+            attribute.name, f"'{attribute.name}' must be an http(s) URL, got {value!r}"
+        )
+
+
+def _optional_interval(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not 0 < value < math.inf:
+        raise FieldError(
+            attribute.name, f"'{attribute.name}' must be a positive number of seconds, got {value}"
+        )
+
+
+def _optional_dir(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not value or "\0" in value):
+        raise FieldError(attribute.name, f"'{attribute.name}' must be a directory, got {value!r}")
+
+
+# -- the queen's own operations --------------------------------------------------------------------
+
+
+@attrs.frozen
+class NoParams:
+    """``status``, ``hive_list``."""
+
+
+@attrs.frozen
+class HiveParams:
+    """``hive_status``, ``hive_stop``: one hive, named."""
+
+    hive: str = attrs.field(validator=hive_id_validator)
+
+
+@attrs.frozen
+class HiveStartParams:
+    """``hive_start``: run a hive process on the queen's machine."""
+
+    hive: str = attrs.field(default="localhost", validator=hive_id_validator)
+    #: the hive's port (default: the queen's ``hive_port``, 9000; 0 = any free port)
+    port: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.in_(range(65536))),
+        metadata={"schema": {"minimum": 0, "maximum": 65535}},
+    )
+    #: the URL the hive reports to (default: this queen's own URL)
+    queen_url: str | None = attrs.field(default=None, validator=_optional_url)
+    #: the hive's heartbeat interval in seconds (default: the hive's own)
+    heartbeat: float | None = attrs.field(default=None, validator=_optional_interval)
+    models_dir: str | None = attrs.field(default=None, validator=_optional_dir)
+
+
+# -- relayed to a hive: the hive's parameters, plus which hive -------------------------------------
+
+
+@attrs.frozen
+class QueenWorkerSpawnParams(WorkerSpawnParams):
+    hive: str | None = _hive()
+
+
+@attrs.frozen
+class QueenWorkerListParams(WorkerListParams):
+    hive: str | None = _hive()
+
+
+@attrs.frozen
+class QueenWorkerStopParams(WorkerStopParams):
+    #: default: the hive that reported this worker, else the only hive
+    hive: str | None = _hive()
+
+
+@attrs.frozen
+class QueenModelDownloadParams(ModelDownloadParams):
+    hive: str | None = _hive()
+
+
+@attrs.frozen
+class QueenModelRegisterParams(ModelRegisterParams):
+    hive: str | None = _hive()
+
+
+@attrs.frozen
+class QueenModelListParams(ModelListParams):
+    hive: str | None = _hive()
+
+
+@attrs.frozen
+class QueenModelDeleteParams(ModelDeleteParams):
+    hive: str | None = _hive()
+
+
+# -- relayed to a worker: the worker's parameters, plus which model (and hive) ---------------------
+
+
+@attrs.frozen
+class QueenInferParams(InferParams):
+    """``infer``: the worker's ``InferParams`` plus the model to run it on."""
+
+    model: str = attrs.field(kw_only=True, validator=_model_ref)
+    #: run on this hive's workers only
+    hive: str | None = _hive()
+
+
+_DOWNSTREAM: dict[type, type] = {
+    QueenWorkerSpawnParams: WorkerSpawnParams,
+    QueenWorkerListParams: WorkerListParams,
+    QueenWorkerStopParams: WorkerStopParams,
+    QueenModelDownloadParams: ModelDownloadParams,
+    QueenModelRegisterParams: ModelRegisterParams,
+    QueenModelListParams: ModelListParams,
+    QueenModelDeleteParams: ModelDeleteParams,
+    QueenInferParams: InferParams,
+}
+
+
+def downstream_type(cls: type) -> type:
+    """The hive's or worker's parameter type that the queen's type ``cls`` extends (``cls``
+    itself for a type that is already the downstream one)."""
+    return _DOWNSTREAM.get(cls, cls)
+
+
+def forward_fields(params: Any) -> dict[str, Any]:
+    """The fields of ``params`` for the hive or worker: the downstream type's, no ``None``s."""
+    own = {a.name for a in attrs.fields(downstream_type(type(params)))}
+    raw: dict[str, Any] = converter.unstructure(params)
+    return {k: v for k, v in raw.items() if k in own and v is not None}
