@@ -25,7 +25,6 @@ import contextvars
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +38,7 @@ import attrs
 import filelock
 
 from jobproto import narrate
+from rbee_contracts.ids import NAME_PATTERN, check_name, check_repo_id
 
 from .downloads import HF_DIR, DownloadCancelled, Flight, download_error, fetch
 from .errors import ModelError
@@ -53,31 +53,9 @@ __all__ = [
 
 logger = logging.getLogger("rbee_hive.models")
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-REPO_ID_PATTERN = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$"
-)
-CATALOG = "catalog.json"
+CATALOG = "catalog.json"  # a name no model may take (rbee_contracts.ids.RESERVED_NAMES)
 #: how long leaving ``running()`` waits for download threads to stop
 SHUTDOWN_GRACE = 5.0
-_RESERVED = {CATALOG}
-
-
-def check_name(value: str, what: str = "name") -> str:
-    """``value`` if it is a safe model (or worker) name, else ``ValueError``."""
-    if not NAME_PATTERN.fullmatch(value) or ".." in value or value in _RESERVED:
-        # The field is named first, quoted: jobproto takes the first quoted word as the field.
-        raise ValueError(
-            f"{what!r} must be 1-128 letters, digits, dots, underscores or dashes, start with a"
-            f" letter or digit and not contain two dots in a row; got {value!r}"
-        )
-    return value
-
-
-def check_repo_id(value: str) -> str:
-    if not REPO_ID_PATTERN.fullmatch(value) or ".." in value:
-        raise ValueError(f"'repo_id' must look like org/name, got {value!r}")
-    return value
 
 
 @attrs.frozen

@@ -1,30 +1,37 @@
 """What a hive does, as jobproto operations: one typed handler each (docs/tiers.md, hive).
 
-Parameters are validated before a job exists (a bad name or path is a 422); handlers narrate and
+Parameters are the shared contracts (``rbee_contracts.hive_ops``; the queen's own types extend
+them) and are validated before a job exists (a bad name or path is a 422); handlers narrate and
 call into ``supervisor``, ``models`` and ``capabilities``; a refusal is a ``JobFailed`` with a code.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from typing import Any
 
 import anyio
-import attrs
 
 from jobproto import Operations, narrate
+from rbee_contracts.hive_ops import (
+    CapabilitiesParams,
+    ModelDeleteParams,
+    ModelDownloadParams,
+    ModelListParams,
+    ModelRegisterParams,
+    WorkerListParams,
+    WorkerSpawnParams,
+    WorkerStopParams,
+)
 
 from . import capabilities
 from .errors import ModelError, WorkerError
 from .hive import Hive
-from .models import check_name, check_repo_id
 from .placement import Claims, Placement, PlacementError, plan
 from .supervisor import Supervisor, WorkerSpec, WorkerState
 
 __all__ = [
-    "ENGINES",
     "CapabilitiesParams",
     "ModelDeleteParams",
     "ModelDownloadParams",
@@ -35,106 +42,6 @@ __all__ = [
     "WorkerStopParams",
     "hive_operations",
 ]
-
-ENGINES = ("auto", "transformers", "vllm", "synthetic")
-_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,2}(,[0-9]{1,2})*)?)$")
-_ENGINE_ARG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
-_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-
-
-# -- validators (a ValueError here is a 422 naming the field) --------------------------------------
-
-
-def _name(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_name(value, attribute.name)
-
-
-def _optional_name(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None:
-        check_name(value, attribute.name)
-
-
-def _repo_id(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_repo_id(value)
-
-
-def _revision(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not _REVISION.fullmatch(value) or ".." in value:
-        raise ValueError(f"'revision' must be a branch, tag or commit, got {value!r}")
-
-
-def _abs_path(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not value or "\0" in value or not os.path.isabs(value):
-        raise ValueError(f"'path' must be an absolute directory path, got {value!r}")
-
-
-def _device(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not _DEVICE.fullmatch(value):
-        raise ValueError(f"'device' must be cpu, cuda or cuda:N[,M...], got {value!r}")
-
-
-def _engine_args(_: object, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
-    for key, item in value.items():
-        if not _ENGINE_ARG_KEY.fullmatch(key) or "\n" in item or "\0" in item:
-            raise ValueError(
-                f"'engine_args' must map option names to values, got the entry {key!r}"
-            )
-
-
-# -- parameters ------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class WorkerSpawnParams:
-    model: str = attrs.field(validator=_name)
-    engine: str = attrs.field(default="auto", validator=attrs.validators.in_(ENGINES))
-    worker_id: str | None = attrs.field(default=None, validator=_optional_name)
-    device: str | None = attrs.field(default=None, validator=_device)
-    max_concurrency: int | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional(
-            attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(4096))
-        ),
-    )
-    engine_args: dict[str, str] = attrs.field(factory=dict, validator=_engine_args)
-
-
-@attrs.frozen
-class WorkerListParams:
-    pass
-
-
-@attrs.frozen
-class WorkerStopParams:
-    worker_id: str = attrs.field(validator=_name)
-
-
-@attrs.frozen
-class ModelDownloadParams:
-    repo_id: str = attrs.field(validator=_repo_id)
-    revision: str = attrs.field(default="main", validator=_revision)
-    name: str | None = attrs.field(default=None, validator=_optional_name)
-
-
-@attrs.frozen
-class ModelRegisterParams:
-    name: str = attrs.field(validator=_name)
-    path: str = attrs.field(validator=_abs_path)
-
-
-@attrs.frozen
-class ModelListParams:
-    pass
-
-
-@attrs.frozen
-class ModelDeleteParams:
-    name: str = attrs.field(validator=_name)
-
-
-@attrs.frozen
-class CapabilitiesParams:
-    pass
 
 
 async def _place(

@@ -4,7 +4,6 @@ and how it supervises workers. One frozen attrs class; ``app.main()`` builds it 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,12 +12,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from rbee_contracts.ids import check_hive_id
+
 __all__ = ["DEFAULT_WORKER_COMMAND", "HiveSettings", "default_models_dir", "default_state_dir"]
 
 #: how a hive starts a worker: the worker's own module, with the hive's interpreter (the same venv).
 DEFAULT_WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "rbee_worker.app")
-
-_HIVE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -40,9 +39,8 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 
 
 def _hive_id(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    # The id goes into the queen's URL path: keep it to a hostname-safe token.
-    if not _HIVE_ID.fullmatch(value):
-        raise ValueError(f"hive_id must match {_HIVE_ID.pattern}, got {value!r}")
+    # The one hive-id rule (it goes into the queen's URL path and into file names).
+    check_hive_id(value, attribute.name)
 
 
 def _http_url(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:

@@ -53,6 +53,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from jobproto import FieldError
+from rbee_contracts.ids import check_hive_id
+
 __all__ = [
     "SETTINGS",
     "ConfigError",
@@ -87,6 +90,15 @@ def _parse_str(raw: Any, _: Path) -> str:
     if not isinstance(raw, str) or not raw:
         raise ValueError("must be a non-empty string")
     return raw
+
+
+def _parse_hive_id(raw: Any, _: Path) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    try:
+        return check_hive_id(raw, "hive_id")
+    except FieldError as exc:  # the one hive-id rule, said without the field name (named above)
+        raise ValueError(f"must be 1-63 letters, digits, '.', '_' or '-', got {raw!r}") from exc
 
 
 def _parse_path(raw: Any, base: Path) -> Path:
@@ -183,7 +195,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "hive_port", _parse_port, lambda env: 9000, "port of the local hive", "--hive-port"
     ),
-    SettingSpec("hive_id", _parse_str, lambda env: "localhost", "name of the local hive"),
+    SettingSpec("hive_id", _parse_hive_id, lambda env: "localhost", "name of the local hive"),
     SettingSpec(
         "queen_command",
         _parse_command,
