@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 import click
 
+from jobproto import JobState
 from jobproto.client import JobClient
+from rbee_contracts.engines import ENGINES
 
 from . import __version__
 from .config import SETTINGS, ConfigError, Settings, load_settings
@@ -41,8 +43,7 @@ EXIT_CODES_HELP = """\b
 Exit codes: 0 success, 1 job failed, 2 usage error, 3 queen unreachable,
 4 job cancelled, 5 request refused by the queen (validation), 130 Ctrl+C."""
 
-ENGINES = ("auto", "transformers", "vllm", "synthetic")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+JOB_STATES = tuple(state.value for state in JobState)
 
 
 class SettingsError(click.ClickException):
