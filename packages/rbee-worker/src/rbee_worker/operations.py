@@ -1,8 +1,8 @@
 """The worker's jobproto operations. There is one: ``infer``.
 
-``infer`` (docs/tiers.md, worker): check the model is ready, take a slot in the bounded queue
-(or fail ``busy`` at once), stream the engine's deltas as ``data`` events
-``{"text", "token_ids"}``, and succeed with the totals. Failure codes:
+``infer`` (docs/tiers.md, worker; parameters: ``rbee_contracts.infer.InferParams``): check the
+model is ready, take a slot in the bounded queue (or fail ``busy`` at once), stream the engine's
+deltas as ``data`` events ``{"text", "token_ids"}``, and succeed with the totals. Failure codes:
 
     model_not_ready   still loading, or the load failed
     busy              every slot taken and the queue full
@@ -16,14 +16,10 @@ generation between two tokens.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
-import attrs
-
 from jobproto import (
-    FieldError,
     JobFailed,
     Operations,
     concat_data,
@@ -31,99 +27,30 @@ from jobproto import (
     emit_data,
     narrate,
 )
+from rbee_contracts.infer import InferParams
 from rbee_contracts.lifecycle import ModelLoadState
 
 from .engines import ChatTurn, EngineDead, GenerationRequest, InvalidRequest
 from .worker import Busy, WorkerRuntime
 
-__all__ = ["InferParams", "Message", "worker_operations"]
-
-# Upper bounds that keep one request from asking for absurd work; the real bound of max_tokens
-# is the model's max_model_len, which only the loaded engine knows (checked in the handler).
-MAX_TOKENS_CAP = 1 << 20
-MAX_STOPS = 16
-MAX_MESSAGES = 1024
+__all__ = ["worker_operations"]
 
 
-def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"'{attribute.name}' must be a finite number")
-
-
-def _top_p(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in (0, 1], got {value}")
-
-
-def _stops(_: object, attribute: attrs.Attribute[Any], value: list[str]) -> None:
-    if len(value) > MAX_STOPS:
-        raise ValueError(f"'{attribute.name}' must have at most {MAX_STOPS} strings")
-    if any(not s for s in value):
-        raise ValueError(f"'{attribute.name}' must not contain empty strings")
-
-
-@attrs.frozen
-class Message:
-    role: str = attrs.field(validator=attrs.validators.min_len(1))
-    content: str
-
-
-@attrs.frozen
-class InferParams:
-    """Generate from a ``prompt`` or chat ``messages`` (exactly one)."""
-
-    prompt: str | None = None
-    messages: list[Message] | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional(
-            [attrs.validators.min_len(1), attrs.validators.max_len(MAX_MESSAGES)]
-        ),
+def _request(params: InferParams, request_id: str) -> GenerationRequest:
+    messages = None
+    if params.messages is not None:
+        messages = tuple(ChatTurn(m.role, m.content) for m in params.messages)
+    return GenerationRequest(
+        prompt=params.prompt,
+        messages=messages,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        seed=params.seed,
+        stop=tuple(params.stop),
+        request_id=request_id,
     )
-    max_tokens: int = attrs.field(
-        default=128,
-        validator=[attrs.validators.ge(1), attrs.validators.le(MAX_TOKENS_CAP)],
-        metadata={"schema": {"minimum": 1}},
-    )
-    temperature: float = attrs.field(
-        default=1.0,
-        validator=[_finite, attrs.validators.ge(0.0)],
-        metadata={"schema": {"minimum": 0}},
-    )
-    top_p: float = attrs.field(default=1.0, validator=_top_p)
-    top_k: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    seed: int | None = attrs.field(
-        default=None,
-        # torch generators take seeds below 2**64; keep to what every engine can take.
-        validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.lt(1 << 63)]),
-    )
-    stop: list[str] = attrs.field(factory=list, validator=_stops)
-
-    def __attrs_post_init__(self) -> None:
-        # A check across fields: FieldError names the field the 422 error points at.
-        if self.prompt is not None and self.messages is not None:
-            raise FieldError(
-                "messages", "'messages' must not be given together with 'prompt': send one of them"
-            )
-        if self.prompt is None and self.messages is None:
-            raise FieldError(
-                "prompt", "'prompt' must be given, or 'messages' (exactly one of them)"
-            )
-
-    def request(self, request_id: str) -> GenerationRequest:
-        messages = None
-        if self.messages is not None:
-            messages = tuple(ChatTurn(m.role, m.content) for m in self.messages)
-        return GenerationRequest(
-            prompt=self.prompt,
-            messages=messages,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            stop=tuple(self.stop),
-            request_id=request_id,
-        )
 
 
 def worker_operations(runtime: WorkerRuntime) -> Operations:
@@ -142,7 +69,7 @@ def worker_operations(runtime: WorkerRuntime) -> Operations:
                 f" {engine.max_model_len}",
             )
         job = current_job()
-        request = params.request(job.job_id if job is not None else "")
+        request = _request(params, job.job_id if job is not None else "")
 
         def queued(ahead: int) -> None:
             narrate("queue", f"every slot is busy; queued with {ahead} request(s) ahead")
