@@ -5,7 +5,9 @@ own with exactly what it declares, and nothing heavier than it needs.
   session's (so uv's cache cannot hand back an older build of the same version);
 - one venv per tier (``uv venv`` + ``uv pip install``), with ``--find-links`` to the wheels and to
   ``/opt/wheels`` (the CPU build of torch; a constraint pins torch to the version the workspace
-  runs, so the multi-GB CUDA build is never picked);
+  runs, so the multi-GB CUDA build is never picked). Without ``/opt/wheels``, torch comes from
+  where the noxfile takes it (README.md, "Development"): ``RBEE_TORCH_WHEELS``, else
+  ``RBEE_TORCH_INDEX``;
 - in each: the console script answers ``--help``; the installed distributions are exactly the
   closure of the tier's declared requirements (nothing missing, no extra left in); the keeper has
   no torch/transformers, the queen and hive no torch; jobproto alone brings only its own
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,12 +35,25 @@ from packaging.utils import canonicalize_name
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("jobproto", "rbee-queen", "rbee-hive", "rbee-worker", "rbee-keeper")
-FIND_LINKS = Path("/opt/wheels")
+PACKAGES = (
+    "jobproto",
+    "rbee-contracts",
+    "rbee-process",
+    "rbee-queen",
+    "rbee-hive",
+    "rbee-worker",
+    "rbee-keeper",
+)
+LOCK_WHEELS = Path("/opt/wheels")  # the root pyproject's [tool.uv] find-links
+FIND_LINKS = Path(os.environ.get("RBEE_TORCH_WHEELS", str(LOCK_WHEELS)))
+TORCH_INDEX = os.environ.get("RBEE_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
 
 #: tier -> (requirement extras, console scripts, distributions that must not be installed)
 TIERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "jobproto": ((), (), ("uvicorn", "hypothesis", "pytest", "torch", "rich", "click")),
+    # the contracts: jobproto and attrs only; the process module: psutil and anyio only
+    "rbee-contracts": ((), (), ("uvicorn", "psutil", "torch", "huggingface-hub", "click")),
+    "rbee-process": ((), (), ("jobproto", "starlette", "httpx", "torch")),
     "rbee-queen": ((), ("rbee-queen",), ("torch", "transformers", "huggingface-hub")),
     "rbee-hive": ((), ("rbee-hive",), ("torch", "transformers")),
     "rbee-worker": (("transformers",), ("rbee-worker",), ("vllm",)),
@@ -111,8 +127,12 @@ def _install(tmp_path: Path, wheels: dict[str, Path], name: str, extras: tuple[s
         "--constraint",
         str(constraints),
     ]
+    if not LOCK_WHEELS.is_dir():
+        argv += ["--no-config"]  # uv would fail to read the find-links directory it names
     if FIND_LINKS.is_dir():
         argv += ["--find-links", str(FIND_LINKS)]
+    else:
+        argv += ["--extra-index-url", TORCH_INDEX, "--index-strategy", "unsafe-best-match"]
     done = subprocess.run(
         [*argv, "--offline", requirement], capture_output=True, text=True, timeout=240
     )
