@@ -89,6 +89,8 @@ def install_vllm(session: nox.Session, venv: str) -> None:
         "-e",
         "packages/jobproto",
         "-e",
+        "packages/rbee-contracts",
+        "-e",
         "packages/rbee-worker",
         "-e",
         "packages/rbee-hive",
