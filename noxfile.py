@@ -91,6 +91,8 @@ def install_vllm(session: nox.Session, venv: str) -> None:
         "-e",
         "packages/rbee-contracts",
         "-e",
+        "packages/rbee-process",
+        "-e",
         "packages/rbee-worker",
         "-e",
         "packages/rbee-hive",
