@@ -28,7 +28,7 @@ from jobproto import JobEvent, Narration, Progress
 from jobproto.client import JobClient
 from jobproto.testing import serving
 from rbee_hive.app import create_app
-from rbee_hive.hive import Hive
+from rbee_hive.hive import HiveService
 from rbee_hive.settings import HiveSettings
 from rbee_hive.testing.fake_hub import FakeHub
 
@@ -111,7 +111,7 @@ def make_settings(tmp_path: Path) -> Callable[..., HiveSettings]:
 @attrs.frozen
 class RunningHive:
     url: str
-    hive: Hive
+    hive: HiveService
     client: JobClient
 
 
@@ -124,7 +124,7 @@ def start_hive() -> StartHive:
     async def start(settings: HiveSettings) -> AsyncIterator[RunningHive]:
         app = create_app(settings)
         async with serving(app) as url:
-            hive: Hive = app.state.hive
+            hive: HiveService = app.state.hive
             hive.advertise(int(url.rsplit(":", 1)[1]))
             async with JobClient(url, timeout=10.0) as client:
                 yield RunningHive(url, hive, client)

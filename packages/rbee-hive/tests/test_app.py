@@ -19,8 +19,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from jobproto.client import JobClient
 from rbee_hive.app import main
+from rbee_hive.reaping import reap_leftovers, write_pidfile
 from rbee_hive.settings import HiveSettings
-from rbee_hive.supervisor import Supervisor, reap_leftovers, write_pidfile
+from rbee_hive.supervisor import Supervisor
 
 Settings = Callable[..., HiveSettings]
 
@@ -109,7 +110,7 @@ def test_workers_left_by_a_killed_hive_are_stopped(make_settings: Settings) -> N
         write_pidfile(settings.run_dir, "old", leftover.pid, sleeper)
         path = write_pidfile(settings.run_dir, "reused", stranger.pid, sleeper)
         info = json.loads(path.read_text())
-        path.write_text(json.dumps(dict(info, create_time=time.time() + 3600)))
+        path.write_text(json.dumps(dict(info, start_time=time.time() + 3600)))
 
         reap_leftovers(settings.run_dir, grace=2.0)
         leftover.wait(30)  # gone (psutil reaped it, so its status is not ours to read)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rbee_hive.registration import Heartbeat
+from rbee_hive.registration import HeartbeatSender
 from rbee_hive.settings import HiveSettings
 
 Settings = Callable[..., HiveSettings]
@@ -87,7 +87,7 @@ async def test_an_unreachable_queen_is_not_an_error() -> None:
     async def snapshot() -> dict[str, Any]:
         return {"hive_id": "x"}
 
-    beat = Heartbeat("http://127.0.0.1:9", "x", 5.0, snapshot)  # port 9: nothing listens
+    beat = HeartbeatSender("http://127.0.0.1:9", "x", 5.0, snapshot)  # port 9: nothing listens
     async with httpx.AsyncClient() as http:
         assert await beat.beat(http, httpx.Timeout(1.0)) is False
         assert await beat.beat(http, httpx.Timeout(1.0)) is False

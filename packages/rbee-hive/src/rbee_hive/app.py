@@ -31,7 +31,7 @@ from jobproto.asgi import (
 from jobproto.server import serve
 
 from . import __version__
-from .hive import Hive
+from .hive import HiveService
 from .operations import hive_operations
 from .settings import DEFAULT_WORKER_COMMAND, HiveSettings, default_models_dir, default_state_dir
 
@@ -42,7 +42,7 @@ LISTENING_PREFIX = "RBEE_HIVE_LISTENING "
 
 def create_app(settings: HiveSettings | None = None) -> Starlette:
     """The hive's Starlette app: jobproto/1 job routes plus ``/health`` and ``/v1/hive``."""
-    hive = Hive(settings or HiveSettings())
+    hive = HiveService(settings or HiveSettings())
     service = JobService(hive_operations(hive), ServiceSettings(service_name="rbee-hive"))
 
     @asynccontextmanager
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"rbee-hive: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     app = create_app(settings)
-    hive: Hive = app.state.hive
+    hive: HiveService = app.state.hive
 
     def ready(port: int) -> None:
         hive.advertise(port)

@@ -1,6 +1,6 @@
 """The hive's state in one object: its settings, model catalog, worker supervisor and heartbeat.
 
-``Hive.running()`` is the hive's part of the app lifespan: it starts the catalog, the
+``HiveService.running()`` is the hive's part of the app lifespan: it starts the catalog, the
 supervisor and the heartbeat in one task group and, on the way out, stops the heartbeat, then
 every worker (SIGTERM, then SIGKILL), then any download.
 """
@@ -19,16 +19,18 @@ import httpx
 
 from . import capabilities
 from .models import ModelCatalog
-from .registration import Heartbeat
+from .registration import HeartbeatSender
 from .settings import HiveSettings
 from .supervisor import Supervisor
 
-__all__ = ["Hive"]
+__all__ = ["HiveService"]
 
 logger = logging.getLogger("rbee_hive")
 
 
-class Hive:
+class HiveService:
+    """The state of one hive process (the queen's record of a hive is ``HiveRecord``)."""
+
     def __init__(self, settings: HiveSettings) -> None:
         self.settings = settings
         self.catalog = ModelCatalog(
@@ -37,9 +39,9 @@ class Hive:
             hf_endpoint=settings.hf_endpoint,
             progress_interval=settings.progress_interval,
         )
-        self.heartbeat: Heartbeat | None = None
+        self.heartbeat: HeartbeatSender | None = None
         if settings.queen_url is not None:
-            self.heartbeat = Heartbeat(
+            self.heartbeat = HeartbeatSender(
                 settings.queen_url, settings.hive_id, settings.heartbeat_interval, self.snapshot
             )
         self.supervisor = Supervisor(settings, on_change=self._changed)
@@ -76,7 +78,7 @@ class Hive:
             self.heartbeat.kick()
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Hive]:
+    async def running(self) -> AsyncIterator[HiveService]:
         self._url_known = anyio.Event()
         if self._url is not None:
             self._url_known.set()

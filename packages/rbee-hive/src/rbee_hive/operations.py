@@ -27,7 +27,7 @@ from rbee_contracts.hive_ops import (
 
 from . import capabilities
 from .errors import ModelError, WorkerError
-from .hive import Hive
+from .hive import HiveService
 from .placement import Claims, Placement, PlacementError, plan
 from .supervisor import Supervisor, WorkerSpec, WorkerState
 
@@ -83,7 +83,7 @@ def _new_worker_id(model: str) -> str:
 # -- the table -------------------------------------------------------------------------------------
 
 
-def hive_operations(hive: Hive) -> Operations:
+def hive_operations(hive: HiveService) -> Operations:
     ops = Operations()
     supervisor, catalog = hive.supervisor, hive.catalog
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-__all__ = ["Heartbeat"]
+__all__ = ["HeartbeatSender"]
 
 logger = logging.getLogger("rbee_hive.registration")
 
@@ -28,8 +28,9 @@ logger = logging.getLogger("rbee_hive.registration")
 MIN_SPACING = 0.2
 
 
-class Heartbeat:
-    """Sends ``snapshot()`` to the queen on a schedule. Run ``run()`` in a task group."""
+class HeartbeatSender:
+    """Sends ``snapshot()`` (a ``rbee_contracts.records.Heartbeat`` body) to the queen on a
+    schedule. Run ``run()`` in a task group."""
 
     def __init__(
         self,

@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-Each worker is one child process started from an argument list (never a shell) in its own session,
-hence its own process group: signals go to the group, so whatever the worker starts (vLLM's engine
-core, tokenizer pools) goes with it. The worker binds port 0 itself and announces the port in one
-stdout line, ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}``.
+Each worker is one child process started from an argument list (``WorkerSpec.argv``, never a
+shell) in its own session, hence its own process group (``rbee_process.session_options``):
+signals go to the group, so whatever the worker starts (vLLM's engine core, tokenizer pools) goes
+with it. The worker binds port 0 itself and announces the port in one stdout line
+(``rbee_contracts.worker_cli``: ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}``).
 
 Every worker has one supervising task in the supervisor's task group (which lives as long as the
 app). One run of the process is::
@@ -19,10 +20,16 @@ asked for), whatever is left of its group is killed, and the output pipes get a 
 A worker that was ready and then died is restarted after backoff_initial * 2**(n-1) seconds
 (at most backoff_max), up to restart_limit consecutive times; a worker that never got ready on
 its first start is left ``failed`` at once: the spawn job reports why, and its caller decides.
+Each state change goes through ``rbee_contracts.lifecycle``'s worker table
+(``WorkerProcess.set_state``, ``rbee_hive.worker_process``).
 
 ``stop()`` sends SIGTERM to the group and SIGKILL after stop_grace seconds. Leaving ``running()``
-stops every worker. A pid file per worker (``{state_dir}/run``) lets the next hive kill the
-workers of a hive that was itself killed.
+stops every worker. A pid file per worker run (``rbee_hive.reaping``, in ``{state_dir}/run``)
+lets the next hive stop the workers of a hive that was itself killed.
+
+The hive reads its workers' pipes and waits for their exit itself (anyio), so it never asks
+``rbee_process`` whether a worker is alive (that would reap the child under anyio's feet):
+identity, pid files, signals and leftovers are ``rbee_process``'s.
 
 Output lines reach a spawn job through the job's context: the spawn handler attaches a copy of its
 ``contextvars`` context to the worker, and the pumps ``narrate`` inside it.
@@ -30,210 +37,38 @@ Output lines reach a spawn job through the job's context: the spawn handler atta
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import contextvars
-import json
 import logging
-import os
 import shlex
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import attrs
 import httpx
-import psutil  # type: ignore[import-untyped]
 
+import rbee_process
 from jobproto import narrate, progress
+from rbee_contracts.lifecycle import WorkerState
+from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 
 from .errors import WorkerError
+from .reaping import reap_leftovers, write_pidfile
 from .settings import HiveSettings
+from .worker_process import WorkerProcess
+from .worker_spec import WorkerSpec
 
-__all__ = ["LISTENING_PREFIX", "Supervisor", "Worker", "WorkerSpec", "WorkerState"]
+__all__ = ["Supervisor", "WorkerProcess", "WorkerSpec", "WorkerState"]
 
 logger = logging.getLogger("rbee_hive.supervisor")
 
-LISTENING_PREFIX = "RBEE_WORKER_LISTENING "
 MAX_LINE = 64 * 1024  # longer output lines are cut (the log keeps the pieces)
 DRAIN_SECONDS = 2.0  # how long the pipes may stay open after the worker exited
-
-
-class WorkerState:
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    RESTARTING = "restarting"
-
-
-@attrs.frozen
-class WorkerSpec:
-    worker_id: str
-    model: str
-    model_path: Path
-    engine: str = "auto"
-    device: str | None = None
-    max_concurrency: int | None = None
-    engine_args: Mapping[str, str] = attrs.field(factory=dict)
-    #: extra environment (placement: CUDA_VISIBLE_DEVICES)
-    env: Mapping[str, str] = attrs.field(factory=dict)
-    #: the GPUs placement gave it (nvidia-smi indices)
-    gpus: tuple[int, ...] = ()
-    #: memory placement estimated it needs, per GPU or of RAM (claimed while it starts)
-    need_bytes: int = 0
-
-    def argv(self, settings: HiveSettings) -> list[str]:
-        """The worker's command line (docs/tiers.md, worker)."""
-        argv = [
-            *settings.worker_command,
-            "--model",
-            str(self.model_path),
-            "--engine",
-            self.engine,
-            "--host",
-            settings.worker_host,
-            "--port",
-            "0",
-            "--worker-id",
-            self.worker_id,
-            "--model-name",
-            self.model,
-        ]
-        if self.device is not None:
-            argv += ["--device", self.device]
-        if self.max_concurrency is not None:
-            argv += ["--max-concurrency", str(self.max_concurrency)]
-        for key, value in sorted(self.engine_args.items()):
-            argv += ["--engine-arg", f"{key}={value}"]
-        return argv
-
-
-def _rfc3339(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Worker:
-    """The live state of one worker. Only its supervising task changes it."""
-
-    def __init__(self, spec: WorkerSpec, log_path: Path, on_change: Callable[[], None]) -> None:
-        self.spec = spec
-        self.engine = spec.engine
-        self.state = WorkerState.STARTING
-        self.url: str | None = None
-        self.pid: int | None = None
-        self.restarts = 0
-        self.failures = 0  # consecutive crashes, for the backoff and the limit
-        self.started_at: float | None = None
-        self.ready_at: float | None = None
-        self.ever_ready = False
-        self.last_exit: int | None = None
-        self.error: str | None = None  # why it last failed
-        self.run_error: str | None = None  # why the current run is being ended by the hive
-        self.log_path = log_path
-        self.stop_requested = anyio.Event()
-        self.finished = anyio.Event()  # the supervising task has ended
-        self.observers: list[contextvars.Context] = []
-        #: the latest state changes, (time.monotonic(), state): for tests and post-mortems
-        self.history: collections.deque[tuple[float, str]] = collections.deque(maxlen=64)
-        self.history.append((time.monotonic(), self.state))
-        self._changed = anyio.Event()
-        self._on_change = on_change
-        self._log: IO[str] | None = None
-
-    @property
-    def worker_id(self) -> str:
-        return self.spec.worker_id
-
-    @property
-    def alive(self) -> bool:
-        return not self.finished.is_set()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "worker_id": self.worker_id,
-            "model": self.spec.model,
-            "engine": self.engine,
-            "url": self.url,
-            "pid": self.pid,
-            "state": self.state,
-            "restarts": self.restarts,
-            "started_at": _rfc3339(self.started_at),
-            "last_exit": self.last_exit,
-            "error": self.error,
-            "device": self.spec.device,
-            "gpus": list(self.spec.gpus),
-            "log_path": str(self.log_path),
-        }
-
-    # -- state -------------------------------------------------------------------------------------
-
-    def set_state(self, state: str, error: str | None = None) -> None:
-        if error is not None:
-            self.error = error
-        if state == self.state:
-            return
-        self.state = state
-        self.history.append((time.monotonic(), state))
-        self.note(f"state {state}" + (f": {self.error}" if error is not None else ""))
-        self.notify()
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-        self._on_change()
-
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
-
-    # -- output ------------------------------------------------------------------------------------
-
-    def open_log(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("a", encoding="utf-8", buffering=1)
-
-    def close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def write_log(self, text: str) -> None:
-        if self._log is not None:
-            self._log.write(text + "\n")
-
-    def note(self, message: str) -> None:
-        """A line of the hive's own about this worker: its log, the hive's log, the spawn job."""
-        self.write_log(f"--- rbee-hive {_rfc3339(time.time())}: {message}")
-        if self.observers:  # narration logs it too (with the job's ids)
-            self.tell(narrate, "worker", f"{self.worker_id}: {message}", worker_id=self.worker_id)
-        else:
-            logger.info("worker %s: %s", self.worker_id, message)
-
-    def tell(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Call ``narrate``/``progress`` inside each attached job's context."""
-        for ctx in list(self.observers):
-            ctx.run(fn, *args, **kwargs)
-
-    @contextlib.contextmanager
-    def observed(self) -> Iterator[None]:
-        """Attach the current job: output, progress and state changes are narrated on it."""
-        ctx = contextvars.copy_context()
-        self.observers.append(ctx)
-        try:
-            yield
-        finally:
-            self.observers.remove(ctx)
 
 
 class Supervisor:
@@ -241,7 +76,7 @@ class Supervisor:
 
     def __init__(self, settings: HiveSettings, on_change: Callable[[], None] | None = None) -> None:
         self.settings = settings
-        self.workers: dict[str, Worker] = {}
+        self.workers: dict[str, WorkerProcess] = {}
         self._on_change = on_change or (lambda: None)
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -262,34 +97,36 @@ class Supervisor:
                 self._tg = None
                 tg.cancel_scope.cancel()
 
-    def list_workers(self) -> list[Worker]:
+    def list_workers(self) -> list[WorkerProcess]:
         return list(self.workers.values())
 
-    def get(self, worker_id: str) -> Worker:
+    def get(self, worker_id: str) -> WorkerProcess:
         try:
             return self.workers[worker_id]
         except KeyError:
             raise WorkerError("worker_not_found", f"no worker {worker_id!r} on this hive") from None
 
-    def spawn(self, spec: WorkerSpec) -> Worker:
+    def spawn(self, spec: WorkerSpec) -> WorkerProcess:
         """Start a worker and its supervising task; returns at once (state ``starting``)."""
         if self._tg is None:
             raise RuntimeError("the supervisor is not running")
         old = self.workers.get(spec.worker_id)
         if old is not None and old.alive:
             raise WorkerError("worker_exists", f"a worker {spec.worker_id!r} is already running")
-        worker = Worker(spec, self.settings.logs_dir / f"{spec.worker_id}.log", self._on_change)
+        worker = WorkerProcess(
+            spec, self.settings.logs_dir / f"{spec.worker_id}.log", self._on_change
+        )
         self.workers[spec.worker_id] = worker
         self._tg.start_soon(self._supervise, worker, name=f"worker {spec.worker_id}")
         self._on_change()
         return worker
 
-    async def wait_started(self, worker: Worker) -> None:
+    async def wait_started(self, worker: WorkerProcess) -> None:
         """Wait until the first start of ``worker`` has an outcome (ready, failed or stopped)."""
         while worker.state in (WorkerState.STARTING, WorkerState.RESTARTING):
             await worker.wait_changed()
 
-    async def stop(self, worker_id: str) -> Worker:
+    async def stop(self, worker_id: str) -> WorkerProcess:
         """SIGTERM to the worker's group, SIGKILL after stop_grace; returns once it is gone.
 
         The worker leaves the table: the returned record is its last (state ``stopped``, or
@@ -310,7 +147,7 @@ class Supervisor:
 
     # -- one worker --------------------------------------------------------------------------------
 
-    async def _supervise(self, worker: Worker) -> None:
+    async def _supervise(self, worker: WorkerProcess) -> None:
         settings = self.settings
         worker.open_log()
         try:
@@ -337,7 +174,7 @@ class Supervisor:
             worker.finished.set()
             worker.notify()
 
-    def _exit_state(self, worker: Worker, returncode: int | None) -> tuple[str, str]:
+    def _exit_state(self, worker: WorkerProcess, returncode: int | None) -> tuple[WorkerState, str]:
         """What a worker that exited unasked becomes, and why (decided at the moment it exits)."""
         settings = self.settings
         cause = worker.run_error
@@ -362,7 +199,7 @@ class Supervisor:
         worker.failures += 1
         return WorkerState.RESTARTING, cause
 
-    async def _run_once(self, worker: Worker) -> None:
+    async def _run_once(self, worker: WorkerProcess) -> None:
         argv = worker.spec.argv(self.settings)
         worker.url = None
         worker.ready_at = None
@@ -370,16 +207,14 @@ class Supervisor:
         worker.started_at = time.time()
         worker.set_state(WorkerState.STARTING)
         worker.note(f"starting: {shlex.join(argv)}")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.update(worker.spec.env)
         try:
+            # Its own session and process group (signals reach all it starts), stdin from
+            # /dev/null, our environment plus placement's: rbee_process's rules; the pipes are ours.
             process = await anyio.open_process(
                 argv,
-                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,  # its own process group: signals reach all it starts
+                **rbee_process.session_options(worker.spec.env),
             )
         except OSError as exc:
             worker.last_exit = None
@@ -387,7 +222,7 @@ class Supervisor:
             worker.set_state(*self._exit_state(worker, None))
             return
         pid = worker.pid = process.pid
-        pidfile = write_pidfile(self.settings.run_dir, worker.worker_id, pid, argv)
+        pidfile = write_pidfile(self.settings.run_dir, worker.worker_id, pid, argv, worker.log_path)
         listening = anyio.Event()
         try:
             assert process.stdout is not None and process.stderr is not None
@@ -404,12 +239,12 @@ class Supervisor:
                         worker.set_state(*self._exit_state(worker, returncode))
                     worker.note(f"pid {pid} exited with {returncode}")
                 # Whatever the worker started and left behind goes now.
-                killpg(pid, signal.SIGKILL)
+                rbee_process.signal_group(pid, signal.SIGKILL)
                 pumps.cancel_scope.deadline = anyio.current_time() + DRAIN_SECONDS
         finally:
             with anyio.CancelScope(shield=True):
                 if process.returncode is None:  # cancelled: never leave a process behind
-                    killpg(pid, signal.SIGKILL)
+                    rbee_process.signal_group(pid, signal.SIGKILL)
                     await process.wait()
                 await process.aclose()
             worker.pid = None
@@ -417,7 +252,7 @@ class Supervisor:
 
     async def _pump(
         self,
-        worker: Worker,
+        worker: WorkerProcess,
         stream: anyio.abc.ByteReceiveStream,
         name: str,
         listening: anyio.Event,
@@ -437,17 +272,16 @@ class Supervisor:
         if buffer:
             self._line(worker, name, buffer, listening)
 
-    def _line(self, worker: Worker, stream: str, raw: bytes, listening: anyio.Event) -> None:
+    def _line(self, worker: WorkerProcess, stream: str, raw: bytes, listening: anyio.Event) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         worker.write_log(text)
         worker.tell(narrate, "worker_output", text, worker_id=worker.worker_id, stream=stream)
         if stream == "stdout" and text.startswith(LISTENING_PREFIX) and not listening.is_set():
-            try:
-                info = json.loads(text[len(LISTENING_PREFIX) :])
-                port = int(info["port"])
-            except (ValueError, KeyError, TypeError):
+            info = parse_listening_line(text)
+            if info is None:
                 worker.note(f"ignoring a malformed listening line: {text!r}")
                 return
+            port = int(info["port"])
             if info.get("worker_id") not in (None, worker.worker_id):
                 worker.note(f"the worker calls itself {info.get('worker_id')!r}")
             worker.url = f"http://{self._advertised_host()}:{port}"
@@ -464,7 +298,7 @@ class Supervisor:
             return public or socket.gethostname()
         return _connect_host(settings.worker_host)
 
-    async def _watch_ready(self, worker: Worker, listening: anyio.Event, pid: int) -> None:
+    async def _watch_ready(self, worker: WorkerProcess, listening: anyio.Event, pid: int) -> None:
         """Poll ``GET /ready`` until ready, failed or ready_timeout; narrate progress."""
         settings = self.settings
         start = time.monotonic()
@@ -519,19 +353,19 @@ class Supervisor:
             return str(body.get("error") or "the model failed to load")
         return None
 
-    async def _watch_stop(self, worker: Worker, pid: int) -> None:
+    async def _watch_stop(self, worker: WorkerProcess, pid: int) -> None:
         await worker.stop_requested.wait()
         worker.note("stopping (SIGTERM)")
         await self._terminate(pid)
 
     async def _terminate(self, pid: int) -> None:
         """SIGTERM to the group, SIGKILL after stop_grace. The caller's scope ends at exit."""
-        killpg(pid, signal.SIGTERM)
+        rbee_process.signal_group(pid, signal.SIGTERM)
         await anyio.sleep(self.settings.stop_grace)
         logger.warning(
             "process group %d ignored SIGTERM for %g s: SIGKILL", pid, self.settings.stop_grace
         )
-        killpg(pid, signal.SIGKILL)
+        rbee_process.signal_group(pid, signal.SIGKILL)
         await anyio.sleep_forever()
 
 
@@ -547,60 +381,3 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return str(number)
-
-
-def killpg(pgid: int, sig: int) -> bool:
-    """Signal a process group; False when it no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        logger.warning("not allowed to signal process group %d", pgid)
-        return False
-    return True
-
-
-# -- pid files: no orphans even when the hive itself was killed -----------------------------------
-
-
-def write_pidfile(run_dir: Path, worker_id: str, pid: int, argv: list[str]) -> Path:
-    path = run_dir / f"{worker_id}.json"
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        created = time.time()
-    path.write_text(json.dumps({"pid": pid, "pgid": pid, "create_time": created, "argv": argv}))
-    return path
-
-
-def reap_leftovers(run_dir: Path, grace: float) -> None:
-    """Stop the process groups of workers a previous hive left running (it was killed)."""
-    for path in run_dir.glob("*.json"):
-        try:
-            info = json.loads(path.read_text())
-            pgid, created = int(info["pgid"]), float(info["create_time"])
-        except (OSError, ValueError, KeyError, TypeError):
-            path.unlink(missing_ok=True)
-            continue
-        members = []
-        for proc in psutil.process_iter():
-            try:
-                # A member of that group started no earlier than the worker: not a reused id.
-                if os.getpgid(proc.pid) == pgid and proc.create_time() >= created - 1.0:
-                    members.append(proc)
-            except (psutil.Error, ProcessLookupError, PermissionError):
-                continue
-        if members:
-            logger.warning(
-                "stopping %d leftover process(es) of worker group %d", len(members), pgid
-            )
-            for proc in members:
-                with contextlib.suppress(psutil.Error):
-                    proc.terminate()
-            _, alive = psutil.wait_procs(members, timeout=grace)
-            for proc in alive:
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-            psutil.wait_procs(alive, timeout=5)
-        path.unlink(missing_ok=True)

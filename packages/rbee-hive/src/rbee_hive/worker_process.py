@@ -1,0 +1,156 @@
+"""One worker process as the hive supervises it: ``WorkerProcess``, its state and its output.
+
+The state moves only through ``rbee_contracts.lifecycle``'s worker table (``set_state``); the
+supervising task (``rbee_hive.supervisor``) is the only caller. Output lines, the hive's own notes
+and state changes go to the worker's log file and, while a job observes the worker (the spawn
+job), are narrated on that job inside its ``contextvars`` context.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+from jobproto import converter, narrate
+from rbee_contracts.lifecycle import WorkerState, worker_transition
+from rbee_contracts.records import WorkerRecord
+
+from .worker_spec import WorkerSpec
+
+__all__ = ["WorkerProcess"]
+
+logger = logging.getLogger("rbee_hive.supervisor")
+
+
+def _rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class WorkerProcess:
+    """The live state of one worker process. Only its supervising task changes it."""
+
+    def __init__(self, spec: WorkerSpec, log_path: Path, on_change: Callable[[], None]) -> None:
+        self.spec = spec
+        self.engine = spec.engine
+        self.state: WorkerState = WorkerState.STARTING
+        self.url: str | None = None
+        self.pid: int | None = None
+        self.restarts = 0
+        self.failures = 0  # consecutive crashes, for the backoff and the limit
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.ever_ready = False
+        self.last_exit: int | None = None
+        self.error: str | None = None  # why it last failed
+        self.run_error: str | None = None  # why the current run is being ended by the hive
+        self.log_path = log_path
+        self.stop_requested = anyio.Event()
+        self.finished = anyio.Event()  # the supervising task has ended
+        self.observers: list[contextvars.Context] = []
+        #: the latest state changes, (time.monotonic(), state): for tests and post-mortems
+        self.history: collections.deque[tuple[float, WorkerState]] = collections.deque(maxlen=64)
+        self.history.append((time.monotonic(), self.state))
+        self._changed = anyio.Event()
+        self._on_change = on_change
+        self._log: IO[str] | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.spec.worker_id
+
+    @property
+    def alive(self) -> bool:
+        return not self.finished.is_set()
+
+    def record(self) -> WorkerRecord:
+        """The worker as the hive reports it (heartbeats, ``worker_list``, ``worker_spawn``)."""
+        return WorkerRecord(
+            worker_id=self.worker_id,
+            model=self.spec.model,
+            engine=self.engine,
+            url=self.url,
+            pid=self.pid,
+            state=self.state,
+            restarts=self.restarts,
+            started_at=_rfc3339(self.started_at),
+            last_exit=self.last_exit,
+            error=self.error,
+            device=self.spec.device,
+            gpus=list(self.spec.gpus),
+            log_path=str(self.log_path),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """``record()`` as JSON (what the queen parses with ``parse_worker_record``)."""
+        return dict(converter.unstructure(self.record()))
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def set_state(self, state: WorkerState, error: str | None = None) -> None:
+        """Move to ``state`` through the lifecycle's one table (``rbee_contracts.lifecycle``);
+        a move it does not allow raises ``LocalProtocolError``. Staying put only notes the error."""
+        if error is not None:
+            self.error = error
+        if state == self.state:
+            return
+        self.state = worker_transition(self.state, state)
+        self.history.append((time.monotonic(), state))
+        self.note(f"state {state}" + (f": {self.error}" if error is not None else ""))
+        self.notify()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+        self._on_change()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    # -- output ------------------------------------------------------------------------------------
+
+    def open_log(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("a", encoding="utf-8", buffering=1)
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def write_log(self, text: str) -> None:
+        if self._log is not None:
+            self._log.write(text + "\n")
+
+    def note(self, message: str) -> None:
+        """A line of the hive's own about this worker: its log, the hive's log, the spawn job."""
+        self.write_log(f"--- rbee-hive {_rfc3339(time.time())}: {message}")
+        if self.observers:  # narration logs it too (with the job's ids)
+            self.tell(narrate, "worker", f"{self.worker_id}: {message}", worker_id=self.worker_id)
+        else:
+            logger.info("worker %s: %s", self.worker_id, message)
+
+    def tell(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Call ``narrate``/``progress`` inside each attached job's context."""
+        for ctx in list(self.observers):
+            ctx.run(fn, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def observed(self) -> Iterator[None]:
+        """Attach the current job: output, progress and state changes are narrated on it."""
+        ctx = contextvars.copy_context()
+        self.observers.append(ctx)
+        try:
+            yield
+        finally:
+            self.observers.remove(ctx)
