@@ -1,8 +1,9 @@
-"""The local queen and hive as background processes, with fake commands standing in for both.
+"""The local queen as a background process and the local hive through it, with fake commands.
 
 The fake queen script serves a jobproto app on the ``--port`` it is given and ignores the hive's
-other arguments, so it plays the queen and the hive alike. Every test checks that no process it
-started is left behind.
+other arguments, so it plays the queen and the hive alike; as the queen, it runs the hive like the
+real one (``hive_start``/``hive_stop``, pid files under ``{state}/queen/hives``). Every test
+checks that no process it started is left behind.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from click.testing import Result
 
+import rbee_process
 from rbee_keeper.config import load_settings
-from rbee_keeper.services import _cmdline_matches, local_services, running_pid
+from rbee_keeper.services import local_services, running_pid
 
 Invoke = Callable[..., Result]
 FAKE = str(Path(__file__).with_name("fake_queen.py"))
@@ -46,17 +49,18 @@ def local(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("RBEE_STOP_TIMEOUT", "5")
     yield state
     leftovers = []
-    for pid_file in state.glob("*.pid"):
-        pid = json.loads(pid_file.read_text())["pid"]
-        if psutil.pid_exists(pid):
-            leftovers.append(pid)
-            os.killpg(pid, signal.SIGKILL)
-            psutil.Process(pid).wait(5)
+    for pid_file in state.rglob("*.pid"):
+        record = rbee_process.read_pid_file(pid_file)
+        if record is not None and rbee_process.alive(record):
+            leftovers.append(record.pid)
+            rbee_process.terminate(record, grace=0.1)
     assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def pids(state: Path) -> dict[str, int]:
-    return {p.stem: json.loads(p.read_text())["pid"] for p in state.glob("*.pid")}
+    """The pids of the local queen and hive, by their pid files (the hive's is the queen's)."""
+    files = {"queen": state / "queen.pid", "hive": state / "queen" / "hives" / "localhost.pid"}
+    return {name: json.loads(f.read_text())["pid"] for name, f in files.items() if f.exists()}
 
 
 def gone(pid: int) -> bool:
@@ -72,10 +76,14 @@ def test_queen_start_and_stop(local: Path, invoke: Invoke) -> None:
     assert "started queen" in started.stderr and "started hive" in started.stderr
     running = pids(local)
     assert set(running) == {"queen", "hive"}
+    logs = {"queen": local / "logs" / "queen.log", "hive": local / "queen" / "logs"}
+    logs["hive"] /= "hive-localhost.log"
     for name, pid in running.items():
         # Detached: a session (and process group) of its own, output into its log file.
         assert os.getsid(pid) == pid and os.getpgid(pid) == pid
-        assert (local / "logs" / f"{name}.log").read_text().startswith("--- rbee:")
+        assert logs[name].read_text().startswith("--- rbee:")
+    # the queen started the hive: the hive is the queen's child, not the keeper's
+    assert psutil.Process(running["hive"]).ppid() == running["queen"]
 
     again = invoke("queen", "start")
     assert again.exit_code == 0
@@ -184,12 +192,42 @@ def test_a_reused_pid_is_not_signalled(local: Path, invoke: Invoke, kind: str) -
         other.wait()
 
 
-def test_cmdline_matching() -> None:
-    argv = ["/venv/bin/rbee-queen", "--host", "127.0.0.1", "--port", "8500"]
-    assert _cmdline_matches(list(argv), argv)
-    # A console script run through its #! line.
-    assert _cmdline_matches(["/venv/bin/python", *argv], argv)
-    assert not _cmdline_matches(["/venv/bin/python", "/x/other", *argv[1:]], argv)
-    assert not _cmdline_matches([*argv[:-1], "9000"], argv)
-    assert not _cmdline_matches(["sleep", "30"], argv)
-    assert _cmdline_matches(["/usr/bin/python3", "/x/rbee-queen"], ["rbee-queen"])
+def final(result: Result) -> dict[str, Any]:
+    """The result of a job command's ``--json`` output (its last line, the terminal event)."""
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["type"] == "result" and last["state"] == "succeeded", last
+    return dict(last["result"])
+
+
+def test_hive_start_and_stop_go_through_the_queen(local: Path, invoke: Invoke) -> None:
+    assert invoke("queen", "start").exit_code == 0
+    first = pids(local)
+    try:
+        stopped = invoke("hive", "stop", "--json")
+        assert stopped.exit_code == 0, stopped.stderr
+        assert final(stopped)["stopped"] == "stopped"
+        assert set(pids(local)) == {"queen"} and gone(first["hive"])
+
+        started = invoke("hive", "start", "--json")
+        assert started.exit_code == 0, started.stderr
+        again = pids(local)
+        assert final(started)["pid"] == again["hive"] != first["hive"]
+        assert psutil.Process(again["hive"]).ppid() == first["queen"]
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+    assert pids(local) == {}
+
+
+def test_queen_stop_stops_the_hive_a_killed_queen_left(local: Path, invoke: Invoke) -> None:
+    assert invoke("queen", "start").exit_code == 0
+    running = pids(local)
+    os.kill(running["queen"], signal.SIGKILL)  # the hive outlives it, with its pid file
+    assert rbee_process.wait_gone(rbee_process.ProcessRecord(running["queen"], None, ()), 30)
+    assert not gone(running["hive"])
+
+    stopped = invoke("queen", "stop", "--json")
+    assert stopped.exit_code == 0, stopped.stderr
+    outcome = json.loads(stopped.stdout)
+    assert outcome["hive"] == {"outcome": "stopped", "pid": running["hive"]}
+    assert outcome["queen"]["outcome"] == "not running"
+    assert pids(local) == {} and gone(running["hive"])

@@ -33,7 +33,16 @@ from .runner import (
     run_sync,
     stream_job,
 )
-from .services import ServiceError, is_listening, local_services, running_pid, start_local, stop
+from .services import (
+    ServiceError,
+    describe,
+    is_listening,
+    local_hive_fields,
+    local_services,
+    running_pid,
+    start_local,
+    stop_local,
+)
 
 __all__ = ["main", "rbee"]
 
@@ -261,17 +270,19 @@ def queen_start(app: App, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def queen_stop(app: App, as_json: bool) -> None:
-    """Stop the local hive and queen that rbee started (SIGTERM, then SIGKILL)."""
+    """Stop the local hive (through the queen), then the queen (SIGTERM, then SIGKILL)."""
     settings = app.settings
     renderer = renderer_for(as_json)
-    queen_svc, hive_svc = local_services(settings)
-    out: dict[str, Any] = {}
-    for service in (hive_svc, queen_svc):
-        result = stop(service, settings.stop_timeout)
-        out[service.name] = {"outcome": result.outcome, "pid": result.pid}
-        if result.stale:
-            renderer.note(f"removed the stale pid file of the {service.name}")
-    renderer.output(out)
+
+    async def stop_all() -> int:
+        results = await stop_local(settings)
+        for name, result in results.items():
+            if result.stale:
+                renderer.note(f"removed the stale pid file of the {name}")
+        renderer.output({name: describe(result) for name, result in results.items()})
+        return EXIT_OK
+
+    click.get_current_context().exit(run_sync(stop_all))
 
 
 @queen.command("status")
@@ -332,8 +343,13 @@ def hive_status(hive: str | None) -> dict[str, Any]:
 @hive_option
 @job_command("hive_start")
 def hive_start(hive: str | None) -> dict[str, Any]:
-    """Ask the queen to start a hive on its machine."""
-    return {"hive": _hive_or_default(hive)}
+    """Ask the queen to start a hive on its machine (the queen owns the hives it runs)."""
+    app: App = click.get_current_context().ensure_object(App)
+    name = _hive_or_default(hive)
+    if name != app.settings.hive_id:
+        return {"hive": name}
+    # The local hive: the same port and models as `rbee queen start` gives it.
+    return local_hive_fields(app.settings)
 
 
 @hive.command("stop")

@@ -1,30 +1,29 @@
-"""The local queen and hive as background processes: start, find, wait for, stop.
+"""The local queen as a background process, and the local hive through it.
 
 Theory of operation
 -------------------
-``rbee infer`` and ``rbee queen start`` start the queen (and the hive of this machine) when they
-are not running; ``rbee queen stop`` stops both. Each runs detached from the terminal in a session
-of its own (so its process group id is its pid and a Ctrl+C in the terminal does not reach it),
-with stdin from /dev/null and stdout/stderr appended to ``{state_dir}/logs/{name}.log``.
+The keeper owns one process: the queen of this machine. ``rbee infer`` and ``rbee queen start``
+start it when it does not answer, detached through ``rbee_process`` (an argument list, a session
+of its own, stdin from /dev/null, output appended to ``{state_dir}/logs/queen.log``, a pid file
+``{state_dir}/queen.pid`` that records its start time, so a pid the kernel has since given to an
+unrelated process is never signalled).
 
-A pid file ``{state_dir}/{name}.pid`` records ``{"pid", "argv", "create_time"}`` (JSON). A pid
-file is trusted only while a process with that pid exists, started at the recorded time and runs
-the recorded command: a pid file left by a crash, or whose pid the kernel has since given to an
-unrelated process, is *stale*, is removed, and nothing is signalled. Stopping sends SIGTERM to the
-process group, waits ``stop_timeout`` seconds, then sends SIGKILL.
+The queen owns the hive of this machine (``rbee_queen.hives``): once the queen answers, the
+keeper asks it for ``hive_start`` of the local hive (``hive_id``, ``hive_port``, ``models_dir``);
+``rbee hive start|stop`` are jobs on the queen too. The keeper starts the queen with
+``--state-dir {state_dir}/queen`` and the ``hive_command``, so the queen keeps the hive's pid file
+in ``{state_dir}/queen/hives/{id}.pid`` and its log in ``{state_dir}/queen/logs/hive-{id}.log``.
 
-Services are spawned with ``os.posix_spawnp`` (``setsid``), not ``subprocess.Popen``: the keeper
-does not wait for them, and a ``Popen`` left running warns (ResourceWarning) when it is collected.
+``rbee queen stop`` asks the queen to stop its local hives (one ``hive_stop`` job per pid file
+there), then stops the queen: SIGTERM to its process group, SIGKILL after ``stop_timeout``. A hive
+whose pid file the queen left (the queen was killed, or did not answer) is then stopped the same
+way, through ``rbee_process`` and the same pid file, so nothing is left running either way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
+import shlex
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,8 @@ from urllib.parse import urlsplit
 import anyio
 import attrs
 import httpx
-import psutil  # type: ignore[import-untyped, unused-ignore]
 
+import rbee_process
 from jobproto import JobProtoError
 from jobproto.client import JobClient
 
@@ -44,12 +43,17 @@ __all__ = [
     "Service",
     "ServiceError",
     "StopResult",
+    "describe",
     "is_listening",
+    "is_local",
+    "local_hive_fields",
     "local_services",
+    "queen_state_dir",
     "running_pid",
     "spawn",
     "start_local",
     "stop",
+    "stop_local",
     "wait_listening",
 ]
 
@@ -62,7 +66,10 @@ class ServiceError(RuntimeError):
 
 @attrs.frozen
 class Service:
-    """One local service: how to run it, where it answers, its pid file and log file."""
+    """One local process: how to run it, where it answers, its pid file and log file.
+
+    The hive's ``argv`` is empty: the queen runs it (its pid file and log are the queen's).
+    """
 
     name: str
     argv: tuple[str, ...]
@@ -74,8 +81,7 @@ class Service:
 @attrs.frozen
 class StopResult:
     name: str
-    #: "not running" | "stopped" | "killed"
-    outcome: str
+    outcome: rbee_process.StopOutcome
     pid: int | None = None
     stale: bool = False
 
@@ -93,108 +99,45 @@ def is_local(url: str) -> bool:
     return host in LOCAL_HOSTS or host == socket.gethostname()
 
 
+def queen_state_dir(settings: Settings) -> Path:
+    """The local queen's own state: its hives' pid files (``hives/``) and logs (``logs/``)."""
+    return settings.state_dir / "queen"
+
+
 def local_services(settings: Settings) -> tuple[Service, Service]:
     """The queen and the hive of this machine, as the settings describe them."""
     state = settings.state_dir
+    queen_state = queen_state_dir(settings)
     queen_host, queen_port = _bind_address(settings.queen_url)
     queen = Service(
         "queen",
-        (*settings.queen_command, "--host", queen_host, "--port", str(queen_port)),
+        (
+            *settings.queen_command,
+            *("--host", queen_host, "--port", str(queen_port)),
+            *("--state-dir", str(queen_state), "--hive-port", str(settings.hive_port)),
+            *("--hive-command", shlex.join(settings.hive_command)),
+        ),
         settings.queen_url,
         state / "queen.pid",
         state / "logs" / "queen.log",
     )
-    hive_url = f"http://{settings.hive_host}:{settings.hive_port}"
     hive = Service(
         "hive",
-        (
-            *settings.hive_command,
-            "--host",
-            settings.hive_host,
-            "--port",
-            str(settings.hive_port),
-            "--hive-id",
-            settings.hive_id,
-            "--queen-url",
-            settings.queen_url,
-            "--models-dir",
-            str(settings.models_dir),
-            # The hive keeps its own state (worker logs, locks) in a folder of its own.
-            "--state-dir",
-            str(state / "hive"),
-        ),
-        hive_url,
-        state / "hive.pid",
-        state / "logs" / "hive.log",
+        (),
+        f"http://{settings.hive_host}:{settings.hive_port}",
+        queen_state / "hives" / f"{settings.hive_id}.pid",
+        queen_state / "logs" / f"hive-{settings.hive_id}.log",
     )
     return queen, hive
 
 
-# -- pid files ------------------------------------------------------------------------------------
-
-
-def _read_pid_file(path: Path) -> dict[str, Any] | None:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # unreadable: stale
-    if not isinstance(raw, dict):
-        # A bare number, as other tools write pid files: no command to check it against.
-        return {"pid": raw} if isinstance(raw, int) else {}
-    return raw
-
-
-def _write_pid_file(path: Path, pid: int, argv: tuple[str, ...], create_time: float | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pid.tmp")
-    tmp.write_text(json.dumps({"pid": pid, "argv": list(argv), "create_time": create_time}) + "\n")
-    os.replace(tmp, path)
-
-
-def _cmdline_matches(cmdline: list[str], argv: list[str]) -> bool:
-    if cmdline == argv:
-        return True
-    # A script run through its #! line shows up as [interpreter, script path, args...]: compare
-    # the arguments, and the script by name.
-    tail = argv[1:]
-    if len(cmdline) < len(argv) or cmdline[len(cmdline) - len(tail) :] != tail:
-        return False
-    head = cmdline[: len(cmdline) - len(tail)]
-    return any(os.path.basename(part) == os.path.basename(argv[0]) for part in head)
-
-
-def _process_of(record: dict[str, Any]) -> Any:
-    """The ``psutil.Process`` a pid file names, or None when that process is gone or another."""
-    pid = record.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        create_time = record.get("create_time")
-        if isinstance(create_time, (int, float)) and abs(proc.create_time() - create_time) > 0.5:
-            return None  # the pid was reused
-        argv = record.get("argv")
-        if not isinstance(argv, list) or not _cmdline_matches(proc.cmdline(), argv):
-            return None
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    return proc
-
-
 def running_pid(service: Service) -> int | None:
     """The pid of the running service per its pid file; a stale pid file is removed."""
-    record = _read_pid_file(service.pid_file)
-    if record is None:
-        return None
-    proc = _process_of(record)
-    if proc is None:
-        service.pid_file.unlink(missing_ok=True)
-        return None
-    return int(proc.pid)
+    record = rbee_process.read_pid_file(service.pid_file)
+    if record is not None and rbee_process.alive(record):
+        return record.pid
+    service.pid_file.unlink(missing_ok=True)
+    return None
 
 
 # -- start ----------------------------------------------------------------------------------------
@@ -202,60 +145,19 @@ def running_pid(service: Service) -> int | None:
 
 def spawn(service: Service) -> int:
     """Start ``service`` detached (own session, log file, pid file); return its pid."""
-    service.log_file.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with service.log_file.open("a") as log:
-        log.write(f"--- rbee: {stamp} starting {service.name}: {' '.join(service.argv)}\n")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (
-            os.POSIX_SPAWN_OPEN,
-            1,
-            str(service.log_file),
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-            0o644,
-        ),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ]
     try:
-        pid = os.posix_spawnp(
-            service.argv[0],
-            list(service.argv),
-            env,
-            file_actions=actions,
-            setsid=True,
-            # The keeper handles SIGINT itself; the service must get the default handlers back.
-            setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
-            setsigmask=(),
+        record = rbee_process.spawn_detached(
+            service.argv,
+            log_path=service.log_file,
+            pid_file=service.pid_file,
+            label=service.name,
         )
-    except OSError as exc:
+    except rbee_process.SpawnError as exc:
         raise ServiceError(
             f"cannot start the {service.name} ({service.argv[0]}: {exc.strerror}); "
             f"set {service.name}_command in the config file or RBEE_{service.name.upper()}_COMMAND"
         ) from None
-    create_time: float | None
-    try:
-        create_time = float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        create_time = None
-    _write_pid_file(service.pid_file, pid, service.argv, create_time)
-    return pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text)
+    return record.pid
 
 
 async def is_listening(url: str, limit: float = 2.0) -> bool:
@@ -263,21 +165,25 @@ async def is_listening(url: str, limit: float = 2.0) -> bool:
     try:
         async with JobClient(url, timeout=limit) as client:
             await client.list(limit=1)
-    except JobProtoError:  # TransportFailed, a refusal, or not jobproto/1
+    except (httpx.HTTPError, JobProtoError):
         return False
     return True
 
 
 async def wait_listening(service: Service, pid: int | None, limit: float) -> None:
     """Wait until ``service`` answers; ``ServiceError`` if its process ends or ``limit`` passes."""
+    record = rbee_process.read_pid_file(service.pid_file)
     with anyio.move_on_after(limit):
         while True:
             if await is_listening(service.url, min(2.0, limit)):
                 return
-            if pid is not None and not _alive(pid):
+            if pid is not None and (
+                record is None or record.pid != pid or not rbee_process.alive(record)
+            ):
+                tail = rbee_process.log_tail(service.log_file, 15)
                 raise ServiceError(
                     f"the {service.name} exited while starting; its log {service.log_file} ends:\n"
-                    + _log_tail(service.log_file)
+                    + "\n".join("    " + line for line in tail.splitlines())
                 )
             await anyio.sleep(0.1)
     raise ServiceError(
@@ -286,38 +192,37 @@ async def wait_listening(service: Service, pid: int | None, limit: float) -> Non
     )
 
 
-def _mentions(value: Any, name: str) -> bool:
-    if isinstance(value, dict):
-        return name in value or any(_mentions(v, name) for v in value.values())
-    if isinstance(value, list):
-        return any(_mentions(v, name) for v in value)
-    return bool(value == name)
+def local_hive_fields(settings: Settings) -> dict[str, Any]:
+    """The ``hive_start`` fields of the local hive, whoever asks the queen for it."""
+    return {
+        "hive": settings.hive_id,
+        "port": settings.hive_port,
+        "models_dir": str(settings.models_dir),
+    }
 
 
-async def _wait_registered(settings: Settings, limit: float) -> bool:
-    """Best effort: wait until the queen lists our hive (``GET /v1/hives``, docs/tiers.md)."""
-    url = settings.queen_url + "/v1/hives"
-    with anyio.move_on_after(limit):
-        async with httpx.AsyncClient(timeout=2.0) as http:
-            while True:
-                try:
-                    response = await http.get(url)
-                    if response.status_code == 404:
-                        return False  # a queen without the endpoint: nothing to wait for
-                    if response.is_success and _mentions(response.json(), settings.hive_id):
-                        return True
-                except (httpx.HTTPError, ValueError):
-                    pass
-                await anyio.sleep(0.2)
-    return False
+async def _start_hive(settings: Settings, say: Callable[[str], None]) -> None:
+    """Ask the queen for ``hive_start`` of the local hive; a failure is a warning."""
+    try:
+        async with JobClient(settings.queen_url, timeout=settings.start_timeout) as client:
+            started = await client.run("hive_start", local_hive_fields(settings))
+    except (httpx.HTTPError, JobProtoError) as exc:
+        say(f"warning: the queen could not start hive {settings.hive_id!r}: {exc}")
+        return
+    pid = started.get("pid") if isinstance(started, dict) else None
+    if isinstance(started, dict) and started.get("already_running"):
+        say(f"hive {settings.hive_id!r} already running (pid {pid})")
+        return
+    say(f"started hive {settings.hive_id!r} (pid {pid}, log {started.get('log')})")
+    say(f"hive {settings.hive_id!r} registered with the queen")
 
 
 async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
-    """Make sure the local queen and hive run: start whichever is not, and wait for them.
+    """Make sure the local queen runs, and that it runs the local hive; wait for both.
 
-    A queen that already answers is left alone, and so is its hive setup. The queen must come up
-    (``ServiceError`` otherwise); a hive that fails is reported through ``say`` and the queen's
-    scheduler will explain what it cannot do without it.
+    A queen that already answers is left alone. The queen must come up (``ServiceError``
+    otherwise); a hive that fails is reported through ``say``, and the queen's scheduler will
+    explain what it cannot do without it.
     """
     queen, hive = local_services(settings)
     if await is_listening(queen.url):
@@ -336,69 +241,75 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
         await wait_listening(queen, pid, settings.start_timeout)
         say(f"queen ready at {queen.url}")
 
-    hive_pid = running_pid(hive)
-    if hive_pid is not None or await is_listening(hive.url):
-        return
-    hive_pid = spawn(hive)
-    say(f"started hive {settings.hive_id!r} (pid {hive_pid}, log {hive.log_file})")
-    try:
-        await wait_listening(hive, hive_pid, settings.start_timeout)
-    except ServiceError as exc:
-        say(f"warning: {exc}")
-        return
-    if await _wait_registered(settings, min(settings.start_timeout, 15.0)):
-        say(f"hive {settings.hive_id!r} registered with the queen")
+    if running_pid(hive) is not None or await is_listening(hive.url):
+        return  # the queen runs it already (or something else answers there)
+    await _start_hive(settings, say)
 
 
 # -- stop -----------------------------------------------------------------------------------------
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        pgid = os.getpgid(pid)
-        # Never signal our own group: a service is always the leader of a group of its own.
-        if pgid == pid and pgid != os.getpgrp():
-            os.killpg(pgid, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    try:
-        # psutil reaps the process when it is our child, and polls otherwise.
-        psutil.Process(pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return not _alive(pid)
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop(service: Service, timeout: float) -> StopResult:
     """Stop the service named by its pid file: SIGTERM its group, SIGKILL after ``timeout``."""
-    stale = service.pid_file.exists()
-    pid = running_pid(service)
-    if pid is None:
-        return StopResult(service.name, "not running", stale=stale)
-    _signal_group(pid, signal.SIGTERM)
-    outcome = "stopped"
-    if not _wait_gone(pid, timeout):
-        _signal_group(pid, signal.SIGKILL)
-        _wait_gone(pid, 5.0)
-        outcome = "killed"
-    # The leader is gone; whatever it left in its group (not its own-session children) goes too.
-    if pid != os.getpgrp() and _group_alive(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    service.pid_file.unlink(missing_ok=True)
-    return StopResult(service.name, outcome, pid)
+    existed = service.pid_file.exists()
+    outcome, record = rbee_process.stop_pid_file(service.pid_file, timeout)
+    if outcome is rbee_process.StopOutcome.NOT_RUNNING:
+        return StopResult(service.name, outcome, stale=existed)
+    return StopResult(service.name, outcome, None if record is None else record.pid)
+
+
+async def _ask_queen_to_stop(settings: Settings, hive_ids: list[str]) -> dict[str, StopResult]:
+    """``hive_stop`` on the queen for each hive; what it answered (nothing when it could not)."""
+    results: dict[str, StopResult] = {}
+    try:
+        async with JobClient(settings.queen_url, timeout=settings.stop_timeout + 10) as client:
+            for hive_id in hive_ids:
+                try:
+                    done = await client.run("hive_stop", {"hive": hive_id})
+                except JobProtoError:
+                    continue  # e.g. it had no pid file after all: the keeper looks itself
+                if isinstance(done, dict):
+                    try:
+                        outcome = rbee_process.StopOutcome(str(done.get("stopped")))
+                    except ValueError:  # a queen that words it otherwise: it did stop it
+                        outcome = rbee_process.StopOutcome.STOPPED
+                    pid = (
+                        None if outcome is rbee_process.StopOutcome.NOT_RUNNING else done.get("pid")
+                    )
+                    results[hive_id] = StopResult("hive", outcome, pid)
+    except (httpx.HTTPError, JobProtoError):
+        pass
+    return results
+
+
+async def stop_local(settings: Settings) -> dict[str, StopResult]:
+    """Stop the local hives (through the queen while it answers), then the queen.
+
+    Keys: ``"hive"`` (the local hive), ``"queen"``, and ``"hive ID"`` for any other hive the
+    queen ran on this machine.
+    """
+    queen, hive = local_services(settings)
+    hives_dir = hive.pid_file.parent
+
+    def pid_files() -> dict[str, Path]:
+        return {path.stem: path for path in sorted(hives_dir.glob("*.pid"))}
+
+    results: dict[str, StopResult] = {}
+    if pid_files() and is_local(queen.url) and await is_listening(queen.url):
+        results.update(await _ask_queen_to_stop(settings, list(pid_files())))
+    queen_result = await anyio.to_thread.run_sync(stop, queen, settings.stop_timeout)
+    # Whatever the queen did not stop (it was gone, or did not answer) is stopped here.
+    for hive_id, path in pid_files().items():
+        results[hive_id] = await anyio.to_thread.run_sync(
+            stop, attrs.evolve(hive, pid_file=path), settings.stop_timeout
+        )
+    nothing = StopResult("hive", rbee_process.StopOutcome.NOT_RUNNING)
+    out = {"hive": results.pop(settings.hive_id, nothing), "queen": queen_result}
+    for hive_id, result in results.items():
+        out[f"hive {hive_id}"] = result
+    return out
+
+
+def describe(result: StopResult) -> dict[str, Any]:
+    """A stop's outcome as ``rbee queen stop`` prints it."""
+    return {"outcome": str(result.outcome), "pid": result.pid}
