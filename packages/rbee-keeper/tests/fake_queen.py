@@ -1,10 +1,13 @@
 """A fake queen for the keeper's tests: a jobproto app with the queen's operations (docs/tiers.md)
 made tiny. Run as a script: ``python fake_queen.py [--host H] [--port P] [anything else]``; it
 prints ``FAKE_QUEEN_LISTENING <port>`` once it listens, and ignores other arguments, so that it
-also stands in for the hive in the tests of ``rbee queen start``.
+also stands in for the hive in the tests of ``rbee queen start``: given ``--state-dir`` and
+``--hive-command``, its ``hive_start``/``hive_stop`` run that hive like the queen does (pid files
+under ``{state-dir}/hives``, through ``rbee_process``).
 
-Parameters mirror the queen's contract exactly (jobproto refuses unknown fields), so a keeper that
-sends a field the queen does not take fails here too. ``infer`` behaves by model name:
+Parameters are the queen's own types (``rbee_contracts.queen_ops``; jobproto refuses unknown
+fields and every value the queen refuses), so a keeper that sends what the queen would not take
+fails here too. ``infer`` behaves by model name:
 
 - ``tiny``: scheduling narration, a download progress (bytes) and a worker start (relayed from the
   hive and the worker: events carry an ``origin``), five tokens, a result; ``params`` in the result
@@ -18,17 +21,21 @@ sends a field the queen does not take fails here too. ``infer`` behaves by model
 from __future__ import annotations
 
 import argparse
+import shlex
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
-import attrs
 
+import rbee_process
 from jobproto import (
     JobFailed,
     Narration,
     Operations,
     Origin,
+    converter,
     current_job,
     emit_data,
     narrate,
@@ -36,74 +43,19 @@ from jobproto import (
 )
 from jobproto.asgi import JobHandle, ServiceSettings, create_app
 from jobproto.server import serve
-
-
-@attrs.frozen
-class Message:
-    role: str
-    content: str
-
-
-@attrs.frozen
-class InferParams:
-    model: str
-    prompt: str | None = None
-    messages: list[Message] | None = None
-    max_tokens: int = attrs.field(default=128, validator=attrs.validators.ge(1))
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] = attrs.field(factory=list)
-    hive: str | None = None
-
-
-@attrs.frozen
-class NoParams:
-    pass
-
-
-@attrs.frozen
-class HiveParams:
-    hive: str | None = None
-
-
-@attrs.frozen
-class WorkerSpawnParams:
-    model: str
-    engine: str = "auto"
-    worker_id: str | None = None
-    device: str | None = None
-    max_concurrency: int | None = None
-    engine_args: dict[str, str] = attrs.field(factory=dict)
-    hive: str | None = None
-
-
-@attrs.frozen
-class WorkerStopParams:
-    worker_id: str
-    hive: str | None = None
-
-
-@attrs.frozen
-class ModelDownloadParams:
-    repo_id: str
-    revision: str = "main"
-    name: str | None = None
-    hive: str | None = None
-
-
-@attrs.frozen
-class ModelRegisterParams:
-    name: str
-    path: str
-    hive: str | None = None
-
-
-@attrs.frozen
-class ModelDeleteParams:
-    name: str
-    hive: str | None = None
+from rbee_contracts.queen_ops import (
+    HiveParams,
+    HiveStartParams,
+    NoParams,
+    QueenInferParams,
+    QueenModelDeleteParams,
+    QueenModelDownloadParams,
+    QueenModelListParams,
+    QueenModelRegisterParams,
+    QueenWorkerListParams,
+    QueenWorkerSpawnParams,
+    QueenWorkerStopParams,
+)
 
 
 def _relayed(service: str, event: Narration) -> None:
@@ -113,11 +65,66 @@ def _relayed(service: str, event: Narration) -> None:
     job.emit(event, Origin(service, "job_downstream", 1))
 
 
-def operations() -> Operations:
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def hive_operations(
+    ops: Operations, state_dir: Path | None, hive_command: list[str], hive_port: int
+) -> None:
+    """``hive_start``/``hive_stop`` as the queen runs them (its pid files, through rbee_process),
+    with ``hive_command`` (this script again) as the hive: done once the hive listens."""
+
+    def paths(hive_id: str) -> tuple[Path, Path]:
+        if state_dir is None:
+            raise JobFailed("no_state_dir", "the fake queen was started without --state-dir")
+        return state_dir / "hives" / f"{hive_id}.pid", state_dir / "logs" / f"hive-{hive_id}.log"
+
+    @ops.operation("hive_start")
+    async def hive_start(params: HiveStartParams) -> dict[str, Any]:
+        pid_file, log = paths(params.hive)
+        record = rbee_process.read_pid_file(pid_file)
+        if record is not None and rbee_process.alive(record):
+            return {"hive_id": params.hive, "pid": record.pid, "already_running": True}
+        port = hive_port if params.port is None else params.port
+        command = [*hive_command, "--port", str(port), "--hive-id", params.hive]
+        record = rbee_process.spawn_detached(command, log_path=log, pid_file=pid_file)
+        with anyio.fail_after(20):
+            while not _answers(port):
+                if rbee_process.reap(record.pid) is not None:
+                    raise JobFailed("hive_exited", "the fake hive exited")
+                await anyio.sleep(0.05)
+        narrate("hive_started", f"hive {params.hive} registered (pid {record.pid})")
+        return {
+            "hive_id": params.hive,
+            "pid": record.pid,
+            "log": str(log),
+            "already_running": False,
+        }
+
+    @ops.operation("hive_stop")
+    async def hive_stop(params: HiveParams) -> dict[str, Any]:
+        pid_file, _ = paths(params.hive)
+        record = rbee_process.read_pid_file(pid_file)
+        if record is None:
+            raise JobFailed("unknown_hive", f"no hive {params.hive!r} is known on this machine")
+        how = await rbee_process.aterminate(record, 5.0)
+        pid_file.unlink(missing_ok=True)
+        return {"hive_id": params.hive, "pid": record.pid, "stopped": str(how)}
+
+
+def operations(
+    state_dir: Path | None = None, hive_command: list[str] | None = None, hive_port: int = 9000
+) -> Operations:
     ops = Operations()
+    hive_operations(ops, state_dir, hive_command or [], hive_port)
 
     @ops.operation("infer")
-    async def infer(params: InferParams) -> dict[str, Any]:
+    async def infer(params: QueenInferParams) -> dict[str, Any]:
         narrate("schedule", f"no ready worker for {params.model}; spawning one")
         if params.model == "broken":
             raise JobFailed("no_capacity", "no hive can serve model 'broken': not on any hive")
@@ -155,7 +162,7 @@ def operations() -> Operations:
             "tokens_per_s": 250.0,
             "model": params.model,
             "engine": "synthetic",
-            "params": attrs.asdict(params),
+            "params": converter.unstructure(params),
         }
 
     @ops.operation("status")
@@ -176,35 +183,35 @@ def operations() -> Operations:
         return {"hive_id": params.hive, "state": "up"}
 
     @ops.operation("worker_list")
-    async def worker_list(params: HiveParams) -> dict[str, Any]:
+    async def worker_list(params: QueenWorkerListParams) -> dict[str, Any]:
         return {"workers": [{"worker_id": "w1", "model": "tiny", "state": "ready"}]}
 
     @ops.operation("worker_spawn")
-    async def worker_spawn(params: WorkerSpawnParams) -> dict[str, Any]:
+    async def worker_spawn(params: QueenWorkerSpawnParams) -> dict[str, Any]:
         progress("worker_start", 0.5, None, unit="s")
         return {"worker_id": "w2", "model": params.model, "engine": params.engine}
 
     @ops.operation("worker_stop")
-    async def worker_stop(params: WorkerStopParams) -> dict[str, Any]:
+    async def worker_stop(params: QueenWorkerStopParams) -> dict[str, Any]:
         return {"worker_id": params.worker_id, "state": "stopped"}
 
     @ops.operation("model_download")
-    async def model_download(params: ModelDownloadParams) -> dict[str, Any]:
+    async def model_download(params: QueenModelDownloadParams) -> dict[str, Any]:
         for done in range(0, 4096 + 1, 1024):
             progress("model_download", done, 4096, unit="bytes")
         name = params.name or params.repo_id.split("/")[-1]
         return {"name": name, "size_bytes": 4096, "revision": params.revision}
 
     @ops.operation("model_register")
-    async def model_register(params: ModelRegisterParams) -> dict[str, Any]:
+    async def model_register(params: QueenModelRegisterParams) -> dict[str, Any]:
         return {"name": params.name, "path": params.path}
 
     @ops.operation("model_list")
-    async def model_list(params: HiveParams) -> dict[str, Any]:
+    async def model_list(params: QueenModelListParams) -> dict[str, Any]:
         return {"models": [{"name": "tiny", "size_bytes": 1 << 20, "source": "local"}]}
 
     @ops.operation("model_delete")
-    async def model_delete(params: ModelDeleteParams) -> dict[str, Any]:
+    async def model_delete(params: QueenModelDeleteParams) -> dict[str, Any]:
         return {"name": params.name, "deleted": True}
 
     return ops
@@ -214,8 +221,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--hive-command", default="")
+    parser.add_argument("--hive-port", type=int, default=9000)
     args, _ = parser.parse_known_args()
-    app = create_app(operations(), ServiceSettings(service_name="queen", cancel_wait=1.0))
+    ops = operations(args.state_dir, shlex.split(args.hive_command), args.hive_port)
+    app = create_app(ops, ServiceSettings(service_name="queen", cancel_wait=1.0))
 
     def ready(port: int) -> None:
         print(f"FAKE_QUEEN_LISTENING {port}", flush=True)
