@@ -42,7 +42,9 @@ def test_autostart_then_queen_stop_leaves_no_process(
         queen_pid, hive_pid = pids["queen"]["pid"], pids["hive"]["pid"]
         assert pids["queen"]["url"] == f"http://127.0.0.1:{queen_port}"
         assert pids["hive"]["url"] == f"http://127.0.0.1:{hive_port}"
-        assert (state / "queen.pid").is_file() and (state / "hive.pid").is_file()
+        # the keeper's pid file is the queen's; the queen's is the hive's
+        hive_pid_file = state / "queen" / "hives" / "localhost.pid"
+        assert (state / "queen.pid").is_file() and hive_pid_file.is_file()
         assert (state / "logs" / "queen.log").is_file()
 
         # a worker (and the processes it runs) under the hive
@@ -64,7 +66,7 @@ def test_autostart_then_queen_stop_leaves_no_process(
         alive = [pid for pid in everything if kit.alive(pid)]
         assert not alive, [psutil.Process(pid).cmdline() for pid in alive]
         assert not kit.mentioning(str(root)), kit.describe(kit.mentioning(str(root)))
-        assert not (state / "queen.pid").exists() and not (state / "hive.pid").exists()
+        assert not (state / "queen.pid").exists() and not hive_pid_file.exists()
 
         # stopping again is harmless; the queen is down again
         again, status = rbee.batch(["queen", "stop", "--json"], ["status"])
