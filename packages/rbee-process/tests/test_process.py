@@ -227,3 +227,17 @@ def test_our_own_group_is_never_signalled() -> None:
     own = ProcessRecord(os.getpgrp(), None, ())
     assert rbee_process.terminate(own, grace=0.1) is StopOutcome.NOT_RUNNING
     assert rbee_process.signal_group(os.getpgrp(), signal.SIGTERM) is False
+
+
+def test_cmdline_matching() -> None:
+    from rbee_process._record import _cmdline_matches
+
+    argv = ["/venv/bin/rbee-queen", "--host", "127.0.0.1", "--port", "8500"]
+    assert _cmdline_matches(list(argv), argv)
+    # A console script run through its #! line.
+    assert _cmdline_matches(["/venv/bin/python", *argv], argv)
+    assert not _cmdline_matches(["/venv/bin/python", "/x/other", *argv[1:]], argv)
+    assert not _cmdline_matches([*argv[:-1], "9000"], argv)
+    assert not _cmdline_matches(["sleep", "30"], argv)
+    assert _cmdline_matches(["/usr/bin/python3", "/x/rbee-queen"], ["rbee-queen"])
+    assert not _cmdline_matches(["anything"], [])
