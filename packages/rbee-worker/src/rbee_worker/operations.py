@@ -17,7 +17,6 @@ generation between two tokens.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from jobproto import (
     JobFailed,
@@ -27,7 +26,7 @@ from jobproto import (
     emit_data,
     narrate,
 )
-from rbee_contracts.infer import InferParams
+from rbee_contracts.infer import InferParams, InferResult
 from rbee_contracts.lifecycle import ModelLoadState
 
 from .engines import ChatTurn, EngineDead, GenerationRequest, InvalidRequest
@@ -57,7 +56,7 @@ def worker_operations(runtime: WorkerRuntime) -> Operations:
     ops = Operations()
 
     @ops.operation("infer")
-    async def infer(params: InferParams) -> dict[str, Any]:
+    async def infer(params: InferParams) -> InferResult:
         """Generate text, streaming tokens as data events; the result has the totals."""
         started = time.perf_counter()
         await _check_ready(runtime)
@@ -95,7 +94,7 @@ async def _check_ready(runtime: WorkerRuntime) -> None:
 
 async def _generate(
     runtime: WorkerRuntime, request: GenerationRequest, started: float
-) -> dict[str, Any]:
+) -> InferResult:
     engine = runtime.engine
     began = time.perf_counter()
     first_token: float | None = None
@@ -126,15 +125,15 @@ async def _generate(
     if finish is None or finish == "abort":
         raise JobFailed("aborted", "the engine aborted this generation")
     ended = time.perf_counter()
-    return {
-        "text": "".join(text),
-        "finish_reason": finish,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
+    return InferResult(
+        text="".join(text),
+        finish_reason=finish,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
         # From the job's start (queueing included: what the client waited) to the first token.
-        "ttft_ms": round(((first_token or ended) - started) * 1000, 3),
+        ttft_ms=round(((first_token or ended) - started) * 1000, 3),
         # Over the generation itself (prefill included, queueing not).
-        "tokens_per_s": round(completion / (ended - began), 3) if ended > began else 0.0,
-        "model": engine.model_name,
-        "engine": engine.name,
-    }
+        tokens_per_s=round(completion / (ended - began), 3) if ended > began else 0.0,
+        model=engine.model_name,
+        engine=engine.name,
+    )
