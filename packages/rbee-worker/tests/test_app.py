@@ -101,7 +101,10 @@ async def test_infer_end_to_end(tiny_model: Path) -> None:
 
 @pytest.mark.anyio
 async def test_ready_is_503_while_loading_then_200() -> None:
-    async with served(create_app(synthetic(load_seconds="0.5"))) as (client, http):
+    # The load begins when the test says (as the command does once it listens), so the checks
+    # of "loading" never race the load.
+    app = create_app(synthetic(load_seconds="0.5"), load_on_startup=False)
+    async with served(app) as (client, http):
         loading = await http.get("/ready")
         assert loading.status_code == 503
         assert loading.json() == {"ready": False, "state": "loading", "error": None}
@@ -109,6 +112,7 @@ async def test_ready_is_503_while_loading_then_200() -> None:
         with pytest.raises(RemoteJobFailed) as failed:
             await client.run("infer", prompt="hi", max_tokens=3)
         assert failed.value.code == "model_not_ready"
+        app.state.runtime.begin_loading()
         ready = await wait_ready(http)
         assert ready == {"ready": True, "model": "synthetic", "engine": "synthetic",
                          "load_seconds": ready["load_seconds"]}  # fmt: skip
@@ -272,9 +276,12 @@ async def test_cancelling_the_job_stops_generation(tiny_model: Path) -> None:
                         assert status.state == "cancelled"
                 if item.terminal:
                     terminal = item.event
+        # Cut short (a finished generation would end Succeeded). How many steps the decode
+        # thread makes while DELETE travels depends on the machine's load: not asserted.
         assert isinstance(terminal, Cancelled)
-        # The handler, and with it the decode thread, had stopped when DELETE answered.
-        assert 0 <= steps_after - steps_at_cancel <= 3
+        assert 5 <= steps_at_cancel <= steps_after
+        # The handler, and with it the decode thread, had stopped when DELETE answered: no step
+        # after that (a thread still running would show within these 0.2 s).
         await anyio.sleep(0.2)
-        assert engine.steps == steps_after < 100
+        assert engine.steps == steps_after
         await wait_for(http, in_flight=0)

@@ -39,8 +39,9 @@ async def test_rate_is_respected() -> None:
     deltas = await run(engine, GenerationRequest(prompt="hi", max_tokens=41))
     elapsed = time.perf_counter() - started
     assert sum(len(d.token_ids) for d in deltas) == 41
-    # 40 intervals at 200/s: 0.2 s; allow for a slow machine, but not for flat out.
-    assert 0.18 <= elapsed < 1.5
+    # 40 intervals at 200/s: at least 0.2 s (less a little clock granularity), not flat out. No
+    # upper bound: a loaded machine may take any time.
+    assert elapsed >= 0.18
 
 
 @pytest.mark.anyio

@@ -161,9 +161,11 @@ async def test_cancelling_stops_the_decode_loop(tiny_model: Path) -> None:
                     scope.cancel()
                     await anyio.sleep(1)  # cancelled here, inside the stream block
     assert scope.cancelled_caught
-    # Leaving the block waited for the thread: at most the forward pass in flight finished.
+    # Leaving the block waited for the thread: no step after that (a thread still running would
+    # show within these 0.2 s). How many steps it made between the cancel and its next check of
+    # the flag depends on the machine's load: not asserted.
     steps_after = engine.steps
-    assert steps_after - steps_at_cancel <= 1
+    assert 5 <= steps_at_cancel <= steps_after
     await anyio.sleep(0.2)
     assert engine.steps == steps_after
     # The engine serves the next request as usual.
