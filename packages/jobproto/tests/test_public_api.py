@@ -74,6 +74,7 @@ CORE_NAMES = [
     "redact",
     "redact_text",
     "schema_of",
+    "structure_params",
 ]
 PACKAGE_NAMES = sorted([*CORE_NAMES, "PROTOCOL", "__version__"])
 

@@ -480,6 +480,8 @@ def structure_params(raw: Mapping[str, Any], cls: type[T]) -> T:
         raise RequestError(
             422,
             "validation_error",
-            f"{field}: {message}" if field else message,
+            # "stop: 'stop' must ..." says the name twice: the path goes first only when the
+            # message does not already quote it (nested fields keep their full path)
+            f"{field}: {message}" if field and f"'{field}'" not in message else message,
             field=field or None,
         ) from None

@@ -64,7 +64,7 @@ from ._registry import Job, JobRegistry
 from ._schema import schema_of
 from ._sse import ServerSentEvent, SSEDecoder, encode, encode_comment
 from ._states import JobState, Transition, next_state
-from ._wire import converter, decode_envelope, encode_envelope, encode_frame
+from ._wire import converter, decode_envelope, encode_envelope, encode_frame, structure_params
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -127,4 +127,5 @@ __all__ = [
     "redact",
     "redact_text",
     "schema_of",
+    "structure_params",
 ]

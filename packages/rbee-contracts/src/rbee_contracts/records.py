@@ -21,10 +21,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from jobproto import FieldError, RequestError
-
-# jobproto's strict structuring with its 422 naming the field (the path a route reports)
-from jobproto._wire import structure_params
+# structure_params: jobproto's strict structuring, whose 422 names the field as a route does
+from jobproto import FieldError, RequestError, structure_params
 
 from .ids import check_hive_id, name_validator
 from .lifecycle import WorkerState
