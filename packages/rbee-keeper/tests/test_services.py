@@ -231,3 +231,16 @@ def test_queen_stop_stops_the_hive_a_killed_queen_left(local: Path, invoke: Invo
     assert outcome["hive"] == {"outcome": "stopped", "pid": running["hive"]}
     assert outcome["queen"]["outcome"] == "not running"
     assert pids(local) == {} and gone(running["hive"])
+
+
+def test_the_queen_is_told_the_hive_host_and_port(
+    local: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The queen starts the local hive, so `hive_host`/`hive_port` must reach it on its argv.
+    monkeypatch.setenv("RBEE_HIVE_HOST", "127.0.0.3")
+    settings = load_settings()
+    queen, hive = local_services(settings)
+    argv = list(queen.argv)
+    assert argv[argv.index("--hive-host") + 1] == "127.0.0.3"
+    assert argv[argv.index("--hive-port") + 1] == str(settings.hive_port)
+    assert hive.url == f"http://127.0.0.3:{settings.hive_port}"

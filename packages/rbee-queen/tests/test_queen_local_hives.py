@@ -261,3 +261,15 @@ async def test_a_restarted_queen_stops_the_hive_an_earlier_queen_started(
         stopped = await second.client.run("hive_stop", hive="kept")
     assert stopped["pid"] == pids["hive"] and stopped["stopped"] == "stopped"
     assert not alive(pids["hive"]) and not alive(pids["child"])
+
+
+async def test_a_started_hive_listens_on_the_queens_hive_host(
+    cluster: Any, fake_hive_command: tuple[str, ...], tmp_path: Path, leftovers: None
+) -> None:
+    # rbee's `hive_host` setting reaches the hive through the queen (`--hive-host`)
+    state = tmp_path / "queen"
+    async with cluster(hive_command=fake_hive_command, state_dir=state, hive_host="127.0.0.2") as c:
+        started = await c.client.run("hive_start", hive="h", port=0, queen_url=c.queen_url)
+        await c.client.run("hive_stop", hive="h")
+    command = started["command"]
+    assert command[command.index("--host") + 1] == "127.0.0.2"

@@ -115,6 +115,7 @@ def local_services(settings: Settings) -> tuple[Service, Service]:
             *settings.queen_command,
             *("--host", queen_host, "--port", str(queen_port)),
             *("--state-dir", str(queen_state), "--hive-port", str(settings.hive_port)),
+            *("--hive-host", settings.hive_host),
             *("--hive-command", shlex.join(settings.hive_command)),
         ),
         settings.queen_url,

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--public-url", default=None, help="the URL hives reach this queen at")
     p.add_argument("--hive-port", type=int, default=9000, help="port of hives started here")
+    p.add_argument("--hive-host", default="127.0.0.1", help="address hives started here listen on")
     p.add_argument(
         "--hive-command",
         default=None,
@@ -100,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         public_url=args.public_url,
         hive_timeout_beats=args.hive_timeout_beats,
         hive_port=args.hive_port,
+        hive_host=args.hive_host,
         **extra,
     )
     app = create_app(settings)

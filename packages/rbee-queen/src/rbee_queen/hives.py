@@ -75,7 +75,7 @@ class LocalHives:
         hive_dir = self.settings.state_dir / "hives" / hive_id
         command = [
             *self.settings.hive_command,
-            *("--host", "127.0.0.1", "--port", str(port), "--hive-id", hive_id),
+            *("--host", self.settings.hive_host, "--port", str(port), "--hive-id", hive_id),
             *("--queen-url", queen_url, "--state-dir", str(hive_dir)),
             *("--models-dir", models_dir or str(hive_dir / "models")),
             *(("--heartbeat", f"{heartbeat:g}") if heartbeat is not None else ()),

@@ -42,6 +42,8 @@ class QueenSettings:
     hive_command: tuple[str, ...] = attrs.field(factory=_default_hive_command, converter=tuple)
     #: the port ``hive_start`` gives a local hive unless the request names one
     hive_port: int = 9000
+    #: the address a hive started here listens on (loopback unless other machines must reach it)
+    hive_host: str = "127.0.0.1"
     #: longest wait for a started hive's first registration (seconds)
     hive_start_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: grace between SIGTERM and SIGKILL when stopping a hive (seconds)
