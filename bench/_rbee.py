@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import httpx
 
+from rbee_contracts.worker_cli import LISTENING_PREFIX
+
 from ._ctx import Ctx
 from ._procs import Proc
 
@@ -64,7 +66,7 @@ def start_worker(
         eargs.setdefault("max_model_len", "1000000")
     for key, value in eargs.items():
         args += ["--engine-arg", f"{key}={value}"]
-    return ctx.procs.start(name, args, prefix="RBEE_WORKER_LISTENING", timeout=timeout, env=env)
+    return ctx.procs.start(name, args, prefix=LISTENING_PREFIX, timeout=timeout, env=env)
 
 
 def start_queen(ctx: Ctx, state_dir: Path, python: str = sys.executable) -> Proc:

@@ -24,6 +24,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from rbee_contracts.worker_cli import listening_line
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -90,10 +92,7 @@ def main() -> None:
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    print(
-        "RBEE_WORKER_LISTENING " + json.dumps({"port": port, "worker_id": args.worker_id}),
-        flush=True,
-    )
+    print(listening_line(port, args.worker_id), flush=True)
 
     if args.fake_crash_after is not None:
         time.sleep(args.fake_ready_after + args.fake_crash_after)

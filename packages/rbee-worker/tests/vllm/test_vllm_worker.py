@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -31,6 +30,7 @@ if importlib.util.find_spec("vllm") is None:
 
 from jobproto import Cancelled, Data, JobEvent
 from jobproto.client import JobClient
+from rbee_contracts.worker_cli import parse_listening_line
 
 pytestmark = [pytest.mark.vllm]
 
@@ -58,8 +58,9 @@ def worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory, vx: Any) 
         )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
-    assert line.startswith("RBEE_WORKER_LISTENING "), line
-    port = json.loads(line.split(" ", 1)[1])["port"]
+    listening = parse_listening_line(line.rstrip("\n"))
+    assert listening is not None, line
+    port = listening["port"]
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
 
