@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,10 @@ async def test_registers_and_keeps_beating(
     with_worker = next(b for _, _, b in queen.beats if b["workers"])
     assert with_worker["models"] == ["tiny"]
     assert with_worker["workers"][0]["worker_id"] == "w"
-    # Beats keep coming at about the interval (state changes add early ones).
+    # Beats keep coming (three arrived before any change), never faster than about the interval:
+    # a loaded machine may delay one, so there is no upper bound.
     times = [t for t, _, _ in queen.beats[:3]]
-    assert all(0.1 <= b - a < 1.0 for a, b in itertools.pairwise(times))
+    assert all(b - a >= 0.1 for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.anyio
@@ -54,18 +54,18 @@ async def test_a_state_change_is_reported_without_waiting_for_the_interval(
     start_hive: Any, fake_queen: Any, make_settings: Settings, model_dir: Path, kit: Any
 ) -> None:
     async with fake_queen() as (queen_url, queen):
-        settings = make_settings(queen_url=queen_url, heartbeat_interval=30.0)
+        # An interval no test outlives: a beat that reports the worker ready can only be the
+        # one a worker change sends at once.
+        settings = make_settings(queen_url=queen_url, heartbeat_interval=3600.0)
         async with start_hive(settings) as h:
             await kit.wait_for(lambda: len(queen.beats) >= 1)
             await kit.run_job(h.client, "model_register", name="tiny", path=str(model_dir))
-            t0 = time.monotonic()
             await kit.run_job(h.client, "worker_spawn", model="tiny", worker_id="w")
 
             def ready_reported() -> bool:
                 return any(w["state"] == "ready" for _, _, b in queen.beats for w in b["workers"])
 
-            await kit.wait_for(ready_reported, 5.0)
-            assert time.monotonic() - t0 < 5.0
+            await kit.wait_for(ready_reported)
             await kit.run_job(h.client, "worker_stop", worker_id="w")
 
 

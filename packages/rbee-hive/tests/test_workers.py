@@ -18,6 +18,7 @@ from jobproto import LocalProtocolError, converter
 from jobproto.client import RemoteJobCancelled, RemoteJobFailed
 from rbee_contracts.lifecycle import WorkerState
 from rbee_contracts.records import parse_worker_record
+from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 from rbee_hive.settings import HiveSettings
 from rbee_hive.supervisor import Supervisor, WorkerProcess, WorkerSpec
 
@@ -61,7 +62,7 @@ async def test_spawn_ready_list_stop(
 
         # The worker's own output arrives as narration on the spawn job...
         output = [n.message for n in kit.narrations(events, "worker_output")]
-        assert any(line.startswith("RBEE_WORKER_LISTENING ") for line in output)
+        assert any(parse_listening_line(line) is not None for line in output)
         assert any("fake worker w1: model " + str(model_dir) in line for line in output)
         argv_line = next(line for line in output if line.startswith("fake worker args:"))
         for part in [
@@ -83,7 +84,7 @@ async def test_spawn_ready_list_stop(
         assert started and started[0].unit == "s" and started[0].total == settings.ready_timeout
         # ...and every line is in the worker's log file.
         log = (settings.state_dir / "logs" / "w1.log").read_text()
-        assert "RBEE_WORKER_LISTENING" in log and "fake worker args:" in log
+        assert LISTENING_PREFIX in log and "fake worker args:" in log
 
         async with httpx.AsyncClient() as http:
             assert (await http.get(worker["url"] + "/health")).json() == {"status": "ok"}
@@ -171,14 +172,20 @@ async def test_crash_is_marked_at_once_and_restarted_with_backoff_up_to_the_limi
 async def test_a_worker_that_never_gets_ready_fails_the_spawn(
     start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
 ) -> None:
+    # Only the never-ready case has a short ready timeout: the others must fail for their own
+    # reason, however slowly a loaded machine starts the fake worker.
     cases = [
-        (kit.fake_worker("--fake-exit-early", "7"), "exited with status 7 before it was ready"),
-        (kit.fake_worker("--fake-fail-load"), "failed to load: fake load failure"),
-        (kit.fake_worker("--fake-ready-after", "60"), "not ready within 0.6 s"),
-        (("/nonexistent/worker-binary",), "could not start"),
+        (
+            kit.fake_worker("--fake-exit-early", "7"),
+            60.0,
+            "exited with status 7 before it was ready",
+        ),
+        (kit.fake_worker("--fake-fail-load"), 60.0, "failed to load: fake load failure"),
+        (kit.fake_worker("--fake-ready-after", "60"), 0.6, "not ready within 0.6 s"),
+        (("/nonexistent/worker-binary",), 60.0, "could not start"),
     ]
-    for i, (command, message) in enumerate(cases):
-        settings = make_settings(worker_command=command, ready_timeout=0.6)
+    for i, (command, ready_timeout, message) in enumerate(cases):
+        settings = make_settings(worker_command=command, ready_timeout=ready_timeout)
         async with start_hive(settings) as h:
             if i == 0:
                 await register(h, kit, model_dir)
