@@ -6,6 +6,8 @@ import io
 import json
 from typing import Any
 
+from rich.console import Console
+
 from jobproto import (
     Data,
     Event,
@@ -24,6 +26,7 @@ from rbee_keeper.render import (
     format_bytes,
     infer_summary,
     service_of,
+    show_value,
 )
 
 JOB = "job_AAAAAAAAAAAAAAAAAAAAAA"
@@ -130,3 +133,14 @@ def test_json_renderer_writes_json_lines() -> None:
     assert lines[4]["error"] == {"code": "boom", "message": "it broke"}
     assert lines[6]["field"] == "max_tokens" and lines[6]["exit_code"] == 5
     assert "refused" in err.getvalue()
+
+
+def test_a_table_starts_with_the_identifying_columns_whatever_the_key_order() -> None:
+    # A service may send a record's keys in any order (a record type's field order changes):
+    # the table still starts with the worker's id, model, engine, url, pid and state.
+    out = io.StringIO()
+    console = Console(file=out, width=200, no_color=True)
+    row = {"restarts": 0, "state": "ready", "pid": 7, "url": "http://h:1", "engine": "synthetic"}
+    show_value(console, {"workers": [{**row, "model": "tiny", "worker_id": "w1"}]})
+    header = [w for w in out.getvalue().splitlines()[1].split() if w.isidentifier()]
+    assert header == ["worker_id", "model", "engine", "url", "pid", "state", "restarts"]

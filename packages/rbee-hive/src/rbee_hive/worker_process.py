@@ -31,14 +31,6 @@ __all__ = ["WorkerProcess"]
 logger = logging.getLogger("rbee_hive.supervisor")
 
 
-#: the columns a worker table starts with; the record's other fields follow in their own order
-COLUMNS = ("worker_id", "model", "engine", "url", "pid", "state")
-
-
-def _column(key: str) -> int:
-    return COLUMNS.index(key) if key in COLUMNS else len(COLUMNS)
-
-
 def _rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -100,10 +92,9 @@ class WorkerProcess:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """``record()`` as JSON (what the queen parses with ``parse_worker_record``), its keys in
-        the order tables show them (the keeper renders columns in key order)."""
+        """``record()`` as JSON (what the queen parses with ``parse_worker_record``)."""
         raw: dict[str, Any] = converter.unstructure(self.record())
-        return {key: raw[key] for key in sorted(raw, key=_column)}
+        return raw
 
     # -- state -------------------------------------------------------------------------------------
 

@@ -297,10 +297,28 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+#: columns a table starts with, in this order, whatever order a service sent the keys in;
+#: the rows' other keys follow in the order they first appear
+LEADING_COLUMNS = (
+    "job_id",
+    "hive_id",
+    "worker_id",
+    "name",
+    "model",
+    "engine",
+    "url",
+    "pid",
+    "state",
+)
+
+
 def _table(title: str, rows: list[Mapping[str, Any]]) -> Table:
-    columns: list[str] = []
+    seen: list[str] = []
     for row in rows:
-        columns.extend(k for k in row if k not in columns)
+        seen.extend(k for k in row if k not in seen)
+    columns = [c for c in LEADING_COLUMNS if c in seen] + [
+        c for c in seen if c not in LEADING_COLUMNS
+    ]
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for column in columns:
         table.add_column(column)
