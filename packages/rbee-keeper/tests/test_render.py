@@ -144,3 +144,11 @@ def test_a_table_starts_with_the_identifying_columns_whatever_the_key_order() ->
     show_value(console, {"workers": [{**row, "model": "tiny", "worker_id": "w1"}]})
     header = [w for w in out.getvalue().splitlines()[1].split() if w.isidentifier()]
     assert header == ["worker_id", "model", "engine", "url", "pid", "state", "restarts"]
+
+
+def test_a_job_table_shows_the_operation_before_the_state() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200, no_color=True)
+    show_value(console, {"jobs": [{"state": "running", "operation": "infer", "job_id": JOB}]})
+    header = [w for w in out.getvalue().splitlines()[1].split() if w.isidentifier()]
+    assert header == ["job_id", "operation", "state"]

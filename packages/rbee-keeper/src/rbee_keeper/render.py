@@ -301,6 +301,7 @@ def _cell(key: str, value: Any) -> str:
 #: the rows' other keys follow in the order they first appear
 LEADING_COLUMNS = (
     "job_id",
+    "operation",
     "hive_id",
     "worker_id",
     "name",
