@@ -6,20 +6,23 @@ deadline only as a guard against hanging, and checks at the end that no child it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 import rbee_process
-from rbee_process import ProcessRecord, StopOutcome
+from rbee_process import ProcessRecord, StopOutcome, _record, _spawn, _stop
 
 #: a sleeper that writes its pid (and its child's) where the test can wait for it
 SLEEPER = r"""
@@ -107,7 +110,7 @@ def test_spawn_detached_runs_in_its_own_session_with_a_pid_file(
     assert "starting sleeper:" in log.read_text().splitlines()[0]
     assert rbee_process.log_tail(log, 1) == "sleeper up"
 
-    outcome, stopped = rbee_process.stop_pid_file(pid_file, grace=10)
+    outcome, stopped = rbee_process.stop_pid_file(pid_file, grace=10, reap=True)
     assert outcome is StopOutcome.STOPPED and stopped == record
     assert not pid_file.exists()
     assert gone(record.pid)
@@ -145,7 +148,178 @@ def test_a_reused_pid_is_never_signalled(tmp_path: Path, started: list[int]) -> 
     # Without a start time the command line must match.
     assert not rbee_process.alive(ProcessRecord(record.pid, None, ("some", "other")))
     assert rbee_process.alive(ProcessRecord(record.pid, None, record.argv))
+    # Start ticks decide where they are recorded: other ticks, or another boot, are another process.
+    if record.start_ticks is not None:
+        later = dataclasses.replace(record, start_ticks=record.start_ticks + 1)
+        rebooted = dataclasses.replace(record, boot_id="another-boot")
+        assert not rbee_process.alive(later) and not rbee_process.alive(rebooted)
+        assert rbee_process.group_members(later) == []
+        assert rbee_process.terminate(later, grace=1) is StopOutcome.NOT_RUNNING
     assert rbee_process.terminate(record, grace=10) is StopOutcome.STOPPED
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start ticks are Linux's")
+def test_identity_survives_a_stepped_clock(
+    tmp_path: Path, started: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psutil's create_time() follows the wall clock: after an NTP step every live process would
+    # read as stale, and `rbee queen stop` would leave the queen running. The start ticks and
+    # the boot id do not move.
+    record, _ = spawn_sleeper(tmp_path, started)
+    assert record.start_ticks is not None and record.boot_id is not None
+    real = psutil.Process.create_time
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: real(self) + 3600.0)
+    assert rbee_process.alive(record)
+    assert rbee_process.read_pid_file(tmp_path / "none.pid") is None
+    pid_file = tmp_path / "stepped.pid"
+    rbee_process.write_pid_file(pid_file, record)
+    assert rbee_process.read_pid_file(pid_file) == record
+    assert rbee_process.stop_pid_file(pid_file, grace=10, reap=True)[0] is StopOutcome.STOPPED
+    assert gone(record.pid)
+
+
+def test_without_proc_the_create_time_decides(
+    tmp_path: Path, started: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The documented fallback where /proc is missing: create_time() within the tolerance.
+    record, _ = spawn_sleeper(tmp_path, started)
+    monkeypatch.setattr(_record, "_PROC", tmp_path / "no-proc")
+    _record.boot_id.cache_clear()
+    try:
+        assert rbee_process.alive(record)
+        assert record.start_time is not None
+        assert not rbee_process.alive(dataclasses.replace(record, start_time=record.start_time - 1))
+        assert rbee_process.ProcessRecord.of(record.pid, record.argv).start_ticks is None
+    finally:
+        monkeypatch.undo()
+        _record.boot_id.cache_clear()
+    assert rbee_process.terminate(record, grace=10) is StopOutcome.STOPPED
+
+
+def test_pid_file_writers_never_share_a_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "x.pid"
+    first = ProcessRecord(12345, 1.0, ("a",))
+    # Another writer's temporary file at the old fixed name is neither used nor disturbed.
+    (tmp_path / "x.pid.tmp").write_text("someone else's")
+    rbee_process.write_pid_file(pid_file, first)
+    assert rbee_process.read_pid_file(pid_file) == first
+    assert (tmp_path / "x.pid.tmp").read_text() == "someone else's"
+    # A failed write leaves no temporary file behind and the old pid file as it was.
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        rbee_process.write_pid_file(pid_file, ProcessRecord(999, 2.0, ("b",)))
+    assert rbee_process.read_pid_file(pid_file) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pid", "x.pid.tmp"]
+
+
+def test_start_once_starts_one_process_for_concurrent_starters(
+    tmp_path: Path, started: list[int]
+) -> None:
+    pid_file = tmp_path / "run" / "one.pid"
+    out = tmp_path / "sleeper-once.json"
+    argv = [sys.executable, "-c", SLEEPER, "plain", str(out)]
+    results: list[tuple[ProcessRecord, bool]] = []
+
+    def start() -> None:
+        results.append(rbee_process.start_once(pid_file, argv, log_path=tmp_path / "once.log"))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    started.extend({record.pid for record, _ in results})
+    assert [fresh for _, fresh in results].count(True) == 1
+    assert len({record.pid for record, _ in results}) == 1
+    assert rbee_process.read_pid_file(pid_file) == results[0][0]
+    assert rbee_process.stop_pid_file(pid_file, grace=10, reap=True)[0] is StopOutcome.STOPPED
+
+
+def test_a_process_whose_pid_file_cannot_be_written_is_killed(
+    tmp_path: Path, started: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spawned: list[int] = []
+    real_of = ProcessRecord.of.__func__  # type: ignore[attr-defined]
+
+    def of(cls: type[ProcessRecord], pid: int, *args: object) -> ProcessRecord:
+        spawned.append(pid)
+        started.append(pid)
+        return real_of(cls, pid, *args)  # type: ignore[no-any-return]
+
+    def refuse(path: Path, record: ProcessRecord) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ProcessRecord, "of", classmethod(of))
+    monkeypatch.setattr(_spawn, "write_pid_file", refuse)
+    with pytest.raises(OSError):
+        rbee_process.spawn_detached(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            log_path=tmp_path / "x.log",
+            pid_file=tmp_path / "x.pid",
+        )
+    assert len(spawned) == 1 and gone(spawned[0])
+
+
+def test_a_missing_command_with_a_cwd_is_a_spawn_error(tmp_path: Path) -> None:
+    for command in ("rbee-no-such-command", "./rbee-no-such-command"):
+        with pytest.raises(rbee_process.SpawnError):
+            rbee_process.spawn_detached([command], log_path=tmp_path / "x.log", cwd=tmp_path)
+
+
+def test_without_posix_spawn_setsid_the_trampoline_starts_the_session(
+    tmp_path: Path, started: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.posix_spawnp
+
+    def no_setsid(*args: Any, **kwargs: Any) -> int:
+        if kwargs.get("setsid"):
+            raise NotImplementedError("setsid")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "posix_spawnp", no_setsid)
+    record, info = spawn_sleeper(tmp_path, started)
+    assert info["pid"] == record.pid
+    assert os.getsid(record.pid) == record.pid and os.getpgid(record.pid) == record.pid
+    assert rbee_process.terminate(record, grace=10, reap=True) is StopOutcome.STOPPED
+
+
+def test_stop_pid_dir_stops_what_each_pid_file_names(tmp_path: Path, started: list[int]) -> None:
+    record, _ = spawn_sleeper(tmp_path, started)
+    run = tmp_path / "run"
+    rbee_process.write_pid_file(run / "w1.json", record)
+    rbee_process.write_pid_file(run / "w2.json", ProcessRecord(record.pid, None, ("other",)))
+    stopped = rbee_process.stop_pid_dir(run, grace=10)
+    assert [(p.name, outcome) for p, outcome, _ in stopped] == [
+        ("w1.json", StopOutcome.STOPPED),
+        ("w2.json", StopOutcome.NOT_RUNNING),
+    ]
+    assert list(run.iterdir()) == []
+    wait_for(lambda: gone(record.pid))
+
+
+@pytest.mark.anyio
+async def test_aterminate_scans_the_process_table_off_the_event_loop(
+    tmp_path: Path, started: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record, _ = spawn_sleeper(tmp_path, started, mode="grandchild")
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    real_members, real_process_of = _stop.group_members, _stop.process_of
+
+    def members(record: ProcessRecord) -> list[psutil.Process]:
+        threads.append(threading.get_ident())
+        return real_members(record)
+
+    def process_of(record: ProcessRecord, **kwargs: Any) -> psutil.Process | None:
+        threads.append(threading.get_ident())
+        return real_process_of(record, **kwargs)
+
+    monkeypatch.setattr(_stop, "group_members", members)
+    monkeypatch.setattr(_stop, "process_of", process_of)
+    assert await rbee_process.aterminate(record, grace=10) is StopOutcome.STOPPED
+    assert threads and loop_thread not in threads
 
 
 def test_unreadable_and_bare_pid_files_are_stale(tmp_path: Path) -> None:
@@ -227,6 +401,18 @@ def test_our_own_group_is_never_signalled() -> None:
     own = ProcessRecord(os.getpgrp(), None, ())
     assert rbee_process.terminate(own, grace=0.1) is StopOutcome.NOT_RUNNING
     assert rbee_process.signal_group(os.getpgrp(), signal.SIGTERM) is False
+
+
+def test_init_and_this_process_are_never_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: sent.append((pgid, sig)))
+    for pid in (1, 0, -1, os.getpid()):
+        assert rbee_process.signal_group(pid, signal.SIGTERM) is False
+        assert ProcessRecord.from_json({"pid": pid, "argv": ["init"]}) is None
+    crafted = ProcessRecord(1, None, ("/sbin/init",))
+    assert rbee_process.group_members(crafted) == []
+    assert rbee_process.terminate(crafted, grace=0.1) is StopOutcome.NOT_RUNNING
+    assert sent == []
 
 
 def test_cmdline_matching() -> None:

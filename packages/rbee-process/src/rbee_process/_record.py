@@ -1,23 +1,36 @@
 """Who a process is: its pid file, and whether the process a pid file names is still that one.
 
 A pid alone names a process only until the process exits: the kernel then gives the number to
-the next process that starts. So a pid file records the process's *start time* as the kernel
-knows it (``psutil.Process.create_time()``: boot time plus the start tick, the same value every
-time it is read during one boot). A pid file is trusted only while a process with that pid
-exists, is not a zombie, and started at the recorded time. A record without a start time (the
-process was gone before it could be read, or an older file) is trusted only while the process
-runs the recorded command line. Anything else is *stale*: its process has exited, or its pid now
-belongs to some unrelated program, which must never be signalled.
+the next process that starts. So a pid file records when the process started, as the kernel
+knows it. On Linux that is the start time in clock ticks since boot (``/proc/<pid>/stat``, field
+22) together with the boot id (``/proc/sys/kernel/random/boot_id``): both are fixed for the life
+of the process and compared exactly, and neither moves when the wall clock is stepped (NTP, a
+suspended laptop, ``date -s``). Where ``/proc`` is missing (not Linux) the record falls back to
+``psutil.Process.create_time()`` compared within ``START_TIME_TOLERANCE``: that value is
+wall-clock based, so a clock stepped further than the tolerance makes a live process read as
+stale there (it is then left running, never a stranger signalled). A pid file is trusted only
+while a process with that pid exists, is not a zombie, and started at the recorded time. A
+record without any start time (the process was gone before it could be read, or an older file)
+is trusted only while the process runs the recorded command line. Anything else is *stale*: its
+process has exited, or its pid now belongs to some unrelated program, which must never be
+signalled. A record of pid 1 or of this very process is never one.
+
+A pid file is written atomically (a unique temporary file in the same directory, then
+``os.replace``); ``pid_file_lock`` serializes the writers of one pid file, so that "is it running?
+if not, start it and write its pid file" happens once (``start_once``, in ``_spawn``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import functools
 import json
 import os
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +40,44 @@ __all__ = [
     "ProcessRecord",
     "alive",
     "group_members",
+    "pid_file_lock",
     "process_of",
     "read_pid_file",
     "reap",
     "write_pid_file",
 ]
 
-#: how far apart two readings of one process's start time may be (one clock tick is 0.01 s)
+#: how far apart two readings of ``create_time()`` may be (the fallback where /proc is missing)
 START_TIME_TOLERANCE = 0.05
+
+_PROC = Path("/proc")
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This boot's id (Linux); None where /proc has none. It cannot change while we run."""
+    try:
+        return (_PROC / "sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22).
+
+    None where /proc is missing; ``psutil.NoSuchProcess`` when /proc has no such process.
+    """
+    if boot_id() is None:
+        return None
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(pid) from None
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or parentheses itself.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])  # field 22 of the line, counting from the state (field 3)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,12 +85,16 @@ class ProcessRecord:
     """The identity of a process we started, as its pid file keeps it (JSON)."""
 
     pid: int
-    #: ``psutil.Process.create_time()`` of the process (None when it could not be read)
+    #: ``psutil.Process.create_time()`` of the process (None when it could not be read); the
+    #: identity only where there are no start ticks (not Linux, or an older pid file)
     start_time: float | None
     argv: tuple[str, ...]
     log_path: str | None = None
     #: wall-clock time (``time.time()``) when it was spawned
     started_at: float = 0.0
+    #: clock ticks since boot when it started (Linux), and the boot they count from
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     @classmethod
     def of(
@@ -55,16 +102,20 @@ class ProcessRecord:
     ) -> ProcessRecord:
         """The record of a process that was just started (reads its start time now)."""
         start_time: float | None
+        ticks: int | None
         try:
             start_time = float(psutil.Process(pid).create_time())
+            ticks = start_ticks(pid)
         except psutil.Error:
-            start_time = None
+            start_time, ticks = None, None
         return cls(
             pid=pid,
             start_time=start_time,
             argv=tuple(argv),
             log_path=None if log_path is None else str(log_path),
             started_at=time.time(),
+            start_ticks=ticks,
+            boot_id=None if ticks is None else boot_id(),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -74,6 +125,8 @@ class ProcessRecord:
             "argv": list(self.argv),
             "log_path": self.log_path,
             "started_at": self.started_at,
+            "start_ticks": self.start_ticks,
+            "boot_id": self.boot_id,
         }
 
     @classmethod
@@ -82,27 +135,60 @@ class ProcessRecord:
         if not isinstance(raw, dict):
             return None
         pid = raw.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-            return None
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
+            return None  # never init, never ourselves
         start = raw.get("start_time", raw.get("create_time"))  # create_time: older keeper files
         argv = raw.get("argv", raw.get("command"))
         log_path = raw.get("log_path")
         started_at = raw.get("started_at")
+        ticks = raw.get("start_ticks")
+        boot = raw.get("boot_id")
+        has_ticks = isinstance(ticks, int) and not isinstance(ticks, bool) and isinstance(boot, str)
         return cls(
             pid=pid,
             start_time=float(start) if isinstance(start, (int, float)) else None,
             argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
             log_path=log_path if isinstance(log_path, str) else None,
             started_at=float(started_at) if isinstance(started_at, (int, float)) else 0.0,
+            start_ticks=ticks if has_ticks else None,
+            boot_id=boot if has_ticks else None,
         )
+
+    @property
+    def identified(self) -> bool:
+        """Whether the record holds a start time (else only the command line can tell)."""
+        return self.start_ticks is not None or self.start_time is not None
 
 
 def write_pid_file(path: Path, record: ProcessRecord) -> None:
-    """Write ``record`` to ``path`` atomically: a reader never sees half a pid file."""
+    """Write ``record`` to ``path`` atomically: a reader never sees half a pid file, and two
+    writers never share a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record.to_json()) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record.to_json()) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def pid_file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (``fcntl.flock``; blocking) while inside.
+
+    Whoever checks, starts and records the process of one pid file holds it meanwhile, so two
+    starters never both start one. The lock file stays (removing it would race a waiter).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_pid_file(path: Path) -> ProcessRecord | None:
@@ -130,6 +216,9 @@ def reap(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
+_reap = reap  # process_of's keyword hides the function
+
+
 def _cmdline_matches(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
     cmdline, argv = list(cmdline), list(argv)
     if not argv:
@@ -145,29 +234,61 @@ def _cmdline_matches(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
     return any(os.path.basename(part) == os.path.basename(argv[0]) for part in head)
 
 
-def process_of(record: ProcessRecord) -> psutil.Process | None:
+def _same_start(pid: int, record: ProcessRecord) -> bool | None:
+    """Whether the process ``pid`` started when ``record`` says; None when it cannot tell.
+
+    ``psutil.NoSuchProcess`` when there is no such process.
+    """
+    if record.start_ticks is not None and boot_id() is not None:
+        if record.boot_id != boot_id():
+            return False  # recorded during an earlier boot
+        return start_ticks(pid) == record.start_ticks
+    if record.start_time is not None:
+        return bool(
+            abs(psutil.Process(pid).create_time() - record.start_time) <= START_TIME_TOLERANCE
+        )
+    return None
+
+
+def _started_since(pid: int, record: ProcessRecord) -> bool:
+    """Whether the process ``pid`` started no earlier than ``record``'s (True when unknown)."""
+    if record.start_ticks is not None and boot_id() is not None:
+        ticks = start_ticks(pid)
+        return record.boot_id == boot_id() and ticks is not None and ticks >= record.start_ticks
+    if record.start_time is not None:
+        created = psutil.Process(pid).create_time()
+        return bool(created >= record.start_time - START_TIME_TOLERANCE)
+    return True
+
+
+def process_of(record: ProcessRecord, *, reap: bool = False) -> psutil.Process | None:
     """The live process ``record`` names, or None when it has exited or the pid is another's.
 
-    Our own exited child is reaped on the way.
+    With ``reap``, our own exited child is reaped on the way: only for a child nothing else
+    waits for (``subprocess``, anyio would lose its exit status). A zombie is never alive.
     """
-    reap(record.pid)
+    if record.pid <= 1 or record.pid == os.getpid():
+        return None  # never init, never ourselves
+    if reap:
+        _reap(record.pid)
     try:
         proc = psutil.Process(record.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        if record.start_time is not None:
-            if abs(proc.create_time() - record.start_time) > START_TIME_TOLERANCE:
-                return None  # the pid was reused
-        elif not _cmdline_matches(proc.cmdline(), record.argv):
-            return None
+        same = _same_start(record.pid, record)
+        if same is None:
+            same = _cmdline_matches(proc.cmdline(), record.argv)
+        if not same:
+            return None  # the pid was reused
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     return proc
 
 
-def alive(record: ProcessRecord) -> bool:
-    """Whether the process ``record`` names still runs (and is that process)."""
-    return process_of(record) is not None
+def alive(record: ProcessRecord, *, reap: bool = False) -> bool:
+    """Whether the process ``record`` names still runs (and is that process); ``reap`` as in
+    ``process_of``."""
+    return process_of(record, reap=reap) is not None
 
 
 def group_members(record: ProcessRecord) -> list[psutil.Process]:
@@ -175,19 +296,18 @@ def group_members(record: ProcessRecord) -> list[psutil.Process]:
 
     The leader may be gone already: a group lives on while any member does, and its id cannot be
     given to a new group meanwhile. The start time rules out a group that merely has the same id
-    after the old one ended.
+    after the old one ended. Blocking (it scans every process): from an event loop, call it in a
+    worker thread.
     """
-    if record.start_time is None:
+    if record.pid <= 1 or record.pid == os.getpid():
+        return []
+    if not record.identified:
         if process_of(record) is None:
             return []  # no way to tell this group from a later one with the same id
-        earliest = None
     else:
-        earliest = record.start_time - START_TIME_TOLERANCE
         try:
             # A process holds the pid (even a zombie one): the group is ours only if it is ours.
-            if abs(psutil.Process(record.pid).create_time() - record.start_time) > (
-                START_TIME_TOLERANCE
-            ):
+            if not _same_start(record.pid, record):
                 return []
         except psutil.NoSuchProcess:
             pass  # the leader is gone; its group may live on
@@ -198,7 +318,7 @@ def group_members(record: ProcessRecord) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
             if os.getpgid(proc.pid) != record.pid:
                 continue
-            if earliest is not None and proc.create_time() < earliest:
+            if not _started_since(proc.pid, record):
                 continue
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue

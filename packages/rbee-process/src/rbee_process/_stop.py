@@ -13,7 +13,14 @@ One termination goes through three steps, the same in its blocking (``terminate`
 3. SIGKILL to whatever the group still holds (what the process left behind, or a member that
    ignored SIGTERM), and wait until the group is empty (``KILL_WAIT`` at most).
 
-Our own process group is never signalled.
+Our own process group, and pid 1's, are never signalled. ``terminate`` reaps our exited child
+only when asked (``reap=True``): a caller whose child something else waits for (the hive's
+workers, which anyio waits for) must not take its exit status. ``aterminate`` scans the process
+table in a worker thread, never on the event loop.
+
+``kill_leftovers`` is step 3 alone (for an owner that waited for the leader itself), and
+``stop_pid_dir`` stops every process a directory of pid files names (the workers a killed hive
+left behind).
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from ._record import ProcessRecord, group_members, process_of, read_pid_file, re
 __all__ = [
     "StopOutcome",
     "aterminate",
+    "kill_leftovers",
     "log_tail",
     "signal_group",
+    "stop_pid_dir",
     "stop_pid_file",
     "terminate",
     "wait_gone",
@@ -52,8 +61,9 @@ class StopOutcome(enum.StrEnum):
 
 
 def signal_group(pgid: int, sig: int) -> bool:
-    """Signal the process group ``pgid``; False when it is gone (or is our own group)."""
-    if pgid <= 0 or pgid == os.getpgrp():
+    """Signal the process group ``pgid``; False when it is gone (or is init's, ours or our own
+    process's: those are refused)."""
+    if pgid <= 1 or pgid == os.getpgrp() or pgid == os.getpid():
         return False
     try:
         os.killpg(pgid, sig)
@@ -70,9 +80,15 @@ class _Termination:
     already (a hive that was killed, leaving its workers) is waited for as a whole.
     """
 
-    def __init__(self, record: ProcessRecord) -> None:
+    def __init__(self, record: ProcessRecord, reap: bool) -> None:
         self.record = record
-        self.leader = process_of(record) is not None
+        self.reap = reap
+        self.leader = False
+
+    def begin(self) -> bool:
+        """Whether anything of it is alive (to be signalled at all)."""
+        self.leader = process_of(self.record, reap=self.reap) is not None
+        return self.anything()
 
     def anything(self) -> bool:
         return self.leader or bool(group_members(self.record))
@@ -80,7 +96,7 @@ class _Termination:
     def remaining(self) -> bool:
         """Whether what the grace period waits for is still alive (reaps our exited child)."""
         if self.leader:
-            return process_of(self.record) is not None
+            return process_of(self.record, reap=self.reap) is not None
         return bool(group_members(self.record))
 
     def send(self, sig: int) -> None:
@@ -88,23 +104,35 @@ class _Termination:
 
     def leftovers(self) -> bool:
         """SIGKILL to whatever the group still holds; whether anything was left."""
-        reap(self.record.pid)
-        if not group_members(self.record):
-            return False
-        self.send(signal.SIGKILL)
-        return True
+        if self.reap:
+            reap(self.record.pid)
+        return kill_leftovers(self.record)
 
     def group_alive(self) -> bool:
         return bool(group_members(self.record))
 
 
+def kill_leftovers(record: ProcessRecord) -> bool:
+    """SIGKILL to the group ``record`` led when it still has members that are its own
+    (``group_members``: a group that merely has the same id is left alone); whether it had."""
+    if not group_members(record):
+        return False
+    signal_group(record.pid, signal.SIGKILL)
+    return True
+
+
 def terminate(
-    record: ProcessRecord, grace: float, *, on_kill: Callable[[], None] | None = None
+    record: ProcessRecord,
+    grace: float,
+    *,
+    on_kill: Callable[[], None] | None = None,
+    reap: bool = False,
 ) -> StopOutcome:
     """Stop the group ``record`` leads and wait for it (blocking); ``on_kill`` runs before a
-    SIGKILL that the grace period made necessary."""
-    steps = _Termination(record)
-    if record.pid == os.getpgrp() or not steps.anything():
+    SIGKILL that the grace period made necessary; ``reap``: the process is our child that
+    nothing else waits for."""
+    steps = _Termination(record, reap)
+    if record.pid == os.getpgrp() or not steps.begin():
         return StopOutcome.NOT_RUNNING
     steps.send(signal.SIGTERM)
     outcome = StopOutcome.STOPPED
@@ -120,21 +148,25 @@ def terminate(
 
 
 async def aterminate(
-    record: ProcessRecord, grace: float, *, on_kill: Callable[[], None] | None = None
+    record: ProcessRecord,
+    grace: float,
+    *,
+    on_kill: Callable[[], None] | None = None,
+    reap: bool = False,
 ) -> StopOutcome:
-    """``terminate`` for an event loop: waits with ``anyio.sleep``."""
-    steps = _Termination(record)
-    if record.pid == os.getpgrp() or not steps.anything():
+    """``terminate`` for an event loop: waits with ``anyio.sleep``, scans in a worker thread."""
+    steps = _Termination(record, reap)
+    if record.pid == os.getpgrp() or not await anyio.to_thread.run_sync(steps.begin):
         return StopOutcome.NOT_RUNNING
     steps.send(signal.SIGTERM)
     outcome = StopOutcome.STOPPED
-    if not await _await(steps, grace):
+    if not await _await_for(steps.remaining, grace):
         if on_kill is not None:
             on_kill()
         steps.send(signal.SIGKILL)
-        await _await(steps, KILL_WAIT)
+        await _await_for(steps.remaining, KILL_WAIT)
         outcome = StopOutcome.KILLED
-    if steps.leftovers():
+    if await anyio.to_thread.run_sync(steps.leftovers):
         await _await_for(steps.group_alive, KILL_WAIT)
     return outcome
 
@@ -153,13 +185,9 @@ def _wait_for(busy: Callable[[], bool], within: float) -> bool:
     return True
 
 
-async def _await(steps: _Termination, within: float) -> bool:
-    return await _await_for(steps.remaining, within)
-
-
 async def _await_for(busy: Callable[[], bool], within: float) -> bool:
     with anyio.move_on_after(within):
-        while busy():
+        while await anyio.to_thread.run_sync(busy):
             await anyio.sleep(POLL)
         return True
     return False
@@ -171,19 +199,38 @@ def wait_gone(record: ProcessRecord, within: float) -> bool:
 
 
 def stop_pid_file(
-    path: Path, grace: float, *, on_kill: Callable[[], None] | None = None
+    path: Path,
+    grace: float,
+    *,
+    on_kill: Callable[[], None] | None = None,
+    reap: bool = False,
 ) -> tuple[StopOutcome, ProcessRecord | None]:
     """Stop the process ``path`` names (if it is still that process) and remove the pid file.
 
     Returns the outcome and the record the file held (None when there was no readable one).
+    ``reap`` as in ``terminate``.
     """
     record = read_pid_file(path)
     outcome = StopOutcome.NOT_RUNNING
     if record is not None:
-        outcome = terminate(record, grace, on_kill=on_kill)
+        outcome = terminate(record, grace, on_kill=on_kill, reap=reap)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return outcome, record
+
+
+def stop_pid_dir(
+    directory: Path, grace: float, pattern: str = "*.json"
+) -> list[tuple[Path, StopOutcome, ProcessRecord | None]]:
+    """``stop_pid_file`` for every pid file ``pattern`` matches in ``directory`` (blocking).
+
+    For the pid files a killed owner left (a hive's workers): what each named, and how it ended.
+    """
+    stopped = []
+    for path in sorted(directory.glob(pattern)):
+        outcome, record = stop_pid_file(path, grace)
+        stopped.append((path, outcome, record))
+    return stopped
 
 
 def log_tail(path: str | os.PathLike[str] | None, lines: int = 20, *, limit: int = 8192) -> str:
