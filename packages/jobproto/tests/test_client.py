@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import httpx
+import httpx_sse
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -404,6 +405,103 @@ async def test_a_body_that_cannot_be_decoded_is_a_protocol_error() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cause",
+    [httpx.ConnectTimeout("slow"), httpx.PoolTimeout("busy"), httpx.ConnectError("refused")],
+    ids=repr,
+)
+async def test_errors_before_anything_was_sent_are_connect_failed(
+    cause: httpx.TransportError,
+) -> None:
+    server = Server(cause)
+    async with client_for(server) as (client, _):
+        with pytest.raises(ConnectFailed) as info:
+            await client.create("echo")
+    assert info.value.__cause__ is cause and len(server.requests) == 1
+
+    # nothing was sent, so a create with a key is retried, and a stream reconnects
+    server = Server(cause, httpx.Response(201, json=created_json()))
+    async with client_for(server) as (client, slept):
+        assert (await client.create("echo", idempotency_key="key-1")).job_id == JOB
+    assert len(server.requests) == 2 and len(slept) == 1
+    server = Server(cause, sse(*HAPPY))
+    async with client_for(server) as (client, slept):
+        assert await collect(client) == HAPPY
+    assert len(slept) == 1
+
+
+def _recorder(slept: list[float]) -> Callable[[float], Any]:
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+
+    return sleep
+
+
+def _calls() -> list[tuple[str, Callable[[JobClient], Any]]]:
+    return [
+        ("status", lambda c: c.status(JOB)),
+        ("list", lambda c: c.list()),
+        ("cancel", lambda c: c.cancel(JOB)),
+        ("create", lambda c: c.create("echo", idempotency_key="key-1")),
+        ("events", lambda c: collect(c)),
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("url", "cause"),
+    [("http://[::1", httpx.InvalidURL), ("ftp://jobs.test", httpx.UnsupportedProtocol)],
+)
+async def test_a_url_that_cannot_be_used_is_connect_failed_at_once(
+    url: str, cause: type[Exception]
+) -> None:
+    for name, call in _calls():
+        slept: list[float] = []
+        async with JobClient(url) as client:
+            client._sleep = _recorder(slept)
+            with pytest.raises(ConnectFailed) as info:
+                await call(client)
+        assert isinstance(info.value.__cause__, cause), name
+        assert "cannot use the URL" in str(info.value), name
+        assert slept == [], name  # no retry can make the URL work
+
+
+@pytest.mark.anyio
+async def test_a_closed_client_raises_local_protocol_error() -> None:
+    async with JobClient(BASE) as own:
+        pass
+    async with httpx.AsyncClient(transport=httpx.MockTransport(Server())) as http:
+        shared = JobClient(BASE, http=http)
+    for client in (own, shared):
+        for _, call in _calls():
+            with pytest.raises(LocalProtocolError, match="closed"):
+                await call(client)
+
+
+@pytest.mark.anyio
+async def test_a_header_httpx_will_not_send_is_a_local_protocol_error() -> None:
+    refused = httpx.LocalProtocolError("Illegal header value")
+    server = Server(refused)
+    async with client_for(server) as (client, slept):
+        with pytest.raises(LocalProtocolError) as info:
+            await client.create("echo", idempotency_key="key-1")
+    assert info.value.__cause__ is refused and slept == []
+
+
+@pytest.mark.anyio
+async def test_json_nested_too_deeply_is_a_protocol_error() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for answer in (httpx.Response(200, content=deep), httpx.Response(500, content=deep)):
+        async with client_for(Server(answer)) as (client, _):
+            with pytest.raises(RemoteProtocolError):
+                await client.status(JOB)
+    frame = b"id: 1\nevent: data\ndata: " + deep + b"\n\n"
+    async with client_for(Server(sse(frame))) as (client, _):
+        with pytest.raises(RemoteProtocolError, match="nested too deeply"):
+            await collect(client)
+
+
+@pytest.mark.anyio
 async def test_list_pages() -> None:
     body = {"jobs": [status_json(), status_json("queued", job_id="job_B")], "next_cursor": "c2"}
     server = Server(httpx.Response(200, json=body), httpx.Response(200, json={"jobs": []}))
@@ -554,6 +652,16 @@ async def test_events_failure_count_resets_on_progress() -> None:
     async with client_for(server, max_reconnects=1) as (client, _):
         assert await collect(client) == HAPPY
     assert server.last_event_ids() == [None, "1", "2", "3"]
+
+
+@pytest.mark.anyio
+async def test_events_answer_that_is_not_an_event_stream_is_a_protocol_error_at_once() -> None:
+    server = Server(httpx.Response(200, json=status_json()), sse(*HAPPY))
+    async with client_for(server) as (client, slept):
+        with pytest.raises(RemoteProtocolError, match="text/event-stream") as info:
+            await collect(client)
+    assert isinstance(info.value.__cause__, httpx_sse.SSEError)
+    assert len(server.requests) == 1 and slept == []
 
 
 @pytest.mark.anyio

@@ -263,6 +263,8 @@ def decode_envelope(data: str) -> JobEvent | tuple[Gap, str, str]:
         raw = json.loads(data)
     except ValueError as exc:
         raise RemoteProtocolError(f"event data is not JSON: {exc}") from None
+    except RecursionError:
+        raise RemoteProtocolError("event data is nested too deeply") from None
     if not isinstance(raw, dict):
         raise RemoteProtocolError("event data is not a JSON object")
     type_ = _req(raw, "type", str)

@@ -15,9 +15,20 @@ connects again with ``Last-Event-ID: <seq>`` as WHATWG §9.2.4 prescribes for a 
 EventSource. The server replays from its log, so nothing is lost, and anything replayed twice is
 dropped here by seq. A 4xx means the request itself is wrong (the job is gone): no retry.
 
-httpx's own errors never leave the client: a transport error becomes ``TransportFailed``
-(``ConnectFailed`` when no connection was opened), a body that cannot be decoded a
-``RemoteProtocolError``, each with httpx's error as ``__cause__``.
+Only jobproto's errors leave the client, each with httpx's (or the parser's) error as
+``__cause__``:
+
+- ``ConnectFailed`` when nothing was sent: the connection was refused or timed out
+  (``ConnectError``, ``ConnectTimeout``), no pooled connection came free (``PoolTimeout``), or
+  the URL cannot be used (``InvalidURL``, ``UnsupportedProtocol``). A URL that cannot be used is
+  raised at once, never retried: no retry can make it work.
+- ``TransportFailed`` for any other transport error: the request may have reached the peer.
+- ``LocalProtocolError`` when the caller misused the client: a request after ``aclose()`` (or on
+  a closed ``http`` client), a header httpx refuses to send (``httpx.LocalProtocolError``).
+- ``RemoteProtocolError`` for an answer that is not jobproto/1: a body that cannot be decoded
+  (``DecodingError``), is not JSON (nested too deeply included), too many redirects, or a ``200``
+  stream that is not ``text/event-stream`` (``httpx_sse.SSEError``, raised at once: a reconnect
+  would get the same answer).
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import SSEError, aconnect_sse
 from opentelemetry import propagate
 
 from .._correlation import CORRELATION_HEADER
@@ -142,6 +153,11 @@ class JobClient:
         delay = min(base * 2.0 ** (failures - 1), max(self._backoff_max, base))
         return delay + random.uniform(0, delay / 4)
 
+    def _check_open(self, method: str, url: str) -> None:
+        # httpx raises a bare RuntimeError for a closed client
+        if self._http.is_closed:
+            raise LocalProtocolError(f"{method} {url}: the client is closed")
+
     async def _request(
         self,
         method: str,
@@ -151,11 +167,12 @@ class JobClient:
         params: dict[str, str] | None = None,
         content: bytes | None = None,
     ) -> httpx.Response:
+        self._check_open(method, url)
         try:
             response = await self._http.request(
                 method, url, headers=headers, params=params, content=content, timeout=self._timeout
             )
-        except httpx.RequestError as exc:
+        except (httpx.RequestError, httpx.InvalidURL) as exc:
             raise _failure(method, url, exc) from exc
         if not response.is_success:
             raise response_error(response)
@@ -179,7 +196,7 @@ class JobClient:
         clash with this method's own). With an ``idempotency_key`` a transport failure is retried
         (the server answers a repeat with the job it already made, ``replayed=True``); without
         one ``TransportFailed`` propagates, since the job may or may not have been created
-        (``ConnectFailed``: it was not).
+        (``ConnectFailed``: it was not, so sending it again is safe).
         """
         body: dict[str, Any] = {"operation": operation}
         for source in (fields or {}, more_fields):
@@ -201,7 +218,7 @@ class JobClient:
                 )
             except TransportFailed as exc:
                 failures += 1
-                if failures > retries:
+                if failures > retries or _unusable_url(exc):
                     raise
                 logger.info("retrying job creation after %s (attempt %d)", exc, failures + 1)
                 await self._sleep(self._delay(failures, None))
@@ -243,8 +260,10 @@ class JobClient:
 
         Yields each ``JobEvent`` once, in seq order, and a ``Gap`` where the server no longer had
         the events the stream needed. Ends right after the terminal event. Raises
-        ``HTTPStatusError`` on a 4xx (e.g. 404, the job is gone) and ``StreamInterrupted`` after
-        ``max_reconnects`` consecutive failed attempts.
+        ``HTTPStatusError`` on a 4xx (e.g. 404, the job is gone), ``StreamInterrupted`` after
+        ``max_reconnects`` consecutive failed attempts, ``RemoteProtocolError`` at once for an
+        answer that is not a jobproto/1 stream, and ``ConnectFailed`` at once for a URL that
+        cannot be used.
 
         To stop early, close the generator so the connection is closed at once, not when the
         garbage collector gets to it::
@@ -264,6 +283,7 @@ class JobClient:
             headers = self._headers(correlation_id)
             if last_seq > 0:
                 headers[LAST_EVENT_ID] = str(last_seq)
+            self._check_open("GET", url)
             try:
                 async with aconnect_sse(
                     self._http, "GET", url, headers=headers, timeout=self._stream_timeout
@@ -297,10 +317,15 @@ class JobClient:
                             yield item
                             if item.terminal:
                                 return
-            except httpx.TransportError as exc:  # includes httpx_sse.SSEError
+            except SSEError as exc:  # a 200 that is no event stream: a reconnect gets the same
+                raise RemoteProtocolError(f"GET {url} answered 200 with {exc}") from exc
+            except (httpx.RequestError, httpx.InvalidURL) as exc:
+                failure = _failure("GET", url, exc)
+                # not the connection (the body itself is wrong, a caller error), or a URL no
+                # reconnect can make work: raised at once
+                if not isinstance(failure, TransportFailed) or isinstance(exc, _UNUSABLE_URL):
+                    raise failure from exc
                 cause = exc
-            except httpx.RequestError as exc:  # not the connection: the body itself is wrong
-                raise _failure("GET", url, exc) from exc
             # Here the stream broke, or ended before the terminal event (a lagging subscriber is
             # dropped by the server and expected to resume from the log).
             failures += 1
@@ -353,15 +378,30 @@ class JobClient:
         raise RemoteProtocolError(f"the stream of job {created.job_id} ended without an outcome")
 
 
-def _failure(method: str, url: str, exc: httpx.RequestError) -> JobProtoError:
+#: httpx errors raised before anything was sent: the request is safe to send again
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: httpx errors of a URL that cannot be used: nothing was sent, and no retry can help
+_UNUSABLE_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol)
+
+
+def _failure(method: str, url: str, exc: httpx.RequestError | httpx.InvalidURL) -> JobProtoError:
     """The jobproto error for httpx's ``exc`` (the caller chains ``exc`` as its cause)."""
     # httpx's messages are often empty ("ReadError()"): the type name says what happened then
     why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, _UNUSABLE_URL):
+        return ConnectFailed(f"cannot use the URL of {method} {url}: {why}")
+    if isinstance(exc, _NOTHING_SENT):
         return ConnectFailed(f"cannot connect for {method} {url}: {why}")
+    if isinstance(exc, httpx.LocalProtocolError):  # e.g. a header value httpx will not send
+        return LocalProtocolError(f"{method} {url} cannot be sent: {why}")
     if isinstance(exc, httpx.TransportError):
         return TransportFailed(f"{method} {url} got no answer: {why}")
     return RemoteProtocolError(f"{method} {url}: {why}")  # DecodingError, TooManyRedirects
+
+
+def _unusable_url(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ``ConnectFailed``) failed on a URL that no retry can make work."""
+    return isinstance(exc.__cause__, _UNUSABLE_URL)
 
 
 def _result(ev: JobEvent) -> Any:

@@ -192,7 +192,7 @@ def response_json(response: httpx.Response) -> dict[str, Any]:
     """The body of a 2xx answer, which jobproto/1 always makes a JSON object."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise RemoteProtocolError(
             f"{response.request.method} {response.request.url.path} answered"
             f" {response.status_code} with a body that is not JSON"
@@ -209,7 +209,7 @@ def response_error(response: httpx.Response) -> HTTPStatusError | RemoteProtocol
     where = f"{response.request.method} {response.request.url.path} answered {status}"
     try:
         body = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return RemoteProtocolError(f"{where} without a JSON error body")
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
