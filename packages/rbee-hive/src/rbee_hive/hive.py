@@ -17,6 +17,9 @@ from typing import Any
 import anyio
 import httpx
 
+from jobproto import converter
+from rbee_contracts.records import Heartbeat
+
 from . import capabilities
 from .models import ModelCatalog
 from .registration import HeartbeatSender
@@ -95,18 +98,25 @@ class HiveService:
             finally:
                 tg.cancel_scope.cancel()
 
-    async def snapshot(self) -> dict[str, Any]:
-        """The heartbeat body (docs/tiers.md, hive): also served as ``GET /v1/hive``."""
+    async def heartbeat_body(self) -> Heartbeat:
+        """What the hive tells the queen (docs/tiers.md, hive); its URL must be known."""
+        if self._url is None:
+            raise RuntimeError("the hive's URL is not known before it is bound (advertise())")
         caps = await capabilities.collect()
-        return {
-            "hive_id": self.settings.hive_id,
-            "url": self._url,
-            "capabilities": caps,
-            "workers": [worker.to_json() for worker in self.supervisor.list_workers()],
-            "models": await self.catalog.names(),
-            "free_memory_bytes": caps["ram_free_bytes"],
-            "heartbeat_interval": self.settings.heartbeat_interval,
-        }
+        return Heartbeat(
+            url=self._url,
+            hive_id=self.settings.hive_id,
+            capabilities=caps,
+            workers=[worker.record() for worker in self.supervisor.list_workers()],
+            models=await self.catalog.names(),
+            free_memory_bytes=caps["ram_free_bytes"],
+            heartbeat_interval=self.settings.heartbeat_interval,
+        )
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The heartbeat body as JSON: sent by ``HeartbeatSender``, served as ``GET /v1/hive``."""
+        raw: dict[str, Any] = converter.unstructure(await self.heartbeat_body())
+        return raw
 
 
 def _url_host(host: str) -> str:

@@ -34,10 +34,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import attrs
 import filelock
 
 from jobproto import narrate
+from rbee_contracts.hive_ops import ModelInfo
 from rbee_contracts.ids import NAME_PATTERN, check_name, check_repo_id
 
 from .downloads import HF_DIR, DownloadCancelled, Flight, download_error, fetch
@@ -58,26 +58,6 @@ CATALOG = "catalog.json"  # a name no model may take (rbee_contracts.ids.RESERVE
 SHUTDOWN_GRACE = 5.0
 
 
-@attrs.frozen
-class ModelInfo:
-    name: str
-    path: Path
-    source: str  # "huggingface" | "registered" | "local"
-    revision: str | None = None
-    repo_id: str | None = None
-    size_bytes: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "size_bytes": self.size_bytes,
-            "source": self.source,
-            "path": str(self.path),
-            "revision": self.revision,
-            "repo_id": self.repo_id,
-        }
-
-
 def tree_size(path: Path) -> int:
     """Bytes of the files under ``path`` (symlinks followed to files, as the HF cache uses them),
     without huggingface_hub's bookkeeping folder."""
@@ -93,6 +73,26 @@ def tree_size(path: Path) -> int:
 
 def _no_size(path: Path) -> int:
     return 0
+
+
+def _model(
+    name: str,
+    path: Path,
+    source: str,
+    size_bytes: int,
+    *,
+    revision: str | None = None,
+    repo_id: str | None = None,
+) -> ModelInfo:
+    """A catalog entry as the ``model_*`` operations return it (``rbee_contracts.hive_ops``)."""
+    return ModelInfo(
+        name=name,
+        size_bytes=size_bytes,
+        source=source,
+        path=str(path),
+        revision=revision,
+        repo_id=repo_id,
+    )
 
 
 # -- the catalog -----------------------------------------------------------------------------------
@@ -186,21 +186,21 @@ class ModelCatalog:
         if entry is not None and entry.get("source") == "registered":
             path = Path(str(entry.get("path", "")))
             nbytes = size(path) if path.is_dir() else 0
-            return ModelInfo(name, path, "registered", entry.get("revision"), None, nbytes)
+            return _model(name, path, "registered", nbytes, revision=entry.get("revision"))
         path = self.model_dir(name)
         if not path.is_dir():
             return None
         if entry is None:
             if (path / HF_DIR / "huggingface").is_dir():
                 return None  # a download that never finished: not a usable model
-            return ModelInfo(name, path, "local", None, None, size(path))
-        return ModelInfo(
+            return _model(name, path, "local", size(path))
+        return _model(
             name,
             path,
             str(entry.get("source", "huggingface")),
-            entry.get("revision"),
-            entry.get("repo_id"),
             size(path),
+            revision=entry.get("revision"),
+            repo_id=entry.get("repo_id"),
         )
 
     def _list_sync(self, sized: bool = True) -> list[ModelInfo]:
@@ -258,7 +258,7 @@ class ModelCatalog:
                 raise ModelError("model_exists", f"a model named {name!r} already exists")
             models[name] = {"source": "registered", "path": str(target), "added_at": time.time()}
             self._write(models)
-        return ModelInfo(name, target, "registered", None, None, tree_size(target))
+        return _model(name, target, "registered", tree_size(target))
 
     async def register(self, name: str, path: str) -> ModelInfo:
         """Record ``path`` (an existing directory, absolute) as model ``name``; nothing copied."""
@@ -400,4 +400,11 @@ class ModelCatalog:
             record=record,
         )
         path = flight.local_dir
-        return ModelInfo(flight.name, path, "huggingface", commit, flight.repo_id, tree_size(path))
+        return _model(
+            flight.name,
+            path,
+            "huggingface",
+            tree_size(path),
+            revision=commit,
+            repo_id=flight.repo_id,
+        )

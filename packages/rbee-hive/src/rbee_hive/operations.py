@@ -3,12 +3,15 @@
 Parameters are the shared contracts (``rbee_contracts.hive_ops``; the queen's own types extend
 them) and are validated before a job exists (a bad name or path is a 422); handlers narrate and
 call into ``supervisor``, ``models`` and ``capabilities``; a refusal is a ``JobFailed`` with a code.
+Results are the contracts' types too (``WorkerRecord``, ``WorkerList``, ``ModelInfo``,
+``ModelList``): jobproto's service unstructures a handler's result with ``jobproto.converter``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,9 +21,13 @@ from rbee_contracts.hive_ops import (
     CapabilitiesParams,
     ModelDeleteParams,
     ModelDownloadParams,
+    ModelInfo,
+    ModelList,
     ModelListParams,
     ModelRegisterParams,
+    WorkerList,
     WorkerListParams,
+    WorkerRecord,
     WorkerSpawnParams,
     WorkerStopParams,
 )
@@ -54,7 +61,7 @@ async def _place(
     ram_claim = 0
     for worker in supervisor.list_workers():
         # Ready workers' memory shows in what is free; starting ones have not allocated yet.
-        if worker.state not in (WorkerState.STARTING, WorkerState.RESTARTING):
+        if not worker.state.pending:
             continue
         for index in worker.spec.gpus:
             gpu_claims[index] = gpu_claims.get(index, 0) + worker.spec.need_bytes
@@ -88,7 +95,7 @@ def hive_operations(hive: HiveService) -> Operations:
     supervisor, catalog = hive.supervisor, hive.catalog
 
     @ops.operation("worker_spawn")
-    async def worker_spawn(params: WorkerSpawnParams) -> dict[str, Any]:
+    async def worker_spawn(params: WorkerSpawnParams) -> WorkerRecord:
         """Start a worker for a model of this hive and wait until it is ready."""
         model = await catalog.get(params.model)
         placement = await _place(params, model.name, model.size_bytes, supervisor)
@@ -96,7 +103,7 @@ def hive_operations(hive: HiveService) -> Operations:
         spec = WorkerSpec(
             worker_id=params.worker_id or _new_worker_id(model.name),
             model=model.name,
-            model_path=model.path,
+            model_path=Path(model.path),
             engine=params.engine,
             device=placement.device,
             max_concurrency=params.max_concurrency,
@@ -128,46 +135,46 @@ def hive_operations(hive: HiveService) -> Operations:
         narrate(
             "worker_spawn", f"{spec.worker_id} is ready at {worker.url}", worker_id=spec.worker_id
         )
-        return worker.to_json()
+        return worker.record()
 
     @ops.operation("worker_list")
-    async def worker_list(params: WorkerListParams) -> dict[str, Any]:
+    async def worker_list(params: WorkerListParams) -> WorkerList:
         """The workers of this hive and their states."""
-        return {"workers": [worker.to_json() for worker in supervisor.list_workers()]}
+        return WorkerList([worker.record() for worker in supervisor.list_workers()])
 
     @ops.operation("worker_stop")
-    async def worker_stop(params: WorkerStopParams) -> dict[str, Any]:
+    async def worker_stop(params: WorkerStopParams) -> WorkerRecord:
         """Stop a worker: SIGTERM to its process group, SIGKILL after the grace period."""
         supervisor.get(params.worker_id)
         narrate("worker_stop", f"stopping {params.worker_id}", worker_id=params.worker_id)
         worker = await supervisor.stop(params.worker_id)
         narrate("worker_stop", f"{params.worker_id} is {worker.state}", worker_id=params.worker_id)
-        return worker.to_json()
+        return worker.record()
 
     @ops.operation("model_download")
-    async def model_download(params: ModelDownloadParams) -> dict[str, Any]:
+    async def model_download(params: ModelDownloadParams) -> ModelInfo:
         """Download a model from Hugging Face into the models directory (resumable)."""
         narrate("model_download", f"downloading {params.repo_id}@{params.revision}")
         info = await catalog.download(params.repo_id, params.revision, params.name)
         await hive.announce()
         narrate("model_download", f"{info.name} is ready: {info.size_bytes} bytes at {info.path}")
-        return info.to_json()
+        return info
 
     @ops.operation("model_register")
-    async def model_register(params: ModelRegisterParams) -> dict[str, Any]:
+    async def model_register(params: ModelRegisterParams) -> ModelInfo:
         """Register a local directory as a model, without copying it."""
         info = await catalog.register(params.name, params.path)
         await hive.announce()
         narrate("model_register", f"registered {info.name} at {info.path}")
-        return info.to_json()
+        return info
 
     @ops.operation("model_list")
-    async def model_list(params: ModelListParams) -> dict[str, Any]:
+    async def model_list(params: ModelListParams) -> ModelList:
         """The models on this hive."""
-        return {"models": [info.to_json() for info in await catalog.list_models()]}
+        return ModelList(await catalog.list_models())
 
     @ops.operation("model_delete")
-    async def model_delete(params: ModelDeleteParams) -> dict[str, Any]:
+    async def model_delete(params: ModelDeleteParams) -> ModelInfo:
         """Delete a downloaded model's files, or forget a registered one."""
         users = [
             w.worker_id
@@ -180,7 +187,7 @@ def hive_operations(hive: HiveService) -> Operations:
         await hive.announce()
         verb = "unregistered" if info.source == "registered" else "deleted"
         narrate("model_delete", f"{verb} {info.name} ({info.path})")
-        return info.to_json()
+        return info
 
     @ops.operation("capabilities")
     async def capabilities_(params: CapabilitiesParams) -> dict[str, Any]:

@@ -54,7 +54,7 @@ import httpx
 
 import rbee_process
 from jobproto import narrate, progress
-from rbee_contracts.lifecycle import WorkerState
+from rbee_contracts.lifecycle import ModelLoadState, WorkerState
 from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 
 from .errors import WorkerError
@@ -123,7 +123,7 @@ class Supervisor:
 
     async def wait_started(self, worker: WorkerProcess) -> None:
         """Wait until the first start of ``worker`` has an outcome (ready, failed or stopped)."""
-        while worker.state in (WorkerState.STARTING, WorkerState.RESTARTING):
+        while worker.state.pending:
             await worker.wait_changed()
 
     async def stop(self, worker_id: str) -> WorkerProcess:
@@ -349,7 +349,7 @@ class Supervisor:
             return None
         if response.status_code == 200 and body.get("ready") is True:
             return body
-        if body.get("state") == "failed":
+        if body.get("state") == ModelLoadState.FAILED:
             return str(body.get("error") or "the model failed to load")
         return None
 
