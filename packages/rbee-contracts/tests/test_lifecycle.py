@@ -10,10 +10,8 @@ import pytest
 from jobproto import LocalProtocolError
 from rbee_contracts import lifecycle
 from rbee_contracts.lifecycle import (
-    HiveState,
     ModelLoadState,
     WorkerState,
-    hive_transition,
     model_load_transition,
     worker_transition,
     worker_transitions,
@@ -45,14 +43,13 @@ def test_worker_moves_outside_the_table_raise(old: WorkerState, new: WorkerState
 
 def test_stopped_is_the_end() -> None:
     assert worker_transitions()[WorkerState.STOPPED] == frozenset()
-    assert WorkerState.STOPPED.terminal and not WorkerState.FAILED.terminal
 
 
-def test_hive_and_model_load_tables() -> None:
-    assert hive_transition(HiveState.UP, HiveState.DOWN) is HiveState.DOWN
-    assert hive_transition(HiveState.DOWN, HiveState.UP) is HiveState.UP
-    with pytest.raises(LocalProtocolError):
-        hive_transition(HiveState.UP, HiveState.UP)
+def test_pending_is_a_start_without_an_outcome() -> None:
+    assert {s for s in WorkerState if s.pending} == {WorkerState.STARTING, WorkerState.RESTARTING}
+
+
+def test_model_load_table() -> None:
     assert model_load_transition(ModelLoadState.LOADING, ModelLoadState.READY)
     assert model_load_transition(ModelLoadState.READY, ModelLoadState.FAILED)
     for old, new in [

@@ -66,7 +66,7 @@ def test_heartbeat_round_trips(beat: Heartbeat) -> None:
 
 
 def hive_body(**over: Any) -> dict[str, Any]:
-    """What a hive sends today (rbee_hive.hive.Hive.snapshot with one worker's to_json)."""
+    """What a hive sends today (rbee_hive.hive.HiveService.heartbeat_body, one worker)."""
     body: dict[str, Any] = {
         "hive_id": "localhost",
         "url": "http://127.0.0.1:9000",

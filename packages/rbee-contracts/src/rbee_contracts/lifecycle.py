@@ -25,15 +25,18 @@ restarting   stopped      stopped during the backoff
 failed       stopped      stopped (removed from the hive's table)
 ===========  ===========  =============================================
 
-**A hive, as the queen sees it** (``HiveState``): ``up`` while its heartbeats arrive in time,
-``down`` after ``hive_timeout_beats`` silent intervals, ``up`` again with its next heartbeat.
-Nothing is final: a hive is never removed for being down.
+**A hive, as the queen sees it** (``HiveState``) has no table because nothing moves it: it is
+*derived*, a pure function of when the hive was last heard (``HiveRegistry.state(hive, now)``).
+``up`` while ``now - last_seen <= hive_timeout_beats * heartbeat_interval``, ``down`` after; so
+``up`` again with its next heartbeat. Nothing is final: a hive is never removed for being down.
+A hive that has not registered has no ``HiveState`` at all (the queen's ``hive_status`` shows
+only its process, ``queen_ops.UnregisteredHive``).
 
 **The model in a worker process, as the worker reports it on ``/ready``** (``ModelLoadState``):
 ``loading`` at start, then ``ready`` or ``failed``; a ready engine that dies is ``failed``. A
 failed load is never retried in the same process (the hive restarts the process instead).
 
-Any move not in a table raises ``jobproto.LocalProtocolError``: the caller misused the lifecycle.
+Any move not in the worker's or the model load's table raises ``jobproto.LocalProtocolError``: the caller misused the lifecycle.
 Staying in the same state is not a move; callers that may repeat a state check for it first.
 """
 
@@ -49,7 +52,6 @@ __all__ = [
     "HiveState",
     "ModelLoadState",
     "WorkerState",
-    "hive_transition",
     "model_load_transition",
     "worker_transition",
     "worker_transitions",
@@ -64,16 +66,14 @@ class WorkerState(enum.StrEnum):
     STOPPED = "stopped"
 
     @property
-    def terminal(self) -> bool:
-        return self is WorkerState.STOPPED
-
-    @property
     def pending(self) -> bool:
         """Its first start (or a restart) has no outcome yet."""
         return self in (WorkerState.STARTING, WorkerState.RESTARTING)
 
 
 class HiveState(enum.StrEnum):
+    """Derived from the time since the last heartbeat (see above): no transitions of its own."""
+
     UP = "up"
     DOWN = "down"
 
@@ -84,7 +84,7 @@ class ModelLoadState(enum.StrEnum):
     FAILED = "failed"
 
 
-S = TypeVar("S", WorkerState, HiveState, ModelLoadState)
+S = TypeVar("S", WorkerState, ModelLoadState)
 
 _W = WorkerState
 _WORKER: frozenset[tuple[WorkerState, WorkerState]] = frozenset(
@@ -100,10 +100,6 @@ _WORKER: frozenset[tuple[WorkerState, WorkerState]] = frozenset(
         (_W.RESTARTING, _W.STOPPED),
         (_W.FAILED, _W.STOPPED),
     }
-)
-
-_HIVE: frozenset[tuple[HiveState, HiveState]] = frozenset(
-    {(HiveState.UP, HiveState.DOWN), (HiveState.DOWN, HiveState.UP)}
 )
 
 _MODEL: frozenset[tuple[ModelLoadState, ModelLoadState]] = frozenset(
@@ -125,10 +121,6 @@ def _move(table: frozenset[tuple[S, S]], what: str, old: S, new: S) -> S:
 def worker_transition(old: WorkerState, new: WorkerState) -> WorkerState:
     """``new`` if the worker lifecycle allows ``old`` → ``new``; else ``LocalProtocolError``."""
     return _move(_WORKER, "worker", WorkerState(old), WorkerState(new))
-
-
-def hive_transition(old: HiveState, new: HiveState) -> HiveState:
-    return _move(_HIVE, "hive", HiveState(old), HiveState(new))
 
 
 def model_load_transition(old: ModelLoadState, new: ModelLoadState) -> ModelLoadState:
