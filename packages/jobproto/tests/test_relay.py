@@ -34,7 +34,7 @@ from jobproto import (
     current_job,
 )
 from jobproto._wire import encode_frame, encode_gap_frame
-from jobproto.client import JobClient
+from jobproto.client import HTTPStatusError, JobClient
 from jobproto.relay import relay
 
 BASE = "http://hive.test"
@@ -175,6 +175,38 @@ async def test_an_unreachable_downstream_is_downstream_unavailable(sink: ListSin
     assert isinstance(info.value.__cause__, ConnectFailed)  # jobproto's error, httpx's behind it
     assert info.value.__cause__.__cause__ is refused
     assert sink.emitted == []
+
+
+def refused(status: int, code: str) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"code": code, "message": "nope"}})
+
+
+@pytest.mark.anyio
+async def test_a_downstream_that_lost_its_job_is_downstream_unavailable(sink: ListSink) -> None:
+    # created, then a 404 on the stream: the downstream service restarted and lost the job
+    downstream = Downstream(created(), refused(404, "job_not_found"))
+    with pytest.raises(JobFailed) as info:
+        await run_relay(downstream)
+    assert info.value.code == "downstream_unavailable"
+    assert f"hive lost job {DOWN}" in info.value.message
+    assert isinstance(info.value.__cause__, HTTPStatusError)
+    assert len(downstream.requests) == 2  # no cancel of a job that is not there
+
+
+@pytest.mark.anyio
+async def test_a_refusal_at_create_keeps_its_code(sink: ListSink) -> None:
+    with pytest.raises(JobFailed) as info:
+        await run_relay(Downstream(refused(422, "validation_error")))
+    assert (info.value.code, info.value.message) == ("validation_error", "hive: nope")
+
+
+@pytest.mark.anyio
+async def test_an_unusable_downstream_url_is_downstream_unavailable(sink: ListSink) -> None:
+    async with JobClient("http://[::1") as client:
+        with pytest.raises(JobFailed) as info:
+            await relay(client, "worker_spawn", {}, service="hive")
+    assert info.value.code == "downstream_unavailable"
+    assert isinstance(info.value.__cause__, ConnectFailed)
 
 
 @pytest.mark.anyio

@@ -16,10 +16,13 @@ then costs this service one event per batch instead of one per downstream event.
 A downstream terminal event is not re-emitted: the current job has its own. ``failed`` downstream
 raises ``JobFailed`` with the downstream code (so the current job fails with it unless the caller
 handles it); ``cancelled``/``expired`` downstream raise ``JobFailed("downstream_cancelled", ...)``.
-A downstream service that refuses the job fails it with the refusal's code (``validation_error``,
-``unknown_operation``...); one that cannot be reached (``TransportFailed``), breaks its stream
-too often (``StreamInterrupted``) or does not speak jobproto/1, with ``downstream_unavailable``;
-the client's error is the ``JobFailed``'s ``__cause__``.
+A downstream service that refuses the job (an error answer to the create request) fails it with
+the refusal's code (``validation_error``, ``unknown_operation``...); one that cannot be reached
+(``TransportFailed``), breaks its stream too often (``StreamInterrupted``), does not speak
+jobproto/1, or lost the job it created (``404`` on the stream: it restarted, or removed the job)
+fails it with ``downstream_unavailable``: to this job the downstream service is unavailable, and
+the job's own parameters were not at fault. The client's error is the ``JobFailed``'s
+``__cause__``.
 
 The events go to the current job's sink (``jobproto.current_job()``), whatever adapter bound it:
 ``JobSink.emit`` takes the ``origin``. Outside a job, the downstream job runs and its events are
@@ -59,7 +62,7 @@ async def relay(
     """Run ``operation`` on ``client``'s service, relaying its events; return its result."""
     try:
         return await _relay(client, operation, fields, service, idempotency_key, merge)
-    except HTTPStatusError as exc:  # the downstream service refused the job (or lost it)
+    except HTTPStatusError as exc:  # the downstream service refused the job
         raise JobFailed(exc.code, f"{service}: {exc.message}") from exc
     except (TransportFailed, StreamInterrupted, RemoteProtocolError) as exc:
         raise JobFailed("downstream_unavailable", f"{service}: {exc}") from exc
@@ -78,6 +81,7 @@ async def _relay(
     finished = False
     try:
         async with aclosing(client.events(created.job_id)) as events:
+            # (a 404 here is no refusal: the downstream service lost the job it created)
             async for ev in events:
                 if isinstance(ev, Gap):
                     if target is not None:
@@ -101,6 +105,12 @@ async def _relay(
                         target.emit(event, origin, merge=merge)
                     else:
                         target.emit(event, origin)
+    except HTTPStatusError as exc:
+        if exc.status != 404:
+            raise
+        finished = True  # there is no job left to cancel
+        message = f"{service} lost job {created.job_id} (restarted?): {exc.message}"
+        raise JobFailed("downstream_unavailable", message) from exc
     finally:
         if not finished:
             # best effort: the downstream service may be gone already
