@@ -637,6 +637,65 @@ def test_valid_values_pass_every_check() -> None:
     assert params.inner == Inner(1, 2)
 
 
+# --- members of lists and mappings: the validator of a member names the member ----------------
+
+_v = attrs.validators
+
+
+@attrs.frozen
+class Members:
+    stop: list[str] = attrs.field(
+        factory=list, validator=_v.deep_iterable(_v.min_len(1), _v.max_len(3))
+    )
+    grid: list[list[int]] = attrs.field(
+        factory=list, validator=_v.deep_iterable(_v.deep_iterable(_v.ge(0)))
+    )
+    maybe: list[str] | None = attrs.field(
+        default=None, validator=_v.optional(_v.deep_iterable([_v.min_len(1), _v.max_len(4)]))
+    )
+    labels: dict[str, int] = attrs.field(
+        factory=dict,
+        validator=_v.deep_mapping(_v.matches_re("[a-z]+"), _v.ge(0), _v.max_len(2)),
+    )
+    nested: list[Inner] = attrs.field(factory=list)
+
+
+def members_422(raw: dict[str, Any]) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        structure_params(raw, Members)
+    return info.value
+
+
+def test_a_list_member_validator_names_the_element() -> None:
+    exc = members_422({"stop": ["a", ""]})
+    assert exc.field == "stop[1]"
+    assert exc.message == "Length of 'stop[1]' must be >= 1: 0"
+
+
+def test_the_list_validator_itself_names_the_list() -> None:
+    exc = members_422({"stop": ["a", "b", "c", "d"]})
+    assert exc.field == "stop"
+    assert exc.message == "Length of 'stop' must be <= 3: 4"
+
+
+def test_members_of_nested_lists_and_composed_validators_are_named() -> None:
+    assert members_422({"grid": [[0], [1, -1]]}).field == "grid[1][1]"
+    exc = members_422({"maybe": ["ok", "too-long"]})
+    assert exc.field == "maybe[1]"
+    assert "'maybe[1]'" in exc.message
+    assert structure_params({"maybe": None}, Members).maybe is None
+
+
+def test_a_mapping_member_is_named_by_its_key() -> None:
+    """Its key or its value: ``labels[KEY]``, the key unquoted, as for a value of a wrong type."""
+    assert members_422({"labels": {"gpu": -1}}).field == "labels[gpu]"  # the value
+    exc = members_422({"labels": {"a": 1, "GPU": 1}})  # the key
+    assert exc.field == "labels[GPU]"
+    assert "'labels[GPU]'" in exc.message
+    assert members_422({"labels": {"a": 0, "b": 0, "c": 0}}).field == "labels"
+    assert members_422({"labels": {"gpu": "x"}}).field == "labels[gpu]"  # cattrs' own path
+
+
 def test_field_error_is_a_value_error_and_a_request_error() -> None:
     error = FieldError("max_tokens", "must be at least 1")
     assert isinstance(error, ValueError)

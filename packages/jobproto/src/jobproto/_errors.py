@@ -25,7 +25,9 @@ errors and need not import the HTTP library.
 
 Validators of operation parameters may raise any ``ValueError`` or ``TypeError``: the strict
 converter (``_wire``) knows which attribute's validator refused, and reports that attribute as the
-422's ``field`` whatever the message says. A validator that wants to name another field (a check
+422's ``field`` whatever the message says (a member of a list or mapping when the refusing
+validator is a member validator of ``deep_iterable``/``deep_mapping``: ``stop[1]``,
+``labels[gpu]``). A validator that wants to name another field (a check
 across fields, a key inside a mapping) raises ``FieldError(field, message)``; ``field`` is relative
 to the class being validated, and the converter prefixes the path of nested objects
 (``messages[1].content``).

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
+import attr.validators
 import attrs
 import cattrs
 from cattrs.cols import list_structure_factory
@@ -359,6 +360,13 @@ def _strict_object(tp: Any, conv: cattrs.Converter) -> Any:
 # structured again into a copy of the class without validators, and the validators run on it in
 # attrs' own order; the first one that refuses is the one that refused in ``__init__``. This runs
 # only on the error path. A ``FieldError`` names its field itself and is left as it is.
+#
+# The replay looks inside attrs' composite validators (``and_``, ``optional``, ``deep_iterable``,
+# ``deep_mapping``), so a member validator that refuses names the member: ``stop[1]`` for the
+# second element of a list, ``labels[gpu]`` for the key ``gpu`` of a mapping (whether its key or
+# its value was refused; the key as it is, unquoted, as cattrs names a mapping member whose type
+# is wrong). The member validator is replayed with an attribute of that name, so attrs' messages
+# name the member too ("Length of 'stop[1]' must be >= 1: 0").
 
 
 def _is_from_init(exc: BaseException) -> bool:
@@ -394,8 +402,72 @@ def _without_validators(cls: type) -> type:
     return attrs.make_class(f"{cls.__name__}Unchecked", fields, slots=True)
 
 
-def _validator_field(cls: type, raw: Mapping[str, Any], conv: cattrs.Converter) -> str | None:
-    """The name of the first attribute of ``cls`` whose validator refuses ``raw``'s value."""
+# attrs' composite validators (private classes: without them the attribute itself is named)
+_AND = getattr(attr.validators, "_AndValidator", None)
+_OPTIONAL = getattr(attr.validators, "_OptionalValidator", None)
+_DEEP_ITERABLE = getattr(attr.validators, "_DeepIterable", None)
+_DEEP_MAPPING = getattr(attr.validators, "_DeepMapping", None)
+
+
+def _is(validator: Any, cls: type | None, *fields: str) -> bool:
+    return (
+        cls is not None
+        and isinstance(validator, cls)
+        and all(hasattr(validator, f) for f in fields)
+    )
+
+
+def _refusal(
+    validator: Any, inst: Any, attribute: Any, value: Any
+) -> tuple[str, BaseException] | None:
+    """Where ``validator`` refuses ``value``: (the path of the refused value, the error), or None.
+
+    Composite validators are walked in the order attrs runs them, members under their own name.
+    """
+    try:
+        if _is(validator, _AND, "_validators"):
+            for inner in validator._validators:
+                if (found := _refusal(inner, inst, attribute, value)) is not None:
+                    return found
+            return None
+        if _is(validator, _OPTIONAL, "validator"):
+            return None if value is None else _refusal(validator.validator, inst, attribute, value)
+        if _is(validator, _DEEP_ITERABLE, "member_validator", "iterable_validator"):
+            if validator.iterable_validator is not None:
+                found = _refusal(validator.iterable_validator, inst, attribute, value)
+                if found is not None:
+                    return found
+            for i, member in enumerate(value):
+                named = attribute.evolve(name=f"{attribute.name}[{i}]")
+                if (found := _refusal(validator.member_validator, inst, named, member)) is not None:
+                    return found
+            return None
+        if _is(validator, _DEEP_MAPPING, "key_validator", "value_validator", "mapping_validator"):
+            if validator.mapping_validator is not None:
+                found = _refusal(validator.mapping_validator, inst, attribute, value)
+                if found is not None:
+                    return found
+            for key in value:
+                named = attribute.evolve(name=f"{attribute.name}[{key}]")
+                for inner, checked in (
+                    (validator.key_validator, key),
+                    (validator.value_validator, value[key]),
+                ):
+                    found = None if inner is None else _refusal(inner, inst, named, checked)
+                    if found is not None:
+                        return found
+            return None
+        validator(inst, attribute, value)
+    except (ValueError, TypeError) as exc:  # a leaf refused, or a composite could not walk value
+        return str(attribute.name), exc
+    return None
+
+
+def _validator_field(
+    cls: type, raw: Mapping[str, Any], conv: cattrs.Converter
+) -> tuple[str, str | None] | None:
+    """The path of the first value of ``cls`` whose validator refuses ``raw``'s value: an
+    attribute, or a member inside one (``stop[1]``, then with the message naming that member)."""
     try:
         values: Any = conv.structure(raw, _without_validators(cls))
     except Exception:  # it did structure once; if it does not now, name nothing
@@ -404,11 +476,12 @@ def _validator_field(cls: type, raw: Mapping[str, Any], conv: cattrs.Converter) 
         if a.validator is None or not a.init:
             continue
         try:
-            a.validator(values, a, getattr(values, a.name))
-        except (ValueError, TypeError):
-            return str(a.name)
+            found = _refusal(a.validator, values, a, getattr(values, a.name))
         except Exception:  # a validator that needs the real instance: not this one
             continue
+        if found is not None:
+            path, exc = found
+            return path, (None if path == a.name else _message_of(exc))
     return None
 
 
@@ -419,9 +492,10 @@ def _name_validator_errors(
     subs: list[Exception] = []
     for sub in exc.exceptions:
         if _is_from_init(sub) and not isinstance(sub, RequestError):
-            name = _validator_field(cls, raw, conv)
-            if name is not None:
-                named = FieldError(name, _message_of(sub))
+            found = _validator_field(cls, raw, conv)
+            if found is not None:
+                name, message = found
+                named = FieldError(name, message or _message_of(sub))
                 named.__cause__ = sub
                 sub = named
         subs.append(sub)
