@@ -22,6 +22,7 @@ from rbee_hive.app import main
 from rbee_hive.reaping import reap_leftovers, write_pidfile
 from rbee_hive.settings import HiveSettings
 from rbee_hive.supervisor import Supervisor
+from rbee_process import ProcessRecord
 
 Settings = Callable[..., HiveSettings]
 
@@ -107,10 +108,14 @@ def test_workers_left_by_a_killed_hive_are_stopped(make_settings: Settings) -> N
     # A pid file whose process started before the recorded time is someone else's (a reused pid).
     stranger = subprocess.Popen(sleeper, start_new_session=True)
     try:
-        write_pidfile(settings.run_dir, "old", leftover.pid, sleeper)
-        path = write_pidfile(settings.run_dir, "reused", stranger.pid, sleeper)
+        write_pidfile(settings.run_dir, "old", ProcessRecord.of(leftover.pid, sleeper))
+        path = write_pidfile(settings.run_dir, "reused", ProcessRecord.of(stranger.pid, sleeper))
         info = json.loads(path.read_text())
-        path.write_text(json.dumps(dict(info, start_time=time.time() + 3600)))
+        later = {
+            "start_time": time.time() + 3600,
+            "start_ticks": (info["start_ticks"] or 0) + 10**6,
+        }
+        path.write_text(json.dumps(dict(info, **later)))
 
         reap_leftovers(settings.run_dir, grace=2.0)
         leftover.wait(30)  # gone (psutil reaped it, so its status is not ours to read)
@@ -130,7 +135,7 @@ async def test_the_supervisor_reaps_leftovers_when_it_starts(make_settings: Sett
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     leftover = await anyio.open_process(sleeper, start_new_session=True)
     try:
-        write_pidfile(settings.run_dir, "old", leftover.pid, sleeper)
+        write_pidfile(settings.run_dir, "old", ProcessRecord.of(leftover.pid, sleeper))
         async with Supervisor(settings).running():
             with anyio.fail_after(30):
                 await leftover.wait()

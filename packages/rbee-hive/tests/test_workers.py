@@ -169,6 +169,37 @@ async def test_crash_is_marked_at_once_and_restarted_with_backoff_up_to_the_limi
 
 
 @pytest.mark.anyio
+async def test_a_worker_whose_pid_file_cannot_be_written_is_ended_and_the_supervisor_goes_on(
+    make_settings: Settings, model_dir: Path, kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unrecorded, the worker would outlive a killed hive; the error must not take down the
+    # supervisor's task group either.
+    settings = make_settings(worker_command=kit.fake_worker("--fake-ready-after", "0.05"))
+    real = rbee_process.write_pid_file
+    refused: list[Path] = []
+
+    def full_disk(path: Path, record: rbee_process.ProcessRecord) -> None:
+        if path.stem == "w":
+            refused.append(path)
+            raise OSError(28, "No space left on device")
+        real(path, record)
+
+    monkeypatch.setattr(rbee_process, "write_pid_file", full_disk)
+    supervisor = Supervisor(settings)
+    async with supervisor.running():
+        worker = supervisor.spawn(WorkerSpec("w", "tiny", model_dir))
+        with anyio.fail_after(20):
+            await worker.finished.wait()
+        assert refused and worker.state == WorkerState.FAILED
+        assert "pid file" in (worker.error or "") and worker.last_exit == -9
+        other = supervisor.spawn(WorkerSpec("w2", "tiny", model_dir))
+        with anyio.fail_after(20):
+            await supervisor.wait_started(other)
+        assert other.state == WorkerState.READY
+    assert not list(settings.run_dir.glob("*.json"))
+
+
+@pytest.mark.anyio
 async def test_a_worker_that_never_gets_ready_fails_the_spawn(
     start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
 ) -> None:

@@ -23,13 +23,15 @@ its first start is left ``failed`` at once: the spawn job reports why, and its c
 Each state change goes through ``rbee_contracts.lifecycle``'s worker table
 (``WorkerProcess.set_state``, ``rbee_hive.worker_process``).
 
-``stop()`` sends SIGTERM to the group and SIGKILL after stop_grace seconds. Leaving ``running()``
-stops every worker. A pid file per worker run (``rbee_hive.reaping``, in ``{state_dir}/run``)
-lets the next hive stop the workers of a hive that was itself killed.
+``stop()`` sends SIGTERM to the group and SIGKILL after stop_grace seconds
+(``rbee_process.aterminate``). Leaving ``running()`` stops every worker. A pid file per worker
+run (``rbee_hive.reaping``, in ``{state_dir}/run``) lets the next hive, or whoever killed this
+one, stop the workers of a hive that was itself killed.
 
-The hive reads its workers' pipes and waits for their exit itself (anyio), so it never asks
-``rbee_process`` whether a worker is alive (that would reap the child under anyio's feet):
-identity, pid files, signals and leftovers are ``rbee_process``'s.
+The hive reads its workers' pipes and waits for their exit itself (anyio), so ``rbee_process``
+never reaps a worker (its reaping is opt-in; anyio gets the exit status): identity, pid files,
+termination and leftovers (``kill_leftovers``: only members of the worker's own group, checked
+by start time) are ``rbee_process``'s. A pid file that cannot be written ends that run at once.
 
 Output lines reach a spawn job through the job's context: the spawn handler attaches a copy of its
 ``contextvars`` context to the worker, and the pumps ``narrate`` inside it.
@@ -58,7 +60,7 @@ from rbee_contracts.lifecycle import ModelLoadState, WorkerState
 from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 
 from .errors import WorkerError
-from .reaping import reap_leftovers, write_pidfile
+from .reaping import pid_file_path, reap_leftovers, write_pidfile
 from .settings import HiveSettings
 from .worker_process import WorkerProcess
 from .worker_spec import WorkerSpec
@@ -222,24 +224,35 @@ class Supervisor:
             worker.set_state(*self._exit_state(worker, None))
             return
         pid = worker.pid = process.pid
-        pidfile = write_pidfile(self.settings.run_dir, worker.worker_id, pid, argv, worker.log_path)
+        record = rbee_process.ProcessRecord.of(pid, argv, worker.log_path)
+        pidfile = pid_file_path(self.settings.run_dir, worker.worker_id)
         listening = anyio.Event()
         try:
+            try:
+                write_pidfile(self.settings.run_dir, worker.worker_id, record)
+            except OSError as exc:
+                # Unrecorded, a hive killed later would leave it running: it ends now. Not
+                # waited for yet, so the group is still its own.
+                worker.run_error = f"its pid file {pidfile} could not be written: {exc}"
+                worker.note(worker.run_error)
+                rbee_process.signal_group(pid, signal.SIGKILL)
             assert process.stdout is not None and process.stderr is not None
             async with anyio.create_task_group() as pumps:
                 pumps.start_soon(self._pump, worker, process.stdout, "stdout", listening)
                 pumps.start_soon(self._pump, worker, process.stderr, "stderr", listening)
                 async with anyio.create_task_group() as watchers:
-                    watchers.start_soon(self._watch_ready, worker, listening, pid)
-                    watchers.start_soon(self._watch_stop, worker, pid)
+                    watchers.start_soon(self._watch_ready, worker, listening, record)
+                    watchers.start_soon(self._watch_stop, worker, record)
                     returncode = await process.wait()
+                    worker.pid = None  # before anyone hears of the exit: the pid is not its
                     watchers.cancel_scope.cancel()
                     worker.last_exit = returncode
                     if not worker.stop_requested.is_set():
                         worker.set_state(*self._exit_state(worker, returncode))
                     worker.note(f"pid {pid} exited with {returncode}")
-                # Whatever the worker started and left behind goes now.
-                rbee_process.signal_group(pid, signal.SIGKILL)
+                # Whatever the worker started and left behind goes now (its group's members
+                # only: the leader has been waited for, its pid may be another's already).
+                await anyio.to_thread.run_sync(rbee_process.kill_leftovers, record)
                 pumps.cancel_scope.deadline = anyio.current_time() + DRAIN_SECONDS
         finally:
             with anyio.CancelScope(shield=True):
@@ -298,7 +311,9 @@ class Supervisor:
             return public or socket.gethostname()
         return _connect_host(settings.worker_host)
 
-    async def _watch_ready(self, worker: WorkerProcess, listening: anyio.Event, pid: int) -> None:
+    async def _watch_ready(
+        self, worker: WorkerProcess, listening: anyio.Event, record: rbee_process.ProcessRecord
+    ) -> None:
         """Poll ``GET /ready`` until ready, failed or ready_timeout; narrate progress."""
         settings = self.settings
         start = time.monotonic()
@@ -336,7 +351,7 @@ class Supervisor:
         if scope.cancelled_caught:
             worker.run_error = f"not ready within {settings.ready_timeout:g} s"
         worker.note(f"{worker.run_error}: stopping it")
-        await self._terminate(pid)
+        await self._terminate(record)
 
     async def _probe(self, client: httpx.AsyncClient, url: str) -> dict[str, Any] | str | None:
         """The body of a ready answer; the error when the worker says loading failed; else None."""
@@ -353,19 +368,20 @@ class Supervisor:
             return str(body.get("error") or "the model failed to load")
         return None
 
-    async def _watch_stop(self, worker: WorkerProcess, pid: int) -> None:
+    async def _watch_stop(self, worker: WorkerProcess, record: rbee_process.ProcessRecord) -> None:
         await worker.stop_requested.wait()
         worker.note("stopping (SIGTERM)")
-        await self._terminate(pid)
+        await self._terminate(record)
 
-    async def _terminate(self, pid: int) -> None:
-        """SIGTERM to the group, SIGKILL after stop_grace. The caller's scope ends at exit."""
-        rbee_process.signal_group(pid, signal.SIGTERM)
-        await anyio.sleep(self.settings.stop_grace)
-        logger.warning(
-            "process group %d ignored SIGTERM for %g s: SIGKILL", pid, self.settings.stop_grace
-        )
-        rbee_process.signal_group(pid, signal.SIGKILL)
+    async def _terminate(self, record: rbee_process.ProcessRecord) -> None:
+        """SIGTERM to the group, SIGKILL after stop_grace (``rbee_process.aterminate``, which
+        never reaps: anyio waits for the worker). The caller's scope ends at its exit."""
+        grace = self.settings.stop_grace
+
+        def killing() -> None:
+            logger.warning("process group %d ignored SIGTERM for %g s: SIGKILL", record.pid, grace)
+
+        await rbee_process.aterminate(record, grace, on_kill=killing)
         await anyio.sleep_forever()
 
 
