@@ -3,9 +3,14 @@
 Modules (import them by name; each has its own ``__all__``):
 
 * ``ids``: the hive id, worker id, model name and repo id rules
-* ``engines``: ``ENGINES``, the engine names
+* ``values``: the http(s) URL, interval and absolute path rules
+* ``engines``: ``ENGINES``, the engine names, and the engine arguments known without the engine
 * ``lifecycle``: ``WorkerState``, ``HiveState``, ``ModelLoadState`` and their transition tables
 * ``records``: ``WorkerRecord`` and ``Heartbeat`` (hive → queen)
+* ``queen_ops``: the queen's operations' parameters (keeper → queen), extending the ones below
+* ``hive_ops``: the hive's operations' parameters and results (queen → hive), the device rule
+* ``infer``: ``infer``'s parameters, stream deltas and result (queen → worker)
+* ``hive_cli``: the hive's command line as a queen starts it (queen → hive)
 * ``worker_cli``: the worker's command line and its listening line (hive → worker)
 """
 

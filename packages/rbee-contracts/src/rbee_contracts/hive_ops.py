@@ -8,7 +8,6 @@ them with ``hive`` (which hive), so what the queen accepts the hive accepts too.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Final
 
@@ -16,9 +15,16 @@ import attrs
 
 from jobproto import FieldError
 
-from .engines import ENGINES
-from .ids import name_validator, optional_name_validator, repo_id_validator
+from .engines import ENGINES, check_engine_args, engine_validator
+from .ids import (
+    NAME_SCHEMA,
+    REPO_ID_SCHEMA,
+    name_validator,
+    optional_name_validator,
+    repo_id_validator,
+)
 from .records import WorkerRecord
+from .values import absolute_path_validator
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -37,50 +43,64 @@ __all__ = [
     "WorkerRecord",
     "WorkerSpawnParams",
     "WorkerStopParams",
+    "check_device",
+    "parse_device",
 ]
 
-#: ``cpu``, ``cuda`` (the hive picks the GPUs) or ``cuda:N[,M...]`` (nvidia-smi indices)
-DEVICE_PATTERN: Final = re.compile(r"cpu|cuda(:[0-9]{1,2}(,[0-9]{1,2})*)?")
+#: ``cpu``, ``cuda`` (the hive picks the GPUs) or ``cuda:N[,M...]`` (nvidia-smi indices, each
+#: once: ``parse_device`` refuses ``cuda:0,0``, which no pattern says)
+DEVICE_PATTERN: Final = re.compile(r"cpu|cuda(?::([0-9]{1,2}(?:,[0-9]{1,2})*))?")
 ENGINE_ARG_KEY_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 REVISION_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 MAX_CONCURRENCY: Final = 4096
 
 
-def _engine(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if value not in ENGINES:
-        raise FieldError(
-            attribute.name, f"'{attribute.name}' must be one of {', '.join(ENGINES)}; got {value!r}"
-        )
+def parse_device(
+    value: str | None, what: str = "device"
+) -> tuple[str | None, tuple[int, ...] | None]:
+    """``(kind, indices)`` of a ``device``: kind None (not given), ``"cpu"`` or ``"cuda"``
+    (``rbee_contracts.worker_cli.DEVICES``, the worker's ``--device``); indices None unless it
+    names GPUs. A ``FieldError`` naming ``what`` for anything else."""
+    if value is None:
+        return None, None
+    match = DEVICE_PATTERN.fullmatch(value)
+    if match is None:
+        raise FieldError(what, f"'{what}' must be cpu, cuda or cuda:N[,M...], got {value!r}")
+    if value == "cpu":
+        return "cpu", None
+    if match.group(1) is None:
+        return "cuda", None
+    indices = tuple(int(i) for i in match.group(1).split(","))
+    if len(set(indices)) != len(indices):
+        raise FieldError(what, f"'{what}' names a GPU twice, got {value!r}")
+    return "cuda", indices
+
+
+def check_device(value: str | None, what: str = "device") -> str | None:
+    parse_device(value, what)
+    return value
 
 
 def _device(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not DEVICE_PATTERN.fullmatch(value):
-        raise FieldError(
-            attribute.name, f"'{attribute.name}' must be cpu, cuda or cuda:N[,M...], got {value!r}"
-        )
+    check_device(value, attribute.name)
 
 
-def _engine_args(_: object, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
-    # Each entry becomes one ``--engine-arg KEY=VALUE`` of the worker's command line.
+def _engine_args(instance: Any, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    # Each entry becomes one ``--engine-arg KEY=VALUE`` of the worker's command line. attrs runs
+    # validators once every field is set, and ``engine``'s first: ``instance.engine`` is valid.
     for key, item in value.items():
         if not ENGINE_ARG_KEY_PATTERN.fullmatch(key) or "\n" in item or "\0" in item:
             raise FieldError(
                 attribute.name,
                 f"'{attribute.name}' must map option names to values, got the entry {key!r}",
             )
+    check_engine_args(instance.engine, value, attribute.name)
 
 
 def _revision(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not REVISION_PATTERN.fullmatch(value) or ".." in value:
         raise FieldError(
             attribute.name, f"'{attribute.name}' must be a branch, tag or commit, got {value!r}"
-        )
-
-
-def _abs_path(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not value or "\0" in value or not os.path.isabs(value):
-        raise FieldError(
-            attribute.name, f"'{attribute.name}' must be an absolute directory path, got {value!r}"
         )
 
 
@@ -91,21 +111,31 @@ def _abs_path(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
 class WorkerSpawnParams:
     """Start a worker for a model of the hive; done once it is ready."""
 
-    model: str = attrs.field(validator=name_validator)
+    model: str = attrs.field(validator=name_validator, metadata={"schema": NAME_SCHEMA})
     engine: str = attrs.field(
-        default="auto", validator=_engine, metadata={"schema": {"enum": list(ENGINES)}}
+        default="auto", validator=engine_validator, metadata={"schema": {"enum": list(ENGINES)}}
     )
-    worker_id: str | None = attrs.field(default=None, validator=optional_name_validator)
+    worker_id: str | None = attrs.field(
+        default=None, validator=optional_name_validator, metadata={"schema": NAME_SCHEMA}
+    )
     device: str | None = attrs.field(
-        default=None, validator=_device, metadata={"schema": {"pattern": DEVICE_PATTERN.pattern}}
+        default=None,
+        validator=_device,
+        # JSON Schema's pattern is a search (JSON Schema validation §6.3.3): anchored
+        metadata={"schema": {"pattern": f"^(?:{DEVICE_PATTERN.pattern})$"}},
     )
     max_concurrency: int | None = attrs.field(
         default=None,
         validator=attrs.validators.optional(
             [attrs.validators.ge(1), attrs.validators.le(MAX_CONCURRENCY)]
         ),
+        metadata={"schema": {"minimum": 1, "maximum": MAX_CONCURRENCY}},
     )
-    engine_args: dict[str, str] = attrs.field(factory=dict, validator=_engine_args)
+    engine_args: dict[str, str] = attrs.field(
+        factory=dict,
+        validator=_engine_args,
+        metadata={"schema": {"propertyNames": {"pattern": f"^{ENGINE_ARG_KEY_PATTERN.pattern}$"}}},
+    )
 
 
 @attrs.frozen
@@ -115,21 +145,23 @@ class WorkerListParams:
 
 @attrs.frozen
 class WorkerStopParams:
-    worker_id: str = attrs.field(validator=name_validator)
+    worker_id: str = attrs.field(validator=name_validator, metadata={"schema": NAME_SCHEMA})
 
 
 @attrs.frozen
 class ModelDownloadParams:
-    repo_id: str = attrs.field(validator=repo_id_validator)
+    repo_id: str = attrs.field(validator=repo_id_validator, metadata={"schema": REPO_ID_SCHEMA})
     revision: str = attrs.field(default="main", validator=_revision)
     #: the model's name on the hive (default: from the repo id)
-    name: str | None = attrs.field(default=None, validator=optional_name_validator)
+    name: str | None = attrs.field(
+        default=None, validator=optional_name_validator, metadata={"schema": NAME_SCHEMA}
+    )
 
 
 @attrs.frozen
 class ModelRegisterParams:
-    name: str = attrs.field(validator=name_validator)
-    path: str = attrs.field(validator=_abs_path)
+    name: str = attrs.field(validator=name_validator, metadata={"schema": NAME_SCHEMA})
+    path: str = attrs.field(validator=absolute_path_validator)
 
 
 @attrs.frozen
@@ -139,7 +171,7 @@ class ModelListParams:
 
 @attrs.frozen
 class ModelDeleteParams:
-    name: str = attrs.field(validator=name_validator)
+    name: str = attrs.field(validator=name_validator, metadata={"schema": NAME_SCHEMA})
 
 
 @attrs.frozen

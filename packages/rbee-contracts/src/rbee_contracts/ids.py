@@ -8,10 +8,13 @@ One rule each, here; a tier that checks a name imports its check from this modul
 * A **model name** and a **worker id** are 1-128 such characters with no ``..``: each becomes a
   file or directory name on the hive (models directory, worker log, pid file), so it must be a
   single safe path component. ``catalog.json`` is the hive's own file in the models directory.
-* A **repo id** is a Hugging Face ``org/name`` (or ``name``).
+* A **repo id** is a Hugging Face ``org/name`` (or ``name``). A hive names a model it downloads
+  after the repo id's last part (``repo_name``), which must then be a model name.
 
 Each ``check_*`` returns the value or raises ``jobproto.FieldError`` naming the field (a 422 that
-points at it); the ``*_validator`` functions are the same checks as attrs validators.
+points at it); the ``*_validator`` functions are the same checks as attrs validators, and the
+``*_SCHEMA`` dicts say the same bounds in JSON Schema (a field's ``metadata={"schema": ...}``, so a
+service's ``/openapi.json`` shows them).
 """
 
 from __future__ import annotations
@@ -24,20 +27,25 @@ import attrs
 from jobproto import FieldError
 
 __all__ = [
+    "CATALOG_FILE",
     "HIVE_ID_PATTERN",
+    "HIVE_ID_RULE",
+    "HIVE_ID_SCHEMA",
     "NAME_PATTERN",
+    "NAME_SCHEMA",
     "REPO_ID_PATTERN",
+    "REPO_ID_SCHEMA",
     "RESERVED_NAMES",
     "check_hive_id",
-    "check_model_name",
     "check_name",
     "check_repo_id",
-    "check_worker_id",
     "hive_id_validator",
+    "is_name",
     "name_validator",
     "optional_hive_id_validator",
     "optional_name_validator",
     "repo_id_validator",
+    "repo_name",
 ]
 
 HIVE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -45,23 +53,33 @@ NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 REPO_ID_PATTERN: Final = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?"
 )
-#: names a model may not take: the hive's catalog file lives beside the model directories
-RESERVED_NAMES: Final = frozenset({"catalog.json"})
+#: the hive's catalog of its models, a file in the models directory beside the model directories
+CATALOG_FILE: Final = "catalog.json"
+#: names a model may not take
+RESERVED_NAMES: Final = frozenset({CATALOG_FILE})
+#: the hive-id rule in words (for messages that name the field themselves)
+HIVE_ID_RULE: Final = "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+# JSON Schema's ``pattern`` is a search, not a match (JSON Schema validation §6.3.3): anchored.
+HIVE_ID_SCHEMA: Final = {"pattern": f"^{HIVE_ID_PATTERN.pattern}$", "maxLength": 63}
+NAME_SCHEMA: Final = {"pattern": f"^{NAME_PATTERN.pattern}$", "maxLength": 128}
+REPO_ID_SCHEMA: Final = {"pattern": f"^{REPO_ID_PATTERN.pattern}$", "maxLength": 193}
 
 
 def check_hive_id(value: str, what: str = "hive") -> str:
     if not HIVE_ID_PATTERN.fullmatch(value):
-        raise FieldError(
-            what,
-            f"'{what}' must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or"
-            f" digit; got {value!r}",
-        )
+        raise FieldError(what, f"'{what}' must be {HIVE_ID_RULE}; got {value!r}")
     return value
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a model name or worker id (``check_name`` without the error)."""
+    return bool(NAME_PATTERN.fullmatch(value)) and ".." not in value and value not in RESERVED_NAMES
 
 
 def check_name(value: str, what: str = "name") -> str:
     """A model name or worker id: one safe path component (see the module docstring)."""
-    if not NAME_PATTERN.fullmatch(value) or ".." in value or value in RESERVED_NAMES:
+    if not is_name(value):
         raise FieldError(
             what,
             f"'{what}' must be 1-128 letters, digits, dots, underscores or dashes, start with a"
@@ -70,18 +88,15 @@ def check_name(value: str, what: str = "name") -> str:
     return value
 
 
-def check_model_name(value: str, what: str = "model") -> str:
-    return check_name(value, what)
-
-
-def check_worker_id(value: str, what: str = "worker_id") -> str:
-    return check_name(value, what)
-
-
 def check_repo_id(value: str, what: str = "repo_id") -> str:
     if not REPO_ID_PATTERN.fullmatch(value) or ".." in value:
         raise FieldError(what, f"'{what}' must look like org/name, got {value!r}")
     return value
+
+
+def repo_name(repo_id: str) -> str:
+    """The name a hive gives a model it downloads from ``repo_id`` (unless told another)."""
+    return repo_id.rsplit("/", 1)[-1]
 
 
 # -- the same checks as attrs validators (the field's own name is the one reported) ----------------

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_MESSAGES",
     "MAX_STOPS",
     "MAX_TOKENS_CAP",
+    "SEED_LIMIT",
     "ChatMessage",
     "InferDelta",
     "InferParams",

@@ -36,7 +36,8 @@ only its process, ``queen_ops.UnregisteredHive``).
 ``loading`` at start, then ``ready`` or ``failed``; a ready engine that dies is ``failed``. A
 failed load is never retried in the same process (the hive restarts the process instead).
 
-Any move not in the worker's or the model load's table raises ``jobproto.LocalProtocolError``: the caller misused the lifecycle.
+Any move not in the worker's or the model load's table raises ``jobproto.LocalProtocolError``:
+the caller misused the lifecycle.
 Staying in the same state is not a move; callers that may repeat a state check for it first.
 """
 

@@ -4,13 +4,16 @@ The queen is the one judge of parameters: each type of an operation the queen pa
 *extends* the downstream type (the hive's from ``hive_ops``, the worker's ``InferParams``) with
 the queen's own routing fields (``hive``; ``model`` for infer), so every value the hive or the
 worker would refuse is refused by the queen first, with a 422, before anything is routed or
-spawned. ``forward_fields`` is what goes on: the downstream type's fields only, without the
-``None``s (the downstream defaults are the same).
+spawned. The downstream type of a relayed type is its attrs parent class (``downstream_type``);
+``forward_fields`` is what goes on: the downstream type's fields only, without the ``None``s (the
+downstream defaults are the same).
+
+``hive_start`` has no downstream parameter type: its values go on the hive's command line
+(``hive_cli``), and the rules here are the ones the hive's own settings check (``values``, ``ids``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
@@ -26,9 +29,21 @@ from .hive_ops import (
     WorkerSpawnParams,
     WorkerStopParams,
 )
-from .ids import check_name, check_repo_id, hive_id_validator, optional_hive_id_validator
+from .ids import (
+    HIVE_ID_SCHEMA,
+    check_name,
+    check_repo_id,
+    hive_id_validator,
+    is_name,
+    optional_hive_id_validator,
+    repo_name,
+)
 from .infer import InferParams
-from .records import is_http_url
+from .values import (
+    optional_absolute_path_validator,
+    optional_interval_validator,
+    optional_url_validator,
+)
 
 __all__ = [
     "HiveParams",
@@ -44,46 +59,40 @@ __all__ = [
     "QueenWorkerStopParams",
     "downstream_type",
     "forward_fields",
+    "is_repo_ref",
 ]
 
 
 def _hive() -> Any:
     """The queen's ``hive`` field: which hive (default: the only one, or the one that has it)."""
-    return attrs.field(default=None, kw_only=True, validator=optional_hive_id_validator)
+    return attrs.field(
+        default=None,
+        kw_only=True,
+        validator=optional_hive_id_validator,
+        metadata={"schema": HIVE_ID_SCHEMA},
+    )
+
+
+def is_repo_ref(model: str) -> bool:
+    """Whether a valid ``model`` of ``QueenInferParams`` is a Hugging Face repo id (which a hive
+    may download) rather than the name of a model a hive has."""
+    return not is_name(model)
 
 
 def _model_ref(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    # A model a hive has (its name), or a Hugging Face repo id the queen may have a hive fetch.
+    # A model a hive has (its name), or a Hugging Face repo id the queen may have a hive fetch;
+    # the hive names what it fetches after the repo id's last part, so that must be a name too.
+    if is_name(value):
+        return
     try:
-        check_name(value, attribute.name)
+        check_repo_id(value, attribute.name)
+        check_name(repo_name(value), attribute.name)
     except FieldError:
-        try:
-            check_repo_id(value, attribute.name)
-        except FieldError:
-            raise FieldError(
-                attribute.name,
-                f"'{attribute.name}' must be a model name or a Hugging Face repo id (org/name),"
-                f" got {value!r}",
-            ) from None
-
-
-def _optional_url(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not is_http_url(value):
         raise FieldError(
-            attribute.name, f"'{attribute.name}' must be an http(s) URL, got {value!r}"
-        )
-
-
-def _optional_interval(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not 0 < value < math.inf:
-        raise FieldError(
-            attribute.name, f"'{attribute.name}' must be a positive number of seconds, got {value}"
-        )
-
-
-def _optional_dir(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and (not value or "\0" in value):
-        raise FieldError(attribute.name, f"'{attribute.name}' must be a directory, got {value!r}")
+            attribute.name,
+            f"'{attribute.name}' must be a model name or a Hugging Face repo id (org/name) whose"
+            f" name part is a model name, got {value!r}",
+        ) from None
 
 
 # -- the queen's own operations --------------------------------------------------------------------
@@ -98,14 +107,16 @@ class NoParams:
 class HiveParams:
     """``hive_status``, ``hive_stop``: one hive, named."""
 
-    hive: str = attrs.field(validator=hive_id_validator)
+    hive: str = attrs.field(validator=hive_id_validator, metadata={"schema": HIVE_ID_SCHEMA})
 
 
 @attrs.frozen
 class HiveStartParams:
     """``hive_start``: run a hive process on the queen's machine."""
 
-    hive: str = attrs.field(default="localhost", validator=hive_id_validator)
+    hive: str = attrs.field(
+        default="localhost", validator=hive_id_validator, metadata={"schema": HIVE_ID_SCHEMA}
+    )
     #: the hive's port (default: the queen's ``hive_port``, 9000; 0 = any free port)
     port: int | None = attrs.field(
         default=None,
@@ -113,10 +124,12 @@ class HiveStartParams:
         metadata={"schema": {"minimum": 0, "maximum": 65535}},
     )
     #: the URL the hive reports to (default: this queen's own URL)
-    queen_url: str | None = attrs.field(default=None, validator=_optional_url)
+    queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     #: the hive's heartbeat interval in seconds (default: the hive's own)
-    heartbeat: float | None = attrs.field(default=None, validator=_optional_interval)
-    models_dir: str | None = attrs.field(default=None, validator=_optional_dir)
+    heartbeat: float | None = attrs.field(default=None, validator=optional_interval_validator)
+    #: the hive's models directory (default: ``models`` in its state directory); absolute, as
+    #: the hive's working directory is not the caller's
+    models_dir: str | None = attrs.field(default=None, validator=optional_absolute_path_validator)
 
 
 # -- relayed to a hive: the hive's parameters, plus which hive -------------------------------------
@@ -170,22 +183,13 @@ class QueenInferParams(InferParams):
     hive: str | None = _hive()
 
 
-_DOWNSTREAM: dict[type, type] = {
-    QueenWorkerSpawnParams: WorkerSpawnParams,
-    QueenWorkerListParams: WorkerListParams,
-    QueenWorkerStopParams: WorkerStopParams,
-    QueenModelDownloadParams: ModelDownloadParams,
-    QueenModelRegisterParams: ModelRegisterParams,
-    QueenModelListParams: ModelListParams,
-    QueenModelDeleteParams: ModelDeleteParams,
-    QueenInferParams: InferParams,
-}
-
-
 def downstream_type(cls: type) -> type:
-    """The hive's or worker's parameter type that the queen's type ``cls`` extends (``cls``
-    itself for a type that is already the downstream one)."""
-    return _DOWNSTREAM.get(cls, cls)
+    """The hive's or worker's parameter type that the queen's type ``cls`` extends: its attrs
+    parent class (``cls`` itself for a type of the queen's own, which extends none)."""
+    for base in cls.__mro__[1:]:
+        if attrs.has(base):
+            return base
+    return cls
 
 
 def forward_fields(params: Any) -> dict[str, Any]:

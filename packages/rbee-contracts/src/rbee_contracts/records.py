@@ -14,10 +14,8 @@ queen, which would drop it out of routing) and refuse every known key with a wro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -26,34 +24,18 @@ from jobproto import FieldError, RequestError, structure_params
 
 from .ids import check_hive_id, name_validator
 from .lifecycle import WorkerState
+from .values import interval_validator, optional_url_validator, url_validator
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "Heartbeat",
     "WorkerRecord",
-    "is_http_url",
     "parse_heartbeat",
     "parse_worker_record",
 ]
 
 #: the interval a heartbeat that does not say its own is taken to have, in seconds
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
-
-
-def is_http_url(value: str) -> bool:
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def _optional_url(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not is_http_url(value):
-        raise FieldError(
-            attribute.name, f"'{attribute.name}' must be an http(s) URL, got {value!r}"
-        )
-
-
-def _url(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    _optional_url(_, attribute, value)
 
 
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
@@ -69,13 +51,6 @@ def _positive_pid(_: object, attribute: attrs.Attribute[Any], value: int | None)
 def _gpus(_: object, attribute: attrs.Attribute[Any], value: list[int]) -> None:
     if any(g < 0 for g in value):
         raise FieldError(attribute.name, f"'{attribute.name}' must be GPU indices, got {value}")
-
-
-def _interval(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 < value < math.inf:
-        raise FieldError(
-            attribute.name, f"'{attribute.name}' must be a positive number of seconds, got {value}"
-        )
 
 
 def _model_names(_: object, attribute: attrs.Attribute[Any], value: list[str]) -> None:
@@ -97,7 +72,7 @@ class WorkerRecord:
     #: the engine it runs ("auto" until the worker says which one that turned out to be)
     engine: str = ""
     #: where the queen reaches it; None until it listens
-    url: str | None = attrs.field(default=None, validator=_optional_url)
+    url: str | None = attrs.field(default=None, validator=optional_url_validator)
     pid: int | None = attrs.field(default=None, validator=_positive_pid)
     restarts: int = attrs.field(default=0, validator=_not_negative)
     #: when its current run started (RFC 3339, UTC)
@@ -118,7 +93,7 @@ class Heartbeat:
     """The body of ``PUT /v1/hives/{hive_id}`` (registration and heartbeat alike)."""
 
     #: where the queen reaches the hive
-    url: str = attrs.field(validator=_url)
+    url: str = attrs.field(validator=url_validator)
     #: optional in the body; when given it must match the id in the path
     hive_id: str | None = None
     #: what the hive found on its machine (``capabilities`` operation): passed on as is
@@ -127,7 +102,9 @@ class Heartbeat:
     #: the names of the models on the hive
     models: list[str] = attrs.field(factory=list, validator=_model_names)
     free_memory_bytes: int | None = attrs.field(default=None, validator=_not_negative)
-    heartbeat_interval: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL, validator=_interval)
+    heartbeat_interval: float = attrs.field(
+        default=DEFAULT_HEARTBEAT_INTERVAL, validator=interval_validator
+    )
 
 
 def _known(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The hive→worker boundary that is not jobproto: the worker's command line and listening line.
 
 The hive starts a worker as ``python -m rbee_worker.app --model PATH --engine E --host H --port 0
---worker-id ID --model-name NAME [--device D] [--max-concurrency N] [--engine-arg K=V ...]``.
+--worker-id ID --model-name NAME [--device D] [--max-concurrency N] [--engine-arg K=V ...]``;
+``D`` is one of ``DEVICES``: the device *kind* (the hive picks the GPUs and shows the worker only
+those, through ``CUDA_VISIBLE_DEVICES``).
 Once it listens, the worker prints one stdout line, ``LISTENING_PREFIX`` then a JSON object
 (``{"port": N, "worker_id": ID}``), and the hive starts polling its ``/ready``.
 """
@@ -11,7 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-__all__ = ["LISTENING_PREFIX", "listening_line", "parse_listening_line"]
+__all__ = ["DEVICES", "LISTENING_PREFIX", "listening_line", "parse_listening_line"]
+
+#: the worker's ``--device`` choices
+DEVICES: Final[tuple[str, ...]] = ("cpu", "cuda")
 
 #: the start of the worker's listening line; the JSON object follows after one space
 LISTENING_PREFIX: Final = "RBEE_WORKER_LISTENING"

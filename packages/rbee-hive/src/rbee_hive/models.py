@@ -38,7 +38,7 @@ import filelock
 
 from jobproto import narrate
 from rbee_contracts.hive_ops import ModelInfo
-from rbee_contracts.ids import NAME_PATTERN, check_name, check_repo_id
+from rbee_contracts.ids import CATALOG_FILE, NAME_PATTERN, check_name, check_repo_id
 
 from .downloads import HF_DIR, DownloadCancelled, Flight, download_error, fetch
 from .errors import ModelError
@@ -53,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger("rbee_hive.models")
 
-CATALOG = "catalog.json"  # a name no model may take (rbee_contracts.ids.RESERVED_NAMES)
+CATALOG = CATALOG_FILE  # a name no model may take (rbee_contracts.ids.RESERVED_NAMES)
 #: how long leaving ``running()`` waits for download threads to stop
 SHUTDOWN_GRACE = 5.0
 

@@ -19,7 +19,13 @@ Devices (``device`` of ``worker_spawn``):
 - none: ``cuda`` where the hive sees a GPU, else the CPU, and the worker's engine decides
   (``auto``: vLLM's CPU build runs on the CPU). A hive with GPUs and vLLM's CPU build must say
   ``cpu``.
-- The synthetic engine uses no device: nothing is placed or checked.
+- The synthetic engine uses no device: nothing is placed or checked; it gets the device's kind
+  (``cpu`` or ``cuda``), the only values of the worker's ``--device`` (``worker_cli.DEVICES``).
+
+The device rule (``cuda:0,0`` names a GPU twice) and the reading of the engine arguments that are
+numbers are the contract's (``rbee_contracts.hive_ops.parse_device``,
+``rbee_contracts.engines.engine_arg_number``): the queen refuses what they refuse before it
+routes a spawn here, and a spawn that reaches a hive directly fails with the same words.
 
 Memory estimate (documented, deliberately simple): a model's weights take about their size on
 disk in memory; ``MEMORY_FACTOR`` (1.2) adds room for activations, the CUDA context and the
@@ -40,10 +46,13 @@ not both pass. Where the free memory is unknown (``[N/A]`` on some MIG setups) n
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import attrs
+
+from jobproto import FieldError
+from rbee_contracts import hive_ops
+from rbee_contracts.engines import engine_arg_number
 
 from .capabilities import GpuInfo
 
@@ -64,7 +73,6 @@ VLLM_GPU_UTILIZATION = 0.9
 #: the worker's default KV cache on vLLM's CPU build (rbee_worker.engines._vllm_config)
 CPU_KV_CACHE_BYTES = 1 << 30
 _GIB = 1 << 30
-_CUDA = re.compile(r"^cuda(?::([0-9]{1,2}(?:,[0-9]{1,2})*))?$")
 
 
 class PlacementError(ValueError):
@@ -100,19 +108,10 @@ class Placement:
 
 def parse_device(device: str | None) -> tuple[str | None, tuple[int, ...] | None]:
     """``(kind, indices)``: kind None/"cpu"/"cuda"; indices None unless ``cuda:N[,M...]``."""
-    if device is None or device == "cpu":
-        return device, None
-    match = _CUDA.fullmatch(device)
-    if match is None:
-        raise PlacementError(
-            "invalid_device", f"device must be cpu, cuda or cuda:N[,M...]: {device!r}"
-        )
-    if match.group(1) is None:
-        return "cuda", None
-    indices = tuple(int(i) for i in match.group(1).split(","))
-    if len(set(indices)) != len(indices):
-        raise PlacementError("invalid_device", f"device names a GPU twice: {device!r}")
-    return "cuda", indices
+    try:
+        return hive_ops.parse_device(device)
+    except FieldError as exc:
+        raise PlacementError("invalid_device", exc.message) from None
 
 
 def plan(
@@ -132,7 +131,7 @@ def plan(
     claims = claims or Claims()
     kind, indices = parse_device(device)
     if engine == "synthetic":
-        return Placement(device=device, note="the synthetic engine uses no device")
+        return Placement(device=kind, note="the synthetic engine uses no device")
     if kind is None:
         kind = "cuda" if gpus else None
     if kind == "cuda":
@@ -148,12 +147,11 @@ def _world_size(engine_args: Mapping[str, str]) -> int:
     return size
 
 
-def _number(engine_args: Mapping[str, str], key: str) -> float | None:
-    raw = engine_args.get(key) or engine_args.get(key.replace("_", "-"))
+def _number(engine_args: Mapping[str, str], key: str, what: str = "engine_args") -> float | None:
     try:
-        return float(raw) if raw is not None else None
-    except ValueError:
-        return None
+        return engine_arg_number(engine_args, key, what)
+    except FieldError as exc:  # inf or nan: no placement can be computed from it
+        raise PlacementError("invalid_engine_args", exc.message) from None
 
 
 def _gib(n: float) -> str:
@@ -258,7 +256,7 @@ def _on_cpu(
     if engine == "vllm":
         kv = _number(engine_args, "kv_cache_memory_bytes")
         if kv is None:
-            space = _number(env, "VLLM_CPU_KVCACHE_SPACE")
+            space = _number(env, "VLLM_CPU_KVCACHE_SPACE", "the hive's environment")
             kv = space * _GIB if space else CPU_KV_CACHE_BYTES
         need += int(kv)
         how += f" + a KV cache of {_gib(kv)}"

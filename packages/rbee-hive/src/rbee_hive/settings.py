@@ -8,11 +8,11 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
 from rbee_contracts.ids import check_hive_id
+from rbee_contracts.values import optional_url_validator
 
 __all__ = ["DEFAULT_WORKER_COMMAND", "HiveSettings", "default_models_dir", "default_state_dir"]
 
@@ -43,14 +43,6 @@ def _hive_id(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     check_hive_id(value, attribute.name)
 
 
-def _http_url(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is None:
-        return
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{attribute.name} must be an http(s) URL, got {value!r}")
-
-
 def _argv(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -67,9 +59,9 @@ class HiveSettings:
     #: this hive's name at the queen (``PUT {queen}/v1/hives/{hive_id}``)
     hive_id: str = attrs.field(default="localhost", validator=_hive_id)
     #: where to register and send heartbeats; None: no registration (a standalone hive)
-    queen_url: str | None = attrs.field(default=None, validator=_http_url)
+    queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     #: the URL the queen should use for this hive (default: http://host:port as bound)
-    public_url: str | None = attrs.field(default=None, validator=_http_url)
+    public_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     models_dir: Path = attrs.field(factory=default_models_dir, converter=Path)
     #: worker logs (``logs/{worker_id}.log``), worker pid files, the Hugging Face download cache
     state_dir: Path = attrs.field(factory=default_state_dir, converter=Path)
@@ -97,7 +89,7 @@ class HiveSettings:
     #: seconds between download progress events
     progress_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Hugging Face endpoint for downloads (None: huggingface_hub's default / ``HF_ENDPOINT``)
-    hf_endpoint: str | None = attrs.field(default=None, validator=_http_url)
+    hf_endpoint: str | None = attrs.field(default=None, validator=optional_url_validator)
 
     @property
     def logs_dir(self) -> Path:

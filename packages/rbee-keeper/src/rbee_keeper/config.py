@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from jobproto import FieldError
-from rbee_contracts.ids import check_hive_id
+from rbee_contracts.ids import HIVE_ID_RULE, check_hive_id
 
 __all__ = [
     "SETTINGS",
@@ -98,7 +98,7 @@ def _parse_hive_id(raw: Any, _: Path) -> str:
     try:
         return check_hive_id(raw, "hive_id")
     except FieldError as exc:  # the one hive-id rule, said without the field name (named above)
-        raise ValueError(f"must be 1-63 letters, digits, '.', '_' or '-', got {raw!r}") from exc
+        raise ValueError(f"must be {HIVE_ID_RULE}, got {raw!r}") from exc
 
 
 def _parse_path(raw: Any, base: Path) -> Path:

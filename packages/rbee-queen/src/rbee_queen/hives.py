@@ -28,6 +28,7 @@ import anyio
 
 import rbee_process
 from jobproto import JobFailed, narrate, progress
+from rbee_contracts.hive_cli import hive_argv
 from rbee_process import ProcessRecord
 
 from .registry import HiveRegistry
@@ -75,10 +76,15 @@ class LocalHives:
         hive_dir = self.settings.state_dir / "hives" / hive_id
         command = [
             *self.settings.hive_command,
-            *("--host", self.settings.hive_host, "--port", str(port), "--hive-id", hive_id),
-            *("--queen-url", queen_url, "--state-dir", str(hive_dir)),
-            *("--models-dir", models_dir or str(hive_dir / "models")),
-            *(("--heartbeat", f"{heartbeat:g}") if heartbeat is not None else ()),
+            *hive_argv(  # --flag=VALUE: a value that starts with "-" is no flag
+                host=self.settings.hive_host,
+                port=port,
+                hive_id=hive_id,
+                queen_url=queen_url,
+                state_dir=str(hive_dir),
+                models_dir=models_dir or str(hive_dir / "models"),
+                heartbeat=heartbeat,
+            ),
         ]
         log = self.log_path(hive_id)
         hive_dir.mkdir(parents=True, exist_ok=True)

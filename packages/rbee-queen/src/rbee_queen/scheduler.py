@@ -36,7 +36,7 @@ import attrs
 from jobproto import JobFailed, RequestError, concat_data, narrate
 from rbee_contracts.hive_ops import ModelDownloadParams, WorkerSpawnParams
 from rbee_contracts.lifecycle import HiveState, WorkerState
-from rbee_contracts.queen_ops import forward_fields
+from rbee_contracts.queen_ops import forward_fields, is_repo_ref
 from rbee_contracts.records import WorkerRecord, parse_worker_record
 
 from .registry import HiveRegistry, WorkerView
@@ -107,9 +107,9 @@ class NoCapacity:
 
 
 def _downloadable(model: str) -> bool:
-    # The queen's infer type took ``model`` as a model name or a repo id (rbee_contracts.ids):
-    # one with an owner part is a Hugging Face repo id that a hive can download.
-    return "/" in model
+    # The queen's infer type took ``model`` as a model name or a Hugging Face repo id that a
+    # hive can download (rbee_contracts.queen_ops).
+    return is_repo_ref(model)
 
 
 def _gib(n: int) -> str:

@@ -9,10 +9,10 @@ from typing import Any
 import attrs
 
 from rbee_contracts.engines import ENGINES
+from rbee_contracts.worker_cli import DEVICES
 
 __all__ = ["DEVICES", "DTYPES", "WorkerSettings", "new_worker_id"]
 
-DEVICES = ("cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -1,0 +1,97 @@
+"""The value rules beside the naming ones (``ids``): http(s) URLs, intervals, absolute paths.
+
+One rule each, used by every tier that checks such a value: the queen's parameter types, the
+heartbeat and worker record, and the hive's own settings (which a queen's ``hive_start`` passes
+on the hive's command line), so what the queen accepts the hive accepts too.
+
+Each ``check_*`` returns the value or raises ``jobproto.FieldError`` naming the field; the
+``*_validator`` functions are the same checks as attrs validators.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from jobproto import FieldError
+
+__all__ = [
+    "absolute_path_validator",
+    "check_absolute_path",
+    "check_http_url",
+    "check_interval",
+    "interval_validator",
+    "is_http_url",
+    "optional_absolute_path_validator",
+    "optional_interval_validator",
+    "optional_url_validator",
+    "url_validator",
+]
+
+
+def is_http_url(value: str) -> bool:
+    """An ``http`` or ``https`` URL with a host (``http://:9000`` has none) and, if it says
+    one, a port that is a port (0-65535)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def check_http_url(value: str, what: str = "url") -> str:
+    if not is_http_url(value):
+        raise FieldError(what, f"'{what}' must be an http(s) URL with a host, got {value!r}")
+    return value
+
+
+def check_interval(value: float, what: str = "interval") -> float:
+    """A positive, finite number of seconds."""
+    if not 0 < value < math.inf:  # NaN fails both comparisons
+        raise FieldError(what, f"'{what}' must be a positive number of seconds, got {value}")
+    return value
+
+
+def check_absolute_path(value: str, what: str = "path") -> str:
+    if not value or "\0" in value or not os.path.isabs(value):
+        raise FieldError(what, f"'{what}' must be an absolute directory path, got {value!r}")
+    return value
+
+
+# -- the same checks as attrs validators (the field's own name is the one reported) ----------------
+
+
+def url_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_http_url(value, attribute.name)
+
+
+def optional_url_validator(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        check_http_url(value, attribute.name)
+
+
+def interval_validator(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    check_interval(value, attribute.name)
+
+
+def optional_interval_validator(
+    _: object, attribute: attrs.Attribute[Any], value: float | None
+) -> None:
+    if value is not None:
+        check_interval(value, attribute.name)
+
+
+def absolute_path_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_absolute_path(value, attribute.name)
+
+
+def optional_absolute_path_validator(
+    _: object, attribute: attrs.Attribute[Any], value: str | None
+) -> None:
+    if value is not None:
+        check_absolute_path(value, attribute.name)
