@@ -3,9 +3,13 @@ refuse is refused by the real queen with a 422 (``rbee`` exits 5 with the queen'
 no job exists, nothing is routed and no worker is spawned.
 
 One refused value of every ``infer`` parameter the command line can send, and of
-``worker_spawn``'s ``model`` and ``engine_args``, goes through ``rbee``; the fields the command
-line cannot send wrong (``engine`` is a choice there, ``device`` has no flag, ``prompt`` and
-``messages`` are built by it) go to the queen's ``POST /v1/jobs`` directly. All of them run at once
+``worker_spawn``'s ``model``, ``engine_args`` and ``hive``, goes through ``rbee``; the fields the
+command line cannot send wrong (``engine`` is a choice there, ``device`` and ``worker_id`` have no
+flag, ``prompt`` and ``messages`` are built by it) go to the queen's ``POST /v1/jobs`` directly.
+Among them, values the hive or the worker refused only after routing or spawn, before the queen
+knew their rules: an engine argument the synthetic engine does not take (the worker exited at its
+start), a device that names a GPU twice (the hive's placement refused it), a queen URL with no
+host (the hive's settings refused it). All of them run at once
 against the session's one queen and hive.
 """
 
@@ -30,6 +34,11 @@ CLI_REFUSALS: list[tuple[list[str], str]] = [
     (["infer", "hi", "-m", "tiny", "--hive", "-nohive"], "'hive' must be 1-63"),
     (["worker", "spawn", "-m", "org/tiny"], "'model' must be 1-128"),
     (["worker", "spawn", "-m", "tiny", "--engine-arg", "bad key=1"], "'engine_args' must map"),
+    (
+        ["worker", "spawn", "-m", "tiny", "--engine", "synthetic", "--engine-arg", "bogus=1"],
+        "which the synthetic engine does not take",
+    ),
+    (["worker", "spawn", "-m", "tiny", "--hive", "-nohive"], "'hive' must be 1-63"),
 ]
 
 #: (job fields sent straight to the queen, the field its 422 names)
@@ -39,6 +48,9 @@ API_REFUSALS: list[tuple[dict[str, Any], str]] = [
     ({"operation": "worker_spawn", "model": "tiny", "engine": "llamacpp"}, "engine"),
     ({"operation": "worker_spawn", "model": "tiny", "device": "gpu"}, "device"),
     ({"operation": "worker_spawn", "model": "tiny", "max_concurrency": 0}, "max_concurrency"),
+    ({"operation": "worker_spawn", "model": "tiny", "worker_id": "w..1"}, "worker_id"),
+    ({"operation": "worker_spawn", "model": "tiny", "device": "cuda:0,0"}, "device"),
+    ({"operation": "hive_start", "hive": "h9", "queen_url": "http://:9000"}, "queen_url"),
 ]
 
 
