@@ -182,7 +182,7 @@ def test_a_reused_pid_is_not_signalled(local: Path, invoke: Invoke, kind: str) -
             record = {"pid": other.pid, "argv": list(queen.argv), "create_time": None}
             queen.pid_file.write_text(json.dumps(record))
         assert running_pid(queen) is None
-        assert not queen.pid_file.exists()
+        assert queen.pid_file.exists()  # only read: the next start (or a stop) replaces it
 
         queen.pid_file.write_text(json.dumps({"pid": other.pid, "argv": list(queen.argv)}))
         assert invoke("queen", "stop").exit_code == 0
@@ -190,6 +190,35 @@ def test_a_reused_pid_is_not_signalled(local: Path, invoke: Invoke, kind: str) -
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_keeper_only_reads_the_queens_hive_pid_file(local: Path) -> None:
+    # The hive's pid file is the queen's: a stale-looking one may be one the queen is writing.
+    _, hive = local_services(load_settings())
+    hive.pid_file.parent.mkdir(parents=True)
+    hive.pid_file.write_text(json.dumps({"pid": 2**22 + 7, "argv": ["rbee-hive"]}))
+    assert running_pid(hive) is None
+    assert hive.pid_file.exists()
+
+
+def test_queen_stop_stops_a_hive_an_earlier_keeper_started(local: Path, invoke: Invoke) -> None:
+    # An earlier keeper ran the hive itself, with its pid file {state_dir}/hive.pid.
+    settings = load_settings()
+    legacy = settings.state_dir / "hive.pid"
+    hive = rbee_process.spawn_detached(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        log_path=settings.state_dir / "logs" / "hive.log",
+        pid_file=legacy,
+    )
+    try:
+        stopped = invoke("queen", "stop", "--json")
+        assert stopped.exit_code == 0, stopped.stderr
+        assert json.loads(stopped.stdout)["hive"] == {"outcome": "stopped", "pid": hive.pid}
+        assert not legacy.exists()
+        assert not rbee_process.alive(hive)
+    finally:
+        rbee_process.terminate(hive, grace=1, reap=True)
+        rbee_process.reap(hive.pid)
 
 
 def final(result: Result) -> dict[str, Any]:

@@ -259,6 +259,7 @@ def queen_start(app: App, as_json: bool) -> None:
                 "queen": {"url": queen_svc.url, "pid": running_pid(queen_svc)},
                 "hive": {"url": hive_svc.url, "pid": running_pid(hive_svc)},
                 "logs": str(queen_svc.log_file.parent),
+                "hive_logs": str(hive_svc.log_file.parent),
             }
         )
         return EXIT_OK

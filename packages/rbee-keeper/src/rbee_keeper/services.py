@@ -14,10 +14,18 @@ keeper asks it for ``hive_start`` of the local hive (``hive_id``, ``hive_port``,
 ``--state-dir {state_dir}/queen`` and the ``hive_command``, so the queen keeps the hive's pid file
 in ``{state_dir}/queen/hives/{id}.pid`` and its log in ``{state_dir}/queen/logs/hive-{id}.log``.
 
+The keeper only reads the hive's pid file; the queen writes and removes it. Starting the queen
+is "is it running? if not, start it and write its pid file" under the pid file's lock
+(``rbee_process.start_once``), so two ``rbee infer`` at once start one queen.
+
 ``rbee queen stop`` asks the queen to stop its local hives (one ``hive_stop`` job per pid file
 there), then stops the queen: SIGTERM to its process group, SIGKILL after ``stop_timeout``. A hive
 whose pid file the queen left (the queen was killed, or did not answer) is then stopped the same
-way, through ``rbee_process`` and the same pid file, so nothing is left running either way.
+way, through ``rbee_process`` and the same pid file, with the queen's grace for a hive
+(``HIVE_STOP_GRACE``, longer than the hive's own for its workers); then the workers that hive's
+pid files in ``{state_dir}/queen/hives/{id}/run`` still name (they run in sessions of their own).
+A ``{state_dir}/hive.pid`` that an earlier keeper wrote (it ran the hive itself) is stopped once
+the same way, so nothing is left running either way.
 """
 
 from __future__ import annotations
@@ -31,7 +39,6 @@ from urllib.parse import urlsplit
 
 import anyio
 import attrs
-import httpx
 
 import rbee_process
 from jobproto import JobProtoError
@@ -58,6 +65,11 @@ __all__ = [
 ]
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
+#: the grace for a hive the keeper stops itself: the queen's hive_stop_grace (longer than the
+#: hive's 10 s for its workers plus rbee_process.KILL_WAIT)
+HIVE_STOP_GRACE = 25.0
+#: the grace for the workers a killed hive left behind
+WORKER_LEFTOVER_GRACE = 5.0
 
 
 class ServiceError(RuntimeError):
@@ -133,24 +145,25 @@ def local_services(settings: Settings) -> tuple[Service, Service]:
 
 
 def running_pid(service: Service) -> int | None:
-    """The pid of the running service per its pid file; a stale pid file is removed."""
+    """The pid of the running service per its pid file (only read: a stale one is replaced by
+    the next start, or removed by a stop, and the hive's is the queen's)."""
     record = rbee_process.read_pid_file(service.pid_file)
     if record is not None and rbee_process.alive(record):
         return record.pid
-    service.pid_file.unlink(missing_ok=True)
     return None
 
 
 # -- start ----------------------------------------------------------------------------------------
 
 
-def spawn(service: Service) -> int:
-    """Start ``service`` detached (own session, log file, pid file); return its pid."""
+def spawn(service: Service) -> tuple[int, bool]:
+    """Start ``service`` detached (own session, log file, pid file) unless its pid file names a
+    live process (under the pid file's lock); its pid, and whether this call started it."""
     try:
-        record = rbee_process.spawn_detached(
+        record, fresh = rbee_process.start_once(
+            service.pid_file,
             service.argv,
             log_path=service.log_file,
-            pid_file=service.pid_file,
             label=service.name,
         )
     except rbee_process.SpawnError as exc:
@@ -158,7 +171,7 @@ def spawn(service: Service) -> int:
             f"cannot start the {service.name} ({service.argv[0]}: {exc.strerror}); "
             f"set {service.name}_command in the config file or RBEE_{service.name.upper()}_COMMAND"
         ) from None
-    return record.pid
+    return record.pid, fresh
 
 
 async def is_listening(url: str, limit: float = 2.0) -> bool:
@@ -166,7 +179,7 @@ async def is_listening(url: str, limit: float = 2.0) -> bool:
     try:
         async with JobClient(url, timeout=limit) as client:
             await client.list(limit=1)
-    except (httpx.HTTPError, JobProtoError):
+    except JobProtoError:
         return False
     return True
 
@@ -207,7 +220,7 @@ async def _start_hive(settings: Settings, say: Callable[[str], None]) -> None:
     try:
         async with JobClient(settings.queen_url, timeout=settings.start_timeout) as client:
             started = await client.run("hive_start", local_hive_fields(settings))
-    except (httpx.HTTPError, JobProtoError) as exc:
+    except JobProtoError as exc:
         say(f"warning: the queen could not start hive {settings.hive_id!r}: {exc}")
         return
     pid = started.get("pid") if isinstance(started, dict) else None
@@ -233,9 +246,8 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
             raise ServiceError(
                 f"the queen at {queen.url} is not on this machine, so rbee cannot start it"
             )
-        pid = running_pid(queen)
-        if pid is None:
-            pid = spawn(queen)
+        pid, fresh = await anyio.to_thread.run_sync(spawn, queen)
+        if fresh:
             say(f"started queen (pid {pid}, log {queen.log_file})")
         else:
             say(f"queen is starting (pid {pid})")
@@ -263,7 +275,8 @@ async def _ask_queen_to_stop(settings: Settings, hive_ids: list[str]) -> dict[st
     """``hive_stop`` on the queen for each hive; what it answered (nothing when it could not)."""
     results: dict[str, StopResult] = {}
     try:
-        async with JobClient(settings.queen_url, timeout=settings.stop_timeout + 10) as client:
+        limit = HIVE_STOP_GRACE + rbee_process.KILL_WAIT + 10
+        async with JobClient(settings.queen_url, timeout=limit) as client:
             for hive_id in hive_ids:
                 try:
                     done = await client.run("hive_stop", {"hive": hive_id})
@@ -278,7 +291,7 @@ async def _ask_queen_to_stop(settings: Settings, hive_ids: list[str]) -> dict[st
                         None if outcome is rbee_process.StopOutcome.NOT_RUNNING else done.get("pid")
                     )
                     results[hive_id] = StopResult("hive", outcome, pid)
-    except (httpx.HTTPError, JobProtoError):
+    except JobProtoError:
         pass
     return results
 
@@ -299,13 +312,24 @@ async def stop_local(settings: Settings) -> dict[str, StopResult]:
     if pid_files() and is_local(queen.url) and await is_listening(queen.url):
         results.update(await _ask_queen_to_stop(settings, list(pid_files())))
     queen_result = await anyio.to_thread.run_sync(stop, queen, settings.stop_timeout)
-    # Whatever the queen did not stop (it was gone, or did not answer) is stopped here.
+    # Whatever the queen did not stop (it was gone, or did not answer) is stopped here, and so
+    # are the workers of such a hive (sessions of their own: its group's SIGKILL missed them).
     for hive_id, path in pid_files().items():
         results[hive_id] = await anyio.to_thread.run_sync(
-            stop, attrs.evolve(hive, pid_file=path), settings.stop_timeout
+            stop, attrs.evolve(hive, pid_file=path), HIVE_STOP_GRACE
+        )
+        await anyio.to_thread.run_sync(
+            rbee_process.stop_pid_dir, hives_dir / hive_id / "run", WORKER_LEFTOVER_GRACE
         )
     nothing = StopResult("hive", rbee_process.StopOutcome.NOT_RUNNING)
-    out = {"hive": results.pop(settings.hive_id, nothing), "queen": queen_result}
+    local = results.pop(settings.hive_id, nothing)
+    # The hive an earlier keeper ran itself (its pid file is the keeper's own, not the queen's).
+    legacy = attrs.evolve(hive, pid_file=settings.state_dir / "hive.pid")
+    if legacy.pid_file.exists():
+        earlier = await anyio.to_thread.run_sync(stop, legacy, HIVE_STOP_GRACE)
+        if local.outcome is rbee_process.StopOutcome.NOT_RUNNING:
+            local = earlier
+    out = {"hive": local, "queen": queen_result}
     for hive_id, result in results.items():
         out[f"hive {hive_id}"] = result
     return out

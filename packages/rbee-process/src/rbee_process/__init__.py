@@ -19,6 +19,7 @@ from ._record import (
 )
 from ._spawn import SpawnError, child_env, session_options, spawn_detached, start_once
 from ._stop import (
+    KILL_WAIT,
     StopOutcome,
     aterminate,
     kill_leftovers,
@@ -31,6 +32,7 @@ from ._stop import (
 )
 
 __all__ = [
+    "KILL_WAIT",
     "ProcessRecord",
     "SpawnError",
     "StopOutcome",
