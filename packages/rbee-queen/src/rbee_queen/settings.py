@@ -46,8 +46,10 @@ class QueenSettings:
     hive_host: str = "127.0.0.1"
     #: longest wait for a started hive's first registration (seconds)
     hive_start_timeout: float = attrs.field(default=30.0, validator=_positive)
-    #: grace between SIGTERM and SIGKILL when stopping a hive (seconds)
-    hive_stop_grace: float = attrs.field(default=10.0, validator=_positive)
+    #: grace between SIGTERM and SIGKILL when stopping a hive (seconds): longer than the hive's
+    #: own for its workers (rbee-hive's stop_grace, 10 s) plus rbee_process.KILL_WAIT (5 s) and a
+    #: margin, so a hive stopping its workers is never killed halfway
+    hive_stop_grace: float = attrs.field(default=25.0, validator=_positive)
     #: longest wait for a spawned worker to be ready, download included (seconds)
     worker_ready_timeout: float = attrs.field(default=600.0, validator=_positive)
     #: timeout of a worker's ``/health`` probe (seconds)
