@@ -146,7 +146,7 @@ async def test_hive_start_waits_for_registration_and_hive_stop_leaves_nothing(
     assert listed["hive_id"] == "local1" and listed["state"] == "up"
     assert status["process"]["pid"] == pids["hive"]
     assert started["command"][:2] == list(fake_hive_command)
-    assert "--queen-url" in started["command"]
+    assert any(arg.startswith("--queen-url=") for arg in started["command"])
     log = state / "logs" / "hive-local1.log"
     assert "fake hive local1 starting" in log.read_text()
     assert stopped["stopped"] == "stopped"
@@ -272,4 +272,4 @@ async def test_a_started_hive_listens_on_the_queens_hive_host(
         started = await c.client.run("hive_start", hive="h", port=0, queen_url=c.queen_url)
         await c.client.run("hive_stop", hive="h")
     command = started["command"]
-    assert command[command.index("--host") + 1] == "127.0.0.2"
+    assert "--host=127.0.0.2" in command  # every value in --flag=VALUE form (hive_cli)
