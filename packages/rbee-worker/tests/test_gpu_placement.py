@@ -31,7 +31,7 @@ def test_devices_parse() -> None:
     assert parse_device("cpu") == ("cpu", None)
     assert parse_device("cuda") == ("cuda", None)
     assert parse_device("cuda:1,3") == ("cuda", (1, 3))
-    for bad in ("gpu", "cuda:", "cuda:1,1", "cuda:a"):
+    for bad in ("gpu", "cuda:", "cuda:1,1", "cuda:1,01", "cuda:a"):
         with pytest.raises(PlacementError):
             parse_device(bad)
 
@@ -272,3 +272,32 @@ async def test_the_hive_places_and_refuses_spawns(tmp_path: Path, fake_gpus: Pat
             )
         assert refused.value.code == "insufficient_memory"
         assert take_record(fake_gpus) is None
+
+
+def test_the_synthetic_engine_gets_the_device_kind_the_worker_takes() -> None:
+    for device, kind in (("cuda:1", "cuda"), ("cuda", "cuda"), ("cpu", "cpu"), (None, None)):
+        placed = plan(
+            model="m",
+            engine="synthetic",
+            device=device,
+            engine_args={},
+            model_size=GIB,
+            gpus=[H100],
+            ram_free=None,
+        )
+        assert (placed.device, placed.gpus) == (kind, ())
+
+
+def test_an_engine_arg_number_that_is_not_finite_is_refused() -> None:
+    for args in ({"tensor_parallel_size": "inf"}, {"kv-cache-memory-bytes": "nan"}):
+        with pytest.raises(PlacementError) as info:
+            plan(
+                model="m",
+                engine="vllm",
+                device="cuda",
+                engine_args=args,
+                model_size=GIB,
+                gpus=[H100],
+                ram_free=None,
+            )
+        assert info.value.code == "invalid_engine_args", args
