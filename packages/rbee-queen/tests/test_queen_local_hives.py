@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -273,3 +274,57 @@ async def test_a_started_hive_listens_on_the_queens_hive_host(
         await c.client.run("hive_stop", hive="h")
     command = started["command"]
     assert "--host=127.0.0.2" in command  # every value in --flag=VALUE form (hive_cli)
+
+
+async def test_two_hive_starts_at_once_start_one_hive(
+    cluster: Any, fake_hive_command: tuple[str, ...], tmp_path: Path, leftovers: None
+) -> None:
+    # The check, the spawn and the pid file are one step under the pid file's lock: the second
+    # start finds the first one's hive instead of starting another one nobody manages.
+    state = tmp_path / "queen"
+    results: list[Any] = []
+    async with cluster(hive_command=fake_hive_command, state_dir=state) as c:
+
+        async def start() -> None:
+            results.append(
+                await c.client.run(
+                    "hive_start", hive="twice", port=0, queen_url=c.queen_url, heartbeat=0.2
+                )
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start)
+            tg.start_soon(start)
+        pids = started_pids(state, "twice")
+        stopped = await c.client.run("hive_stop", hive="twice")
+    assert sorted(r["already_running"] for r in results) == [False, True]
+    assert {r["pid"] for r in results} == {pids["hive"]}
+    assert "fake hive twice starting" in (state / "logs" / "hive-twice.log").read_text()
+    assert (state / "logs" / "hive-twice.log").read_text().count("fake hive twice starting") == 1
+    assert stopped["stopped"] == "stopped"
+    assert not alive(pids["hive"])
+
+
+async def test_hive_stop_stops_the_workers_the_hive_left(
+    cluster: Any, fake_hive_command: tuple[str, ...], tmp_path: Path, leftovers: None
+) -> None:
+    # A worker runs in a session of its own: the SIGKILL to the hive's group never reaches it.
+    # The hive's pid files for its workers ({hive state}/run) name what it left behind.
+    state = tmp_path / "queen"
+    worker = rbee_process.spawn_detached(
+        [sys.executable, "-c", "import time; time.sleep(120)"], log_path=tmp_path / "worker.log"
+    )
+    try:
+        run = state / "hives" / "orphaning" / "run"
+        rbee_process.write_pid_file(run / "w1.json", worker)
+        async with cluster(hive_command=fake_hive_command, state_dir=state) as c:
+            await c.client.run(
+                "hive_start", hive="orphaning", port=0, queen_url=c.queen_url, heartbeat=0.2
+            )
+            stopped = await c.client.run("hive_stop", hive="orphaning")
+        assert stopped["stopped"] == "stopped"
+        assert not rbee_process.alive(worker)
+        assert list(run.iterdir()) == []
+    finally:
+        rbee_process.terminate(worker, grace=1, reap=True)
+        rbee_process.reap(worker.pid)

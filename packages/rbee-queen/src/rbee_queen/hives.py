@@ -6,14 +6,20 @@ The queen is the one owner of the hives of its machine (the keeper's ``rbee quee
 own session and process group, stdout and stderr into ``{state_dir}/logs/hive-{id}.log``, and a
 pid file ``{state_dir}/hives/{id}.pid`` that records its start time, so that a queen restarted
 later (or the keeper, when the queen is gone) can still stop it, and a pid reused by some other
-program is never signalled.
+program is never signalled. The check "does it run already?", the start and the pid file happen
+under the pid file's lock (``rbee_process.start_once``): two ``hive_start`` at once start one
+hive, and the second reports it ``already_running``.
 
 The hive is a daemon: it outlives the job that started it and the queen too (it re-registers
 with the next queen by itself). ``start`` returns once the hive has registered with this queen;
 a hive that exits first, or does not register in time, is stopped and the job fails with the
-last lines of its log. ``stop`` sends SIGTERM to the group, SIGKILL after the grace period, then
-SIGKILL to whatever is left in the group: nothing the hive started in its group survives it.
-The queen reaps its exited hives whenever it looks at them, so none stays a zombie.
+last lines of its log. ``stop`` sends SIGTERM to the group, SIGKILL after the grace period
+(``hive_stop_grace``, longer than the hive's own grace for its workers), then SIGKILL to whatever
+is left in the group. The hive's workers run in sessions of their own, out of the group's reach:
+a hive that stops normally stops them itself; after one that had to be killed (or had died), the
+queen stops the workers its pid files in ``{state_dir}/hives/{id}/run`` still name
+(``rbee_process.stop_pid_dir``). The queen reaps its exited hives whenever it looks at them, so
+none stays a zombie.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ __all__ = ["LocalHives"]
 
 POLL = 0.05
 LOG_TAIL_LINES = 20
+#: grace for the workers a killed hive left (they were already orphaned)
+WORKER_LEFTOVER_GRACE = 5.0
 
 
 class LocalHives:
@@ -54,6 +62,11 @@ class LocalHives:
     def pid_path(self, hive_id: str) -> Path:
         return self.settings.state_dir / "hives" / f"{hive_id}.pid"
 
+    def workers_run_dir(self, hive_id: str) -> Path:
+        """Where the hive keeps its workers' pid files (``rbee_hive.reaping``: its state dir's
+        ``run``)."""
+        return self.settings.state_dir / "hives" / hive_id / "run"
+
     def log_path(self, hive_id: str) -> Path:
         return self.settings.state_dir / "logs" / f"hive-{hive_id}.log"
 
@@ -68,11 +81,6 @@ class LocalHives:
         heartbeat: float | None = None,
         models_dir: str | None = None,
     ) -> dict[str, Any]:
-        running = self.running(hive_id)
-        if running is not None:
-            narrate("hive_running", f"hive {hive_id} already runs (pid {running.pid})")
-            await self._wait_registered(hive_id, running, since=0.0, child=False)
-            return {**self._json(hive_id, running), "already_running": True}
         hive_dir = self.settings.state_dir / "hives" / hive_id
         command = [
             *self.settings.hive_command,
@@ -89,13 +97,25 @@ class LocalHives:
         log = self.log_path(hive_id)
         hive_dir.mkdir(parents=True, exist_ok=True)
         started_at = self.clock()
-        narrate("hive_starting", f"starting hive {hive_id} (log: {log})", command=command)
-        try:
-            record = rbee_process.spawn_detached(
-                command, log_path=log, pid_file=self.pid_path(hive_id), label=f"hive {hive_id}"
+
+        def start_once() -> tuple[ProcessRecord, bool]:
+            return rbee_process.start_once(
+                self.pid_path(hive_id),
+                command,
+                log_path=log,
+                label=f"hive {hive_id}",
+                reap_child=True,
             )
+
+        try:
+            record, fresh = await anyio.to_thread.run_sync(start_once)
         except rbee_process.SpawnError as exc:
             raise JobFailed("hive_exited", f"hive {hive_id} could not be started: {exc}") from None
+        if not fresh:
+            narrate("hive_running", f"hive {hive_id} already runs (pid {record.pid})")
+            await self._wait_registered(hive_id, record, since=0.0, child=False)
+            return {**self._json(hive_id, record), "already_running": True}
+        narrate("hive_starting", f"started hive {hive_id} (log: {log})", command=command)
         try:
             await self._wait_registered(hive_id, record, since=started_at, child=True)
         except BaseException:
@@ -162,7 +182,7 @@ class LocalHives:
         self, hive_id: str, record: ProcessRecord, *, grace: float
     ) -> rbee_process.StopOutcome:
         """SIGTERM the group, SIGKILL after ``grace``, then SIGKILL what is left; how it ended."""
-        if rbee_process.alive(record):
+        if await anyio.to_thread.run_sync(lambda: rbee_process.alive(record, reap=True)):
             narrate(
                 "hive_stopping",
                 f"stopping hive {hive_id} (SIGTERM to process group"
@@ -176,8 +196,19 @@ class LocalHives:
                 level="warning",
             )
 
-        how = await rbee_process.aterminate(record, grace, on_kill=killing)
+        how = await rbee_process.aterminate(record, grace, on_kill=killing, reap=True)
         self._forget(hive_id)
+        # Its workers are in sessions of their own: what a killed (or dead) hive left is ours.
+        stopped = await anyio.to_thread.run_sync(
+            rbee_process.stop_pid_dir, self.workers_run_dir(hive_id), WORKER_LEFTOVER_GRACE
+        )
+        for path, outcome, _ in stopped:
+            if outcome is not rbee_process.StopOutcome.NOT_RUNNING:
+                narrate(
+                    "hive_worker_leftover",
+                    f"hive {hive_id} left worker {path.stem} running: {outcome}",
+                    level="warning",
+                )
         return how
 
     def _forget(self, hive_id: str) -> None:
@@ -188,12 +219,14 @@ class LocalHives:
     # -- inspection --------------------------------------------------------------------------------
 
     def running(self, hive_id: str) -> ProcessRecord | None:
-        """The record of the hive when its process still runs (a stale pid file is removed)."""
+        """The record of the hive when its process still runs (an exited child is reaped).
+
+        A stale pid file is left for ``start_once`` to replace under its lock (removing it here
+        could remove the one a concurrent start has just written) or for ``stop`` to remove.
+        """
         record = rbee_process.read_pid_file(self.pid_path(hive_id))
-        if record is not None and rbee_process.alive(record):  # alive() reaps an exited child
+        if record is not None and rbee_process.alive(record, reap=True):
             return record
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_path(hive_id).unlink()
         return None
 
     def status(self, hive_id: str) -> dict[str, Any] | None:
