@@ -259,10 +259,10 @@ class FakeHive:
             return worker.record()
 
         @ops.operation("worker_list")
-        async def worker_list(params: WorkerListParams) -> dict[str, Any]:
+        async def worker_list(params: WorkerListParams) -> WorkerList:
             self.calls["worker_list"] += 1
             records = [converter.structure(w.record(), WorkerRecord) for w in self.workers.values()]
-            return dict(converter.unstructure(WorkerList(records)))
+            return WorkerList(records)  # the contract's result, as the real hive returns it
 
         @ops.operation("worker_stop")
         async def worker_stop(params: WorkerStopParams) -> dict[str, Any]:
@@ -275,7 +275,7 @@ class FakeHive:
             return worker.record(WorkerState.STOPPED)
 
         @ops.operation("model_download")
-        async def model_download(params: ModelDownloadParams) -> dict[str, Any]:
+        async def model_download(params: ModelDownloadParams) -> ModelInfo:
             self.calls["model_download"] += 1
             name = params.name or params.repo_id.replace("/", "--")
             for done in (0, 50, 100):
@@ -284,32 +284,30 @@ class FakeHive:
             info = ModelInfo(
                 name, 100, "huggingface", f"/models/{name}", params.revision, params.repo_id
             )
-            return dict(converter.unstructure(info))
+            return info
 
         @ops.operation("model_register")
-        async def model_register(params: ModelRegisterParams) -> dict[str, Any]:
+        async def model_register(params: ModelRegisterParams) -> ModelInfo:
             self.calls["model_register"] += 1
             self.models.append(params.name)
-            info = ModelInfo(params.name, 100, "registered", params.path)
-            return dict(converter.unstructure(info))
+            return ModelInfo(params.name, 100, "registered", params.path)
 
         @ops.operation("model_list")
-        async def model_list(params: ModelListParams) -> dict[str, Any]:
+        async def model_list(params: ModelListParams) -> ModelList:
             self.calls["model_list"] += 1
             narrate("models", f"{len(self.models)} models")
             infos = [
                 ModelInfo(name, self.model_size, "local", f"/models/{name}") for name in self.models
             ]
-            return dict(converter.unstructure(ModelList(infos)))
+            return ModelList(infos)
 
         @ops.operation("model_delete")
-        async def model_delete(params: ModelDeleteParams) -> dict[str, Any]:
+        async def model_delete(params: ModelDeleteParams) -> ModelInfo:
             self.calls["model_delete"] += 1
             if params.name not in self.models:
                 raise JobFailed("model_not_found", f"no model {params.name!r}")
             self.models.remove(params.name)
-            info = ModelInfo(params.name, self.model_size, "local", f"/models/{params.name}")
-            return dict(converter.unstructure(info))
+            return ModelInfo(params.name, self.model_size, "local", f"/models/{params.name}")
 
         return ops
 

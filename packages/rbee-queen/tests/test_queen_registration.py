@@ -89,10 +89,10 @@ async def test_silent_hive_goes_down_and_its_workers_get_no_requests(
             await tg.start(loud.beat, c.queen_url)
             await quiet.register(c.queen_url)  # ... and never again
             await anyio.sleep(0.5)  # > 2 beats of 0.1 s
-            listing = c.queen.hive_list()["hives"]
+            listing = c.queen.hive_list().hives
             results = [await c.client.run("infer", model="tiny", prompt="hi") for _ in range(3)]
             tg.cancel_scope.cancel()
-    states = {h["hive_id"]: h["state"] for h in listing}
+    states = {h.hive_id: h.state for h in listing}
     assert states == {"quiet": "down", "loud": "up"}
     assert quiet_worker.jobs == []
     assert len(loud_worker.jobs) == 3

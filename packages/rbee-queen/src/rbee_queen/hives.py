@@ -35,6 +35,12 @@ import anyio
 import rbee_process
 from jobproto import JobFailed, narrate, progress
 from rbee_contracts.hive_cli import hive_argv
+from rbee_contracts.queen_results import (
+    HiveStartResult,
+    HiveStopResult,
+    LocalHiveProcess,
+    StopOutcome,
+)
 from rbee_process import ProcessRecord
 
 from .registry import HiveRegistry
@@ -80,7 +86,7 @@ class LocalHives:
         queen_url: str,
         heartbeat: float | None = None,
         models_dir: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> HiveStartResult:
         hive_dir = self.settings.state_dir / "hives" / hive_id
         command = [
             *self.settings.hive_command,
@@ -114,7 +120,7 @@ class LocalHives:
         if not fresh:
             narrate("hive_running", f"hive {hive_id} already runs (pid {record.pid})")
             await self._wait_registered(hive_id, record, since=0.0, child=False)
-            return {**self._json(hive_id, record), "already_running": True}
+            return HiveStartResult(**_fields(hive_id, record), already_running=True)
         narrate("hive_starting", f"started hive {hive_id} (log: {log})", command=command)
         try:
             await self._wait_registered(hive_id, record, since=started_at, child=True)
@@ -123,7 +129,7 @@ class LocalHives:
                 await self._terminate(hive_id, record, grace=1.0)
             raise
         narrate("hive_started", f"hive {hive_id} registered (pid {record.pid})")
-        return {**self._json(hive_id, record), "already_running": False}
+        return HiveStartResult(**_fields(hive_id, record), already_running=False)
 
     async def _wait_registered(
         self, hive_id: str, record: ProcessRecord, *, since: float, child: bool
@@ -163,7 +169,7 @@ class LocalHives:
 
     # -- stop --------------------------------------------------------------------------------------
 
-    async def stop(self, hive_id: str) -> dict[str, Any]:
+    async def stop(self, hive_id: str) -> HiveStopResult:
         record = rbee_process.read_pid_file(self.pid_path(hive_id))
         if record is None:
             if hive_id in self.registry:
@@ -176,7 +182,7 @@ class LocalHives:
         how = await self._terminate(hive_id, record, grace=self.settings.hive_stop_grace)
         if how is rbee_process.StopOutcome.NOT_RUNNING:
             narrate("hive_not_running", f"hive {hive_id} (pid {record.pid}) had already exited")
-        return {**self._json(hive_id, record), "stopped": str(how)}
+        return HiveStopResult(**_fields(hive_id, record), stopped=StopOutcome(how.value))
 
     async def _terminate(
         self, hive_id: str, record: ProcessRecord, *, grace: float
@@ -229,18 +235,19 @@ class LocalHives:
             return record
         return None
 
-    def status(self, hive_id: str) -> dict[str, Any] | None:
+    def status(self, hive_id: str) -> LocalHiveProcess | None:
         record = self.running(hive_id)
-        return None if record is None else self._json(hive_id, record)
+        return None if record is None else LocalHiveProcess(**_fields(hive_id, record))
 
-    @staticmethod
-    def _json(hive_id: str, record: ProcessRecord) -> dict[str, Any]:
-        return {
-            "hive_id": hive_id,
-            "pid": record.pid,
-            "log": record.log_path,
-            "command": list(record.argv),
-        }
+
+def _fields(hive_id: str, record: ProcessRecord) -> dict[str, Any]:
+    """The ``LocalHiveProcess`` fields of a hive's pid file record."""
+    return {
+        "hive_id": hive_id,
+        "pid": record.pid,
+        "log": record.log_path,
+        "command": list(record.argv),
+    }
 
 
 def _tail(path: str | Path) -> str:

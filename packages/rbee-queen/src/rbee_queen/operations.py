@@ -13,13 +13,16 @@
 
 The parameter types are the shared contracts (``rbee_contracts.queen_ops``): each relayed
 operation's type extends the hive's or worker's own, so a value they would refuse is a 422 here.
+The queen's own results are ``rbee_contracts.queen_results``; relayed results pass as the hive or
+worker sent them (the queen reads what it needs of them with ``read_result``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jobproto import Operations
+from jobproto import JobFailed, Operations, RequestError
+from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.queen_ops import (
     HiveParams,
     HiveStartParams,
@@ -34,6 +37,15 @@ from rbee_contracts.queen_ops import (
     QueenWorkerStopParams,
     forward_fields,
 )
+from rbee_contracts.queen_results import (
+    HiveListResult,
+    HiveStartResult,
+    HiveStatusResult,
+    HiveStopResult,
+    StatusResult,
+    UnregisteredHive,
+)
+from rbee_contracts.reading import read_result
 
 from .queen import Queen
 
@@ -44,22 +56,22 @@ def queen_operations(queen: Queen) -> Operations:
     ops = Operations()
 
     @ops.operation("status")
-    async def status(params: NoParams) -> dict[str, Any]:
+    async def status(params: NoParams) -> StatusResult:
         """Hives, workers, models and jobs in flight."""
         return queen.status()
 
     @ops.operation("hive_list")
-    async def hive_list(params: NoParams) -> dict[str, Any]:
+    async def hive_list(params: NoParams) -> HiveListResult:
         """The registered hives and their state (up/down)."""
         return queen.hive_list()
 
     @ops.operation("hive_status")
-    async def hive_status(params: HiveParams) -> dict[str, Any]:
+    async def hive_status(params: HiveParams) -> HiveStatusResult | UnregisteredHive:
         """One hive: its registration, workers, and local process if any."""
         return queen.hive_status(params.hive)
 
     @ops.operation("hive_start")
-    async def hive_start(params: HiveStartParams) -> dict[str, Any]:
+    async def hive_start(params: HiveStartParams) -> HiveStartResult:
         """Start a hive on this machine; succeeds once it has registered."""
         return await queen.local_hives.start(
             params.hive,
@@ -70,7 +82,7 @@ def queen_operations(queen: Queen) -> Operations:
         )
 
     @ops.operation("hive_stop")
-    async def hive_stop(params: HiveParams) -> dict[str, Any]:
+    async def hive_stop(params: HiveParams) -> HiveStopResult:
         """Stop a hive this machine runs (SIGTERM, then SIGKILL, to its process group)."""
         return await queen.local_hives.stop(params.hive)
 
@@ -110,7 +122,13 @@ def queen_operations(queen: Queen) -> Operations:
         """The models on a hive (relayed); their sizes inform scheduling."""
         hive = queen.resolve_hive(params.hive)
         listing = await queen.forward(hive, "model_list", params)
-        queen.registry.learn_models(hive.hive_id, listing)
+        try:
+            models = read_result(listing, ModelList)
+        except RequestError as exc:
+            raise JobFailed(
+                "bad_gateway", f"hive {hive.hive_id} answered model_list with {exc.message}"
+            ) from None
+        queen.registry.learn_models(hive.hive_id, models)
         return listing
 
     @ops.operation("model_delete")

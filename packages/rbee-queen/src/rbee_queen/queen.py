@@ -13,9 +13,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
+
 from jobproto import JobFailed, JobState, RequestError, narrate
 from jobproto.asgi import JobService
+from rbee_contracts.lifecycle import HiveState
 from rbee_contracts.queen_ops import forward_fields
+from rbee_contracts.queen_results import (
+    HiveListResult,
+    HiveStatusResult,
+    JobSummary,
+    StatusResult,
+    UnregisteredHive,
+)
 from rbee_contracts.records import parse_worker_record
 
 from .hives import LocalHives
@@ -78,7 +88,7 @@ class Queen:
                 "no hive is registered with this queen (start one with `rbee hive start`)",
             )
         else:
-            up = [h for h in hives if self.registry.state(h, now) == "up"]
+            up = [h for h in hives if self.registry.state(h, now) == HiveState.UP]
             if len(hives) == 1:
                 hive = hives[0]
             elif len(up) == 1:
@@ -89,7 +99,7 @@ class Queen:
                     "hive_required",
                     f"{len(hives)} hives are registered ({listing}): name one with `hive`",
                 )
-        if self.registry.state(hive, now) == "down":
+        if self.registry.state(hive, now) == HiveState.DOWN:
             silent = now - hive.last_seen
             raise JobFailed(
                 "hive_down",
@@ -119,20 +129,23 @@ class Queen:
 
     # -- views -------------------------------------------------------------------------------------
 
-    def hive_list(self) -> dict[str, Any]:
-        return {"hives": self.registry.snapshot(self.clock())}
+    def hive_list(self) -> HiveListResult:
+        return HiveListResult(self.registry.snapshot(self.clock()))
 
-    def hive_status(self, hive_id: str) -> dict[str, Any]:
+    def hive_status(self, hive_id: str) -> HiveStatusResult | UnregisteredHive:
         local = self.local_hives.status(hive_id)
         if hive_id not in self.registry:
             if local is None:
                 raise JobFailed("unknown_hive", f"hive {hive_id!r} is not registered")
-            return {"hive_id": hive_id, "state": "starting", "process": local}
+            # runs here but has not registered (yet): no heartbeat, so no HiveState
+            return UnregisteredHive(hive_id, local)
         now = self.clock()
-        hive = self.registry.get(hive_id)
-        return {**self.registry.hive_json(hive, now, self.registry.workers(now)), "process": local}
+        detail = self.registry.hive_detail(
+            self.registry.get(hive_id), now, self.registry.workers(now)
+        )
+        return HiveStatusResult(**attrs.asdict(detail, recurse=False), process=local)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusResult:
         now = self.clock()
         workers = self.registry.workers(now)
         models: dict[str, list[str]] = {}
@@ -141,12 +154,10 @@ class Queen:
                 models.setdefault(model, []).append(hive.hive_id)
         jobs = list(self.jobs.registry) if self.jobs is not None else []
         active = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)]
-        return {
-            "hives": [self.registry.hive_json(h, now) for h in self.registry.hives()],
-            "workers": [self.registry.worker_json(w) for w in workers],
-            "models": models,
-            "in_flight": self.registry.in_flight(),
-            "jobs": [
-                {"job_id": j.id, "operation": j.operation, "state": j.state.value} for j in active
-            ],
-        }
+        return StatusResult(
+            hives=[self.registry.hive_view(h, now) for h in self.registry.hives()],
+            workers=[self.registry.worker_record(w) for w in workers],
+            models=models,
+            in_flight=self.registry.in_flight(),
+            jobs=[JobSummary(j.id, j.operation, j.state) for j in active],
+        )

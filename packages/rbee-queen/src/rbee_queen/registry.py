@@ -7,9 +7,9 @@ liveness is a pure function of what was heard and when:
   (``parse_registration`` validates it). Each heartbeat *replaces* what the hive said before:
   the hive's supervisor is the truth about its workers and models.
 * A hive is ``up`` while ``now - last_seen <= hive_timeout_beats * heartbeat_interval`` (its own
-  interval, as it declared it), ``down`` after. Nothing is removed for being down: a hive that
-  comes back is ``up`` again with its next heartbeat, and a queen restarted from nothing learns
-  every hive again the same way.
+  interval, as it declared it), ``down`` after: its ``HiveState`` is derived, never stored.
+  Nothing is removed for being down: a hive that comes back is ``up`` again with its next
+  heartbeat, and a queen restarted from nothing learns every hive again the same way.
 * A worker the queen has just spawned is ``noted`` so that the requests waiting for it can use it
   before the hive's heartbeats say it is ready; the first heartbeat that reports it in a state
   other than ``starting`` (or the timeout) ends that.
@@ -21,14 +21,15 @@ liveness is a pure function of what was heard and when:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
-from jobproto import converter
+from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.lifecycle import HiveState, WorkerState
+from rbee_contracts.queen_results import HiveDetail, HiveView, QueenWorkerRecord
 from rbee_contracts.records import Heartbeat, WorkerRecord, parse_heartbeat
 
 __all__ = [
@@ -254,14 +255,10 @@ class HiveRegistry:
 
     # -- models ------------------------------------------------------------------------------------
 
-    def learn_models(self, hive_id: str, listing: Any) -> None:
-        """Remember model sizes from a ``model_list`` result (``models[].name/size_bytes``)."""
-        models = listing.get("models") if isinstance(listing, Mapping) else None
-        for entry in models if isinstance(models, list) else []:
-            if isinstance(entry, Mapping):
-                name, size = entry.get("name"), entry.get("size_bytes")
-                if isinstance(name, str) and isinstance(size, int) and not isinstance(size, bool):
-                    self._sizes[(hive_id, name)] = size
+    def learn_models(self, hive_id: str, listing: ModelList) -> None:
+        """Remember model sizes from a ``model_list`` result."""
+        for info in listing.models:
+            self._sizes[(hive_id, info.name)] = info.size_bytes
 
     def model_size(self, hive_id: str, model: str) -> int | None:
         return self._sizes.get((hive_id, self.local_name(hive_id, model)))
@@ -276,38 +273,42 @@ class HiveRegistry:
 
     # -- views -------------------------------------------------------------------------------------
 
-    def worker_json(self, view: WorkerView) -> dict[str, Any]:
-        return {
-            **converter.unstructure(view.record),
-            "hive_id": view.hive_id,
-            "hive_state": view.hive_state.value,
-            "in_flight": view.in_flight,
-            "healthy": view.healthy,
-        }
+    def worker_record(self, view: WorkerView) -> QueenWorkerRecord:
+        return QueenWorkerRecord(
+            **attrs.asdict(view.record, recurse=False),
+            hive_id=view.hive_id,
+            hive_state=view.hive_state,
+            in_flight=view.in_flight,
+            healthy=view.healthy,
+        )
 
-    def hive_json(
-        self, hive: HiveRecord, now: float, workers: Iterable[WorkerView] | None = None
-    ) -> dict[str, Any]:
-        """A hive for users; with ``workers``, the hive's workers among them are included."""
+    def hive_view(self, hive: HiveRecord, now: float) -> HiveView:
+        """A hive for users (``status``)."""
         reg = hive.heartbeat
-        out: dict[str, Any] = {
-            "hive_id": hive.hive_id,
-            "url": reg.url,
-            "state": self.state(hive, now).value,
-            "last_seen": _timestamp(hive.last_seen),
-            "seconds_since_seen": round(max(0.0, now - hive.last_seen), 3),
-            "heartbeat_interval": reg.heartbeat_interval,
-            "capabilities": dict(reg.capabilities),
-            "models": list(reg.models),
-            "free_memory_bytes": reg.free_memory_bytes,
-        }
-        if workers is not None:
-            out["workers"] = [self.worker_json(w) for w in workers if w.hive_id == hive.hive_id]
-        return out
+        return HiveView(
+            hive_id=hive.hive_id,
+            url=reg.url,
+            state=self.state(hive, now),
+            last_seen=_timestamp(hive.last_seen),
+            seconds_since_seen=round(max(0.0, now - hive.last_seen), 3),
+            heartbeat_interval=reg.heartbeat_interval,
+            capabilities=dict(reg.capabilities),
+            models=list(reg.models),
+            free_memory_bytes=reg.free_memory_bytes,
+        )
 
-    def snapshot(self, now: float) -> list[dict[str, Any]]:
+    def hive_detail(
+        self, hive: HiveRecord, now: float, workers: Iterable[WorkerView]
+    ) -> HiveDetail:
+        """A hive with its workers among ``workers`` (``hive_list``, ``GET /v1/hives/{id}``)."""
+        return HiveDetail(
+            **attrs.asdict(self.hive_view(hive, now), recurse=False),
+            workers=[self.worker_record(w) for w in workers if w.hive_id == hive.hive_id],
+        )
+
+    def snapshot(self, now: float) -> list[HiveDetail]:
         workers = self.workers(now)
-        return [self.hive_json(h, now, workers) for h in self.hives()]
+        return [self.hive_detail(h, now, workers) for h in self.hives()]
 
 
 def _timestamp(ts: float) -> str:

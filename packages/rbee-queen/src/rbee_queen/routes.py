@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from jobproto import RequestError
+from jobproto import RequestError, converter
+from rbee_contracts.lifecycle import HiveState
 
 from .queen import Queen
 from .registry import parse_registration
@@ -62,7 +63,7 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
         created = registry.register(registration, queen.clock())
         body = {
             "hive_id": hive_id,
-            "state": "up",
+            "state": HiveState.UP,  # it was heard just now
             "registered": created,
             "heartbeat_interval": registration.heartbeat.heartbeat_interval,
             "timeout_beats": registry.timeout_beats,
@@ -70,7 +71,8 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
         return JSONResponse(body, 201 if created else 200)
 
     async def list_hives(request: Request) -> Response:
-        return JSONResponse(queen.hive_list(), headers={"Cache-Control": "no-store"})
+        body = converter.unstructure(queen.hive_list())
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def get_hive(request: Request) -> Response:
         hive_id = request.path_params["hive_id"]
@@ -80,7 +82,9 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
             )
             return _error(error)
         now = queen.clock()
-        body = registry.hive_json(registry.get(hive_id), now, registry.workers(now))
+        body = converter.unstructure(
+            registry.hive_detail(registry.get(hive_id), now, registry.workers(now))
+        )
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     return [

@@ -28,15 +28,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import attrs
 
 from jobproto import JobFailed, RequestError, concat_data, narrate
-from rbee_contracts.hive_ops import ModelDownloadParams, WorkerSpawnParams
+from rbee_contracts.hive_ops import ModelDownloadParams, ModelInfo, ModelList, WorkerSpawnParams
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_ops import forward_fields, is_repo_ref
+from rbee_contracts.reading import read_result
 from rbee_contracts.records import WorkerRecord, parse_worker_record
 
 from .registry import HiveRegistry, WorkerView
@@ -47,9 +48,9 @@ __all__ = ["HiveInfo", "NoCapacity", "Scheduler", "SpawnDecision", "pick_worker"
 
 #: rounds of route -> (start a worker) -> probe before a request gives up
 MAX_ROUNDS = 3
-#: worker states in which a hive is bringing a worker (back) up: wait for it, spawn no second one
-RESTARTING = frozenset({WorkerState.RESTARTING, WorkerState.STARTING})
 RESTART_POLL = 0.1
+
+T = TypeVar("T")
 
 
 # -- pure choices ----------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ class Scheduler:
                 for w in self.registry.workers(self.clock())
                 if w.hive_state == HiveState.UP
                 and (
-                    w.record.state in RESTARTING
+                    w.record.state.pending  # the hive brings it (back) up: spawn no second one
                     or (w.record.state == WorkerState.READY and w.healthy is False)
                 )
                 and (hive is None or w.hive_id == hive)
@@ -297,7 +298,7 @@ class Scheduler:
             return False
         names = ", ".join(f"{w.worker_id} ({w.record.state.value})" for w in pending)
         narrate("waiting", f"waiting for worker {names} of model {model} to be ready again")
-        if any(w.record.state in RESTARTING for w in pending):
+        if any(w.record.state.pending for w in pending):
             bound = self.settings.worker_ready_timeout
         else:
             bound = 2 * max(
@@ -375,8 +376,7 @@ class Scheduler:
                 )
                 download = forward_fields(ModelDownloadParams(repo_id=model))
                 done = await self.remote.relay(url, service, "model_download", download)
-                if isinstance(done, Mapping) and isinstance(done.get("name"), str):
-                    name = done["name"]
+                name = self._read(done, ModelInfo, decision.hive_id, "model_download").name
                 self.registry.set_alias(decision.hive_id, model, name)
             narrate(
                 "spawning",
@@ -400,6 +400,15 @@ class Scheduler:
             worker_id=record.worker_id,
             hive_id=decision.hive_id,
         )
+
+    @staticmethod
+    def _read(raw: Any, cls: type[T], hive_id: str, operation: str) -> T:
+        try:
+            return read_result(raw, cls)
+        except RequestError as exc:
+            raise JobFailed(
+                "bad_gateway", f"hive {hive_id} answered {operation} with {exc.message}"
+            ) from None
 
     @staticmethod
     def _spawned_record(raw: Any, hive_id: str) -> WorkerRecord:
@@ -433,7 +442,11 @@ class Scheduler:
                         listing = await self.remote.run(h.url, "model_list", {})
                     except Exception:  # an old or busy hive: place without the size
                         continue
-                    self.registry.learn_models(h.hive_id, listing)
+                    try:
+                        models = read_result(listing, ModelList)
+                    except RequestError:
+                        continue
+                    self.registry.learn_models(h.hive_id, models)
 
     def hive_infos(self, model: str) -> list[HiveInfo]:
         now = self.clock()
