@@ -56,6 +56,7 @@ from rbee_contracts.queen_ops import (
     QueenWorkerSpawnParams,
     QueenWorkerStopParams,
 )
+from rbee_contracts.queen_results import HiveStartResult, HiveStopResult, StopOutcome
 
 
 def _relayed(service: str, event: Narration) -> None:
@@ -85,11 +86,13 @@ def hive_operations(
         return state_dir / "hives" / f"{hive_id}.pid", state_dir / "logs" / f"hive-{hive_id}.log"
 
     @ops.operation("hive_start")
-    async def hive_start(params: HiveStartParams) -> dict[str, Any]:
+    async def hive_start(params: HiveStartParams) -> HiveStartResult:
         pid_file, log = paths(params.hive)
         record = rbee_process.read_pid_file(pid_file)
         if record is not None and rbee_process.alive(record):
-            return {"hive_id": params.hive, "pid": record.pid, "already_running": True}
+            return HiveStartResult(
+                params.hive, record.pid, record.log_path, list(record.argv), already_running=True
+            )
         port = hive_port if params.port is None else params.port
         command = [*hive_command, "--port", str(port), "--hive-id", params.hive]
         record = rbee_process.spawn_detached(command, log_path=log, pid_file=pid_file)
@@ -99,22 +102,19 @@ def hive_operations(
                     raise JobFailed("hive_exited", "the fake hive exited")
                 await anyio.sleep(0.05)
         narrate("hive_started", f"hive {params.hive} registered (pid {record.pid})")
-        return {
-            "hive_id": params.hive,
-            "pid": record.pid,
-            "log": str(log),
-            "already_running": False,
-        }
+        return HiveStartResult(params.hive, record.pid, str(log), command, already_running=False)
 
     @ops.operation("hive_stop")
-    async def hive_stop(params: HiveParams) -> dict[str, Any]:
+    async def hive_stop(params: HiveParams) -> HiveStopResult:
         pid_file, _ = paths(params.hive)
         record = rbee_process.read_pid_file(pid_file)
         if record is None:
             raise JobFailed("unknown_hive", f"no hive {params.hive!r} is known on this machine")
         how = await rbee_process.aterminate(record, 5.0)
         pid_file.unlink(missing_ok=True)
-        return {"hive_id": params.hive, "pid": record.pid, "stopped": str(how)}
+        return HiveStopResult(
+            params.hive, record.pid, record.log_path, list(record.argv), StopOutcome(how.value)
+        )
 
 
 def operations(

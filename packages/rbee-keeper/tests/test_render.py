@@ -14,6 +14,7 @@ from jobproto import (
     Failed,
     Gap,
     JobEvent,
+    JobState,
     Narration,
     Origin,
     Progress,
@@ -90,7 +91,7 @@ def test_results_and_failures() -> None:
     )
     assert "tiny" in out.getvalue() and "3.0 GiB" in out.getvalue()
     assert "hives: none" in out.getvalue()
-    renderer.ended("failed", JOB, "busy", "queue full")
+    renderer.ended(JobState.FAILED, JOB, "busy", "queue full")
     assert "job failed: busy: queue full" in err.getvalue()
     assert JOB in err.getvalue()
 
@@ -114,7 +115,7 @@ def test_json_renderer_writes_json_lines() -> None:
     renderer.event(Gap(after=1, first_available=3))
     renderer.event(ev(4, Succeeded({"ok": True})))
     renderer.succeeded("status", {"ok": True}, JOB, 0.25)
-    renderer.ended("failed", JOB, "boom", "it broke")
+    renderer.ended(JobState.FAILED, JOB, "boom", "it broke")
     renderer.event(ev(5, Failed("boom", "it broke")))
     renderer.error("refused", exit_code=5, code="validation_error", field="max_tokens")
     lines: list[dict[str, Any]] = [json.loads(line) for line in out.getvalue().splitlines()]

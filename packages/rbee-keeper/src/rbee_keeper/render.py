@@ -37,7 +37,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from jobproto import Data, Gap, JobEvent, Narration, Origin, UnknownEvent, encode_envelope
+from jobproto import Data, Gap, JobEvent, JobState, Narration, Origin, UnknownEvent, encode_envelope
 from jobproto import Progress as ProgressEvent
 
 __all__ = ["HumanRenderer", "JsonRenderer", "Renderer", "format_bytes", "service_of"]
@@ -102,7 +102,7 @@ class Renderer:
     def succeeded(self, operation: str, result: Any, job_id: str, elapsed: float) -> None:
         """The job succeeded with ``result`` after ``elapsed`` seconds."""
 
-    def ended(self, state: str, job_id: str, code: str, message: str) -> None:
+    def ended(self, state: JobState, job_id: str, code: str, message: str) -> None:
         """The job ended failed, cancelled or expired."""
 
     def error(
@@ -240,9 +240,9 @@ class HumanRenderer(Renderer):
             return
         self.output(result)
 
-    def ended(self, state: str, job_id: str, code: str, message: str) -> None:
+    def ended(self, state: JobState, job_id: str, code: str, message: str) -> None:
         self._end_text()
-        if state == "failed":
+        if state is JobState.FAILED:
             self.console.print(Text(f"rbee: job failed: {code}: {message}", style="bold red"))
         else:
             reason = f": {message}" if message else ""
@@ -382,13 +382,13 @@ class JsonRenderer(Renderer):
                 "type": "result",
                 "job_id": job_id,
                 "operation": operation,
-                "state": "succeeded",
+                "state": JobState.SUCCEEDED,
                 "result": result,
                 "elapsed_s": round(elapsed, 3),
             }
         )
 
-    def ended(self, state: str, job_id: str, code: str, message: str) -> None:
+    def ended(self, state: JobState, job_id: str, code: str, message: str) -> None:
         error = {"code": code, "message": message}
         self._emit({"type": "result", "job_id": job_id, "state": state, "error": error})
 

@@ -37,6 +37,7 @@ from jobproto import (
     Failed,
     JobEvent,
     JobProtoError,
+    JobState,
     RemoteProtocolError,
     Succeeded,
     TransportFailed,
@@ -182,10 +183,10 @@ async def follow(
                 renderer.succeeded(operation, event.result, job_id, time.monotonic() - started)
                 return EXIT_OK
             if isinstance(event, Failed):
-                renderer.ended("failed", job_id, event.code, event.message)
+                renderer.ended(JobState.FAILED, job_id, event.code, event.message)
                 return EXIT_FAILED
             if isinstance(event, (Cancelled, Expired)):
-                renderer.ended(event.TYPE, job_id, event.TYPE, event.reason)
+                renderer.ended(JobState(event.TYPE), job_id, event.TYPE, event.reason)
                 return EXIT_CANCELLED
     raise RemoteProtocolError(f"the stream of job {job_id} ended without an outcome")
 
@@ -201,7 +202,7 @@ async def _cancel(client: JobClient, job_id: str, renderer: Renderer, limit: flo
             return
     if status is None:
         renderer.note(f"the queen did not confirm within {limit:g} s; job {job_id} may linger")
-    elif status.terminal and status.state != "cancelled":
+    elif status.terminal and status.state != JobState.CANCELLED:
         renderer.note(f"job {job_id} had already ended: {status.state}")
 
 

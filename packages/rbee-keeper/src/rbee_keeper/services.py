@@ -41,8 +41,10 @@ import anyio
 import attrs
 
 import rbee_process
-from jobproto import JobProtoError
+from jobproto import JobProtoError, RequestError
 from jobproto.client import JobClient
+from rbee_contracts.queen_results import HiveStopResult
+from rbee_contracts.reading import read_result
 
 from .config import Settings
 
@@ -282,15 +284,13 @@ async def _ask_queen_to_stop(settings: Settings, hive_ids: list[str]) -> dict[st
                     done = await client.run("hive_stop", {"hive": hive_id})
                 except JobProtoError:
                     continue  # e.g. it had no pid file after all: the keeper looks itself
-                if isinstance(done, dict):
-                    try:
-                        outcome = rbee_process.StopOutcome(str(done.get("stopped")))
-                    except ValueError:  # a queen that words it otherwise: it did stop it
-                        outcome = rbee_process.StopOutcome.STOPPED
-                    pid = (
-                        None if outcome is rbee_process.StopOutcome.NOT_RUNNING else done.get("pid")
-                    )
-                    results[hive_id] = StopResult("hive", outcome, pid)
+                try:
+                    stopped = read_result(done, HiveStopResult)
+                except RequestError:  # not the contract's answer: the keeper looks itself
+                    continue
+                outcome = rbee_process.StopOutcome(stopped.stopped.value)
+                pid = None if outcome is rbee_process.StopOutcome.NOT_RUNNING else stopped.pid
+                results[hive_id] = StopResult("hive", outcome, pid)
     except JobProtoError:
         pass
     return results
