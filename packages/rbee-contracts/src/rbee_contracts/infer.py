@@ -117,7 +117,10 @@ class InferParams:
 @attrs.frozen
 class InferDelta:
     """One ``data`` event of an infer job: text and the token ids it came from. Deltas nobody
-    has read yet may be merged (``jobproto.concat_data``): a reader concatenates them."""
+    has read yet may be merged (``jobproto.concat_data``): a reader concatenates them.
+
+    The worker builds it as a plain dict on the hot path (one per token), not as this class;
+    ``rbee-worker/tests/test_infer_contract.py`` structures its payloads as this type."""
 
     text: str
     token_ids: list[int] = attrs.field(factory=list)

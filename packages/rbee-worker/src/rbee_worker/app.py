@@ -8,7 +8,7 @@
 
 The command binds its port itself (0: any free port, race-free), prints exactly one line on stdout
 once it listens, ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}`` (spelled once, in
-``rbee_contracts.worker_cli``, which the hive parses it with), and only then starts loading the
+``rbee_contracts.worker_cli``, with which the hive parses it), and only then starts loading the
 model (in a thread: ``/health`` and ``/ready`` answer meanwhile). Logs go to stderr.
 
 Exit status: 0 after SIGTERM/SIGINT (uvicorn re-raises the signal it caught, so a supervisor may
