@@ -44,7 +44,7 @@ async def test_spawn_ready_list_stop(
             engine="synthetic",
             device="cpu",
             max_concurrency=2,
-            engine_args={"tokens_per_s": "50"},
+            engine_args={"tokens_per_second": "50"},
         )
         assert worker["state"] == "ready"
         assert worker["worker_id"] == "w1"
@@ -72,7 +72,7 @@ async def test_spawn_ready_list_stop(
             "--model-name tiny",
             "--device cpu",
             "--max-concurrency 2",
-            "--engine-arg tokens_per_s=50",
+            "--engine-arg tokens_per_second=50",
         ]:
             assert part in argv_line
         stderr = [

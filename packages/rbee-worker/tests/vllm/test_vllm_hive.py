@@ -75,12 +75,14 @@ class Cluster:
         return dict(records[0])
 
     def worker_log(self) -> str:
-        log = self.state / "hive" / "logs" / f"{self.worker_id}.log"
+        # the queen runs the local hive with its state under {state}/queen/hives/{hive id}
+        log = self.state / "queen" / "hives" / "localhost" / "logs" / f"{self.worker_id}.log"
         return log.read_text(errors="replace")
 
 
 def _hive_pid(state: Path) -> int:
-    return int(json.loads((state / "hive.pid").read_text())["pid"])
+    # the local hive is the queen's: its pid file is in the queen's state directory
+    return int(json.loads((state / "queen" / "hives" / "localhost.pid").read_text())["pid"])
 
 
 @pytest.fixture(scope="module")
