@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from jobproto import RequestError
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.records import WorkerRecord
+from rbee_queen.decisions import HiveInfo, NoCapacity, SpawnDecision, pick_worker, place
 from rbee_queen.registry import HiveRegistry, WorkerView, parse_registration
-from rbee_queen.scheduler import HiveInfo, NoCapacity, SpawnDecision, pick_worker, place
 
 
 def body(hive_id: str = "h1", **over: Any) -> dict[str, Any]:

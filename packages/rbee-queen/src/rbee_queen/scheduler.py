@@ -1,32 +1,20 @@
-"""Where an inference request runs: the choice (pure) and the work of making it possible.
+"""Where an inference request runs: the I/O that makes the pure choices happen.
 
-Theory of operation
--------------------
-``pick_worker`` and ``place`` are pure functions of a snapshot of the registry:
-
-1. ``pick_worker``: among the workers that are ``ready``, on an ``up`` hive, not known to be
-   unhealthy, and serve the model, the one with the fewest requests the queen has in flight to it
-   (ties: hive id, then worker id, so the choice is reproducible). The original picked the first
-   idle worker, which piles every burst onto one worker while the others idle.
-2. ``place``: no such worker, so where to start one. A hive that is ``up`` and has the model, and
-   whose free memory holds it (when both are known), the one with the most free memory; else an
-   ``up`` hive that can download it (the model is a Hugging Face repo id ``owner/name``). Nothing
-   fits: ``NoCapacity`` with a sentence that says why, for the user.
-
-``Scheduler`` does the I/O around them. Starting a worker is single-flight per model: the first
-request for a model with no worker leads (relays ``worker_spawn`` to the chosen hive, narrated on
-its own job); concurrent requests for the model wait for that flight and then route again, so a
-burst of N requests starts one worker, not N. A flight that fails shares its failure with the
-requests that waited for it; a flight whose leader was cancelled lets the next request lead.
-Every worker incarnation is probed on ``/health`` before its first use. The in-flight count is
-taken in the same step as the choice (no ``await`` between them), so concurrent requests see each
-other's counts.
+``rbee_queen.decisions`` holds the choices (``pick_worker``: which ready worker; ``place``: where
+to start one). ``Scheduler`` does the I/O around them. Starting a worker is single-flight per
+model: the first request for a model with no worker leads (relays ``worker_spawn`` to the chosen
+hive, narrated on its own job); concurrent requests for the model wait for that flight and then
+route again, so a burst of N requests starts one worker, not N. A flight that fails shares its
+failure with the requests that waited for it; a flight whose leader was cancelled lets the next
+request lead. Every worker incarnation is probed on ``/health`` before its first use. The
+in-flight count is taken in the same step as the choice (no ``await`` between them), so
+concurrent requests see each other's counts.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -36,154 +24,22 @@ import attrs
 from jobproto import JobFailed, RequestError, concat_data, narrate
 from rbee_contracts.hive_ops import ModelDownloadParams, ModelInfo, ModelList, WorkerSpawnParams
 from rbee_contracts.lifecycle import HiveState, WorkerState
-from rbee_contracts.queen_ops import forward_fields, is_repo_ref
+from rbee_contracts.queen_ops import forward_fields
 from rbee_contracts.reading import read_result
 from rbee_contracts.records import WorkerRecord, parse_worker_record
 
+from .decisions import HiveInfo, NoCapacity, pick_worker, place
 from .registry import HiveRegistry, WorkerView
 from .remote import UNAVAILABLE, WORKER_RECONNECTS, Remote
 from .settings import QueenSettings
 
-__all__ = ["HiveInfo", "NoCapacity", "Scheduler", "SpawnDecision", "pick_worker", "place"]
+__all__ = ["Scheduler"]
 
 #: rounds of route -> (start a worker) -> probe before a request gives up
 MAX_ROUNDS = 3
 RESTART_POLL = 0.1
 
 T = TypeVar("T")
-
-
-# -- pure choices ----------------------------------------------------------------------------------
-
-
-def pick_worker(
-    workers: Iterable[WorkerView],
-    model: str,
-    *,
-    hive: str | None = None,
-    local_name: Callable[[str, str], str] = lambda _hive, model: model,
-) -> WorkerView | None:
-    """The routable worker serving ``model`` (on ``hive`` if named) with the fewest in flight."""
-    candidates = [
-        w
-        for w in workers
-        if w.routable
-        and (hive is None or w.hive_id == hive)
-        and w.record.model in (model, local_name(w.hive_id, model))
-    ]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda w: (w.in_flight, w.hive_id, w.worker_id))
-
-
-@attrs.frozen
-class HiveInfo:
-    """What ``place`` needs to know of one hive."""
-
-    hive_id: str
-    state: HiveState
-    seconds_since_seen: float
-    models: frozenset[str]
-    #: the name the hive knows the requested model by
-    local_name: str
-    free_memory_bytes: int | None = None
-    #: size of the model on this hive, when known
-    model_size: int | None = None
-    can_download: bool = True
-
-
-@attrs.frozen
-class SpawnDecision:
-    """Where to start a worker for a model: the hive, the model's name there, and whether the
-    hive must download it first. (The hive's own ``placement`` then picks GPUs on it.)"""
-
-    hive_id: str
-    model: str  # the name on that hive
-    download: bool
-
-
-@attrs.frozen
-class NoCapacity:
-    reason: str
-
-
-def _downloadable(model: str) -> bool:
-    # The queen's infer type took ``model`` as a model name or a Hugging Face repo id that a
-    # hive can download (rbee_contracts.queen_ops).
-    return is_repo_ref(model)
-
-
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.1f} GiB"
-
-
-def _fits(h: HiveInfo) -> bool:
-    return (
-        h.model_size is None or h.free_memory_bytes is None or h.free_memory_bytes >= h.model_size
-    )
-
-
-def _roomiest(hives: Sequence[HiveInfo]) -> HiveInfo:
-    # most free memory first (unknown last), then the hive id for a reproducible choice
-    return min(hives, key=lambda h: (-(h.free_memory_bytes or -1), h.hive_id))
-
-
-def place(
-    hives: Sequence[HiveInfo], model: str, *, hive: str | None = None
-) -> SpawnDecision | NoCapacity:
-    """Where to start a worker for ``model``, or why it cannot be started anywhere."""
-    if not hives:
-        return NoCapacity(
-            f"cannot serve model {model!r}: no hive is registered with this queen"
-            " (start one with `rbee hive start`)"
-        )
-    if hive is not None:
-        named = [h for h in hives if h.hive_id == hive]
-        if not named:
-            known = ", ".join(h.hive_id for h in hives)
-            return NoCapacity(
-                f"cannot serve model {model!r}: hive {hive!r} is not registered"
-                f" (registered: {known})"
-            )
-        hives = named
-    up = [h for h in hives if h.state == HiveState.UP]
-    if not up:
-        silent = "; ".join(
-            f"{h.hive_id}: last heard {h.seconds_since_seen:.0f} s ago" for h in hives
-        )
-        which = (
-            f"hive {hive!r} is" if hive is not None else f"all {len(hives)} registered hives are"
-        )
-        return NoCapacity(f"cannot serve model {model!r}: {which} down ({silent})")
-    having = [h for h in up if h.local_name in h.models]
-    if having:
-        fitting = [h for h in having if _fits(h)]
-        if fitting:
-            best = _roomiest(fitting)
-            return SpawnDecision(best.hive_id, best.local_name, download=False)
-        short = "; ".join(
-            f"{h.hive_id} has {_gib(h.free_memory_bytes or 0)} free,"
-            f" it needs {_gib(h.model_size or 0)}"
-            for h in having
-        )
-        return NoCapacity(f"cannot start a worker for model {model!r}: not enough memory ({short})")
-    downloaders = [h for h in up if h.can_download and _fits(h)]
-    if _downloadable(model) and downloaders:
-        best = _roomiest(downloaders)
-        return SpawnDecision(best.hive_id, model, download=True)
-    listing = "; ".join(f"{h.hive_id}: {', '.join(sorted(h.models)) or 'none'}" for h in up)
-    why = (
-        "and no hive can download it"
-        if _downloadable(model)
-        else "and it is no Hugging Face repo id (owner/name) to download"
-    )
-    return NoCapacity(
-        f"cannot serve model {model!r}: no hive that is up has it ({listing}) {why};"
-        " download or register it on a hive first (`rbee model download|register`)"
-    )
-
-
-# -- the scheduler ---------------------------------------------------------------------------------
 
 
 @attrs.define
