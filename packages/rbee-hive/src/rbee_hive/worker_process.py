@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import anyio
 
-from jobproto import converter, narrate
+from jobproto import narrate
 from rbee_contracts.lifecycle import WorkerState, worker_transition
 from rbee_contracts.records import WorkerRecord
 
@@ -90,11 +90,6 @@ class WorkerProcess:
             gpus=list(self.spec.gpus),
             log_path=str(self.log_path),
         )
-
-    def to_json(self) -> dict[str, Any]:
-        """``record()`` as JSON (what the queen parses with ``parse_worker_record``)."""
-        raw: dict[str, Any] = converter.unstructure(self.record())
-        return raw
 
     # -- state -------------------------------------------------------------------------------------
 
