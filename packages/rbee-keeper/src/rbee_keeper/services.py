@@ -43,7 +43,7 @@ import attrs
 import rbee_process
 from jobproto import JobProtoError, RequestError
 from jobproto.client import JobClient
-from rbee_contracts.queen_results import HiveStopResult
+from rbee_contracts.queen_results import HiveStartResult, HiveStopResult
 from rbee_contracts.reading import read_result
 
 from .config import Settings
@@ -225,11 +225,15 @@ async def _start_hive(settings: Settings, say: Callable[[str], None]) -> None:
     except JobProtoError as exc:
         say(f"warning: the queen could not start hive {settings.hive_id!r}: {exc}")
         return
-    pid = started.get("pid") if isinstance(started, dict) else None
-    if isinstance(started, dict) and started.get("already_running"):
-        say(f"hive {settings.hive_id!r} already running (pid {pid})")
+    try:
+        hive = read_result(started, HiveStartResult)
+    except RequestError as exc:  # not the contract's answer
+        say(f"warning: the queen answered hive_start of {settings.hive_id!r} with {exc.message}")
         return
-    say(f"started hive {settings.hive_id!r} (pid {pid}, log {started.get('log')})")
+    if hive.already_running:
+        say(f"hive {settings.hive_id!r} already running (pid {hive.pid})")
+        return
+    say(f"started hive {settings.hive_id!r} (pid {hive.pid}, log {hive.log})")
     say(f"hive {settings.hive_id!r} registered with the queen")
 
 
