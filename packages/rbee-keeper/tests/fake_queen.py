@@ -43,6 +43,7 @@ from jobproto import (
 )
 from jobproto.asgi import JobHandle, ServiceSettings, create_app
 from jobproto.server import serve
+from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_ops import (
     HiveParams,
     HiveStartParams,
@@ -56,7 +57,14 @@ from rbee_contracts.queen_ops import (
     QueenWorkerSpawnParams,
     QueenWorkerStopParams,
 )
-from rbee_contracts.queen_results import HiveStartResult, HiveStopResult, StopOutcome
+from rbee_contracts.queen_results import (
+    HiveStartResult,
+    HiveStopResult,
+    HiveView,
+    QueenWorkerRecord,
+    StatusResult,
+    StopOutcome,
+)
 
 
 def _relayed(service: str, event: Narration) -> None:
@@ -166,13 +174,37 @@ def operations(
         }
 
     @ops.operation("status")
-    async def status(params: NoParams) -> dict[str, Any]:
-        return {
-            "hives": [{"hive_id": "localhost", "state": "up", "free_memory_bytes": 2 << 30}],
-            "workers": [{"worker_id": "w1", "model": "tiny", "state": "ready", "in_flight": 0}],
-            "models": ["tiny"],
-            "jobs_in_flight": 0,
-        }
+    async def status(params: NoParams) -> StatusResult:
+        # the queen's own result type, so the fake's answer has the real one's shape
+        return StatusResult(
+            hives=[
+                HiveView(
+                    hive_id="localhost",
+                    url="http://127.0.0.1:8600",
+                    state=HiveState.UP,
+                    last_seen="2024-01-01T00:00:00Z",
+                    seconds_since_seen=1.0,
+                    heartbeat_interval=5.0,
+                    capabilities={},
+                    models=["tiny"],
+                    free_memory_bytes=2 << 30,
+                )
+            ],
+            workers=[
+                QueenWorkerRecord(
+                    worker_id="w1",
+                    model="tiny",
+                    state=WorkerState.READY,
+                    hive_id="localhost",
+                    hive_state=HiveState.UP,
+                    in_flight=0,
+                    healthy=True,
+                )
+            ],
+            models={"tiny": ["localhost"]},
+            in_flight=0,
+            jobs=[],
+        )
 
     @ops.operation("hive_list")
     async def hive_list(params: NoParams) -> dict[str, Any]:
