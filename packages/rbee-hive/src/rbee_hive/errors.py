@@ -8,7 +8,8 @@
      │                download_failed, download_cancelled
      └── WorkerError  worker_not_found, worker_exists, worker_failed, worker_stopped,
                       placement (placement.py): no_gpu, no_such_gpu, not_enough_gpus,
-                      invalid_device, insufficient_gpu_memory, insufficient_memory
+                      invalid_device, invalid_engine_args, insufficient_gpu_memory,
+                      insufficient_memory
 """
 
 from __future__ import annotations
