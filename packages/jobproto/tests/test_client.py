@@ -7,6 +7,7 @@ exactly the bytes a jobproto server sends.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -240,6 +241,17 @@ async def test_create_refuses_a_field_given_twice() -> None:
             await client.create("echo", {"text": "a"}, text="b")
         with pytest.raises(LocalProtocolError):
             await client.create("echo", operation="other")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", [math.nan, math.inf, object()])
+async def test_create_refuses_fields_json_cannot_carry(value: object) -> None:
+    # jobproto/1 bodies are strict JSON: NaN, Infinity or an object have no spelling there
+    server = Server()
+    async with client_for(server) as (client, _):
+        with pytest.raises(LocalProtocolError, match="temperature"):
+            await client.create("echo", temperature=value)
+    assert server.requests == []
 
 
 @pytest.mark.anyio

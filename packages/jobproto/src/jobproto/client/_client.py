@@ -204,7 +204,7 @@ class JobClient:
                 if key in body:
                     raise LocalProtocolError(f"job field {key!r} given twice")
                 body[key] = value
-        content = dumps(body).encode()
+        content = _json_body(body)
         headers = self._headers(correlation_id)
         headers["Content-Type"] = "application/json"
         if idempotency_key is not None:
@@ -414,3 +414,19 @@ def _result(ev: JobEvent) -> Any:
     if isinstance(event, (Cancelled, Expired)):
         raise RemoteJobCancelled(event.TYPE, event.reason, job_id=ev.job_id)
     raise RemoteProtocolError(f"{ev.type!r} is not a terminal event")
+
+
+def _json_body(body: dict[str, Any]) -> bytes:
+    """``body`` as strict JSON (RFC 8259: no NaN or Infinity), or a
+    ``LocalProtocolError`` naming the first field that has no JSON spelling."""
+    try:
+        return dumps(body).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        for key, value in body.items():
+            try:
+                dumps(value)
+            except (ValueError, TypeError, RecursionError) as field_exc:
+                raise LocalProtocolError(
+                    f"job field {key!r} cannot be sent as JSON: {field_exc}"
+                ) from None
+        raise LocalProtocolError(f"the job's fields cannot be sent as JSON: {exc}") from None
