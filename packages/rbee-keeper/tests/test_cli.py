@@ -50,6 +50,8 @@ def test_the_command_tree() -> None:
     [
         ["infer", "hi"],  # --model is required
         ["infer", "hi", "-m", "x", "--max-tokens", "many"],
+        ["infer", "hi", "-m", "x", "--temperature", "nan"],  # JSON has no NaN or Infinity
+        ["infer", "hi", "-m", "x", "--top-p", "inf"],
         ["worker", "spawn", "-m", "x", "--engine", "warp"],
         ["jobs", "list", "--state", "sleeping"],
         ["jobs", "status"],

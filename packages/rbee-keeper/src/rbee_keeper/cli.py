@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,14 @@ Exit codes: 0 success, 1 job failed, 2 usage error, 3 queen unreachable,
 4 job cancelled, 5 request refused by the queen (validation), 130 Ctrl+C."""
 
 JOB_STATES = tuple(state.value for state in JobState)
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """``nan`` and ``inf`` are usage errors: JSON cannot carry them, so the queen (the judge of
+    every value it can be sent) cannot be asked."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx, param)
+    return value
 
 
 class SettingsError(click.ClickException):
@@ -169,8 +178,8 @@ def rbee(
 @click.argument("prompt")
 @click.option("--model", "-m", required=True, help="Model name (as the hive knows it).")
 @click.option("--max-tokens", type=int, default=None, help="Most tokens to generate.")
-@click.option("--temperature", type=float, default=None, help="0 = greedy.")
-@click.option("--top-p", type=float, default=None)
+@click.option("--temperature", type=float, default=None, callback=_finite, help="0 = greedy.")
+@click.option("--top-p", type=float, default=None, callback=_finite)
 @click.option("--top-k", type=int, default=None, help="0 = off.")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop sequence (repeatable).")
