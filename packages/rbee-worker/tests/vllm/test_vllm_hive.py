@@ -110,9 +110,11 @@ def cluster(
     )
     cluster = Cluster(env, f"http://127.0.0.1:{queen_port}", state, {}, [])
     started = cluster.rbee("queen", "start", timeout=120)
-    assert started.returncode == 0, started.stderr
-    hive = psutil.Process(_hive_pid(state))
+    hive: psutil.Process | None = None
     try:
+        # inside the try: whatever fails after `queen start` still ends in `queen stop`
+        assert started.returncode == 0, started.stderr
+        hive = psutil.Process(_hive_pid(state))
         registered = cluster.rbee("model", "register", "tiny", str(tiny_model))
         assert registered.returncode == 0, registered.stderr
         began = time.perf_counter()
@@ -125,7 +127,8 @@ def cluster(
         cluster.spawn, cluster.spawn_lines = final["result"], lines
         yield cluster
     finally:
-        descendants = hive.children(recursive=True) if hive.is_running() else []
+        running = hive is not None and hive.is_running()
+        descendants = hive.children(recursive=True) if hive is not None and running else []
         stopped = cluster.rbee("queen", "stop", timeout=120)
         left = vx.alive(descendants)
         vx.kill_all(left)
