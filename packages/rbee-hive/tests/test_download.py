@@ -308,3 +308,27 @@ async def test_hive_shutdown_does_not_wait_for_a_stalled_download(
         )
     catalog = settings.models_dir / "catalog.json"
     assert not catalog.exists() or "tiny" not in json.loads(catalog.read_text())["models"]
+
+
+@pytest.mark.anyio
+async def test_an_error_outside_the_hub_requests_names_the_configured_hub(
+    start_hive: Any,
+    fake_hub: Any,
+    make_settings: Settings,
+    kit: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rbee_hive.downloads
+
+    def broken(download_dir: Path) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(rbee_hive.downloads, "remove_stale_partials", broken)
+    async with fake_hub() as (hub_url, hub):
+        hub.add(REPO, FILES)
+        async with start_hive(make_settings(hf_endpoint=hub_url)) as h:
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(h.client, "model_download", repo_id=REPO, name="tiny")
+    assert exc.value.code == "download_failed"
+    assert f"downloading {REPO}@main from {hub_url} failed" in exc.value.message
+    assert "OSError: disk on fire" in exc.value.message

@@ -205,16 +205,14 @@ def fetch(
     """Download ``flight`` into its ``local_dir`` (blocking: run it in a thread).
 
     ``record(commit)`` is called once the files are complete, still under the model's lock.
-    Returns the commit downloaded.
+    Returns the commit downloaded. Errors propagate as raised: the caller maps them once, with
+    ``download_error``.
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    try:
-        info = HfApi(endpoint=endpoint).model_info(
-            flight.repo_id, revision=flight.revision, files_metadata=True
-        )
-    except Exception as exc:
-        raise download_error(exc, flight, endpoint) from exc
+    info = HfApi(endpoint=endpoint).model_info(
+        flight.repo_id, revision=flight.revision, files_metadata=True
+    )
     commit = info.sha
     if commit is None:
         raise ModelError("download_failed", "the hub did not say which commit to download")
@@ -231,17 +229,14 @@ def fetch(
         flight.phase = (
             f"downloading {flight.repo_id}@{commit[:12]} ({len(sizes)} files) into {local_dir}"
         )
-        try:
-            snapshot_download(
-                flight.repo_id,
-                revision=commit,
-                local_dir=str(local_dir),
-                cache_dir=str(cache_dir),  # the hive's own cache, never the user's
-                endpoint=endpoint,
-                tqdm_class=cast(Any, flight.tracker.bar_class()),
-            )
-        except Exception as exc:
-            raise download_error(exc, flight, endpoint) from exc
+        snapshot_download(
+            flight.repo_id,
+            revision=commit,
+            local_dir=str(local_dir),
+            cache_dir=str(cache_dir),  # the hive's own cache, never the user's
+            endpoint=endpoint,
+            tqdm_class=cast(Any, flight.tracker.bar_class()),
+        )
         record(commit)
     finally:
         lock.release()

@@ -363,10 +363,10 @@ class ModelCatalog:
                         self._download_sync, flight, abandon_on_cancel=True
                     )
                 except Exception as exc:  # caught here, not as a group from the task group
-                    flight.error = download_error(exc, flight)
+                    flight.error = download_error(exc, flight, self.hf_endpoint)
                 except anyio.get_cancelled_exc_class():
                     flight.tracker.cancelled.set()  # the thread stops at its next chunk
-                    flight.error = download_error(DownloadCancelled(), flight)
+                    flight.error = download_error(DownloadCancelled(), flight, self.hf_endpoint)
                     raise
                 finally:
                     tg.cancel_scope.cancel()
