@@ -313,8 +313,9 @@ async def stop_local(settings: Settings) -> dict[str, StopResult]:
         return {path.stem: path for path in sorted(hives_dir.glob("*.pid"))}
 
     results: dict[str, StopResult] = {}
-    if pid_files() and is_local(queen.url) and await is_listening(queen.url):
-        results.update(await _ask_queen_to_stop(settings, list(pid_files())))
+    left = pid_files()
+    if left and is_local(queen.url) and await is_listening(queen.url):
+        results.update(await _ask_queen_to_stop(settings, list(left)))
     queen_result = await anyio.to_thread.run_sync(stop, queen, settings.stop_timeout)
     # Whatever the queen did not stop (it was gone, or did not answer) is stopped here, and so
     # are the workers of such a hive (sessions of their own: its group's SIGKILL missed them).

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._record import ProcessRecord, alive, pid_file_lock, read_pid_file, reap, write_pid_file
+from ._record import ProcessRecord, alive, pid_file_lock, read_pid_file, write_pid_file
 
 __all__ = ["SpawnError", "child_env", "session_options", "spawn_detached", "start_once"]
 
@@ -175,11 +175,8 @@ def start_once(
     """
     with pid_file_lock(pid_file):
         record = read_pid_file(pid_file)
-        if record is not None:
-            if reap_child:
-                reap(record.pid)
-            if alive(record):
-                return record, False
+        if record is not None and alive(record, reap=reap_child):
+            return record, False
         record = spawn_detached(
             argv, log_path=log_path, env=env, cwd=cwd, pid_file=pid_file, label=label
         )

@@ -88,9 +88,6 @@ class _Termination:
     def begin(self) -> bool:
         """Whether anything of it is alive (to be signalled at all)."""
         self.leader = process_of(self.record, reap=self.reap) is not None
-        return self.anything()
-
-    def anything(self) -> bool:
         return self.leader or bool(group_members(self.record))
 
     def remaining(self) -> bool:
@@ -136,11 +133,11 @@ def terminate(
         return StopOutcome.NOT_RUNNING
     steps.send(signal.SIGTERM)
     outcome = StopOutcome.STOPPED
-    if not _wait(steps, grace):
+    if not _wait_for(steps.remaining, grace):
         if on_kill is not None:
             on_kill()
         steps.send(signal.SIGKILL)
-        _wait(steps, KILL_WAIT)
+        _wait_for(steps.remaining, KILL_WAIT)
         outcome = StopOutcome.KILLED
     if steps.leftovers():
         _wait_for(steps.group_alive, KILL_WAIT)
@@ -169,10 +166,6 @@ async def aterminate(
     if await anyio.to_thread.run_sync(steps.leftovers):
         await _await_for(steps.group_alive, KILL_WAIT)
     return outcome
-
-
-def _wait(steps: _Termination, within: float) -> bool:
-    return _wait_for(steps.remaining, within)
 
 
 def _wait_for(busy: Callable[[], bool], within: float) -> bool:
