@@ -19,10 +19,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from jobproto.client import JobClient
 from rbee_hive.app import main
-from rbee_hive.reaping import reap_leftovers, write_pidfile
+from rbee_hive.reaping import pid_file_path, reap_leftovers
 from rbee_hive.settings import HiveSettings
 from rbee_hive.supervisor import Supervisor
-from rbee_process import ProcessRecord
+from rbee_process import ProcessRecord, write_pid_file
 
 Settings = Callable[..., HiveSettings]
 
@@ -108,8 +108,11 @@ def test_workers_left_by_a_killed_hive_are_stopped(make_settings: Settings) -> N
     # A pid file whose process started before the recorded time is someone else's (a reused pid).
     stranger = subprocess.Popen(sleeper, start_new_session=True)
     try:
-        write_pidfile(settings.run_dir, "old", ProcessRecord.of(leftover.pid, sleeper))
-        path = write_pidfile(settings.run_dir, "reused", ProcessRecord.of(stranger.pid, sleeper))
+        write_pid_file(
+            pid_file_path(settings.run_dir, "old"), ProcessRecord.of(leftover.pid, sleeper)
+        )
+        path = pid_file_path(settings.run_dir, "reused")
+        write_pid_file(path, ProcessRecord.of(stranger.pid, sleeper))
         info = json.loads(path.read_text())
         later = {
             "start_time": time.time() + 3600,
@@ -135,7 +138,9 @@ async def test_the_supervisor_reaps_leftovers_when_it_starts(make_settings: Sett
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     leftover = await anyio.open_process(sleeper, start_new_session=True)
     try:
-        write_pidfile(settings.run_dir, "old", ProcessRecord.of(leftover.pid, sleeper))
+        write_pid_file(
+            pid_file_path(settings.run_dir, "old"), ProcessRecord.of(leftover.pid, sleeper)
+        )
         async with Supervisor(settings).running():
             with anyio.fail_after(30):
                 await leftover.wait()

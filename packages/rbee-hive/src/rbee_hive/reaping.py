@@ -16,20 +16,13 @@ from pathlib import Path
 
 import rbee_process
 
-__all__ = ["pid_file_path", "reap_leftovers", "write_pidfile"]
+__all__ = ["pid_file_path", "reap_leftovers"]
 
 logger = logging.getLogger("rbee_hive.reaping")
 
 
 def pid_file_path(run_dir: Path, worker_id: str) -> Path:
     return run_dir / f"{worker_id}.json"
-
-
-def write_pidfile(run_dir: Path, worker_id: str, record: rbee_process.ProcessRecord) -> Path:
-    """Record a worker the supervisor has just started; returns the pid file's path."""
-    path = pid_file_path(run_dir, worker_id)
-    rbee_process.write_pid_file(path, record)
-    return path
 
 
 def reap_leftovers(run_dir: Path, grace: float) -> None:

@@ -60,7 +60,7 @@ from rbee_contracts.lifecycle import ModelLoadState, WorkerState
 from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 
 from .errors import WorkerError
-from .reaping import pid_file_path, reap_leftovers, write_pidfile
+from .reaping import pid_file_path, reap_leftovers
 from .settings import HiveSettings
 from .worker_process import WorkerProcess
 from .worker_spec import WorkerSpec
@@ -229,7 +229,7 @@ class Supervisor:
         listening = anyio.Event()
         try:
             try:
-                write_pidfile(self.settings.run_dir, worker.worker_id, record)
+                rbee_process.write_pid_file(pidfile, record)
             except OSError as exc:
                 # Unrecorded, a hive killed later would leave it running: it ends now. Not
                 # waited for yet, so the group is still its own.
