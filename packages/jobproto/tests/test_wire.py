@@ -27,6 +27,7 @@ from jobproto._events import (
     UnknownEvent,
 )
 from jobproto._sse import SSEDecoder
+from jobproto._states import JobState
 from jobproto._wire import (
     decode_envelope,
     dumps,
@@ -477,6 +478,31 @@ def test_strict_types(raw: dict[str, Any], field: str) -> None:
 
 def test_bool_message_says_boolean() -> None:
     check_422({"messages": [], "max_tokens": True}, "max_tokens", "boolean")
+
+
+@attrs.frozen
+class StateParams:
+    state: JobState
+    states: list[JobState] = attrs.field(factory=list)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"state": "bogus"}, "state"),
+        ({"state": 1}, "state"),
+        ({"state": "running", "states": ["queued", "bogus"]}, "states[1]"),
+    ],
+    ids=repr,
+)
+def test_an_enum_field_takes_only_its_values(raw: dict[str, Any], field: str) -> None:
+    """Every enum strictly, with no hook registered for it: a ``StrEnum`` is a ``str``, and
+    cattrs' ``str`` hook would pass ``"bogus"`` through as the state."""
+    with pytest.raises(RequestError) as info:
+        structure_params(raw, StateParams)
+    assert info.value.field == field
+    assert "must be one of" in info.value.message
+    assert structure_params({"state": "running"}, StateParams).state is JobState.RUNNING
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ names the path of the bad field.
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import math
@@ -292,12 +293,36 @@ def decode_envelope(data: str) -> JobEvent | tuple[Gap, str, str]:
 
 
 def _strict(expected: type, accepted: tuple[type, ...]) -> Any:
-    def hook(value: Any, _: Any) -> Any:
+    def hook(value: Any, tp: Any) -> Any:
+        if tp is not expected and _is_enum(tp):  # a class hook: str- and int-valued enums too
+            return _strict_enum(tp)(value, tp)
         if isinstance(value, bool) and expected is not bool:
             raise TypeError(f"expected {expected.__name__}, got a boolean")
         if not isinstance(value, accepted):
             raise TypeError(f"expected {expected.__name__}, got {_json_type(value)}")
         return float(cast(float, value)) if expected is float else value
+
+    return hook
+
+
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)
+
+
+@functools.cache
+def _strict_enum(cls: type[enum.Enum]) -> Any:
+    """A member's value, of its own type: a ``StrEnum`` takes a string naming one of its values
+    (cattrs would pass any string for it, and a ``str`` subclass is one)."""
+    kinds = tuple({type(m.value) for m in cls})
+
+    def hook(value: Any, _: Any) -> enum.Enum:
+        if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        choices = ", ".join(str(m.value) for m in cls)
+        raise ValueError(f"must be one of {choices}; got {value!r}")
 
     return hook
 
@@ -512,6 +537,8 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict(int, (int,)))
     conv.register_structure_hook(float, _strict(float, (int, float)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
+    # every enum strictly; the class hooks above hand str- and int-valued ones to it as well
+    conv.register_structure_hook_factory(_is_enum, _strict_enum)
     return conv
 
 

@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from jobproto import LocalProtocolError, converter
+from jobproto import LocalProtocolError
 
 __all__ = [
     "HiveState",
@@ -134,23 +134,3 @@ def worker_transitions() -> Mapping[WorkerState, frozenset[WorkerState]]:
     for old, new in _WORKER:
         table[old].add(new)
     return {s: frozenset(t) for s, t in table.items()}
-
-
-# -- on the wire: the value, strictly (a str subclass would otherwise pass as any string) ----------
-
-
-def _enum_hook(cls: type[enum.StrEnum]) -> Any:
-    def structure(value: Any, _: Any) -> enum.StrEnum:
-        if isinstance(value, str):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        choices = ", ".join(m.value for m in cls)
-        raise ValueError(f"must be one of {choices}; got {value!r}")
-
-    return structure
-
-
-for _cls in (WorkerState, HiveState, ModelLoadState):
-    converter.register_structure_hook(_cls, _enum_hook(_cls))

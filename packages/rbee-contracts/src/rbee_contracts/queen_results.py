@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
-from jobproto import JobState, converter
+from jobproto import JobState
 
-from .lifecycle import HiveState, _enum_hook
+from .lifecycle import HiveState
 from .records import WorkerRecord
 
 __all__ = [
@@ -43,11 +43,6 @@ class StopOutcome(enum.StrEnum):
     NOT_RUNNING = "not running"  # nothing of it was alive: nothing was signalled
     STOPPED = "stopped"  # it ended within the grace period after SIGTERM
     KILLED = "killed"  # it needed SIGKILL
-
-
-converter.register_structure_hook(StopOutcome, _enum_hook(StopOutcome))
-# a job's state strictly, as the lifecycles' states (a str passes for a StrEnum otherwise)
-converter.register_structure_hook(JobState, _enum_hook(JobState))
 
 
 @attrs.frozen
