@@ -19,11 +19,11 @@ from typing import Any
 
 import attrs
 
-# structure_params: jobproto's strict structuring, whose 422 names the field as a route does
-from jobproto import FieldError, RequestError, structure_params
+from jobproto import FieldError, RequestError
 
 from .ids import check_hive_id, name_validator
 from .lifecycle import WorkerState
+from .reading import read_result
 from .values import interval_validator, optional_url_validator, url_validator
 
 __all__ = [
@@ -107,11 +107,6 @@ class Heartbeat:
     )
 
 
-def _known(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
-    names = {a.name for a in attrs.fields(cls)}
-    return {k: v for k, v in raw.items() if k in names}
-
-
 def _invalid(field: str, message: str) -> RequestError:
     return RequestError(422, "validation_error", f"{field}: {message}", field=field)
 
@@ -122,7 +117,7 @@ def parse_worker_record(raw: Any, path: str = "worker") -> WorkerRecord:
     if not isinstance(raw, Mapping):
         raise _invalid(path, "must be an object")
     try:
-        return structure_params(_known(WorkerRecord, raw), WorkerRecord)
+        return read_result(raw, WorkerRecord)
     except RequestError as exc:
         field = f"{path}.{exc.field}" if exc.field else path
         message = exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
@@ -138,13 +133,7 @@ def parse_heartbeat(hive_id: str, body: Any) -> Heartbeat:
         raise _invalid("hive_id", exc.message) from None
     if not isinstance(body, Mapping):
         raise RequestError(422, "validation_error", "the request body must be a JSON object")
-    known = _known(Heartbeat, body)
-    workers = known.get("workers")
-    if isinstance(workers, list):
-        known["workers"] = [
-            _known(WorkerRecord, w) if isinstance(w, Mapping) else w for w in workers
-        ]
-    beat = structure_params(known, Heartbeat)
+    beat = read_result(body, Heartbeat)
     if beat.hive_id is not None and beat.hive_id != hive_id:
         raise _invalid(
             "hive_id", f"{beat.hive_id!r} does not match the hive id in the path {hive_id!r}"
