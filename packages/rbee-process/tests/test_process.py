@@ -352,6 +352,18 @@ async def test_aterminate_escalates_to_sigkill(tmp_path: Path, started: list[int
     wait_for(lambda: gone(int(info["child"])))  # type: ignore[call-overload]
 
 
+def test_on_term_runs_before_sigterm_and_only_when_something_runs(
+    tmp_path: Path, started: list[int]
+) -> None:
+    record, _ = spawn_sleeper(tmp_path, started)
+    calls: list[bool] = []
+    on_term = lambda: calls.append(rbee_process.alive(record))  # noqa: E731
+    assert rbee_process.terminate(record, grace=10, on_term=on_term) is StopOutcome.STOPPED
+    assert calls == [True]  # called once, while the process still ran
+    assert rbee_process.terminate(record, grace=10, on_term=on_term) is StopOutcome.NOT_RUNNING
+    assert calls == [True]
+
+
 def test_terminate_reaches_a_group_whose_leader_is_gone(tmp_path: Path, started: list[int]) -> None:
     # A leader killed alone leaves its child running in its group: the case of a hive that was
     # itself killed while its workers ran.

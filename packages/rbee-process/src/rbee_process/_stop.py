@@ -122,15 +122,18 @@ def terminate(
     record: ProcessRecord,
     grace: float,
     *,
+    on_term: Callable[[], None] | None = None,
     on_kill: Callable[[], None] | None = None,
     reap: bool = False,
 ) -> StopOutcome:
-    """Stop the group ``record`` leads and wait for it (blocking); ``on_kill`` runs before a
-    SIGKILL that the grace period made necessary; ``reap``: the process is our child that
-    nothing else waits for."""
+    """Stop the group ``record`` leads and wait for it (blocking); ``on_term`` runs just before
+    the SIGTERM (only when something of it is alive), ``on_kill`` before a SIGKILL that the grace
+    period made necessary; ``reap``: the process is our child that nothing else waits for."""
     steps = _Termination(record, reap)
     if record.pid == os.getpgrp() or not steps.begin():
         return StopOutcome.NOT_RUNNING
+    if on_term is not None:
+        on_term()
     steps.send(signal.SIGTERM)
     outcome = StopOutcome.STOPPED
     if not _wait_for(steps.remaining, grace):
@@ -148,6 +151,7 @@ async def aterminate(
     record: ProcessRecord,
     grace: float,
     *,
+    on_term: Callable[[], None] | None = None,
     on_kill: Callable[[], None] | None = None,
     reap: bool = False,
 ) -> StopOutcome:
@@ -155,6 +159,8 @@ async def aterminate(
     steps = _Termination(record, reap)
     if record.pid == os.getpgrp() or not await anyio.to_thread.run_sync(steps.begin):
         return StopOutcome.NOT_RUNNING
+    if on_term is not None:
+        on_term()
     steps.send(signal.SIGTERM)
     outcome = StopOutcome.STOPPED
     if not await _await_for(steps.remaining, grace):

@@ -188,7 +188,8 @@ class LocalHives:
         self, hive_id: str, record: ProcessRecord, *, grace: float
     ) -> rbee_process.StopOutcome:
         """SIGTERM the group, SIGKILL after ``grace``, then SIGKILL what is left; how it ended."""
-        if await anyio.to_thread.run_sync(lambda: rbee_process.alive(record, reap=True)):
+
+        def stopping() -> None:
             narrate(
                 "hive_stopping",
                 f"stopping hive {hive_id} (SIGTERM to process group"
@@ -202,7 +203,9 @@ class LocalHives:
                 level="warning",
             )
 
-        how = await rbee_process.aterminate(record, grace, on_kill=killing, reap=True)
+        how = await rbee_process.aterminate(
+            record, grace, on_term=stopping, on_kill=killing, reap=True
+        )
         self._forget(hive_id)
         # Its workers are in sessions of their own: what a killed (or dead) hive left is ours.
         stopped = await anyio.to_thread.run_sync(
