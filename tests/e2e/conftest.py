@@ -546,7 +546,7 @@ class FakeHubProcess:
         ]
 
     def control(self, **changes: Any) -> None:
-        """Set the hub's faults (``cut_once``, ``fail``, ``delay``: see ``FakeHub``)."""
+        """Set the hub's faults (``cut_once``: see ``FakeHub``)."""
         httpx.post(self.url + "/_control", json=changes, timeout=30).raise_for_status()
 
 

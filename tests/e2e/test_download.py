@@ -30,7 +30,7 @@ def test_download_resumes_shows_progress_and_the_worker_loads_it(
     total = sum(len(data) for data in hub.files.values())
     target = cluster.models_dir / "tiny-hub"
     # this test's faults, and only the requests made from now on: whatever ran before
-    hub.control(cut_once=CUTS, fail=[], delay=0)
+    hub.control(cut_once=CUTS)
     since = len(hub.requests())
 
     # the default name (the repo's) is taken by the registered model: said plainly

@@ -332,3 +332,30 @@ async def test_an_error_outside_the_hub_requests_names_the_configured_hub(
     assert exc.value.code == "download_failed"
     assert f"downloading {REPO}@main from {hub_url} failed" in exc.value.message
     assert "OSError: disk on fire" in exc.value.message
+
+
+@pytest.mark.anyio
+async def test_the_fake_hubs_control_takes_only_a_bounded_object_of_known_keys(
+    fake_hub: Any,
+) -> None:
+    import httpx
+
+    from rbee_hive.testing.fake_hub import MAX_CONTROL_BYTES
+
+    async with fake_hub() as (hub_url, hub), httpx.AsyncClient(base_url=hub_url) as http:
+        answer = await http.post("/_control", json={"cut_once": {"a.bin": 5}})
+        assert answer.status_code == 200 and hub.cut_once == {"a.bin": 5}
+        refused = [
+            b"[]",
+            b"not json",
+            b'{"fail": []}',
+            b'{"cut_once": []}',
+            b'{"cut_once": {"a.bin": "5"}}',
+            b'{"cut_once": {"a.bin": -1}}',
+            b'{"cut_once": {}, "pad": "' + b"x" * MAX_CONTROL_BYTES + b'"}',
+        ]
+        for body in refused:
+            answer = await http.post("/_control", content=body)
+            assert answer.status_code == 400, body[:40]
+            assert answer.json()["error"]["code"] == "invalid_control", body[:40]
+        assert hub.cut_once == {"a.bin": 5}

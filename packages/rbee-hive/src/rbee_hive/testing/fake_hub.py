@@ -3,8 +3,7 @@
 One fake for every test that downloads: the hive's tests serve ``FakeHub().app()`` in-process
 (``jobproto.testing.serving``); the end-to-end tests run it as a process of its own::
 
-    python -m rbee_hive.testing.fake_hub --repo org/tiny --dir MODEL_DIR \\
-        [--extra NAME=BYTES] [--cut FILE=BYTES]
+    python -m rbee_hive.testing.fake_hub --repo org/tiny --dir MODEL_DIR [--extra NAME=BYTES]
 
 which serves one repository, the files of ``MODEL_DIR`` plus ``--extra`` files of deterministic
 pseudo-random bytes (``pseudo_random_bytes``), prints ``FAKE_HUB_LISTENING {"port": N}`` once
@@ -17,15 +16,15 @@ Endpoints:
 - ``HEAD``/``GET /{org}/{repo}/resolve/{rev}/{file}``: ETag, X-Repo-Commit, Content-Length;
   ``Range`` requests are answered 206
 - ``GET /_requests``: every request seen, as ``[method, path, range]`` (for a test in another
-  process); ``POST /_control`` with ``{"cut_once": {FILE: N}, "fail": [FILE], "delay": S}``
-  (each key optional) sets those attributes, so a test arms the faults it needs itself.
+  process); ``POST /_control`` with ``{"cut_once": {FILE: N}}`` (a JSON object of at most
+  ``MAX_CONTROL_BYTES``; the key optional) sets ``cut_once``, so a test in another process arms
+  the cuts it needs itself. Any other body is answered 400 in jobproto's error shape.
 
 What it does to a download (attributes, set by the test):
 
 - ``cut_once``: ``{file: n}``: the next full GET of the file sends n bytes, then drops the
   connection (once);
 - ``fail``: files answered 500 (until removed);
-- ``delay``: seconds before each file body;
 - ``hold(*files)``: the bodies of those files wait until ``release()`` (a stalled hub, for as long
   as the test needs, without guessing a duration).
 """
@@ -37,7 +36,6 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -46,13 +44,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["LISTENING", "FakeHub", "main", "pseudo_random_bytes"]
+from jobproto import RequestError
+
+__all__ = ["LISTENING", "MAX_CONTROL_BYTES", "FakeHub", "main", "pseudo_random_bytes"]
 
 #: the line the hub's process prints once it listens: ``FAKE_HUB_LISTENING {"port": N}``
 LISTENING = "FAKE_HUB_LISTENING"
 
 #: one request the hub saw: method, path, ``Range`` header (None without one)
 Seen = tuple[str, str, str | None]
+
+#: the largest ``POST /_control`` body the hub reads
+MAX_CONTROL_BYTES = 64 * 1024
 
 
 def pseudo_random_bytes(name: str, size: int) -> bytes:
@@ -72,7 +75,6 @@ class FakeHub:
         self.requests: list[Seen] = []
         self.cut_once: dict[str, int] = {}
         self.fail: set[str] = set()
-        self.delay = 0.0
         self.held: set[str] = set()
         self._released: anyio.Event | None = None
 
@@ -108,14 +110,29 @@ class FakeHub:
                 self._released = anyio.Event()  # made on the loop that serves the hub
             await self._released.wait()
 
-    def control(self, changes: dict[str, Any]) -> None:
-        """Set ``cut_once``, ``fail`` and ``delay`` from a ``POST /_control`` body."""
+    def control(self, raw: bytes) -> None:
+        """Set ``cut_once`` from a ``POST /_control`` body; ``RequestError`` (400) for any body
+        but a JSON object of known keys and values."""
+
+        def refuse(message: str) -> RequestError:
+            return RequestError(400, "invalid_control", message)
+
+        try:
+            changes = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise refuse("the body is not JSON") from None
+        if not isinstance(changes, dict):
+            raise refuse("the body must be a JSON object")
+        unknown = sorted(set(changes) - {"cut_once"})
+        if unknown:
+            raise refuse(f"unknown keys {unknown}: only cut_once is known")
         if "cut_once" in changes:
-            self.cut_once = {str(k): int(v) for k, v in changes["cut_once"].items()}
-        if "fail" in changes:
-            self.fail = {str(name) for name in changes["fail"]}
-        if "delay" in changes:
-            self.delay = float(changes["delay"])
+            cuts = changes["cut_once"]
+            if not isinstance(cuts, dict) or not all(
+                type(n) is int and n >= 0 for n in cuts.values()
+            ):
+                raise refuse("cut_once must map file names to byte counts (integers >= 0)")
+            self.cut_once = dict(cuts)
 
     def _repo(self, request: Request) -> tuple[str, str, dict[str, bytes]] | Response:
         repo_id = f"{request.path_params['org']}/{request.path_params['repo']}"
@@ -160,7 +177,10 @@ class FakeHub:
             return JSONResponse(self.requests)
 
         async def control(request: Request) -> Response:
-            self.control(await request.json())
+            try:
+                self.control(await _read_bounded(request, MAX_CONTROL_BYTES))
+            except RequestError as exc:
+                return JSONResponse(exc.to_json(), exc.status)
             return JSONResponse({"ok": True})
 
         return Starlette(
@@ -224,8 +244,6 @@ class _Resolve:
         if method == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        if hub.delay:
-            await anyio.sleep(hub.delay)
         await hub._wait_if_held(filename)
         if status == 200 and filename in hub.cut_once:
             cut = hub.cut_once.pop(filename)
@@ -234,6 +252,17 @@ class _Resolve:
             # client sees fewer bytes than Content-Length promised.
             return
         await send({"type": "http.response.body", "body": body})
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(400, "invalid_control", f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _pair(text: str) -> tuple[str, int]:
@@ -254,7 +283,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", required=True, help="the repository id, e.g. org/tiny")
     parser.add_argument("--dir", required=True, type=Path, help="the files it serves")
     parser.add_argument("--extra", type=_pair, action="append", default=[], metavar="NAME=BYTES")
-    parser.add_argument("--cut", type=_pair, action="append", default=[], metavar="FILE=BYTES")
     args = parser.parse_args(argv)
     files = {
         str(path.relative_to(args.dir)): path.read_bytes()
@@ -265,7 +293,6 @@ def main(argv: list[str] | None = None) -> None:
         files[name] = pseudo_random_bytes(name, size)
     hub = FakeHub()
     hub.add(args.repo, files)
-    hub.cut_once = dict(args.cut)
 
     def ready(port: int) -> None:
         print(f"{LISTENING} {json.dumps({'port': port})}", flush=True)
