@@ -49,6 +49,7 @@ import pytest
 
 from jobproto.client import JobClient, RemoteJobFailed
 from rbee_hive.testing.fake_hub import LISTENING as HUB_LISTENING
+from rbee_hive.testing.fake_hub import file_gets as hub_file_gets
 from rbee_hive.testing.fake_hub import pseudo_random_bytes
 
 T = TypeVar("T")
@@ -539,11 +540,7 @@ class FakeHubProcess:
     def file_gets(self, filename: str, since: int = 0) -> list[str | None]:
         """The Range header of every GET of ``filename`` (None: a whole-file GET) from the
         ``since``-th request on."""
-        return [
-            rng
-            for method, path, rng in self.requests(since)
-            if method == "GET" and "/resolve/" in path and path.endswith("/" + filename)
-        ]
+        return hub_file_gets(self.requests(since), filename)
 
     def control(self, **changes: Any) -> None:
         """Set the hub's faults (``cut_once``: see ``FakeHub``)."""

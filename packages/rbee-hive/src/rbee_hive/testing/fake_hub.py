@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -46,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 
 from jobproto import RequestError
 
-__all__ = ["LISTENING", "MAX_CONTROL_BYTES", "FakeHub", "main", "pseudo_random_bytes"]
+__all__ = ["LISTENING", "MAX_CONTROL_BYTES", "FakeHub", "file_gets", "main", "pseudo_random_bytes"]
 
 #: the line the hub's process prints once it listens: ``FAKE_HUB_LISTENING {"port": N}``
 LISTENING = "FAKE_HUB_LISTENING"
@@ -61,6 +62,16 @@ MAX_CONTROL_BYTES = 64 * 1024
 def pseudo_random_bytes(name: str, size: int) -> bytes:
     """The content of an ``--extra`` file: the same for a given name and size, everywhere."""
     return random.Random(name).randbytes(size)
+
+
+def file_gets(requests: Sequence[Seen], filename: str) -> list[str | None]:
+    """The Range header of every GET of ``filename`` among ``requests`` (None: a whole-file
+    GET)."""
+    return [
+        rng
+        for method, path, rng in requests
+        if method == "GET" and "/resolve/" in path and path.endswith("/" + filename)
+    ]
 
 
 def _oid(data: bytes) -> str:
@@ -87,11 +98,7 @@ class FakeHub:
     def file_gets(self, filename: str, since: int = 0) -> list[str | None]:
         """The Range header of every GET of ``filename`` (None: a whole-file GET), from the
         ``since``-th request the hub saw on."""
-        return [
-            rng
-            for method, path, rng in self.requests[since:]
-            if method == "GET" and "/resolve/" in path and path.endswith("/" + filename)
-        ]
+        return file_gets(self.requests[since:], filename)
 
     def hold(self, *filenames: str) -> None:
         """Make GETs of ``filenames`` wait, after their headers, until ``release()``."""
