@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
 from jobproto import FieldError
+
+from .values import field_validator
 
 __all__ = [
     "ENGINES",
@@ -81,8 +83,7 @@ def check_engine(value: str, what: str = "engine") -> str:
     return value
 
 
-def engine_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_engine(value, attribute.name)
+engine_validator = field_validator(check_engine)
 
 
 def engine_arg_number(

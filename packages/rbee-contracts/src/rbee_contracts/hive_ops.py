@@ -24,7 +24,7 @@ from .ids import (
     repo_id_validator,
 )
 from .records import WorkerRecord
-from .values import absolute_path_validator
+from .values import absolute_path_validator, field_validator
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -81,8 +81,7 @@ def check_device(value: str | None, what: str = "device") -> str | None:
     return value
 
 
-def _device(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    check_device(value, attribute.name)
+_device = field_validator(check_device)
 
 
 def _engine_args(instance: Any, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:

@@ -20,11 +20,13 @@ service's ``/openapi.json`` shows them).
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
 from jobproto import FieldError
+
+from .values import field_validator
 
 __all__ = [
     "CATALOG_FILE",
@@ -102,25 +104,8 @@ def repo_name(repo_id: str) -> str:
 # -- the same checks as attrs validators (the field's own name is the one reported) ----------------
 
 
-def hive_id_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_hive_id(value, attribute.name)
-
-
-def optional_hive_id_validator(
-    _: object, attribute: attrs.Attribute[Any], value: str | None
-) -> None:
-    if value is not None:
-        check_hive_id(value, attribute.name)
-
-
-def name_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_name(value, attribute.name)
-
-
-def optional_name_validator(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None:
-        check_name(value, attribute.name)
-
-
-def repo_id_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_repo_id(value, attribute.name)
+hive_id_validator = field_validator(check_hive_id)
+optional_hive_id_validator = attrs.validators.optional(hive_id_validator)
+name_validator = field_validator(check_name)
+optional_name_validator = attrs.validators.optional(name_validator)
+repo_id_validator = field_validator(check_repo_id)

@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
 from jobproto import FieldError
 
+V = TypeVar("V")
+#: an attrs validator of a field holding a ``V``
+Validator = Callable[[object, "attrs.Attribute[Any]", V], None]
+
 __all__ = [
     "absolute_path_validator",
     "check_absolute_path",
     "check_http_url",
     "check_interval",
+    "field_validator",
     "interval_validator",
     "is_http_url",
     "optional_absolute_path_validator",
@@ -66,32 +72,19 @@ def check_absolute_path(value: str, what: str = "path") -> str:
 # -- the same checks as attrs validators (the field's own name is the one reported) ----------------
 
 
-def url_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_http_url(value, attribute.name)
+def field_validator(check: Callable[[V, str], object]) -> Validator[V]:
+    """An attrs validator running ``check(value, field name)``: ``check``'s ``FieldError``
+    names the field (``attrs.validators.optional`` of it lets ``None`` through)."""
+
+    def validate(_: object, attribute: attrs.Attribute[Any], value: V) -> None:
+        check(value, attribute.name)
+
+    return validate
 
 
-def optional_url_validator(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None:
-        check_http_url(value, attribute.name)
-
-
-def interval_validator(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    check_interval(value, attribute.name)
-
-
-def optional_interval_validator(
-    _: object, attribute: attrs.Attribute[Any], value: float | None
-) -> None:
-    if value is not None:
-        check_interval(value, attribute.name)
-
-
-def absolute_path_validator(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_absolute_path(value, attribute.name)
-
-
-def optional_absolute_path_validator(
-    _: object, attribute: attrs.Attribute[Any], value: str | None
-) -> None:
-    if value is not None:
-        check_absolute_path(value, attribute.name)
+url_validator = field_validator(check_http_url)
+optional_url_validator = attrs.validators.optional(url_validator)
+interval_validator = field_validator(check_interval)
+optional_interval_validator = attrs.validators.optional(interval_validator)
+absolute_path_validator = field_validator(check_absolute_path)
+optional_absolute_path_validator = attrs.validators.optional(absolute_path_validator)

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from rbee_contracts.ids import check_hive_id
+from rbee_contracts.ids import hive_id_validator
 from rbee_contracts.values import optional_url_validator
 
 __all__ = ["DEFAULT_WORKER_COMMAND", "HiveSettings", "default_models_dir", "default_state_dir"]
@@ -38,11 +38,6 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
-def _hive_id(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    # The one hive-id rule (it goes into the queen's URL path and into file names).
-    check_hive_id(value, attribute.name)
-
-
 def _argv(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -57,7 +52,7 @@ class HiveSettings:
     host: str = "127.0.0.1"
     port: int = 9000
     #: this hive's name at the queen (``PUT {queen}/v1/hives/{hive_id}``)
-    hive_id: str = attrs.field(default="localhost", validator=_hive_id)
+    hive_id: str = attrs.field(default="localhost", validator=hive_id_validator)
     #: where to register and send heartbeats; None: no registration (a standalone hive)
     queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     #: the URL the queen should use for this hive (default: http://host:port as bound)
