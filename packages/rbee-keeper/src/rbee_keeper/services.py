@@ -158,9 +158,9 @@ def running_pid(service: Service) -> int | None:
 # -- start ----------------------------------------------------------------------------------------
 
 
-def spawn(service: Service) -> tuple[int, bool]:
+def spawn(service: Service) -> tuple[rbee_process.ProcessRecord, bool]:
     """Start ``service`` detached (own session, log file, pid file) unless its pid file names a
-    live process (under the pid file's lock); its pid, and whether this call started it."""
+    live process (under the pid file's lock); its record, and whether this call started it."""
     try:
         record, fresh = rbee_process.start_once(
             service.pid_file,
@@ -173,7 +173,7 @@ def spawn(service: Service) -> tuple[int, bool]:
             f"cannot start the {service.name} ({service.argv[0]}: {exc.strerror}); "
             f"set {service.name}_command in the config file or RBEE_{service.name.upper()}_COMMAND"
         ) from None
-    return record.pid, fresh
+    return record, fresh
 
 
 async def is_listening(url: str, limit: float = 2.0) -> bool:
@@ -186,16 +186,16 @@ async def is_listening(url: str, limit: float = 2.0) -> bool:
     return True
 
 
-async def wait_listening(service: Service, pid: int | None, limit: float) -> None:
-    """Wait until ``service`` answers; ``ServiceError`` if its process ends or ``limit`` passes."""
-    record = rbee_process.read_pid_file(service.pid_file)
+async def wait_listening(
+    service: Service, record: rbee_process.ProcessRecord, limit: float
+) -> None:
+    """Wait until ``service`` answers; ``ServiceError`` if the process ``record`` names ends or
+    ``limit`` passes."""
     with anyio.move_on_after(limit):
         while True:
             if await is_listening(service.url, min(2.0, limit)):
                 return
-            if pid is not None and (
-                record is None or record.pid != pid or not rbee_process.alive(record)
-            ):
+            if not rbee_process.alive(record):
                 tail = rbee_process.log_tail(service.log_file, 15)
                 raise ServiceError(
                     f"the {service.name} exited while starting; its log {service.log_file} ends:\n"
@@ -252,12 +252,12 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
             raise ServiceError(
                 f"the queen at {queen.url} is not on this machine, so rbee cannot start it"
             )
-        pid, fresh = await anyio.to_thread.run_sync(spawn, queen)
+        record, fresh = await anyio.to_thread.run_sync(spawn, queen)
         if fresh:
-            say(f"started queen (pid {pid}, log {queen.log_file})")
+            say(f"started queen (pid {record.pid}, log {queen.log_file})")
         else:
-            say(f"queen is starting (pid {pid})")
-        await wait_listening(queen, pid, settings.start_timeout)
+            say(f"queen is starting (pid {record.pid})")
+        await wait_listening(queen, record, settings.start_timeout)
         say(f"queen ready at {queen.url}")
 
     if running_pid(hive) is not None or await is_listening(hive.url):
