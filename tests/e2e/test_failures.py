@@ -6,15 +6,17 @@ request for hundreds of tokens is still streaming when the test acts.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from typing import Any
 
-import httpx
+import anyio
 import pytest
+
+from jobproto import Data, JobEvent
+from jobproto.client import JobClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -139,7 +141,7 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
         )
         # generation stopped short: the worker's job holds fewer than the 1000 tokens asked for
         # (its log replays to its end: a finished job's stream is finite)
-        tokens = _tokens_of(f"{url}/v1/jobs/{worker_job}/stream")
+        tokens = _tokens_of(url, worker_job)
         assert 0 < tokens < 1000, tokens
         status = rbee.result("jobs", "status", queen_job)
         assert status["state"] == "cancelled", status
@@ -147,19 +149,18 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
         cluster.cleanup("slow-cancel")
 
 
-def _tokens_of(stream_url: str) -> int:
-    """The number of tokens in the data events of a finished job's stream."""
-    with httpx.stream("GET", stream_url, timeout=30) as response:
-        response.raise_for_status()
-        body = response.read().decode()
-    frames = [frame for frame in body.split("\n\n") if "event: data" in frame]
-    payloads = [
-        json.loads(line[len("data:") :])["payload"]
-        for frame in frames
-        for line in frame.splitlines()
-        if line.startswith("data:")
-    ]
-    return sum(len(payload["token_ids"]) for payload in payloads)
+def _tokens_of(url: str, job_id: str) -> int:
+    """The number of tokens in the data events of a finished job (on the service at ``url``)."""
+
+    async def count() -> int:
+        async with JobClient(url, timeout=30) as client:
+            return sum(
+                len(item.event.payload["token_ids"])
+                async for item in client.events(job_id)
+                if isinstance(item, JobEvent) and isinstance(item.event, Data)
+            )
+
+    return anyio.run(count)
 
 
 def test_a_request_during_a_restart_waits_for_the_worker_instead_of_spawning(
