@@ -24,9 +24,10 @@ Each state change goes through ``rbee_contracts.lifecycle``'s worker table
 (``WorkerProcess.set_state``, ``rbee_hive.worker_process``).
 
 ``stop()`` sends SIGTERM to the group and SIGKILL after stop_grace seconds
-(``rbee_process.aterminate``). Leaving ``running()`` stops every worker. A pid file per worker
-run (``rbee_hive.reaping``, in ``{state_dir}/run``) lets the next hive, or whoever killed this
-one, stop the workers of a hive that was itself killed.
+(``rbee_process.signal_group``; the worker's exit, which the hive awaits, ends the wait).
+Leaving ``running()`` stops every worker. A pid file per worker run (``rbee_hive.reaping``, in
+``{state_dir}/run``) lets the next hive, or whoever killed this one, stop the workers of a hive
+that was itself killed.
 
 The hive reads its workers' pipes and waits for their exit itself (anyio), so ``rbee_process``
 never reaps a worker (its reaping is opt-in; anyio gets the exit status): identity, pid files,
@@ -374,14 +375,17 @@ class Supervisor:
         await self._terminate(record)
 
     async def _terminate(self, record: rbee_process.ProcessRecord) -> None:
-        """SIGTERM to the group, SIGKILL after stop_grace (``rbee_process.aterminate``, which
-        never reaps: anyio waits for the worker). The caller's scope ends at its exit."""
+        """SIGTERM to the group, SIGKILL after stop_grace. The caller's scope ends at the
+        worker's exit (``_run_once`` waits for it, then kills what its group left), so nothing
+        here polls: each signal goes only while the record still names a live worker (checked
+        and sent without an await between, so never to a pid anyio has reaped meanwhile)."""
         grace = self.settings.stop_grace
-
-        def killing() -> None:
+        if rbee_process.alive(record):
+            rbee_process.signal_group(record.pid, signal.SIGTERM)
+        await anyio.sleep(grace)
+        if rbee_process.alive(record):
             logger.warning("process group %d ignored SIGTERM for %g s: SIGKILL", record.pid, grace)
-
-        await rbee_process.aterminate(record, grace, on_kill=killing)
+            rbee_process.signal_group(record.pid, signal.SIGKILL)
         await anyio.sleep_forever()
 
 
