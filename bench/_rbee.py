@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import httpx
 
-from rbee_contracts.worker_cli import LISTENING_PREFIX
+from rbee_contracts.worker_cli import LISTENING_PREFIX, worker_argv
 
 from ._ctx import Ctx
 from ._procs import Proc
@@ -39,33 +39,25 @@ def start_worker(
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
 ) -> Proc:
-    args = [
-        python,
-        "-m",
-        "rbee_worker.app",
-        "--engine",
-        engine,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--worker-id",
-        name,
-        "--model-name",
-        model_name,
-        "--max-concurrency",
-        str(max_concurrency),
-        "--max-queue",
-        str(max_concurrency),
-    ]
-    if model is not None:
-        args += ["--model", model]
     eargs = dict(engine_args or {})
     if engine == "synthetic":
         eargs.setdefault("tokens_per_second", f"{tokens_per_second:g}")
         eargs.setdefault("max_model_len", "1000000")
-    for key, value in eargs.items():
-        args += ["--engine-arg", f"{key}={value}"]
+    args = [
+        python,
+        "-m",
+        "rbee_worker.app",
+        *worker_argv(
+            model=model,
+            engine=engine,
+            host="127.0.0.1",
+            worker_id=name,
+            model_name=model_name,
+            max_concurrency=max_concurrency,
+            max_queue=max_concurrency,
+            engine_args=eargs,
+        ),
+    ]
     return ctx.procs.start(name, args, prefix=LISTENING_PREFIX, timeout=timeout, env=env)
 
 

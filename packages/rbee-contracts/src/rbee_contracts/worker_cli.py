@@ -1,7 +1,8 @@
 """The hive→worker boundary that is not jobproto: the worker's command line and listening line.
 
 The hive starts a worker as ``python -m rbee_worker.app --model PATH --engine E --host H --port 0
---worker-id ID --model-name NAME [--device D] [--max-concurrency N] [--engine-arg K=V ...]``;
+--worker-id ID --model-name NAME [--device D] [--max-concurrency N] [--engine-arg K=V ...]``
+(``worker_argv`` builds those flags; ``--max-queue N`` too, which the benchmark passes);
 ``D`` is one of ``DEVICES``: the device *kind* (the hive picks the GPUs and shows the worker only
 those, through ``CUDA_VISIBLE_DEVICES``).
 Once it listens, the worker prints one stdout line, ``LISTENING_PREFIX`` then a JSON object
@@ -11,9 +12,10 @@ Once it listens, the worker prints one stdout line, ``LISTENING_PREFIX`` then a 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["DEVICES", "LISTENING_PREFIX", "listening_line", "parse_listening_line"]
+__all__ = ["DEVICES", "LISTENING_PREFIX", "listening_line", "parse_listening_line", "worker_argv"]
 
 #: the worker's ``--device`` choices
 DEVICES: Final[tuple[str, ...]] = ("cpu", "cuda")
@@ -38,3 +40,42 @@ def parse_listening_line(line: str) -> dict[str, Any] | None:
     if not isinstance(info, dict) or not isinstance(info.get("port"), int):
         return None
     return info
+
+
+def worker_argv(
+    *,
+    model: str | None,
+    engine: str,
+    host: str,
+    worker_id: str,
+    model_name: str,
+    port: int = 0,
+    device: str | None = None,
+    max_concurrency: int | None = None,
+    max_queue: int | None = None,
+    engine_args: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The worker's flags (after its command). ``model`` None only for the synthetic engine;
+    the engine arguments in key order, one ``--engine-arg KEY=VALUE`` each."""
+    argv = [] if model is None else ["--model", model]
+    argv += [
+        "--engine",
+        engine,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--worker-id",
+        worker_id,
+        "--model-name",
+        model_name,
+    ]
+    if device is not None:
+        argv += ["--device", device]
+    if max_concurrency is not None:
+        argv += ["--max-concurrency", str(max_concurrency)]
+    if max_queue is not None:
+        argv += ["--max-queue", str(max_queue)]
+    for key, value in sorted((engine_args or {}).items()):
+        argv += ["--engine-arg", f"{key}={value}"]
+    return argv

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import attrs
 
+from rbee_contracts.worker_cli import worker_argv
+
 from .settings import HiveSettings
 
 __all__ = ["WorkerSpec"]
@@ -35,25 +37,16 @@ class WorkerSpec:
 
     def argv(self, settings: HiveSettings) -> list[str]:
         """The worker's command line (docs/tiers.md, worker)."""
-        argv = [
+        return [
             *settings.worker_command,
-            "--model",
-            str(self.model_path),
-            "--engine",
-            self.engine,
-            "--host",
-            settings.worker_host,
-            "--port",
-            "0",
-            "--worker-id",
-            self.worker_id,
-            "--model-name",
-            self.model,
+            *worker_argv(
+                model=str(self.model_path),
+                engine=self.engine,
+                host=settings.worker_host,
+                worker_id=self.worker_id,
+                model_name=self.model,
+                device=self.device,
+                max_concurrency=self.max_concurrency,
+                engine_args=self.engine_args,
+            ),
         ]
-        if self.device is not None:
-            argv += ["--device", self.device]
-        if self.max_concurrency is not None:
-            argv += ["--max-concurrency", str(self.max_concurrency)]
-        for key, value in sorted(self.engine_args.items()):
-            argv += ["--engine-arg", f"{key}={value}"]
-        return argv
