@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobproto import JobFailed, Operations, RequestError
+from jobproto import Operations
 from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.queen_ops import (
     HiveParams,
@@ -45,9 +45,9 @@ from rbee_contracts.queen_results import (
     StatusResult,
     UnregisteredHive,
 )
-from rbee_contracts.reading import read_result
 
 from .queen import Queen
+from .scheduler import read_hive_result
 
 __all__ = ["queen_operations"]
 
@@ -122,12 +122,7 @@ def queen_operations(queen: Queen) -> Operations:
         """The models on a hive (relayed); their sizes inform scheduling."""
         hive = queen.resolve_hive(params.hive)
         listing = await queen.forward(hive, "model_list", params)
-        try:
-            models = read_result(listing, ModelList)
-        except RequestError as exc:
-            raise JobFailed(
-                "bad_gateway", f"hive {hive.hive_id} answered model_list with {exc.message}"
-            ) from None
+        models = read_hive_result(listing, ModelList, hive.hive_id, "model_list")
         queen.registry.learn_models(hive.hive_id, models)
         return listing
 

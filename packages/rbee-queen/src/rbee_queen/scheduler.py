@@ -26,7 +26,7 @@ from rbee_contracts.hive_ops import ModelDownloadParams, ModelInfo, ModelList, W
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_ops import forward_fields
 from rbee_contracts.reading import read_result
-from rbee_contracts.records import WorkerRecord, parse_worker_record
+from rbee_contracts.records import WorkerRecord
 
 from .decisions import HiveInfo, NoCapacity, pick_worker, place
 from .registry import HiveRegistry, WorkerView
@@ -40,6 +40,17 @@ MAX_ROUNDS = 3
 RESTART_POLL = 0.1
 
 T = TypeVar("T")
+
+
+def read_hive_result(raw: Any, cls: type[T], hive_id: str, operation: str) -> T:
+    """A hive's result of ``operation`` as ``cls`` (``read_result``); one it should not have
+    sent fails the job with ``bad_gateway``."""
+    try:
+        return read_result(raw, cls)
+    except RequestError as exc:
+        raise JobFailed(
+            "bad_gateway", f"hive {hive_id} answered {operation} with {exc.message}"
+        ) from None
 
 
 @attrs.define
@@ -232,7 +243,7 @@ class Scheduler:
                 )
                 download = forward_fields(ModelDownloadParams(repo_id=model))
                 done = await self.remote.relay(url, service, "model_download", download)
-                name = self._read(done, ModelInfo, decision.hive_id, "model_download").name
+                name = read_hive_result(done, ModelInfo, decision.hive_id, "model_download").name
                 self.registry.set_alias(decision.hive_id, model, name)
             narrate(
                 "spawning",
@@ -258,22 +269,8 @@ class Scheduler:
         )
 
     @staticmethod
-    def _read(raw: Any, cls: type[T], hive_id: str, operation: str) -> T:
-        try:
-            return read_result(raw, cls)
-        except RequestError as exc:
-            raise JobFailed(
-                "bad_gateway", f"hive {hive_id} answered {operation} with {exc.message}"
-            ) from None
-
-    @staticmethod
     def _spawned_record(raw: Any, hive_id: str) -> WorkerRecord:
-        try:
-            record = parse_worker_record(raw)
-        except RequestError as exc:
-            raise JobFailed(
-                "bad_gateway", f"hive {hive_id} answered worker_spawn with {exc.message}"
-            ) from None
+        record = read_hive_result(raw, WorkerRecord, hive_id, "worker_spawn")
         # worker_spawn answers once the worker is ready (docs/tiers.md §hive).
         if record.state != WorkerState.READY or record.url is None:
             raise JobFailed(
