@@ -5,8 +5,10 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from rbee_contracts.engines import ENGINE_ARGS
 from rbee_worker.engines import (
     Engine,
+    EngineArgs,
     EngineNotAvailable,
     GenerationRequest,
     _vllm_config,
@@ -74,6 +76,31 @@ def test_transformers_engine_args() -> None:
     )
     assert isinstance(engine, TransformersEngine)
     assert (engine.max_model_len, engine.threads) == (64, 1)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINE_ARGS))
+def test_each_engine_reads_exactly_the_contracts_engine_args(engine: str) -> None:
+    rules = ENGINE_ARGS[engine]
+    # every key the contract lists is read (none is left over), at its minimum
+    at_minimum = {key: f"{rule.minimum:g}" for key, rule in rules.items()}
+    create_engine(engine, model="/m", engine_args=at_minimum)
+    for key, rule in rules.items():
+        below = {**at_minimum, key: f"{rule.minimum - 1:g}"}
+        with pytest.raises(ValueError, match=f"engine arg {key} must be >= {rule.minimum:g}"):
+            create_engine(engine, model="/m", engine_args=below)
+        fraction = {**at_minimum, key: f"{rule.minimum + 0.5:g}"}
+        if rule.integer:
+            with pytest.raises(ValueError, match=f"engine arg {key} must be an integer"):
+                create_engine(engine, model="/m", engine_args=fraction)
+        else:
+            create_engine(engine, model="/m", engine_args=fraction)
+
+
+def test_engine_args_outside_the_contracts_table_are_a_programming_error() -> None:
+    with pytest.raises(LookupError, match="not in ENGINE_ARGS"):
+        EngineArgs("synthetic", {}).number("max_model_length", 1.0)
+    with pytest.raises(LookupError, match="not an integer"):
+        EngineArgs("synthetic", {}).integer("tokens_per_second", 1)
 
 
 def test_engines_implement_the_protocol() -> None:

@@ -28,6 +28,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
+from rbee_contracts.engines import ENGINE_ARGS, ArgRule
+
 __all__ = [
     "ChatTurn",
     "Delta",
@@ -153,13 +155,25 @@ class Engine(Protocol):
 
 class EngineArgs:
     """``--engine-arg KEY=VALUE`` pairs, taken one by one; leftovers are an error (a typo in a
-    benchmark knob must not silently run the default)."""
+    benchmark knob must not silently run the default).
+
+    The bounds of each value (its minimum, whether it is an integer) are the contract's
+    ``rbee_contracts.engines.ENGINE_ARGS[engine][key]``, the one table the hive checks a
+    ``worker_spawn`` against too: an engine reads only the keys that table lists."""
 
     def __init__(self, engine: str, args: Mapping[str, str]) -> None:
         self._engine = engine
+        self._rules = ENGINE_ARGS.get(engine, {})
         self._args = dict(args)
 
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+    def _rule(self, key: str) -> ArgRule:
+        rule = self._rules.get(key)
+        if rule is None:
+            raise LookupError(f"{self._engine} engine arg {key} is not in ENGINE_ARGS")
+        return rule
+
+    def number(self, key: str, default: float) -> float:
+        rule = self._rule(key)
         raw = self._args.pop(key, None)
         if raw is None:
             return default
@@ -167,16 +181,16 @@ class EngineArgs:
             value = float(raw)
         except ValueError:
             raise ValueError(f"engine arg {key}={raw!r} is not a number") from None
-        if not (math.isfinite(value) and value >= minimum):
-            raise ValueError(f"engine arg {key} must be >= {minimum:g}, got {raw}")
+        if not (math.isfinite(value) and value >= rule.minimum):
+            raise ValueError(f"engine arg {key} must be >= {rule.minimum:g}, got {raw}")
+        if rule.integer and value != int(value):
+            raise ValueError(f"engine arg {key} must be an integer, got {raw}")
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        raw = self._args.get(key)
-        value = self.number(key, default, minimum=minimum)
-        if value != int(value):
-            raise ValueError(f"engine arg {key} must be an integer, got {raw}")
-        return int(value)
+    def integer(self, key: str, default: int) -> int:
+        if not self._rule(key).integer:
+            raise LookupError(f"{self._engine} engine arg {key} is not an integer")
+        return int(self.number(key, default))
 
     def text(self, key: str, default: str) -> str:
         return self._args.pop(key, default)

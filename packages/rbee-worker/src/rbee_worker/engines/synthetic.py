@@ -78,7 +78,7 @@ class SyntheticEngine:
             max_concurrency=max_concurrency or 64,
             tokens_per_second=args.number("tokens_per_second", 0.0),
             load_seconds=args.number("load_seconds", 0.0),
-            max_model_len=args.integer("max_model_len", 4096, minimum=1),
+            max_model_len=args.integer("max_model_len", 4096),
         )
         args.done()
         return engine
