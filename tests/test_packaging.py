@@ -3,11 +3,11 @@ own with exactly what it declares, and nothing heavier than it needs.
 
 - wheels: ``uv build --wheel --package NAME`` from the workspace root, into a directory of this
   session's (so uv's cache cannot hand back an older build of the same version);
-- one venv per tier (``uv venv`` + ``uv pip install``), with ``--find-links`` to the wheels and to
-  ``/opt/wheels`` (the CPU build of torch; a constraint pins torch to the version the workspace
-  runs, so the multi-GB CUDA build is never picked). Without ``/opt/wheels``, torch comes from
-  where the noxfile takes it (README.md, "Development"): ``RBEE_TORCH_WHEELS``, else
-  ``RBEE_TORCH_INDEX``;
+- one venv per tier (``uv venv`` + ``uv pip install``), with ``--find-links`` to the wheels and
+  torch's CPU build from where the noxfile takes it (``scripts/torch_source.py``: the lock's
+  ``/opt/wheels``, else ``RBEE_TORCH_WHEELS``, else ``RBEE_TORCH_INDEX``; README.md,
+  "Development"); a constraint pins torch to the version the workspace runs, so the multi-GB
+  CUDA build is never picked;
 - in each: the console script answers ``--help``; the installed distributions are exactly the
   closure of the tier's declared requirements (nothing missing, no extra left in); the keeper has
   no torch/transformers, the queen and hive no torch; jobproto alone brings only its own
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from torch_source import torch_source
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -44,9 +46,6 @@ PACKAGES = (
     "rbee-worker",
     "rbee-keeper",
 )
-LOCK_WHEELS = Path("/opt/wheels")  # the root pyproject's [tool.uv] find-links
-FIND_LINKS = Path(os.environ.get("RBEE_TORCH_WHEELS", str(LOCK_WHEELS)))
-TORCH_INDEX = os.environ.get("RBEE_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
 
 #: tier -> (requirement extras, console scripts, distributions that must not be installed)
 TIERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
@@ -126,13 +125,8 @@ def _install(tmp_path: Path, wheels: dict[str, Path], name: str, extras: tuple[s
         str(wheels[name].parent),
         "--constraint",
         str(constraints),
+        *torch_source(),  # where the noxfile takes torch from (scripts/torch_source.py)
     ]
-    if not LOCK_WHEELS.is_dir():
-        argv += ["--no-config"]  # uv would fail to read the find-links directory it names
-    if FIND_LINKS.is_dir():
-        argv += ["--find-links", str(FIND_LINKS)]
-    else:
-        argv += ["--extra-index-url", TORCH_INDEX, "--index-strategy", "unsafe-best-match"]
     done = subprocess.run(
         [*argv, "--offline", requirement], capture_output=True, text=True, timeout=240
     )
