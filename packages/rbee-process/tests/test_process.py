@@ -306,18 +306,18 @@ async def test_aterminate_scans_the_process_table_off_the_event_loop(
     record, _ = spawn_sleeper(tmp_path, started, mode="grandchild")
     loop_thread = threading.get_ident()
     threads: list[int] = []
-    real_members, real_process_of = _stop.group_members, _stop.process_of
+    real_members, real_alive = _stop.group_members, _stop.alive
 
     def members(record: ProcessRecord) -> list[psutil.Process]:
         threads.append(threading.get_ident())
         return real_members(record)
 
-    def process_of(record: ProcessRecord, **kwargs: Any) -> psutil.Process | None:
+    def alive(record: ProcessRecord, **kwargs: Any) -> bool:
         threads.append(threading.get_ident())
-        return real_process_of(record, **kwargs)
+        return real_alive(record, **kwargs)
 
     monkeypatch.setattr(_stop, "group_members", members)
-    monkeypatch.setattr(_stop, "process_of", process_of)
+    monkeypatch.setattr(_stop, "alive", alive)
     assert await rbee_process.aterminate(record, grace=10) is StopOutcome.STOPPED
     assert threads and loop_thread not in threads
 

@@ -62,10 +62,12 @@ def boot_id() -> str | None:
         return None
 
 
-def start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22).
+def _stat(pid: int) -> tuple[str, int] | None:
+    """The state (``/proc/<pid>/stat`` field 3, "Z" for a zombie) and when ``pid`` started, in
+    clock ticks since boot (field 22), from one read of the file.
 
-    None where /proc is missing; ``psutil.NoSuchProcess`` when /proc has no such process.
+    None where /proc is missing (or unreadable); ``psutil.NoSuchProcess`` when /proc has no
+    such process.
     """
     if boot_id() is None:
         return None
@@ -77,7 +79,16 @@ def start_ticks(pid: int) -> int | None:
         return None
     # The command name (field 2) is in parentheses and may hold spaces or parentheses itself.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])  # field 22 of the line, counting from the state (field 3)
+    return fields[0], int(fields[19])  # field 22 of the line, counting from the state (field 3)
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22).
+
+    None where /proc is missing; ``psutil.NoSuchProcess`` when /proc has no such process.
+    """
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -234,15 +245,16 @@ def _cmdline_matches(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
     return any(os.path.basename(part) == os.path.basename(argv[0]) for part in head)
 
 
-def _same_start(pid: int, record: ProcessRecord) -> bool | None:
-    """Whether the process ``pid`` started when ``record`` says; None when it cannot tell.
+def _same_start(pid: int, record: ProcessRecord, ticks: int | None) -> bool | None:
+    """Whether the process ``pid`` (which started at ``ticks``, as ``_stat`` read them) started
+    when ``record`` says; None when it cannot tell.
 
     ``psutil.NoSuchProcess`` when there is no such process.
     """
     if record.start_ticks is not None and boot_id() is not None:
         if record.boot_id != boot_id():
             return False  # recorded during an earlier boot
-        return start_ticks(pid) == record.start_ticks
+        return ticks == record.start_ticks
     if record.start_time is not None:
         return bool(
             abs(psutil.Process(pid).create_time() - record.start_time) <= START_TIME_TOLERANCE
@@ -250,13 +262,13 @@ def _same_start(pid: int, record: ProcessRecord) -> bool | None:
     return None
 
 
-def _started_since(pid: int, record: ProcessRecord) -> bool:
-    """Whether the process ``pid`` started no earlier than ``record``'s (True when unknown)."""
+def _started_since(proc: psutil.Process, record: ProcessRecord, ticks: int | None) -> bool:
+    """Whether ``proc`` (which started at ``ticks``, as ``_stat`` read them) started no earlier
+    than ``record``'s process (True when unknown)."""
     if record.start_ticks is not None and boot_id() is not None:
-        ticks = start_ticks(pid)
         return record.boot_id == boot_id() and ticks is not None and ticks >= record.start_ticks
     if record.start_time is not None:
-        created = psutil.Process(pid).create_time()
+        created = proc.create_time()
         return bool(created >= record.start_time - START_TIME_TOLERANCE)
     return True
 
@@ -267,28 +279,38 @@ def process_of(record: ProcessRecord, *, reap: bool = False) -> psutil.Process |
     With ``reap``, our own exited child is reaped on the way: only for a child nothing else
     waits for (``subprocess``, anyio would lose its exit status). A zombie is never alive.
     """
-    if record.pid <= 1 or record.pid == os.getpid():
-        return None  # never init, never ourselves
-    if reap:
-        _reap(record.pid)
-    try:
-        proc = psutil.Process(record.pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        same = _same_start(record.pid, record)
-        if same is None:
-            same = _cmdline_matches(proc.cmdline(), record.argv)
-        if not same:
-            return None  # the pid was reused
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    if not alive(record, reap=reap):
         return None
-    return proc
+    try:
+        return psutil.Process(record.pid)
+    except psutil.Error:
+        return None
 
 
 def alive(record: ProcessRecord, *, reap: bool = False) -> bool:
     """Whether the process ``record`` names still runs (and is that process); ``reap`` as in
-    ``process_of``."""
-    return process_of(record, reap=reap) is not None
+    ``process_of``. On Linux one read of ``/proc/<pid>/stat`` tells (it runs in polls)."""
+    if record.pid <= 1 or record.pid == os.getpid():
+        return False  # never init, never ourselves
+    if reap:
+        _reap(record.pid)
+    try:
+        stat = _stat(record.pid)
+        if stat is None:  # no /proc: psutil reads state and start time
+            proc = psutil.Process(record.pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            same = _same_start(record.pid, record, None)
+        else:
+            state, ticks = stat
+            if state == "Z":
+                return False
+            same = _same_start(record.pid, record, ticks)
+        if same is None:
+            same = _cmdline_matches(psutil.Process(record.pid).cmdline(), record.argv)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return bool(same)  # else the pid was reused
 
 
 def group_members(record: ProcessRecord) -> list[psutil.Process]:
@@ -307,7 +329,8 @@ def group_members(record: ProcessRecord) -> list[psutil.Process]:
     else:
         try:
             # A process holds the pid (even a zombie one): the group is ours only if it is ours.
-            if not _same_start(record.pid, record):
+            leader = _stat(record.pid) if record.start_ticks is not None else None
+            if not _same_start(record.pid, record, None if leader is None else leader[1]):
                 return []
         except psutil.NoSuchProcess:
             pass  # the leader is gone; its group may live on
@@ -318,9 +341,14 @@ def group_members(record: ProcessRecord) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
             if os.getpgid(proc.pid) != record.pid:
                 continue
-            if not _started_since(proc.pid, record):
+            stat = _stat(proc.pid)  # state and start in one read (Linux)
+            if stat is None:
+                state, ticks = proc.status(), None
+            else:
+                state, ticks = stat
+            if not _started_since(proc, record, ticks):
                 continue
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            if state in (psutil.STATUS_ZOMBIE, "Z"):
                 continue
             members.append(proc)
     return members

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import anyio
 
-from ._record import ProcessRecord, group_members, process_of, read_pid_file, reap
+from ._record import ProcessRecord, alive, group_members, read_pid_file, reap
 
 __all__ = [
     "StopOutcome",
@@ -87,13 +87,13 @@ class _Termination:
 
     def begin(self) -> bool:
         """Whether anything of it is alive (to be signalled at all)."""
-        self.leader = process_of(self.record, reap=self.reap) is not None
+        self.leader = alive(self.record, reap=self.reap)
         return self.leader or bool(group_members(self.record))
 
     def remaining(self) -> bool:
         """Whether what the grace period waits for is still alive (reaps our exited child)."""
         if self.leader:
-            return process_of(self.record, reap=self.reap) is not None
+            return alive(self.record, reap=self.reap)
         return bool(group_members(self.record))
 
     def send(self, sig: int) -> None:
@@ -194,7 +194,7 @@ async def _await_for(busy: Callable[[], bool], within: float) -> bool:
 
 def wait_gone(record: ProcessRecord, within: float) -> bool:
     """Wait (blocking, at most ``within`` seconds) until the process ``record`` names is gone."""
-    return _wait_for(lambda: process_of(record) is not None, within)
+    return _wait_for(lambda: alive(record), within)
 
 
 def stop_pid_file(
