@@ -75,26 +75,6 @@ def _no_size(path: Path) -> int:
     return 0
 
 
-def _model(
-    name: str,
-    path: Path,
-    source: str,
-    size_bytes: int,
-    *,
-    revision: str | None = None,
-    repo_id: str | None = None,
-) -> ModelInfo:
-    """A catalog entry as the ``model_*`` operations return it (``rbee_contracts.hive_ops``)."""
-    return ModelInfo(
-        name=name,
-        size_bytes=size_bytes,
-        source=source,
-        path=str(path),
-        revision=revision,
-        repo_id=repo_id,
-    )
-
-
 # -- the catalog -----------------------------------------------------------------------------------
 
 
@@ -186,19 +166,25 @@ class ModelCatalog:
         if entry is not None and entry.get("source") == "registered":
             path = Path(str(entry.get("path", "")))
             nbytes = size(path) if path.is_dir() else 0
-            return _model(name, path, "registered", nbytes, revision=entry.get("revision"))
+            return ModelInfo(
+                name=name,
+                size_bytes=nbytes,
+                source="registered",
+                path=str(path),
+                revision=entry.get("revision"),
+            )
         path = self.model_dir(name)
         if not path.is_dir():
             return None
         if entry is None:
             if (path / HF_DIR / "huggingface").is_dir():
                 return None  # a download that never finished: not a usable model
-            return _model(name, path, "local", size(path))
-        return _model(
-            name,
-            path,
-            str(entry.get("source", "huggingface")),
-            size(path),
+            return ModelInfo(name=name, size_bytes=size(path), source="local", path=str(path))
+        return ModelInfo(
+            name=name,
+            size_bytes=size(path),
+            source=str(entry.get("source", "huggingface")),
+            path=str(path),
             revision=entry.get("revision"),
             repo_id=entry.get("repo_id"),
         )
@@ -258,7 +244,9 @@ class ModelCatalog:
                 raise ModelError("model_exists", f"a model named {name!r} already exists")
             models[name] = {"source": "registered", "path": str(target), "added_at": time.time()}
             self._write(models)
-        return _model(name, target, "registered", tree_size(target))
+        return ModelInfo(
+            name=name, size_bytes=tree_size(target), source="registered", path=str(target)
+        )
 
     async def register(self, name: str, path: str) -> ModelInfo:
         """Record ``path`` (an existing directory, absolute) as model ``name``; nothing copied."""
@@ -400,11 +388,11 @@ class ModelCatalog:
             record=record,
         )
         path = flight.local_dir
-        return _model(
-            flight.name,
-            path,
-            "huggingface",
-            tree_size(path),
+        return ModelInfo(
+            name=flight.name,
+            size_bytes=tree_size(path),
+            source="huggingface",
+            path=str(path),
             revision=commit,
             repo_id=flight.repo_id,
         )

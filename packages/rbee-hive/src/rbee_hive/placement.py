@@ -24,8 +24,11 @@ Devices (``device`` of ``worker_spawn``):
 
 The device rule (``cuda:0,0`` names a GPU twice) and the reading of the engine arguments that are
 numbers are the contract's (``rbee_contracts.hive_ops.parse_device``,
-``rbee_contracts.engines.engine_arg_number``): the queen refuses what they refuse before it
-routes a spawn here, and a spawn that reaches a hive directly fails with the same words.
+``rbee_contracts.engines.engine_arg_number``): ``worker_spawn``'s parameters refuse what they
+refuse before a job exists (a 422, on the queen or on the hive), so a spawn job never reaches
+placement with such a value. Their ``FieldError``, turned into a ``PlacementError`` here
+(``parse_device``, ``_number``), matters for ``plan()``'s direct callers, which skip that check,
+and for ``VLLM_CPU_KVCACHE_SPACE``, read from the hive's environment, which no request carries.
 
 Memory estimate (documented, deliberately simple): a model's weights take about their size on
 disk in memory; ``MEMORY_FACTOR`` (1.2) adds room for activations, the CUDA context and the
