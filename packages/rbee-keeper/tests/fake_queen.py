@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 
 import rbee_process
 from jobproto import (
@@ -43,6 +44,7 @@ from jobproto import (
 )
 from jobproto.asgi import JobHandle, ServiceSettings, create_app
 from jobproto.server import serve
+from rbee_contracts.hive_ops import ModelInfo, ModelList, WorkerList
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_ops import (
     HiveParams,
@@ -58,12 +60,38 @@ from rbee_contracts.queen_ops import (
     QueenWorkerStopParams,
 )
 from rbee_contracts.queen_results import (
+    HiveDetail,
+    HiveListResult,
     HiveStartResult,
+    HiveStatusResult,
     HiveStopResult,
     HiveView,
     QueenWorkerRecord,
     StatusResult,
     StopOutcome,
+)
+from rbee_contracts.records import WorkerRecord
+
+#: the one hive and worker the fake queen knows, as the queen's own result types
+HIVE = HiveView(
+    hive_id="localhost",
+    url="http://127.0.0.1:8600",
+    state=HiveState.UP,
+    last_seen="2024-01-01T00:00:00Z",
+    seconds_since_seen=1.0,
+    heartbeat_interval=5.0,
+    capabilities={},
+    models=["tiny"],
+    free_memory_bytes=2 << 30,
+)
+WORKER = QueenWorkerRecord(
+    worker_id="w1",
+    model="tiny",
+    state=WorkerState.READY,
+    hive_id="localhost",
+    hive_state=HiveState.UP,
+    in_flight=0,
+    healthy=True,
 )
 
 
@@ -177,74 +205,62 @@ def operations(
     async def status(params: NoParams) -> StatusResult:
         # the queen's own result type, so the fake's answer has the real one's shape
         return StatusResult(
-            hives=[
-                HiveView(
-                    hive_id="localhost",
-                    url="http://127.0.0.1:8600",
-                    state=HiveState.UP,
-                    last_seen="2024-01-01T00:00:00Z",
-                    seconds_since_seen=1.0,
-                    heartbeat_interval=5.0,
-                    capabilities={},
-                    models=["tiny"],
-                    free_memory_bytes=2 << 30,
-                )
-            ],
-            workers=[
-                QueenWorkerRecord(
-                    worker_id="w1",
-                    model="tiny",
-                    state=WorkerState.READY,
-                    hive_id="localhost",
-                    hive_state=HiveState.UP,
-                    in_flight=0,
-                    healthy=True,
-                )
-            ],
+            hives=[HIVE],
+            workers=[WORKER],
             models={"tiny": ["localhost"]},
             in_flight=0,
             jobs=[],
         )
 
     @ops.operation("hive_list")
-    async def hive_list(params: NoParams) -> dict[str, Any]:
-        return {"hives": [{"hive_id": "localhost", "state": "up"}]}
+    async def hive_list(params: NoParams) -> HiveListResult:
+        return HiveListResult([HiveDetail(**attrs.asdict(HIVE, recurse=False), workers=[WORKER])])
 
     @ops.operation("hive_status")
-    async def hive_status(params: HiveParams) -> dict[str, Any]:
-        return {"hive_id": params.hive, "state": "up"}
+    async def hive_status(params: HiveParams) -> HiveStatusResult:
+        hive = attrs.asdict(HIVE, recurse=False) | {"hive_id": params.hive}
+        return HiveStatusResult(**hive, workers=[WORKER], process=None)
 
     @ops.operation("worker_list")
-    async def worker_list(params: QueenWorkerListParams) -> dict[str, Any]:
-        return {"workers": [{"worker_id": "w1", "model": "tiny", "state": "ready"}]}
+    async def worker_list(params: QueenWorkerListParams) -> WorkerList:
+        return WorkerList([WorkerRecord("w1", "tiny", WorkerState.READY)])
 
     @ops.operation("worker_spawn")
-    async def worker_spawn(params: QueenWorkerSpawnParams) -> dict[str, Any]:
+    async def worker_spawn(params: QueenWorkerSpawnParams) -> WorkerRecord:
         progress("worker_start", 0.5, None, unit="s")
-        return {"worker_id": "w2", "model": params.model, "engine": params.engine}
+        return WorkerRecord(
+            "w2", params.model, WorkerState.READY, params.engine, url="http://127.0.0.1:8602"
+        )
 
     @ops.operation("worker_stop")
     async def worker_stop(params: QueenWorkerStopParams) -> dict[str, Any]:
         return {"worker_id": params.worker_id, "state": "stopped"}
 
     @ops.operation("model_download")
-    async def model_download(params: QueenModelDownloadParams) -> dict[str, Any]:
+    async def model_download(params: QueenModelDownloadParams) -> ModelInfo:
         for done in range(0, 4096 + 1, 1024):
             progress("model_download", done, 4096, unit="bytes")
         name = params.name or params.repo_id.split("/")[-1]
-        return {"name": name, "size_bytes": 4096, "revision": params.revision}
+        return ModelInfo(
+            name,
+            4096,
+            "huggingface",
+            f"/models/{name}",
+            revision=params.revision,
+            repo_id=params.repo_id,
+        )
 
     @ops.operation("model_register")
-    async def model_register(params: QueenModelRegisterParams) -> dict[str, Any]:
-        return {"name": params.name, "path": params.path}
+    async def model_register(params: QueenModelRegisterParams) -> ModelInfo:
+        return ModelInfo(params.name, 0, "registered", params.path)
 
     @ops.operation("model_list")
-    async def model_list(params: QueenModelListParams) -> dict[str, Any]:
-        return {"models": [{"name": "tiny", "size_bytes": 1 << 20, "source": "local"}]}
+    async def model_list(params: QueenModelListParams) -> ModelList:
+        return ModelList([ModelInfo("tiny", 1 << 20, "local", "/models/tiny")])
 
     @ops.operation("model_delete")
-    async def model_delete(params: QueenModelDeleteParams) -> dict[str, Any]:
-        return {"name": params.name, "deleted": True}
+    async def model_delete(params: QueenModelDeleteParams) -> ModelInfo:
+        return ModelInfo(params.name, 1 << 20, "local", f"/models/{params.name}")
 
     return ops
 

@@ -158,7 +158,7 @@ def test_status_shows_the_queen_view(queen: str, invoke: Invoke) -> None:
         (["worker", "stop", "w1"], "state: stopped"),
         (["model", "list"], "1.0 MiB"),
         (["model", "download", "org/tiny-model", "--revision", "v1"], "name: tiny-model"),
-        (["model", "delete", "tiny"], "deleted: True"),
+        (["model", "delete", "tiny"], "path: /models/tiny"),
     ],
 )
 def test_job_commands_render_their_results(
