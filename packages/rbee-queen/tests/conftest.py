@@ -53,7 +53,7 @@ from rbee_contracts.hive_ops import (
 )
 from rbee_contracts.infer import InferParams, InferResult
 from rbee_contracts.lifecycle import WorkerState
-from rbee_contracts.records import WorkerRecord
+from rbee_contracts.records import Heartbeat, WorkerRecord
 from rbee_queen.app import create_app as create_queen_app
 from rbee_queen.settings import QueenSettings
 
@@ -134,8 +134,8 @@ class FakeWorker:
     async def _ready(self, request: Request) -> Response:
         return JSONResponse({"ready": True, "model": self.model, "engine": "fake"})
 
-    def record(self, state: WorkerState = WorkerState.READY) -> dict[str, Any]:
-        record = WorkerRecord(
+    def record(self, state: WorkerState = WorkerState.READY) -> WorkerRecord:
+        return WorkerRecord(
             worker_id=self.worker_id,
             model=self.model,
             engine="fake",
@@ -144,7 +144,6 @@ class FakeWorker:
             state=state,
             started_at="2026-01-01T00:00:00.000Z",
         )
-        return dict(converter.unstructure(record))
 
 
 # -- a fake hive -----------------------------------------------------------------------------------
@@ -173,7 +172,7 @@ class FakeHive:
         self.model_size = model_size
         self.workers: dict[str, FakeWorker] = {}
         #: workers being spawned, reported ``starting`` in heartbeats (as the real hive does)
-        self.starting: dict[str, dict[str, Any]] = {}
+        self.starting: dict[str, WorkerRecord] = {}
         self.calls: Counter[str] = Counter()
         self.spawned: list[WorkerSpawnParams] = []
         self.url = ""
@@ -212,15 +211,16 @@ class FakeHive:
             worker.closed.set()
 
     def registration(self) -> dict[str, Any]:
-        return {
-            "hive_id": self.hive_id,
-            "url": self.url,
-            "capabilities": {"cpu_cores": 4, "ram_total_bytes": 16 << 30, "gpus": []},
-            "workers": [*self.starting.values(), *(w.record() for w in self.workers.values())],
-            "models": list(self.models),
-            "free_memory_bytes": self.free_memory,
-            "heartbeat_interval": self.heartbeat,
-        }
+        beat = Heartbeat(
+            hive_id=self.hive_id,
+            url=self.url,
+            capabilities={"cpu_cores": 4, "ram_total_bytes": 16 << 30, "gpus": []},
+            workers=[*self.starting.values(), *(w.record() for w in self.workers.values())],
+            models=list(self.models),
+            free_memory_bytes=self.free_memory,
+            heartbeat_interval=self.heartbeat,
+        )
+        return dict(converter.unstructure(beat))
 
     async def register(self, queen_url: str) -> httpx.Response:
         async with httpx.AsyncClient() as http:
@@ -244,14 +244,14 @@ class FakeHive:
         ops = Operations()
 
         @ops.operation("worker_spawn")
-        async def worker_spawn(params: WorkerSpawnParams) -> dict[str, Any]:
+        async def worker_spawn(params: WorkerSpawnParams) -> WorkerRecord:
             self.calls["worker_spawn"] += 1
             self.spawned.append(params)
             worker_id = params.worker_id or f"{self.hive_id}-w{next(self._ids)}"
             narrate("spawn", f"starting worker {worker_id} for {params.model}")
             progress("worker_start", 0, 1, unit="steps")
             starting = WorkerRecord(worker_id, params.model, WorkerState.STARTING, pid=4242)
-            self.starting[worker_id] = converter.unstructure(starting)
+            self.starting[worker_id] = starting
             await anyio.sleep(self.spawn_delay)
             worker = await self.add_worker(worker_id, params.model)
             del self.starting[worker_id]
@@ -261,11 +261,11 @@ class FakeHive:
         @ops.operation("worker_list")
         async def worker_list(params: WorkerListParams) -> WorkerList:
             self.calls["worker_list"] += 1
-            records = [converter.structure(w.record(), WorkerRecord) for w in self.workers.values()]
+            records = [w.record() for w in self.workers.values()]
             return WorkerList(records)  # the contract's result, as the real hive returns it
 
         @ops.operation("worker_stop")
-        async def worker_stop(params: WorkerStopParams) -> dict[str, Any]:
+        async def worker_stop(params: WorkerStopParams) -> WorkerRecord:
             self.calls["worker_stop"] += 1
             worker = self.workers.pop(params.worker_id, None)
             if worker is None:
