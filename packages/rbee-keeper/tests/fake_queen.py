@@ -44,6 +44,7 @@ from jobproto import (
 )
 from jobproto.asgi import JobHandle, ServiceSettings, create_app
 from jobproto.server import serve
+from rbee_contracts import local_layout
 from rbee_contracts.hive_ops import ModelInfo, ModelList, WorkerList
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_ops import (
@@ -119,7 +120,10 @@ def hive_operations(
     def paths(hive_id: str) -> tuple[Path, Path]:
         if state_dir is None:
             raise JobFailed("no_state_dir", "the fake queen was started without --state-dir")
-        return state_dir / "hives" / f"{hive_id}.pid", state_dir / "logs" / f"hive-{hive_id}.log"
+        return (
+            local_layout.hive_pid_file(state_dir, hive_id),
+            local_layout.hive_log(state_dir, hive_id),
+        )
 
     @ops.operation("hive_start")
     async def hive_start(params: HiveStartParams) -> HiveStartResult:

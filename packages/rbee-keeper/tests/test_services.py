@@ -23,6 +23,7 @@ import pytest
 from click.testing import Result
 
 import rbee_process
+from rbee_contracts import local_layout
 from rbee_keeper.config import load_settings
 from rbee_keeper.services import local_services, running_pid
 
@@ -59,7 +60,8 @@ def local(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def pids(state: Path) -> dict[str, int]:
     """The pids of the local queen and hive, by their pid files (the hive's is the queen's)."""
-    files = {"queen": state / "queen.pid", "hive": state / "queen" / "hives" / "localhost.pid"}
+    hive = local_layout.hive_pid_file(state / "queen", "localhost")
+    files = {"queen": state / "queen.pid", "hive": hive}
     return {name: json.loads(f.read_text())["pid"] for name, f in files.items() if f.exists()}
 
 
@@ -76,8 +78,10 @@ def test_queen_start_and_stop(local: Path, invoke: Invoke) -> None:
     assert "started queen" in started.stderr and "started hive" in started.stderr
     running = pids(local)
     assert set(running) == {"queen", "hive"}
-    logs = {"queen": local / "logs" / "queen.log", "hive": local / "queen" / "logs"}
-    logs["hive"] /= "hive-localhost.log"
+    logs = {
+        "queen": local / "logs" / "queen.log",
+        "hive": local_layout.hive_log(local / "queen", "localhost"),
+    }
     for name, pid in running.items():
         # Detached: a session (and process group) of its own, output into its log file.
         assert os.getsid(pid) == pid and os.getpgid(pid) == pid

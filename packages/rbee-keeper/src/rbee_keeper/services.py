@@ -12,7 +12,8 @@ The queen owns the hive of this machine (``rbee_queen.hives``): once the queen a
 keeper asks it for ``hive_start`` of the local hive (``hive_id``, ``hive_port``, ``models_dir``);
 ``rbee hive start|stop`` are jobs on the queen too. The keeper starts the queen with
 ``--state-dir {state_dir}/queen`` and the ``hive_command``, so the queen keeps the hive's pid file
-in ``{state_dir}/queen/hives/{id}.pid`` and its log in ``{state_dir}/queen/logs/hive-{id}.log``.
+in ``{state_dir}/queen/hives/{id}.pid`` and its log in ``{state_dir}/queen/logs/hive-{id}.log``
+(``rbee_contracts.local_layout``, which the queen follows too).
 
 The keeper only reads the hive's pid file; the queen writes and removes it. Starting the queen
 is "is it running? if not, start it and write its pid file" under the pid file's lock
@@ -21,9 +22,10 @@ is "is it running? if not, start it and write its pid file" under the pid file's
 ``rbee queen stop`` asks the queen to stop its local hives (one ``hive_stop`` job per pid file
 there), then stops the queen: SIGTERM to its process group, SIGKILL after ``stop_timeout``. A hive
 whose pid file the queen left (the queen was killed, or did not answer) is then stopped the same
-way, through ``rbee_process`` and the same pid file, with the queen's grace for a hive
-(``HIVE_STOP_GRACE``, longer than the hive's own for its workers); then the workers that hive's
-pid files in ``{state_dir}/queen/hives/{id}/run`` still name (they run in sessions of their own).
+way, through ``rbee_process.stop_hive`` and the same pid file, with the queen's grace for a hive
+(``local_layout.HIVE_STOP_GRACE``, longer than the hive's own for its workers); then the workers
+that hive's pid files in ``{state_dir}/queen/hives/{id}/run`` still name (they run in sessions
+of their own).
 A ``{state_dir}/hive.pid`` that an earlier keeper wrote (it ran the hive itself) is stopped once
 the same way, so nothing is left running either way.
 """
@@ -43,6 +45,7 @@ import attrs
 import rbee_process
 from jobproto import JobProtoError, RequestError
 from jobproto.client import JobClient
+from rbee_contracts import local_layout
 from rbee_contracts.queen_results import HiveStartResult, HiveStopResult
 from rbee_contracts.reading import read_result
 
@@ -67,11 +70,6 @@ __all__ = [
 ]
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
-#: the grace for a hive the keeper stops itself: the queen's hive_stop_grace (longer than the
-#: hive's 10 s for its workers plus rbee_process.KILL_WAIT)
-HIVE_STOP_GRACE = 25.0
-#: the grace for the workers a killed hive left behind
-WORKER_LEFTOVER_GRACE = 5.0
 
 
 class ServiceError(RuntimeError):
@@ -140,8 +138,8 @@ def local_services(settings: Settings) -> tuple[Service, Service]:
         "hive",
         (),
         f"http://{settings.hive_host}:{settings.hive_port}",
-        queen_state / "hives" / f"{settings.hive_id}.pid",
-        queen_state / "logs" / f"hive-{settings.hive_id}.log",
+        local_layout.hive_pid_file(queen_state, settings.hive_id),
+        local_layout.hive_log(queen_state, settings.hive_id),
     )
     return queen, hive
 
@@ -272,16 +270,26 @@ def stop(service: Service, timeout: float) -> StopResult:
     """Stop the service named by its pid file: SIGTERM its group, SIGKILL after ``timeout``."""
     existed = service.pid_file.exists()
     outcome, record = rbee_process.stop_pid_file(service.pid_file, timeout)
+    return _stop_result(service.name, outcome, record, existed=existed)
+
+
+def _stop_result(
+    name: str,
+    outcome: rbee_process.StopOutcome,
+    record: rbee_process.ProcessRecord | None,
+    *,
+    existed: bool,
+) -> StopResult:
     if outcome is rbee_process.StopOutcome.NOT_RUNNING:
-        return StopResult(service.name, outcome, stale=existed)
-    return StopResult(service.name, outcome, None if record is None else record.pid)
+        return StopResult(name, outcome, stale=existed)
+    return StopResult(name, outcome, None if record is None else record.pid)
 
 
 async def _ask_queen_to_stop(settings: Settings, hive_ids: list[str]) -> dict[str, StopResult]:
     """``hive_stop`` on the queen for each hive; what it answered (nothing when it could not)."""
     results: dict[str, StopResult] = {}
     try:
-        limit = HIVE_STOP_GRACE + rbee_process.KILL_WAIT + 10
+        limit = local_layout.HIVE_STOP_GRACE + rbee_process.KILL_WAIT + 10
         async with JobClient(settings.queen_url, timeout=limit) as client:
             for hive_id in hive_ids:
                 try:
@@ -307,7 +315,8 @@ async def stop_local(settings: Settings) -> dict[str, StopResult]:
     queen ran on this machine.
     """
     queen, hive = local_services(settings)
-    hives_dir = hive.pid_file.parent
+    queen_state = queen_state_dir(settings)
+    hives_dir = local_layout.hives_dir(queen_state)
 
     def pid_files() -> dict[str, Path]:
         return {path.stem: path for path in sorted(hives_dir.glob("*.pid"))}
@@ -320,18 +329,19 @@ async def stop_local(settings: Settings) -> dict[str, StopResult]:
     # Whatever the queen did not stop (it was gone, or did not answer) is stopped here, and so
     # are the workers of such a hive (sessions of their own: its group's SIGKILL missed them).
     for hive_id, path in pid_files().items():
-        results[hive_id] = await anyio.to_thread.run_sync(
-            stop, attrs.evolve(hive, pid_file=path), HIVE_STOP_GRACE
+        outcome, record, _ = await rbee_process.stop_hive(
+            path,
+            local_layout.hive_run_dir(queen_state, hive_id),
+            local_layout.HIVE_STOP_GRACE,
+            worker_grace=local_layout.WORKER_LEFTOVER_GRACE,
         )
-        await anyio.to_thread.run_sync(
-            rbee_process.stop_pid_dir, hives_dir / hive_id / "run", WORKER_LEFTOVER_GRACE
-        )
+        results[hive_id] = _stop_result("hive", outcome, record, existed=True)
     nothing = StopResult("hive", rbee_process.StopOutcome.NOT_RUNNING)
     local = results.pop(settings.hive_id, nothing)
     # The hive an earlier keeper ran itself (its pid file is the keeper's own, not the queen's).
     legacy = attrs.evolve(hive, pid_file=settings.state_dir / "hive.pid")
     if legacy.pid_file.exists():
-        earlier = await anyio.to_thread.run_sync(stop, legacy, HIVE_STOP_GRACE)
+        earlier = await anyio.to_thread.run_sync(stop, legacy, local_layout.HIVE_STOP_GRACE)
         if local.outcome is rbee_process.StopOutcome.NOT_RUNNING:
             local = earlier
     out = {"hive": local, "queen": queen_result}

@@ -18,9 +18,10 @@ only when asked (``reap=True``): a caller whose child something else waits for (
 workers, which anyio waits for) must not take its exit status. ``aterminate`` scans the process
 table in a worker thread, never on the event loop.
 
-``kill_leftovers`` is step 3 alone (for an owner that waited for the leader itself), and
+``kill_leftovers`` is step 3 alone (for an owner that waited for the leader itself),
 ``stop_pid_dir`` stops every process a directory of pid files names (the workers a killed hive
-left behind).
+left behind), and ``stop_hive`` stops a hive by its pid file and then those workers (the queen
+and, when the queen is gone, the keeper).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "kill_leftovers",
     "log_tail",
     "signal_group",
+    "stop_hive",
     "stop_pid_dir",
     "stop_pid_file",
     "terminate",
@@ -230,6 +232,39 @@ def stop_pid_dir(
         outcome, record = stop_pid_file(path, grace)
         stopped.append((path, outcome, record))
     return stopped
+
+
+async def stop_hive(
+    pid_file: Path,
+    run_dir: Path,
+    grace: float,
+    *,
+    worker_grace: float,
+    record: ProcessRecord | None = None,
+    on_term: Callable[[], None] | None = None,
+    on_kill: Callable[[], None] | None = None,
+    reap: bool = False,
+) -> tuple[StopOutcome, ProcessRecord | None, list[tuple[Path, StopOutcome, ProcessRecord | None]]]:
+    """Stop a hive by its pid file (``aterminate``, then the file goes), then the workers the pid
+    files in its ``run_dir`` still name (``stop_pid_dir`` with ``worker_grace``): they run in
+    sessions of their own, out of its group's reach, so a hive that was killed (or had died)
+    leaves them. ``record``: the pid file's record, when the caller has read it already.
+
+    Returns how the hive ended, its record (None without a readable pid file) and the workers'
+    ``stop_pid_dir`` list. ``on_term``, ``on_kill`` and ``reap`` as in ``terminate``.
+    """
+    if record is None:
+        record = await anyio.to_thread.run_sync(read_pid_file, pid_file)
+    outcome = StopOutcome.NOT_RUNNING
+    if record is not None:
+        outcome = await aterminate(record, grace, on_term=on_term, on_kill=on_kill, reap=reap)
+
+    def then_workers() -> list[tuple[Path, StopOutcome, ProcessRecord | None]]:
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+        return stop_pid_dir(run_dir, worker_grace)
+
+    return outcome, record, await anyio.to_thread.run_sync(then_workers)
 
 
 def log_tail(path: str | os.PathLike[str] | None, lines: int = 20, *, limit: int = 8192) -> str:

@@ -24,7 +24,6 @@ none stays a zombie.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ import anyio
 
 import rbee_process
 from jobproto import JobFailed, narrate, progress
+from rbee_contracts import local_layout
 from rbee_contracts.hive_cli import hive_argv
 from rbee_contracts.queen_results import (
     HiveStartResult,
@@ -50,8 +50,6 @@ __all__ = ["LocalHives"]
 
 POLL = 0.05
 LOG_TAIL_LINES = 20
-#: grace for the workers a killed hive left (they were already orphaned)
-WORKER_LEFTOVER_GRACE = 5.0
 
 
 class LocalHives:
@@ -66,15 +64,7 @@ class LocalHives:
         self.clock = clock
 
     def pid_path(self, hive_id: str) -> Path:
-        return self.settings.state_dir / "hives" / f"{hive_id}.pid"
-
-    def workers_run_dir(self, hive_id: str) -> Path:
-        """Where the hive keeps its workers' pid files (``rbee_hive.reaping``: its state dir's
-        ``run``)."""
-        return self.settings.state_dir / "hives" / hive_id / "run"
-
-    def log_path(self, hive_id: str) -> Path:
-        return self.settings.state_dir / "logs" / f"hive-{hive_id}.log"
+        return local_layout.hive_pid_file(self.settings.state_dir, hive_id)
 
     # -- start -------------------------------------------------------------------------------------
 
@@ -87,7 +77,7 @@ class LocalHives:
         heartbeat: float | None = None,
         models_dir: str | None = None,
     ) -> HiveStartResult:
-        hive_dir = self.settings.state_dir / "hives" / hive_id
+        hive_dir = local_layout.hive_state_dir(self.settings.state_dir, hive_id)
         command = [
             *self.settings.hive_command,
             *hive_argv(  # --flag=VALUE: a value that starts with "-" is no flag
@@ -100,7 +90,7 @@ class LocalHives:
                 heartbeat=heartbeat,
             ),
         ]
-        log = self.log_path(hive_id)
+        log = local_layout.hive_log(self.settings.state_dir, hive_id)
         hive_dir.mkdir(parents=True, exist_ok=True)
         started_at = self.clock()
 
@@ -135,7 +125,7 @@ class LocalHives:
         self, hive_id: str, record: ProcessRecord, *, since: float, child: bool
     ) -> None:
         timeout = self.settings.hive_start_timeout
-        log = record.log_path or self.log_path(hive_id)
+        log = record.log_path or local_layout.hive_log(self.settings.state_dir, hive_id)
         began = time.monotonic()
         next_report = 1.0
         with anyio.move_on_after(timeout):
@@ -203,14 +193,18 @@ class LocalHives:
                 level="warning",
             )
 
-        how = await rbee_process.aterminate(
-            record, grace, on_term=stopping, on_kill=killing, reap=True
-        )
-        self._forget(hive_id)
         # Its workers are in sessions of their own: what a killed (or dead) hive left is ours.
-        stopped = await anyio.to_thread.run_sync(
-            rbee_process.stop_pid_dir, self.workers_run_dir(hive_id), WORKER_LEFTOVER_GRACE
+        how, _, stopped = await rbee_process.stop_hive(
+            self.pid_path(hive_id),
+            local_layout.hive_run_dir(self.settings.state_dir, hive_id),
+            grace,
+            worker_grace=local_layout.WORKER_LEFTOVER_GRACE,
+            record=record,
+            on_term=stopping,
+            on_kill=killing,
+            reap=True,
         )
+        self.registry.remove(hive_id)
         for path, outcome, _ in stopped:
             if outcome is not rbee_process.StopOutcome.NOT_RUNNING:
                 narrate(
@@ -219,11 +213,6 @@ class LocalHives:
                     level="warning",
                 )
         return how
-
-    def _forget(self, hive_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_path(hive_id).unlink()
-        self.registry.remove(hive_id)
 
     # -- inspection --------------------------------------------------------------------------------
 
