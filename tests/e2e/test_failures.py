@@ -154,11 +154,12 @@ def _tokens_of(url: str, job_id: str) -> int:
 
     async def count() -> int:
         async with JobClient(url, timeout=30) as client:
-            return sum(
+            counts = [
                 len(item.event.payload["token_ids"])
                 async for item in client.events(job_id)
                 if isinstance(item, JobEvent) and isinstance(item.event, Data)
-            )
+            ]
+        return sum(counts)
 
     return anyio.run(count)
 
