@@ -78,12 +78,6 @@ class NoCapacity:
     reason: str
 
 
-def _downloadable(model: str) -> bool:
-    # The queen's infer type took ``model`` as a model name or a Hugging Face repo id that a
-    # hive can download (rbee_contracts.queen_ops).
-    return is_repo_ref(model)
-
-
 def _gib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 
@@ -139,13 +133,13 @@ def place(
         )
         return NoCapacity(f"cannot start a worker for model {model!r}: not enough memory ({short})")
     downloaders = [h for h in up if h.can_download and _fits(h)]
-    if _downloadable(model) and downloaders:
+    if is_repo_ref(model) and downloaders:
         best = _roomiest(downloaders)
         return SpawnDecision(best.hive_id, model, download=True)
     listing = "; ".join(f"{h.hive_id}: {', '.join(sorted(h.models)) or 'none'}" for h in up)
     why = (
         "and no hive can download it"
-        if _downloadable(model)
+        if is_repo_ref(model)
         else "and it is no Hugging Face repo id (owner/name) to download"
     )
     return NoCapacity(
