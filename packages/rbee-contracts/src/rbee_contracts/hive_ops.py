@@ -43,7 +43,6 @@ __all__ = [
     "WorkerRecord",
     "WorkerSpawnParams",
     "WorkerStopParams",
-    "check_device",
     "parse_device",
 ]
 
@@ -76,12 +75,7 @@ def parse_device(
     return "cuda", indices
 
 
-def check_device(value: str | None, what: str = "device") -> str | None:
-    parse_device(value, what)
-    return value
-
-
-_device = field_validator(check_device)
+_device = field_validator(parse_device)
 
 
 def _engine_args(instance: Any, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
