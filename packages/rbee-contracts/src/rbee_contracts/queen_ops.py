@@ -14,6 +14,7 @@ downstream defaults are the same).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import attrs
@@ -192,8 +193,13 @@ def downstream_type(cls: type) -> type:
     return cls
 
 
+@functools.cache
+def _downstream_names(cls: type) -> frozenset[str]:
+    return frozenset(a.name for a in attrs.fields(downstream_type(cls)))
+
+
 def forward_fields(params: Any) -> dict[str, Any]:
     """The fields of ``params`` for the hive or worker: the downstream type's, no ``None``s."""
-    own = {a.name for a in attrs.fields(downstream_type(type(params)))}
+    own = _downstream_names(params.__class__)
     raw: dict[str, Any] = converter.unstructure(params)
     return {k: v for k, v in raw.items() if k in own and v is not None}
