@@ -46,6 +46,7 @@ from jobproto.asgi import JobHandle, ServiceSettings, create_app
 from jobproto.server import serve
 from rbee_contracts import local_layout
 from rbee_contracts.hive_ops import ModelInfo, ModelList, WorkerList
+from rbee_contracts.ids import repo_name
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_ops import (
     HiveParams,
@@ -244,7 +245,7 @@ def operations(
     async def model_download(params: QueenModelDownloadParams) -> ModelInfo:
         for done in range(0, 4096 + 1, 1024):
             progress("model_download", done, 4096, unit="bytes")
-        name = params.name or params.repo_id.split("/")[-1]
+        name = params.name or repo_name(params.repo_id)
         return ModelInfo(
             name,
             4096,
