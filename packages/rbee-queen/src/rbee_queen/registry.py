@@ -21,7 +21,7 @@ liveness is a pure function of what was heard and when:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_results import HiveDetail, HiveView, QueenWorkerRecord
 from rbee_contracts.records import Heartbeat, WorkerRecord, parse_heartbeat
+from rbee_contracts.values import is_http_url
 
 __all__ = [
     "HiveRecord",
@@ -68,8 +69,16 @@ def parse_registration(hive_id: str, body: Any) -> Registration:
     Unknown keys are ignored on purpose: a heartbeat from a newer hive must not be refused by an
     older queen (the hive would drop out of routing).
     """
-    beat = parse_heartbeat(hive_id, body)
-    return Registration(hive_id, attrs.evolve(beat, hive_id=hive_id, url=beat.url.rstrip("/")))
+    if isinstance(body, Mapping):
+        # the path's id where the body names none, and a valid URL without its trailing slash,
+        # put in before the one structuring (a refused URL is echoed as sent)
+        url = body.get("url")
+        body = {
+            **body,
+            "hive_id": hive_id if body.get("hive_id") is None else body["hive_id"],
+            **({"url": url.rstrip("/")} if isinstance(url, str) and is_http_url(url) else {}),
+        }
+    return Registration(hive_id, parse_heartbeat(hive_id, body))
 
 
 # -- the registry ----------------------------------------------------------------------------------
@@ -80,19 +89,12 @@ class HiveRecord:
     """A registered hive: its last heartbeat, when it was heard, and the workers the queen
     spawned on it that its heartbeats have not reported yet."""
 
-    registration: Registration
+    hive_id: str
+    heartbeat: Heartbeat
     first_seen: float
     last_seen: float
     #: workers the queen spawned that the hive has not reported yet: id -> (record, noted at)
     noted: dict[str, tuple[WorkerRecord, float]] = attrs.field(factory=dict)
-
-    @property
-    def hive_id(self) -> str:
-        return self.registration.hive_id
-
-    @property
-    def heartbeat(self) -> Heartbeat:
-        return self.registration.heartbeat
 
     @property
     def url(self) -> str:
@@ -100,7 +102,7 @@ class HiveRecord:
 
     def workers(self) -> list[WorkerRecord]:
         # what the queen noted is newer than the heartbeat it arrived after (see register)
-        reported = [w for w in self.registration.workers if w.worker_id not in self.noted]
+        reported = [w for w in self.heartbeat.workers if w.worker_id not in self.noted]
         return reported + [rec for rec, _ in self.noted.values()]
 
 
@@ -160,9 +162,11 @@ class HiveRegistry:
         """Register or heartbeat (idempotent); True when the hive was not known before."""
         hive = self._hives.get(registration.hive_id)
         if hive is None:
-            self._hives[registration.hive_id] = HiveRecord(registration, now, now)
+            self._hives[registration.hive_id] = HiveRecord(
+                registration.hive_id, registration.heartbeat, now, now
+            )
             return True
-        hive.registration = registration
+        hive.heartbeat = registration.heartbeat
         hive.last_seen = now
         # A noted worker gives way to the hive's word once a heartbeat reports it, unless that
         # heartbeat still says ``starting``: it was sent before the spawn finished (it crossed
@@ -212,9 +216,8 @@ class HiveRegistry:
         if hive is None:
             return
         hive.noted.pop(worker_id, None)
-        kept = [w for w in hive.registration.workers if w.worker_id != worker_id]
-        beat = attrs.evolve(hive.heartbeat, workers=kept)
-        hive.registration = attrs.evolve(hive.registration, heartbeat=beat)
+        kept = [w for w in hive.heartbeat.workers if w.worker_id != worker_id]
+        hive.heartbeat = attrs.evolve(hive.heartbeat, workers=kept)
 
     def workers(self, now: float) -> list[WorkerView]:
         out = []
