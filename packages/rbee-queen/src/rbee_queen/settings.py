@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 
+from rbee_contracts.local_layout import HIVE_STOP_GRACE
+
 __all__ = ["QueenSettings", "default_state_dir"]
 
 
@@ -49,7 +51,7 @@ class QueenSettings:
     #: grace between SIGTERM and SIGKILL when stopping a hive (seconds): longer than the hive's
     #: own for its workers (rbee-hive's stop_grace, 10 s) plus rbee_process.KILL_WAIT (5 s) and a
     #: margin, so a hive stopping its workers is never killed halfway
-    hive_stop_grace: float = attrs.field(default=25.0, validator=_positive)
+    hive_stop_grace: float = attrs.field(default=HIVE_STOP_GRACE, validator=_positive)
     #: longest wait for a spawned worker to be ready, download included (seconds)
     worker_ready_timeout: float = attrs.field(default=600.0, validator=_positive)
     #: timeout of a worker's ``/health`` probe (seconds)
