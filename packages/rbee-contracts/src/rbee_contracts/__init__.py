@@ -14,6 +14,7 @@ Modules (import them by name; each has its own ``__all__``):
 * ``infer``: ``infer``'s parameters, stream deltas and result (queen → worker)
 * ``hive_cli``: the hive's command line as a queen starts it (queen → hive)
 * ``worker_cli``: the worker's command line and its listening line (hive → worker)
+* ``auth``: the queen's secret, the tokens derived from it, token files and env names
 * ``reading``: ``read_result``, reading another tier's result (unknown keys dropped, known
   fields strict)
 """

@@ -1,0 +1,207 @@
+"""Who may call whom: the queen's secret, the tokens derived from it, and how a tier finds its own.
+
+One secret per queen (32 random bytes, hex) lives in ``{queen_state_dir}/secret``, mode 0600,
+created on the queen's first start. Every token is derived from it with HMAC-SHA256, so the queen
+stores none of them and a new secret (``rbee queen rotate-secret``) replaces them all at once:
+
+=====================  ===========================  ==========================================
+token                  presented by → to            accepted as
+=====================  ===========================  ==========================================
+``keeper_token``       keeper → queen               ``keeper``, scope ``jobs``
+``join_token(H)``      hive H → queen               ``hive:H``, scope ``hive:H`` (its own PUT)
+``hive_token(H)``      queen → hive H and its       ``queen``, scope ``jobs``
+                       workers
+=====================  ===========================  ==========================================
+
+A token is a secret: it travels in the ``Authorization: Bearer`` header and by environment variable
+or file (mode 0600) between processes, never in an argument list (another user can read ``ps``),
+a URL, a log line, narration or an error. ``redact`` removes known tokens from text that might
+carry one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "ENV_HIVE_TOKEN",
+    "ENV_HIVE_TOKEN_FILE",
+    "ENV_JOIN_TOKEN",
+    "ENV_JOIN_TOKEN_FILE",
+    "ENV_TOKEN",
+    "ENV_TOKEN_FILE",
+    "ENV_WORKER_TOKEN",
+    "HIVE_SCOPE_PREFIX",
+    "JOBS_SCOPE",
+    "KEEPER_TOKEN_FILE",
+    "SECRET_FILE",
+    "TokenFileError",
+    "hive_scope",
+    "hive_token",
+    "is_loopback",
+    "join_token",
+    "keeper_token",
+    "load_or_create_secret",
+    "open_bind_refusal",
+    "read_token_file",
+    "redact",
+    "token_from_env",
+    "write_private_file",
+]
+
+#: the keeper's token for the queen (``RBEE_TOKEN``, or a file named by ``RBEE_TOKEN_FILE``)
+ENV_TOKEN = "RBEE_TOKEN"
+ENV_TOKEN_FILE = "RBEE_TOKEN_FILE"
+#: a hive's join token, presented to the queen with every heartbeat
+ENV_JOIN_TOKEN = "RBEE_JOIN_TOKEN"
+ENV_JOIN_TOKEN_FILE = "RBEE_JOIN_TOKEN_FILE"
+#: the token a hive accepts (the queen presents it)
+ENV_HIVE_TOKEN = "RBEE_HIVE_TOKEN"
+ENV_HIVE_TOKEN_FILE = "RBEE_HIVE_TOKEN_FILE"
+#: the token a worker accepts: its hive puts it in the worker's environment
+ENV_WORKER_TOKEN = "RBEE_WORKER_TOKEN"
+
+#: under the queen's state dir: the secret, and the local keeper's token (written at start)
+SECRET_FILE = "secret"
+KEEPER_TOKEN_FILE = "keeper.token"
+
+#: the scope of callers that may use a service's jobs (the keeper at the queen, the queen at hives)
+JOBS_SCOPE = "jobs"
+HIVE_SCOPE_PREFIX = "hive:"
+
+_SECRET_BYTES = 32
+
+
+class TokenFileError(ValueError):
+    """A secret or token file that cannot be used; the message says what to do."""
+
+
+def hive_scope(hive_id: str) -> str:
+    """The scope (and principal name) of hive ``hive_id`` at the queen."""
+    return HIVE_SCOPE_PREFIX + hive_id
+
+
+def _derive(secret: bytes, tag: str, label: str) -> str:
+    digest = hmac.new(secret, label.encode(), hashlib.sha256).digest()
+    return f"rbee_{tag}_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def keeper_token(secret: bytes) -> str:
+    return _derive(secret, "k", "rbee/keeper")
+
+
+def join_token(secret: bytes, hive_id: str) -> str:
+    return _derive(secret, "j", "rbee/join/" + hive_id)
+
+
+def hive_token(secret: bytes, hive_id: str) -> str:
+    return _derive(secret, "h", "rbee/hive/" + hive_id)
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def _check_private(path: Path) -> None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokenFileError(
+            f"{path} can be read by other users (mode {stat.S_IMODE(mode):04o}):"
+            f" run `chmod 600 {path}`"
+        )
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically with mode 0600 (its directory 0700 when created)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace stripped). Refuses a file others can read."""
+    try:
+        _check_private(path)
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise TokenFileError(f"token file {path} does not exist") from None
+    except OSError as exc:
+        raise TokenFileError(f"cannot read token file {path}: {exc.strerror}") from None
+    if not token or any(c.isspace() for c in token):
+        raise TokenFileError(f"token file {path} must hold one token on one line")
+    return token
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The queen's secret from ``path``; a new one (written 0600) when the file does not exist."""
+    if not path.exists():
+        write_private_file(path, secrets.token_hex(_SECRET_BYTES) + "\n")
+    text = read_token_file(path)
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise TokenFileError(f"secret file {path} must hold hex digits") from None
+    if len(secret) < 16:
+        raise TokenFileError(f"secret in {path} is too short: at least 16 bytes (32 hex digits)")
+    return secret
+
+
+def token_from_env(env: Mapping[str, str], name: str, file_name: str) -> str | None:
+    """The token in ``env[name]``, else in the file ``env[file_name]`` names, else None."""
+    value = env.get(name, "").strip()
+    if value:
+        return value
+    file = env.get(file_name, "").strip()
+    if file:
+        return read_token_file(Path(file).expanduser())
+    return None
+
+
+def redact(text: str, *tokens: str | None) -> str:
+    """``text`` with every non-empty token in ``tokens`` replaced by ``***``."""
+    for token in tokens:
+        if token:
+            text = text.replace(token, "***")
+    return text
+
+
+# -- binding --------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_bind_refusal(host: str, token: str | None, what: str, how: str) -> str | None:
+    """Why ``what`` must not listen on ``host`` without a token (None: it may).
+
+    ``how`` says what to set, e.g. ``"set RBEE_HIVE_TOKEN or RBEE_HIVE_TOKEN_FILE"``.
+    """
+    if token or is_loopback(host):
+        return None
+    return (
+        f"{what} refuses to listen on {host} without a token: anyone who can reach that address"
+        f" could use it. {how}, or listen on 127.0.0.1."
+    )

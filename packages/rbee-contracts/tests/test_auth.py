@@ -1,0 +1,83 @@
+import os
+import stat
+
+import pytest
+
+from rbee_contracts import auth
+
+
+def test_tokens_are_derived_per_role_and_hive() -> None:
+    secret = bytes(range(32))
+    tokens = {
+        auth.keeper_token(secret),
+        auth.join_token(secret, "a"),
+        auth.join_token(secret, "b"),
+        auth.hive_token(secret, "a"),
+        auth.hive_token(secret, "b"),
+    }
+    assert len(tokens) == 5
+    assert auth.join_token(secret, "a") == auth.join_token(secret, "a")
+    assert auth.keeper_token(secret) != auth.keeper_token(bytes(32))
+    assert all(t.startswith("rbee_") and len(t) > 40 for t in tokens)
+
+
+def test_secret_is_created_private_and_read_back(tmp_path) -> None:
+    path = tmp_path / "state" / "secret"
+    first = auth.load_or_create_secret(path)
+    assert len(first) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert auth.load_or_create_secret(path) == first
+
+
+def test_a_readable_token_file_is_refused_with_what_to_do(tmp_path) -> None:
+    path = tmp_path / "t"
+    path.write_text("abc\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(auth.TokenFileError, match="chmod 600"):
+        auth.read_token_file(path)
+    os.chmod(path, 0o600)
+    assert auth.read_token_file(path) == "abc"
+
+
+@pytest.mark.parametrize("text", ["", "two words\n", "   \n"])
+def test_a_token_file_holds_one_token(tmp_path, text: str) -> None:
+    path = tmp_path / "t"
+    auth.write_private_file(path, text)
+    with pytest.raises(auth.TokenFileError):
+        auth.read_token_file(path)
+
+
+def test_token_from_env_prefers_the_value_then_the_file(tmp_path) -> None:
+    path = tmp_path / "t"
+    auth.write_private_file(path, "from-file\n")
+    env = {"X": "", "X_FILE": str(path)}
+    assert auth.token_from_env(env, "X", "X_FILE") == "from-file"
+    assert auth.token_from_env({"X": "v", "X_FILE": str(path)}, "X", "X_FILE") == "v"
+    assert auth.token_from_env({}, "X", "X_FILE") is None
+
+
+def test_redact() -> None:
+    assert auth.redact("a sekrit b", "sekrit", None, "") == "a *** b"
+
+
+@pytest.mark.parametrize(
+    ("host", "loop"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("10.0.0.1", False),
+        ("example.org", False),
+    ],
+)
+def test_open_bind_refusal(host: str, loop: bool) -> None:
+    assert auth.is_loopback(host) is loop
+    refusal = auth.open_bind_refusal(host, None, "the hive", "set RBEE_HIVE_TOKEN")
+    assert (refusal is None) is loop
+    if refusal:
+        assert "RBEE_HIVE_TOKEN" in refusal and host in refusal
+    assert auth.open_bind_refusal(host, "t", "the hive", "x") is None
