@@ -12,6 +12,10 @@
 
     app = create_app(ops)   # uvicorn module:app
 
+To require a bearer token (and check ``Host`` and ``Origin``), pass
+``create_app(ops, security=Security(auth=TokenAuth({token: Principal("keeper", {"jobs"})})))``;
+an app built by hand puts ``security_middleware(security)`` first in its middleware.
+
 To add the job routes to an existing app, build a ``JobService`` and use ``job_routes(service)``
 with ``service.lifespan`` as (part of) the app's lifespan.
 """
@@ -22,6 +26,15 @@ from ._app import create_app, error_handlers
 from ._middleware import CorrelationMiddleware
 from ._openapi import openapi_document
 from ._routes import job_routes, status_json
+from ._security import (
+    Principal,
+    Security,
+    SecurityMiddleware,
+    TokenAuth,
+    principal_of,
+    require_scope,
+    security_middleware,
+)
 from ._service import JobHandle, JobService
 from ._settings import ServiceSettings
 
@@ -29,10 +42,17 @@ __all__ = [
     "CorrelationMiddleware",
     "JobHandle",
     "JobService",
+    "Principal",
+    "Security",
+    "SecurityMiddleware",
     "ServiceSettings",
+    "TokenAuth",
     "create_app",
     "error_handlers",
     "job_routes",
     "openapi_document",
+    "principal_of",
+    "require_scope",
+    "security_middleware",
     "status_json",
 ]

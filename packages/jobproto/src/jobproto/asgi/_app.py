@@ -20,6 +20,7 @@ from .._correlation import CORRELATION_HEADER
 from .._operations import Operations
 from ._middleware import CorrelationMiddleware
 from ._routes import correlation_of, job_routes
+from ._security import Security, security_middleware
 from ._service import JobService
 from ._settings import ServiceSettings
 
@@ -72,11 +73,15 @@ def create_app(
     routes: Sequence[BaseRoute] = (),
     tracer_provider: TracerProvider | None = None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+    security: Security | None = None,
 ) -> Starlette:
     """A Starlette app speaking jobproto/1 for ``operations``; extra ``routes`` are added after.
 
     ``lifespan`` is the app's own: it is entered before the job service starts and left after the
     service has ended its jobs, so resources it opens outlive every job.
+
+    ``security`` (tokens, allowed hosts and origins) is checked before anything else, by
+    ``security_middleware``; without it the app answers anyone, as a library default should.
     """
     service = (
         operations
@@ -85,7 +90,10 @@ def create_app(
     )
     app = Starlette(
         routes=[*job_routes(service), *routes],
-        middleware=[Middleware(CorrelationMiddleware)],
+        middleware=[
+            *(security_middleware(security) if security is not None else []),
+            Middleware(CorrelationMiddleware),
+        ],
         exception_handlers=error_handlers(),
         lifespan=_combined(service, lifespan),
     )
