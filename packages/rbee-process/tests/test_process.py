@@ -394,6 +394,22 @@ def test_reap_returns_the_exit_code_of_our_child(tmp_path: Path) -> None:
     assert rbee_process.reap(record.pid) is None  # collected once, not twice
 
 
+def test_logs_are_the_owners_only(tmp_path: Path) -> None:
+    """A new log is 0600 in a new 0700 directory; an existing 0644 log becomes 0600."""
+    old = tmp_path / "old.log"
+    old.write_text("from an older version\n")
+    old.chmod(0o644)
+    for log in (tmp_path / "new" / "logs" / "a.log", old):
+        record = rbee_process.spawn_detached(
+            [sys.executable, "-c", "print('written')"], log_path=log
+        )
+        wait_for(lambda pid=record.pid: rbee_process.reap(pid) is not None)
+        assert log.stat().st_mode & 0o777 == 0o600, oct(log.stat().st_mode)
+        assert "written" in log.read_text()
+    assert (tmp_path / "new" / "logs").stat().st_mode & 0o777 == 0o700
+    assert "from an older version" in old.read_text()
+
+
 def test_session_options_start_a_child_in_its_own_group(started: list[int]) -> None:
     options = rbee_process.session_options({"RBEE_TEST_VALUE": "y"})
     assert options["env"]["PYTHONUNBUFFERED"] == "1" and options["env"]["RBEE_TEST_VALUE"] == "y"

@@ -17,7 +17,14 @@ from ._record import (
     reap,
     write_pid_file,
 )
-from ._spawn import SpawnError, child_env, session_options, spawn_detached, start_once
+from ._spawn import (
+    SpawnError,
+    child_env,
+    prepare_log,
+    session_options,
+    spawn_detached,
+    start_once,
+)
 from ._stop import (
     KILL_WAIT,
     StopOutcome,
@@ -44,6 +51,7 @@ __all__ = [
     "kill_leftovers",
     "log_tail",
     "pid_file_lock",
+    "prepare_log",
     "process_of",
     "read_pid_file",
     "reap",

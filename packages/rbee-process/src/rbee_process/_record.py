@@ -174,7 +174,7 @@ class ProcessRecord:
 def write_pid_file(path: Path, record: ProcessRecord) -> None:
     """Write ``record`` to ``path`` atomically: a reader never sees half a pid file, and two
     writers never share a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -193,8 +193,8 @@ def pid_file_lock(path: Path) -> Iterator[None]:
     Whoever checks, starts and records the process of one pid file holds it meanwhile, so two
     starters never both start one. The lock file stays (removing it would race a waiter).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

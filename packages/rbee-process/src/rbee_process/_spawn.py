@@ -39,7 +39,19 @@ from typing import Any
 
 from ._record import ProcessRecord, alive, pid_file_lock, read_pid_file, write_pid_file
 
-__all__ = ["SpawnError", "child_env", "session_options", "spawn_detached", "start_once"]
+__all__ = [
+    "SpawnError",
+    "child_env",
+    "prepare_log",
+    "session_options",
+    "spawn_detached",
+    "start_once",
+]
+
+#: a log may hold what a process printed about its work (paths, prompts in a traceback): its
+#: owner's only, as its directory is
+LOG_MODE = 0o600
+LOG_DIR_MODE = 0o700
 
 #: argv[1]: "1" to start a new session; argv[2]: a directory to change to ("" for none)
 _TRAMPOLINE = (
@@ -60,6 +72,18 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def prepare_log(path: Path) -> Path:
+    """Make ``path`` a log only its owner can read: its directory created 0700 when missing,
+    the file created 0600, or changed to 0600 when it exists (a log of an older version)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=LOG_DIR_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+    try:
+        os.fchmod(fd, LOG_MODE)
+    finally:
+        os.close(fd)
+    return path
 
 
 def session_options(
@@ -94,7 +118,7 @@ def spawn_detached(
     argv = list(argv)
     if not argv:
         raise ValueError("argv must not be empty")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_log(log_path)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     with log_path.open("a") as log:
         log.write(f"--- rbee: {stamp} starting {label or argv[0]}: {shlex.join(argv)}\n")
@@ -102,7 +126,7 @@ def spawn_detached(
     _check_command(argv[0], env_vars.get("PATH"), cwd)
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
     setsid = True
