@@ -46,7 +46,7 @@ heartbeats = st.builds(
     workers=st.lists(records, max_size=3),
     models=st.lists(st.text(min_size=1, max_size=10), max_size=3),
     free_memory_bytes=st.none() | st.integers(0, 1 << 40),
-    heartbeat_interval=st.floats(0.01, 60),
+    heartbeat_interval=st.floats(0.1, 300),
 )
 
 
@@ -123,6 +123,29 @@ def test_the_hives_body_of_today_parses_and_unknown_keys_are_ignored() -> None:
             hive_body(workers=[{"worker_id": "w", "model": "m", "state": "ready", "url": "nope"}]),
             "workers[0].url",
         ),
+        # bounds: an interval that kept a silent hive up forever, counts and sizes
+        ("localhost", hive_body(heartbeat_interval=1e300), "heartbeat_interval"),
+        ("localhost", hive_body(heartbeat_interval=0.05), "heartbeat_interval"),
+        ("localhost", hive_body(heartbeat_interval=300.5), "heartbeat_interval"),
+        ("localhost", hive_body(models=[f"m{i}" for i in range(4097)]), "models"),
+        ("localhost", hive_body(models=["m" * 257]), "models"),
+        ("localhost", hive_body(url="http://127.0.0.1/" + "x" * 2048), "url"),
+        (
+            "localhost",
+            hive_body(
+                workers=[
+                    {"worker_id": f"w{i}", "model": "m", "state": "starting"} for i in range(257)
+                ]
+            ),
+            "workers",
+        ),
+        (
+            "localhost",
+            hive_body(
+                workers=[{"worker_id": "w", "model": "m", "state": "failed", "error": "e" * 4097}]
+            ),
+            "workers[0].error",
+        ),
     ],
 )
 def test_bad_heartbeats_are_422_naming_the_field(hive_id: str, body: Any, field: str) -> None:
@@ -130,3 +153,32 @@ def test_bad_heartbeats_are_422_naming_the_field(hive_id: str, body: Any, field:
         parse_heartbeat(hive_id, body)
     assert info.value.status == 422
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.9:40001",  # another machine
+        "http://localhost:40001",  # the same machine by another name is still another host
+        "http://127.0.0.2:40001",
+    ],
+)
+def test_a_worker_url_off_the_hives_host_is_refused(url: str) -> None:
+    body = hive_body()
+    ok = {**body["workers"][0], "worker_id": "ok"}
+    body["workers"] = [ok, {**ok, "worker_id": "far", "url": url}]
+    with pytest.raises(RequestError) as info:
+        parse_heartbeat("localhost", body)
+    assert (info.value.status, info.value.field) == (422, "workers[1].url")
+    assert url in info.value.message and "127.0.0.1" in info.value.message
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    body = hive_body(
+        heartbeat_interval=300,
+        models=[f"m{i}" for i in range(4096)],
+        workers=[{"worker_id": f"w{i}", "model": "m", "state": "starting"} for i in range(256)],
+    )
+    beat = parse_heartbeat("localhost", body)
+    assert (len(beat.models), len(beat.workers)) == (4096, 256)
+    assert parse_heartbeat("localhost", hive_body(heartbeat_interval=0.1)).heartbeat_interval == 0.1
