@@ -840,3 +840,24 @@ class Kit:
 @pytest.fixture
 def kit() -> type[Kit]:
     return Kit
+
+
+# -- machines of their own (tests/e2e/machines.py) -------------------------------------------------
+
+
+def _sibling(name: str) -> Any:
+    """Import ``tests/e2e/{name}.py`` (test modules are imported by path: it is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"rbee_e2e_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+#: ``machines``: two machines (network namespaces, else loopback addresses), one per module
+machines = _sibling("machines").machines
