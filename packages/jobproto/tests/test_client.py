@@ -746,3 +746,118 @@ async def test_run_raises_when_the_job_is_cancelled(event: Any, state: str) -> N
         with pytest.raises(RemoteJobCancelled) as info:
             await client.run("echo")
     assert (info.value.state, info.value.reason, info.value.job_id) == (state, event.reason, JOB)
+
+
+# -- token and TLS ---------------------------------------------------------------------------------
+
+TOKEN = "tok_" + "S3cr3t" * 7
+
+
+@pytest.mark.anyio
+async def test_the_token_goes_on_every_request_reconnects_included() -> None:
+    server = Server(
+        httpx.Response(201, json=created_json()),
+        httpx.Response(200, json=status_json()),
+        httpx.Response(200, json={"jobs": [], "next_cursor": None}),
+        httpx.Response(200, json=status_json("cancelled")),
+        sse(RETRY, *HAPPY[:2]),  # ends early: the client reconnects
+        sse(RETRY, *HAPPY[2:]),
+    )
+    headers = {"Authorization": "Basic old", "X-Extra": "1"}
+    async with client_for(server, token=TOKEN, headers=headers) as (client, _):
+        await client.create("echo")
+        await client.status(JOB)
+        await client.list()
+        await client.cancel(JOB)
+        assert await collect(client) == HAPPY
+    assert len(server.requests) == 6
+    for request in server.requests:
+        # one Authorization, the token's: it wins over one in ``headers``
+        assert request.headers.get_list("authorization") == [f"Bearer {TOKEN}"]
+        assert request.headers["x-extra"] == "1"
+        assert TOKEN not in str(request.url)
+    assert server.last_event_ids()[-1] == "2"
+
+
+@pytest.mark.anyio
+async def test_without_a_token_no_authorization_is_sent() -> None:
+    server = Server(httpx.Response(200, json=status_json()))
+    async with client_for(server) as (client, _):
+        await client.status(JOB)
+    assert "authorization" not in server.requests[0].headers
+
+
+@pytest.mark.anyio
+async def test_a_401_is_an_http_status_error_without_the_token() -> None:
+    refusal = error(401, "unauthorized", "the bearer token is not valid")
+    refusal.headers["WWW-Authenticate"] = "Bearer"
+    server = Server(refusal, error(403, "forbidden", "'hive:a' may not use the job routes"))
+    async with client_for(server, token=TOKEN) as (client, _):
+        with pytest.raises(HTTPStatusError) as info:
+            await client.create("echo")
+        assert (info.value.status, info.value.code) == (401, "unauthorized")
+        with pytest.raises(HTTPStatusError) as forbidden:
+            await client.status(JOB)
+        assert (forbidden.value.status, forbidden.value.code) == (403, "forbidden")
+        for exc in (info.value, forbidden.value):
+            assert isinstance(exc, RequestError)
+            assert TOKEN not in str(exc) and TOKEN not in repr(exc)
+        assert TOKEN not in repr(client)
+        assert "token=<hidden>" in repr(client)
+
+
+@pytest.mark.anyio
+async def test_a_stream_answered_401_is_not_retried() -> None:
+    server = Server(sse(*HAPPY[:2]), error(401, "unauthorized"), sse(*HAPPY[2:]))
+    async with client_for(server, token=TOKEN) as (client, slept):
+        with pytest.raises(HTTPStatusError) as info:
+            await collect(client)
+    assert (info.value.status, info.value.code) == (401, "unauthorized")
+    assert len(server.requests) == 2  # the cut stream and the refused reconnect: no third try
+    assert len(slept) == 1
+
+
+@pytest.mark.anyio
+async def test_transport_errors_do_not_carry_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    server = Server(
+        sse(*HAPPY[:1], then=httpx.ReadError("reset")),
+        httpx.ConnectError("refused"),
+        sse(*HAPPY[1:]),
+        httpx.ReadError("reset"),
+    )
+    async with client_for(server, token=TOKEN) as (client, _):
+        assert await collect(client) == HAPPY
+        with pytest.raises(TransportFailed) as info:
+            await client.status(JOB)
+    assert TOKEN not in str(info.value) and TOKEN not in repr(info.value)
+    assert "reconnecting" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "new\nline", "tab\t", "caf\u00e9"])
+def test_a_token_that_cannot_go_in_a_header_is_refused_without_echoing_it(bad: str) -> None:
+    with pytest.raises(ValueError, match="token") as info:
+        JobClient(BASE, token=bad)
+    if bad:
+        assert bad not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_verify_builds_the_clients_own_tls_context() -> None:
+    import ssl
+
+    import certifi
+
+    async with JobClient(BASE, verify=certifi.where()) as client:
+        assert not client._http.is_closed
+    async with JobClient(BASE, verify=False):
+        pass
+    context = ssl.create_default_context()
+    async with JobClient(BASE, verify=context):
+        pass
+    with pytest.raises(FileNotFoundError):
+        JobClient(BASE, verify="/nonexistent/ca.pem")
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(ValueError, match="verify"):
+            JobClient(BASE, http=http, verify=False)

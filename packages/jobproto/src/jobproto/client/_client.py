@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -84,9 +85,15 @@ class JobClient:
 
     Use it as ``async with JobClient(url) as client:``. Pass ``http`` to share a configured
     ``httpx.AsyncClient`` (auth, TLS, a test transport); the client then leaves closing it to you.
-    ``headers`` go on every request. ``max_reconnects`` bounds consecutive failed attempts of
-    ``events()`` (and of ``create()`` with an idempotency key); ``backoff_initial`` and
-    ``backoff_max`` shape the exponential backoff between them, in seconds.
+    ``headers`` go on every request. ``token`` goes on every request (stream reconnects included)
+    as ``Authorization: Bearer <token>`` (docs/protocol.md §Authentication) and is never shown in a
+    repr, an error or a log line. ``verify`` is how the client's own ``httpx.AsyncClient`` checks
+    the server's TLS certificate: ``True`` (the system's CAs), the path of a CA bundle or of the
+    server's own (pinned) certificate, an ``ssl.SSLContext``, or ``False``; with ``http`` that
+    client's own setting applies, so ``verify`` cannot be given as well. ``max_reconnects``
+    bounds consecutive failed attempts of ``events()`` (and of ``create()`` with an idempotency
+    key); ``backoff_initial`` and ``backoff_max`` shape the exponential backoff between them,
+    in seconds.
     """
 
     def __init__(
@@ -96,26 +103,45 @@ class JobClient:
         http: httpx.AsyncClient | None = None,
         timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+        verify: ssl.SSLContext | str | bool = True,
         max_reconnects: int = 8,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
     ) -> None:
         if max_reconnects < 0:
             raise ValueError("max_reconnects must be >= 0")
+        if token is not None and not _is_token(token):
+            # never the token itself in the message: it may be a real one with a stray newline
+            raise ValueError("token must be non-empty visible ASCII without spaces")
+        if http is not None and verify is not True:
+            raise ValueError("verify applies to the client's own httpx client: configure http")
         self._base = base_url.rstrip("/")
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
+        self._http = (
+            http if http is not None else httpx.AsyncClient(timeout=timeout, verify=_ssl(verify))
+        )
         self._timeout = httpx.Timeout(timeout)
         # No read timeout on streams: a running job may legitimately say nothing for minutes (the
         # server's 15 s keepalives may also be eaten by a proxy). A dead peer still surfaces as a
         # transport error, and the caller bounds the wait with a cancel scope if it wants one.
         self._stream_timeout = httpx.Timeout(timeout, read=None)
         self._default_headers = dict(headers or {})
+        if token is not None:
+            # replaces an Authorization among ``headers``: the explicit token wins
+            self._default_headers = {
+                k: v for k, v in self._default_headers.items() if k.lower() != "authorization"
+            }
+            self._default_headers["Authorization"] = f"Bearer {token}"
         self._max_reconnects = max_reconnects
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         # Seam for tests that check the backoff without waiting for it.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+
+    def __repr__(self) -> str:
+        has_token = any(k.lower() == "authorization" for k in self._default_headers)
+        return f"JobClient({self._base!r}{', token=<hidden>' if has_token else ''})"
 
     async def __aenter__(self) -> JobClient:
         return self
@@ -402,6 +428,20 @@ def _failure(method: str, url: str, exc: httpx.RequestError | httpx.InvalidURL) 
 def _unusable_url(exc: BaseException) -> bool:
     """Whether ``exc`` (a ``ConnectFailed``) failed on a URL that no retry can make work."""
     return isinstance(exc.__cause__, _UNUSABLE_URL)
+
+
+def _is_token(token: str) -> bool:
+    # RFC 6750 §2.1 b64token is a subset of this; what it rules out (spaces, control characters,
+    # non-ASCII) would break the header or make httpx echo the value in its error
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
+
+
+def _ssl(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for ours: a path becomes a context trusting that CA bundle or pinned
+    certificate (httpx 0.28 deprecates passing a path)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
 
 
 def _result(ev: JobEvent) -> Any:
