@@ -154,10 +154,12 @@ def test_no_token_in_any_repr() -> None:
 
 
 def test_principal_scopes_become_a_frozenset() -> None:
-    principal = Principal("keeper", {"jobs"})  # type: ignore[arg-type]
+    principal = Principal("keeper", {"jobs"})
     assert principal.scopes == frozenset({"jobs"})
     assert principal.may("jobs") and not principal.may("hive:x")
     hash(principal)
+    with pytest.raises(TypeError):
+        Principal("keeper", "jobs")  # would be the scopes j, o, b, s
 
 
 def test_security_normalises_hosts_and_origins_and_refuses_a_wildcard() -> None:

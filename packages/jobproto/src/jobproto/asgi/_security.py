@@ -68,12 +68,19 @@ MAX_AGE = "600"
 _ECHO_LIMIT = 200
 
 
+def _scopes(value: Iterable[str]) -> frozenset[str]:
+    # a named converter, not ``frozenset``: mypy's attrs plugin cannot type a generic one
+    if isinstance(value, str):
+        raise TypeError("scopes must be a collection of scope names, not one string")
+    return frozenset(value)
+
+
 @attrs.frozen
 class Principal:
     """An authenticated caller: a name for logs and decisions, never the token itself."""
 
     name: str
-    scopes: frozenset[str] = attrs.field(factory=frozenset, converter=frozenset)
+    scopes: frozenset[str] = attrs.field(factory=frozenset, converter=_scopes)
 
     def may(self, scope: str) -> bool:
         return scope in self.scopes
