@@ -15,12 +15,13 @@ Invoke = Callable[..., Result]
 COMMANDS = {
     "infer": [],
     "status": [],
-    "queen": ["start", "stop", "status"],
+    "queen": ["start", "stop", "status", "rotate-secret"],
     "hive": ["list", "status", "start", "stop"],
     "worker": ["spawn", "list", "stop"],
     "model": ["download", "register", "list", "delete"],
     "jobs": ["list", "status", "cancel", "stream"],
     "config": ["show"],
+    "cert": ["generate", "fingerprint"],
 }
 
 

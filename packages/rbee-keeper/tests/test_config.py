@@ -126,7 +126,9 @@ def test_config_show_prints_a_usable_toml_file(env: dict[str, str], invoke: Invo
     result = invoke("config", "show")
     assert result.exit_code == 0, result.stderr
     parsed = tomllib.loads(result.stdout)
-    assert set(parsed) == {spec.name for spec in SETTINGS}
+    unset = {"tls_ca"}  # TOML has no null: an unset setting is a comment
+    assert set(parsed) == {spec.name for spec in SETTINGS} - unset
+    assert '# tls_ca = ""  # not set (default)' in result.stdout
     for spec in SETTINGS:
         assert spec.env in result.stdout
     # Written back as a config file, it reads back to the same settings.
@@ -143,3 +145,45 @@ def test_every_setting_is_documented() -> None:
         assert spec.name in doc and spec.env in doc
         if spec.flag:
             assert spec.flag in doc
+
+
+def test_token_file_defaults_to_the_local_queens_and_follows_state_dir(env: dict[str, str]) -> None:
+    settings = load_settings({"state_dir": "/srv/rbee"}, env=env)
+    assert settings.token_file == Path("/srv/rbee/queen/keeper.token")
+    assert settings.sources["token_file"] == "default"
+    assert settings.token is None and "token" not in settings.sources
+    named = load_settings(env=dict(env, RBEE_TOKEN_FILE="/etc/rbee/keeper.token"))
+    assert named.token_file == Path("/etc/rbee/keeper.token")
+    assert named.sources["token_file"] == "env RBEE_TOKEN_FILE"
+
+
+def test_the_token_is_read_from_the_environment_and_never_shown(
+    env: dict[str, str], invoke: Invoke
+) -> None:
+    token = "rbee_k_not-a-real-token-but-secret-enough-0123456789"
+    settings = load_settings(env=dict(env, RBEE_TOKEN=token))
+    assert settings.token == token
+    assert settings.sources["token"] == "env RBEE_TOKEN"
+    assert token not in repr(settings)
+    assert token not in json.dumps(settings.as_dict())
+
+    shown = invoke("config", "show", RBEE_TOKEN=token)
+    assert shown.exit_code == 0, shown.stderr
+    assert token not in shown.stdout + shown.stderr
+    assert "# token: ***  # env RBEE_TOKEN" in shown.stdout
+    tomllib.loads(shown.stdout)  # still a usable config file, without the token
+    as_json = invoke("config", "show", "--json", RBEE_TOKEN=token)
+    assert as_json.exit_code == 0, as_json.stderr
+    assert token not in as_json.stdout + as_json.stderr
+    parsed = json.loads(as_json.stdout)
+    assert parsed["token"] == "***" and parsed["token_source"] == "env RBEE_TOKEN"
+
+    without = json.loads(invoke("config", "show", "--json").stdout)
+    assert without["token"] is None
+
+
+def test_the_token_is_not_taken_from_the_config_file(env: dict[str, str]) -> None:
+    write_config(env, 'token = "rbee_k_x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert "RBEE_TOKEN" in str(info.value) and "rbee_k_x" not in str(info.value)

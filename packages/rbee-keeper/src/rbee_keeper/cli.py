@@ -19,17 +19,20 @@ from typing import Any, TypeVar
 
 import click
 
-from jobproto import JobState
+from jobproto import JobProtoError, JobState
 from jobproto.client import JobClient
+from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
 from rbee_contracts.engines import ENGINES
 
-from . import __version__
+from . import __version__, certs
+from .access import AccessError, QueenRefused
 from .config import SETTINGS, ConfigError, Settings, load_settings
 from .render import HumanRenderer, JsonRenderer, Renderer
 from .runner import (
     EXIT_OK,
     EXIT_USAGE,
     call,
+    report,
     run_job,
     run_sync,
     stream_job,
@@ -38,8 +41,12 @@ from .services import (
     ServiceError,
     describe,
     is_listening,
+    is_local,
     local_hive_fields,
     local_services,
+    queen_secret_file,
+    queen_state_dir,
+    rotate_secret,
     running_pid,
     start_local,
     stop_local,
@@ -51,7 +58,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES_HELP = """\b
 Exit codes: 0 success, 1 job failed, 2 usage error, 3 queen unreachable,
-4 job cancelled, 5 request refused by the queen (validation), 130 Ctrl+C."""
+4 job cancelled, 5 request refused by the queen (validation, token), 130 Ctrl+C."""
 
 JOB_STATES = tuple(state.value for state in JobState)
 
@@ -259,9 +266,8 @@ def queen_start(app: App, as_json: bool) -> None:
     async def start() -> int:
         try:
             await start_local(settings, renderer.note)
-        except ServiceError as exc:
-            renderer.error(str(exc), exit_code=3, code="service_error")
-            return 3
+        except (ServiceError, QueenRefused, AccessError) as exc:
+            return report(renderer, exc, settings, None)
         queen_svc, hive_svc = local_services(settings)
         renderer.output(
             {
@@ -293,6 +299,49 @@ def queen_stop(app: App, as_json: bool) -> None:
         return EXIT_OK
 
     click.get_current_context().exit(run_sync(stop_all))
+
+
+@queen.command("rotate-secret")
+@json_option
+@click.pass_obj
+def queen_rotate_secret(app: App, as_json: bool) -> None:
+    """Replace the local queen's secret: every token made from it stops working.
+
+    Stops the local queen and its hives, writes a new secret, starts them again (the local hive
+    gets its new tokens from the queen). Keepers on other machines need the new keeper.token;
+    hives on other machines need `rbee hive start --host ALIAS` again.
+    """
+    settings = app.settings
+    renderer = renderer_for(as_json)
+    queen_svc, _ = local_services(settings)
+
+    async def rotate() -> int:
+        if not is_local(settings.queen_url):
+            message = (
+                f"the queen at {settings.queen_url} is not on this machine: rotate its secret there"
+            )
+            renderer.error(message, exit_code=EXIT_USAGE, code="queen_not_local")
+            return EXIT_USAGE
+        try:
+            restarted = await rotate_secret(settings, renderer.note)
+        except (ServiceError, QueenRefused, AccessError, JobProtoError) as exc:
+            return report(renderer, exc, settings, None)
+        keeper_token = queen_state_dir(settings) / KEEPER_TOKEN_FILE
+        renderer.note(
+            "hives on other machines need `rbee hive start --host ALIAS` again, and keepers on"
+            f" other machines a copy of the new {keeper_token}"
+        )
+        renderer.output(
+            {
+                "secret": str(queen_secret_file(settings)),
+                "restarted": restarted,
+                "queen_pid": running_pid(queen_svc),
+                "keeper_token": str(keeper_token),
+            }
+        )
+        return EXIT_OK
+
+    click.get_current_context().exit(run_sync(rotate))
 
 
 @queen.command("status")
@@ -569,6 +618,63 @@ def jobs_stream(
     click.get_current_context().exit(code)
 
 
+# -- certificates ---------------------------------------------------------------------------------
+
+
+@rbee.group()
+def cert() -> None:
+    """TLS certificates for a queen or hive that listens beyond loopback."""
+
+
+@cert.command("generate")
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="A name or IP address clients use to reach the service (repeatable).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for cert.pem and key.pem (key.pem is written 0600).",
+)
+@click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
+@json_option
+def cert_generate(hosts: tuple[str, ...], out: Path, days: int, as_json: bool) -> None:
+    """A self-signed certificate for HOSTs and its key; prints its SHA-256 fingerprint."""
+    renderer = renderer_for(as_json)
+    try:
+        made = certs.generate(hosts, out, days)
+    except (certs.CertError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    renderer.note(
+        f"serve with: --tls-cert {made.cert} --tls-key {made.key} (on the queen or hive);"
+        f" clients verify it with tls_ca = {str(made.cert)!r} (RBEE_TLS_CA; on the queen and"
+        " hives --tls-ca); compare the fingerprint on both machines"
+    )
+    renderer.output(
+        {
+            "cert": str(made.cert),
+            "key": str(made.key),
+            "hosts": list(made.hosts),
+            "not_after": made.not_after.isoformat(timespec="seconds"),
+            "fingerprint_sha256": made.fingerprint,
+        }
+    )
+
+
+@cert.command("fingerprint")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def cert_fingerprint(file: Path) -> None:
+    """The SHA-256 fingerprint of the PEM certificate in FILE."""
+    try:
+        click.echo(certs.fingerprint(file))
+    except certs.CertError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # -- config ---------------------------------------------------------------------------------------
 
 
@@ -585,6 +691,10 @@ def config_show(app: App, as_json: bool) -> None:
     settings = app.settings
     values = settings.as_dict()
     found = "" if settings.config_file_found else " (not found)"
+    # The token itself is never printed: only whether there is one and where it comes from.
+    token_source = settings.sources.get(
+        "token", f"token_file, read when needed ({ENV_TOKEN} unset)"
+    )
     if as_json:
         renderer_for(True).output(
             {
@@ -592,6 +702,8 @@ def config_show(app: App, as_json: bool) -> None:
                 "config_file_found": settings.config_file_found,
                 "settings": values,
                 "sources": dict(settings.sources),
+                "token": "***" if settings.token is not None else None,
+                "token_source": token_source,
             }
         )
         return
@@ -600,9 +712,15 @@ def config_show(app: App, as_json: bool) -> None:
     for spec in SETTINGS:
         where = ", ".join(filter(None, [spec.env, spec.flag]))
         lines.append(f"\n# {spec.help} ({where})")
+        if values[spec.name] is None:  # TOML has no null: an unset setting stays a comment
+            lines.append(f'# {spec.name} = ""  # not set ({settings.sources[spec.name]})')
+            continue
         # JSON strings, numbers and arrays of strings are valid TOML values.
         value = json.dumps(values[spec.name], ensure_ascii=False)
         lines.append(f"{spec.name} = {value}  # {settings.sources[spec.name]}")
+    shown = "***" if settings.token is not None else "none"
+    lines.append(f"\n# the keeper's token for the queen ({ENV_TOKEN} only; never shown)")
+    lines.append(f"# token: {shown}  # {token_source}")
     click.echo("\n".join(lines))
 
 

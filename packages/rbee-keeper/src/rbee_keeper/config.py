@@ -29,7 +29,18 @@ hive_command       RBEE_HIVE_COMMAND         how to run the hive; ``--host --por
 start_timeout      RBEE_START_TIMEOUT        seconds to wait for a started service to answer (30)
 stop_timeout       RBEE_STOP_TIMEOUT         seconds between SIGTERM and SIGKILL on stop (10)
 cancel_timeout     RBEE_CANCEL_TIMEOUT       seconds Ctrl+C waits for the queen to cancel (8)
+token_file         RBEE_TOKEN_FILE           the file that holds the keeper's token for the queen
+                                             (``{state_dir}/queen/keeper.token``, which the
+                                             local queen writes each time it starts)
+tls_ca             RBEE_TLS_CA               a CA certificate, or the queen's own self-signed
+                                             certificate (pinned), that an ``https`` queen_url
+                                             is verified against (the system's CAs)
 =================  ========================  ====================================================
+
+The token itself is read from ``RBEE_TOKEN`` (which wins over ``token_file``) and from nowhere
+else: a flag would put it in the argument list, which other users can read with ``ps``, and a
+config file is easily shared. ``rbee config show`` never prints it: it prints ``***`` and where
+it came from. A token file must not be readable by other users (``chmod 600``).
 
 Commands are a TOML array of strings in the file and a shell-quoted string in the environment
 (``RBEE_QUEEN_COMMAND="rbee-queen --log-level debug"``). Relative paths in the file are relative
@@ -54,10 +65,12 @@ from urllib.parse import urlsplit
 import attrs
 
 from jobproto import FieldError
+from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
 from rbee_contracts.ids import HIVE_ID_RULE, check_hive_id
 
 __all__ = [
     "SETTINGS",
+    "TOKEN_FROM_ENV",
     "ConfigError",
     "SettingSpec",
     "Settings",
@@ -224,7 +237,22 @@ SETTINGS: tuple[SettingSpec, ...] = (
         lambda env: 8.0,
         "seconds Ctrl+C waits for the queen to cancel a job",
     ),
+    SettingSpec(
+        "token_file",
+        _parse_path,
+        lambda env: None,  # {state_dir}/queen/keeper.token: load_settings fills it in
+        "the keeper's token for the queen (RBEE_TOKEN wins over it)",
+    ),
+    SettingSpec(
+        "tls_ca",
+        _parse_path,
+        lambda env: None,
+        "CA certificate or the queen's pinned certificate, for an https queen_url",
+    ),
 )
+
+#: where the token came from when ``RBEE_TOKEN`` gives it
+TOKEN_FROM_ENV = f"env {ENV_TOKEN}"
 
 
 @attrs.frozen
@@ -242,12 +270,17 @@ class Settings:
     start_timeout: float
     stop_timeout: float
     cancel_timeout: float
+    token_file: Path
+    tls_ca: Path | None
     config_file: Path
     config_file_found: bool
     sources: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``RBEE_TOKEN``; never printed (``repr`` leaves it out), see ``queen_access``
+    token: str | None = attrs.field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as JSON-friendly values (paths as strings, commands as lists)."""
+        """The settings as JSON-friendly values (paths as strings, commands as lists, an unset
+        one as None). The token is not a setting of the file and is not among them."""
         out: dict[str, Any] = {}
         for spec in SETTINGS:
             value = getattr(self, spec.name)
@@ -268,6 +301,11 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     known = {spec.name for spec in SETTINGS}
+    if "token" in data:
+        raise ConfigError(
+            f"{path}: the token is not read from the config file (it is easily shared):"
+            f" set {ENV_TOKEN}, or token_file to a file only you can read"
+        )
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
@@ -318,4 +356,11 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(f"setting {spec.name} ({source}) {exc}") from None
         sources[spec.name] = source
-    return Settings(**values, config_file=path, config_file_found=found, sources=sources)
+    if values["token_file"] is None:  # the file the local queen writes, under this state_dir
+        values["token_file"] = values["state_dir"] / "queen" / KEEPER_TOKEN_FILE
+    token = env.get(ENV_TOKEN, "").strip() or None
+    if token is not None:
+        sources["token"] = TOKEN_FROM_ENV
+    return Settings(
+        **values, config_file=path, config_file_found=found, sources=sources, token=token
+    )

@@ -9,13 +9,17 @@ Exit codes (``rbee --help`` lists them too):
 2     usage error (click), or a bad setting
 3     the queen is unreachable (not running, wrong URL, connection lost), or could not be started
 4     the job was cancelled or expired
-5     the queen refused the request with a 4xx (validation error: message and field printed)
+5     the queen refused the request with a 4xx (validation error: message and field printed),
+      or refused the keeper itself (401/403: its token; 421: the host name in queen_url)
 130   interrupted by Ctrl+C (the job is cancelled on the queen first)
 ====  ===========================================================================================
 
 Ctrl+C: the first one stops following the job and cancels it on the queen (``DELETE``, waiting
 at most ``cancel_timeout`` seconds), then exits 130; a second one exits at once. SIGINT is taken
 over with ``anyio.open_signal_receiver`` while a command runs, so the job id is known when it comes.
+
+Every request carries the keeper's token (``access.queen_client``); a refusal of it is told as
+what to set, never with the token.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,10 +47,12 @@ from jobproto import (
     TransportFailed,
 )
 from jobproto.client import HTTPStatusError, JobClient, JobStatus, StreamInterrupted
+from rbee_contracts.auth import redact
 
+from .access import REFUSALS, AccessError, QueenRefused, queen_client, refusal_message
 from .config import Settings
 from .render import Renderer
-from .services import ServiceError, is_local, start_local
+from .services import ServiceError, is_local, queen_answers, start_local
 
 __all__ = [
     "EXIT_CANCELLED",
@@ -107,8 +113,25 @@ async def _watch_interrupts() -> AsyncIterator[_Interrupts]:
 
 
 def report(renderer: Renderer, exc: BaseException, settings: Settings, job_id: str | None) -> int:
-    """Tell the person what went wrong and what to do; return the exit code."""
+    """Tell the person what went wrong and what to do; return the exit code. No message carries
+    the token (a server could echo what it was sent)."""
+    message, exit_code, code, field = _diagnose(exc, settings, job_id)
+    renderer.error(redact(message, settings.token), exit_code=exit_code, code=code, field=field)
+    return exit_code
+
+
+def _diagnose(
+    exc: BaseException, settings: Settings, job_id: str | None
+) -> tuple[str, int, str | None, str | None]:
+    """``(message, exit code, code, field)`` for ``exc``."""
     url = settings.queen_url
+    if isinstance(exc, QueenRefused):
+        return str(exc), EXIT_REFUSED, exc.code, None
+    if isinstance(exc, HTTPStatusError) and exc.status in REFUSALS:
+        message = refusal_message(settings, exc.status, exc.code, exc.message)
+        return message, EXIT_REFUSED, exc.code, None
+    if isinstance(exc, AccessError):
+        return str(exc), EXIT_USAGE, "bad_setting", None
     if isinstance(exc, ConnectFailed):
         parts = urlsplit(url)
         where = f"{parts.hostname}:{parts.port or 80}"
@@ -116,50 +139,35 @@ def report(renderer: Renderer, exc: BaseException, settings: Settings, job_id: s
             message = f"queen not running on {where}; start it with `rbee queen start`"
         else:
             message = f"cannot connect to the queen on {where} ({exc})"
-        renderer.error(message, exit_code=EXIT_UNREACHABLE, code="queen_unreachable")
-        return EXIT_UNREACHABLE
+        return message, EXIT_UNREACHABLE, "queen_unreachable", None
     if isinstance(exc, StreamInterrupted):
         message = (
             f"lost the connection to the queen at {url}; job {exc.job_id} may still be running:"
             f" follow it with `rbee jobs stream {exc.job_id}`"
         )
-        renderer.error(message, exit_code=EXIT_UNREACHABLE, code="stream_interrupted")
-        return EXIT_UNREACHABLE
+        return message, EXIT_UNREACHABLE, "stream_interrupted", None
     if isinstance(exc, TransportFailed):
-        message = f"the queen at {url} did not answer: {exc}"
-        renderer.error(message, exit_code=EXIT_UNREACHABLE, code="queen_unreachable")
-        return EXIT_UNREACHABLE
+        return (
+            f"the queen at {url} did not answer: {exc}",
+            EXIT_UNREACHABLE,
+            "queen_unreachable",
+            None,
+        )
     if isinstance(exc, HTTPStatusError):
         if exc.status < 500:
-            renderer.error(
-                f"refused ({exc.status} {exc.code}): {exc.message}",
-                exit_code=EXIT_REFUSED,
-                code=exc.code,
-                field=exc.field,
-            )
-            return EXIT_REFUSED
-        renderer.error(
-            f"queen error ({exc.status} {exc.code}): {exc.message}",
-            exit_code=EXIT_FAILED,
-            code=exc.code,
-        )
-        return EXIT_FAILED
+            message = f"refused ({exc.status} {exc.code}): {exc.message}"
+            return message, EXIT_REFUSED, exc.code, exc.field
+        return f"queen error ({exc.status} {exc.code}): {exc.message}", EXIT_FAILED, exc.code, None
     if isinstance(exc, RemoteProtocolError):
-        renderer.error(
-            f"the server at {url} does not speak jobproto/1 as expected: {exc}",
-            exit_code=EXIT_UNREACHABLE,
-            code="protocol_error",
-        )
-        return EXIT_UNREACHABLE
+        message = f"the server at {url} does not speak jobproto/1 as expected: {exc}"
+        return message, EXIT_UNREACHABLE, "protocol_error", None
     if isinstance(exc, ServiceError):
-        renderer.error(str(exc), exit_code=EXIT_UNREACHABLE, code="service_error")
-        return EXIT_UNREACHABLE
+        return str(exc), EXIT_UNREACHABLE, "service_error", None
     suffix = f" (job {job_id})" if job_id else ""
-    renderer.error(f"{exc}{suffix}", exit_code=EXIT_FAILED, code="error")
-    return EXIT_FAILED
+    return f"{exc}{suffix}", EXIT_FAILED, "error", None
 
 
-_EXPECTED = (JobProtoError, ServiceError)
+_EXPECTED = (JobProtoError, ServiceError, AccessError, QueenRefused)
 
 
 async def follow(
@@ -211,22 +219,31 @@ async def stream_job(
     renderer: Renderer,
     start: Callable[[JobClient], Awaitable[tuple[str, str, int]]],
     *,
+    prepare: Callable[[], Awaitable[None]] | None = None,
     cancel_on_interrupt: bool = True,
 ) -> int:
-    """Follow the job ``start`` gives as ``(job_id, operation, after)``, with Ctrl+C handling."""
+    """Follow the job ``start`` gives as ``(job_id, operation, after)``, with Ctrl+C handling.
+
+    ``prepare`` runs first (starting the local queen): the client is made after it, so that it
+    presents the token the queen it started wrote."""
     started = time.monotonic()
     outcome: int | None = None
     job_id: str | None = None
-    async with JobClient(settings.queen_url) as client, _watch_interrupts() as interrupts:
+    client: JobClient | None = None
+    async with AsyncExitStack() as stack:
+        interrupts = await stack.enter_async_context(_watch_interrupts())
         try:
             with interrupts.work:
+                if prepare is not None:
+                    await prepare()
+                client = await stack.enter_async_context(queen_client(settings))
                 job_id, operation, after = await start(client)
                 outcome = await follow(
                     client, job_id, operation, renderer, after=after, started=started
                 )
         except _EXPECTED as exc:
             outcome = report(renderer, exc, settings, job_id)
-        if outcome is None and job_id is not None and cancel_on_interrupt:
+        if outcome is None and client is not None and job_id is not None and cancel_on_interrupt:
             renderer.close()
             await _cancel(client, job_id, renderer, settings.cancel_timeout)
     renderer.close()
@@ -250,17 +267,18 @@ async def run_job(
 ) -> int:
     """Create ``operation`` on the queen and follow it; start the local services if allowed."""
 
-    async def start(client: JobClient) -> tuple[str, str, int]:
-        try:
-            created = await client.create(operation, fields)
-        except ConnectFailed:  # nothing was sent: safe to start the queen and send it again
-            if not (autostart and is_local(settings.queen_url)):
-                raise
+    async def prepare() -> None:
+        # Asked before the job is created (not on its ConnectFailed): a queen that this starts
+        # writes a new token, and the client that creates and follows the job must present it.
+        if await queen_answers(settings) is False:
             await start_local(settings, renderer.note)
-            created = await client.create(operation, fields)
+
+    async def start(client: JobClient) -> tuple[str, str, int]:
+        created = await client.create(operation, fields)
         return created.job_id, operation, 0
 
-    return await stream_job(settings, renderer, start)
+    use_prepare = autostart and is_local(settings.queen_url)
+    return await stream_job(settings, renderer, start, prepare=prepare if use_prepare else None)
 
 
 async def call(
@@ -268,7 +286,7 @@ async def call(
 ) -> int:
     """One plain request to the queen (no job to follow), with the same error reporting."""
     try:
-        async with JobClient(settings.queen_url) as client:
+        async with queen_client(settings) as client:
             value = await request(client)
     except _EXPECTED as exc:
         return report(renderer, exc, settings, None)

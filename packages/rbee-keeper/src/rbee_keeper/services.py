@@ -28,10 +28,20 @@ that hive's pid files in ``{state_dir}/queen/hives/{id}/run`` still name (they r
 of their own).
 A ``{state_dir}/hive.pid`` that an earlier keeper wrote (it ran the hive itself) is stopped once
 the same way, so nothing is left running either way.
+
+Every request to the queen carries the keeper's token (``access``). The queen writes
+``{state_dir}/queen/keeper.token`` as it starts, so after starting it the keeper waits until the
+queen answers *and* accepts the token in that file (a file left by an earlier queen, whose secret
+has since been replaced, is not accepted until the new queen has rewritten it).
+``rbee queen rotate-secret`` (``rotate_secret``) stops the local queen and its hives, replaces
+``{state_dir}/queen/secret`` and starts them again: every token derived from the old secret
+stops working.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import shlex
 import socket
 from collections.abc import Callable
@@ -44,11 +54,20 @@ import attrs
 
 import rbee_process
 from jobproto import JobProtoError, RequestError
-from jobproto.client import JobClient
+from jobproto.client import HTTPStatusError, JobClient
 from rbee_contracts import local_layout
+from rbee_contracts.auth import KEEPER_TOKEN_FILE, SECRET_FILE, write_private_file
 from rbee_contracts.queen_results import HiveStartResult, HiveStopResult
 from rbee_contracts.reading import read_result
 
+from .access import (
+    REFUSALS,
+    AccessError,
+    QueenRefused,
+    queen_client,
+    refusal_message,
+    token_is_configured,
+)
 from .config import Settings
 
 __all__ = [
@@ -60,7 +79,11 @@ __all__ = [
     "is_local",
     "local_hive_fields",
     "local_services",
+    "probe",
+    "queen_answers",
+    "queen_secret_file",
     "queen_state_dir",
+    "rotate_secret",
     "running_pid",
     "spawn",
     "start_local",
@@ -174,14 +197,40 @@ def spawn(service: Service) -> tuple[rbee_process.ProcessRecord, bool]:
     return record, fresh
 
 
-async def is_listening(url: str, limit: float = 2.0) -> bool:
-    """Whether a jobproto service answers at ``url`` (``GET /v1/jobs?limit=1`` gives 200)."""
+async def _probe(client: JobClient) -> HTTPStatusError | bool:
     try:
-        async with JobClient(url, timeout=limit) as client:
-            await client.list(limit=1)
+        await client.list(limit=1)
+    except HTTPStatusError as exc:
+        return exc if exc.status in REFUSALS else False
     except JobProtoError:
         return False
     return True
+
+
+async def probe(url: str, limit: float = 2.0) -> HTTPStatusError | bool:
+    """Whether a jobproto service answers at ``url`` (``GET /v1/jobs?limit=1``), with no token:
+    True (200), its refusal of the caller (401, 403, 421: it answers, but not to us), or False."""
+    async with JobClient(url, timeout=limit) as client:
+        return await _probe(client)
+
+
+async def is_listening(url: str, limit: float = 2.0) -> bool:
+    """Whether a jobproto service answers at ``url``, to us or with a refusal of the caller."""
+    return await probe(url, limit) is not False
+
+
+async def queen_answers(settings: Settings, limit: float = 2.0) -> HTTPStatusError | bool:
+    """``probe`` of the queen with the keeper's token and TLS trust (read now)."""
+    async with queen_client(settings, limit) as client:
+        return await _probe(client)
+
+
+def _exited(service: Service) -> ServiceError:
+    tail = rbee_process.log_tail(service.log_file, 15)
+    return ServiceError(
+        f"the {service.name} exited while starting; its log {service.log_file} ends:\n"
+        + "\n".join("    " + line for line in tail.splitlines())
+    )
 
 
 async def wait_listening(
@@ -194,15 +243,40 @@ async def wait_listening(
             if await is_listening(service.url, min(2.0, limit)):
                 return
             if not rbee_process.alive(record):
-                tail = rbee_process.log_tail(service.log_file, 15)
-                raise ServiceError(
-                    f"the {service.name} exited while starting; its log {service.log_file} ends:\n"
-                    + "\n".join("    " + line for line in tail.splitlines())
-                )
+                raise _exited(service)
             await anyio.sleep(0.1)
     raise ServiceError(
         f"the {service.name} did not answer at {service.url} within {limit:g} s; "
         f"see {service.log_file}"
+    )
+
+
+async def wait_queen(
+    settings: Settings, queen: Service, record: rbee_process.ProcessRecord
+) -> None:
+    """Wait until the queen ``record`` names answers and accepts the keeper's token.
+
+    The token is read again on every try: the queen writes its keeper.token as it starts. A
+    configured token that it refuses is final (``QueenRefused``); the default file may still be
+    the one an earlier queen wrote, so a refusal of it is waited out until ``start_timeout``.
+    """
+    limit = settings.start_timeout
+    answer: HTTPStatusError | bool = False
+    with anyio.move_on_after(limit):
+        while True:
+            answer = await queen_answers(settings, min(2.0, limit))
+            if answer is True:
+                return
+            if isinstance(answer, HTTPStatusError) and token_is_configured(settings):
+                break
+            if not rbee_process.alive(record):
+                raise _exited(queen)
+            await anyio.sleep(0.1)
+    if isinstance(answer, HTTPStatusError):
+        message = refusal_message(settings, answer.status, answer.code, answer.message)
+        raise QueenRefused(answer.status, answer.code, message)
+    raise ServiceError(
+        f"the queen did not answer at {queen.url} within {limit:g} s; see {queen.log_file}"
     )
 
 
@@ -218,9 +292,9 @@ def local_hive_fields(settings: Settings) -> dict[str, Any]:
 async def _start_hive(settings: Settings, say: Callable[[str], None]) -> None:
     """Ask the queen for ``hive_start`` of the local hive; a failure is a warning."""
     try:
-        async with JobClient(settings.queen_url, timeout=settings.start_timeout) as client:
+        async with queen_client(settings, settings.start_timeout) as client:
             started = await client.run("hive_start", local_hive_fields(settings))
-    except JobProtoError as exc:
+    except (JobProtoError, AccessError) as exc:
         say(f"warning: the queen could not start hive {settings.hive_id!r}: {exc}")
         return
     try:
@@ -243,7 +317,11 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
     explain what it cannot do without it.
     """
     queen, hive = local_services(settings)
-    if await is_listening(queen.url):
+    answer = await queen_answers(settings)
+    if isinstance(answer, HTTPStatusError):
+        message = refusal_message(settings, answer.status, answer.code, answer.message)
+        raise QueenRefused(answer.status, answer.code, message)
+    if answer:
         say(f"queen already running at {queen.url}")
     else:
         if not is_local(queen.url):
@@ -255,7 +333,7 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
             say(f"started queen (pid {record.pid}, log {queen.log_file})")
         else:
             say(f"queen is starting (pid {record.pid})")
-        await wait_listening(queen, record, settings.start_timeout)
+        await wait_queen(settings, queen, record)
         say(f"queen ready at {queen.url}")
 
     if running_pid(hive) is not None or await is_listening(hive.url):
@@ -290,7 +368,7 @@ async def _ask_queen_to_stop(settings: Settings, hive_ids: list[str]) -> dict[st
     results: dict[str, StopResult] = {}
     try:
         limit = local_layout.HIVE_STOP_GRACE + rbee_process.KILL_WAIT + 10
-        async with JobClient(settings.queen_url, timeout=limit) as client:
+        async with queen_client(settings, limit) as client:
             for hive_id in hive_ids:
                 try:
                     done = await client.run("hive_stop", {"hive": hive_id})
@@ -303,7 +381,7 @@ async def _ask_queen_to_stop(settings: Settings, hive_ids: list[str]) -> dict[st
                 outcome = rbee_process.StopOutcome(stopped.stopped.value)
                 pid = None if outcome is rbee_process.StopOutcome.NOT_RUNNING else stopped.pid
                 results[hive_id] = StopResult("hive", outcome, pid)
-    except JobProtoError:
+    except (JobProtoError, AccessError):
         pass
     return results
 
@@ -353,3 +431,35 @@ async def stop_local(settings: Settings) -> dict[str, StopResult]:
 def describe(result: StopResult) -> dict[str, Any]:
     """A stop's outcome as ``rbee queen stop`` prints it."""
     return {"outcome": str(result.outcome), "pid": result.pid}
+
+
+# -- the queen's secret ---------------------------------------------------------------------------
+
+#: the queen's own setting for another secret file; the queen the keeper starts inherits it
+ENV_QUEEN_SECRET_FILE = "RBEE_QUEEN_SECRET_FILE"
+
+
+def queen_secret_file(settings: Settings) -> Path:
+    """The secret of the local queen: ``RBEE_QUEEN_SECRET_FILE``, else ``{queen_state}/secret``."""
+    named = os.environ.get(ENV_QUEEN_SECRET_FILE, "").strip()
+    if named:
+        return Path(named).expanduser()
+    return queen_state_dir(settings) / SECRET_FILE
+
+
+async def rotate_secret(settings: Settings, say: Callable[[str], None]) -> bool:
+    """Stop the local queen and its hives, write a new secret, start them again if the queen
+    was running. Every token derived from the old secret stops working. Whether it restarted."""
+    queen, _ = local_services(settings)
+    was_running = running_pid(queen) is not None
+    if was_running:
+        await stop_local(settings)
+        say("stopped the local queen and its hives")
+    path = queen_secret_file(settings)
+    write_private_file(path, secrets.token_hex(32) + "\n")
+    # The old queen's keeper token is of no use now; the new queen writes the new one.
+    (queen_state_dir(settings) / KEEPER_TOKEN_FILE).unlink(missing_ok=True)
+    say(f"wrote a new secret to {path}: every token made from the old one no longer works")
+    if was_running:
+        await start_local(settings, say)
+    return was_running
