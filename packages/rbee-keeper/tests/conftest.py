@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from rbee_contracts.auth import KEEPER_TOKEN_FILE, read_token_file
 from rbee_keeper.cli import rbee
 
 FAKE_QUEEN = Path(__file__).with_name("fake_queen.py")
@@ -61,14 +62,48 @@ def start_fake_queen(*args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
+@pytest.fixture
+def fake_queens() -> Iterator[Callable[..., str]]:
+    """Start fake queens with the given arguments (their URLs); all stopped at the end."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> str:
+        proc, url = start_fake_queen(*args)
+        procs.append(proc)
+        return url
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            stop_group(proc)
+
+
 @pytest.fixture(scope="session")
-def fake_queen() -> Iterator[str]:
-    """The URL of a fake queen shared by the session's tests."""
-    proc, url = start_fake_queen()
+def fake_queen_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The state dir of the session's fake queen: its secret and ``keeper.token``."""
+    return tmp_path_factory.mktemp("fake-queen")
+
+
+@pytest.fixture(scope="session")
+def fake_queen(fake_queen_state: Path) -> Iterator[str]:
+    """The URL of a fake queen shared by the session's tests; it wants the keeper token in
+    ``{fake_queen_state}/keeper.token`` (``fake_queen_token``)."""
+    proc, url = start_fake_queen("--state-dir", str(fake_queen_state))
     try:
         yield url
     finally:
         stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def fake_queen_token_file(fake_queen: str, fake_queen_state: Path) -> Path:
+    return fake_queen_state / KEEPER_TOKEN_FILE
+
+
+@pytest.fixture(scope="session")
+def fake_queen_token(fake_queen_token_file: Path) -> str:
+    return read_token_file(fake_queen_token_file)
 
 
 @pytest.fixture

@@ -16,14 +16,21 @@ fails here too. ``infer`` behaves by model name:
 - ``stubborn``: like slow, but a cancel takes 3 s to take effect;
 - ``broken``: fails ``no_capacity``;
 - ``self-cancel``: ends ``cancelled``.
+
+Like the real queen, it answers ``/v1/jobs*`` only to the keeper's token: it loads (or creates)
+its secret (``--secret-file``, else ``{state-dir}/secret``), writes the keeper token derived from
+it to ``{state-dir}/keeper.token`` (0600) before it listens, and refuses any other caller with
+401. ``--tls-cert``/``--tls-key`` serve HTTPS.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +49,17 @@ from jobproto import (
     narrate,
     progress,
 )
-from jobproto.asgi import JobHandle, ServiceSettings, create_app
+from jobproto.asgi import JobHandle, Principal, Security, ServiceSettings, TokenAuth, create_app
 from jobproto.server import serve
 from rbee_contracts import local_layout
+from rbee_contracts.auth import (
+    JOBS_SCOPE,
+    KEEPER_TOKEN_FILE,
+    SECRET_FILE,
+    keeper_token,
+    load_or_create_secret,
+    write_private_file,
+)
 from rbee_contracts.hive_ops import ModelInfo, ModelList, WorkerList
 from rbee_contracts.ids import repo_name
 from rbee_contracts.lifecycle import HiveState, WorkerState
@@ -277,14 +292,42 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--hive-command", default="")
     parser.add_argument("--hive-port", type=int, default=9000)
+    parser.add_argument("--secret-file", type=Path, default=None)
+    parser.add_argument("--tls-cert", default=None)
+    parser.add_argument("--tls-key", default=None)
+    # a queen slow to write its keeper.token: it answers (401) before the file is there
+    parser.add_argument("--write-token-after", type=float, default=0.0)
     args, _ = parser.parse_known_args()
+    security = None
+    secret_file = args.secret_file
+    if secret_file is None and args.state_dir is not None:
+        secret_file = args.state_dir / SECRET_FILE
+    if secret_file is not None:
+        token = keeper_token(load_or_create_secret(secret_file))
+        if args.state_dir is not None:
+            write = functools.partial(
+                write_private_file, args.state_dir / KEEPER_TOKEN_FILE, token + "\n"
+            )
+            if args.write_token_after > 0:
+                threading.Timer(args.write_token_after, write).start()
+            else:
+                write()
+        keeper = Principal("keeper", frozenset({JOBS_SCOPE}))
+        security = Security(auth=TokenAuth({token: keeper}))
     ops = operations(args.state_dir, shlex.split(args.hive_command), args.hive_port)
-    app = create_app(ops, ServiceSettings(service_name="queen", cancel_wait=1.0))
+    app = create_app(ops, ServiceSettings(service_name="queen", cancel_wait=1.0), security=security)
 
     def ready(port: int) -> None:
         print(f"FAKE_QUEEN_LISTENING {port}", flush=True)
 
-    serve(app, args.host, args.port, on_ready=ready)
+    serve(
+        app,
+        args.host,
+        args.port,
+        on_ready=ready,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
+    )
     sys.exit(0)
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -46,27 +47,36 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def job_state(queen: str, job_id: str) -> str:
-    state = httpx.get(f"{queen}/v1/jobs/{job_id}").json()["state"]
+@pytest.fixture
+def env(env: dict[str, str], fake_queen_token_file: Path) -> dict[str, str]:
+    """The keeper presents the session's fake queen's token."""
+    return dict(env, RBEE_TOKEN_FILE=str(fake_queen_token_file))
+
+
+def job_state(queen: str, job_id: str, token: str) -> str:
+    auth = {"Authorization": f"Bearer {token}"}
+    state = httpx.get(f"{queen}/v1/jobs/{job_id}", headers=auth).json()["state"]
     assert isinstance(state, str)
     return state
 
 
 def test_ctrl_c_cancels_the_job_on_the_queen_and_exits_130(
-    fake_queen: str, env: dict[str, str]
+    fake_queen: str, fake_queen_token: str, env: dict[str, str]
 ) -> None:
     proc, job_id = start_infer(env, fake_queen, "slow")
-    assert job_state(fake_queen, job_id) == "running"
+    assert job_state(fake_queen, job_id, fake_queen_token) == "running"
     proc.send_signal(signal.SIGINT)
     code, _, err = finish(proc, timeout=15)
     assert code == EXIT_INTERRUPTED
     assert f"cancelling job {job_id}" in err
     assert err.rstrip().endswith("rbee: cancelled")
-    assert job_state(fake_queen, job_id) == "cancelled"
+    assert job_state(fake_queen, job_id, fake_queen_token) == "cancelled"
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_exits_at_once(fake_queen: str, env: dict[str, str]) -> None:
+def test_a_second_ctrl_c_exits_at_once(
+    fake_queen: str, fake_queen_token: str, env: dict[str, str]
+) -> None:
     # "stubborn" takes 3 s to honour a cancel; the second Ctrl+C does not wait for it.
     proc, job_id = start_infer(env, fake_queen, "stubborn")
     proc.send_signal(signal.SIGINT)
@@ -79,13 +89,15 @@ def test_a_second_ctrl_c_exits_at_once(fake_queen: str, env: dict[str, str]) -> 
     assert f"cancelling job {job_id}" in err
     # The cancel was asked for: the queen ends the job after its grace.
     deadline = time.monotonic() + 10
-    while job_state(fake_queen, job_id) == "running" and time.monotonic() < deadline:
+    while (
+        job_state(fake_queen, job_id, fake_queen_token) == "running" and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
-    assert job_state(fake_queen, job_id) == "cancelled"
+    assert job_state(fake_queen, job_id, fake_queen_token) == "cancelled"
 
 
 def test_ctrl_c_on_jobs_stream_detaches_without_cancelling(
-    fake_queen: str, env: dict[str, str]
+    fake_queen: str, fake_queen_token: str, env: dict[str, str]
 ) -> None:
     owner, job_id = start_infer(env, fake_queen, "slow")
     try:
@@ -105,9 +117,9 @@ def test_ctrl_c_on_jobs_stream_detaches_without_cancelling(
         code, _, err = finish(watcher, timeout=15)
         assert code == EXIT_INTERRUPTED
         assert f"detached; job {job_id} goes on" in err
-        assert job_state(fake_queen, job_id) == "running"
+        assert job_state(fake_queen, job_id, fake_queen_token) == "running"
     finally:
         owner.send_signal(signal.SIGINT)
         code, _, _ = finish(owner, timeout=15)
     assert code == EXIT_INTERRUPTED
-    assert job_state(fake_queen, job_id) == "cancelled"
+    assert job_state(fake_queen, job_id, fake_queen_token) == "cancelled"

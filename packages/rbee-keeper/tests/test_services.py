@@ -12,18 +12,21 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from click.testing import Result
 
 import rbee_process
 from rbee_contracts import local_layout
+from rbee_contracts.auth import keeper_token, read_token_file, write_private_file
 from rbee_keeper.config import load_settings
 from rbee_keeper.services import local_services, running_pid
 
@@ -277,3 +280,74 @@ def test_the_queen_is_told_the_hive_host_and_port(
     assert argv[argv.index("--hive-host") + 1] == "127.0.0.3"
     assert argv[argv.index("--hive-port") + 1] == str(settings.hive_port)
     assert hive.url == f"http://127.0.0.3:{settings.hive_port}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_rotate_secret_replaces_every_token(local: Path, invoke: Invoke) -> None:
+    started = invoke("queen", "start")
+    try:
+        assert started.exit_code == 0, started.stderr
+        token_file, secret_file = local / "queen" / "keeper.token", local / "queen" / "secret"
+        old_token, old_secret = read_token_file(token_file), secret_file.read_text()
+        jobs = load_settings().queen_url + "/v1/jobs"
+        assert httpx.get(jobs, headers=bearer(old_token)).status_code == 200
+        before = pids(local)
+
+        rotated = invoke("queen", "rotate-secret", "--json")
+        assert rotated.exit_code == 0, rotated.stderr
+        assert "rbee hive start --host ALIAS" in rotated.stderr
+        assert json.loads(rotated.stdout)["restarted"] is True
+        new_token = read_token_file(token_file)
+        assert secret_file.read_text() != old_secret and new_token != old_token
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        # Old tokens stop working; the new one works.
+        assert httpx.get(jobs, headers=bearer(old_token)).status_code == 401
+        assert httpx.get(jobs, headers=bearer(new_token)).status_code == 200
+        # The queen and its hive were stopped and started again.
+        after = pids(local)
+        assert set(after) == {"queen", "hive"}
+        assert all(gone(pid) for pid in before.values())
+        assert after["queen"] != before["queen"]
+
+        # The keeper reads the new token itself; an old one given to it is refused, unprinted.
+        assert invoke("jobs", "list").exit_code == 0
+        stale = invoke("jobs", "list", RBEE_TOKEN=old_token)
+        assert stale.exit_code == 5
+        assert "did not accept the token from env RBEE_TOKEN" in stale.stderr
+        assert "rotate-secret" in stale.stderr
+        assert old_token not in stale.stdout + stale.stderr
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+
+
+def test_queen_start_waits_for_the_token_the_new_queen_writes(
+    local: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A keeper.token an earlier queen left (another secret), and a queen that answers a while
+    # before it writes its own: the keeper waits for the token it accepts.
+    token_file = local / "queen" / "keeper.token"
+    write_private_file(token_file, keeper_token(os.urandom(32)) + "\n")
+    monkeypatch.setenv("RBEE_QUEEN_COMMAND", f"{sys.executable} {FAKE} --write-token-after 1")
+    result = invoke("infer", "hi", "-m", "tiny")
+    try:
+        assert result.exit_code == 0, result.stderr
+        assert "started queen" in result.stderr
+        assert result.stdout == "Hello, world!\n"
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+
+
+def test_a_configured_token_the_starting_queen_refuses_is_reported(
+    local: Path, invoke: Invoke
+) -> None:
+    wrong = keeper_token(os.urandom(32))
+    result = invoke("queen", "start", RBEE_TOKEN=wrong)
+    try:
+        assert result.exit_code == 5
+        assert "did not accept the token from env RBEE_TOKEN" in result.stderr
+        assert wrong not in result.stdout + result.stderr
+    finally:
+        assert invoke("queen", "stop").exit_code == 0

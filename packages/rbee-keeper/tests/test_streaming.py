@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +18,14 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def queen(fake_queen: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> str:
+def queen(
+    fake_queen: str,
+    fake_queen_token_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+) -> str:
     monkeypatch.setenv("RBEE_QUEEN_URL", fake_queen)
+    monkeypatch.setenv("RBEE_TOKEN_FILE", str(fake_queen_token_file))
     return fake_queen
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "AccessError",
     "QueenAccess",
     "QueenRefused",
+    "certificate_error",
     "queen_access",
     "queen_client",
     "refusal_message",
@@ -118,6 +119,16 @@ async def queen_client(settings: Settings, limit: float = 30.0) -> AsyncIterator
         JobClient(settings.queen_url, http=http, timeout=limit, headers=headers) as client,
     ):
         yield client
+
+
+def certificate_error(exc: BaseException) -> str | None:
+    """The verification error behind ``exc`` (a TLS handshake the keeper refused), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def refusal_message(settings: Settings, status: int, code: str, message: str) -> str:

@@ -49,7 +49,14 @@ from jobproto import (
 from jobproto.client import HTTPStatusError, JobClient, JobStatus, StreamInterrupted
 from rbee_contracts.auth import redact
 
-from .access import REFUSALS, AccessError, QueenRefused, queen_client, refusal_message
+from .access import (
+    REFUSALS,
+    AccessError,
+    QueenRefused,
+    certificate_error,
+    queen_client,
+    refusal_message,
+)
 from .config import Settings
 from .render import Renderer
 from .services import ServiceError, is_local, queen_answers, start_local
@@ -132,6 +139,18 @@ def _diagnose(
         return message, EXIT_REFUSED, exc.code, None
     if isinstance(exc, AccessError):
         return str(exc), EXIT_USAGE, "bad_setting", None
+    untrusted = certificate_error(exc)
+    if untrusted is not None:
+        how = (
+            f"tls_ca ({settings.tls_ca}) does not vouch for it"
+            if settings.tls_ca is not None
+            else "set tls_ca (RBEE_TLS_CA) to its certificate or CA"
+        )
+        message = (
+            f"the queen at {url} presented a certificate that cannot be trusted ({untrusted});"
+            f" {how}, after comparing `rbee cert fingerprint FILE` with the queen's"
+        )
+        return message, EXIT_UNREACHABLE, "untrusted_certificate", None
     if isinstance(exc, ConnectFailed):
         parts = urlsplit(url)
         where = f"{parts.hostname}:{parts.port or 80}"

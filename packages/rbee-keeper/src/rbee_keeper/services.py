@@ -64,6 +64,7 @@ from .access import (
     REFUSALS,
     AccessError,
     QueenRefused,
+    certificate_error,
     queen_client,
     refusal_message,
     token_is_configured,
@@ -202,7 +203,9 @@ async def _probe(client: JobClient) -> HTTPStatusError | bool:
         await client.list(limit=1)
     except HTTPStatusError as exc:
         return exc if exc.status in REFUSALS else False
-    except JobProtoError:
+    except JobProtoError as exc:
+        if certificate_error(exc) is not None:
+            raise  # it answers, with a certificate we do not trust: starting another won't help
         return False
     return True
 
