@@ -171,3 +171,10 @@ def test_an_https_queen_is_verified_with_tls_ca_and_refused_without(
     missing = invoke("jobs", "list", **base, RBEE_TLS_CA=str(other / "none.pem"))
     assert missing.exit_code == 2
     assert "tls_ca (env RBEE_TLS_CA): cannot load" in missing.stderr
+
+
+def test_a_token_with_spaces_is_a_bad_setting(fake_queen: str, invoke: Invoke) -> None:
+    result = invoke("jobs", "list", RBEE_QUEEN_URL=fake_queen, RBEE_TOKEN="two words")
+    assert result.exit_code == 2
+    assert "RBEE_TOKEN must hold one token" in result.stderr
+    assert "two words" not in result.stderr

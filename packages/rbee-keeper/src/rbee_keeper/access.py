@@ -23,11 +23,8 @@ what it is.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import attrs
-import httpx
 
 from jobproto.client import JobClient
 from rbee_contracts.auth import ENV_TOKEN, ENV_TOKEN_FILE, TokenFileError, read_token_file
@@ -80,7 +77,10 @@ def token_is_configured(settings: Settings) -> bool:
 
 def _token(settings: Settings) -> tuple[str | None, str]:
     if settings.token is not None:
-        return settings.token, TOKEN_FROM_ENV
+        token = settings.token
+        if not token.isascii() or not token.isprintable() or " " in token:
+            raise AccessError(f"{ENV_TOKEN} must hold one token: visible characters, no spaces")
+        return token, TOKEN_FROM_ENV
     path = settings.token_file
     if not path.exists() and not token_is_configured(settings):
         return None, "none"
@@ -108,17 +108,11 @@ def queen_access(settings: Settings) -> QueenAccess:
     return QueenAccess(token, source, _verify(settings))
 
 
-@asynccontextmanager
-async def queen_client(settings: Settings, limit: float = 30.0) -> AsyncIterator[JobClient]:
-    """A ``JobClient`` for the queen that presents the keeper's token on every request
-    (``limit``: its request timeout, in seconds)."""
+def queen_client(settings: Settings, limit: float = 30.0) -> JobClient:
+    """A ``JobClient`` for the queen that presents the keeper's token on every request and
+    verifies an https queen against ``tls_ca`` (``limit``: its request timeout, in seconds)."""
     access = queen_access(settings)
-    headers = {} if access.token is None else {"Authorization": f"Bearer {access.token}"}
-    async with (
-        httpx.AsyncClient(timeout=limit, verify=access.verify) as http,
-        JobClient(settings.queen_url, http=http, timeout=limit, headers=headers) as client,
-    ):
-        yield client
+    return JobClient(settings.queen_url, timeout=limit, token=access.token, verify=access.verify)
 
 
 def certificate_error(exc: BaseException) -> str | None:
