@@ -92,6 +92,8 @@ def make_settings(tmp_path: Path) -> Callable[..., HiveSettings]:
         values: dict[str, Any] = {
             "port": 0,
             "models_dir": tmp_path / "models",
+            # the models directory, and where ``model_dir`` makes a model to register
+            "model_roots": (tmp_path / "models", tmp_path / "external"),
             "state_dir": tmp_path / "state",
             "worker_command": fake_worker(),
             "stop_grace": 2.0,
@@ -126,7 +128,7 @@ def start_hive() -> StartHive:
         async with serving(app) as url:
             hive: HiveService = app.state.hive
             hive.advertise(int(url.rsplit(":", 1)[1]))
-            async with JobClient(url, timeout=10.0) as client:
+            async with JobClient(url, timeout=10.0, token=settings.token) as client:
                 yield RunningHive(url, hive, client)
 
     return start
@@ -196,16 +198,19 @@ def kit() -> type[Kit]:
 
 
 class FakeQueen:
-    """Records ``PUT /v1/hives/{hive_id}``; answers 503 to the first ``fail_first`` of them."""
+    """Records ``PUT /v1/hives/{hive_id}`` (and the Authorization header of each); answers 503
+    to the first ``fail_first`` of them."""
 
     def __init__(self, fail_first: int = 0) -> None:
         self.fail_first = fail_first
         self.beats: list[tuple[float, str, dict[str, Any]]] = []
+        self.authorizations: list[str | None] = []
         self.attempts = 0
 
     def app(self) -> Starlette:
         async def put_hive(request: Request) -> Response:
             self.attempts += 1
+            self.authorizations.append(request.headers.get("authorization"))
             if self.attempts <= self.fail_first:
                 return JSONResponse({"error": "restarting"}, 503)
             body = await request.json()

@@ -10,6 +10,10 @@ It accepts the real worker's flags (docs/tiers.md, worker), binds 127.0.0.1:0 it
     --fake-fail-load          /ready says the model failed to load
     --fake-ignore-term        ignore SIGTERM (the hive must SIGKILL it)
     --fake-child              start a grandchild (sleep) in the same process group, print its pid
+    --fake-traceback          print a Python traceback on stderr before it listens
+
+Like the real worker, it answers ``/ready`` only to a caller presenting ``RBEE_WORKER_TOKEN``
+(``Authorization: Bearer``) when its environment has one: 401 otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from rbee_contracts.worker_cli import listening_line
@@ -38,18 +43,28 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--max-concurrency", type=int, default=None)
     p.add_argument("--engine-arg", action="append", default=[])
+    p.add_argument("--tls-cert", default=None)
+    p.add_argument("--tls-key", default=None)
+    p.add_argument("--allowed-host", action="append", default=[])
     p.add_argument("--fake-ready-after", type=float, default=0.1)
     p.add_argument("--fake-crash-after", type=float, default=None)
     p.add_argument("--fake-exit-early", type=int, default=None)
     p.add_argument("--fake-fail-load", action="store_true")
     p.add_argument("--fake-ignore-term", action="store_true")
     p.add_argument("--fake-child", action="store_true")
+    p.add_argument("--fake-traceback", action="store_true")
     args = p.parse_args()
 
     if args.fake_ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(f"fake worker {args.worker_id}: model {args.model} engine {args.engine}", flush=True)
     print(f"fake worker args: {' '.join(sys.argv[1:])}", file=sys.stderr, flush=True)
+    token = os.environ.get("RBEE_WORKER_TOKEN")
+    if args.fake_traceback:
+        try:
+            raise ValueError("fake load failure in a frame")
+        except ValueError:
+            traceback.print_exc()
     if args.fake_exit_early is not None:
         print("fake worker: exiting before it listens", file=sys.stderr, flush=True)
         sys.exit(args.fake_exit_early)
@@ -73,6 +88,10 @@ def main() -> None:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
+            presented = self.headers.get("Authorization")
+            if token is not None and self.path != "/health" and presented != f"Bearer {token}":
+                self._json(401, {"error": {"code": "unauthorized", "message": "no token"}})
+                return
             if self.path == "/health":
                 self._json(200, {"status": "ok"})
             elif self.path == "/ready":

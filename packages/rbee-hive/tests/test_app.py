@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -31,19 +32,43 @@ WORKER_FIELDS = {
 }  # fmt: skip
 
 
+HIVE_TOKEN = "rbee_h_" + "A" * 43  # made up: the hive only compares it
+JOIN_TOKEN = "rbee_j_" + "B" * 43
+
+
+def _proc(pid: int, what: str) -> bytes:
+    return Path(f"/proc/{pid}/{what}").read_bytes()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
 @pytest.mark.anyio
 async def test_the_command_serves_registers_and_stops_its_workers_on_sigterm(
     tmp_path: Path, fake_queen: Any, model_dir: Path, kit: Any
 ) -> None:
+    """With its tokens from the environment: the queen's token is needed for everything but
+    /health, the join token goes with each beat, the worker gets its token in its environment
+    (not its command line), and no token reaches a log or the hive's output."""
+    join_file = tmp_path / "join.token"
+    join_file.write_text(JOIN_TOKEN + "\n")
+    join_file.chmod(0o600)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RBEE_")},
+        "RBEE_HIVE_TOKEN": HIVE_TOKEN,
+        "RBEE_JOIN_TOKEN_FILE": str(join_file),
+    }
     async with fake_queen() as (queen_url, queen):
         argv = [
             sys.executable, "-m", "rbee_hive.app", "--port", "0", "--hive-id", "cli-hive",
             "--queen-url", queen_url, "--models-dir", str(tmp_path / "models"),
             "--state-dir", str(tmp_path / "state"), "--heartbeat", "0.2",
             "--worker-command", shlex.join(kit.fake_worker()), "--stop-grace", "2",
+            "--model-root", str(model_dir.parent),
         ]  # fmt: skip
         with (tmp_path / "hive.err").open("wb") as err:
-            process = await anyio.open_process(argv, stderr=err, start_new_session=True)
+            process = await anyio.open_process(argv, stderr=err, start_new_session=True, env=env)
         try:
             assert process.stdout is not None
             lines = BufferedByteReceiveStream(process.stdout)
@@ -54,13 +79,34 @@ async def test_the_command_serves_registers_and_stops_its_workers_on_sigterm(
             url = info["url"]
             assert url == f"http://127.0.0.1:{info['port']}"
 
-            async with JobClient(url) as client:
+            async with httpx.AsyncClient(base_url=url) as http:
+                assert (await http.get("/health")).status_code == 200  # the one public path
+                for headers in ({}, {"Authorization": "Bearer rbee_h_wrong"}):
+                    for path in ("/v1/jobs", "/v1/hive", "/openapi.json"):
+                        refused = await http.get(path, headers=headers)
+                        assert refused.status_code == 401, (path, headers)
+                        assert refused.json()["error"]["code"] == "unauthorized"
+                        assert refused.headers["www-authenticate"] == "Bearer"
+                posted = await http.post("/v1/jobs", json={"operation": "worker_list"})
+                assert posted.status_code == 401
+                # a Host the hive is not reached by (DNS rebinding) is refused before the token
+                rebound = await http.get("/v1/jobs", headers={"Host": "evil.example"})
+                assert rebound.status_code == 421
+
+            async with JobClient(url, token=HIVE_TOKEN) as client:
                 await kit.run_job(client, "model_register", name="tiny", path=str(model_dir))
                 worker, _ = await kit.run_job(client, "worker_spawn", model="tiny")
             assert set(worker) >= WORKER_FIELDS
+            # ready: the hive polled the fake worker's /ready with the token it was given
             assert worker["state"] == "ready"
+            environ = _proc(worker["pid"], "environ").split(b"\0")
+            assert f"RBEE_WORKER_TOKEN={HIVE_TOKEN}".encode() in environ
+            assert not [v for v in environ if v.startswith((b"RBEE_HIVE_TOKEN", b"RBEE_JOIN"))]
+            assert HIVE_TOKEN.encode() not in _proc(worker["pid"], "cmdline")
+            assert HIVE_TOKEN.encode() not in _proc(process.pid, "cmdline")
             await kit.wait_for(lambda: any(b["workers"] for _, _, b in queen.beats))
             assert queen.beats[0][1] == "cli-hive" and queen.beats[0][2]["url"] == url
+            assert set(queen.authorizations) == {f"Bearer {JOIN_TOKEN}"}
 
             process.send_signal(signal.SIGTERM)  # the hive only: it must stop its workers
             with anyio.fail_after(60):
@@ -68,12 +114,44 @@ async def test_the_command_serves_registers_and_stops_its_workers_on_sigterm(
                 assert await process.wait() in (0, -signal.SIGTERM)
             assert "state stopped" in (tmp_path / "hive.err").read_text()
             assert kit.gone(worker["pid"])
+            worker_log = Path(worker["log_path"])
+            assert _mode(worker_log) == 0o600 and _mode(worker_log.parent) == 0o700
+            for written in (tmp_path / "hive.err", worker_log):
+                text = written.read_text()
+                assert HIVE_TOKEN not in text and JOIN_TOKEN not in text, written
             assert list((tmp_path / "state" / "run").iterdir()) == []
         finally:
             if process.returncode is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
             await process.aclose()
+
+
+def test_the_command_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+    base = [sys.executable, "-m", "rbee_hive.app", "--port", "0"]
+    base += ["--state-dir", str(tmp_path / "state"), "--models-dir", str(tmp_path / "models")]
+    for flags in (["--host", "0.0.0.0"], ["--worker-host", "0.0.0.0"]):
+        done = subprocess.run(
+            [*base, *flags], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 2, done
+        assert "refuses to listen on 0.0.0.0 without a token" in done.stderr
+        assert "RBEE_HIVE_TOKEN" in done.stderr and "Traceback" not in done.stderr
+    # a token file others can read is refused too, with what to do
+    loose = tmp_path / "hive.token"
+    loose.write_text(HIVE_TOKEN)
+    loose.chmod(0o644)
+    done = subprocess.run(
+        [*base, "--host", "0.0.0.0"],
+        env={**env, "RBEE_HIVE_TOKEN_FILE": str(loose)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "chmod 600" in done.stderr, done
+    assert HIVE_TOKEN not in done.stderr
 
 
 def test_bad_settings_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

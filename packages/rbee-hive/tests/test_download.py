@@ -259,7 +259,7 @@ async def test_hub_errors_have_codes(
                 await kit.run_job(h.client, "model_download", repo_id=REPO, revision="v9")
             assert exc.value.code == "revision_not_found"
             # A name already taken by a registered model is not overwritten.
-            other = h.hive.settings.state_dir / "other"
+            other = h.hive.settings.model_roots[-1] / "other"
             other.mkdir(parents=True)
             await kit.run_job(h.client, "model_register", name="taken", path=str(other))
             with pytest.raises(RemoteJobFailed) as exc:

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobproto.client import HTTPStatusError, RemoteJobFailed
+from rbee_hive import models
 from rbee_hive.models import ModelCatalog, check_name
 from rbee_hive.settings import HiveSettings
 
@@ -126,6 +127,64 @@ async def test_register_refuses_what_is_not_a_directory(
                 h.client, "model_register", name="a", path=str(model_dir / "config.json")
             )
         assert exc.value.code == "not_a_directory"
+
+
+@pytest.mark.anyio
+async def test_register_takes_only_directories_under_the_model_roots(
+    start_hive: Any,
+    make_settings: Callable[..., HiveSettings],
+    model_dir: Path,
+    tmp_path: Path,
+    kit: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``/``, ``/proc``, ``~/.ssh``, a symlink under a root that leads out of it and a ``..``
+    that climbs out are refused, named the roots, and never walked."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not a model")
+    link = model_dir.parent / "sneaky"  # under a root, pointing out of it
+    link.symlink_to(outside, target_is_directory=True)
+    ssh = Path.home() / ".ssh"
+    settings = make_settings()
+    walked: list[Path] = []
+    real_size = models.tree_size
+
+    def spy(top: Path) -> int:
+        walked.append(Path(top))
+        return real_size(top)
+
+    monkeypatch.setattr(models, "tree_size", spy)
+    async with start_hive(settings) as h:
+        refused = [
+            "/",
+            "/proc",
+            str(ssh),
+            str(link),
+            f"{model_dir.parent}/../outside",
+            str(outside / "missing"),  # outside: refused as such, whether it exists or not
+        ]
+        for path in refused:
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(h.client, "model_register", name="bad", path=path)
+            assert exc.value.code == "path_not_allowed", path
+            for root in settings.model_roots:
+                assert str(root) in exc.value.message
+        models_listed, _ = await kit.run_job(h.client, "model_list")
+        assert models_listed["models"] == []
+        # inside a root, through a symlink that stays inside: taken, as the resolved path
+        inside = model_dir.parent / "also-tiny"
+        inside.symlink_to(model_dir, target_is_directory=True)
+        info, _ = await kit.run_job(h.client, "model_register", name="ok", path=str(inside))
+        assert info["path"] == str(model_dir)
+    assert walked and all(
+        any(p == r or p.is_relative_to(r) for r in settings.model_roots) for p in walked
+    ), walked
+
+
+def test_a_model_root_of_slash_is_refused(make_settings: Callable[..., HiveSettings]) -> None:
+    with pytest.raises(ValueError, match="model root"):
+        make_settings(model_roots=("/",))
 
 
 BAD_REQUESTS = [

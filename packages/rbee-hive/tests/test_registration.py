@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rbee_contracts.records import MAX_HEARTBEAT_INTERVAL
 from rbee_hive.registration import HeartbeatSender
 from rbee_hive.settings import HiveSettings
 
@@ -56,7 +57,7 @@ async def test_a_state_change_is_reported_without_waiting_for_the_interval(
     async with fake_queen() as (queen_url, queen):
         # An interval no test outlives: a beat that reports the worker ready can only be the
         # one a worker change sends at once.
-        settings = make_settings(queen_url=queen_url, heartbeat_interval=3600.0)
+        settings = make_settings(queen_url=queen_url, heartbeat_interval=MAX_HEARTBEAT_INTERVAL)
         async with start_hive(settings) as h:
             await kit.wait_for(lambda: len(queen.beats) >= 1)
             await kit.run_job(h.client, "model_register", name="tiny", path=str(model_dir))

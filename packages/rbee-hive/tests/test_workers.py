@@ -21,8 +21,13 @@ from rbee_contracts.records import parse_worker_record
 from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 from rbee_hive.settings import HiveSettings
 from rbee_hive.supervisor import Supervisor, WorkerProcess, WorkerSpec
+from rbee_hive.worker_process import TracebackFolder
 
 Settings = Callable[..., HiveSettings]
+
+
+def _proc(pid: int, what: str) -> bytes:
+    return Path(f"/proc/{pid}/{what}").read_bytes()
 
 
 async def register(h: Any, kit: Any, model_dir: Path) -> None:
@@ -232,6 +237,91 @@ async def test_a_worker_that_never_gets_ready_fails_the_spawn(
             assert record["pid"] is None
             # Stopping a failed worker removes it.
             await kit.run_job(h.client, "worker_stop", worker_id="w")
+
+
+@pytest.mark.anyio
+async def test_a_traceback_a_worker_prints_is_told_in_one_line_and_kept_in_its_log(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings(worker_command=kit.fake_worker("--fake-traceback", "--fake-fail-load"))
+    events: list[Any] = []
+    async with start_hive(settings) as h:
+        await register(h, kit, model_dir)
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "worker_spawn", events.append, model="tiny", worker_id="w")
+    assert exc.value.code == "worker_failed"
+    told = [n.message for n in kit.narrations(events)]
+    assert "[traceback in the worker's log] ValueError: fake load failure in a frame" in told
+    for message in [*told, exc.value.message]:
+        assert "Traceback" not in message and 'File "' not in message, message
+        assert "fake_worker.py" not in message, message
+    log = (settings.logs_dir / "w.log").read_text()
+    assert "Traceback (most recent call last):" in log and "fake_worker.py" in log
+
+
+def test_traceback_folder_tells_one_line_per_exception() -> None:
+    printed = [
+        "loading the model failed: OSError: no weights",
+        "Traceback (most recent call last):",
+        '  File "/srv/rbee/engines/x.py", line 3, in load',
+        "    open(path)",
+        "FileNotFoundError: [Errno 2] no weights",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "",
+        "Traceback (most recent call last):",
+        '  File "/srv/rbee/worker.py", line 9, in _load',
+        "OSError: no weights",
+        "a line after it",
+        "  + Exception Group Traceback (most recent call last):",
+        '  |   File "/srv/rbee/app.py", line 1, in main',
+        "  | ExceptionGroup: unhandled errors (1 sub-exception)",
+        "  +-+---------------- 1 ----------------",
+        "    | ValueError: x",
+        "the next line",
+    ]
+    folder = TracebackFolder()
+    told = [line for text in printed for line in folder.feed(text)]
+    assert told == [
+        "loading the model failed: OSError: no weights",
+        "[traceback in the worker's log] FileNotFoundError: [Errno 2] no weights",
+        "[traceback in the worker's log] OSError: no weights",
+        "a line after it",
+        "[traceback in the worker's log] an exception group",
+        "the next line",
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_hive_with_a_token_gives_it_to_its_workers_and_asks_it_of_callers(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any
+) -> None:
+    token = "rbee_h_" + "C" * 43
+    settings = make_settings(token=token)
+    assert token not in repr(settings)
+    async with start_hive(settings) as h:
+        async with httpx.AsyncClient(base_url=h.url) as http:
+            assert (await http.get("/health")).status_code == 200
+            for headers in ({}, {"Authorization": "Bearer " + "C" * 50}):
+                answer = await http.post(
+                    "/v1/jobs", json={"operation": "worker_list"}, headers=headers
+                )
+                assert answer.status_code == 401
+                assert answer.json()["error"]["code"] == "unauthorized"
+                assert token not in answer.text
+            info = await http.get("/v1/hive", headers={"Authorization": f"Bearer {token}"})
+            assert info.status_code == 200
+        await register(h, kit, model_dir)
+        # the fake worker answers /ready only to its token: ready means the hive presented it
+        worker, events = await kit.run_job(h.client, "worker_spawn", model="tiny")
+        assert worker["state"] == "ready"
+        cmdline = _proc(worker["pid"], "cmdline")
+        environ = _proc(worker["pid"], "environ").split(b"\0")
+        assert f"RBEE_WORKER_TOKEN={token}".encode() in environ
+        assert token.encode() not in cmdline
+        assert not [e for e in events if token in str(e)]
+        await kit.run_job(h.client, "worker_stop", worker_id=worker["worker_id"])
+    assert token not in (settings.logs_dir / f"{worker['worker_id']}.log").read_text()
 
 
 @pytest.mark.anyio

@@ -3,6 +3,13 @@
 The app is built from jobproto's parts rather than ``jobproto.asgi.create_app`` because the hive
 needs a lifespan of its own (catalog, supervisor, heartbeat) around the job service's, and
 ``create_app`` takes none: the job routes, correlation middleware and error handlers are the same.
+jobproto's security middleware comes first (``rbee_hive.trust``): the queen's token on everything
+but ``/health``, and only the ``Host`` names the hive is reached by.
+
+The hive's tokens come from its environment only (``RBEE_HIVE_TOKEN`` or ``RBEE_HIVE_TOKEN_FILE``:
+the token it accepts; ``RBEE_JOIN_TOKEN`` or ``RBEE_JOIN_TOKEN_FILE``: the one it presents to the
+queen), never from flags: another user can read a command line in ``ps``. Without a token it
+listens on loopback only; it refuses to start on any other address (exit status 2).
 """
 
 from __future__ import annotations
@@ -10,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -27,13 +36,23 @@ from jobproto.asgi import (
     ServiceSettings,
     error_handlers,
     job_routes,
+    require_scope,
+    security_middleware,
 )
 from jobproto.server import serve
+from rbee_contracts import auth
 
 from . import __version__
 from .hive import HiveService
 from .operations import hive_operations
-from .settings import DEFAULT_WORKER_COMMAND, HiveSettings, default_models_dir, default_state_dir
+from .settings import (
+    DEFAULT_WORKER_COMMAND,
+    ENV_MODEL_ROOTS,
+    HiveSettings,
+    default_models_dir,
+    default_state_dir,
+)
+from .trust import hive_security
 
 __all__ = ["create_app", "main"]
 
@@ -42,7 +61,8 @@ LISTENING_PREFIX = "RBEE_HIVE_LISTENING "
 
 def create_app(settings: HiveSettings | None = None) -> Starlette:
     """The hive's Starlette app: jobproto/1 job routes plus ``/health`` and ``/v1/hive``."""
-    hive = HiveService(settings or HiveSettings())
+    settings = settings or HiveSettings()
+    hive = HiveService(settings)
     service = JobService(hive_operations(hive), ServiceSettings(service_name="rbee-hive"))
 
     @asynccontextmanager
@@ -57,6 +77,7 @@ def create_app(settings: HiveSettings | None = None) -> Starlette:
         )
 
     async def info(request: Request) -> JSONResponse:
+        require_scope(request, auth.JOBS_SCOPE)
         return JSONResponse(await hive.snapshot(), headers={"Cache-Control": "no-store"})
 
     app = Starlette(
@@ -65,7 +86,10 @@ def create_app(settings: HiveSettings | None = None) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/v1/hive", info, methods=["GET"]),
         ],
-        middleware=[Middleware(CorrelationMiddleware)],
+        middleware=[
+            *security_middleware(hive_security(settings)),
+            Middleware(CorrelationMiddleware),
+        ],
         exception_handlers=error_handlers(),
         lifespan=lifespan,
     )
@@ -96,8 +120,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--restart-limit", type=int, default=5)
     p.add_argument("--hf-endpoint", default=None, help="Hugging Face endpoint (default: the hub)")
+    p.add_argument(
+        "--model-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory under which models may be registered (repeatable; default: "
+        f"${ENV_MODEL_ROOTS}, else --models-dir)",
+    )
+    p.add_argument("--tls-cert", default=None, metavar="FILE", help="serve HTTPS: certificate")
+    p.add_argument("--tls-key", default=None, metavar="FILE", help="serve HTTPS: its key")
+    p.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="CA (or the queen's own certificate) to verify the queen with",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the hive is reached by (repeatable; loopback, the bound address and"
+        " the public URL's host always are)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an origin (scheme://host:port) whose web pages may call the hive (repeatable)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _model_roots(flags: list[str]) -> list[str]:
+    if flags:
+        return flags
+    return [root for root in os.environ.get(ENV_MODEL_ROOTS, "").split(os.pathsep) if root]
+
+
+def _refuse(message: str) -> NoReturn:
+    print(f"rbee-hive: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -108,6 +174,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        token = auth.token_from_env(os.environ, auth.ENV_HIVE_TOKEN, auth.ENV_HIVE_TOKEN_FILE)
+        join_token = auth.token_from_env(os.environ, auth.ENV_JOIN_TOKEN, auth.ENV_JOIN_TOKEN_FILE)
+    except auth.TokenFileError as exc:
+        _refuse(str(exc))
+    how = f"set {auth.ENV_HIVE_TOKEN} or {auth.ENV_HIVE_TOKEN_FILE} (the queen's hive token)"
+    for host in dict.fromkeys([args.host, args.worker_host or args.host]):
+        refusal = auth.open_bind_refusal(host, token, "rbee-hive", how)
+        if refusal is not None:
+            _refuse(refusal)
     try:
         settings = HiveSettings(
             host=args.host,
@@ -124,11 +200,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             ready_timeout=args.ready_timeout,
             restart_limit=args.restart_limit,
             hf_endpoint=args.hf_endpoint,
+            token=token,
+            join_token=join_token,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            allowed_hosts=args.allowed_host,
+            allowed_origins=args.allowed_origin,
+            model_roots=_model_roots(args.model_root),
         )
-    except (TypeError, ValueError) as exc:
-        print(f"rbee-hive: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    app = create_app(settings)
+        app = create_app(settings)  # reads the CA file (an OSError when it cannot)
+    except (TypeError, ValueError, OSError) as exc:
+        _refuse(str(exc))
+    if settings.queen_url is not None and join_token is None:
+        logging.getLogger("rbee_hive").warning(
+            "no join token (%s or %s): a queen that checks tokens refuses this hive's heartbeats",
+            auth.ENV_JOIN_TOKEN,
+            auth.ENV_JOIN_TOKEN_FILE,
+        )
     hive: HiveService = app.state.hive
 
     def ready(port: int) -> None:
@@ -136,7 +225,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         line = json.dumps({"port": port, "hive_id": settings.hive_id, "url": hive.url})
         print(LISTENING_PREFIX + line, flush=True)
 
-    serve(app, settings.host, settings.port, log_level="warning", on_ready=ready)
+    serve(
+        app,
+        settings.host,
+        settings.port,
+        log_level="warning",
+        on_ready=ready,
+        ssl_certfile=None if settings.tls_cert is None else str(settings.tls_cert),
+        ssl_keyfile=None if settings.tls_key is None else str(settings.tls_key),
+    )
 
 
 if __name__ == "__main__":

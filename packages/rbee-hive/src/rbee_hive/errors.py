@@ -3,7 +3,8 @@
 
     JobFailed (jobproto)
      ├── ModelError   model_not_found, model_exists, model_busy, model_in_use, path_not_found,
-     │                not_a_directory, invalid_path, invalid_name, catalog_corrupt,
+     │                not_a_directory, invalid_path, path_not_allowed, invalid_name,
+     │                catalog_corrupt,
      │                repo_not_found, repo_gated, revision_not_found, hub_offline,
      │                download_failed, download_cancelled
      └── WorkerError  worker_not_found, worker_exists, worker_failed, worker_stopped,

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx
 
 from jobproto import converter
 from rbee_contracts.records import Heartbeat
@@ -23,8 +22,9 @@ from rbee_contracts.records import Heartbeat
 from . import capabilities
 from .models import ModelCatalog
 from .registration import HeartbeatSender
-from .settings import HiveSettings
+from .settings import HiveSettings, is_wildcard
 from .supervisor import Supervisor
+from .trust import client_context
 
 __all__ = ["HiveService"]
 
@@ -41,18 +41,24 @@ class HiveService:
             hf_cache_dir=settings.hf_cache_dir,
             hf_endpoint=settings.hf_endpoint,
             progress_interval=settings.progress_interval,
+            roots=settings.roots,
         )
         self.heartbeat: HeartbeatSender | None = None
         if settings.queen_url is not None:
             self.heartbeat = HeartbeatSender(
-                settings.queen_url, settings.hive_id, settings.heartbeat_interval, self.snapshot
+                settings.queen_url,
+                settings.hive_id,
+                settings.heartbeat_interval,
+                self.snapshot,
+                token=settings.join_token,
+                verify=client_context(settings.tls_ca),
             )
         self.supervisor = Supervisor(settings, on_change=self._changed)
         self._url: str | None = None
         if settings.public_url is not None:
             self._url = settings.public_url.rstrip("/")
         elif settings.port != 0:
-            self._url = f"http://{_url_host(settings.host)}:{settings.port}"
+            self._url = f"{settings.scheme}://{_url_host(settings.host)}:{settings.port}"
         self._url_known: anyio.Event | None = None
 
     @property
@@ -63,7 +69,7 @@ class HiveService:
     def advertise(self, port: int) -> None:
         """Tell the hive the port it is bound to (for ``--port 0``); no-op with a public URL."""
         if self.settings.public_url is None:
-            self._url = f"http://{_url_host(self.settings.host)}:{port}"
+            self._url = f"{self.settings.scheme}://{_url_host(self.settings.host)}:{port}"
         if self._url_known is not None:
             self._url_known.set()
 
@@ -73,7 +79,7 @@ class HiveService:
         if self.heartbeat is None or self._url is None:
             return
         with anyio.move_on_after(5):
-            async with httpx.AsyncClient(timeout=5) as http:
+            async with self.heartbeat.client(5) as http:
                 await self.heartbeat.beat(http)
 
     def _changed(self) -> None:
@@ -120,7 +126,7 @@ class HiveService:
 
 
 def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
+    if is_wildcard(host):
         # Bound to every interface: the machine's name is the best guess at how others reach it
         # (--public-url says it exactly).
         return socket.gethostname()

@@ -7,7 +7,11 @@ Layout::
     {models_dir}/.locks/{name}.lock  held while a model is downloaded or deleted (any process)
     {models_dir}/{name}/.cache/      huggingface_hub's record of a download (files, commits)
 
-A registered model is a directory elsewhere, recorded in ``catalog.json`` and never copied.
+A registered model is a directory elsewhere, recorded in ``catalog.json`` and never copied. It
+must lie under one of the hive's model roots (``--model-root``; the models directory by default),
+judged after symlinks and ``..`` are resolved: the hive sizes a model by walking its files, and
+must never be made to walk, or hand a worker, ``/``, ``/proc`` or someone's ``~/.ssh``. An entry
+that a later change of roots leaves outside them is listed, but never walked.
 Names are single path components (``NAME_PATTERN``, never ``..``), and every path the hive
 derives from one is checked to sit directly under the models directory.
 
@@ -88,8 +92,11 @@ class ModelCatalog:
         hf_cache_dir: Path,
         hf_endpoint: str | None = None,
         progress_interval: float = 0.5,
+        roots: tuple[Path, ...] = (),
     ) -> None:
         self.root = Path(models_dir).expanduser().absolute()
+        #: where registered models may be (resolved); none given: the models directory
+        self.roots = tuple(Path(os.path.realpath(root)) for root in roots or (self.root,))
         self.hf_cache_dir = hf_cache_dir
         self.hf_endpoint = hf_endpoint
         self.progress_interval = progress_interval
@@ -121,6 +128,11 @@ class ModelCatalog:
         if path.parent != self.root or os.path.normpath(path) != str(path):
             raise ValueError(f"model name {name!r} escapes the models directory")
         return path
+
+    def within_roots(self, path: Path) -> bool:
+        """Whether ``path``, resolved, is one of the model roots or lies under one."""
+        real = Path(os.path.realpath(path))
+        return any(real == root or real.is_relative_to(root) for root in self.roots)
 
     def _lock(self, name: str) -> filelock.FileLock:
         return filelock.FileLock(str(self.root / ".locks" / f"{check_name(name)}.lock"))
@@ -165,7 +177,7 @@ class ModelCatalog:
         size = tree_size if sized else _no_size
         if entry is not None and entry.get("source") == "registered":
             path = Path(str(entry.get("path", "")))
-            nbytes = size(path) if path.is_dir() else 0
+            nbytes = size(path) if path.is_dir() and self.within_roots(path) else 0
             return ModelInfo(
                 name=name,
                 size_bytes=nbytes,
@@ -232,10 +244,18 @@ class ModelCatalog:
         target = Path(path)
         if not target.is_absolute():
             raise ModelError("invalid_path", f"path must be absolute, got {path!r}")
-        try:
-            target = target.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise ModelError("path_not_found", f"{path} does not exist") from None
+        # Judged where symlinks and ".." lead, and before anything about the path is looked at:
+        # a refusal outside the roots says nothing of what exists there.
+        target = Path(os.path.realpath(target))
+        if not self.within_roots(target):
+            roots = ", ".join(str(root) for root in self.roots)
+            raise ModelError(
+                "path_not_allowed",
+                f"{path} is not under a model root of this hive ({roots}): put the model there,"
+                " or start the hive with --model-root for its directory",
+            )
+        if not target.exists():
+            raise ModelError("path_not_found", f"{path} does not exist")
         if not target.is_dir():
             raise ModelError("not_a_directory", f"{path} is not a directory")
         with self._catalog_lock():
@@ -249,7 +269,8 @@ class ModelCatalog:
         )
 
     async def register(self, name: str, path: str) -> ModelInfo:
-        """Record ``path`` (an existing directory, absolute) as model ``name``; nothing copied."""
+        """Record ``path`` (an existing directory, absolute, under a model root) as model
+        ``name``; nothing copied."""
         return await anyio.to_thread.run_sync(self._register_sync, name, path)
 
     def _delete_sync(self, name: str) -> ModelInfo:

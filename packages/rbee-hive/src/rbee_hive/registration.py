@@ -7,11 +7,16 @@ timeout shorter than the interval, so beats never pile up.
 
 Beats are sent on a fixed schedule, and also early (``kick()``) when a worker changes state, so
 the queen hears of a crashed worker within a fraction of a second rather than a whole interval.
+
+Every beat carries the hive's join token (``Authorization: Bearer``): the queen takes a hive's
+registration only from the holder of that hive's join token. The token is in no log line: a
+failed beat logs the URL and what failed, never the request.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,15 +45,26 @@ class HeartbeatSender:
         snapshot: Callable[[], Awaitable[dict[str, Any]]],
         *,
         http: httpx.AsyncClient | None = None,
+        token: str | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = f"{queen_url.rstrip('/')}/v1/hives/{quote(hive_id, safe='')}"
         self.interval = interval
         self.snapshot = snapshot
         self._http = http
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._verify = verify
         self._kicked = anyio.Event()
         self.sent = 0  # beats the queen accepted
         self.failed = 0  # beats that failed in a row
         self.last_ok: float | None = None
+
+    def __repr__(self) -> str:
+        return f"HeartbeatSender(url={self.url!r})"
+
+    def client(self, timeout: httpx.Timeout | float) -> httpx.AsyncClient:
+        """An HTTP client for beats: the join token on every request, the queen verified."""
+        return httpx.AsyncClient(timeout=timeout, headers=self._headers, verify=self._verify)
 
     def kick(self) -> None:
         """Send the next beat now instead of at its scheduled time."""
@@ -62,7 +78,7 @@ class HeartbeatSender:
         if self._http is not None:
             await self._loop(self._http, timeout)
         else:
-            async with httpx.AsyncClient(timeout=timeout) as http:
+            async with self.client(timeout) as http:
                 await self._loop(http, timeout)
 
     async def _loop(self, http: httpx.AsyncClient, request_timeout: httpx.Timeout) -> None:
@@ -82,7 +98,10 @@ class HeartbeatSender:
         try:
             body = await self.snapshot()
             response = await http.put(
-                self.url, json=body, timeout=request_timeout or httpx.USE_CLIENT_DEFAULT
+                self.url,
+                json=body,
+                headers=self._headers,
+                timeout=request_timeout or httpx.USE_CLIENT_DEFAULT,
             )
             response.raise_for_status()
         except (httpx.HTTPError, OSError) as exc:

@@ -1,20 +1,46 @@
 """Settings of one hive: where it listens, which queen it reports to, where models and state live,
-and how it supervises workers. One frozen attrs class; ``app.main()`` builds it from flags."""
+how it supervises workers, and whom it trusts. One frozen attrs class; ``app.main()`` builds it
+from flags and, for the tokens, the environment (``rbee_contracts.auth``: tokens never come from
+the command line, which other users can read in ``ps``)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
 from rbee_contracts.ids import hive_id_validator
+from rbee_contracts.records import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 from rbee_contracts.values import optional_url_validator
 
-__all__ = ["DEFAULT_WORKER_COMMAND", "HiveSettings", "default_models_dir", "default_state_dir"]
+__all__ = [
+    "DEFAULT_WORKER_COMMAND",
+    "ENV_MODEL_ROOTS",
+    "LOOPBACK_NAMES",
+    "HiveSettings",
+    "default_models_dir",
+    "default_state_dir",
+    "is_wildcard",
+]
+
+#: the model roots when no ``--model-root`` is given (``os.pathsep``-separated), for a hive that
+#: a queen starts with flags of its own
+ENV_MODEL_ROOTS = "RBEE_HIVE_MODEL_ROOTS"
+
+#: host names every tier answers for (the ``Host`` check): this machine's loopback
+LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+
+def is_wildcard(host: str) -> bool:
+    """True for an address that binds every interface."""
+    return host in ("0.0.0.0", "::", "")
+
 
 #: how a hive starts a worker: the worker's own module, with the hive's interpreter (the same venv).
 DEFAULT_WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "rbee_worker.app")
@@ -42,6 +68,24 @@ def _argv(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
+def _paths(value: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    return tuple(Path(item).expanduser() for item in value)
+
+
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _roots(_: object, attribute: attrs.Attribute[Any], value: tuple[Path, ...]) -> None:
+    for root in value:
+        if os.path.realpath(root) == os.path.sep:
+            raise ValueError("a model root must not be / (the hive would read the whole machine)")
+
+
 def _command(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     if not value or not all(isinstance(part, str) and part for part in value):
         raise ValueError("worker_command must be a non-empty list of non-empty strings")
@@ -60,7 +104,14 @@ class HiveSettings:
     models_dir: Path = attrs.field(factory=default_models_dir, converter=Path)
     #: worker logs (``logs/{worker_id}.log``), worker pid files, the Hugging Face download cache
     state_dir: Path = attrs.field(factory=default_state_dir, converter=Path)
-    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
+    #: within the bounds the queen takes (``rbee_contracts.records``)
+    heartbeat_interval: float = attrs.field(
+        default=5.0,
+        validator=[
+            attrs.validators.ge(MIN_HEARTBEAT_INTERVAL),
+            attrs.validators.le(MAX_HEARTBEAT_INTERVAL),
+        ],
+    )
     #: the argument list that starts a worker; the hive appends the contract's flags
     #: (``--model PATH --engine E --host H --port 0 --worker-id ID ...``)
     worker_command: tuple[str, ...] = attrs.field(
@@ -85,6 +136,58 @@ class HiveSettings:
     progress_interval: float = attrs.field(default=0.5, validator=_positive)
     #: Hugging Face endpoint for downloads (None: huggingface_hub's default / ``HF_ENDPOINT``)
     hf_endpoint: str | None = attrs.field(default=None, validator=optional_url_validator)
+
+    # -- trust (docs/tiers.md, hive; rbee_contracts.auth) --------------------------------------
+    #: the token callers must present (the queen's hive token for this hive); its workers get it
+    #: as theirs. None: no authentication, allowed on loopback only (``app.main`` refuses more)
+    token: str | None = attrs.field(default=None, repr=False)
+    #: the token this hive presents to the queen with every heartbeat
+    join_token: str | None = attrs.field(default=None, repr=False)
+    #: certificate and key to serve HTTPS with (the hive and its workers); both or neither
+    tls_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_key: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: a CA (or the pinned certificate itself) that verifies the queen; None: the system's CAs
+    tls_ca: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: host names the hive answers for besides loopback, its bound address and its public URL's
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    #: origins whose web pages may call the hive (exact ``scheme://host:port``); none by default
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    #: directories under which ``model_register`` takes a directory; none: the models directory
+    model_roots: tuple[Path, ...] = attrs.field(default=(), converter=_paths, validator=_roots)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the hive (and so each of its workers) serves TLS."""
+        return "https" if self.tls_cert is not None else "http"
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """Where registered models may live: ``model_roots``, else the models directory."""
+        return self.model_roots or (self.models_dir,)
+
+    def host_names(self) -> tuple[str, ...]:
+        """The ``Host`` names the hive answers for (jobproto's ``Security.allowed_hosts``)."""
+        names = [*LOOPBACK_NAMES, *self.allowed_hosts]
+        if is_wildcard(self.host):
+            names.append(socket.gethostname())  # what the hive's URL says then (hive._url_host)
+        else:
+            names.append(self.host)
+        if self.public_url is not None:
+            names.append(urlsplit(self.public_url).hostname or "")
+        return tuple(dict.fromkeys(name.strip("[]").lower() for name in names if name))
+
+    def worker_host_names(self) -> tuple[str, ...]:
+        """The names a worker must answer for besides loopback and its bound address (its
+        ``--allowed-host`` flags): those the queen may reach this machine by."""
+        names = list(self.host_names())
+        if is_wildcard(self.worker_host):
+            names.append(socket.gethostname())  # what a worker's URL says then (supervisor)
+        skip = {*LOOPBACK_NAMES, self.worker_host.strip("[]").lower()}
+        return tuple(name for name in dict.fromkeys(names) if name not in skip)
 
     @property
     def logs_dir(self) -> Path:

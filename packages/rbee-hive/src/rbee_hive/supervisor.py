@@ -35,7 +35,12 @@ termination and leftovers (``kill_leftovers``: only members of the worker's own 
 by start time) are ``rbee_process``'s. A pid file that cannot be written ends that run at once.
 
 Output lines reach a spawn job through the job's context: the spawn handler attaches a copy of its
-``contextvars`` context to the worker, and the pumps ``narrate`` inside it.
+``contextvars`` context to the worker, and the pumps ``narrate`` inside it. A Python traceback in
+that output is not narrated line by line: it goes to the worker's log (0600), and the spawn job is
+told its last line (``TracebackFolder``), so no client sees the frames and source paths.
+
+The worker gets the token it accepts in its environment (``RBEE_WORKER_TOKEN``, never in its
+argument list), and the hive presents that token when it polls ``/ready`` (``rbee_hive.trust``).
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 
 from .errors import WorkerError
 from .reaping import pid_file_path, reap_leftovers
-from .settings import HiveSettings
-from .worker_process import WorkerProcess
+from .settings import HiveSettings, is_wildcard
+from .trust import authorization, worker_context, worker_env
+from .worker_process import TracebackFolder, WorkerProcess
 from .worker_spec import WorkerSpec
 
 __all__ = ["Supervisor", "WorkerProcess", "WorkerSpec", "WorkerState"]
@@ -85,8 +91,10 @@ class Supervisor:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Supervisor]:
-        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        # The hive's state is its user's only (logs may hold what a worker printed).
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.settings.logs_dir.mkdir(exist_ok=True, mode=0o700)
+        self.settings.run_dir.mkdir(exist_ok=True, mode=0o700)
         await anyio.to_thread.run_sync(
             reap_leftovers, self.settings.run_dir, self.settings.stop_grace
         )
@@ -209,15 +217,15 @@ class Supervisor:
         worker.run_error = None
         worker.started_at = time.time()
         worker.set_state(WorkerState.STARTING)
-        worker.note(f"starting: {shlex.join(argv)}")
+        worker.note(f"starting ({worker.spec.engine} engine)", detail=shlex.join(argv))
         try:
             # Its own session and process group (signals reach all it starts), stdin from
             # /dev/null, our environment plus placement's: rbee_process's rules; the pipes are ours.
+            # Its environment carries the token it accepts; the hive's own credentials stay here.
+            options = rbee_process.session_options(worker.spec.env)
+            worker_env(self.settings, options["env"])
             process = await anyio.open_process(
-                argv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                **rbee_process.session_options(worker.spec.env),
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options
             )
         except OSError as exc:
             worker.last_exit = None
@@ -272,6 +280,7 @@ class Supervisor:
         listening: anyio.Event,
     ) -> None:
         buffer = b""
+        folder = TracebackFolder()  # one per stream: a traceback is written to one of them
         try:
             async for chunk in stream:
                 buffer += chunk
@@ -280,16 +289,24 @@ class Supervisor:
                         line, buffer = buffer.split(b"\n", 1)
                     else:
                         line, buffer = buffer[:MAX_LINE], buffer[MAX_LINE:]
-                    self._line(worker, name, line, listening)
+                    self._line(worker, name, line, listening, folder)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         if buffer:
-            self._line(worker, name, buffer, listening)
+            self._line(worker, name, buffer, listening, folder)
 
-    def _line(self, worker: WorkerProcess, stream: str, raw: bytes, listening: anyio.Event) -> None:
+    def _line(
+        self,
+        worker: WorkerProcess,
+        stream: str,
+        raw: bytes,
+        listening: anyio.Event,
+        folder: TracebackFolder,
+    ) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         worker.write_log(text)
-        worker.tell(narrate, "worker_output", text, worker_id=worker.worker_id, stream=stream)
+        for told in folder.feed(text):  # a traceback stays in the log: one line of it is told
+            worker.tell(narrate, "worker_output", told, worker_id=worker.worker_id, stream=stream)
         if stream == "stdout" and text.startswith(LISTENING_PREFIX) and not listening.is_set():
             info = parse_listening_line(text)
             if info is None:
@@ -298,7 +315,7 @@ class Supervisor:
             port = int(info["port"])
             if info.get("worker_id") not in (None, worker.worker_id):
                 worker.note(f"the worker calls itself {info.get('worker_id')!r}")
-            worker.url = f"http://{self._advertised_host()}:{port}"
+            worker.url = f"{self.settings.scheme}://{self._advertised_host()}:{port}"
             self._on_change()
             worker.note(f"listening on port {port}")
             listening.set()
@@ -307,7 +324,7 @@ class Supervisor:
         """The host in a worker's URL. The queen talks to workers directly, so a worker bound
         to every interface is named as the queen knows this machine (``public_url``)."""
         settings = self.settings
-        if settings.worker_host in ("0.0.0.0", "::", ""):
+        if is_wildcard(settings.worker_host):
             public = urlsplit(settings.public_url).hostname if settings.public_url else None
             return public or socket.gethostname()
         return _connect_host(settings.worker_host)
@@ -319,9 +336,13 @@ class Supervisor:
         settings = self.settings
         start = time.monotonic()
         next_tick = 0.0
-        probe = f"http://{_connect_host(settings.worker_host)}:{{port}}/ready"
+        probe = f"{settings.scheme}://{_connect_host(settings.worker_host)}:{{port}}/ready"
         with anyio.move_on_after(settings.ready_timeout) as scope:
-            async with httpx.AsyncClient(timeout=min(5.0, settings.ready_timeout)) as client:
+            async with httpx.AsyncClient(
+                timeout=min(5.0, settings.ready_timeout),
+                headers=authorization(settings.token),
+                verify=worker_context(settings),
+            ) as client:
                 while True:
                     elapsed = time.monotonic() - start
                     if elapsed >= next_tick:  # about once a second
@@ -391,7 +412,7 @@ class Supervisor:
 
 def _connect_host(host: str) -> str:
     """``host`` as the host part of a URL to connect to (a wildcard address means loopback)."""
-    if host in ("0.0.0.0", "::", ""):
+    if is_wildcard(host):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 

@@ -20,13 +20,14 @@ from typing import IO, Any
 
 import anyio
 
+import rbee_process
 from jobproto import narrate
 from rbee_contracts.lifecycle import WorkerState, worker_transition
 from rbee_contracts.records import WorkerRecord
 
 from .worker_spec import WorkerSpec
 
-__all__ = ["WorkerProcess"]
+__all__ = ["TracebackFolder", "WorkerProcess"]
 
 logger = logging.getLogger("rbee_hive.supervisor")
 
@@ -116,7 +117,8 @@ class WorkerProcess:
     # -- output ------------------------------------------------------------------------------------
 
     def open_log(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 in a 0700 directory: what a worker prints (a traceback, its inputs) is the user's.
+        rbee_process.prepare_log(self.log_path)
         self._log = self.log_path.open("a", encoding="utf-8", buffering=1)
 
     def close_log(self) -> None:
@@ -128,9 +130,11 @@ class WorkerProcess:
         if self._log is not None:
             self._log.write(text + "\n")
 
-    def note(self, message: str) -> None:
-        """A line of the hive's own about this worker: its log, the hive's log, the spawn job."""
-        self.write_log(f"--- rbee-hive {_rfc3339(time.time())}: {message}")
+    def note(self, message: str, *, detail: str | None = None) -> None:
+        """A line of the hive's own about this worker: its log, the hive's log, the spawn job.
+        ``detail`` goes to the worker's log only (a command line: paths of this machine)."""
+        logged = message if detail is None else f"{message}: {detail}"
+        self.write_log(f"--- rbee-hive {_rfc3339(time.time())}: {logged}")
         if self.observers:  # narration logs it too (with the job's ids)
             self.tell(narrate, "worker", f"{self.worker_id}: {message}", worker_id=self.worker_id)
         else:
@@ -150,3 +154,55 @@ class WorkerProcess:
             yield
         finally:
             self.observers.remove(ctx)
+
+
+#: longest exception line a traceback's summary repeats
+SUMMARY_LIMIT = 300
+_CHAIN_MARKERS = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+
+
+class TracebackFolder:
+    """Folds the Python tracebacks in one output stream of a worker into one line each.
+
+    Output lines are narrated to whoever watches the worker (the spawn job, and through the queen
+    the user); a traceback is for the log. ``feed(line)`` returns the lines to narrate in place
+    of ``line``: the line itself, nothing while a traceback goes by, and at its end (the
+    ``Type: message`` line, the first one not indented) one summary. A chain of exceptions
+    ("During handling of the above exception...") yields one summary per exception.
+    """
+
+    def __init__(self) -> None:
+        self._state = "text"  # "text" | "traceback" | "group" | "after"
+
+    def feed(self, line: str) -> list[str]:
+        stripped = line.lstrip()
+        indented = line != stripped
+        if self._state in ("traceback", "group"):
+            if indented or not line:
+                return []
+            was = self._state
+            self._state = "after"
+            if was == "group":  # a group's traceback is indented to its end: this line is not its
+                self._state = "text"
+                return [self._summary("an exception group"), line]
+            return [self._summary(line)]
+        if line.startswith("Traceback (most recent call last):"):
+            self._state = "traceback"
+            return []
+        if stripped.startswith("+ Exception Group Traceback (most recent call last):"):
+            self._state = "group"
+            return []
+        if self._state == "after":
+            if not line or line in _CHAIN_MARKERS:
+                return []
+            self._state = "text"
+        return [line]
+
+    @staticmethod
+    def _summary(exception: str) -> str:
+        if len(exception) > SUMMARY_LIMIT:
+            exception = exception[:SUMMARY_LIMIT] + "..."
+        return f"[traceback in the worker's log] {exception}"

@@ -48,5 +48,8 @@ class WorkerSpec:
                 device=self.device,
                 max_concurrency=self.max_concurrency,
                 engine_args=self.engine_args,
+                tls_cert=None if settings.tls_cert is None else str(settings.tls_cert),
+                tls_key=None if settings.tls_key is None else str(settings.tls_key),
+                allowed_hosts=settings.worker_host_names(),
             ),
         ]

@@ -1,0 +1,95 @@
+"""Whom the hive trusts and how it proves itself: its ``Security``, its TLS contexts, and what of
+its secrets a worker gets (docs/tiers.md, hive; the tokens are ``rbee_contracts.auth``'s).
+
+- Callers present the hive's token (the queen's hive token for this hive) on everything but
+  ``/health``; the ``Host`` must be one of ``HiveSettings.host_names()`` (a web page that reaches
+  a loopback hive by DNS rebinding sends its own name, and is refused with 421).
+- A worker accepts the same token: the hive puts it in the worker's environment as
+  ``RBEE_WORKER_TOKEN``, never on its command line (``ps`` shows that to every user), and takes
+  its own credentials out of that environment (the worker runs model code: it gets what it
+  needs, not the hive's join token).
+- The hive verifies the queen with ``tls_ca`` (a CA, or the queen's self-signed certificate
+  itself). Its own workers serve the hive's certificate, so the hive pins exactly that
+  certificate when it polls them; it reaches them by a loopback address, so the certificate's
+  names are not checked there (the pin is the stronger check).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+
+from jobproto.asgi import Principal, Security, TokenAuth
+from rbee_contracts import auth
+
+from .settings import HiveSettings
+
+__all__ = [
+    "WORKER_ENV_DROPPED",
+    "authorization",
+    "client_context",
+    "hive_security",
+    "worker_context",
+    "worker_env",
+]
+
+#: the hive's own credentials and the keeper's: never in a worker's environment
+WORKER_ENV_DROPPED: tuple[str, ...] = (
+    auth.ENV_TOKEN,
+    auth.ENV_TOKEN_FILE,
+    auth.ENV_JOIN_TOKEN,
+    auth.ENV_JOIN_TOKEN_FILE,
+    auth.ENV_HIVE_TOKEN,
+    auth.ENV_HIVE_TOKEN_FILE,
+    auth.ENV_WORKER_TOKEN,
+)
+
+
+def hive_security(settings: HiveSettings) -> Security:
+    """What the hive's middleware checks: the queen's token (when one is set), ``Host``,
+    ``Origin``."""
+    tokens = None
+    if settings.token is not None:
+        tokens = TokenAuth({settings.token: Principal("queen", frozenset({auth.JOBS_SCOPE}))})
+    return Security(
+        auth=tokens,
+        allowed_hosts=settings.host_names(),
+        allowed_origins=settings.allowed_origins,
+        jobs_scope=auth.JOBS_SCOPE,
+    )
+
+
+def client_context(ca: Path | None) -> ssl.SSLContext | bool:
+    """How to verify a server: against ``ca`` (a CA or a pinned certificate), else the system's
+    CAs (``True``)."""
+    if ca is None:
+        return True
+    context = ssl.create_default_context(cafile=str(ca))
+    # A pinned certificate that a CA signed is a trust anchor by itself (no chain above it).
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def worker_context(settings: HiveSettings) -> ssl.SSLContext | bool:
+    """How the hive verifies its own workers: they serve its certificate, which is pinned."""
+    if settings.tls_cert is None:
+        return True
+    context = ssl.create_default_context(cafile=str(settings.tls_cert))
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.check_hostname = False  # reached by a loopback address; the pin decides
+    return context
+
+
+def worker_env(settings: HiveSettings, env: MutableMapping[str, str]) -> None:
+    """Make a worker's environment (``env``, changed in place): the hive's credentials out, the
+    token the worker accepts in."""
+    for name in WORKER_ENV_DROPPED:
+        env.pop(name, None)
+    if settings.token is not None:
+        env[auth.ENV_WORKER_TOKEN] = settings.token
+
+
+def authorization(token: str | None) -> Mapping[str, str]:
+    """The request headers that present ``token`` (none without one)."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
