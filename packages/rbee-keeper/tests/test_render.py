@@ -24,6 +24,7 @@ from jobproto import (
 from rbee_keeper.render import (
     HumanRenderer,
     JsonRenderer,
+    format_age,
     format_bytes,
     infer_summary,
     service_of,
@@ -153,3 +154,34 @@ def test_a_job_table_shows_the_operation_before_the_state() -> None:
     show_value(console, {"jobs": [{"state": "running", "operation": "infer", "job_id": JOB}]})
     header = [w for w in out.getvalue().splitlines()[1].split() if w.isidentifier()]
     assert header == ["job_id", "operation", "state"]
+
+
+def test_status_shows_each_hive_with_its_address_and_heartbeat_age() -> None:
+    renderer, out, _ = human()
+    hive = {
+        "hive_id": "gpu1",
+        "url": "https://10.0.0.7:9000",
+        "state": "up",
+        "last_seen": "2024-01-01T00:00:00Z",
+        "seconds_since_seen": 2.25,
+        "heartbeat_interval": 5.0,
+        "capabilities": {"gpus": [{"name": "H200"}]},
+        "models": ["tiny"],
+        "free_memory_bytes": 2 << 30,
+    }
+    late = dict(hive, hive_id="cpu1", url="http://10.0.0.8:9000", seconds_since_seen=300.0)
+    status = {"hives": [hive, late], "workers": [], "models": {}, "in_flight": 0, "jobs": []}
+    renderer.succeeded("status", status, JOB, 0.1)
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if "hive_id" in line)
+    assert header.split()[:6] == ["hive_id", "┃", "address", "┃", "state", "┃"]
+    assert "heartbeat" in header and "capabilities" not in header
+    gpu1 = next(line for line in lines if line.startswith("gpu1"))
+    assert "https://10.0.0.7:9000" in gpu1 and "2.2 s ago" in gpu1 and "2.0 GiB" in gpu1
+    cpu1 = next(line for line in lines if line.startswith("cpu1"))
+    assert "5 min ago" in cpu1
+    # --json keeps the queen's result as it is
+    raw = io.StringIO()
+    JsonRenderer(raw, io.StringIO()).succeeded("status", status, JOB, 0.1)
+    assert json.loads(raw.getvalue())["result"] == status
+    assert format_age(7200) == "2.0 h ago"

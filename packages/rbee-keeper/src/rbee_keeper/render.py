@@ -40,7 +40,15 @@ from rich.text import Text
 from jobproto import Data, Gap, JobEvent, JobState, Narration, Origin, UnknownEvent, encode_envelope
 from jobproto import Progress as ProgressEvent
 
-__all__ = ["HumanRenderer", "JsonRenderer", "Renderer", "format_bytes", "service_of"]
+__all__ = [
+    "HumanRenderer",
+    "JsonRenderer",
+    "Renderer",
+    "format_age",
+    "format_bytes",
+    "hive_rows",
+    "service_of",
+]
 
 LEVEL_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
 BYTE_UNITS = {"b", "byte", "bytes"}
@@ -62,6 +70,43 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def format_age(seconds: float) -> str:
+    """A heartbeat's age for people: ``0.4 s ago``, ``3 min ago``, ``2.0 h ago``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+#: operations whose result lists hives under ``hives`` (``queen_results``)
+HIVE_LISTS = frozenset({"status", "hive_list"})
+
+
+def hive_rows(hives: list[Any]) -> list[Any]:
+    """The hives of ``status`` and ``hive_list`` as people read them: where each one is (its
+    address) and how long ago it last said so (heartbeat age), before the rest. Capabilities
+    stay out of the table (``--json`` has them); a row that is not a hive is left as it is."""
+    rows: list[Any] = []
+    for hive in hives:
+        age = hive.get("seconds_since_seen") if isinstance(hive, Mapping) else None
+        if not isinstance(age, (int, float)) or isinstance(age, bool):
+            rows.append(hive)
+            continue
+        row: dict[str, Any] = {
+            "hive_id": hive.get("hive_id"),
+            "address": hive.get("url"),
+            "state": hive.get("state"),
+            "heartbeat": format_age(age),
+        }
+        skip = {"url", "seconds_since_seen", "last_seen", "capabilities", "heartbeat_interval"}
+        for key, value in hive.items():
+            if key not in skip and key not in row:
+                row[key] = len(value) if key == "workers" and isinstance(value, list) else value
+        rows.append(row)
+    return rows
 
 
 class _DetailColumn(ProgressColumn):
@@ -238,6 +283,10 @@ class HumanRenderer(Renderer):
                 self._end_text()
             self.console.print(Text(infer_summary(result, elapsed), style="green"))
             return
+        if operation in HIVE_LISTS and isinstance(result, Mapping):
+            hives = result.get("hives")
+            if isinstance(hives, list):
+                result = {**result, "hives": hive_rows(hives)}
         self.output(result)
 
     def ended(self, state: JobState, job_id: str, code: str, message: str) -> None:
@@ -303,6 +352,7 @@ LEADING_COLUMNS = (
     "job_id",
     "operation",
     "hive_id",
+    "address",
     "worker_id",
     "name",
     "model",
@@ -310,6 +360,7 @@ LEADING_COLUMNS = (
     "url",
     "pid",
     "state",
+    "heartbeat",
 )
 
 
