@@ -26,6 +26,7 @@ from jobproto.conformance._probe import (
     check_headers,
     expect,
 )
+from jobproto.conformance._refusals import refuse_unauthenticated
 from jobproto.conformance._streams import follow, open_stream
 from jobproto.conformance.pytest_plugin import Target
 
@@ -42,13 +43,13 @@ def test_state_machine(conformance_config: ConformanceConfig) -> None:
 
 @pytest.fixture
 def http(conformance_target: Target) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=conformance_target.url, timeout=10.0) as client:
+    with conformance_target.client() as client:
         yield client
 
 
 @pytest.fixture
 def tuned(tuned_target: Target) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=tuned_target.url, timeout=10.0) as client:
+    with tuned_target.client() as client:
         yield client
 
 
@@ -286,7 +287,7 @@ def test_a_slow_subscriber_does_not_delay_the_others(
 ) -> None:
     count = 20_000
     job = create(tuned, {"operation": "burst", "count": count, "size": 1024})
-    with httpx.Client(base_url=tuned_target.url, timeout=10.0) as other:
+    with tuned_target.client() as other:
         with open_stream(other, job) as slow:  # never read while the others run
             # Were the job held up by the slow subscriber, it would never end and these reads
             # would fail at their deadline.
@@ -326,3 +327,34 @@ def test_status_objects_in_each_state(http: httpx.Client) -> None:
         assert by_id[failed.job_id]["error"] == {"code": "nope", "message": "failed on purpose"}
         http.delete(f"/v1/jobs/{running.job_id}")
     http.delete(f"/v1/jobs/{queued.job_id}")
+
+
+# -- authentication --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("credential", ["none", "wrong", "not_bearer"])
+@pytest.mark.parametrize("method", ["create", "get", "delete", "stream"])
+def test_without_the_token_every_job_route_is_401(
+    http: httpx.Client, conformance_target: Target, credential: str, method: str
+) -> None:
+    """§Authentication: against a service that needs a token (the ``token`` target, or ``--url``
+    with ``--jobproto-token-file``); the same 401 for a job that exists and one that does not."""
+    if conformance_target.token is None:
+        pytest.skip("the service needs no token")
+    job = create(http, {"operation": "wait", "seconds": 5, "tick": 0.1})
+    refuse_unauthenticated(http, credential, method, [job.job_id, "job_" + "A" * 22])
+    # the job was not touched by the refused requests
+    assert status(http, job)["state"] in ("queued", "running")
+    http.delete(f"/v1/jobs/{job.job_id}")
+
+
+def test_the_token_target_refuses_what_the_suite_sends_without_it(
+    conformance_target: Target,
+) -> None:
+    """The ``token`` target really needs its token (else the run above proves nothing)."""
+    if conformance_target.kind != "token":
+        pytest.skip("only the token target is known to need one")
+    assert conformance_target.token is not None
+    with httpx.Client(base_url=conformance_target.url, timeout=10.0) as bare:
+        check_error(bare.get("/v1/jobs"), status=401, code="unauthorized")
+    assert conformance_target.token not in repr(conformance_target)

@@ -97,3 +97,51 @@ def test_a_result_too_deep_to_encode_fails_only_its_job(tmp_path: Path) -> None:
             assert [i.type for i in view.items if isinstance(i, StreamEvent)][-1] == "succeeded"
     finally:
         server.stop()
+
+
+def test_a_server_with_a_token_file_refuses_requests_without_it(tmp_path: Path) -> None:
+    token = "conformance_" + "t0k" * 10
+    server = ServerProcess.spawn([], tmp_path, token=token)
+    try:
+        assert (tmp_path / "token").stat().st_mode & 0o077 == 0
+        # by file, never on the command line (another user can read ``ps``)
+        cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+        assert b"--token-file" in cmdline and token.encode() not in cmdline
+        with httpx.Client(base_url=server.url, timeout=10.0) as http:
+            r = http.get("/v1/jobs")
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "unauthorized"
+            assert r.headers["www-authenticate"] == "Bearer"
+            r = http.get("/v1/jobs", headers={"Authorization": "Bearer " + token[:-1]})
+            assert r.status_code == 401
+            r = http.get("/v1/jobs", headers={"Authorization": "Bearer " + token})
+            assert r.status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert token not in server.log_path.read_text()
+
+
+def test_the_token_comes_from_the_file_else_the_environment(tmp_path: Path) -> None:
+    from jobproto.conformance._server import TOKEN_ENV, token_from
+
+    path = tmp_path / "token"
+    path.write_text("  from-file\n")
+    assert token_from(path, {TOKEN_ENV: "from-env"}) == "from-file"
+    assert token_from(None, {TOKEN_ENV: "from-env"}) == "from-env"
+    assert token_from(None, {TOKEN_ENV: ""}) is None
+    assert token_from(None, {}) is None
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="no token"):
+        token_from(path, {})
+
+
+def test_the_threaded_server_with_a_token() -> None:
+    server = ThreadedServer(token="threaded-token")
+    url = server.start()
+    try:
+        with httpx.Client(base_url=url, timeout=10.0) as http:
+            assert http.get("/v1/jobs").status_code == 401
+            ok = http.get("/v1/jobs", headers={"Authorization": "Bearer threaded-token"})
+            assert ok.status_code == 200
+    finally:
+        server.stop()

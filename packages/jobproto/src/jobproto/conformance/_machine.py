@@ -58,6 +58,7 @@ from ._refusals import (
     refuse_list,
     refuse_oversize,
     refuse_route,
+    refuse_unauthenticated,
     refuse_unknown_job,
 )
 from ._strategies import (
@@ -105,10 +106,16 @@ class ConformanceConfig:
     #: shrink a failing walk to a minimal one; this reruns it hundreds of times (minutes, up to
     #: Hypothesis' own limit of 5), so by default the first failing walk is reported as found
     shrink: bool = False
+    #: the bearer token the service requires; every request carries it, and the walk also
+    #: checks that requests without it (or with a wrong one) are refused (§Authentication)
+    token: str | None = attrs.field(default=None, repr=False)
 
     def client(self) -> httpx.Client:
         timeout = httpx.Timeout(self.read_timeout, connect=5.0)
-        return httpx.Client(base_url=self.base_url, transport=self.transport, timeout=timeout)
+        headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(
+            base_url=self.base_url, transport=self.transport, timeout=timeout, headers=headers
+        )
 
     def hypothesis_settings(self) -> settings:
         phases = [p for p in Phase if self.shrink or p not in (Phase.shrink, Phase.explain)]
@@ -508,7 +515,9 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     @rule(
         data=st.data(),
-        kind=st.sampled_from(["create", "key", "oversize", "unknown_job", "list", "route"]),
+        kind=st.sampled_from(
+            ["create", "key", "oversize", "unknown_job", "list", "route", "unauthenticated"]
+        ),
     )
     def bad_request(self, data: st.DataObject, kind: str) -> None:
         """Something the service must refuse with a 4xx and the error shape (§5), then live on."""
@@ -529,7 +538,15 @@ class ConformanceMachine(RuleBasedStateMachine):
             refuse_list(http, *data.draw(st.sampled_from(BAD_LIST), label="query"))
         elif kind == "route":
             refuse_route(http, *data.draw(st.sampled_from(BAD_ROUTES), label="route"))
-        self._still_alive()
+        elif kind == "unauthenticated" and self.config.token is not None:
+            # Without the token, or with a wrong one, every job route is 401, the same answer
+            # for the newest job made and for one that does not exist (§Authentication).
+            credential = data.draw(st.sampled_from(["none", "wrong", "not_bearer"]))
+            method = data.draw(st.sampled_from(["create", "get", "delete", "stream"]))
+            other = data.draw(bad_job_ids, label="job_id")
+            job_ids = [self.made[-1].job_id, other] if self.made else [other]
+            refuse_unauthenticated(http, credential, method, job_ids)
+        self._still_alive()  # the jobs, untouched by refused requests, still answer
 
     @rule(
         job=jobs,

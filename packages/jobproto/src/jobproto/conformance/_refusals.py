@@ -23,6 +23,7 @@ __all__ = [
     "refuse_list",
     "refuse_oversize",
     "refuse_route",
+    "refuse_unauthenticated",
     "refuse_unknown_job",
 ]
 
@@ -88,3 +89,54 @@ def refuse_cursor(http: httpx.Client, job_id: str, value: str, code: str, header
         name = "after"
         r = http.get(path, params={name: value})
     check_error(r, status=400, code=code, field=name)
+
+
+#: what a request presents instead of the service's token
+_CREDENTIALS = {
+    "none": None,
+    "wrong": "Bearer conformance-wrong-token",
+    "not_bearer": "Basic Y29uZm9ybWFuY2U6d3Jvbmc=",
+}
+
+
+def refuse_unauthenticated(
+    http: httpx.Client, credential: str, method: str, job_ids: list[str]
+) -> None:
+    """A request without the service's token (``credential`` ``none``), with a wrong one or
+    another scheme is ``401 unauthorized`` with ``WWW-Authenticate: Bearer``, whatever the job:
+    the answers for ``job_ids`` (one that exists, one that does not) are identical, so a refusal
+    never says whether a job exists (§Authentication). ``create`` and the list are 401 too.
+
+    ``http`` carries the token by default: this request has its ``Authorization`` replaced."""
+    targets: list[tuple[str, str]]
+    if method == "create":
+        targets = [("POST", "/v1/jobs"), ("GET", "/v1/jobs")]
+    else:
+        suffix = "/stream" if method == "stream" else ""
+        verb = "GET" if method == "stream" else method.upper()
+        targets = [(verb, f"/v1/jobs/{quote(job_id, safe='%')}{suffix}") for job_id in job_ids]
+    answers = []
+    for verb, path in targets:
+        content = b'{"operation": "echo"}' if verb == "POST" else None
+        request = http.build_request(
+            verb, path, content=content, headers={"Content-Type": "application/json"}
+        )
+        value = _CREDENTIALS[credential]
+        if value is None:
+            del request.headers["Authorization"]
+        else:
+            request.headers["Authorization"] = value
+        r = http.send(request)
+        error = check_error(r, status=401, code="unauthorized")
+        challenge = r.headers.get("www-authenticate", "")
+        expect(
+            challenge.split(" ", 1)[0].lower() == "bearer",
+            f"{verb} {path} -> 401 with WWW-Authenticate {challenge!r}, not Bearer",
+        )
+        answers.append((verb, dict(error), challenge))
+    if method != "create":
+        expect(
+            all(answer == answers[0] for answer in answers),
+            f"{method} without a valid token: the answers differ by job id, so they say which "
+            f"jobs exist: {answers}",
+        )

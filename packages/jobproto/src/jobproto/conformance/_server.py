@@ -8,6 +8,10 @@
 * ``ServerProcess.spawn``: ``main()`` in a child process of its own process group, stopped with
   SIGTERM and, if that is not enough, SIGKILL to the whole group.
 
+With a token (``--token-file``, or ``JOBPROTO_TOKEN`` in its environment; never on the command
+line, where ``ps`` shows it) the service refuses every request without it (docs/protocol.md
+§Authentication), so the suite can prove it works against a service that needs one.
+
 On shutdown the ``JobService`` is told first (``begin_shutdown``), so open streams end at once
 instead of holding uvicorn's graceful shutdown until their jobs finish.
 """
@@ -22,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,10 +34,11 @@ from typing import Any
 import attrs
 import uvicorn
 
-from ..asgi import JobService, ServiceSettings, create_app
+from ..asgi import JobService, Principal, Security, ServiceSettings, TokenAuth, create_app
 from ._operations import conformance_operations
 
 __all__ = [
+    "TOKEN_ENV",
     "ServerProcess",
     "ThreadedServer",
     "build_parser",
@@ -41,6 +46,9 @@ __all__ = [
     "settings_args",
     "settings_from_args",
 ]
+
+#: the environment variable that holds the token of the service (and of the suite's requests)
+TOKEN_ENV = "JOBPROTO_TOKEN"
 
 #: ServiceSettings fields a command-line flag can set: ``--max-log-events 64`` and so on
 _FLAGS: dict[str, type] = {
@@ -97,10 +105,15 @@ def _make_server(
     log_level: str = "warning",
     log_config: bool = False,
     on_started: Callable[[int], None] | None = None,
+    token: str | None = None,
 ) -> _Server:
     service = JobService(conformance_operations(), settings)
+    security = None
+    if token is not None:
+        principal = Principal("conformance", frozenset({"jobs"}))
+        security = Security(auth=TokenAuth({token: principal}))
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, security=security),
         host=host,
         port=port,
         log_level=log_level,
@@ -114,13 +127,19 @@ def _make_server(
 
 
 class ThreadedServer:
-    """The reference app served by uvicorn in a thread of this process."""
+    """The reference app served by uvicorn in a thread of this process; with ``token``, only to
+    requests that carry it."""
 
     def __init__(
-        self, settings: ServiceSettings | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        settings: ServiceSettings | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
     ) -> None:
         self.settings = settings or ServiceSettings()
-        self._server = _make_server(self.settings, host, port)
+        self._server = _make_server(self.settings, host, port, token=token)
         self._host = host
         self._thread = threading.Thread(
             target=self._server.run, name="jobproto-conformance-server", daemon=True
@@ -156,7 +175,8 @@ class ThreadedServer:
 
 @attrs.define
 class ServerProcess:
-    """``python -m jobproto.conformance.server`` as a child in its own process group."""
+    """``python -m jobproto.conformance.server`` as a child in its own process group; with
+    ``token``, written to a 0600 file in ``workdir`` and named by ``--token-file``."""
 
     process: subprocess.Popen[bytes]
     url: str
@@ -164,12 +184,24 @@ class ServerProcess:
 
     @classmethod
     def spawn(
-        cls, args: Sequence[str], workdir: Path, host: str = "127.0.0.1", timeout: float = 30.0
+        cls,
+        args: Sequence[str],
+        workdir: Path,
+        host: str = "127.0.0.1",
+        timeout: float = 30.0,
+        *,
+        token: str | None = None,
     ) -> ServerProcess:
         port_file = workdir / "port"
         log_path = workdir / "server.log"
         command = [sys.executable, "-m", "jobproto.conformance.server", "--host", host]
         command += ["--port", "0", "--port-file", str(port_file), *args]
+        if token is not None:
+            token_file = workdir / "token"
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(token + "\n")
+            command += ["--token-file", str(token_file)]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -211,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--start-mode", choices=["on_subscribe", "immediate"])
     parser.add_argument("--service-name")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"require this file's token as a bearer token (default: ${TOKEN_ENV} if set)",
+    )
     for name, kind in _FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, metavar=kind.__name__.upper())
     return parser
@@ -244,12 +281,23 @@ def _announce(host: str, port_file: Path | None) -> Callable[[int], None]:
     return started
 
 
+def token_from(path: Path | None, environ: Mapping[str, str]) -> str | None:
+    """The token in file ``path`` (stripped), else ``$JOBPROTO_TOKEN``, else ``None``."""
+    if path is not None:
+        token = path.read_text().strip()
+        if not token:
+            raise ValueError(f"{path} holds no token")
+        return token
+    return environ.get(TOKEN_ENV) or None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         settings = settings_from_args(ns)
-    except (TypeError, ValueError) as exc:
+        token = token_from(ns.token_file, os.environ)
+    except (TypeError, ValueError, OSError) as exc:
         parser.error(str(exc))
     server = _make_server(
         settings,
@@ -258,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=ns.log_level,
         log_config=True,
         on_started=_announce(ns.host, ns.port_file),
+        token=token,
     )
     server.run()
     return 0 if server.started else 1

@@ -1,30 +1,39 @@
 """pytest plugin of the conformance suite: the ``--url`` option and the services to test.
 
-Without ``--url`` every conformance test runs against two reference targets:
+Without ``--url`` every conformance test runs against three reference targets:
 
 * ``in-process``: the reference app served by uvicorn in a thread of the test process;
 * ``subprocess``: ``python -m jobproto.conformance.server`` on loopback, a real server process in
-  its own process group (SIGTERM, then SIGKILL to the group, when the tests are done).
+  its own process group (SIGTERM, then SIGKILL to the group, when the tests are done);
+* ``token``: that server process requiring a bearer token the suite generates: every request
+  carries it, and the suite checks that requests without it are refused (fewer random walks:
+  the protocol itself is walked on the other two).
 
-With ``--url URL`` they run against that service alone. Tests that need to know the service's
-limits (log size, subscribe timeout, retention, keepalive interval) take the ``tuned_target``
-fixture: a second server per reference target with small limits, and a skip for ``--url``, whose
-limits the suite cannot know.
+With ``--url URL`` they run against that service alone; when it needs a token, give it with
+``--jobproto-token-file PATH`` or in ``$JOBPROTO_TOKEN`` (never on the command line).
+
+Tests that need to know the service's limits (log size, subscribe timeout, retention, keepalive
+interval) take the ``tuned_target`` fixture: a second server with small limits per tokenless
+reference target, and a skip for ``--url``, whose limits the suite cannot know.
 
 Load it with ``-p jobproto.conformance.pytest_plugin``, or import its names into a conftest.py.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import attrs
+import httpx
 import pytest
 
 from ..asgi import ServiceSettings
 from ._machine import ConformanceConfig
-from ._server import ServerProcess, ThreadedServer, settings_args
+from ._server import TOKEN_ENV, ServerProcess, ThreadedServer, settings_args, token_from
 
 __all__ = [
     "MAIN_SETTINGS",
@@ -37,7 +46,11 @@ __all__ = [
     "tuned_target",
 ]
 
-TargetKind = Literal["in-process", "subprocess", "url"]
+TargetKind = Literal["in-process", "subprocess", "token", "url"]
+
+#: random walks of the state machine against the ``token`` target (unless given on the command
+#: line): enough to meet every rule with the token, the protocol is walked on the others
+TOKEN_TARGET_EXAMPLES = 15
 
 #: the reference service the state machine walks: default limits, except a log small enough for
 #: the largest burst (300 events) to overflow it, so random walks meet gap frames too
@@ -60,6 +73,17 @@ class Target:
     kind: TargetKind
     url: str
     settings: ServiceSettings | None
+    #: the bearer token the service requires, if any
+    token: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers that authenticate a request to the service (none without a token)."""
+        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, timeout: float = 10.0) -> httpx.Client:
+        """A client of the service whose every request carries the token."""
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,6 +93,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="run the conformance suite against the jobproto/1 service at this URL "
         "(it must offer the conformance operations); default: the reference service",
+    )
+    group.addoption(
+        "--jobproto-token-file",
+        default=None,
+        type=Path,
+        help="the --url service needs the bearer token in this file "
+        f"(default: ${TOKEN_ENV} if set); the suite then also checks requests without it are 401",
     )
     group.addoption(
         "--max-body-bytes",
@@ -91,10 +122,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     url = metafunc.config.getoption("url", None)
-    kinds = ["url"] if url else ["in-process", "subprocess"]
-    for name in ("conformance_target", "tuned_target"):
-        if name in metafunc.fixturenames:
-            metafunc.parametrize(name, kinds, indirect=True, scope="session")
+    if "conformance_target" in metafunc.fixturenames:
+        kinds = ["url"] if url else ["in-process", "subprocess", "token"]
+        metafunc.parametrize("conformance_target", kinds, indirect=True, scope="session")
+    if "tuned_target" in metafunc.fixturenames:
+        kinds = ["url"] if url else ["in-process", "subprocess"]
+        metafunc.parametrize("tuned_target", kinds, indirect=True, scope="session")
 
 
 def _serve(
@@ -108,11 +141,22 @@ def _serve(
         finally:
             server.stop()
     else:
-        process = ServerProcess.spawn(settings_args(settings), tmp_path_factory.mktemp("server"))
+        token = secrets.token_urlsafe(32) if kind == "token" else None
+        process = ServerProcess.spawn(
+            settings_args(settings), tmp_path_factory.mktemp("server"), token=token
+        )
         try:
-            yield Target("subprocess", process.url, settings)
+            yield Target("token" if token else "subprocess", process.url, settings, token)
         finally:
             process.stop()
+
+
+def _given_token(config: pytest.Config) -> str | None:
+    path = config.getoption("jobproto_token_file", None)
+    try:
+        return token_from(path, os.environ)
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"--jobproto-token-file: {exc}") from None
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +166,8 @@ def conformance_target(
     """The service the conformance tests run against (parametrised: see the module docstring)."""
     kind = request.param
     if kind == "url":
-        yield Target("url", str(request.config.getoption("url")).rstrip("/"), None)
+        url = str(request.config.getoption("url")).rstrip("/")
+        yield Target("url", url, None, _given_token(request.config))
         return
     yield from _serve(kind, MAIN_SETTINGS, tmp_path_factory)
 
@@ -149,13 +194,20 @@ def conformance_config(
             base_url=conformance_target.url,
             max_body_bytes=known.max_body_bytes,
             max_subscriber_lag=known.max_subscriber_lag,
+            token=conformance_target.token,
         )
     else:
         max_body = pytestconfig.getoption("max_body_bytes", 1 << 20) or None
-        config = ConformanceConfig(base_url=conformance_target.url, max_body_bytes=max_body)
+        config = ConformanceConfig(
+            base_url=conformance_target.url,
+            max_body_bytes=max_body,
+            token=conformance_target.token,
+        )
     examples = pytestconfig.getoption("conformance_examples", None)
     if examples:
         config = attrs.evolve(config, max_examples=examples)
+    elif conformance_target.kind == "token":
+        config = attrs.evolve(config, max_examples=TOKEN_TARGET_EXAMPLES)
     if pytestconfig.getoption("conformance_shrink", False):
         config = attrs.evolve(config, shrink=True)
     return config
