@@ -4,11 +4,17 @@ uvicorn, asked to stop, waits for open connections to finish before it runs the 
 shutdown (sse-starlette#124): an SSE stream never finishes by itself, so the server would wait
 forever. ``Server`` tells the ``JobService`` to end its streams the moment uvicorn is asked to
 exit; clients reconnect (and resume) wherever the service comes back.
+
+``config`` also bounds what one connection may cost (``HttpLimits``: the size of a request head,
+the time to read a request, idle keep-alive) with uvicorn protocol classes of jobproto's own
+(``jobproto._http``), which also let a stream drop a frozen client's connection at once, and
+serves TLS when given a certificate and key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
 from types import FrameType
@@ -16,9 +22,12 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from ._http import HttpLimits, HttpParser, protocol_class
 from .asgi._service import JobService
 
-__all__ = ["Server", "bound_port", "config", "run", "serve"]
+__all__ = ["HttpLimits", "Server", "bound_port", "config", "run", "serve"]
+
+StrPath = str | os.PathLike[str]
 
 
 class Server(uvicorn.Server):
@@ -44,15 +53,26 @@ def bound_port(server: uvicorn.Server) -> int:
 
 
 def config(
-    app: Starlette, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+    app: Starlette,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+    limits: HttpLimits = HttpLimits(),  # noqa: B008 - frozen
+    http: HttpParser = "auto",
+    ssl_certfile: StrPath | None = None,
+    ssl_keyfile: StrPath | None = None,
 ) -> uvicorn.Config:
     """uvicorn's settings for a jobproto service.
 
-    uvicorn picks its event loop and HTTP parser itself (``loop``/``http`` "auto"): uvloop and
+    The event loop and HTTP parser are uvicorn's own choice (``loop``/``http`` "auto"): uvloop and
     httptools where they are installed (``jobproto[server]`` installs them), asyncio and h11
     otherwise. On the benchmark machine that halved the CPU a relayed token costs the queen
-    (docs/benchmarks.md).
+    (docs/benchmarks.md). Either parser runs in a subclass that enforces ``limits``. With
+    ``ssl_certfile`` (PEM, the chain) and ``ssl_keyfile`` it serves HTTPS.
     """
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
     return uvicorn.Config(
         app,
         host=host,
@@ -60,6 +80,10 @@ def config(
         log_level=log_level,
         timeout_graceful_shutdown=5,
         lifespan="on",
+        http=protocol_class(limits, http),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
 
 
@@ -86,11 +110,22 @@ def serve(
     *,
     log_level: str = "warning",
     on_ready: Callable[[int], None] | None = None,
+    limits: HttpLimits = HttpLimits(),  # noqa: B008 - frozen
+    ssl_certfile: StrPath | None = None,
+    ssl_keyfile: StrPath | None = None,
 ) -> None:
     """Serve ``app`` (from ``create_app``) until SIGINT/SIGTERM; ``on_ready(port)`` once bound."""
     service = getattr(app.state, "jobs", None)
     server = Server(
-        config(app, host, port, log_level=log_level),
+        config(
+            app,
+            host,
+            port,
+            log_level=log_level,
+            limits=limits,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+        ),
         service if isinstance(service, JobService) else None,
     )
     run(server, on_ready)

@@ -14,28 +14,46 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import uvicorn
 from starlette.applications import Starlette
 
+from ._http import HttpLimits, HttpParser
 from .asgi._service import JobService
-from .server import Server, bound_port
+from .server import Server, StrPath, bound_port, config
 
 __all__ = ["serving"]
 
 
 @asynccontextmanager
-async def serving(app: Starlette, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve ``app`` on a free loopback port for the duration of the block; yield its base URL."""
+async def serving(
+    app: Starlette,
+    host: str = "127.0.0.1",
+    *,
+    limits: HttpLimits = HttpLimits(),  # noqa: B008 - frozen
+    http: HttpParser = "auto",
+    ssl_certfile: StrPath | None = None,
+    ssl_keyfile: StrPath | None = None,
+) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port for the duration of the block; yield its base URL
+    (``https://`` with a certificate). The server is ``jobproto.server.config``'s."""
     service = getattr(app.state, "jobs", None)
-    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on")
-    server = Server(config, service if isinstance(service, JobService) else None)
+    cfg = config(
+        app,
+        host,
+        0,
+        limits=limits,
+        http=http,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
+    server = Server(cfg, service if isinstance(service, JobService) else None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(10):
             while not server.started:
                 await anyio.sleep(0.01)
         try:
-            yield f"http://{host}:{bound_port(server)}"
+            scheme = "https" if ssl_certfile is not None else "http"
+            yield f"{scheme}://{host}:{bound_port(server)}"
         finally:
             if server.service is not None:
                 server.service.begin_shutdown()

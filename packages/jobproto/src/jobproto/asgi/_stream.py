@@ -4,7 +4,8 @@ The body is written by one loop: read every frame after the cursor, send them in
 when nothing is new, wait for the job's next event (or the keepalive interval, then send a
 comment). Disconnect is raced by a watcher task, as Starlette's StreamingResponse does, so a
 client that leaves is noticed at once even on a quiet stream (it ends the loop's wait). Each send
-has a timeout: a frozen client (full TCP buffers) is dropped instead of being held forever. A
+has a timeout: a frozen client (full TCP buffers) is dropped instead of being held forever (its
+connection aborted, so what is buffered for it is freed at once). A
 subscriber that falls more than ``max_subscriber_lag`` events behind is closed and resumes from the
 log with Last-Event-ID; none of this ever slows the job or the other subscribers, which only
 append to / read the log.
@@ -31,7 +32,11 @@ from .._sse import encode, encode_comment
 from .._wire import encode_gap_frame
 from ._service import JobHandle, JobService
 
-__all__ = ["stream_job"]
+__all__ = ["ABORT_EXTENSION", "stream_job"]
+
+#: the ASGI scope extension a server offers to drop a connection at once: ``{"abort": callable}``
+#: (jobproto.server's protocol classes offer it)
+ABORT_EXTENSION = "jobproto.abort"
 
 logger = logging.getLogger("jobproto.stream")
 
@@ -66,10 +71,23 @@ async def stream_job(
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, sub))
     try:
         await _pump(service, handle, sub, after, send)
-    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError):
-        pass  # the client is gone or frozen; it resumes from the log when it comes back
+    except TimeoutError:
+        # Frozen: the client resumes from the log if it ever comes back. Closing its connection
+        # would keep it, and every byte buffered for it, until the client reads them; the
+        # server's abort (jobproto.server's extension) frees them now.
+        _abort_connection(scope)
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass  # the client is gone; it resumes from the log when it comes back
     finally:
         watcher.cancel()
+
+
+def _abort_connection(scope: Scope) -> None:
+    """Drop the connection at once where the server offers it (the ``jobproto.abort`` scope
+    extension); under another server the response just ends and the server closes it."""
+    extension = scope.get("extensions", {}).get(ABORT_EXTENSION)
+    if extension is not None:
+        extension["abort"]()
 
 
 class _Subscriber:
