@@ -24,8 +24,10 @@ from rbee_contracts.hive_cli import hive_argv
 from rbee_contracts.hive_ops import WorkerSpawnParams
 from rbee_contracts.ids import check_name, repo_name
 from rbee_contracts.queen_ops import (
+    HiveInstallParams,
     HiveParams,
     HiveStartParams,
+    HiveUninstallParams,
     QueenInferParams,
     QueenModelDeleteParams,
     QueenModelDownloadParams,
@@ -119,10 +121,24 @@ REFUSED: list[Case] = [
             "queen_url": {"queen_url": "ftp://queen"},
             "heartbeat": {"heartbeat": 0},
             "models_dir": {"models_dir": ""},
+            "host": {"host": "-oProxyCommand=x"},
+            "bind": {"bind": "a b"},
         },
     ),
-    ("hive_status", HiveParams, {"hive": "h1"}, {"hive": _HIVE}),
-    ("hive_stop", HiveParams, {"hive": "h1"}, {"hive": _HIVE}),
+    ("hive_status", HiveParams, {"hive": "h1"}, {"hive": _HIVE, "host": {"host": ""}}),
+    ("hive_stop", HiveParams, {"hive": "h1"}, {"hive": _HIVE, "host": {"host": "-p22"}}),
+    (
+        "hive_install",
+        HiveInstallParams,
+        {"host": "gpu1"},
+        {"host": {"host": "-oX"}, "extra": {"extra": "llamacpp"}, "offline": {"offline": "yes"}},
+    ),
+    (
+        "hive_uninstall",
+        HiveUninstallParams,
+        {"host": "gpu1"},
+        {"host": {"host": ".x"}, "hive": _HIVE, "purge": {"purge": 1}},
+    ),
 ]
 
 CASES = [

@@ -15,7 +15,8 @@ downstream defaults are the same).
 from __future__ import annotations
 
 import functools
-from typing import Any
+import re
+from typing import Any, Final
 
 import attrs
 
@@ -41,14 +42,18 @@ from .ids import (
 )
 from .infer import InferParams
 from .values import (
+    field_validator,
     optional_absolute_path_validator,
     optional_interval_validator,
     optional_url_validator,
 )
 
 __all__ = [
+    "HOST_SCHEMA",
+    "HiveInstallParams",
     "HiveParams",
     "HiveStartParams",
+    "HiveUninstallParams",
     "NoParams",
     "QueenInferParams",
     "QueenModelDeleteParams",
@@ -58,6 +63,7 @@ __all__ = [
     "QueenWorkerListParams",
     "QueenWorkerSpawnParams",
     "QueenWorkerStopParams",
+    "check_host_alias",
     "downstream_type",
     "forward_fields",
     "is_repo_ref",
@@ -96,6 +102,32 @@ def _model_ref(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
         ) from None
 
 
+#: an SSH host alias (``Host`` of ~/.ssh/config, or rbee's ``hosts.toml``) or a host name: one
+#: word that cannot be read as an option (no leading ``-``)
+HOST_PATTERN: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
+HOST_SCHEMA: Final = {"pattern": f"^{HOST_PATTERN.pattern}$", "maxLength": 253}
+
+
+def check_host_alias(value: str, what: str = "host") -> str:
+    if not HOST_PATTERN.fullmatch(value):
+        raise FieldError(
+            what,
+            f"'{what}' must be an SSH host alias or host name (letters, digits, '.', '_', '-';"
+            f" not starting with '-' or '.'), got {value!r}",
+        )
+    return value
+
+
+def _host() -> Any:
+    """``host``: the machine (an SSH host alias) the hive runs on; None: the queen's own."""
+    return attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.optional(field_validator(check_host_alias)),
+        metadata={"schema": HOST_SCHEMA},
+    )
+
+
 # -- the queen's own operations --------------------------------------------------------------------
 
 
@@ -106,14 +138,15 @@ class NoParams:
 
 @attrs.frozen
 class HiveParams:
-    """``hive_status``, ``hive_stop``: one hive, named."""
+    """``hive_status``, ``hive_stop``: one hive, named (on ``host``, over SSH, when given)."""
 
     hive: str = attrs.field(validator=hive_id_validator, metadata={"schema": HIVE_ID_SCHEMA})
+    host: str | None = _host()
 
 
 @attrs.frozen
 class HiveStartParams:
-    """``hive_start``: run a hive process on the queen's machine."""
+    """``hive_start``: run a hive process on the queen's machine, or on ``host`` over SSH."""
 
     hive: str = attrs.field(
         default="localhost", validator=hive_id_validator, metadata={"schema": HIVE_ID_SCHEMA}
@@ -131,6 +164,46 @@ class HiveStartParams:
     #: the hive's models directory (default: ``models`` in its state directory); absolute, as
     #: the hive's working directory is not the caller's
     models_dir: str | None = attrs.field(default=None, validator=optional_absolute_path_validator)
+    #: the machine to run it on (an SSH host alias; it needs ``hive_install`` first)
+    host: str | None = _host()
+    #: the address a hive on ``host`` binds (default: the host's ``hive_host`` in rbee's hosts
+    #: file, else the address SSH reached it at)
+    bind: str | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.optional(field_validator(check_host_alias)),
+        metadata={"schema": HOST_SCHEMA},
+    )
+
+
+@attrs.frozen
+class HiveInstallParams:
+    """``hive_install``: put ``rbee-hive`` into a virtualenv on ``host`` over SSH."""
+
+    host: str = attrs.field(
+        validator=field_validator(check_host_alias), metadata={"schema": HOST_SCHEMA}
+    )
+    #: the engine extra of ``rbee-worker`` to install with it (``transformers``, ``vllm``)
+    extra: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.in_(("transformers", "vllm"))),
+        metadata={"schema": {"enum": ["transformers", "vllm"]}},
+    )
+    #: the host has no package index: copy every wheel, dependencies too, from this machine
+    offline: bool = False
+
+
+@attrs.frozen
+class HiveUninstallParams:
+    """``hive_uninstall``: stop the hive on ``host`` and remove what ``hive_install`` put there."""
+
+    host: str = attrs.field(
+        validator=field_validator(check_host_alias), metadata={"schema": HOST_SCHEMA}
+    )
+    #: the hive's id (default: the host alias)
+    hive: str | None = _hive()
+    #: remove the hive's state too (its models, logs and worker records)
+    purge: bool = False
 
 
 # -- relayed to a hive: the hive's parameters, plus which hive -------------------------------------

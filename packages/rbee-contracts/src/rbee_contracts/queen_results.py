@@ -22,11 +22,14 @@ from .records import WorkerRecord
 
 __all__ = [
     "HiveDetail",
+    "HiveInstallResult",
     "HiveListResult",
     "HiveStartResult",
     "HiveStatusResult",
     "HiveStopResult",
+    "HiveUninstallResult",
     "HiveView",
+    "HostView",
     "JobSummary",
     "LocalHiveProcess",
     "QueenWorkerRecord",
@@ -54,6 +57,8 @@ class LocalHiveProcess:
     #: its log file
     log: str | None
     command: list[str]
+    #: the SSH host alias of the machine it runs on (None: the queen's own)
+    host: str | None = attrs.field(default=None, kw_only=True)
 
 
 @attrs.frozen
@@ -109,8 +114,44 @@ class HiveDetail(HiveView):
 
 
 @attrs.frozen
+class HostView:
+    """A host of rbee's hosts file (``hive_list``): where a hive can be installed over SSH."""
+
+    alias: str
+    hostname: str | None
+    port: int | None
+    user: str | None
+
+
+@attrs.frozen
 class HiveListResult:
     hives: list[HiveDetail]
+    #: the hosts configured in rbee's hosts file
+    hosts: list[HostView] = attrs.field(factory=list, kw_only=True)
+
+
+@attrs.frozen
+class HiveInstallResult:
+    """``hive_install``: what was installed where."""
+
+    host: str
+    #: the virtualenv on the host
+    venv: str
+    #: the distributions asked for (``rbee-hive``, ``rbee-worker[extra]``)
+    packages: list[str]
+    #: ``wheels``: copied from the queen's machine; ``index``: from the host's package index
+    source: str
+    offline: bool
+
+
+@attrs.frozen
+class HiveUninstallResult:
+    """``hive_uninstall``: the hive stopped (how) and the paths removed on the host."""
+
+    host: str
+    hive_id: str
+    stopped: StopOutcome
+    removed: list[str]
 
 
 @attrs.frozen

@@ -7,9 +7,14 @@
 | hive_status    | one hive, and its process when this queen's machine runs it                  |
 | hive_start     | run a hive process on this machine; done once it has registered             |
 | hive_stop      | stop a hive this machine runs (SIGTERM, then SIGKILL, to its process group)  |
+| hive_install   | put rbee-hive into a virtualenv on another machine, over SSH                 |
+| hive_uninstall | stop that hive and remove what hive_install put there                        |
 | worker_*       | relayed to the hive named (or the only one): one job id for the user         |
 | model_*        | relayed likewise                                                             |
 | infer          | choose (or start) a worker, then relay its ``infer`` job: no hive in between |
+
+``hive_start``, ``hive_stop`` and ``hive_status`` with ``host`` do the same on another machine over
+SSH (``remote_hives``).
 
 The parameter types are the shared contracts (``rbee_contracts.queen_ops``): each relayed
 operation's type extends the hive's or worker's own, so a value they would refuse is a 422 here.
@@ -21,11 +26,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobproto import Operations
+import attrs
+
+from jobproto import JobFailed, Operations
+from rbee_contracts import auth
 from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.queen_ops import (
+    HiveInstallParams,
     HiveParams,
     HiveStartParams,
+    HiveUninstallParams,
     NoParams,
     QueenInferParams,
     QueenModelDeleteParams,
@@ -38,22 +48,35 @@ from rbee_contracts.queen_ops import (
     forward_fields,
 )
 from rbee_contracts.queen_results import (
+    HiveInstallResult,
     HiveListResult,
     HiveStartResult,
     HiveStatusResult,
     HiveStopResult,
+    HiveUninstallResult,
     StatusResult,
     UnregisteredHive,
 )
 
 from .queen import Queen
+from .remote_hives import RemoteHives
 from .scheduler import read_hive_result
 
 __all__ = ["queen_operations"]
 
 
+def _secret(queen: Queen) -> bytes:
+    """The queen's secret (the hives' tokens derive from it); a queen without one (in-process,
+    checking no tokens) gets the one in its state dir, so a remote hive still has tokens."""
+    secret = getattr(queen.settings, "secret", None)
+    if isinstance(secret, bytes):
+        return secret
+    return auth.load_or_create_secret(queen.settings.state_dir / auth.SECRET_FILE)
+
+
 def queen_operations(queen: Queen) -> Operations:
     ops = Operations()
+    remote_hives = RemoteHives(queen.settings, queen.registry, lambda: _secret(queen))
 
     @ops.operation("status")
     async def status(params: NoParams) -> StatusResult:
@@ -62,17 +85,37 @@ def queen_operations(queen: Queen) -> Operations:
 
     @ops.operation("hive_list")
     async def hive_list(params: NoParams) -> HiveListResult:
-        """The registered hives and their state (up/down)."""
-        return queen.hive_list()
+        """The registered hives and their state (up/down), and the hosts configured for SSH."""
+        return attrs.evolve(queen.hive_list(), hosts=remote_hives.host_views())
 
     @ops.operation("hive_status")
     async def hive_status(params: HiveParams) -> HiveStatusResult | UnregisteredHive:
-        """One hive: its registration, workers, and local process if any."""
-        return queen.hive_status(params.hive)
+        """One hive: its registration, workers, and its process (here, or on ``host``)."""
+        if params.host is None:
+            return queen.hive_status(params.hive)
+        process = await remote_hives.process(params.host, params.hive)
+        found = queen.hive_status(params.hive) if params.hive in queen.registry else None
+        if isinstance(found, HiveStatusResult):
+            return attrs.evolve(found, process=process)
+        if process is None:
+            raise JobFailed(
+                "unknown_hive", f"hive {params.hive!r} neither runs on {params.host} nor is known"
+            )
+        return UnregisteredHive(params.hive, process)
 
     @ops.operation("hive_start")
     async def hive_start(params: HiveStartParams) -> HiveStartResult:
-        """Start a hive on this machine; succeeds once it has registered."""
+        """Start a hive on this machine (or ``host``); succeeds once it has registered."""
+        if params.host is not None:
+            return await remote_hives.start(
+                params.host,
+                params.hive,
+                port=queen.settings.hive_port if params.port is None else params.port,
+                queen_url=params.queen_url or queen.url,
+                bind=params.bind,
+                heartbeat=params.heartbeat,
+                models_dir=params.models_dir,
+            )
         return await queen.local_hives.start(
             params.hive,
             port=queen.settings.hive_port if params.port is None else params.port,
@@ -83,8 +126,22 @@ def queen_operations(queen: Queen) -> Operations:
 
     @ops.operation("hive_stop")
     async def hive_stop(params: HiveParams) -> HiveStopResult:
-        """Stop a hive this machine runs (SIGTERM, then SIGKILL, to its process group)."""
+        """Stop a hive this machine (or ``host``) runs (SIGTERM, then SIGKILL, to its group)."""
+        if params.host is not None:
+            return await remote_hives.stop(params.host, params.hive)
         return await queen.local_hives.stop(params.hive)
+
+    @ops.operation("hive_install")
+    async def hive_install(params: HiveInstallParams) -> HiveInstallResult:
+        """Install rbee-hive (and rbee-worker with an engine extra) on ``host`` over SSH."""
+        return await remote_hives.install(params.host, extra=params.extra, offline=params.offline)
+
+    @ops.operation("hive_uninstall")
+    async def hive_uninstall(params: HiveUninstallParams) -> HiveUninstallResult:
+        """Stop the hive on ``host`` and remove its virtualenv and tokens (``purge``: its state)."""
+        return await remote_hives.uninstall(
+            params.host, params.hive or params.host, purge=params.purge
+        )
 
     @ops.operation("worker_spawn")
     async def worker_spawn(params: QueenWorkerSpawnParams) -> Any:
