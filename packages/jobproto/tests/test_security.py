@@ -6,18 +6,24 @@ except where a job must exist, which needs the service's lifespan: real uvicorn 
 
 from __future__ import annotations
 
+import datetime
 import hmac
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from jobproto import RequestError
+from jobproto import ConnectFailed, RequestError
 from jobproto.asgi import (
     Principal,
     Security,
@@ -26,6 +32,7 @@ from jobproto.asgi import (
     principal_of,
     require_scope,
 )
+from jobproto.client import HTTPStatusError, JobClient
 from jobproto.conformance import conformance_operations
 from jobproto.testing import serving
 
@@ -521,3 +528,85 @@ async def test_no_token_in_any_log_line(caplog: pytest.LogCaptureFixture) -> Non
     assert "refused" in caplog.text  # refusals are logged ...
     for token in (KEEPER_TOKEN, HIVE_TOKEN, OTHER_TOKEN):
         assert token not in caplog.text  # ... without the token
+
+
+# -- the client against a secured service over TLS ------------------------------------------------
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, signed by its own key: the pinned-certificate case."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jobproto test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@asynccontextmanager
+async def serving_tls(app: Any, cert: Path, key: Path) -> AsyncIterator[str]:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while not server.started:
+                await anyio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"https://127.0.0.1:{port}"
+        finally:
+            app.state.jobs.begin_shutdown()
+            server.should_exit = True
+
+
+async def test_the_client_with_token_and_pinned_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    app = make_app(security(allowed_hosts=("127.0.0.1",)))
+    async with serving_tls(app, cert, key) as url:
+        async with JobClient(url, token=KEEPER_TOKEN, verify=str(cert)) as client:
+            result = await client.run("echo", messages=["over tls"], result={"ok": True})
+            assert result == {"ok": True}
+        # the same service without the token: a 401, raised as the client's refusal error
+        async with JobClient(url, verify=str(cert)) as client:
+            with pytest.raises(HTTPStatusError) as info:
+                await client.list()
+            assert (info.value.status, info.value.code) == (401, "unauthorized")
+        # a certificate nobody vouches for is refused before anything is sent
+        async with JobClient(url, token=KEEPER_TOKEN) as client:
+            with pytest.raises(ConnectFailed):
+                await client.list()
