@@ -36,9 +36,10 @@ from jobproto import (
     narrate,
     progress,
 )
-from jobproto.asgi import ServiceSettings, create_app
+from jobproto.asgi import Principal, Security, ServiceSettings, TokenAuth, create_app
 from jobproto.client import JobClient
 from jobproto.testing import serving
+from rbee_contracts.auth import hive_token, join_token, keeper_token
 from rbee_contracts.hive_ops import (
     ModelDeleteParams,
     ModelDownloadParams,
@@ -60,10 +61,19 @@ from rbee_queen.settings import QueenSettings
 # -- a fake worker ---------------------------------------------------------------------------------
 
 
+def _accepting(token: str | None) -> Security | None:
+    """A fake's security: the queen's token for its hive, as the real hive and worker check it."""
+    if token is None:
+        return None
+    return Security(TokenAuth({token: Principal("queen", frozenset({"jobs"}))}))
+
+
 class FakeWorker:
     """A FAKE worker: ``infer`` emits ``{"text": ...}`` data events, then a result."""
 
-    def __init__(self, worker_id: str, model: str = "tiny", words: int = 3) -> None:
+    def __init__(
+        self, worker_id: str, model: str = "tiny", words: int = 3, *, accepts: str | None = None
+    ) -> None:
         self.worker_id = worker_id
         self.model = model
         self.words = words
@@ -86,6 +96,7 @@ class FakeWorker:
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
             ],
+            security=_accepting(accepts),
         )
 
     def _operations(self) -> Operations:
@@ -163,8 +174,15 @@ class FakeHive:
         spawn_delay: float = 0.3,
         free_memory: int | None = 8 << 30,
         model_size: int = 5_000_000,
+        secret: bytes | None = None,
     ) -> None:
+        """With the queen's ``secret``, it presents its join token and it and its workers
+        accept only its hive token, as a real hive does."""
         self.hive_id = hive_id
+        #: presented on heartbeats (its join token)
+        self.token = None if secret is None else join_token(secret, hive_id)
+        #: accepted from the queen, by the hive and its workers
+        self.accepts = None if secret is None else hive_token(secret, hive_id)
         self.models = list(models)
         self.heartbeat = heartbeat
         self.spawn_delay = spawn_delay
@@ -178,7 +196,9 @@ class FakeHive:
         self.url = ""
         self._tg: anyio.abc.TaskGroup | None = None
         self.app = create_app(
-            self._operations(), ServiceSettings(service_name=f"fake-hive-{hive_id}")
+            self._operations(),
+            ServiceSettings(service_name=f"fake-hive-{hive_id}"),
+            security=_accepting(self.accepts),
         )
 
     @asynccontextmanager
@@ -195,7 +215,7 @@ class FakeHive:
 
     async def add_worker(self, worker_id: str, model: str = "tiny") -> FakeWorker:
         """Start a fake worker this hive reports as ready (as if spawned earlier)."""
-        worker = FakeWorker(worker_id, model)
+        worker = FakeWorker(worker_id, model, accepts=self.accepts)
         assert self._tg is not None
         await self._tg.start(self._serve, worker)
         self.workers[worker_id] = worker
@@ -222,10 +242,16 @@ class FakeHive:
         )
         return dict(converter.unstructure(beat))
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
+
     async def register(self, queen_url: str) -> httpx.Response:
         async with httpx.AsyncClient() as http:
             response = await http.put(
-                f"{queen_url}/v1/hives/{self.hive_id}", json=self.registration()
+                f"{queen_url}/v1/hives/{self.hive_id}",
+                json=self.registration(),
+                headers=self.headers,
             )
         response.raise_for_status()
         return response
@@ -238,7 +264,11 @@ class FakeHive:
             while True:
                 await anyio.sleep(self.heartbeat)
                 with contextlib.suppress(httpx.HTTPError):
-                    await http.put(f"{queen_url}/v1/hives/{self.hive_id}", json=self.registration())
+                    await http.put(
+                        f"{queen_url}/v1/hives/{self.hive_id}",
+                        json=self.registration(),
+                        headers=self.headers,
+                    )
 
     def _operations(self) -> Operations:
         ops = Operations()
@@ -341,7 +371,8 @@ ClusterFactory = Callable[..., Any]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> ClusterFactory:
-    """``async with cluster(hives=[FakeHive(...)], **settings) as c``: a served queen + fakes."""
+    """``async with cluster(hives=[FakeHive(...)], **settings) as c``: a served queen + fakes;
+    with ``secret=...`` in the settings, ``c.client`` presents the keeper's token."""
 
     @asynccontextmanager
     async def make(
@@ -353,7 +384,9 @@ def cluster(tmp_path: Path) -> ClusterFactory:
             queen_url = await stack.enter_async_context(serving(app))
             for hive in hives:
                 await stack.enter_async_context(hive.running())
-            client = await stack.enter_async_context(JobClient(queen_url))
+            secret = settings.get("secret")
+            token = None if secret is None else keeper_token(secret)
+            client = await stack.enter_async_context(JobClient(queen_url, token=token))
             yield Cluster(queen_url, app, client, {h.hive_id: h for h in hives})
 
     return make

@@ -130,7 +130,7 @@ async def test_a_repo_id_nobody_has_is_downloaded_then_served(cluster: Any, fake
 
 @pytest.mark.parametrize("case", ["no_hives", "all_down", "unknown_model"])
 async def test_no_capacity_says_why(cluster: Any, fakes: Any, case: str) -> None:
-    hive = fakes.Hive("h1", heartbeat=0.05)
+    hive = fakes.Hive("h1", heartbeat=0.1)
     async with cluster([hive], hive_timeout_beats=1) as c:
         if case != "no_hives":
             await hive.register(c.queen_url)

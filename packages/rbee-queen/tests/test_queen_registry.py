@@ -30,7 +30,13 @@ def body(hive_id: str = "h1", **over: Any) -> dict[str, Any]:
 
 
 def worker(wid: str, model: str = "tiny", state: str = "ready", pid: int = 1) -> dict[str, Any]:
-    return {"worker_id": wid, "model": model, "state": state, "url": f"http://w/{wid}", "pid": pid}
+    return {
+        "worker_id": wid,
+        "model": model,
+        "state": state,
+        "url": f"http://127.0.0.1:9100/{wid}",
+        "pid": pid,
+    }
 
 
 # -- registration ----------------------------------------------------------------------------------
@@ -93,7 +99,7 @@ def test_a_hive_is_down_after_the_missed_beats_and_up_again_with_the_next() -> N
 
 
 @given(
-    interval=st.floats(0.01, 60.0),
+    interval=st.floats(0.1, 60.0),
     beats=st.integers(1, 10),
     silence=st.floats(0.0, 1000.0),
 )
@@ -127,7 +133,7 @@ def test_pick_worker_is_the_least_busy_routable(specs: list[tuple[int, str]]) ->
         WorkerView(
             "h",
             HiveState.UP,
-            WorkerRecord(f"w{i}", "tiny", WorkerState(state), url=f"http://w{i}"),
+            WorkerRecord(f"w{i}", "tiny", WorkerState(state), url=f"http://127.0.0.1:{9100 + i}"),
             n,
             None,
         )
@@ -155,7 +161,9 @@ def test_unhealthy_incarnations_are_skipped_until_the_worker_restarts() -> None:
 def test_noted_workers_serve_until_the_hive_reports_them() -> None:
     reg = HiveRegistry(timeout_beats=3)
     reg.register(parse_registration("h1", body()), now=0.0)
-    reg.note_worker("h1", WorkerRecord("w9", "tiny", WorkerState.READY, url="http://w9"), now=0.5)
+    reg.note_worker(
+        "h1", WorkerRecord("w9", "tiny", WorkerState.READY, url="http://127.0.0.1:9109"), now=0.5
+    )
     assert [w.worker_id for w in reg.workers(0.5)] == ["w9"]
     # heartbeats sent before the spawn finished do not list it, or list it starting: still noted
     reg.register(parse_registration("h1", body()), now=1.0)
@@ -166,7 +174,9 @@ def test_noted_workers_serve_until_the_hive_reports_them() -> None:
     reg.register(parse_registration("h1", body(workers=[worker("w9", state="failed")])), now=2.0)
     assert [w.record.state for w in reg.workers(2.0)] == ["failed"]
     # ... and a noted worker the hive never reports is dropped after the timeout
-    reg.note_worker("h1", WorkerRecord("ghost", "tiny", WorkerState.READY, url="http://g"), now=2.0)
+    reg.note_worker(
+        "h1", WorkerRecord("ghost", "tiny", WorkerState.READY, url="http://127.0.0.1:9110"), now=2.0
+    )
     reg.register(parse_registration("h1", body()), now=6.0)
     assert [w.worker_id for w in reg.workers(6.0)] == []
 

@@ -1,10 +1,18 @@
-"""The queen's app (``create_app``) and its command, ``rbee-queen``."""
+"""The queen's app (``create_app``) and its command, ``rbee-queen``.
+
+``rbee-queen`` always authenticates: it loads its secret (``--secret-file``, else
+``RBEE_QUEEN_SECRET_FILE``, else ``{state_dir}/secret``; created 0600 on first start), writes the
+local keeper's token to ``{state_dir}/keeper.token`` (0600) and answers only the host names it is
+configured for (``rbee_queen.security``). ``create_app`` without a secret checks no tokens (tests,
+library use).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -18,16 +26,27 @@ from starlette.applications import Starlette
 from jobproto.asgi import JobService, ServiceSettings
 from jobproto.asgi import create_app as create_job_app
 from jobproto.server import serve
+from rbee_contracts.auth import (
+    KEEPER_TOKEN_FILE,
+    SECRET_FILE,
+    TokenFileError,
+    keeper_token,
+    load_or_create_secret,
+    write_private_file,
+)
 
 from .operations import queen_operations
 from .queen import Queen
 from .routes import hive_routes
+from .security import HivePathMiddleware, queen_security
 from .settings import QueenSettings, default_state_dir
 
 __all__ = ["create_app", "main"]
 
 #: printed (one line, flushed) once the queen listens, for whoever started it with --port 0
 LISTENING = "RBEE_QUEEN_LISTENING"
+#: names another file for the queen's secret (``--secret-file`` wins)
+ENV_SECRET_FILE = "RBEE_QUEEN_SECRET_FILE"
 
 
 def create_app(
@@ -36,7 +55,11 @@ def create_app(
     service_settings: ServiceSettings | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The queen: jobproto operations plus ``/v1/hives``. ``app.state.queen`` is its state."""
+    """The queen: jobproto operations plus ``/v1/hives``. ``app.state.queen`` is its state.
+
+    Its security (``rbee_queen.security.queen_security``) follows ``settings``: tokens when it
+    has a secret, a ``Host`` check when it has ``allowed_hosts``, and the allowed origins.
+    """
     queen = Queen(settings, clock=clock)
     service = JobService(
         queen_operations(queen), service_settings or ServiceSettings(service_name="queen")
@@ -49,7 +72,10 @@ def create_app(
         async with queen.running():
             yield
 
-    app = create_job_app(service, routes=hive_routes(queen), lifespan=lifespan)
+    security = queen_security(queen.settings, lambda: [h.hive_id for h in queen.registry.hives()])
+    app = create_job_app(service, routes=hive_routes(queen), lifespan=lifespan, security=security)
+    # outermost: it tells the security middleware which hive a PUT /v1/hives/{id} is for
+    app.add_middleware(HivePathMiddleware)
     app.state.queen = queen
     return app
 
@@ -79,20 +105,59 @@ def _parser() -> argparse.ArgumentParser:
         help="command that runs a hive started here (split like a shell would; no shell runs it;"
         " default: this Python's -m rbee_hive.app)",
     )
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        default=os.environ.get(ENV_SECRET_FILE) or None,
+        help=f"the queen's secret, created (0600) when missing (default: ${ENV_SECRET_FILE},"
+        f" else STATE_DIR/{SECRET_FILE})",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the queen answers for besides loopback, --host and --public-url's"
+        " (repeatable)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an origin (scheme://host:port) whose pages may call the queen (repeatable;"
+        " default none)",
+    )
+    p.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", type=Path, default=None, help="... and this key (with --tls-cert)")
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        help="verify hives and workers that serve HTTPS against this CA or pinned certificate",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.hive_timeout_beats < 1:
-        _parser().error("--hive-timeout-beats must be at least 1")
+        parser.error("--hive-timeout-beats must be at least 1")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together: give both or neither")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    state_dir: Path = args.state_dir or default_state_dir()
+    try:
+        secret = load_or_create_secret(args.secret_file or state_dir / SECRET_FILE)
+        # for the keeper on this machine (the user's own: 0600 in a 0700 directory)
+        write_private_file(state_dir / KEEPER_TOKEN_FILE, keeper_token(secret) + "\n")
+    except (TokenFileError, OSError) as exc:
+        parser.error(str(exc))  # names the file and what to do, never the secret
     extra: dict[str, Any] = {}
-    if args.state_dir is not None:
-        extra["state_dir"] = args.state_dir
     if args.hive_command:
         extra["hive_command"] = shlex.split(args.hive_command)
     settings = QueenSettings(
@@ -100,8 +165,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port,
         public_url=args.public_url,
         hive_timeout_beats=args.hive_timeout_beats,
+        state_dir=state_dir,
         hive_port=args.hive_port,
         hive_host=args.hive_host,
+        secret=secret,
+        allowed_hosts=tuple(args.allowed_host),
+        allowed_origins=tuple(args.allowed_origin),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
         **extra,
     )
     app = create_app(settings)
@@ -111,7 +183,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         queen.bound_port = port
         print(f"{LISTENING} {json.dumps({'port': port, 'url': queen.url})}", flush=True)
 
-    serve(app, settings.host, settings.port, log_level=args.log_level, on_ready=ready)
+    serve(
+        app,
+        settings.host,
+        settings.port,
+        log_level=args.log_level,
+        on_ready=ready,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ a hive that stops normally stops them itself; after one that had to be killed (o
 queen stops the workers its pid files in ``{state_dir}/hives/{id}/run`` still name
 (``rbee_process.stop_pid_dir``). The queen reaps its exited hives whenever it looks at them, so
 none stays a zombie.
+
+The hive's tokens (``rbee_contracts.auth``: its join token for the queen, the hive token it
+accepts from the queen) go into its environment, never its argument list, which every user of the
+machine can read in ``ps``; its log and pid file are its owner's only.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import anyio
 import rbee_process
 from jobproto import JobFailed, narrate, progress
 from rbee_contracts import local_layout
+from rbee_contracts.auth import ENV_HIVE_TOKEN, ENV_JOIN_TOKEN, hive_token, join_token
 from rbee_contracts.hive_cli import hive_argv
 from rbee_contracts.queen_results import (
     HiveStartResult,
@@ -94,6 +99,8 @@ class LocalHives:
         hive_dir.mkdir(parents=True, exist_ok=True)
         started_at = self.clock()
 
+        env = self.environment(hive_id)
+
         def start_once() -> tuple[ProcessRecord, bool]:
             return rbee_process.start_once(
                 self.pid_path(hive_id),
@@ -101,6 +108,7 @@ class LocalHives:
                 log_path=log,
                 label=f"hive {hive_id}",
                 reap_child=True,
+                env=env,
             )
 
         try:
@@ -120,6 +128,16 @@ class LocalHives:
             raise
         narrate("hive_started", f"hive {hive_id} registered (pid {record.pid})")
         return HiveStartResult(**_fields(hive_id, record), already_running=False)
+
+    def environment(self, hive_id: str) -> dict[str, str]:
+        """What a hive started here gets in its environment: its tokens (none without a secret)."""
+        secret = self.settings.secret
+        if secret is None:
+            return {}
+        return {
+            ENV_JOIN_TOKEN: join_token(secret, hive_id),
+            ENV_HIVE_TOKEN: hive_token(secret, hive_id),
+        }
 
     async def _wait_registered(
         self, hive_id: str, record: ProcessRecord, *, since: float, child: bool

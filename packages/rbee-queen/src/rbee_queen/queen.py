@@ -44,7 +44,7 @@ class Queen:
         self.settings = settings or QueenSettings()
         self.clock = clock
         self.registry = HiveRegistry(self.settings.hive_timeout_beats)
-        self.remote = Remote()
+        self.remote = Remote(secret=self.settings.secret, tls_ca=self.settings.tls_ca)
         self.scheduler = Scheduler(self.registry, self.remote, self.settings, clock)
         self.local_hives = LocalHives(self.settings, self.registry, clock)
         #: the job service running the queen's operations (set by ``create_app``)
@@ -59,7 +59,7 @@ class Queen:
 
     @property
     def url(self) -> str:
-        """The URL hives on this machine reach the queen at."""
+        """The URL hives on this machine reach the queen at (https when it serves TLS)."""
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
         host = self.settings.host
@@ -67,7 +67,8 @@ class Queen:
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.bound_port or self.settings.port}"
+        scheme = "http" if self.settings.tls_cert is None else "https"
+        return f"{scheme}://{host}:{self.bound_port or self.settings.port}"
 
     # -- hives -------------------------------------------------------------------------------------
 
@@ -116,6 +117,7 @@ class Queen:
             f"hive:{hive.hive_id}",
             operation,
             forward_fields(params),
+            hive=hive.hive_id,
         )
 
     def note_worker(self, hive_id: str, raw: Any) -> None:

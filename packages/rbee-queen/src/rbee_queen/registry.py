@@ -6,6 +6,14 @@ liveness is a pure function of what was heard and when:
 * A hive registers and heartbeats with the same idempotent ``PUT /v1/hives/{id}`` body
   (``parse_registration`` validates it). Each heartbeat *replaces* what the hive said before:
   the hive's supervisor is the truth about its workers and models.
+* A hive id belongs to the credential that first registered it (its ``owner``, the principal's
+  name): a heartbeat for that id from another one is 403 ``hive_id_taken``, so nobody takes over
+  a hive's id and with it the prompts routed there. The queen's own tokens give ``PUT
+  /v1/hives/H`` to hive H's join token only, so this holds already at the door; the binding
+  keeps it true whatever authenticator a queen is given. Without authentication (no secret:
+  in-process tests, library use) there is no owner and no binding.
+* The queen contacts only the URLs of accepted heartbeats: the hive's and its workers' (which
+  must be on the hive's own host, ``rbee_contracts.records``).
 * A hive is ``up`` while ``now - last_seen <= hive_timeout_beats * heartbeat_interval`` (its own
   interval, as it declared it), ``down`` after: its ``HiveState`` is derived, never stored.
   Nothing is removed for being down: a hive that comes back is ``up`` again with its next
@@ -27,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from jobproto import RequestError
 from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_results import HiveDetail, HiveView, QueenWorkerRecord
@@ -93,6 +102,8 @@ class HiveRecord:
     heartbeat: Heartbeat
     first_seen: float
     last_seen: float
+    #: the name of the credential that registered it (None: registered without authentication)
+    owner: str | None = None
     #: workers the queen spawned that the hive has not reported yet: id -> (record, noted at)
     noted: dict[str, tuple[WorkerRecord, float]] = attrs.field(factory=dict)
 
@@ -158,14 +169,25 @@ class HiveRegistry:
 
     # -- hives -------------------------------------------------------------------------------------
 
-    def register(self, registration: Registration, now: float) -> bool:
-        """Register or heartbeat (idempotent); True when the hive was not known before."""
+    def register(self, registration: Registration, now: float, *, owner: str | None = None) -> bool:
+        """Register or heartbeat (idempotent); True when the hive was not known before.
+
+        ``owner`` is the caller's credential (principal name; None without authentication). A
+        hive registered by one credential refuses heartbeats from another: 403 ``hive_id_taken``.
+        """
         hive = self._hives.get(registration.hive_id)
         if hive is None:
             self._hives[registration.hive_id] = HiveRecord(
-                registration.hive_id, registration.heartbeat, now, now
+                registration.hive_id, registration.heartbeat, now, now, owner
             )
             return True
+        if hive.owner is not None and owner != hive.owner:
+            raise RequestError(
+                403,
+                "hive_id_taken",
+                f"hive id {registration.hive_id!r} is registered with another credential",
+                field="hive_id",
+            )
         hive.heartbeat = registration.heartbeat
         hive.last_seen = now
         # A noted worker gives way to the hive's word once a heartbeat reports it, unless that

@@ -11,12 +11,20 @@ Relayed jobs are spread over several ``httpx.AsyncClient``s (connection pools), 
 for its whole life, and httpcore's pool scans all its connections (idle ones quadratically) on
 every request that starts or ends: one pool behind 500 relayed streams spent four fifths of the
 queen's CPU in that scan (docs/benchmarks.md, section 2). ``running()`` owns the pools.
+
+Every call names the hive it goes to (``hive=``): the hive itself or one of the workers that hive
+reported. It carries that hive's token (``rbee_contracts.auth.hive_token``), which the hive and
+its workers accept and nobody else is given; without a secret (tests, library use) no token is
+sent. HTTPS peers are verified against ``tls_ca`` when the queen has one (the system's CAs
+otherwise). ``/health`` probes carry no token: the path is public on every tier.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +32,7 @@ import httpx
 from jobproto import JobFailed, Merge, TransportFailed
 from jobproto.client import JobClient
 from jobproto.relay import relay
+from rbee_contracts.auth import hive_token
 
 __all__ = ["UNAVAILABLE", "Remote"]
 
@@ -48,10 +57,27 @@ class _Pool:
 
 
 class Remote:
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        timeout: float = 30.0,
+        *,
+        secret: bytes | None = None,
+        tls_ca: Path | None = None,
+    ) -> None:
         self._timeout = timeout
+        self._secret = secret
+        self._verify: ssl.SSLContext | bool = (
+            True if tls_ca is None else ssl.create_default_context(cafile=str(tls_ca))
+        )
         self._pools: list[_Pool] = []
         self._stack: AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"Remote(tokens={self._secret is not None})"
+
+    def token(self, hive: str) -> str | None:
+        """The token hive ``hive`` and its workers accept (None: the queen has no secret)."""
+        return None if self._secret is None else hive_token(self._secret, hive)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -68,7 +94,7 @@ class Remote:
         limits = httpx.Limits(
             max_connections=None, max_keepalive_connections=STREAMS_PER_POOL, keepalive_expiry=30
         )
-        return httpx.AsyncClient(timeout=self._timeout, limits=limits)
+        return httpx.AsyncClient(timeout=self._timeout, limits=limits, verify=self._verify)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -91,8 +117,9 @@ class Remote:
         finally:
             pool.active -= 1
 
-    def client(self, url: str, *, max_reconnects: int = HIVE_RECONNECTS) -> JobClient:
-        return JobClient(url, http=self.http, max_reconnects=max_reconnects)
+    def client(self, url: str, *, hive: str, max_reconnects: int = HIVE_RECONNECTS) -> JobClient:
+        """A client for the service at ``url``: hive ``hive`` or a worker it reported."""
+        return JobClient(url, http=self.http, token=self.token(hive), max_reconnects=max_reconnects)
 
     async def relay(
         self,
@@ -101,13 +128,17 @@ class Remote:
         operation: str,
         fields: Mapping[str, Any],
         *,
+        hive: str,
         max_reconnects: int = HIVE_RECONNECTS,
         merge: Merge | None = None,
     ) -> Any:
-        """Run ``operation`` on the service at ``url`` as part of the current job; its result."""
+        """Run ``operation`` on the service at ``url`` (hive ``hive`` or a worker it reported)
+        as part of the current job; its result."""
         try:
             async with self._relay_pool() as http:
-                client = JobClient(url, http=http, max_reconnects=max_reconnects)
+                client = JobClient(
+                    url, http=http, token=self.token(hive), max_reconnects=max_reconnects
+                )
                 return await relay(client, operation, fields, service=service, merge=merge)
         except JobFailed as exc:
             # the relay's own failure to reach the peer has a cause; a downstream failure has none
@@ -116,9 +147,9 @@ class Remote:
                 raise JobFailed(UNAVAILABLE, f"{service} at {url} is unavailable: {why}") from exc
             raise
 
-    async def run(self, url: str, operation: str, fields: Mapping[str, Any]) -> Any:
+    async def run(self, url: str, operation: str, fields: Mapping[str, Any], *, hive: str) -> Any:
         """Run ``operation`` without relaying its events (a quick look-up); its result."""
-        return await self.client(url).run(operation, fields)
+        return await self.client(url, hive=hive).run(operation, fields)
 
     async def health(self, url: str, within: float) -> str | None:
         """Probe ``GET {url}/health``: None when healthy, else why not."""

@@ -3,6 +3,10 @@
 ``PUT /v1/hives/{hive_id}``: register or heartbeat (idempotent: 201 the first time, 200 after);
 ``GET /v1/hives``: every hive with its state; ``GET /v1/hives/{hive_id}``: one. A refused request
 gets the jobproto error shape ``{"error": {"code", "message", "field"}}`` and a 4xx.
+
+Who may (``rbee_queen.security``): ``PUT /v1/hives/H`` needs scope ``hive:H`` (H's join token),
+checked before the body is read; the reads need ``jobs`` (the keeper's token). Without a secret
+the queen checks no tokens, and ``require_scope`` lets every call through.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from jobproto import RequestError, converter
+from jobproto.asgi import principal_of, require_scope
+from rbee_contracts.auth import JOBS_SCOPE, hive_scope
 from rbee_contracts.lifecycle import HiveState
 
 from .queen import Queen
@@ -57,10 +63,14 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
     async def put_hive(request: Request) -> Response:
         hive_id = request.path_params["hive_id"]
         try:
+            require_scope(request, hive_scope(hive_id))
             registration = parse_registration(hive_id, await _json_body(request))
+            principal = principal_of(request)
+            created = registry.register(
+                registration, queen.clock(), owner=None if principal is None else principal.name
+            )
         except RequestError as exc:
             return _error(exc)
-        created = registry.register(registration, queen.clock())
         body = {
             "hive_id": hive_id,
             "state": HiveState.UP,  # it was heard just now
@@ -71,11 +81,19 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
         return JSONResponse(body, 201 if created else 200)
 
     async def list_hives(request: Request) -> Response:
+        try:
+            require_scope(request, JOBS_SCOPE)
+        except RequestError as exc:
+            return _error(exc)
         body = converter.unstructure(queen.hive_list())
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def get_hive(request: Request) -> Response:
         hive_id = request.path_params["hive_id"]
+        try:
+            require_scope(request, JOBS_SCOPE)
+        except RequestError as exc:
+            return _error(exc)
         if hive_id not in registry:
             error = RequestError(
                 404, "hive_not_found", f"no hive {hive_id!r} is registered", field="hive_id"

@@ -87,6 +87,7 @@ class Scheduler:
                     f"worker:{worker.worker_id}",
                     "infer",
                     fields,
+                    hive=worker.hive_id,  # the worker's hive reported it: its token
                     max_reconnects=WORKER_RECONNECTS,
                     merge=concat_data,  # token deltas the client has not read yet coalesce
                 )
@@ -242,7 +243,9 @@ class Scheduler:
                     hive_id=decision.hive_id,
                 )
                 download = forward_fields(ModelDownloadParams(repo_id=model))
-                done = await self.remote.relay(url, service, "model_download", download)
+                done = await self.remote.relay(
+                    url, service, "model_download", download, hive=decision.hive_id
+                )
                 name = read_hive_result(done, ModelInfo, decision.hive_id, "model_download").name
                 self.registry.set_alias(decision.hive_id, model, name)
             narrate(
@@ -252,7 +255,9 @@ class Scheduler:
                 model=name,
             )
             spawn = forward_fields(WorkerSpawnParams(model=name))
-            raw = await self.remote.relay(url, service, "worker_spawn", spawn)
+            raw = await self.remote.relay(
+                url, service, "worker_spawn", spawn, hive=decision.hive_id
+            )
         if scope.cancelled_caught:
             raise JobFailed(
                 "worker_start_timeout",
@@ -292,7 +297,7 @@ class Scheduler:
             ):
                 with anyio.move_on_after(self.settings.health_timeout):
                     try:
-                        listing = await self.remote.run(h.url, "model_list", {})
+                        listing = await self.remote.run(h.url, "model_list", {}, hive=h.hive_id)
                     except Exception:  # an old or busy hive: place without the size
                         continue
                     try:

@@ -25,6 +25,23 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _optional_hosts(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError("allowed_hosts must be a sequence of host names, not one string")
+    return tuple(value)
+
+
+def _tls_pair(settings: QueenSettings, attribute: attrs.Attribute[Any], value: Path | None) -> None:
+    if (settings.tls_cert is None) != (value is None):
+        raise ValueError("tls_cert and tls_key go together: give both or neither")
+
+
 def _default_hive_command() -> tuple[str, ...]:
     # The same interpreter as the queen: the hive is installed next to it in the workspace.
     return (sys.executable, "-m", "rbee_hive.app")
@@ -56,3 +73,18 @@ class QueenSettings:
     worker_ready_timeout: float = attrs.field(default=600.0, validator=_positive)
     #: timeout of a worker's ``/health`` probe (seconds)
     health_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+    # -- trust (rbee_contracts.auth; docs/tiers.md §queen, "Trust") ------------------------------
+    #: the queen's secret, from which every token is derived. None: no authentication at all
+    #: (in-process tests and library use); ``rbee-queen`` always loads or creates one.
+    secret: bytes | None = attrs.field(default=None, repr=False)
+    #: host names the queen answers for besides loopback names, its bound address and its public
+    #: URL's host; None: any ``Host`` (in-process tests and library use). ``rbee-queen`` checks.
+    allowed_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_hosts)
+    #: origins (``https://ui.example:8443``) whose pages may call the queen; none by default
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: serve HTTPS with this certificate and key (both or neither)
+    tls_cert: Path | None = attrs.field(default=None, converter=_optional_path)
+    tls_key: Path | None = attrs.field(default=None, converter=_optional_path, validator=_tls_pair)
+    #: verify hives and workers that serve HTTPS against this CA (or pinned certificate)
+    tls_ca: Path | None = attrs.field(default=None, converter=_optional_path)

@@ -1,0 +1,147 @@
+"""Who may call the queen: the keeper with its token, hive H with H's join token on its own
+``PUT /v1/hives/H``; from where: the host names the queen answers for, and the allowed origins.
+
+Tokens are derived from the queen's secret (``rbee_contracts.auth``), so the queen stores none:
+
+============================  ======================================================
+presented                     is
+============================  ======================================================
+``keeper_token``              ``Principal("keeper", {"jobs"})``: jobs, ``GET /v1/hives``
+``join_token(H)``             ``Principal("hive:H", {"hive:H"})``: ``PUT /v1/hives/H``
+============================  ======================================================
+
+The set of hive ids is open (a hive the queen has never heard of may join with the join token
+the user gave it), so the join tokens cannot be listed up front the way ``TokenAuth`` lists
+tokens. ``QueenAuth`` derives them when it checks a token: the join token of every hive the
+registry knows, and of the hive whose ``PUT /v1/hives/{H}`` is being authenticated.
+jobproto's middleware asks ``authenticate(token)`` without the request, so ``HivePathMiddleware``
+(outermost) leaves that path's hive id in a context variable for the duration of the request.
+
+What each answer reveals is nothing a caller did not know: a missing or unknown token is 401 on
+every path (a join token of a hive the queen has not heard of is unknown on any other path than
+that hive's own), a known one used where its scope does not reach is 403 ``forbidden`` (the
+keeper's on ``PUT /v1/hives/H``, hive H's on ``/v1/jobs`` or on another hive's path).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from jobproto.asgi import Principal, Security, TokenAuth
+from rbee_contracts.auth import JOBS_SCOPE, hive_scope, join_token, keeper_token
+
+from .settings import QueenSettings
+
+__all__ = [
+    "KEEPER",
+    "HivePathMiddleware",
+    "QueenAuth",
+    "allowed_hosts",
+    "hive_principal",
+    "queen_security",
+]
+
+#: the local keeper (and whoever the user gives its token)
+KEEPER = Principal("keeper", frozenset({JOBS_SCOPE}))
+#: host names a service on this machine is always reached by
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+#: binding to these means every address: no single host name follows from them
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+#: the hive id of the ``PUT /v1/hives/{hive_id}`` being authenticated (None: another request)
+_JOINING: ContextVar[str | None] = ContextVar("rbee_queen_joining", default=None)
+_HIVE_PUT = re.compile(r"/v1/hives/([^/]+)")
+
+
+def hive_principal(hive_id: str) -> Principal:
+    """Hive ``hive_id`` at the queen: its name and its only scope are ``hive:ID``."""
+    return Principal(hive_scope(hive_id), frozenset({hive_scope(hive_id)}))
+
+
+def _digest(token: str) -> bytes:
+    # as jobproto's TokenAuth: digests of equal length, so no length is measured either
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class QueenAuth(TokenAuth):
+    """The keeper's token, and the join tokens derived for the hives in question."""
+
+    def __init__(self, secret: bytes, known_hives: Callable[[], Iterable[str]]) -> None:
+        super().__init__({keeper_token(secret): KEEPER})
+        self._known_hives = known_hives
+        # bounded: the ids of registered hives (and of joining ones, which may be any string)
+        self._join_digest = functools.lru_cache(maxsize=4096)(
+            lambda hive_id: _digest(join_token(secret, hive_id))
+        )
+
+    def authenticate(self, presented: str) -> Principal | None:
+        found = super().authenticate(presented)
+        digest = _digest(presented)
+        hive_ids = set(self._known_hives())
+        joining = _JOINING.get()
+        if joining is not None:
+            hive_ids.add(joining)
+        # every candidate is compared (no early exit), as TokenAuth compares its tokens
+        for hive_id in hive_ids:
+            if hmac.compare_digest(digest, self._join_digest(hive_id)):
+                found = hive_principal(hive_id)
+        return found
+
+    def __repr__(self) -> str:
+        return "QueenAuth(keeper, join tokens per hive)"
+
+
+class HivePathMiddleware:
+    """Pure ASGI, outside jobproto's security middleware: names the hive of a
+    ``PUT /v1/hives/{hive_id}`` to ``QueenAuth`` for the duration of the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = None
+        if scope["type"] == "http" and scope.get("method") == "PUT":
+            match = _HIVE_PUT.fullmatch(scope.get("path", ""))
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        reset = _JOINING.set(match.group(1))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _JOINING.reset(reset)
+
+
+def allowed_hosts(settings: QueenSettings) -> tuple[str, ...] | None:
+    """The host names the queen answers for: loopback names, the address it binds, its public
+    URL's host and the configured extra ones; None when ``settings`` asks for no check."""
+    if settings.allowed_hosts is None:
+        return None
+    hosts = list(LOOPBACK_NAMES)
+    if settings.host not in WILDCARD_HOSTS:
+        hosts.append(settings.host)
+    if settings.public_url:
+        public = urlsplit(settings.public_url).hostname
+        if public:
+            hosts.append(public)
+    hosts.extend(settings.allowed_hosts)
+    return tuple(dict.fromkeys(h.strip("[]").lower() for h in hosts))
+
+
+def queen_security(settings: QueenSettings, known_hives: Callable[[], Iterable[str]]) -> Security:
+    """What the queen's HTTP layer enforces for ``settings`` (no tokens without a secret)."""
+    auth = None if settings.secret is None else QueenAuth(settings.secret, known_hives)
+    return Security(
+        auth=auth,
+        allowed_hosts=allowed_hosts(settings),
+        allowed_origins=settings.allowed_origins,
+        jobs_scope=JOBS_SCOPE,
+    )
