@@ -16,7 +16,7 @@ COMMANDS = {
     "infer": [],
     "status": [],
     "queen": ["start", "stop", "status", "rotate-secret"],
-    "hive": ["list", "status", "start", "stop"],
+    "hive": ["list", "status", "start", "stop", "install", "uninstall"],
     "worker": ["spawn", "list", "stop"],
     "model": ["download", "register", "list", "delete"],
     "jobs": ["list", "status", "cancel", "stream"],

@@ -381,30 +381,94 @@ def hive() -> None:
 @hive.command("list")
 @job_command("hive_list")
 def hive_list() -> dict[str, Any]:
-    """The hives the queen knows, and their state."""
+    """The hives the queen knows, their state, and the hosts configured for SSH."""
     return {}
 
 
-def _hive_or_default(name: str | None) -> str:
+def _hive_or_default(name: str | None, host: str | None = None) -> str:
+    """The hive named; else a hive on HOST is named after it, and otherwise the local one."""
     app: App = click.get_current_context().ensure_object(App)
-    return name if name is not None else app.settings.hive_id
+    if name is not None:
+        return name
+    return host if host is not None else app.settings.hive_id
+
+
+host_option = click.option(
+    "--host",
+    default=None,
+    metavar="ALIAS",
+    help="The machine, by SSH host alias (~/.ssh/config or rbee's hosts.toml); default: the"
+    " queen's own. The hive is named after it unless --hive says otherwise.",
+)
+
+
+@hive.command("install")
+@click.option("--host", required=True, metavar="ALIAS", help="SSH host alias of the machine.")
+@click.option(
+    "--extra",
+    type=click.Choice(["transformers", "vllm"]),
+    default=None,
+    help="The engine to install with it (rbee-worker's extra).",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="The machine has no package index: copy every wheel from here.",
+)
+@job_command("hive_install")
+def hive_install(host: str, extra: str | None, offline: bool) -> dict[str, Any]:
+    """Install rbee-hive into a virtualenv on another machine, over SSH (through the queen)."""
+    return _fields(host=host, extra=extra, offline=offline or None)
+
+
+@hive.command("uninstall")
+@click.option("--host", required=True, metavar="ALIAS", help="SSH host alias of the machine.")
+@hive_option
+@click.option("--purge", is_flag=True, help="Remove the hive's state too (models, logs).")
+@job_command("hive_uninstall")
+def hive_uninstall(host: str, hive: str | None, purge: bool) -> dict[str, Any]:
+    """Stop the hive on another machine and remove what `rbee hive install` put there."""
+    return _fields(host=host, hive=hive, purge=purge or None)
 
 
 @hive.command("status")
 @hive_option
+@host_option
 @job_command("hive_status")
-def hive_status(hive: str | None) -> dict[str, Any]:
+def hive_status(hive: str | None, host: str | None) -> dict[str, Any]:
     """One hive in detail (default: the local hive)."""
-    return {"hive": _hive_or_default(hive)}
+    return _fields(hive=_hive_or_default(hive, host), host=host)
 
 
 @hive.command("start")
 @hive_option
+@host_option
+@click.option(
+    "--bind",
+    default=None,
+    help="With --host: the address the hive listens on (default: the one SSH reached).",
+)
+@click.option(
+    "--port", type=int, default=None, help="With --host: the hive's port (default: 9000)."
+)
+@click.option(
+    "--queen-url-for-hive",
+    default=None,
+    help="With --host: the URL the hive reaches the queen at (default: the queen's own).",
+)
 @job_command("hive_start")
-def hive_start(hive: str | None) -> dict[str, Any]:
-    """Ask the queen to start a hive on its machine (the queen owns the hives it runs)."""
+def hive_start(
+    hive: str | None,
+    host: str | None,
+    bind: str | None,
+    port: int | None,
+    queen_url_for_hive: str | None,
+) -> dict[str, Any]:
+    """Ask the queen to start a hive on its machine, or on another one (--host) over SSH."""
     app: App = click.get_current_context().ensure_object(App)
-    name = _hive_or_default(hive)
+    name = _hive_or_default(hive, host)
+    if host is not None:
+        return _fields(hive=name, host=host, bind=bind, port=port, queen_url=queen_url_for_hive)
     if name != app.settings.hive_id:
         return {"hive": name}
     # The local hive: the same port and models as `rbee queen start` gives it.
@@ -413,10 +477,11 @@ def hive_start(hive: str | None) -> dict[str, Any]:
 
 @hive.command("stop")
 @hive_option
+@host_option
 @job_command("hive_stop")
-def hive_stop(hive: str | None) -> dict[str, Any]:
-    """Ask the queen to stop a hive it started."""
-    return {"hive": _hive_or_default(hive)}
+def hive_stop(hive: str | None, host: str | None) -> dict[str, Any]:
+    """Ask the queen to stop a hive it started (on its machine, or on --host over SSH)."""
+    return _fields(hive=_hive_or_default(hive, host), host=host)
 
 
 @rbee.group()
