@@ -161,6 +161,10 @@ def test_an_https_queen_is_verified_with_tls_ca_and_refused_without(
     assert started.exit_code == 3
     assert "cannot be trusted" in started.stderr and "started queen" not in started.stderr
 
+    status = invoke("queen", "status", **base)  # its probe of the queen is no traceback
+    assert status.exit_code == 3 and isinstance(status.exception, SystemExit), status.stderr
+    assert "cannot be trusted" in status.stderr
+
     other = Path(env["XDG_STATE_HOME"]) / "other"
     made = invoke("cert", "generate", "--host", "127.0.0.1", "--out", str(other))
     assert made.exit_code == 0, made.stderr

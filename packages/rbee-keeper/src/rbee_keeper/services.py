@@ -212,9 +212,13 @@ async def _probe(client: JobClient) -> HTTPStatusError | bool:
 
 async def probe(url: str, limit: float = 2.0) -> HTTPStatusError | bool:
     """Whether a jobproto service answers at ``url`` (``GET /v1/jobs?limit=1``), with no token:
-    True (200), its refusal of the caller (401, 403, 421: it answers, but not to us), or False."""
+    True (200, or HTTPS with a certificate this client cannot check), its refusal of the caller
+    (401, 403, 421: it answers, but not to us), or False."""
     async with JobClient(url, timeout=limit) as client:
-        return await _probe(client)
+        try:
+            return await _probe(client)
+        except JobProtoError:  # a certificate this client does not trust: something answers
+            return True
 
 
 async def is_listening(url: str, limit: float = 2.0) -> bool:
