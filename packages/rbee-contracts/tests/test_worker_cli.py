@@ -33,6 +33,24 @@ def test_every_flag_worker_argv_writes_is_read_back_by_the_worker() -> None:
     assert settings.engine_args == {"max_model_len": "512", "dtype_hint": "a=b"}
 
 
+def test_tls_and_allowed_hosts_are_read_back_by_the_worker() -> None:
+    argv = worker_argv(
+        model="/models/tiny",
+        engine="auto",
+        host="0.0.0.0",
+        worker_id="w-3",
+        model_name="tiny",
+        tls_cert="/etc/rbee/cert.pem",
+        tls_key="/etc/rbee/key.pem",
+        allowed_hosts=["gpu1.lan", "10.0.0.5"],
+    )
+    settings = parse_args(argv)
+    assert (settings.tls_cert, settings.tls_key) == ("/etc/rbee/cert.pem", "/etc/rbee/key.pem")
+    assert settings.allowed_hosts == ("gpu1.lan", "10.0.0.5")
+    assert settings.token is None  # never a flag: the environment's
+    assert not any("token" in part.lower() for part in argv)
+
+
 def test_the_optional_flags_left_out_leave_the_workers_defaults() -> None:
     argv = worker_argv(
         model=None, engine="synthetic", host="127.0.0.1", worker_id="w-2", model_name="synth"

@@ -122,6 +122,31 @@ async def test_ready_is_503_while_loading_then_200() -> None:
 
 
 @pytest.mark.anyio
+async def test_with_a_token_every_path_but_health_needs_it() -> None:
+    token = "rbee_h_" + "E" * 43
+    settings = WorkerSettings(engine="synthetic", worker_id="w-auth", token=token)
+    assert token not in repr(settings)
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/health")).status_code == 200
+        for path in ("/ready", "/v1/worker", "/v1/jobs", "/openapi.json"):
+            for headers in ({}, {"Authorization": "Bearer " + "E" * 50}):
+                refused = await http.get(path, headers=headers)
+                assert refused.status_code == 401, (path, headers)
+                assert refused.json()["error"]["code"] == "unauthorized"
+        bearer = {"Authorization": f"Bearer {token}"}
+        posted = await http.post("/v1/jobs", json={"operation": "infer", "prompt": "hi"})
+        assert posted.status_code == 401
+        with anyio.fail_after(20):
+            while (await http.get("/ready", headers=bearer)).status_code != 200:
+                await anyio.sleep(0.02)
+        rebound = await http.get("/ready", headers={**bearer, "Host": "evil.example"})
+        assert rebound.status_code == 421
+        async with JobClient(url, token=token) as client:
+            result = await client.run("infer", prompt="hi", max_tokens=3)
+        assert result["completion_tokens"] == 3
+
+
+@pytest.mark.anyio
 async def test_a_failed_load_is_reported(tmp_path: Path) -> None:
     settings = WorkerSettings(model=str(tmp_path / "missing"), engine="transformers")
     async with served(create_app(settings)) as (client, http):

@@ -34,8 +34,13 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+TOKEN = "rbee_h_" + "D" * 43  # made up: the worker only compares it
+
+
 @pytest.mark.anyio
 async def test_the_command_prints_listening_and_serves(tmp_path: Path) -> None:
+    """With the token its hive gives it (by environment): needed for all but /health."""
+    env = {**os.environ, "RBEE_WORKER_TOKEN": TOKEN}
     args = [
         *worker_command(),
         "--engine", "synthetic",
@@ -45,7 +50,7 @@ async def test_the_command_prints_listening_and_serves(tmp_path: Path) -> None:
         "--engine-arg", "tokens_per_second=0",
     ]  # fmt: skip
     with (tmp_path / "stderr.log").open("wb") as stderr:
-        process = await anyio.open_process(args, stderr=stderr, start_new_session=True)
+        process = await anyio.open_process(args, stderr=stderr, start_new_session=True, env=env)
     try:
         assert process.stdout is not None
         with anyio.fail_after(20):
@@ -57,9 +62,15 @@ async def test_the_command_prints_listening_and_serves(tmp_path: Path) -> None:
         assert set(announced) == {"port", "worker_id"} and announced["port"] > 0
         assert parse_listening_line(line.decode().rstrip("\n")) == announced  # as the hive reads it
         url = f"http://127.0.0.1:{announced['port']}"
-        async with httpx.AsyncClient(base_url=url) as http, JobClient(url) as client:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=url) as http, JobClient(url, token=TOKEN) as client:
+            assert (await http.get("/health")).status_code == 200
+            for path in ("/ready", "/v1/worker", "/v1/jobs"):
+                assert (await http.get(path)).status_code == 401, path
+                wrong = {"Authorization": "Bearer " + "D" * 50}
+                assert (await http.get(path, headers=wrong)).status_code == 401, path
             with anyio.fail_after(10):
-                while (await http.get("/ready")).status_code != 200:
+                while (await http.get("/ready", headers=bearer)).status_code != 200:
                     await anyio.sleep(0.02)
             result = await client.run("infer", prompt="hello", max_tokens=7)
         assert result["completion_tokens"] == 7 and result["engine"] == "synthetic"
@@ -76,6 +87,18 @@ async def test_the_command_prints_listening_and_serves(tmp_path: Path) -> None:
     assert process.returncode in (0, -signal.SIGTERM), log
     assert "engine closed; worker stopped" in log
     assert not group_alive(process.pid), "no process of the worker's group is left"
+    assert TOKEN not in log
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7"])
+def test_the_command_refuses_to_listen_beyond_loopback_without_a_token(
+    host: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("RBEE_WORKER_TOKEN", raising=False)
+    assert main(["--engine", "synthetic", "--host", host]) == 2
+    err = capsys.readouterr().err
+    assert f"refuses to listen on {host} without a token" in err
+    assert "RBEE_WORKER_TOKEN" in err
 
 
 def test_importing_the_app_does_not_import_torch() -> None:

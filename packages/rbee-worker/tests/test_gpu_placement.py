@@ -242,6 +242,7 @@ async def test_the_hive_places_and_refuses_spawns(tmp_path: Path, fake_gpus: Pat
         models_dir=tmp_path / "models",
         state_dir=tmp_path / "state",
         worker_command=(sys.executable, str(recorder)),
+        model_roots=(tmp_path,),  # where the test makes its model
     )
     async with serving(create_app(settings)) as url, JobClient(url) as client:
         await client.run("model_register", name="m", path=str(model))

@@ -3,8 +3,15 @@
     rbee-worker --model PATH --engine {auto,transformers,vllm,synthetic} --host 127.0.0.1
                 --port 0 --worker-id ID [--model-name NAME] [--max-concurrency N]
                 [--max-queue N] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
-                [--engine-arg KEY=VALUE ...]
+                [--engine-arg KEY=VALUE ...] [--tls-cert FILE --tls-key FILE]
+                [--allowed-host NAME ...]
     rbee-worker build-tiny-model DIR [--seed N]
+
+It accepts callers presenting the token in its environment, ``RBEE_WORKER_TOKEN`` (its hive puts
+it there; a command line is readable by every user, so it is never a flag), on everything but
+``/health``: the hive's ``/ready`` polls and the queen's jobs present it. Without one it listens
+on loopback only, and refuses any other address (exit status 2). It answers only ``Host`` names
+it is reached by (loopback, its bound address, ``--allowed-host``).
 
 The command binds its port itself (0: any free port, race-free), prints exactly one line on stdout
 once it listens, ``RBEE_WORKER_LISTENING {"port": ..., "worker_id": ...}`` (spelled once, in
@@ -30,10 +37,12 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import attrs
 from starlette.applications import Starlette
 
-from jobproto.asgi import ServiceSettings
+from jobproto.asgi import Principal, Security, ServiceSettings, TokenAuth
 from jobproto.asgi import create_app as create_job_app
+from rbee_contracts import auth
 from rbee_contracts.engines import ENGINES
 from rbee_contracts.worker_cli import listening_line
 
@@ -70,6 +79,10 @@ def create_app(
             engine_args=settings.engine_args,
         )
     runtime = WorkerRuntime(settings, engine)
+    tokens = None
+    if settings.token is not None:  # its hive's token; the queen presents it too
+        tokens = TokenAuth({settings.token: Principal("queen", frozenset({auth.JOBS_SCOPE}))})
+    security = Security(auth=tokens, allowed_hosts=settings.host_names())
 
     # The worker's lifespan wraps the job service's: at shutdown the jobs are cancelled first
     # and the engine is closed after.
@@ -83,6 +96,7 @@ def create_app(
         ServiceSettings(service_name=settings.service_name),
         routes=health_routes(runtime),
         lifespan=lifespan,
+        security=security,
     )
     app.state.runtime = runtime
     return app
@@ -128,7 +142,12 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerSettings:
     parser.add_argument(
         "--engine-arg", type=_engine_arg, action="append", default=[], metavar="KEY=VALUE"
     )
+    parser.add_argument("--tls-cert", default=None, metavar="FILE", help="serve HTTPS")
+    parser.add_argument("--tls-key", default=None, metavar="FILE")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     if args.model is None and args.engine != "synthetic":
         parser.error(f"--model is required with --engine {args.engine}")
     if args.port > 65535:
@@ -145,6 +164,9 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerSettings:
         device=args.device,
         dtype=args.dtype,
         engine_args=dict(args.engine_arg),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        allowed_hosts=args.allowed_host,
     )
 
 
@@ -158,6 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return build_main(argv[1:])
     settings = parse_args(argv)
+    # The token is read once and leaves the environment: the engine's own processes (vLLM's
+    # engine core) and the model's code do not need it.
+    token = os.environ.pop(auth.ENV_WORKER_TOKEN, "").strip() or None
+    refusal = auth.open_bind_refusal(
+        settings.host, token, "rbee-worker", f"set {auth.ENV_WORKER_TOKEN} in its environment"
+    )
+    if refusal is not None:
+        print(f"rbee-worker: {refusal}", file=sys.stderr)
+        return 2
+    settings = attrs.evolve(settings, token=token)
     # Before the engine is created: which engine "auto" picked, and why, is logged then.
     logging.basicConfig(
         level=logging.INFO,
@@ -178,7 +210,16 @@ def _serve(app: Starlette, settings: WorkerSettings) -> int:
 
     runtime: WorkerRuntime = app.state.runtime
     # The job service (create_job_app puts it on app.state.jobs) ends its streams at exit.
-    server = Server(config(app, settings.host, settings.port), app.state.jobs)
+    server = Server(
+        config(
+            app,
+            settings.host,
+            settings.port,
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
+        ),
+        app.state.jobs,
+    )
     exit_code = 0
 
     def engine_dead(reason: str) -> None:

@@ -57,6 +57,25 @@ class WorkerSettings:
     engine_args: Mapping[str, str] = attrs.field(factory=dict, converter=_engine_args)
     #: service name in spans and relay origins
     service_name: str = "rbee-worker"
+    #: the token callers must present (its hive's, from ``RBEE_WORKER_TOKEN``: never a flag);
+    #: None: no authentication, which ``main`` allows on loopback only
+    token: str | None = attrs.field(default=None, repr=False)
+    #: certificate and key to serve HTTPS with (the hive's); both or neither
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: host names the worker answers for besides loopback and its bound address
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+
+    def host_names(self) -> tuple[str, ...]:
+        """The ``Host`` names the worker answers for (jobproto's ``Security.allowed_hosts``)."""
+        names = ["localhost", "127.0.0.1", "::1", *self.allowed_hosts]
+        if self.host not in ("0.0.0.0", "::", ""):
+            names.append(self.host)
+        return tuple(dict.fromkeys(name.strip("[]").lower() for name in names))
 
     @property
     def display_model_name(self) -> str:
