@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 from jobproto import Failed, Narration, Progress, Succeeded
@@ -49,25 +50,59 @@ async def test_the_only_hive_is_used_when_none_is_named(cluster: Any, fakes: Any
     assert [p.current for p in progress] == [0, 50, 100]
 
 
-async def test_two_hives_and_none_named_fails_with_a_clear_message(
-    cluster: Any, fakes: Any
-) -> None:
-    a, b = fakes.Hive("a"), fakes.Hive("b")
+async def test_two_hives_and_none_named_lists_every_hive(cluster: Any, fakes: Any) -> None:
+    a, b = fakes.Hive("a", models=("tiny",)), fakes.Hive("b", models=("big", "tiny"))
     async with cluster([a, b]) as c:
+        await a.add_worker("wa")
+        await b.add_worker("wb", "big")
         await a.register(c.queen_url)
         await b.register(c.queen_url)
+        workers = await c.client.run("worker_list")
+        models = await c.client.run("model_list")
         with pytest.raises(RemoteJobFailed) as ambiguous:
-            await c.client.run("worker_list")
+            await c.client.run("model_delete", name="tiny")  # not a listing: name the hive
         with pytest.raises(RemoteJobFailed) as unknown:
             await c.client.run("worker_list", hive="zz")
-        assert await c.client.run("worker_list", hive="b") == {"workers": []}
+        only_b = await c.client.run("worker_list", hive="b")
+    assert [(w["hive_id"], w["worker_id"], w["hive_state"]) for w in workers["workers"]] == [
+        ("a", "wa", "up"),
+        ("b", "wb", "up"),
+    ]
+    assert [(m["hive_id"], m["name"]) for m in models["models"]] == [
+        ("a", "tiny"),
+        ("b", "big"),
+        ("b", "tiny"),
+    ]
+    assert workers["skipped"] == [] and models["skipped"] == []
+    assert [w["worker_id"] for w in only_b["workers"]] == ["wb"]
     assert ambiguous.value.code == "hive_required"
     assert "2 hives are registered (a (up), b (up)): name one with `hive`" in (
         ambiguous.value.message
     )
     assert unknown.value.code == "unknown_hive"
     assert "'zz' is not registered (registered: a, b)" in unknown.value.message
-    assert a.calls["worker_list"] == 0 and b.calls["worker_list"] == 1
+    assert (a.calls["worker_list"], b.calls["worker_list"]) == (1, 2)
+
+
+async def test_listing_every_hive_skips_a_down_one_and_says_so(cluster: Any, fakes: Any) -> None:
+    quiet, loud = fakes.Hive("quiet", heartbeat=0.1), fakes.Hive("loud", heartbeat=0.1)
+    async with cluster([quiet, loud], hive_timeout_beats=1) as c:
+        await quiet.add_worker("wq")
+        await loud.add_worker("wl")
+        await quiet.register(c.queen_url)  # ... and never again
+        async with anyio.create_task_group() as tg:
+            await tg.start(loud.beat, c.queen_url)
+            await anyio.sleep(0.3)  # > 1 beat of 0.1 s
+            job = await c.client.create("worker_list")
+            events = await fakes.collect(c.client, job.job_id)
+            tg.cancel_scope.cancel()
+    narrated = [e.event.message for e in events if isinstance(e.event, Narration)]
+    assert any(m.startswith("hive quiet is down") and "skipped" in m for m in narrated)
+    result = events[-1].event
+    assert isinstance(result, Succeeded)
+    assert [w["worker_id"] for w in result.result["workers"]] == ["wl"]
+    assert result.result["skipped"] == ["quiet"]
+    assert quiet.calls["worker_list"] == 0
 
 
 async def test_no_hive_registered_fails_no_hive(cluster: Any) -> None:

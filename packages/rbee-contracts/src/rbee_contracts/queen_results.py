@@ -17,6 +17,7 @@ import attrs
 
 from jobproto import JobState
 
+from .hive_ops import ModelInfo
 from .lifecycle import HiveState
 from .records import WorkerRecord
 
@@ -24,6 +25,7 @@ __all__ = [
     "HiveDetail",
     "HiveInstallResult",
     "HiveListResult",
+    "HiveModelInfo",
     "HiveStartResult",
     "HiveStatusResult",
     "HiveStopResult",
@@ -32,6 +34,8 @@ __all__ = [
     "HostView",
     "JobSummary",
     "LocalHiveProcess",
+    "QueenModelList",
+    "QueenWorkerList",
     "QueenWorkerRecord",
     "StatusResult",
     "StopOutcome",
@@ -87,6 +91,34 @@ class QueenWorkerRecord(WorkerRecord):
     in_flight: int = attrs.field(kw_only=True)
     #: True: passed a /health probe; False: failed one (or broke); None: not probed yet
     healthy: bool | None = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class QueenWorkerList:
+    """``worker_list`` with no hive named while several hives are registered: the workers of
+    every hive that answered, each naming its hive (a ``WorkerList`` to a reader of that type).
+    One hive named, or only one registered: the hive's own ``WorkerList`` is relayed as is."""
+
+    workers: list[QueenWorkerRecord]
+    #: hives left out: down, or unreachable when asked (each narrated)
+    skipped: list[str] = attrs.field(factory=list, kw_only=True)
+
+
+@attrs.frozen
+class HiveModelInfo(ModelInfo):
+    """A model on one of several hives: the hive's ``ModelInfo`` and the hive that has it."""
+
+    hive_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class QueenModelList:
+    """``model_list`` with no hive named while several hives are registered: the models of
+    every hive that answered, each naming its hive (a ``ModelList`` to a reader of that type)."""
+
+    models: list[HiveModelInfo]
+    #: hives left out: down, or unreachable when asked (each narrated)
+    skipped: list[str] = attrs.field(factory=list, kw_only=True)
 
 
 @attrs.frozen

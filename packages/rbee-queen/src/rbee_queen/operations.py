@@ -153,7 +153,10 @@ def queen_operations(queen: Queen) -> Operations:
 
     @ops.operation("worker_list")
     async def worker_list(params: QueenWorkerListParams) -> Any:
-        """The workers of a hive, as the hive reports them (relayed)."""
+        """The workers of a hive, as the hive reports them (relayed); of every hive, each row
+        naming its hive, when none is named and several are registered."""
+        if queen.lists_every_hive(params.hive):
+            return await queen.worker_list_all(params)
         return await queen.forward(queen.resolve_hive(params.hive), "worker_list", params)
 
     @ops.operation("worker_stop")
@@ -176,7 +179,10 @@ def queen_operations(queen: Queen) -> Operations:
 
     @ops.operation("model_list")
     async def model_list(params: QueenModelListParams) -> Any:
-        """The models on a hive (relayed); their sizes inform scheduling."""
+        """The models on a hive (relayed); their sizes inform scheduling. Of every hive, each row
+        naming its hive, when none is named and several are registered."""
+        if queen.lists_every_hive(params.hive):
+            return await queen.model_list_all(params)
         hive = queen.resolve_hive(params.hive)
         listing = await queen.forward(hive, "model_list", params)
         models = read_hive_result(listing, ModelList, hive.hive_id, "model_list")

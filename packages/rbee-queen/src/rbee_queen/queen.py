@@ -17,12 +17,16 @@ import attrs
 
 from jobproto import JobFailed, JobState, RequestError, narrate
 from jobproto.asgi import JobService
+from rbee_contracts.hive_ops import ModelList, WorkerList
 from rbee_contracts.lifecycle import HiveState
 from rbee_contracts.queen_ops import forward_fields
 from rbee_contracts.queen_results import (
     HiveListResult,
+    HiveModelInfo,
     HiveStatusResult,
     JobSummary,
+    QueenModelList,
+    QueenWorkerList,
     StatusResult,
     UnregisteredHive,
 )
@@ -30,8 +34,8 @@ from rbee_contracts.records import parse_worker_record
 
 from .hives import LocalHives
 from .registry import HiveRecord, HiveRegistry
-from .remote import Remote
-from .scheduler import Scheduler
+from .remote import UNAVAILABLE, Remote
+from .scheduler import Scheduler, read_hive_result
 from .settings import QueenSettings
 
 __all__ = ["Queen"]
@@ -119,6 +123,70 @@ class Queen:
             forward_fields(params),
             hive=hive.hive_id,
         )
+
+    # -- listings across hives ---------------------------------------------------------------------
+
+    def lists_every_hive(self, name: str | None) -> bool:
+        """A listing names no hive while several are registered: it answers for every hive
+        (``resolve_hive`` would make the user name one, and a list has no reason to)."""
+        return name is None and len(self.registry.hives()) > 1
+
+    async def each_hive(
+        self, operation: str, params: Any
+    ) -> tuple[list[tuple[str, Any]], list[str]]:
+        """Relay ``operation`` to every hive that is up, one after the other: the results by
+        hive, and the hives skipped (down, or unreachable when asked), each skip narrated."""
+        results: list[tuple[str, Any]] = []
+        skipped: list[str] = []
+        for hive in self.registry.hives():
+            now = self.clock()
+            if self.registry.state(hive, now) == HiveState.DOWN:
+                silent = now - hive.last_seen
+                narrate(
+                    "hive_skipped",
+                    f"hive {hive.hive_id} is down (no heartbeat for {silent:.0f} s): skipped",
+                    level="warning",
+                    hive_id=hive.hive_id,
+                )
+                skipped.append(hive.hive_id)
+                continue
+            try:
+                results.append((hive.hive_id, await self.forward(hive, operation, params)))
+            except JobFailed as exc:
+                if exc.code != UNAVAILABLE:
+                    raise
+                narrate(
+                    "hive_skipped",
+                    f"hive {hive.hive_id} did not answer: skipped ({exc.message})",
+                    level="warning",
+                    hive_id=hive.hive_id,
+                )
+                skipped.append(hive.hive_id)
+        return results, skipped
+
+    async def worker_list_all(self, params: Any) -> QueenWorkerList:
+        """``worker_list`` of every hive, each row naming its hive."""
+        results, skipped = await self.each_hive("worker_list", params)
+        now = self.clock()
+        workers = [
+            self.registry.reported_worker(hive_id, record, now)
+            for hive_id, raw in results
+            for record in read_hive_result(raw, WorkerList, hive_id, "worker_list").workers
+        ]
+        return QueenWorkerList(workers, skipped=skipped)
+
+    async def model_list_all(self, params: Any) -> QueenModelList:
+        """``model_list`` of every hive, each row naming its hive; their sizes are learnt."""
+        results, skipped = await self.each_hive("model_list", params)
+        models = []
+        for hive_id, raw in results:
+            listing = read_hive_result(raw, ModelList, hive_id, "model_list")
+            self.registry.learn_models(hive_id, listing)
+            models += [
+                HiveModelInfo(**attrs.asdict(info, recurse=False), hive_id=hive_id)
+                for info in listing.models
+            ]
+        return QueenModelList(models, skipped=skipped)
 
     def note_worker(self, hive_id: str, raw: Any) -> None:
         """A worker started through the queen is routable before the hive's next heartbeat."""

@@ -307,6 +307,18 @@ class HiveRegistry:
             healthy=view.healthy,
         )
 
+    def reported_worker(self, hive_id: str, record: WorkerRecord, now: float) -> QueenWorkerRecord:
+        """A worker record hive ``hive_id`` sent (``worker_list``), with the queen's knowledge."""
+        state = self.state(self._hives[hive_id], now)
+        view = WorkerView(
+            hive_id,
+            state,
+            record,
+            self._in_flight.get((hive_id, record.worker_id), 0),
+            self._health.get((hive_id, record.worker_id, record.url, record.pid)),
+        )
+        return self.worker_record(view)
+
     def hive_view(self, hive: HiveRecord, now: float) -> HiveView:
         """A hive for users (``status``)."""
         reg = hive.heartbeat
