@@ -27,7 +27,13 @@ import ssl
 import attrs
 
 from jobproto.client import JobClient
-from rbee_contracts.auth import ENV_TOKEN, ENV_TOKEN_FILE, TokenFileError, read_token_file
+from rbee_contracts.auth import (
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
+    KEEPER_TOKEN_FILE,
+    TokenFileError,
+    read_token_file,
+)
 
 from .config import TOKEN_FROM_ENV, Settings
 
@@ -142,17 +148,13 @@ def refusal_message(settings: Settings, status: int, code: str, message: str) ->
         _, source = _token(settings)
     except AccessError as exc:
         source = str(exc)
-    local = settings.token_file if not token_is_configured(settings) else None
     found = (
         "the keeper found no token"
         if source == "none"
         else f"it did not accept the token from {source}"
     )
-    where = (
-        f" (the local queen writes it to {local} as it starts)"
-        if local is not None
-        else " (the local queen writes it to {state_dir}/queen/keeper.token)"
-    )
+    local = settings.state_dir / "queen" / KEEPER_TOKEN_FILE  # where a local queen writes it
+    where = f" (the local queen writes it to {local} as it starts)"
     return (
         f"the queen at {url} needs the keeper's token, and {found}: set {ENV_TOKEN}, or"
         f" {ENV_TOKEN_FILE} (token_file) to a copy of the queen's keeper.token{where}; after"
