@@ -3,9 +3,15 @@
 ``hive_start`` runs ``python -m rbee_hive.app`` (the queen's ``hive_command``) with these flags.
 Every value goes in the ``--flag=VALUE`` form, one argument each, so a value that starts with
 ``-`` (a directory called ``-x``) is the flag's value and never read as another flag.
+
+Tokens are never flags (``ps`` shows a command line to every user): the hive reads the token it
+accepts from ``RBEE_HIVE_TOKEN``/``RBEE_HIVE_TOKEN_FILE`` and its join token from
+``RBEE_JOIN_TOKEN``/``RBEE_JOIN_TOKEN_FILE`` in its environment (``rbee_contracts.auth``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = ["hive_argv"]
 
@@ -19,6 +25,12 @@ def hive_argv(
     state_dir: str,
     models_dir: str,
     heartbeat: float | None = None,
+    public_url: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+    model_roots: Sequence[str] = (),
 ) -> list[str]:
     """The hive's flags (after its command): where it listens, who it is, whom it reports to."""
     argv = [
@@ -31,4 +43,11 @@ def hive_argv(
     ]
     if heartbeat is not None:
         argv.append(f"--heartbeat={heartbeat!r}")  # repr: the float itself, no rounding
+    if public_url is not None:
+        argv.append(f"--public-url={public_url}")
+    for flag, value in (("tls-cert", tls_cert), ("tls-key", tls_key), ("tls-ca", tls_ca)):
+        if value is not None:
+            argv.append(f"--{flag}={value}")
+    argv += [f"--allowed-host={host}" for host in allowed_hosts]
+    argv += [f"--model-root={root}" for root in model_roots]
     return argv
