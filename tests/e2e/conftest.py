@@ -48,6 +48,7 @@ import psutil
 import pytest
 
 from jobproto.client import JobClient, RemoteJobFailed
+from rbee_contracts import auth
 from rbee_hive.testing.fake_hub import LISTENING as HUB_LISTENING
 from rbee_hive.testing.fake_hub import file_gets as hub_file_gets
 from rbee_hive.testing.fake_hub import pseudo_random_bytes
@@ -63,6 +64,8 @@ HUB_REPO = "org/tiny"
 HUB_EXTRA = ("original/blob.bin", 12 * 1024 * 1024)
 #: heartbeat of the session's local hive (the queen marks it down after 3 missed beats)
 LOCAL_HEARTBEAT = 1.0
+#: the id of the hive ``rbee queen start`` starts
+LOCAL_HIVE = "localhost"
 #: seconds the hive gives a worker between SIGTERM and SIGKILL
 STOP_GRACE = 5.0
 
@@ -433,6 +436,8 @@ def isolated_env(root: Path, queen_port: int, hive_port: int) -> dict[str, str]:
         RBEE_HIVE_PORT=str(hive_port),
         RBEE_STATE_DIR=str(root / "state"),
         RBEE_MODELS_DIR=str(root / "models"),
+        # the hive registers models under its roots only: the session's tiny model is beside root
+        RBEE_HIVE_MODEL_ROOTS=os.pathsep.join([str(root / "models"), str(root.parent)]),
         NO_COLOR="1",
         PYTHONUNBUFFERED="1",
     )
@@ -601,17 +606,48 @@ class Cluster:
     def state_dir(self) -> Path:
         return self.root / "state"
 
-    def get(self, url: str) -> Any:
-        response = httpx.get(url, timeout=5)
+    @property
+    def queen_state_dir(self) -> Path:
+        """The queen's state (the keeper starts it with ``--state-dir {state_dir}/queen``)."""
+        return self.state_dir / "queen"
+
+    @property
+    def secret(self) -> bytes:
+        """The queen's secret, which it created on its first start."""
+        return bytes.fromhex(auth.read_token_file(self.queen_state_dir / auth.SECRET_FILE))
+
+    @property
+    def keeper_token(self) -> str:
+        """The token the queen wrote for the local keeper (``{queen state}/keeper.token``)."""
+        return auth.read_token_file(self.queen_state_dir / auth.KEEPER_TOKEN_FILE)
+
+    def token_for(self, url: str, hive: str = LOCAL_HIVE) -> str:
+        """The token ``url`` accepts: the keeper's at the queen, else that of ``hive`` (a hive
+        and its workers accept their hive's token)."""
+        if url.startswith(self.queen_url):
+            return self.keeper_token
+        return auth.hive_token(self.secret, hive)
+
+    def headers(self, url: str, hive: str = LOCAL_HIVE) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_for(url, hive)}"}
+
+    def get(self, url: str, hive: str = LOCAL_HIVE) -> Any:
+        """GET ``url`` with the token it accepts (``hive``: whose hive or worker it is)."""
+        response = httpx.get(url, timeout=5, headers=self.headers(url, hive))
         response.raise_for_status()
         return response.json()
+
+    def client(self, url: str | None = None, hive: str = LOCAL_HIVE) -> JobClient:
+        """jobproto's client for the queen (or a hive or worker of ``hive``), with its token."""
+        url = url or self.queen_url
+        return JobClient(url, timeout=30, token=self.token_for(url, hive))
 
     def api(self, operation: str, **fields: Any) -> Any:
         """Run one job on the queen with jobproto's client: for a test's own set-up and clean-up,
         where going through ``rbee`` (~0.7 s a command) is not what the test is about."""
 
         async def run() -> Any:
-            async with JobClient(self.queen_url, timeout=30) as client:
+            async with self.client() as client:
                 return await client.run(operation, fields)
 
         return anyio.run(run)

@@ -67,7 +67,8 @@ def test_refused_values_exit_5_with_the_queens_422_and_spawn_nothing(cluster: An
         [*args, "--no-autostart"] if args[0] == "infer" else args for args, _ in CLI_REFUSALS
     ]
     results = cluster.rbee.batch(*commands)
-    with httpx.Client(base_url=cluster.queen_url, timeout=10) as http:
+    headers = cluster.headers(cluster.queen_url)
+    with httpx.Client(base_url=cluster.queen_url, timeout=10, headers=headers) as http:
         answers = [http.post("/v1/jobs", json=body) for body, _ in API_REFUSALS]
 
     for result, (_, words) in zip(results, CLI_REFUSALS, strict=True):

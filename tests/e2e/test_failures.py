@@ -16,7 +16,6 @@ import anyio
 import pytest
 
 from jobproto import Data, JobEvent
-from jobproto.client import JobClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -141,7 +140,7 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
         )
         # generation stopped short: the worker's job holds fewer than the 1000 tokens asked for
         # (its log replays to its end: a finished job's stream is finite)
-        tokens = _tokens_of(url, worker_job)
+        tokens = _tokens_of(cluster, url, worker_job)
         assert 0 < tokens < 1000, tokens
         status = rbee.result("jobs", "status", queen_job)
         assert status["state"] == "cancelled", status
@@ -149,11 +148,12 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
         cluster.cleanup("slow-cancel")
 
 
-def _tokens_of(url: str, job_id: str) -> int:
-    """The number of tokens in the data events of a finished job (on the service at ``url``)."""
+def _tokens_of(cluster: Any, url: str, job_id: str) -> int:
+    """The number of tokens in the data events of a finished job (on the service at ``url``, a
+    worker of the local hive: it takes that hive's token)."""
 
     async def count() -> int:
-        async with JobClient(url, timeout=30) as client:
+        async with cluster.client(url) as client:
             counts = [
                 len(item.event.payload["token_ids"])
                 async for item in client.events(job_id)

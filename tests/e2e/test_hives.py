@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from rbee_contracts import auth
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 HEARTBEAT = 0.5
@@ -52,7 +54,13 @@ def test_a_killed_hive_goes_down_and_its_workers_are_not_routed_to(cluster: Any,
     ]
     orphan_pid: int | None = None
     # the hive is the leader of a process group of its own (Running starts a new session)
-    with kit.Running(argv, rbee.env, cluster.root) as h2:
+    # a hive the user runs by hand: its tokens in its environment, as `rbee hive start` passes them
+    env = {
+        **rbee.env,
+        "RBEE_JOIN_TOKEN": auth.join_token(cluster.secret, "h2"),
+        "RBEE_HIVE_TOKEN": auth.hive_token(cluster.secret, "h2"),
+    }
+    with kit.Running(argv, env, cluster.root) as h2:
         try:
             line = h2.wait_for(
                 lambda r: re.search(r"RBEE_HIVE_LISTENING (\{.*\})", r.out), 30, "hive h2"
@@ -71,9 +79,11 @@ def test_a_killed_hive_goes_down_and_its_workers_are_not_routed_to(cluster: Any,
             assert served.out == "The quick brown\n", str(served)
             assert re.search(rf"routed: worker {worker['worker_id']} on hive h2", served.err)
 
-            # with two hives up, commands for "the only hive" ask which one
-            ambiguous = rbee.fails(1, "worker", "list")
-            assert "hive_required" in ambiguous.err and "h2 (up)" in ambiguous.err
+            # with two hives up, a listing answers for both, each row naming its hive
+            listed = rbee.result("worker", "list")["workers"]
+            assert {(w["hive_id"], w["worker_id"]) for w in listed} >= {
+                ("h2", worker["worker_id"])
+            }, listed
 
             # SIGKILL the hive's process group: no goodbye, its heartbeats just stop. Its worker
             # is in a session of its own and survives, still answering.
@@ -108,7 +118,7 @@ def test_a_killed_hive_goes_down_and_its_workers_are_not_routed_to(cluster: Any,
             workers = {w["worker_id"]: w for w in status.final()["result"]["workers"]}
             assert workers[worker["worker_id"]]["hive_state"] == "down"
             assert local.code == 0, str(local)
-            jobs = cluster.get(worker["url"] + "/v1/jobs")["jobs"]
+            jobs = cluster.get(worker["url"] + "/v1/jobs", hive="h2")["jobs"]
             assert len(jobs) == 1 and jobs[0]["state"] == "succeeded", jobs  # the one before
         finally:
             if orphan_pid is not None and kit.alive(orphan_pid):
