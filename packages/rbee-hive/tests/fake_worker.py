@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -109,6 +110,10 @@ def main() -> None:
                 self._json(404, {"error": {"code": "not_found", "message": self.path}})
 
     server = ThreadingHTTPServer((args.host, args.port), Handler)
+    if args.tls_cert is not None:  # serve HTTPS with the hive's certificate, as the worker does
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     print(listening_line(port, args.worker_id), flush=True)

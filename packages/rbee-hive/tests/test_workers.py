@@ -12,13 +12,20 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import trustme
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 import rbee_process
 from jobproto import LocalProtocolError, converter
-from jobproto.client import RemoteJobCancelled, RemoteJobFailed
+from jobproto.client import JobClient, RemoteJobCancelled, RemoteJobFailed
+from jobproto.testing import serving
 from rbee_contracts.lifecycle import WorkerState
 from rbee_contracts.records import parse_worker_record
 from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
+from rbee_hive.app import create_app
 from rbee_hive.settings import HiveSettings
 from rbee_hive.supervisor import Supervisor, WorkerProcess, WorkerSpec
 from rbee_hive.worker_process import TracebackFolder
@@ -322,6 +329,51 @@ async def test_a_hive_with_a_token_gives_it_to_its_workers_and_asks_it_of_caller
         assert not [e for e in events if token in str(e)]
         await kit.run_job(h.client, "worker_stop", worker_id=worker["worker_id"])
     assert token not in (settings.logs_dir / f"{worker['worker_id']}.log").read_text()
+
+
+@pytest.mark.anyio
+async def test_a_hive_with_a_certificate_serves_https_and_verifies_its_queen_and_workers(
+    start_hive: Any, make_settings: Settings, model_dir: Path, kit: Any, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    queen = FakeTlsQueen()
+    async with serving(queen.app(), ssl_certfile=cert, ssl_keyfile=key) as queen_url:
+        settings = make_settings(
+            queen_url=queen_url, tls_cert=cert, tls_key=key, tls_ca=ca_file, join_token="j" * 20
+        )
+        app = create_app(settings)
+        async with serving(app, ssl_certfile=cert, ssl_keyfile=key) as url:
+            assert url.startswith("https://")
+            hive = app.state.hive
+            hive.advertise(int(url.rsplit(":", 1)[1]))
+            assert hive.url == url
+            async with JobClient(url, verify=str(ca_file)) as client:
+                await kit.run_job(client, "model_register", name="tiny", path=str(model_dir))
+                # ready: the hive polled the worker over HTTPS, against its own certificate
+                worker, _ = await kit.run_job(client, "worker_spawn", model="tiny")
+                assert worker["state"] == "ready" and worker["url"].startswith("https://127.0.0.1:")
+                await kit.run_job(client, "worker_stop", worker_id=worker["worker_id"])
+            # beats reached the queen over TLS verified with --tls-ca, with the join token
+            await kit.wait_for(lambda: bool(queen.beats))
+            assert queen.beats[0] == ("Bearer " + "j" * 20, url)
+
+
+class FakeTlsQueen:
+    def __init__(self) -> None:
+        self.beats: list[tuple[str | None, str]] = []
+
+    def app(self) -> Starlette:
+        async def put_hive(request: Request) -> JSONResponse:
+            body = await request.json()
+            self.beats.append((request.headers.get("authorization"), body["url"]))
+            return JSONResponse({"ok": True})
+
+        return Starlette(routes=[Route("/v1/hives/{hive_id}", put_hive, methods=["PUT"])])
 
 
 @pytest.mark.anyio
