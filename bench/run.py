@@ -37,6 +37,7 @@ SECTIONS = {
     "memory": "bench.s5_memory",
     "codec": "bench.s6_codec",
     "vllm": "bench.s7_vllm",
+    "frozen": "bench.s8_frozen",
 }
 
 

@@ -20,6 +20,10 @@ The jobproto operations:
     burst(n)            n data events and succeed (a retained finished job)
     tick(n, interval)   after POST /bench/go: n events ``{"i", "t": time.time()}``, ``interval`` s
                         apart (fan-out delivery latency)
+    blobs(n, size)      n data events ``{"blob": "x" * size}`` and succeed (frozen subscribers)
+
+``--stock-http`` serves with uvicorn's own protocol classes instead of ``jobproto.server``'s (no
+HTTP limits, no abort extension: how a frozen subscriber was dropped before).
 """
 
 from __future__ import annotations
@@ -97,6 +101,12 @@ class NoParams:
 
 
 @attrs.frozen
+class BlobParams:
+    n: int = attrs.field(validator=attrs.validators.ge(0))
+    size: int = attrs.field(validator=attrs.validators.ge(0))
+
+
+@attrs.frozen
 class TickParams:
     n: int
     interval: float
@@ -128,6 +138,13 @@ def jobproto_app(settings: ServiceSettings) -> Starlette:
     async def burst(params: CountParams) -> dict[str, int]:
         for i in range(params.n):
             emit_data(token_payload(i))
+        return {"n": params.n}
+
+    @ops.operation("blobs")
+    async def blobs(params: BlobParams) -> dict[str, int]:
+        blob = "x" * params.size
+        for _ in range(params.n):
+            emit_data({"blob": blob})
         return {"n": params.n}
 
     @ops.operation("tick")
@@ -340,7 +357,7 @@ def bare_jobs_app() -> Starlette:
 # -- serving ---------------------------------------------------------------------------------------
 
 
-def serve(app: Starlette) -> None:
+def serve(app: Starlette, stock_http: bool = False) -> None:
     """``jobproto.server.serve``'s configuration for every kind (so the same event loop and HTTP
     parser), and the ready line."""
     service = getattr(app.state, "jobs", None)
@@ -348,7 +365,10 @@ def serve(app: Starlette) -> None:
     def ready(port: int) -> None:
         print(f"{LISTENING} {json.dumps({'port': port})}", flush=True)
 
-    run(Server(config(app), service), ready)
+    cfg = config(app)
+    if stock_http:
+        cfg.http = "auto"  # uvicorn resolves it to its own class when the server loads
+    run(Server(cfg, service), ready)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-log-events", type=int, default=10_000)
     p.add_argument("--max-subscriber-lag", type=int, default=1024)
     p.add_argument("--retention", type=float, default=600.0)
+    p.add_argument("--send-timeout", type=float, default=30.0)
+    p.add_argument("--stock-http", action="store_true", help="uvicorn's own protocol classes")
     args = p.parse_args(argv)
     if args.kind == "jobproto":
         settings = ServiceSettings(
@@ -366,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
             max_log_events=args.max_log_events,
             max_subscriber_lag=args.max_subscriber_lag,
             retention_ttl=args.retention,
+            send_timeout=args.send_timeout,
         )
         app = jobproto_app(settings)
     elif args.kind == "sse":
@@ -374,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         app = streaming_app()
     else:
         app = bare_jobs_app()
-    serve(app)
+    serve(app, args.stock_http)
 
 
 if __name__ == "__main__":
