@@ -225,3 +225,21 @@ async def test_no_token_is_ever_logged(
         assert token not in text
     assert SECRET.hex() not in text
     assert "secret" not in repr(c.queen.settings)
+
+
+def test_a_local_hive_gets_its_tokens_by_environment_and_tls_paths_by_flag(tmp_path: Any) -> None:
+    from rbee_queen.hives import LocalHives
+    from rbee_queen.settings import QueenSettings
+
+    plain = LocalHives(QueenSettings(state_dir=tmp_path), HiveRegistry())
+    assert plain.environment("h1") == {} and plain.tls_flags() == {}
+    settings = QueenSettings(
+        state_dir=tmp_path, secret=SECRET, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem"
+    )
+    hives = LocalHives(settings, HiveRegistry())
+    assert hives.environment("h1") == {
+        "RBEE_JOIN_TOKEN": join_token(SECRET, "h1"),
+        "RBEE_HIVE_TOKEN": hive_token(SECRET, "h1"),
+    }
+    # on loopback it serves plain HTTP, and pins the queen's own certificate to verify the queen
+    assert hives.tls_flags() == {"tls_ca": str(tmp_path / "c.pem")}

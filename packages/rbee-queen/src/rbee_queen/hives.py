@@ -38,7 +38,13 @@ import anyio
 import rbee_process
 from jobproto import JobFailed, narrate, progress
 from rbee_contracts import local_layout
-from rbee_contracts.auth import ENV_HIVE_TOKEN, ENV_JOIN_TOKEN, hive_token, join_token
+from rbee_contracts.auth import (
+    ENV_HIVE_TOKEN,
+    ENV_JOIN_TOKEN,
+    hive_token,
+    is_loopback,
+    join_token,
+)
 from rbee_contracts.hive_cli import hive_argv
 from rbee_contracts.queen_results import (
     HiveStartResult,
@@ -93,6 +99,7 @@ class LocalHives:
                 state_dir=str(hive_dir),
                 models_dir=models_dir or str(hive_dir / "models"),
                 heartbeat=heartbeat,
+                **self.tls_flags(),
             ),
         ]
         log = local_layout.hive_log(self.settings.state_dir, hive_id)
@@ -128,6 +135,19 @@ class LocalHives:
             raise
         narrate("hive_started", f"hive {hive_id} registered (pid {record.pid})")
         return HiveStartResult(**_fields(hive_id, record), already_running=False)
+
+    def tls_flags(self) -> dict[str, str]:
+        """TLS for a hive started here (paths, not secrets, so flags). It verifies the queen's
+        HTTPS against the queen's CA, else the queen's own certificate (pinned); a hive that
+        listens beyond loopback serves HTTPS with the queen's certificate and key (the same
+        machine, the same names), which the queen verifies against its ``tls_ca``."""
+        cert, key, ca = self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca
+        if cert is None or key is None:
+            return {} if ca is None else {"tls_ca": str(ca)}
+        flags = {"tls_ca": str(ca or cert)}
+        if not is_loopback(self.settings.hive_host):
+            flags |= {"tls_cert": str(cert), "tls_key": str(key)}
+        return flags
 
     def environment(self, hive_id: str) -> dict[str, str]:
         """What a hive started here gets in its environment: its tokens (none without a secret)."""
