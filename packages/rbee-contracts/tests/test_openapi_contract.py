@@ -32,6 +32,8 @@ QUEEN = {
     "hive_status": queen_ops.HiveParams,
     "hive_start": queen_ops.HiveStartParams,
     "hive_stop": queen_ops.HiveParams,
+    "hive_install": queen_ops.HiveInstallParams,
+    "hive_uninstall": queen_ops.HiveUninstallParams,
     "worker_spawn": queen_ops.QueenWorkerSpawnParams,
     "worker_list": queen_ops.QueenWorkerListParams,
     "worker_stop": queen_ops.QueenWorkerStopParams,
@@ -58,7 +60,7 @@ QUEEN_ONLY = {"infer": {"model", "hive"}}
 
 async def openapi(app: Any) -> dict[str, Any]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://service") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         response = await http.get("/openapi.json")
     response.raise_for_status()
     return dict(response.json())
