@@ -6,13 +6,24 @@ addresses where namespaces cannot be made (``tests/e2e/machines.py``; the mode i
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
+import re
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -87,3 +98,261 @@ def test_each_machine_has_its_own_address_and_reaches_the_queen(
         done = machines.run(machines[0], [sys.executable, "-c", bind])
         assert done.returncode != 0 and "Cannot assign requested address" in done.stderr
     assert queen_side.poll() is None
+
+
+# -- hives on the two machines, through `rbee` -----------------------------------------------------
+
+
+def _sshd_module() -> Any:
+    """``tests/ssh/sshd.py``: the OpenSSH server of the SSH tests (a module, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "rbee_e2e_sshd", Path(__file__).parents[1] / "ssh" / "sshd.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _start_sshd(sshd: Any, machine: Any, base: Path) -> Any:
+    """sshd on ``machine``: in its namespace (``ip netns exec``; port 2222, as every port of a
+    new namespace is free) or on its loopback address."""
+    if machine.netns is None:
+        return sshd.SSHServer.start(base, alias=machine.name, address=machine.address)
+    wrapper = base.parent / f"sshd-{machine.name}"
+    # sshd wants its absolute path: ip netns exec runs it by that path inside the namespace
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {machine.netns} {sshd.SSHD} "$@"\n')
+    wrapper.chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sshd, "SSHD", wrapper)
+        mp.setattr(sshd, "free_port", lambda host: 2222)
+        return sshd.SSHServer.start(base, alias=machine.name, address=machine.address)
+
+
+def _wait(probe: Any, timeout: float, what: str, log: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{tail}")
+
+
+def _free_ports_on(host: str, n: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            sock = stack.enter_context(socket.socket())
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+@dataclass
+class TwoMachines:
+    env: dict[str, str]
+    root: Path
+    servers: dict[str, Any]
+    queen_url: str
+    queen: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def two_machines(machines: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoMachines]:
+    """sshd on each machine, a client home whose ``~/.ssh`` reaches both, and an isolated rbee
+    whose queen listens where both machines reach it."""
+    sshd = _sshd_module()
+    reason = sshd.unavailable()
+    if reason is not None:
+        pytest.fail(f"the two-machine test needs a real sshd: {reason}")
+    # Not under pytest's tmp dir (0700, root's): each machine's user must reach its home.
+    base = Path(tempfile.mkdtemp(prefix="rbee-2m-"))
+    os.chmod(base, 0o755)
+    servers: dict[str, Any] = {}
+    try:
+        for machine in machines:
+            servers[machine.name] = _start_sshd(sshd, machine, base / machine.name)
+        root = base / "client"
+        ssh = root / "home" / ".ssh"
+        ssh.mkdir(parents=True, mode=0o700)
+        (ssh / "config").write_text("".join(s.ssh_config.read_text() for s in servers.values()))
+        (ssh / "known_hosts").write_text(
+            "".join(s.known_hosts.read_text() for s in servers.values())
+        )
+        (root / "config" / "rbee").mkdir(parents=True)
+        (root / "config" / "rbee" / "hosts.toml").write_text(
+            "".join(f'[hosts.{name}]\npython = "/usr/bin/python3"\n' for name in servers)
+        )
+        (port,) = _free_ports_on(machines.queen_host, 1)
+        queen_url = f"http://{machines.queen_host}:{port}"
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RBEE_", "XDG_CONFIG", "XDG_STATE", "XDG_DATA", "HF_", "SSH_"))
+        }
+        env.update(
+            HOME=str(root / "home"),
+            XDG_CONFIG_HOME=str(root / "config"),
+            XDG_STATE_HOME=str(root / "xdg-state"),
+            XDG_DATA_HOME=str(root / "xdg-data"),
+            RBEE_QUEEN_URL=queen_url,
+            RBEE_HIVE_PORT=str(_free_ports_on("127.0.0.1", 1)[0]),
+            RBEE_STATE_DIR=str(root / "state"),
+            RBEE_MODELS_DIR=str(root / "models"),
+            NO_COLOR="1",
+            PYTHONUNBUFFERED="1",
+        )
+        # The queen listens where both machines reach it: not loopback, so `rbee queen start`
+        # (which starts only a queen on this machine's loopback) does not apply; it runs as the
+        # README's `python -m rbee_queen.app`, and the keeper reads the token file it writes.
+        state = root / "queen-state"
+        queen = machines.spawn(
+            machines.root,
+            [
+                sys.executable,
+                "-m",
+                "rbee_queen.app",
+                *("--host", machines.queen_host, "--port", str(port)),
+                *("--state-dir", str(state)),
+            ],
+            env=env,
+            log=base / "queen.log",
+        )
+        token_file = state / "keeper.token"
+
+        def queen_ready() -> bool:
+            if queen.poll() is not None:
+                pytest.fail(f"the queen exited: {(base / 'queen.log').read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if token_file.exists():
+                    token = token_file.read_text().strip()
+                    answer = httpx.get(
+                        queen_url + "/v1/hives",
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=5,
+                    )
+                    return answer.is_success
+            return False
+
+        _wait(queen_ready, 60, "the queen", base / "queen.log")
+        env["RBEE_TOKEN_FILE"] = str(token_file)
+        yield TwoMachines(env, root, servers, queen_url, queen)
+        queen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            queen.wait(60)
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _routed_hive(result: Any) -> str:
+    """The hive the queen narrated routing ``rbee infer`` to."""
+    hives = re.findall(r"routed: worker \S+ on hive (\S+)", result.out + result.err)
+    assert hives, f"no routing narrated:\n{result}"
+    return str(hives[-1]).strip("'\".,")
+
+
+def _hives(rbee: Any) -> dict[str, dict[str, Any]]:
+    return {h["hive_id"]: h for h in rbee.result("hive", "list")["hives"]}
+
+
+@pytest.mark.timeout(900)
+def test_hives_on_two_machines_through_rbee(
+    machines: Any, two_machines: TwoMachines, tiny_model: Path, kit: Any
+) -> None:
+    """Install and start a hive on each machine over SSH, route ``infer`` to the machine that has
+    the model, move work when that machine's hive dies, stop and uninstall: all through ``rbee``.
+
+    The workers run the SYNTHETIC engine (the installs carry no torch: two offline installs of
+    torch and transformers would take many minutes on two cores); every process, hop and SSH
+    session is real, and the model directory is the real tiny model's.
+    """
+    print(f"machines: {machines.mode}")
+    rbee = kit.Rbee(two_machines.env, two_machines.root)
+    names = [m.name for m in machines]
+    m1, m2 = names
+    for name in names:
+        installed = rbee.result("hive", "install", "--host", name, "--offline", timeout=600)
+        assert installed["host"] == name, installed
+    for machine in machines:
+        rbee.result("hive", "start", "--host", machine.name, "--hive", machine.name, timeout=120)
+
+    def both() -> dict[str, dict[str, Any]] | None:
+        hives = _hives(rbee)
+        return hives if {m1, m2} <= set(hives) else None
+
+    known = kit.wait_until(both, 60, "both hives")
+    for machine in machines:
+        assert known[machine.name]["url"].startswith(f"http://{machine.address}:"), known
+        assert known[machine.name]["state"] == "up"
+
+    def put_model(name: str) -> None:
+        server = two_machines.servers[name]
+        target = server.home / ".local/share/rbee/models/tiny2m"  # the hive's model root
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(tiny_model, target)
+        for path in [target, *target.rglob("*")]:
+            os.chown(path, *_owner(server.home))
+        # a directory in the model root is a model of the hive: no registration
+        listed = rbee.result("model", "list", "--hive", name)
+        assert "tiny2m" in json.dumps(listed), listed
+        rbee.result(
+            "worker",
+            "spawn",
+            "--model",
+            "tiny2m",
+            "--engine",
+            "synthetic",
+            "--hive",
+            name,
+            timeout=120,
+        )
+
+    # the model on m1 only: infer goes to m1
+    put_model(m1)
+    first = rbee.ok("infer", "hello", "--model", "tiny2m", "--max-tokens", "4", timeout=120)
+    assert _routed_hive(first) == m1, str(first)
+    # on m2 too; then m1's hive dies (its machine drops off the network, or its process dies)
+    put_model(m2)
+    if machines.mode == "netns":
+        subprocess_run(["ip", "link", "set", f"rb{os.getpid()}{m1}a", "down"])
+    else:
+        status = rbee.result("hive", "status", "--host", m1, "--hive", m1)
+        os.kill(int(status["process"]["pid"]), 9)
+    kit.wait_until(lambda: _hives(rbee)[m1]["state"] != "up", 90, f"{m1} marked down")
+    for _ in range(2):
+        moved = rbee.ok("infer", "hello", "--model", "tiny2m", "--max-tokens", "4", timeout=120)
+        assert _routed_hive(moved) == m2, str(moved)
+    if machines.mode == "netns":
+        subprocess_run(["ip", "link", "set", f"rb{os.getpid()}{m1}a", "up"])
+        kit.wait_until(lambda: _hives(rbee)[m1]["state"] == "up", 90, f"{m1} back up")
+    # status: each hive with its address and the age of its last heartbeat
+    status = rbee.result("status")
+    for machine in machines:
+        [hive] = [h for h in status["hives"] if h["hive_id"] == machine.name]
+        assert hive["url"].startswith(f"http://{machine.address}:")
+        assert hive["seconds_since_seen"] >= 0
+    shown = rbee.ok("status").out
+    for machine in machines:
+        assert machine.address in shown, shown
+    for name in names:
+        rbee.result("hive", "stop", "--host", name, "--hive", name, timeout=120)
+        removed = rbee.result("hive", "uninstall", "--host", name, timeout=120)
+        assert removed["hive_id"] == name
+        home = two_machines.servers[name].home
+        assert not (home / ".local/share/rbee/venv").exists()
+        assert not two_machines.servers[name].user_pids()
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+def subprocess_run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
