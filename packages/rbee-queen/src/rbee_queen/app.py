@@ -38,7 +38,7 @@ from rbee_contracts.auth import (
 from .operations import queen_operations
 from .queen import Queen
 from .routes import hive_routes
-from .security import HivePathMiddleware, queen_security
+from .security import queen_security
 from .settings import QueenSettings, default_state_dir
 
 __all__ = ["create_app", "main"]
@@ -74,8 +74,6 @@ def create_app(
 
     security = queen_security(queen.settings, lambda: [h.hive_id for h in queen.registry.hives()])
     app = create_job_app(service, routes=hive_routes(queen), lifespan=lifespan, security=security)
-    # outermost: it tells the security middleware which hive a PUT /v1/hives/{id} is for
-    app.add_middleware(HivePathMiddleware)
     app.state.queen = queen
     return app
 

@@ -13,9 +13,8 @@ presented                     is
 The set of hive ids is open (a hive the queen has never heard of may join with the join token
 the user gave it), so the join tokens cannot be listed up front the way ``TokenAuth`` lists
 tokens. ``QueenAuth`` derives them when it checks a token: the join token of every hive the
-registry knows, and of the hive whose ``PUT /v1/hives/{H}`` is being authenticated.
-jobproto's middleware asks ``authenticate(token)`` without the request, so ``HivePathMiddleware``
-(outermost) leaves that path's hive id in a context variable for the duration of the request.
+registry knows, and of the hive whose ``PUT /v1/hives/{H}`` is being authenticated (jobproto's
+middleware passes the request's scope to ``authenticate``).
 
 What each answer reveals is nothing a caller did not know: a missing or unknown token is 401 on
 every path (a join token of a hive the queen has not heard of is unknown on any other path than
@@ -30,10 +29,9 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from jobproto.asgi import Principal, Security, TokenAuth
 from rbee_contracts.auth import JOBS_SCOPE, hive_scope, join_token, keeper_token
@@ -42,7 +40,6 @@ from .settings import QueenSettings
 
 __all__ = [
     "KEEPER",
-    "HivePathMiddleware",
     "QueenAuth",
     "allowed_hosts",
     "hive_principal",
@@ -56,8 +53,6 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: binding to these means every address: no single host name follows from them
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
-#: the hive id of the ``PUT /v1/hives/{hive_id}`` being authenticated (None: another request)
-_JOINING: ContextVar[str | None] = ContextVar("rbee_queen_joining", default=None)
 _HIVE_PUT = re.compile(r"/v1/hives/([^/]+)")
 
 
@@ -82,11 +77,11 @@ class QueenAuth(TokenAuth):
             lambda hive_id: _digest(join_token(secret, hive_id))
         )
 
-    def authenticate(self, presented: str) -> Principal | None:
-        found = super().authenticate(presented)
+    def authenticate(self, presented: str, scope: Scope | None = None) -> Principal | None:
+        found = super().authenticate(presented, scope)
         digest = _digest(presented)
         hive_ids = set(self._known_hives())
-        joining = _JOINING.get()
+        joining = _joining(scope)
         if joining is not None:
             hive_ids.add(joining)
         # every candidate is compared (no early exit), as TokenAuth compares its tokens
@@ -99,25 +94,12 @@ class QueenAuth(TokenAuth):
         return "QueenAuth(keeper, join tokens per hive)"
 
 
-class HivePathMiddleware:
-    """Pure ASGI, outside jobproto's security middleware: names the hive of a
-    ``PUT /v1/hives/{hive_id}`` to ``QueenAuth`` for the duration of the request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = None
-        if scope["type"] == "http" and scope.get("method") == "PUT":
-            match = _HIVE_PUT.fullmatch(scope.get("path", ""))
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        reset = _JOINING.set(match.group(1))
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _JOINING.reset(reset)
+def _joining(scope: Scope | None) -> str | None:
+    """The hive id of a ``PUT /v1/hives/{hive_id}`` request (None: another request)."""
+    if scope is None or scope.get("type") != "http" or scope.get("method") != "PUT":
+        return None
+    match = _HIVE_PUT.fullmatch(scope.get("path", ""))
+    return None if match is None else match.group(1)
 
 
 def allowed_hosts(settings: QueenSettings) -> tuple[str, ...] | None:

@@ -97,6 +97,9 @@ class TokenAuth:
     ``authenticate`` compares the presented token with every known one (``hmac.compare_digest``
     over SHA-256 digests, no early exit), so how long it takes does not depend on which token
     matched, how much of one matched, or how long it is.
+
+    The middleware passes the request's ASGI ``scope`` too: a subclass whose tokens depend on the
+    request (one per resource named in the path, say) derives the candidates from it.
     """
 
     def __init__(self, tokens: Mapping[str, Principal]) -> None:
@@ -108,8 +111,8 @@ class TokenAuth:
             entries.append((_digest(token), principal))
         self._entries = tuple(entries)
 
-    def authenticate(self, presented: str) -> Principal | None:
-        """The principal whose token is ``presented``, or ``None``."""
+    def authenticate(self, presented: str, scope: Scope | None = None) -> Principal | None:
+        """The principal whose token is ``presented`` (on the request ``scope``), or ``None``."""
         digest = _digest(presented)
         found: Principal | None = None
         for known, principal in self._entries:
@@ -277,7 +280,7 @@ class SecurityMiddleware:
             if path not in sec.public_paths:
                 values = headers.get(b"authorization", [])
                 token = _bearer(values[0]) if len(values) == 1 else None
-                principal = None if token is None else sec.auth.authenticate(token)
+                principal = None if token is None else sec.auth.authenticate(token, scope)
                 if principal is None:
                     message = (
                         "this request needs a bearer token (Authorization: Bearer <token>)"
