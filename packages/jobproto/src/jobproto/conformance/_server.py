@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 import uvicorn
 
+from .._http import HttpLimits, protocol_class
 from ..asgi import JobService, Principal, Security, ServiceSettings, TokenAuth, create_app
 from ._operations import conformance_operations
 
@@ -122,6 +123,9 @@ def _make_server(
         lifespan="on",
         # a frozen client can hold a stream open until the send timeout: do not wait for it
         timeout_graceful_shutdown=3,
+        # the HTTP limits and the abort of frozen subscribers, as jobproto.server.config sets them
+        http=protocol_class(HttpLimits()),
+        h11_max_incomplete_event_size=HttpLimits().max_header_bytes,
     )
     return _Server(config, service, on_started)
 
