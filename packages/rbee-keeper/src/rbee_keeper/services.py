@@ -40,6 +40,7 @@ stops working.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shlex
@@ -80,6 +81,7 @@ __all__ = [
     "is_local",
     "local_hive_fields",
     "local_services",
+    "own_address",
     "probe",
     "queen_answers",
     "queen_secret_file",
@@ -130,9 +132,49 @@ def _bind_address(url: str) -> tuple[str, int]:
 
 
 def is_local(url: str) -> bool:
-    """Whether ``url`` names this machine, so that the keeper may start a service for it."""
+    """Whether ``url`` names this machine, so that the keeper may start a service for it.
+
+    Loopback, the wildcard addresses and this machine's hostname are local; so is any other
+    name or address that resolves only to addresses of this machine (``own_address``): a queen
+    meant for other machines listens on the address they reach, e.g. ``http://192.168.1.10:8500``.
+    """
     host, _ = _bind_address(url)
-    return host in LOCAL_HOSTS or host == socket.gethostname()
+    if host in LOCAL_HOSTS or host == socket.gethostname():
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):  # a name that does not resolve is no machine we know
+        return False
+    return bool(infos) and all(own_address(info[0], info[4]) for info in infos)
+
+
+def own_address(family: int, sockaddr: tuple[Any, ...]) -> bool:
+    """Whether ``sockaddr`` (as ``getaddrinfo`` gives it) is an address of this machine.
+
+    Two checks, both by the kernel: a socket can bind to it (EADDRNOTAVAIL for another
+    machine's address), and a datagram socket connected to it takes it as its own source
+    address, which only the machine's own (unicast) addresses do. Linux also lets a socket bind
+    to multicast and broadcast addresses (and to any address under ``ip_nonlocal_bind``); the
+    second check refuses those: their route's source is an interface's address, not themselves.
+    """
+    address = str(sockaddr[0])
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    if ip.is_multicast:
+        return False
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.bind((address, 0, *sockaddr[2:]))
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9, *sockaddr[2:]))  # no packet is sent
+            source = str(probe.getsockname()[0])
+    except OSError:
+        return False
+    return ipaddress.ip_address(source.partition("%")[0]) == ip
 
 
 def queen_state_dir(settings: Settings) -> Path:
