@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -116,29 +117,11 @@ def _sshd_module() -> Any:
 
 
 def _start_sshd(sshd: Any, machine: Any, base: Path) -> Any:
-    """sshd on ``machine``: in its namespace (``ip netns exec``; port 2222, as every port of a
-    new namespace is free) or on its loopback address."""
-    if machine.netns is None:
-        return sshd.SSHServer.start(base, alias=machine.name, address=machine.address)
-    wrapper = base.parent / f"sshd-{machine.name}"
-    # sshd wants its absolute path: ip netns exec runs it by that path inside the namespace
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {machine.netns} {sshd.SSHD} "$@"\n')
-    wrapper.chmod(0o755)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sshd, "SSHD", wrapper)
-        mp.setattr(sshd, "free_port", lambda host: 2222)
-        return sshd.SSHServer.start(base, alias=machine.name, address=machine.address)
-
-
-def _wait(probe: Any, timeout: float, what: str, log: Path | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{tail}")
+    """sshd on ``machine``: in its namespace on port 22, as on a real machine (known_hosts then
+    names the plain address), or on a free port of its loopback address."""
+    return sshd.SSHServer.start(
+        base, alias=machine.name, address=machine.address, netns=machine.netns
+    )
 
 
 def _free_ports_on(host: str, n: int) -> list[int]:
@@ -157,7 +140,27 @@ class TwoMachines:
     root: Path
     servers: dict[str, Any]
     queen_url: str
-    queen: subprocess.Popen[bytes]
+
+
+def _rbee(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``rbee ARGS`` (the console script next to this interpreter) in ``env``."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "rbee"), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _queen_pid(state: Path) -> int | None:
+    """The pid in the queen's pid file, if the file is there."""
+    pid_file = state / "queen.pid"
+    return int(json.loads(pid_file.read_text())["pid"]) if pid_file.exists() else None
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +175,12 @@ def two_machines(machines: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     base = Path(tempfile.mkdtemp(prefix="rbee-2m-"))
     os.chmod(base, 0o755)
     servers: dict[str, Any] = {}
+    root = base / "client"
+    state = root / "state"
+    env: dict[str, str] = {}
     try:
         for machine in machines:
             servers[machine.name] = _start_sshd(sshd, machine, base / machine.name)
-        root = base / "client"
         ssh = root / "home" / ".ssh"
         ssh.mkdir(parents=True, mode=0o700)
         (ssh / "config").write_text("".join(s.ssh_config.read_text() for s in servers.values()))
@@ -200,50 +205,46 @@ def two_machines(machines: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
             XDG_DATA_HOME=str(root / "xdg-data"),
             RBEE_QUEEN_URL=queen_url,
             RBEE_HIVE_PORT=str(_free_ports_on("127.0.0.1", 1)[0]),
-            RBEE_STATE_DIR=str(root / "state"),
+            RBEE_STATE_DIR=str(state),
             RBEE_MODELS_DIR=str(root / "models"),
             NO_COLOR="1",
             PYTHONUNBUFFERED="1",
         )
-        # The queen listens where both machines reach it: not loopback, so `rbee queen start`
-        # (which starts only a queen on this machine's loopback) does not apply; it runs as the
-        # README's `python -m rbee_queen.app`, and the keeper reads the token file it writes.
-        state = root / "queen-state"
-        queen = machines.spawn(
-            machines.root,
-            [
-                sys.executable,
-                "-m",
-                "rbee_queen.app",
-                *("--host", machines.queen_host, "--port", str(port)),
-                *("--state-dir", str(state)),
-            ],
-            env=env,
-            log=base / "queen.log",
+        # The queen listens where both machines reach it, started as the README says: with
+        # RBEE_QUEEN_URL on an address of this machine that they reach (in netns mode not
+        # loopback), `rbee queen start` starts it there; the keeper reads the token it writes.
+        started = _rbee(env, "queen", "start")
+        assert started.returncode == 0, started.stderr
+        assert f"queen ready at {queen_url}" in started.stderr, started.stderr
+        queen_pid = _queen_pid(state)
+        assert queen_pid is not None
+        listening = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.Process(queen_pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert (machines.queen_host, port) in listening, listening
+        token = (state / "queen" / "keeper.token").read_text().strip()
+        hives = httpx.get(
+            queen_url + "/v1/hives", headers={"Authorization": f"Bearer {token}"}, timeout=10
         )
-        token_file = state / "keeper.token"
-
-        def queen_ready() -> bool:
-            if queen.poll() is not None:
-                pytest.fail(f"the queen exited: {(base / 'queen.log').read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if token_file.exists():
-                    token = token_file.read_text().strip()
-                    answer = httpx.get(
-                        queen_url + "/v1/hives",
-                        headers={"Authorization": f"Bearer {token}"},
-                        timeout=5,
-                    )
-                    return answer.is_success
-            return False
-
-        _wait(queen_ready, 60, "the queen", base / "queen.log")
-        env["RBEE_TOKEN_FILE"] = str(token_file)
-        yield TwoMachines(env, root, servers, queen_url, queen)
-        queen.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            queen.wait(60)
+        assert hives.is_success, hives.text
+        yield TwoMachines(env, root, servers, queen_url)
+        stopped = _rbee(env, "queen", "stop", "--json")
+        assert stopped.returncode == 0, stopped.stderr
+        outcome = json.loads(stopped.stdout)
+        assert outcome["queen"] == {"outcome": "stopped", "pid": queen_pid}, outcome
+        assert outcome["hive"]["outcome"] == "stopped", outcome  # the queen's local hive
+        assert not psutil.pid_exists(queen_pid) or (
+            psutil.Process(queen_pid).status() == psutil.STATUS_ZOMBIE
+        )
     finally:
+        if _queen_pid(state) is not None:  # a failure above left the queen (and hives) running
+            _rbee(env, "queen", "stop")
+            left = _queen_pid(state)
+            if left is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(left, signal.SIGKILL)
         for server in servers.values():
             server.stop()
         shutil.rmtree(base, ignore_errors=True)

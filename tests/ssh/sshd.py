@@ -5,7 +5,12 @@ the "machine" (``useradd``, home under ``base``), an ``sshd_config`` that lets o
 with that key, and a client side (``known_hosts`` with the host key, an ``ssh_config`` with a
 ``Host`` alias) that the queen reads like a person's ``~/.ssh``. ``sshd -D`` runs in a process
 group of its own on a free port of the loopback address asked for (127.0.0.2 and 127.0.0.3 are
-two "machines" on one Linux host) and is stopped by its pid.
+two "machines" on one Linux host) and is stopped by its pid. ``netns=NAME`` runs it inside that
+network namespace instead (``ip netns exec``), on the namespace's address and on ``port`` (22
+unless given: every port of a namespace is its own).
+
+``known_hosts`` names the host as OpenSSH writes it: ``addr`` on port 22, ``[addr]:port`` on any
+other port (OpenSSH and asyncssh look a port-22 host up by its plain name only).
 
 ``ensure_sshd()`` installs OpenSSH's server from Debian's packages when ``/usr/sbin/sshd`` is
 missing and we are root (``apt-get update`` first; each step bounded in time): CI's machine is
@@ -66,6 +71,11 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def known_hosts_name(address: str, port: int) -> str:
+    """The host as a known_hosts line names it (sshd(8), SSH_KNOWN_HOSTS FILE FORMAT)."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
 def _keygen(path: Path, comment: str) -> None:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
@@ -93,8 +103,21 @@ class SSHServer:
     process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls, base: Path, *, alias: str, address: str = "127.0.0.2") -> SSHServer:
-        """Everything under ``base``, whose parents the new user must be able to enter."""
+    def start(
+        cls,
+        base: Path,
+        *,
+        alias: str,
+        address: str = "127.0.0.2",
+        netns: str | None = None,
+        port: int | None = None,
+    ) -> SSHServer:
+        """Everything under ``base``, whose parents the new user must be able to enter.
+
+        sshd listens on ``address``: in this namespace on ``port`` (a free one unless given), or
+        inside the network namespace ``netns`` (whose address ``address`` is) on ``port``
+        (default 22), reached from here through the namespace's link.
+        """
         base.mkdir(parents=True, exist_ok=True)
         os.chmod(base, 0o755)  # sshd's StrictModes: the user's home's parents too
         server_dir = base / "server"
@@ -125,7 +148,8 @@ class SSHServer:
         for path in (ssh_dir, authorized):
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
-        port = free_port(address)
+        if port is None:
+            port = 22 if netns is not None else free_port(address)
         config = server_dir / "sshd_config"
         log = server_dir / "sshd.log"
         config.write_text(
@@ -148,7 +172,7 @@ class SSHServer:
         known_hosts = client_dir / "known_hosts"
         host_pub = host_key.with_suffix(".pub")
         key_type, key_data = host_pub.read_text().split()[:2]
-        known_hosts.write_text(f"[{address}]:{port} {key_type} {key_data}\n")
+        known_hosts.write_text(f"{known_hosts_name(address, port)} {key_type} {key_data}\n")
         ssh_config = client_dir / "config"
         ssh_config.write_text(
             f"Host {alias}\n"
@@ -171,8 +195,11 @@ class SSHServer:
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
         with log.open("ab") as out:
+            # sshd re-executes itself by argv[0], which must be absolute; `ip netns exec`
+            # runs it by that path (no fork: the pid is sshd's)
+            prefix = ["ip", "netns", "exec", netns] if netns is not None else []
             server.process = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(config)],
+                [*prefix, str(SSHD), "-D", "-e", "-f", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
