@@ -193,6 +193,7 @@ def test_public_api() -> None:
         "RemoteJobCancelled",
         "RemoteJobFailed",
         "StreamInterrupted",
+        "ssl_context",
     ]
     assert issubclass(HTTPStatusError, RequestError)
 

@@ -10,6 +10,7 @@ import datetime
 import hmac
 import ipaddress
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import trustme
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,7 +34,7 @@ from jobproto.asgi import (
     principal_of,
     require_scope,
 )
-from jobproto.client import HTTPStatusError, JobClient
+from jobproto.client import HTTPStatusError, JobClient, ssl_context
 from jobproto.conformance import conformance_operations
 from jobproto.testing import serving
 
@@ -608,5 +610,34 @@ async def test_the_client_with_token_and_pinned_certificate(tmp_path: Path) -> N
             assert (info.value.status, info.value.code) == (401, "unauthorized")
         # a certificate nobody vouches for is refused before anything is sent
         async with JobClient(url, token=KEEPER_TOKEN) as client:
+            with pytest.raises(ConnectFailed):
+                await client.list()
+
+
+async def test_a_ca_signed_server_certificate_pinned_as_the_only_trust_anchor(
+    tmp_path: Path,
+) -> None:
+    # The pin is the server's own certificate, issued by a CA the client does not know: not a CA
+    # itself, so OpenSSL accepts it as an anchor only with VERIFY_X509_PARTIAL_CHAIN (Python
+    # 3.13 sets that flag by default, 3.11 and 3.12 do not).
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    leaf.private_key_pem.write_to_path(str(key))
+    pin = tmp_path / "pin.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(pin))  # the leaf alone, not its CA
+    other = tmp_path / "other.pem"
+    trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(other))
+    assert ssl_context(pin).verify_mode == ssl.CERT_REQUIRED
+
+    app = make_app(security(allowed_hosts=("127.0.0.1",)))
+    async with serving_tls(app, chain, key) as url:
+        async with JobClient(url, token=KEEPER_TOKEN, verify=str(pin)) as client:
+            assert (await client.list()).jobs == []
+        async with httpx.AsyncClient(verify=ssl_context(pin)) as http:
+            assert (await http.get(url + "/health")).status_code == 200
+        # an unrelated certificate, pinned, does not vouch for this server
+        async with JobClient(url, token=KEEPER_TOKEN, verify=str(other)) as client:
             with pytest.raises(ConnectFailed):
                 await client.list()

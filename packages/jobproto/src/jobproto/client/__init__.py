@@ -7,7 +7,7 @@ cancel, inspect. Built on httpx and httpx-sse::
 
 from __future__ import annotations
 
-from ._client import JobClient
+from ._client import JobClient, ssl_context
 from ._models import (
     CreatedJob,
     HTTPStatusError,
@@ -27,4 +27,5 @@ __all__ = [
     "RemoteJobCancelled",
     "RemoteJobFailed",
     "StreamInterrupted",
+    "ssl_context",
 ]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import random
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -72,7 +73,7 @@ from ._models import (
     response_json,
 )
 
-__all__ = ["JobClient"]
+__all__ = ["JobClient", "ssl_context"]
 
 logger = logging.getLogger("jobproto.client")
 
@@ -89,8 +90,9 @@ class JobClient:
     as ``Authorization: Bearer <token>`` (docs/protocol.md §Authentication) and is never shown in a
     repr, an error or a log line. ``verify`` is how the client's own ``httpx.AsyncClient`` checks
     the server's TLS certificate: ``True`` (the system's CAs), the path of a CA bundle or of the
-    server's own (pinned) certificate, an ``ssl.SSLContext``, or ``False``; with ``http`` that
-    client's own setting applies, so ``verify`` cannot be given as well. ``max_reconnects``
+    server's own (pinned) certificate (made into ``ssl_context(path)``), an ``ssl.SSLContext``,
+    or ``False``; with ``http`` that client's own setting applies, so ``verify`` cannot be given
+    as well. ``max_reconnects``
     bounds consecutive failed attempts of ``events()`` (and of ``create()`` with an idempotency
     key); ``backoff_initial`` and ``backoff_max`` shape the exponential backoff between them,
     in seconds.
@@ -104,7 +106,7 @@ class JobClient:
         timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
-        verify: ssl.SSLContext | str | bool = True,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         max_reconnects: int = 8,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
@@ -436,11 +438,28 @@ def _is_token(token: str) -> bool:
     return bool(token) and token.isascii() and token.isprintable() and " " not in token
 
 
-def _ssl(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
-    """httpx's ``verify`` for ours: a path becomes a context trusting that CA bundle or pinned
-    certificate (httpx 0.28 deprecates passing a path)."""
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
+def ssl_context(ca: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """A client's TLS context trusting ``ca`` only: a CA bundle, or the server's own certificate
+    pinned (``None``: the system's CAs).
+
+    A pinned server certificate is often not a CA itself but issued by one the client is not
+    given; OpenSSL takes such a certificate as a trust anchor only with
+    ``VERIFY_X509_PARTIAL_CHAIN``, which Python sets by default from 3.13 on and which is set here
+    for 3.11 and 3.12 too. Hostname checking and ``CERT_REQUIRED`` stay as
+    ``ssl.create_default_context`` makes them. The one way every tier builds this context.
+    """
+    context = ssl.create_default_context(cafile=None if ca is None else os.fspath(ca))
+    partial_chain = getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", None)
+    if partial_chain is not None:
+        context.verify_flags |= partial_chain
+    return context
+
+
+def _ssl(verify: ssl.SSLContext | str | os.PathLike[str] | bool) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for ours: a path becomes ``ssl_context(path)`` (httpx 0.28 deprecates
+    passing a path)."""
+    if isinstance(verify, str | os.PathLike):
+        return ssl_context(verify)
     return verify
 
 
