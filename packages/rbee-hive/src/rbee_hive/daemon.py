@@ -11,14 +11,14 @@ group, SIGKILL after the grace, then the workers its run dir still names.
 
 Tokens are never on this command line nor the hive's: the hive reads them from the files that
 ``RBEE_JOIN_TOKEN_FILE`` and ``RBEE_HIVE_TOKEN_FILE`` name, which it inherits from this process.
-The log is created with mode 0600 (it can hold what the hive's libraries print).
+The log is made 0600 by ``rbee_process.prepare_log`` (it can hold what the hive's libraries
+print).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,16 +41,6 @@ def hive_pid_file(state_dir: Path) -> Path:
 
 def hive_log(state_dir: Path) -> Path:
     return state_dir / "logs" / "hive.log"
-
-
-def _private_log(path: Path) -> None:
-    """Create the log (0600) before the hive appends to it; an older one is made 0600 too."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def _record_fields(record: rbee_process.ProcessRecord | None) -> dict[str, Any]:
@@ -77,8 +67,7 @@ def start(args: argparse.Namespace) -> dict[str, Any]:
         ),
         *args.hive_args,
     ]
-    log = hive_log(state_dir)
-    _private_log(log)
+    log = hive_log(state_dir)  # made 0600 by rbee_process (prepare_log) before the hive writes
     try:
         record, fresh = rbee_process.start_once(
             hive_pid_file(state_dir), command, log_path=log, label=f"hive {args.hive_id}"
