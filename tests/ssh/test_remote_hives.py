@@ -81,9 +81,8 @@ def setup() -> Iterator[Setup]:
 
 
 def _settings(setup: Setup, **more: Any) -> QueenSettings:
-    fields = attrs.fields_dict(QueenSettings)
-    if "secret" in fields:  # a queen that checks tokens: the hive must present its join token
-        more.setdefault("secret", SECRET)
+    # a queen that checks tokens (and has them to give): the hive must present its join token
+    more.setdefault("secret", SECRET)
     more.setdefault("hive_start_timeout", 60.0)
     return QueenSettings(state_dir=setup.state_dir, **more)
 
@@ -92,8 +91,7 @@ def _settings(setup: Setup, **more: Any) -> QueenSettings:
 async def queen(setup: Setup, **more: Any) -> AsyncIterator[tuple[JobClient, str]]:
     settings = _settings(setup, **more)
     async with serving(create_app(settings)) as url:
-        token = auth.keeper_token(SECRET) if getattr(settings, "secret", None) else None
-        async with JobClient(url, token=token) as client:
+        async with JobClient(url, token=auth.keeper_token(SECRET)) as client:
             yield client, url
 
 

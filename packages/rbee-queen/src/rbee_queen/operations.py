@@ -29,7 +29,6 @@ from typing import Any
 import attrs
 
 from jobproto import JobFailed, Operations
-from rbee_contracts import auth
 from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.queen_ops import (
     HiveInstallParams,
@@ -65,18 +64,9 @@ from .scheduler import read_hive_result
 __all__ = ["queen_operations"]
 
 
-def _secret(queen: Queen) -> bytes:
-    """The queen's secret (the hives' tokens derive from it); a queen without one (in-process,
-    checking no tokens) gets the one in its state dir, so a remote hive still has tokens."""
-    secret = getattr(queen.settings, "secret", None)
-    if isinstance(secret, bytes):
-        return secret
-    return auth.load_or_create_secret(queen.settings.state_dir / auth.SECRET_FILE)
-
-
 def queen_operations(queen: Queen) -> Operations:
     ops = Operations()
-    remote_hives = RemoteHives(queen.settings, queen.registry, lambda: _secret(queen))
+    remote_hives = RemoteHives(queen.settings, queen.registry)
 
     @ops.operation("status")
     async def status(params: NoParams) -> StatusResult:

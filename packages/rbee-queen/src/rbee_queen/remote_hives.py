@@ -23,7 +23,6 @@ import importlib.metadata
 import json
 import shlex
 import time
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -65,12 +64,10 @@ class RemoteHives:
         self,
         settings: QueenSettings,
         registry: HiveRegistry,
-        secret: Callable[[], bytes],
         ssh: SSHSettings | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.secret = secret
         self.hosts = SSHHosts(ssh)
         self.wheelhouse = Wheelhouse(settings.state_dir / "wheels")
 
@@ -81,7 +78,19 @@ class RemoteHives:
             return []  # a broken hosts file must not break hive_list; hive_install says why
         return [HostView(h.alias, h.hostname, h.port, h.user) for h in hosts.values()]
 
+    def _secret(self) -> bytes:
+        """The queen's secret, from which the hive's tokens derive. A queen without one checks no
+        tokens and has none to give: a hive there could neither join it nor be called by it."""
+        if self.settings.secret is None:
+            raise JobFailed(
+                "queen_without_secret",
+                "this queen has no secret, so a hive on another machine could not join it:"
+                " manage remote hives through `rbee-queen` (it always has one)",
+            )
+        return self.settings.secret
+
     def _connect(self, alias: str) -> AbstractAsyncContextManager[Machine]:
+        self._secret()
         narrate("ssh_connect", f"connecting to {alias} over SSH")
         return self.hosts.connect(alias)
 
@@ -243,7 +252,7 @@ class RemoteHives:
                 f"no hive is installed on {alias} (no {python}):"
                 f" `rbee hive install --host {alias}` first",
             )
-        secret = self.secret()
+        secret = self._secret()
         tokens = machine.home / TOKENS
         await machine.write_private(tokens / "join.token", auth.join_token(secret, hive_id) + "\n")
         await machine.write_private(tokens / "hive.token", auth.hive_token(secret, hive_id) + "\n")
