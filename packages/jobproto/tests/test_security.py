@@ -145,6 +145,45 @@ def test_authenticate_compares_against_every_token_in_constant_time(
     assert {len(a) for a, _ in calls} | {len(b) for _, b in calls} == {32}
 
 
+class PerHive(TokenAuth):
+    """Tokens that depend on the request: one per hive named in a ``/v1/hives/{id}`` path."""
+
+    def candidates(self, scope: Any) -> list[tuple[str, Principal]]:
+        path = "" if scope is None else scope.get("path", "")
+        if not path.startswith("/v1/hives/"):
+            return []
+        hive_id = path.removeprefix("/v1/hives/")
+        return [("per_hive_" + hive_id * 8, Principal("hive:" + hive_id, {"hive:" + hive_id}))]
+
+
+def test_candidates_add_tokens_that_depend_on_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = PerHive({KEEPER_TOKEN: KEEPER})
+    gpu2 = {"type": "http", "path": "/v1/hives/gpu2"}
+    assert tokens.authenticate("per_hive_" + "gpu2" * 8, gpu2) == Principal(
+        "hive:gpu2", {"hive:gpu2"}
+    )
+    assert tokens.authenticate(KEEPER_TOKEN, gpu2) == KEEPER
+    # the token of one hive is unknown on another hive's path, and without a request
+    assert (
+        tokens.authenticate("per_hive_" + "gpu2" * 8, {"type": "http", "path": "/v1/hives/x"})
+        is None
+    )
+    assert tokens.authenticate("per_hive_" + "gpu2" * 8) is None
+    assert TokenAuth({KEEPER_TOKEN: KEEPER}).candidates(gpu2) == ()
+    # every candidate is compared as the fixed tokens are: equal-length digests, no early exit
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def counting(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    tokens.authenticate(KEEPER_TOKEN, gpu2)
+    assert len(calls) == 2
+    assert {len(a) for a, _ in calls} | {len(b) for _, b in calls} == {32}
+
+
 @pytest.mark.parametrize("bad", ["", " padded ", "\ttab"])
 def test_a_token_must_be_nonempty_without_spaces(bad: str) -> None:
     with pytest.raises(ValueError, match="keeper") as info:

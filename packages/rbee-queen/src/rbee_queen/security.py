@@ -12,9 +12,9 @@ presented                     is
 
 The set of hive ids is open (a hive the queen has never heard of may join with the join token
 the user gave it), so the join tokens cannot be listed up front the way ``TokenAuth`` lists
-tokens. ``QueenAuth`` derives them when it checks a token: the join token of every hive the
-registry knows, and of the hive whose ``PUT /v1/hives/{H}`` is being authenticated (jobproto's
-middleware passes the request's scope to ``authenticate``).
+tokens. ``QueenAuth`` derives them as ``TokenAuth.candidates`` of each request: the join token
+of every hive the registry knows, and of the hive whose ``PUT /v1/hives/{H}`` is being
+authenticated; ``TokenAuth`` compares them with the keeper's token, in constant time.
 
 What each answer reveals is nothing a caller did not know: a missing or unknown token is 401 on
 every path (a join token of a hive the queen has not heard of is unknown on any other path than
@@ -25,16 +25,19 @@ keeper's on ``PUT /v1/hives/H``, hive H's on ``/v1/jobs`` or on another hive's p
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import re
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
 
 from starlette.types import Scope
 
 from jobproto.asgi import Principal, Security, TokenAuth
-from rbee_contracts.auth import JOBS_SCOPE, hive_scope, join_token, keeper_token
+from rbee_contracts.auth import (
+    JOBS_SCOPE,
+    allowed_host_names,
+    hive_scope,
+    join_token,
+    keeper_token,
+)
 
 from .settings import QueenSettings
 
@@ -48,10 +51,6 @@ __all__ = [
 
 #: the local keeper (and whoever the user gives its token)
 KEEPER = Principal("keeper", frozenset({JOBS_SCOPE}))
-#: host names a service on this machine is always reached by
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-#: binding to these means every address: no single host name follows from them
-WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 _HIVE_PUT = re.compile(r"/v1/hives/([^/]+)")
 
@@ -61,11 +60,6 @@ def hive_principal(hive_id: str) -> Principal:
     return Principal(hive_scope(hive_id), frozenset({hive_scope(hive_id)}))
 
 
-def _digest(token: str) -> bytes:
-    # as jobproto's TokenAuth: digests of equal length, so no length is measured either
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
 class QueenAuth(TokenAuth):
     """The keeper's token, and the join tokens derived for the hives in question."""
 
@@ -73,22 +67,17 @@ class QueenAuth(TokenAuth):
         super().__init__({keeper_token(secret): KEEPER})
         self._known_hives = known_hives
         # bounded: the ids of registered hives (and of joining ones, which may be any string)
-        self._join_digest = functools.lru_cache(maxsize=4096)(
-            lambda hive_id: _digest(join_token(secret, hive_id))
+        self._join_token = functools.lru_cache(maxsize=4096)(
+            lambda hive_id: join_token(secret, hive_id)
         )
 
-    def authenticate(self, presented: str, scope: Scope | None = None) -> Principal | None:
-        found = super().authenticate(presented, scope)
-        digest = _digest(presented)
+    def candidates(self, scope: Scope | None) -> Iterable[tuple[str, Principal]]:
+        """The join token of every registered hive, and of the hive this ``PUT`` names."""
         hive_ids = set(self._known_hives())
         joining = _joining(scope)
         if joining is not None:
             hive_ids.add(joining)
-        # every candidate is compared (no early exit), as TokenAuth compares its tokens
-        for hive_id in hive_ids:
-            if hmac.compare_digest(digest, self._join_digest(hive_id)):
-                found = hive_principal(hive_id)
-        return found
+        return [(self._join_token(hive_id), hive_principal(hive_id)) for hive_id in hive_ids]
 
     def __repr__(self) -> str:
         return "QueenAuth(keeper, join tokens per hive)"
@@ -103,19 +92,12 @@ def _joining(scope: Scope | None) -> str | None:
 
 
 def allowed_hosts(settings: QueenSettings) -> tuple[str, ...] | None:
-    """The host names the queen answers for: loopback names, the address it binds, its public
-    URL's host and the configured extra ones; None when ``settings`` asks for no check."""
+    """The host names the queen answers for (``rbee_contracts.auth.allowed_host_names``: loopback
+    names, the address it binds or this machine's names on a wildcard bind, its public URL's host
+    and the configured extra ones); None when ``settings`` asks for no check."""
     if settings.allowed_hosts is None:
         return None
-    hosts = list(LOOPBACK_NAMES)
-    if settings.host not in WILDCARD_HOSTS:
-        hosts.append(settings.host)
-    if settings.public_url:
-        public = urlsplit(settings.public_url).hostname
-        if public:
-            hosts.append(public)
-    hosts.extend(settings.allowed_hosts)
-    return tuple(dict.fromkeys(h.strip("[]").lower() for h in hosts))
+    return allowed_host_names(settings.host, settings.public_url, settings.allowed_hosts)
 
 
 def queen_security(settings: QueenSettings, known_hives: Callable[[], Iterable[str]]) -> Security:

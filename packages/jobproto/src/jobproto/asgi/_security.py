@@ -98,8 +98,10 @@ class TokenAuth:
     over SHA-256 digests, no early exit), so how long it takes does not depend on which token
     matched, how much of one matched, or how long it is.
 
-    The middleware passes the request's ASGI ``scope`` too: a subclass whose tokens depend on the
-    request (one per resource named in the path, say) derives the candidates from it.
+    Tokens that depend on the request (one per resource named in the path, say) come from
+    ``candidates``, which a subclass overrides: the middleware passes the request's ASGI
+    ``scope`` to ``authenticate``, which compares every candidate of that scope along with the
+    fixed tokens, the same way. A subclass never compares tokens itself.
     """
 
     def __init__(self, tokens: Mapping[str, Principal]) -> None:
@@ -111,12 +113,25 @@ class TokenAuth:
             entries.append((_digest(token), principal))
         self._entries = tuple(entries)
 
+    def candidates(self, scope: Scope | None) -> Iterable[tuple[str, Principal]]:
+        """Tokens (and their principals) that are valid for the request ``scope`` only, on top
+        of the fixed ones; ``scope`` is ``None`` when no request is given. None by default.
+
+        Derive them from the scope (its ``path``, ``method``); an empty one never matches.
+        """
+        return ()
+
     def authenticate(self, presented: str, scope: Scope | None = None) -> Principal | None:
-        """The principal whose token is ``presented`` (on the request ``scope``), or ``None``."""
+        """The principal whose token is ``presented`` (on the request ``scope``), or ``None``.
+        Where two tokens match, the later one wins: a candidate over a fixed token."""
         digest = _digest(presented)
         found: Principal | None = None
         for known, principal in self._entries:
             if hmac.compare_digest(digest, known):
+                found = principal
+        for token, principal in self.candidates(scope):
+            # compared even when empty, so the count of comparisons says nothing either
+            if hmac.compare_digest(digest, _digest(token)) and token:
                 found = principal
         return found
 
