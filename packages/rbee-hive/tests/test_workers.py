@@ -4,6 +4,8 @@ crash and restart with backoff, shutdown. After every test no process may be lef
 
 from __future__ import annotations
 
+import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import rbee_hive
 import rbee_process
 from jobproto import LocalProtocolError, converter
 from jobproto.client import JobClient, RemoteJobCancelled, RemoteJobFailed
@@ -297,6 +300,28 @@ def test_traceback_folder_tells_one_line_per_exception() -> None:
         "[traceback in the worker's log] an exception group",
         "the next line",
     ]
+
+
+def test_a_traceback_summary_hides_the_paths_of_rbee_and_python_but_not_the_users(
+    tmp_path: Path,
+) -> None:
+    site_file = Path(sysconfig.get_paths()["purelib"]) / "transformers" / "configuration.py"
+    stdlib_file = Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py"
+    source_file = Path(rbee_hive.__file__).parent / "models.py"
+    venv_file = Path(sys.prefix) / "bin" / "python"
+    model = tmp_path / "my model"
+    exception = (
+        f"OSError: no config.json in '{model}' (tried '{site_file}', {stdlib_file}:12,"
+        f" [{source_file}] and {venv_file}=1)"
+    )
+    folder = TracebackFolder()
+    assert folder.feed("Traceback (most recent call last):") == []
+    assert folder.feed(f'  File "{site_file}", line 3, in load') == []
+    (told,) = folder.feed(exception)
+    assert told == (
+        f"[traceback in the worker's log] OSError: no config.json in '{model}'"
+        " (tried '…', …:12, […] and …=1)"
+    )
 
 
 @pytest.mark.anyio

@@ -11,7 +11,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import functools
+import importlib.util
 import logging
+import os
+import re
+import site
+import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -164,14 +171,57 @@ _CHAIN_MARKERS = (
 )
 
 
+#: an absolute path in an exception's message: from a ``/`` at its start or after a space, a
+#: quote, a bracket, ``=`` or ``,``, up to the next such character or ``:``
+_PATH = re.compile(r"""(?<![^\s'"(\[=,])/[^\s'"()\[\]=,:]+""")
+#: what a hidden path becomes
+HIDDEN = "…"
+#: the packages whose installed location is rbee's own
+_RBEE_PACKAGES = ("rbee_hive", "rbee_worker", "rbee_contracts", "rbee_process", "jobproto")
+
+
+@functools.cache
+def internal_dirs() -> tuple[str, ...]:
+    """Where this Python and rbee are installed: the prefixes, the standard library and the
+    site-packages directories, and the directory holding each rbee package (its source tree in
+    a development checkout). Paths under them say how this machine is laid out, not what the
+    user asked for."""
+    dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()]
+    with contextlib.suppress(AttributeError):  # site may be trimmed (python -S, embedders)
+        dirs += [*site.getsitepackages(), site.getusersitepackages()]
+    for name in _RBEE_PACKAGES:
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(name)  # located, not imported
+            for location in (spec.submodule_search_locations or []) if spec else []:
+                dirs.append(os.path.dirname(location))
+    found = {os.path.normpath(d) for d in dirs if d and os.path.isabs(d)}
+    found |= {os.path.realpath(d) for d in found}
+    return tuple(sorted(d for d in found if d != os.sep))
+
+
+def hide_internal_paths(text: str) -> str:
+    """``text`` with each absolute path inside rbee's or Python's own install replaced by
+    ``HIDDEN``; other paths (a model directory the user gave) stay."""
+    dirs = internal_dirs()
+
+    def hide(match: re.Match[str]) -> str:
+        path = os.path.normpath(match.group())
+        inside = any(path == d or path.startswith(d + os.sep) for d in dirs)
+        return HIDDEN if inside else match.group()
+
+    return _PATH.sub(hide, text)
+
+
 class TracebackFolder:
     """Folds the Python tracebacks in one output stream of a worker into one line each.
 
     Output lines are narrated to whoever watches the worker (the spawn job, and through the queen
     the user); a traceback is for the log. ``feed(line)`` returns the lines to narrate in place
     of ``line``: the line itself, nothing while a traceback goes by, and at its end (the
-    ``Type: message`` line, the first one not indented) one summary. A chain of exceptions
-    ("During handling of the above exception...") yields one summary per exception.
+    ``Type: message`` line, the first one not indented) one summary: the exception's type and
+    message, with the paths of rbee's and Python's own install hidden (``hide_internal_paths``).
+    A chain of exceptions ("During handling of the above exception...") yields one summary per
+    exception.
     """
 
     def __init__(self) -> None:
@@ -203,6 +253,7 @@ class TracebackFolder:
 
     @staticmethod
     def _summary(exception: str) -> str:
+        exception = hide_internal_paths(exception)
         if len(exception) > SUMMARY_LIMIT:
             exception = exception[:SUMMARY_LIMIT] + "..."
         return f"[traceback in the worker's log] {exception}"
