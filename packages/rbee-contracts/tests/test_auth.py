@@ -1,5 +1,7 @@
 import os
+import socket
 import stat
+from typing import Any
 
 import pytest
 
@@ -81,3 +83,49 @@ def test_open_bind_refusal(host: str, loop: bool) -> None:
     if refusal:
         assert "RBEE_HIVE_TOKEN" in refusal and host in refusal
     assert auth.open_bind_refusal(host, "t", "the hive", "x") is None
+
+
+def fake_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine is ``Box`` (FQDN ``box.lan``) at 192.168.1.10 and fe80::1 on eth0."""
+    table = {"Box": ["192.168.1.10"], "box.lan": ["192.168.1.10", "fe80::1%eth0"]}
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list[Any]:
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0))
+            for a in table[host]
+        ]
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "Box")
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "box.lan")
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_host_names_of_a_bound_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_machine(monkeypatch)
+    names = auth.allowed_host_names("192.168.1.10", "https://Queen.Example:8500/", ["[::2]", " X "])
+    assert names == ("localhost", "127.0.0.1", "::1", "192.168.1.10", "queen.example", "::2", "x")
+    # a bound address names exactly where callers reach it: this machine's other names are out
+    assert "box" not in auth.allowed_host_names("127.0.0.1", None)
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "[::]", ""])
+def test_a_wildcard_bind_answers_for_this_machines_names_and_addresses(
+    monkeypatch: pytest.MonkeyPatch, bind: str
+) -> None:
+    fake_machine(monkeypatch)
+    assert auth.is_wildcard(bind)
+    names = auth.allowed_host_names(bind, None)
+    assert names == ("localhost", "127.0.0.1", "::1", "box", "box.lan", "192.168.1.10", "fe80::1")
+    assert "0.0.0.0" not in names and "::" not in names
+
+
+def test_a_machine_whose_name_does_not_resolve_still_answers_for_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_machine(monkeypatch)
+    monkeypatch.setattr(socket, "gethostname", lambda: "lonely")
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "lonely")
+    assert auth.machine_names() == ("lonely",)
+    assert not auth.is_wildcard("127.0.0.1") and not auth.is_wildcard("box")

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,3 +228,36 @@ async def test_the_supervisor_reaps_leftovers_when_it_starts(make_settings: Sett
             leftover.kill()
             await leftover.wait()
         await leftover.aclose()
+
+
+def fake_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine is ``Box`` (FQDN ``box.lan``) at 192.168.1.10."""
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list[Any]:
+        if host not in ("Box", "box.lan"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.168.1.10", 0))]
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "Box")
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "box.lan")
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.anyio
+async def test_a_hive_bound_to_every_interface_answers_to_this_machines_names_and_addresses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rbee_contracts import auth
+    from rbee_hive.app import create_app
+
+    settings = HiveSettings(host="0.0.0.0", models_dir=tmp_path / "m", state_dir=tmp_path / "s")
+    with monkeypatch.context() as patch:
+        fake_machine(patch)
+        assert settings.host_names() == auth.allowed_host_names("0.0.0.0", None)  # one rule
+        app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport) as http:
+        for host in ("box", "box.lan", "192.168.1.10", "localhost"):
+            answer = await http.get(f"http://{host}:9000/health")
+            assert answer.status_code == 200, host
+        assert (await http.get("http://evil.example:9000/health")).status_code == 421

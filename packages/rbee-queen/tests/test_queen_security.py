@@ -10,12 +10,14 @@ listed, streamed and cancelled without the keeper's token.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import httpx
 import pytest
 
 from jobproto import JobFailed, Succeeded
+from rbee_contracts import auth
 from rbee_contracts.auth import hive_token, join_token, keeper_token
 from rbee_queen.registry import HiveRegistry, parse_registration
 
@@ -243,3 +245,31 @@ def test_a_local_hive_gets_its_tokens_by_environment_and_tls_paths_by_flag(tmp_p
     }
     # on loopback it serves plain HTTP, and pins the queen's own certificate to verify the queen
     assert hives.tls_flags() == {"tls_ca": str(tmp_path / "c.pem")}
+
+
+def fake_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine is ``Box`` (FQDN ``box.lan``) at 192.168.1.10."""
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list[Any]:
+        if host not in ("Box", "box.lan"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.168.1.10", 0))]
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "Box")
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "box.lan")
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_a_queen_bound_to_every_interface_answers_to_this_machines_names(
+    monkeypatch: pytest.MonkeyPatch, bind: str
+) -> None:
+    # hives on other machines reach it by its name or its LAN address, never by "0.0.0.0"
+    from rbee_queen.security import allowed_hosts
+    from rbee_queen.settings import QueenSettings
+
+    fake_machine(monkeypatch)
+    names = allowed_hosts(QueenSettings(host=bind, allowed_hosts=()))
+    assert names is not None
+    assert {"box", "box.lan", "192.168.1.10", "localhost"} <= set(names)
+    assert names == auth.allowed_host_names(bind, None)  # the one rule every tier uses

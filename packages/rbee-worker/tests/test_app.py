@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -310,3 +311,31 @@ async def test_cancelling_the_job_stops_generation(tiny_model: Path) -> None:
         await anyio.sleep(0.2)
         assert engine.steps == steps_after
         await wait_for(http, in_flight=0)
+
+
+def fake_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine is ``Box`` (FQDN ``box.lan``) at 192.168.1.10."""
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list[Any]:
+        if host not in ("Box", "box.lan"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.168.1.10", 0))]
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "Box")
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "box.lan")
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.anyio
+async def test_a_worker_bound_to_every_interface_answers_to_this_machines_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # its hive names it by this machine's name in its URL (the queen calls it by that name)
+    with monkeypatch.context() as patch:
+        fake_machine(patch)
+        app = create_app(WorkerSettings(engine="synthetic", host="0.0.0.0"), load_on_startup=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport) as http:
+        for host in ("box", "box.lan", "192.168.1.10", "127.0.0.1"):
+            assert (await http.get(f"http://{host}:1/health")).status_code == 200, host
+        assert (await http.get("http://evil.example:1/health")).status_code == 421

@@ -27,10 +27,12 @@ import hmac
 import ipaddress
 import os
 import secrets
+import socket
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 __all__ = [
     "ENV_HIVE_TOKEN",
@@ -43,14 +45,18 @@ __all__ = [
     "HIVE_SCOPE_PREFIX",
     "JOBS_SCOPE",
     "KEEPER_TOKEN_FILE",
+    "LOOPBACK_NAMES",
     "SECRET_FILE",
     "TokenFileError",
+    "allowed_host_names",
     "hive_scope",
     "hive_token",
     "is_loopback",
+    "is_wildcard",
     "join_token",
     "keeper_token",
     "load_or_create_secret",
+    "machine_names",
     "open_bind_refusal",
     "read_token_file",
     "redact",
@@ -180,7 +186,7 @@ def redact(text: str, *tokens: str | None) -> str:
     return text
 
 
-# -- binding --------------------------------------------------------------------------------------
+# -- binding and host names ---------------------------------------------------------------------
 
 
 def is_loopback(host: str) -> bool:
@@ -205,3 +211,44 @@ def open_bind_refusal(host: str, token: str | None, what: str, how: str) -> str 
         f"{what} refuses to listen on {host} without a token: anyone who can reach that address"
         f" could use it. {how}, or listen on 127.0.0.1."
     )
+
+
+#: host names a service on this machine is always reached by (every tier answers for them)
+LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+
+def is_wildcard(host: str) -> bool:
+    """True for an address that binds every interface (``0.0.0.0``, ``::``, empty)."""
+    return host.strip().strip("[]") in ("", "0.0.0.0", "::")
+
+
+def machine_names() -> tuple[str, ...]:
+    """The names other machines may reach this one by: its host name, its FQDN and the
+    addresses they resolve to (a name that does not resolve adds no address)."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    for name in list(names):
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            continue
+        names.extend(str(info[4][0]).partition("%")[0] for info in infos)
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def allowed_host_names(
+    bind: str, public_url: str | None, extra: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """The ``Host`` names a service bound to ``bind`` answers for (jobproto's
+    ``Security.allowed_hosts``), lower-case, without brackets, each once.
+
+    Loopback names; the bound address, or on a wildcard bind (which names no address) this
+    machine's names (``machine_names``): a caller on another machine reaches a service bound to
+    every interface by one of those; the host of ``public_url``; and ``extra``.
+    """
+    names = [*LOOPBACK_NAMES]
+    names.extend(machine_names() if is_wildcard(bind) else [bind])
+    if public_url:
+        names.append(urlsplit(public_url).hostname or "")
+    names.extend(extra)
+    cleaned = (name.strip().strip("[]").lower() for name in names)
+    return tuple(dict.fromkeys(name for name in cleaned if name))

@@ -6,15 +6,14 @@ the command line, which other users can read in ``ps``)."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
+from rbee_contracts.auth import LOOPBACK_NAMES, allowed_host_names, is_wildcard, machine_names
 from rbee_contracts.ids import hive_id_validator
 from rbee_contracts.records import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 from rbee_contracts.values import optional_url_validator
@@ -32,15 +31,6 @@ __all__ = [
 #: the model roots when no ``--model-root`` is given (``os.pathsep``-separated), for a hive that
 #: a queen starts with flags of its own
 ENV_MODEL_ROOTS = "RBEE_HIVE_MODEL_ROOTS"
-
-#: host names every tier answers for (the ``Host`` check): this machine's loopback
-LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
-
-
-def is_wildcard(host: str) -> bool:
-    """True for an address that binds every interface."""
-    return host in ("0.0.0.0", "::", "")
-
 
 #: how a hive starts a worker: the worker's own module, with the hive's interpreter (the same venv).
 DEFAULT_WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "rbee_worker.app")
@@ -170,22 +160,17 @@ class HiveSettings:
         return self.model_roots or (self.models_dir,)
 
     def host_names(self) -> tuple[str, ...]:
-        """The ``Host`` names the hive answers for (jobproto's ``Security.allowed_hosts``)."""
-        names = [*LOOPBACK_NAMES, *self.allowed_hosts]
-        if is_wildcard(self.host):
-            names.append(socket.gethostname())  # what the hive's URL says then (hive._url_host)
-        else:
-            names.append(self.host)
-        if self.public_url is not None:
-            names.append(urlsplit(self.public_url).hostname or "")
-        return tuple(dict.fromkeys(name.strip("[]").lower() for name in names if name))
+        """The ``Host`` names the hive answers for (jobproto's ``Security.allowed_hosts``; the
+        rule every tier shares: ``rbee_contracts.auth.allowed_host_names``)."""
+        return allowed_host_names(self.host, self.public_url, self.allowed_hosts)
 
     def worker_host_names(self) -> tuple[str, ...]:
         """The names a worker must answer for besides loopback and its bound address (its
         ``--allowed-host`` flags): those the queen may reach this machine by."""
         names = list(self.host_names())
         if is_wildcard(self.worker_host):
-            names.append(socket.gethostname())  # what a worker's URL says then (supervisor)
+            # a worker's URL then names this machine (supervisor._advertised_host)
+            names.extend(name.lower() for name in machine_names())
         skip = {*LOOPBACK_NAMES, self.worker_host.strip("[]").lower()}
         return tuple(name for name in dict.fromkeys(names) if name not in skip)
 

@@ -57,7 +57,13 @@ import rbee_process
 from jobproto import JobProtoError, RequestError
 from jobproto.client import HTTPStatusError, JobClient
 from rbee_contracts import local_layout
-from rbee_contracts.auth import KEEPER_TOKEN_FILE, SECRET_FILE, write_private_file
+from rbee_contracts.auth import (
+    KEEPER_TOKEN_FILE,
+    LOOPBACK_NAMES,
+    SECRET_FILE,
+    is_wildcard,
+    write_private_file,
+)
 from rbee_contracts.queen_results import HiveStartResult, HiveStopResult
 from rbee_contracts.reading import read_result
 
@@ -94,8 +100,6 @@ __all__ = [
     "stop_local",
     "wait_listening",
 ]
-
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 
 
 class ServiceError(RuntimeError):
@@ -139,7 +143,7 @@ def is_local(url: str) -> bool:
     meant for other machines listens on the address they reach, e.g. ``http://192.168.1.10:8500``.
     """
     host, _ = _bind_address(url)
-    if host in LOCAL_HOSTS or host == socket.gethostname():
+    if host in LOOPBACK_NAMES or is_wildcard(host) or host == socket.gethostname():
         return True
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)

@@ -17,6 +17,7 @@ import attrs
 
 from jobproto import JobFailed, JobState, RequestError, narrate
 from jobproto.asgi import JobService
+from rbee_contracts.auth import is_wildcard
 from rbee_contracts.hive_ops import ModelList, WorkerList
 from rbee_contracts.lifecycle import HiveState
 from rbee_contracts.queen_ops import forward_fields
@@ -67,7 +68,7 @@ class Queen:
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
         host = self.settings.host
-        if host in ("0.0.0.0", "::", ""):
+        if is_wildcard(host):
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"

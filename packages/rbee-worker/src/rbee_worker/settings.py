@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from rbee_contracts.auth import allowed_host_names
 from rbee_contracts.engines import ENGINES
 from rbee_contracts.worker_cli import DEVICES
 
@@ -71,11 +72,9 @@ class WorkerSettings:
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
 
     def host_names(self) -> tuple[str, ...]:
-        """The ``Host`` names the worker answers for (jobproto's ``Security.allowed_hosts``)."""
-        names = ["localhost", "127.0.0.1", "::1", *self.allowed_hosts]
-        if self.host not in ("0.0.0.0", "::", ""):
-            names.append(self.host)
-        return tuple(dict.fromkeys(name.strip("[]").lower() for name in names))
+        """The ``Host`` names the worker answers for (jobproto's ``Security.allowed_hosts``; the
+        rule every tier shares: ``rbee_contracts.auth.allowed_host_names``)."""
+        return allowed_host_names(self.host, None, self.allowed_hosts)
 
     @property
     def display_model_name(self) -> str:
