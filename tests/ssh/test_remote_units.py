@@ -4,16 +4,21 @@ refusals that come before any connection."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
+from jobproto import JobFailed
 from jobproto.client import JobClient, RemoteJobFailed
 from jobproto.testing import serving
 from rbee_contracts import auth
 from rbee_queen.app import create_app
+from rbee_queen.registry import HiveRegistry
+from rbee_queen.remote_hives import RemoteHives
 from rbee_queen.settings import QueenSettings
+from rbee_queen.ssh import HostEntry, RemoteResult, SSHError, SSHSettings, load_hosts
 
 pytestmark = pytest.mark.anyio
 
@@ -37,3 +42,130 @@ async def test_a_queen_without_a_secret_refuses_remote_hives(
             await client.run(operation, fields)
     assert failed.value.code == "queen_without_secret"
     assert not (tmp_path / "queen" / auth.SECRET_FILE).exists()  # and none was made up
+
+
+# -- hive_start's choices, with a host that answers without SSH ----------------------------------
+
+
+class FakeMachine:
+    """What ``RemoteHives`` uses of ``ssh.Machine``; its daemon refuses to start, so that
+    ``_start`` ends right after it has written the files and run the daemon's command."""
+
+    def __init__(self, entry: HostEntry, local_address: str = "192.0.2.10") -> None:
+        self.entry = entry
+        self.home = PurePosixPath("/home/me")
+        self.peer_address = "192.0.2.20"
+        self.local_address = local_address
+        self.files: dict[PurePosixPath, str] = {}
+        self.commands: list[list[str]] = []
+
+    async def exists(self, path: PurePosixPath) -> bool:
+        return True
+
+    async def write_private(self, path: PurePosixPath, text: str) -> None:
+        self.files[path] = text
+
+    async def run(self, argv: Any, *, env: Any = None, limit: float = 0.0) -> RemoteResult:
+        self.commands.append(list(argv))
+        return RemoteResult(1, json.dumps({"ok": False, "error": "refused", "log": ""}), "")
+
+    async def read_tail(self, path: PurePosixPath, limit: int = 0, lines: int = 0) -> str:
+        return ""
+
+
+async def _daemon_command(
+    tmp_path: Path, machine: FakeMachine, *, queen_url: str | None = None, **settings: Any
+) -> list[str]:
+    remote = RemoteHives(
+        QueenSettings(state_dir=tmp_path / "queen", secret=bytes(32), **settings),
+        HiveRegistry(),
+        SSHSettings(hosts_file=tmp_path / "none.toml"),
+        queen_port=lambda: 8500,
+    )
+    with pytest.raises(JobFailed) as failed:
+        await remote._start(machine, "h1", 9000, queen_url, None, None, None)  # type: ignore[arg-type]
+    assert failed.value.code == "hive_exited"
+    [command] = [c for c in machine.commands if "start" in c]
+    return command
+
+
+def _flag(command: list[str], name: str) -> str | None:
+    after = command[command.index("--") + 1 :] if "--" in command else []
+    values = [a.partition("=")[2] for a in after if a.startswith(f"--{name}=")]
+    if values:
+        return values[0]
+    return command[command.index(f"--{name}") + 1] if f"--{name}" in command else None
+
+
+@pytest.mark.parametrize(
+    ("queen_host", "public_url"),
+    [("127.0.0.1", None), ("0.0.0.0", None), ("127.0.0.1", "http://127.0.0.1:8500")],
+)
+async def test_a_remote_hive_reaches_the_queen_at_the_address_on_the_ssh_route(
+    tmp_path: Path, queen_host: str, public_url: str | None
+) -> None:
+    # The queen's own URL is loopback here: from the host, that is the host itself.
+    machine = FakeMachine(HostEntry("gpu1"), local_address="192.0.2.10")
+    command = await _daemon_command(tmp_path, machine, host=queen_host, public_url=public_url)
+    assert _flag(command, "queen-url") == "http://192.0.2.10:8500"
+    assert _flag(command, "tls-ca") is None and _flag(command, "tls-cert") is None
+
+
+async def test_the_queen_url_of_the_request_then_of_hosts_toml_then_the_public_one_wins(
+    tmp_path: Path,
+) -> None:
+    entry = HostEntry("gpu1", queen_url="http://queen.lan:8500")
+    public = {"public_url": "http://203.0.113.5:8500"}
+    asked = await _daemon_command(
+        tmp_path, FakeMachine(entry), queen_url="http://asked:1", **public
+    )
+    assert _flag(asked, "queen-url") == "http://asked:1"
+    configured = await _daemon_command(tmp_path, FakeMachine(entry), **public)
+    assert _flag(configured, "queen-url") == "http://queen.lan:8500"
+    published = await _daemon_command(tmp_path, FakeMachine(HostEntry("gpu1")), **public)
+    assert _flag(published, "queen-url") == "http://203.0.113.5:8500"
+    ipv6 = await _daemon_command(tmp_path, FakeMachine(HostEntry("gpu1"), local_address="fd00::1"))
+    assert _flag(ipv6, "queen-url") == "http://[fd00::1]:8500"
+
+
+@pytest.mark.parametrize("with_ca", [True, False])
+async def test_a_remote_hive_of_an_https_queen_gets_its_ca_and_the_hosts_certificate(
+    tmp_path: Path, with_ca: bool
+) -> None:
+    (tmp_path / "queen.pem").write_text("QUEEN CERT\n")
+    (tmp_path / "queen.key").write_text("QUEEN KEY\n")
+    (tmp_path / "ca.pem").write_text("THE CA\n")
+    entry = HostEntry("gpu1", tls_cert="/etc/rbee/hive.pem", tls_key="/etc/rbee/hive.key")
+    machine = FakeMachine(entry)
+    command = await _daemon_command(
+        tmp_path,
+        machine,
+        tls_cert=tmp_path / "queen.pem",
+        tls_key=tmp_path / "queen.key",
+        tls_ca=tmp_path / "ca.pem" if with_ca else None,
+    )
+    assert _flag(command, "queen-url") == "https://192.0.2.10:8500"
+    ca = _flag(command, "tls-ca")
+    assert ca is not None
+    assert machine.files[PurePosixPath(ca)] == ("THE CA\n" if with_ca else "QUEEN CERT\n")
+    assert _flag(command, "tls-cert") == "/etc/rbee/hive.pem"
+    assert _flag(command, "tls-key") == "/etc/rbee/hive.key"
+    assert "QUEEN KEY" not in "".join(machine.files.values())  # the queen's key stays here
+
+
+async def test_a_hive_bound_to_every_interface_is_named_by_the_address_ssh_reached(
+    tmp_path: Path,
+) -> None:
+    machine = FakeMachine(HostEntry("gpu1", hive_host="0.0.0.0"))
+    command = await _daemon_command(tmp_path, machine)
+    assert _flag(command, "host") == "0.0.0.0"
+    assert _flag(command, "public-url") == "http://192.0.2.20:9000"
+
+
+def test_hosts_toml_takes_the_hives_certificate_and_key_together(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[hosts.gpu1]\ntls_cert = "/c.pem"\ntls_key = "/k.pem"\n')
+    assert load_hosts(hosts)["gpu1"].tls_cert == "/c.pem"
+    hosts.write_text('[hosts.gpu1]\ntls_cert = "/c.pem"\n')
+    with pytest.raises(SSHError, match="go together"):
+        load_hosts(hosts)

@@ -157,7 +157,9 @@ class HiveStartParams:
         validator=attrs.validators.optional(attrs.validators.in_(range(65536))),
         metadata={"schema": {"minimum": 0, "maximum": 65535}},
     )
-    #: the URL the hive reports to (default: this queen's own URL)
+    #: the URL the hive reports to (default: this queen's own URL; with ``host``: the host's
+    #: ``queen_url`` in rbee's hosts file, else this queen's public URL, else this queen at its
+    #: address on the SSH connection)
     queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     #: the hive's heartbeat interval in seconds (default: the hive's own)
     heartbeat: float | None = attrs.field(default=None, validator=optional_interval_validator)

@@ -66,7 +66,11 @@ __all__ = ["queen_operations"]
 
 def queen_operations(queen: Queen) -> Operations:
     ops = Operations()
-    remote_hives = RemoteHives(queen.settings, queen.registry)
+    remote_hives = RemoteHives(
+        queen.settings,
+        queen.registry,
+        queen_port=lambda: queen.bound_port or queen.settings.port,
+    )
 
     @ops.operation("status")
     async def status(params: NoParams) -> StatusResult:
@@ -101,7 +105,7 @@ def queen_operations(queen: Queen) -> Operations:
                 params.host,
                 params.hive,
                 port=queen.settings.hive_port if params.port is None else params.port,
-                queen_url=params.queen_url or queen.url,
+                queen_url=params.queen_url,
                 bind=params.bind,
                 heartbeat=params.heartbeat,
                 models_dir=params.models_dir,

@@ -9,9 +9,18 @@ Each is one queen job that narrates its steps. On the host (paths under the SSH 
   for every dependency too when ``offline``: the host then needs no index at all);
 * ``.config/rbee/hive/join.token`` and ``hive.token`` (0600, written over SFTP by
   ``hive_start``): the hive finds them through ``RBEE_JOIN_TOKEN_FILE`` and
-  ``RBEE_HIVE_TOKEN_FILE``; a token is never on a command line;
+  ``RBEE_HIVE_TOKEN_FILE``; a token is never on a command line. When this queen serves HTTPS,
+  ``queen-ca.pem`` there too: its ``tls_ca``, else its own certificate (pinned), which the hive
+  verifies the queen with (``--tls-ca``);
 * ``.local/state/rbee/hive``: the hive's state, its pid file and its log
   (``python -m rbee_hive.daemon``).
+
+The hive reaches the queen at ``hive_start``'s ``queen_url``, else the host's ``queen_url`` in
+rbee's hosts file, else this queen's ``public_url`` (unless it is a loopback one), else
+``SCHEME://ADDRESS:PORT`` with the address this machine has on its SSH connection to the host
+(the one on the route there: the queen's own URL is loopback when it binds 127.0.0.1 or
+0.0.0.0). A hive with ``tls_cert`` and ``tls_key`` in the hosts file (paths on the host) serves
+HTTPS with them; the queen verifies it against its own ``tls_ca``.
 
 ``hive_start`` returns once the hive has registered with this queen; a hive that exits first, or
 does not register in time, is stopped and the job fails with the end of its log.
@@ -23,9 +32,11 @@ import importlib.metadata
 import json
 import shlex
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -43,10 +54,10 @@ from rbee_contracts.queen_results import (
 
 from .registry import HiveRegistry
 from .settings import QueenSettings
-from .ssh import Machine, SSHError, SSHHosts, SSHSettings
+from .ssh import HostEntry, Machine, SSHError, SSHHosts, SSHSettings
 from .wheelhouse import BuildError, Target, Wheelhouse
 
-__all__ = ["RemoteHives"]
+__all__ = ["RemoteHives", "daemon_start_argv", "hive_queen_url"]
 
 VENV = PurePosixPath(".local/share/rbee/venv")
 WHEELS = PurePosixPath(".local/share/rbee/wheels")
@@ -65,9 +76,13 @@ class RemoteHives:
         settings: QueenSettings,
         registry: HiveRegistry,
         ssh: SSHSettings | None = None,
+        *,
+        queen_port: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
+        #: the port this queen listens on (bound, when it asked for any free one)
+        self.queen_port = queen_port or (lambda: settings.port)
         self.hosts = SSHHosts(ssh)
         self.wheelhouse = Wheelhouse(settings.state_dir / "wheels")
 
@@ -221,7 +236,7 @@ class RemoteHives:
         hive_id: str,
         *,
         port: int,
-        queen_url: str,
+        queen_url: str | None,
         bind: str | None,
         heartbeat: float | None,
         models_dir: str | None,
@@ -239,7 +254,7 @@ class RemoteHives:
         machine: Machine,
         hive_id: str,
         port: int,
-        queen_url: str,
+        explicit_queen_url: str | None,
         bind: str | None,
         heartbeat: float | None,
         models_dir: str | None,
@@ -257,14 +272,40 @@ class RemoteHives:
         await machine.write_private(tokens / "join.token", auth.join_token(secret, hive_id) + "\n")
         await machine.write_private(tokens / "hive.token", auth.hive_token(secret, hive_id) + "\n")
         narrate("hive_tokens", f"wrote the hive's tokens to {alias}:{tokens} (mode 0600)")
+        queen_url = hive_queen_url(
+            explicit_queen_url,
+            machine.entry,
+            self.settings,
+            self.queen_port(),
+            machine.local_address,
+        )
+        tls_ca = await self._copy_queen_ca(machine)
         bind = bind or machine.entry.hive_host or machine.peer_address
-        argv = [str(python), "-m", "rbee_hive.daemon", "--state-dir", str(machine.home / STATE)]
-        argv += ["start", "--hive-id", hive_id, "--queen-url", queen_url]
-        argv += ["--host", bind, "--port", str(port)]
-        if heartbeat is not None:
-            argv += ["--heartbeat", repr(heartbeat)]
-        if models_dir is not None:
-            argv += ["--models-dir", models_dir]
+        public_url = None
+        if auth.is_wildcard(bind):
+            # Bound to every interface, the hive would name itself by its host name: it is
+            # reached where SSH reached its machine.
+            if port == 0:
+                raise JobFailed(
+                    "hive_port_required",
+                    f"a hive on {alias} that binds {bind} needs a port (not 0) for its URL",
+                )
+            scheme = "https" if machine.entry.tls_cert else "http"
+            public_url = f"{scheme}://{_url_host(machine.peer_address)}:{port}"
+        argv = daemon_start_argv(
+            python,
+            machine.home / STATE,
+            hive_id=hive_id,
+            queen_url=queen_url,
+            bind=bind,
+            port=port,
+            heartbeat=heartbeat,
+            models_dir=models_dir,
+            public_url=public_url,
+            tls_cert=machine.entry.tls_cert,
+            tls_key=machine.entry.tls_key,
+            tls_ca=None if tls_ca is None else str(tls_ca),
+        )
         env = {
             auth.ENV_JOIN_TOKEN_FILE: str(tokens / "join.token"),
             auth.ENV_HIVE_TOKEN_FILE: str(tokens / "hive.token"),
@@ -302,6 +343,17 @@ class RemoteHives:
             host=alias,
             already_running=not fresh,
         )
+
+    async def _copy_queen_ca(self, machine: Machine) -> PurePosixPath | None:
+        """When this queen serves HTTPS: its CA (else its own certificate, pinned) on the host,
+        for the hive to verify the queen with; None when it serves plain HTTP."""
+        if self.settings.tls_cert is None:
+            return None
+        local = self.settings.tls_ca or self.settings.tls_cert
+        remote = machine.home / TOKENS / "queen-ca.pem"
+        await machine.write_private(remote, await anyio.Path(local).read_text())
+        narrate("hive_tls", f"copied the queen's CA ({local}) to {machine.entry.alias}:{remote}")
+        return remote
 
     async def _wait_registered(self, machine: Machine, hive_id: str, *, since: float) -> None:
         timeout = self.settings.hive_start_timeout
@@ -429,6 +481,64 @@ class RemoteHives:
                 f" gave no answer (exit status {done.exit_status}): {done.stderr.strip()[-800:]}",
             )
         return answer
+
+
+def hive_queen_url(
+    explicit: str | None,
+    entry: HostEntry,
+    settings: QueenSettings,
+    port: int,
+    local_address: str,
+) -> str:
+    """The URL a hive on ``entry``'s host reaches this queen at (see the module's docstring)."""
+    if explicit:
+        return explicit
+    if entry.queen_url:
+        return entry.queen_url.rstrip("/")
+    public = settings.public_url
+    if public and not auth.is_loopback(urlsplit(public).hostname or ""):
+        return public.rstrip("/")
+    scheme = "http" if settings.tls_cert is None else "https"
+    return f"{scheme}://{_url_host(local_address)}:{port}"
+
+
+def daemon_start_argv(
+    python: PurePosixPath,
+    state: PurePosixPath,
+    *,
+    hive_id: str,
+    queen_url: str,
+    bind: str,
+    port: int,
+    heartbeat: float | None = None,
+    models_dir: str | None = None,
+    public_url: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
+) -> list[str]:
+    """``python -m rbee_hive.daemon start`` on the host, with the hive's own flags after ``--``
+    (``--flag=VALUE``: a value that starts with "-" is no flag). Paths and URLs only: the tokens
+    go by file."""
+    argv = [str(python), "-m", "rbee_hive.daemon", "--state-dir", str(state)]
+    argv += ["start", "--hive-id", hive_id, "--queen-url", queen_url]
+    argv += ["--host", bind, "--port", str(port)]
+    if heartbeat is not None:
+        argv += ["--heartbeat", repr(heartbeat)]
+    if models_dir is not None:
+        argv += ["--models-dir", models_dir]
+    more = (
+        ("public-url", public_url),
+        ("tls-cert", tls_cert),
+        ("tls-key", tls_key),
+        ("tls-ca", tls_ca),
+    )
+    hive_args = [f"--{flag}={value}" for flag, value in more if value is not None]
+    return [*argv, "--", *hive_args] if hive_args else argv
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _fields(process: LocalHiveProcess) -> dict[str, Any]:

@@ -14,7 +14,10 @@ A host is named by an alias. Where it is comes from two places, as ``ssh`` would
       identity_file = "~/.ssh/id_ed25519"
       python = "python3"           # the remote interpreter that creates the hive's venv
       hive_host = "10.0.0.5"       # the address the hive binds (default: the one SSH reached)
-      queen_url = "http://10.0.0.1:8500"   # how the hive reaches this queen
+      queen_url = "http://10.0.0.1:8500"   # how the hive reaches this queen (default: this
+                                           # machine's address on the SSH connection)
+      tls_cert = "/etc/rbee/hive.pem"      # the hive serves HTTPS with these (paths on the
+      tls_key = "/etc/rbee/hive.key"       # host; both or neither)
 
 Host keys are checked against ``known_hosts`` (``~/.ssh/known_hosts``), never accepted silently: an
 unknown or changed key is ``HostKeyError`` with the key's SHA-256 fingerprint and what to do.
@@ -50,7 +53,17 @@ __all__ = [
 
 #: ``hosts.toml`` keys of one host
 _HOST_KEYS = frozenset(
-    ("hostname", "port", "user", "identity_file", "python", "hive_host", "queen_url")
+    (
+        "hostname",
+        "port",
+        "user",
+        "identity_file",
+        "python",
+        "hive_host",
+        "queen_url",
+        "tls_cert",
+        "tls_key",
+    )
 )
 
 
@@ -87,6 +100,9 @@ class HostEntry:
     python: str = "python3"
     hive_host: str | None = None
     queen_url: str | None = None
+    #: the certificate and key (paths on the host) the hive serves HTTPS with
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @attrs.frozen
@@ -126,6 +142,8 @@ def load_hosts(path: Path) -> dict[str, HostEntry]:
             want = int if key == "port" else str
             if not isinstance(value, want) or isinstance(value, bool):
                 raise SSHError(f"{path}: hosts.{alias}.{key} must be a {want.__name__}")
+        if ("tls_cert" in table) != ("tls_key" in table):
+            raise SSHError(f"{path}: hosts.{alias}: tls_cert and tls_key go together")
         hosts[alias] = HostEntry(alias, **table)
     return hosts
 
