@@ -129,3 +129,30 @@ def test_a_machine_whose_name_does_not_resolve_still_answers_for_its_name(
     monkeypatch.setattr(socket, "getfqdn", lambda name="": "lonely")
     assert auth.machine_names() == ("lonely",)
     assert not auth.is_wildcard("127.0.0.1") and not auth.is_wildcard("box")
+
+
+def test_bearer_presents_a_token_and_nothing_without_one() -> None:
+    assert auth.bearer("rbee_h_x") == {"Authorization": "Bearer rbee_h_x"}
+    assert auth.bearer(None) == {}
+
+
+def test_service_security_accepts_exactly_its_token_for_jobs() -> None:
+    security = auth.service_security("rbee_h_right", ["LocalHost", "box"], ["https://ui:1"])
+    assert security.auth is not None
+    principal = security.auth.authenticate("rbee_h_right")
+    assert principal is not None and principal.may(auth.JOBS_SCOPE)
+    assert security.auth.authenticate("rbee_h_wrong") is None
+    assert security.jobs_scope == auth.JOBS_SCOPE
+    assert security.allowed_hosts == ("localhost", "box")
+    assert security.allowed_origins == ("https://ui:1",)
+    # no token: no authentication (a hive or worker allows that on loopback only)
+    assert auth.service_security(None, ["localhost"]).auth is None
+
+
+def test_the_keeper_importing_auth_loads_no_server_framework() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, rbee_contracts.auth; print('starlette' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -32,7 +32,11 @@ import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from jobproto.asgi import Security
 
 __all__ = [
     "ENV_HIVE_TOKEN",
@@ -49,6 +53,7 @@ __all__ = [
     "SECRET_FILE",
     "TokenFileError",
     "allowed_host_names",
+    "bearer",
     "hive_scope",
     "hive_token",
     "is_loopback",
@@ -60,6 +65,7 @@ __all__ = [
     "open_bind_refusal",
     "read_token_file",
     "redact",
+    "service_security",
     "token_from_env",
     "write_private_file",
 ]
@@ -111,6 +117,35 @@ def join_token(secret: bytes, hive_id: str) -> str:
 
 def hive_token(secret: bytes, hive_id: str) -> str:
     return _derive(secret, "h", "rbee/hive/" + hive_id)
+
+
+# -- presenting and accepting a token ------------------------------------------------------------
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The request headers that present ``token`` (none without one): RFC 6750 §2.1."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def service_security(
+    token: str | None, allowed_hosts: Iterable[str], allowed_origins: Iterable[str] = ()
+) -> Security:
+    """What a hive's or a worker's middleware enforces: callers present ``token`` (the one the
+    queen gives that service; None: no authentication, for loopback only) and hold the jobs
+    scope with it; the ``Host`` is one of ``allowed_hosts``; ``Origin`` one of
+    ``allowed_origins``."""
+    # imported here: the keeper uses this module and needs no server framework
+    from jobproto.asgi import Principal, Security, TokenAuth
+
+    tokens = None
+    if token is not None:
+        tokens = TokenAuth({token: Principal("queen", frozenset({JOBS_SCOPE}))})
+    return Security(
+        auth=tokens,
+        allowed_hosts=tuple(allowed_hosts),
+        allowed_origins=tuple(allowed_origins),
+        jobs_scope=JOBS_SCOPE,
+    )
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from rbee_contracts.auth import bearer
+
 __all__ = ["HeartbeatSender"]
 
 logger = logging.getLogger("rbee_hive.registration")
@@ -52,7 +54,7 @@ class HeartbeatSender:
         self.interval = interval
         self.snapshot = snapshot
         self._http = http
-        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._headers = bearer(token)
         self._verify = verify
         self._kicked = anyio.Event()
         self.sent = 0  # beats the queen accepted

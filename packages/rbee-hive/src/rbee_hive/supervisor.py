@@ -62,13 +62,14 @@ import httpx
 
 import rbee_process
 from jobproto import narrate, progress
+from rbee_contracts import auth
 from rbee_contracts.lifecycle import ModelLoadState, WorkerState
 from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 
 from .errors import WorkerError
 from .reaping import pid_file_path, reap_leftovers
 from .settings import HiveSettings, is_wildcard
-from .trust import authorization, worker_context, worker_env
+from .trust import worker_context, worker_env
 from .worker_process import TracebackFolder, WorkerProcess
 from .worker_spec import WorkerSpec
 
@@ -340,7 +341,7 @@ class Supervisor:
         with anyio.move_on_after(settings.ready_timeout) as scope:
             async with httpx.AsyncClient(
                 timeout=min(5.0, settings.ready_timeout),
-                headers=authorization(settings.token),
+                headers=auth.bearer(settings.token),
                 verify=worker_context(settings),
             ) as client:
                 while True:

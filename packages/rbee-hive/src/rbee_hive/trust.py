@@ -17,17 +17,16 @@ its secrets a worker gets (docs/tiers.md, hive; the tokens are ``rbee_contracts.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 
-from jobproto.asgi import Principal, Security, TokenAuth
+from jobproto.asgi import Security
 from rbee_contracts import auth
 
 from .settings import HiveSettings
 
 __all__ = [
     "WORKER_ENV_DROPPED",
-    "authorization",
     "client_context",
     "hive_security",
     "worker_context",
@@ -48,16 +47,8 @@ WORKER_ENV_DROPPED: tuple[str, ...] = (
 
 def hive_security(settings: HiveSettings) -> Security:
     """What the hive's middleware checks: the queen's token (when one is set), ``Host``,
-    ``Origin``."""
-    tokens = None
-    if settings.token is not None:
-        tokens = TokenAuth({settings.token: Principal("queen", frozenset({auth.JOBS_SCOPE}))})
-    return Security(
-        auth=tokens,
-        allowed_hosts=settings.host_names(),
-        allowed_origins=settings.allowed_origins,
-        jobs_scope=auth.JOBS_SCOPE,
-    )
+    ``Origin`` (``rbee_contracts.auth.service_security``, as its workers)."""
+    return auth.service_security(settings.token, settings.host_names(), settings.allowed_origins)
 
 
 def client_context(ca: Path | None) -> ssl.SSLContext | bool:
@@ -88,8 +79,3 @@ def worker_env(settings: HiveSettings, env: MutableMapping[str, str]) -> None:
         env.pop(name, None)
     if settings.token is not None:
         env[auth.ENV_WORKER_TOKEN] = settings.token
-
-
-def authorization(token: str | None) -> Mapping[str, str]:
-    """The request headers that present ``token`` (none without one)."""
-    return {} if token is None else {"Authorization": f"Bearer {token}"}

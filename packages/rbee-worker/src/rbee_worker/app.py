@@ -40,7 +40,7 @@ from contextlib import asynccontextmanager
 import attrs
 from starlette.applications import Starlette
 
-from jobproto.asgi import Principal, Security, ServiceSettings, TokenAuth
+from jobproto.asgi import ServiceSettings
 from jobproto.asgi import create_app as create_job_app
 from rbee_contracts import auth
 from rbee_contracts.engines import ENGINES
@@ -79,10 +79,8 @@ def create_app(
             engine_args=settings.engine_args,
         )
     runtime = WorkerRuntime(settings, engine)
-    tokens = None
-    if settings.token is not None:  # its hive's token; the queen presents it too
-        tokens = TokenAuth({settings.token: Principal("queen", frozenset({auth.JOBS_SCOPE}))})
-    security = Security(auth=tokens, allowed_hosts=settings.host_names())
+    # the token its hive gave it; the queen presents it too (as a hive's: service_security)
+    security = auth.service_security(settings.token, settings.host_names())
 
     # The worker's lifespan wraps the job service's: at shutdown the jobs are cancelled first
     # and the engine is closed after.
