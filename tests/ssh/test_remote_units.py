@@ -5,6 +5,8 @@ refusals that come before any connection."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -14,8 +16,9 @@ from jobproto import JobFailed
 from jobproto.client import JobClient, RemoteJobFailed
 from jobproto.testing import serving
 from rbee_contracts import auth
+from rbee_contracts.records import Heartbeat
 from rbee_queen.app import create_app
-from rbee_queen.registry import HiveRegistry
+from rbee_queen.registry import HiveRegistry, Registration
 from rbee_queen.remote_hives import RemoteHives
 from rbee_queen.settings import QueenSettings
 from rbee_queen.ssh import HostEntry, RemoteResult, SSHError, SSHSettings, load_hosts
@@ -169,3 +172,52 @@ def test_hosts_toml_takes_the_hives_certificate_and_key_together(tmp_path: Path)
     hosts.write_text('[hosts.gpu1]\ntls_cert = "/c.pem"\n')
     with pytest.raises(SSHError, match="go together"):
         load_hosts(hosts)
+
+
+class StartingMachine(FakeMachine):
+    """A host whose daemon starts the hive; ``beat`` is called as it does (a heartbeat)."""
+
+    def __init__(self, entry: HostEntry, beat: Callable[[], None]) -> None:
+        super().__init__(entry)
+        self.beat = beat
+
+    async def run(self, argv: Any, *, env: Any = None, limit: float = 0.0) -> RemoteResult:
+        self.commands.append(list(argv))
+        action = next(a for a in ("start", "status", "stop") if a in argv)
+        answer: dict[str, Any] = {"ok": True, "pid": 4242, "log": "/h.log", "command": []}
+        if action == "start":
+            answer["already_running"] = False
+            self.beat()
+        elif action == "status":
+            answer["running"] = True
+        else:
+            answer["stopped"] = "stopped"
+        return RemoteResult(0, json.dumps(answer), "")
+
+
+@pytest.mark.parametrize(
+    ("url", "registers"), [("http://192.0.2.20:9000", True), ("http://198.51.100.7:9000", False)]
+)
+async def test_hive_start_waits_for_the_hive_on_the_host_it_started(
+    tmp_path: Path, url: str, registers: bool
+) -> None:
+    registry = HiveRegistry()
+    remote = RemoteHives(
+        QueenSettings(state_dir=tmp_path, secret=bytes(32), hive_start_timeout=0.5),
+        registry,
+        SSHSettings(hosts_file=tmp_path / "none.toml"),
+    )
+
+    def beat() -> None:  # whoever beats under the id as the hive starts on 192.0.2.20
+        registry.register(Registration("h1", Heartbeat(url=url)), time.time() + 1)
+
+    machine = StartingMachine(HostEntry("gpu1"), beat)
+    start = remote._start(machine, "h1", 9000, None, None, None, None)  # type: ignore[arg-type]
+    if registers:
+        assert (await start).pid == 4242
+        return
+    with pytest.raises(JobFailed) as failed:
+        await start
+    assert failed.value.code == "hive_start_timeout"
+    assert "198.51.100.7" in str(failed.value)
+    assert any("stop" in c for c in machine.commands)  # the hive it started is stopped again

@@ -327,8 +327,13 @@ class RemoteHives:
             )
         else:
             narrate("hive_running", f"hive {hive_id} already runs on {alias} (pid {process.pid})")
+        # The hive names itself by the address it binds (or its public URL): a hive beating
+        # under this id from any other host is not the one started here.
+        expect = urlsplit(public_url).hostname if public_url else bind
         try:
-            await self._wait_registered(machine, hive_id, since=started_at if fresh else 0.0)
+            await self._wait_registered(
+                machine, hive_id, since=started_at if fresh else 0.0, host=expect or bind
+            )
         except BaseException:
             if fresh:
                 with anyio.CancelScope(shield=True):
@@ -355,15 +360,21 @@ class RemoteHives:
         narrate("hive_tls", f"copied the queen's CA ({local}) to {machine.entry.alias}:{remote}")
         return remote
 
-    async def _wait_registered(self, machine: Machine, hive_id: str, *, since: float) -> None:
+    async def _wait_registered(
+        self, machine: Machine, hive_id: str, *, since: float, host: str
+    ) -> None:
+        """Until hive ``hive_id`` has beaten since ``since`` with a URL on ``host``."""
+        host = host.strip("[]").lower()
         timeout = self.settings.hive_start_timeout
         began = time.monotonic()
         next_look = STATUS_EVERY
         log = machine.home / STATE / "logs" / "hive.log"
         with anyio.move_on_after(timeout):
             while True:
-                if hive_id in self.registry and self.registry.get(hive_id).last_seen >= since:
-                    return
+                if hive_id in self.registry:
+                    record = self.registry.get(hive_id)
+                    if record.last_seen >= since and url_host(record.url) == host:
+                        return
                 waited = time.monotonic() - began
                 if waited >= next_look:
                     next_look += STATUS_EVERY
@@ -382,11 +393,17 @@ class RemoteHives:
                         message=f"waiting for hive {hive_id} to register",
                     )
                 await anyio.sleep(POLL)
+        other = ""
+        if hive_id in self.registry and url_host(self.registry.get(hive_id).url) != host:
+            other = (
+                f" (a hive {hive_id} at {self.registry.get(hive_id).url} is registered: not the"
+                f" one on {host})"
+            )
         raise JobFailed(
             "hive_start_timeout",
             f"hive {hive_id} on {machine.entry.alias} did not register with this queen within"
-            f" {timeout:g} s (can it reach the queen URL? can the queen reach the address it"
-            f" binds?); the end of {log}:\n{await _tail(machine, log)}",
+            f" {timeout:g} s{other} (can it reach the queen URL? can the queen reach the address"
+            f" it binds?); the end of {log}:\n{await _tail(machine, log)}",
         )
 
     # -- stop, status, uninstall -------------------------------------------------------------------
@@ -535,6 +552,11 @@ def daemon_start_argv(
     )
     hive_args = [f"--{flag}={value}" for flag, value in more if value is not None]
     return [*argv, "--", *hive_args] if hive_args else argv
+
+
+def url_host(url: str) -> str:
+    """The host of ``url``, lower case, an IPv6 literal without its brackets."""
+    return urlsplit(url).hostname or ""
 
 
 def _url_host(host: str) -> str:
