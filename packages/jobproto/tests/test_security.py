@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import hmac
 import ipaddress
+import json
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -458,6 +460,104 @@ async def test_a_request_without_host_is_421() -> None:
     await app(scope, receive, send)
     assert sent[0]["status"] == 421
     assert b"no Host header" in sent[1]["body"]
+
+
+async def call(app: Any, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, Any]:
+    """One request straight into the ASGI app, headers exactly as given (duplicates kept)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "path": raw_path.decode(),
+        "raw_path": raw_path,
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [[b"127.0.0.1", b"evil.example"], [b"evil.example", b"127.0.0.1"], [b"localhost"] * 2],
+)
+async def test_more_than_one_host_is_400(hosts: list[bytes]) -> None:
+    # RFC 9112 §3.2: neither the first nor the last one wins
+    headers = [(b"host", h) for h in hosts] + [
+        (b"authorization", b"Bearer " + KEEPER_TOKEN.encode())
+    ]
+    status, body = await call(make_app(security()), b"/health", headers)
+    assert status == 400
+    assert body["error"]["code"] == "bad_request"
+    assert "more than one Host" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "status"),
+    [
+        (b"http://evil.example/v1/jobs", b"127.0.0.1", 421),
+        (b"https://evil.example:7833/health", b"localhost", 421),
+        (b"http://user@127.0.0.1/health", b"127.0.0.1", 421),
+        (b"http://127.0.0.1/v1/jobs", b"evil.example", 200),
+        (b"HTTP://[::1]:7833/health", b"evil.example", 200),
+    ],
+)
+async def test_an_absolute_form_target_is_checked_by_its_authority(
+    target: bytes, host: bytes, status: int
+) -> None:
+    # RFC 9112 §3.2.2: the target's authority is the host, the Host header is ignored
+    headers = [(b"host", host), (b"authorization", b"Bearer " + KEEPER_TOKEN.encode())]
+    got, body = await call(make_app(security()), target, headers)
+    assert got == status, body
+    if status == 421:
+        assert body["error"]["code"] == "misdirected_request"
+
+
+def raw_exchange(port: int, head: bytes) -> tuple[int, Any]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    response = b"".join(chunks)
+    status_line, _, rest = response.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+async def test_host_and_target_checks_under_each_parser(parser: Any) -> None:
+    token = b"Authorization: Bearer " + KEEPER_TOKEN.encode() + b"\r\nConnection: close\r\n"
+    cases = [
+        (b"GET http://evil.example/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n", 421),
+        (b"GET /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n", 400),
+        (b"GET http://127.0.0.1/v1/jobs?limit=1 HTTP/1.1\r\nHost: evil.example\r\n", 200),
+        (b"GET /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n", 200),
+    ]
+    async with serving(make_app(security()), http=parser) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for head, status in cases:
+            got, body = await anyio.to_thread.run_sync(raw_exchange, port, head + token + b"\r\n")
+            assert got == status, (head, body)
+            # the error shape, whether the parser (h11: more than one Host) or the app refused
+            if status == 200:
+                assert body["jobs"] == []
+            else:
+                codes = {400: "bad_request", 421: "misdirected_request"}
+                assert body["error"]["code"] == codes[status]
 
 
 # -- Origin and CORS -------------------------------------------------------------------------------

@@ -173,12 +173,18 @@ class _Limited:
 
     def _refuse_head(self) -> None:
         """Answer 431 and close: the request's head is over ``max_header_bytes``."""
-        self._stop_read_timer()
         message = f"the request line and headers exceed {self.limits.max_header_bytes} bytes"
+        self._refuse(431, "request_header_too_large", message)
+
+    def _refuse_malformed(self) -> None:
+        """Answer 400 and close: the parser refused the request (a malformed head, more than one
+        ``Host`` under h11, RFC 9112 §3.2), in jobproto's error shape, not uvicorn's text."""
+        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._stop_read_timer()
         self.transport.write(
-            error_response(
-                431, "request_header_too_large", message, self.server_state.default_headers
-            )
+            error_response(status, code, message, self.server_state.default_headers)
         )
         self.transport.close()
 
@@ -252,8 +258,7 @@ class LimitedH11Protocol(_Limited, H11Protocol):
         if refusal is not None and refusal.error_status_hint == 431:
             self._refuse_head()
         else:
-            self._stop_read_timer()
-            super().send_400_response(msg)
+            self._refuse_malformed()
 
     def on_response_complete(self) -> None:
         self._response_done()
@@ -321,8 +326,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             if self._head_refused:
                 self._refuse_head()
             else:
-                self._stop_read_timer()
-                super().send_400_response(msg)
+                self._refuse_malformed()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -344,6 +348,13 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 self._head_refused = True
                 raise _HeadTooLarge  # httptools stops parsing; uvicorn then answers (431 here)
             super().on_headers_complete()
+            if b"://" in self.url and not self.url.startswith(b"/"):
+                # An absolute-form target (RFC 9112 §3.2.2): uvicorn keeps only its path, so
+                # jobproto's Host check could not see the authority that replaces Host. Keep
+                # the target without its query in raw_path, as uvicorn's h11 protocol does
+                # (the app task that reads the scope has not started yet).
+                target = self.url.partition(b"?")[0]
+                self.scope["raw_path"] = self.root_path.encode("ascii") + target
 
         def on_message_complete(self) -> None:
             super().on_message_complete()

@@ -5,7 +5,8 @@ One middleware answers four questions in order, before any route runs (docs/prot
 
 1. Is the request for this service? A ``Host`` outside ``allowed_hosts`` is a **421**
    ``misdirected_request`` (RFC 9110 §15.5.20): a web page that reaches a loopback service by DNS
-   rebinding sends its own host name, so it is refused here.
+   rebinding sends its own host name, so it is refused here. More than one ``Host`` is a **400**
+   ``bad_request`` (RFC 9112 §3.2); an absolute-form target's authority stands for ``Host``.
 2. Is the page it comes from allowed? A request with an ``Origin`` outside ``allowed_origins`` is a
    **403** ``origin_not_allowed``; a preflight (``OPTIONS``) from an allowed origin is answered
    here with the CORS headers (WHATWG Fetch §3.2), never ``*``.
@@ -32,6 +33,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 from starlette.middleware import Middleware
@@ -230,6 +232,31 @@ def _parse_host(value: str) -> str | None:
     return host.rstrip(".") or None
 
 
+def _absolute_target(scope: Scope) -> tuple[str, str] | None:
+    """The authority and path of an absolute-form request target (``GET http://host/path``,
+    RFC 9112 §3.2.2), or ``None`` for any other form.
+
+    ASGI has no field for it: uvicorn's h11 protocol leaves the whole target in ``raw_path`` (and
+    ``path``), its httptools protocol keeps only the path, and jobproto's server puts the target
+    back into ``raw_path`` (``jobproto._http``) so that it is checked here under both.
+    """
+    raw = scope.get("raw_path")
+    target = raw.decode("latin-1") if isinstance(raw, bytes) else str(scope.get("path", ""))
+    root = scope.get("root_path", "")
+    if root and target.startswith(root):
+        target = target[len(root) :]
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    authority, slash, path = rest.partition("/")
+    path = slash + path
+    if not path:  # "http://host" means "/" (RFC 9112 §3.2.1's rule for an empty path)
+        path = "/"
+    if "@" in authority:  # userinfo has no place in an http(s) target (RFC 9110 §4.2.4)
+        authority = ""
+    return authority, path
+
+
 def _bearer(value: str) -> str | None:
     """The token of ``Authorization: Bearer <token>`` (RFC 6750 §2.1; the scheme is
     case-insensitive, RFC 9110 §11.1), or ``None``."""
@@ -260,16 +287,28 @@ class SecurityMiddleware:
         sec = self.security
 
         if sec.allowed_hosts is not None:
-            raw_host = headers.get(b"host", [""])[0]
+            hosts = headers.get(b"host", [])
+            if len(hosts) > 1:  # RFC 9112 §3.2: more than one Host is a 400, never "the first"
+                message = "the request has more than one Host header"
+                await _refuse(scope, send, 400, "bad_request", message)
+                return
+            target = _absolute_target(scope)
+            # RFC 9112 §3.2.2: with an absolute-form target, its authority is the host and the
+            # Host header is ignored, so a request for another host cannot hide behind ours
+            raw_host = target[0] if target is not None else (hosts[0] if hosts else "")
             host = _parse_host(raw_host)
             if host is None or host not in sec.allowed_hosts:
-                message = (
-                    f"this service does not answer for host {_echo(raw_host)!r}"
-                    if raw_host
-                    else "the request has no Host header"
-                )
+                if raw_host:
+                    message = f"this service does not answer for host {_echo(raw_host)!r}"
+                elif target is not None:
+                    message = "the request target names no host"
+                else:
+                    message = "the request has no Host header"
                 await _refuse(scope, send, 421, "misdirected_request", message)
                 return
+            if target is not None:  # route it as the origin-form request it stands for
+                scope["raw_path"] = target[1].encode("latin-1")
+                scope["path"] = scope.get("root_path", "") + unquote(target[1])
 
         origin = headers.get(b"origin", [None])[0]
         cors: list[tuple[bytes, bytes]] = []
