@@ -321,6 +321,35 @@ def test_registration_values_are_bounded(cluster: Any, tokens: Tokens, seen: See
     assert hive["url"] == cluster.hive_url and hive["heartbeat_interval"] < 300, hive
 
 
+def test_a_join_token_cannot_move_its_hive_elsewhere(
+    cluster: Any, tokens: Tokens, seen: Seen
+) -> None:
+    """With the real hive's join token: a URL on an address the heartbeat does not come from is
+    403 ``hive_address_mismatch``; one on the address it comes from, but another host than the
+    hive registered with (a second machine running the same id), is 403 ``hive_address_changed``.
+    The hive keeps its URL and the queen sends nothing to either address."""
+    url = f"{cluster.queen_url}/v1/hives/{LOCAL_HIVE}"
+    put = request(seen, "PUT", url, token=tokens.join, body=heartbeat(f"http://{ELSEWHERE}:80", []))
+    assert put.status_code == 403, put.text
+    assert error_code(put) == "hive_address_mismatch"
+    # another loopback address of this machine stands for a second machine
+    other = "127.0.0.2"
+    with socket.socket() as probe:
+        probe.bind((other, 0))
+        port = probe.getsockname()[1]
+        transport = httpx.HTTPTransport(local_address=other)
+        with httpx.Client(transport=transport, timeout=30) as client:
+            put = client.put(
+                url,
+                json=heartbeat(f"http://{other}:{port}", []),
+                headers={"Authorization": f"Bearer {tokens.join}"},
+            )
+        seen.add(put.text)
+    assert put.status_code == 403, put.text
+    assert error_code(put) == "hive_address_changed"
+    assert hives(cluster, tokens, seen)[LOCAL_HIVE]["url"] == cluster.hive_url
+
+
 # -- no authentication anywhere --------------------------------------------------------------------
 
 

@@ -13,7 +13,12 @@ liveness is a pure function of what was heard and when:
   keeps it true whatever authenticator a queen is given. Without authentication (no secret:
   in-process tests, library use) there is no owner and no binding.
 * The queen contacts only the URLs of accepted heartbeats: the hive's and its workers' (which
-  must be on the hive's own host, ``rbee_contracts.records``).
+  must be on the hive's own host, ``rbee_contracts.records``). The hive's own host must be the
+  address its heartbeat came from (checked where the peer is known, ``rbee_queen.routes``), and
+  it is pinned at the first registration: while the hive is known, a heartbeat naming another
+  host is 403 ``hive_address_changed`` (another port on the same host is a restarted hive). The
+  pin ends when the hive is forgotten (``remove``: ``hive_stop``), so one hive id cannot run on
+  two machines at once, and a join token cannot move its hive's traffic elsewhere.
 * A hive is ``up`` while ``now - last_seen <= hive_timeout_beats * heartbeat_interval`` (its own
   interval, as it declared it), ``down`` after: its ``HiveState`` is derived, never stored.
   Nothing is removed for being down: a hive that comes back is ``up`` again with its next
@@ -32,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -50,6 +56,7 @@ __all__ = [
     "WorkerKey",
     "WorkerView",
     "parse_registration",
+    "url_host",
 ]
 
 WorkerKey = tuple[str, str]  # (hive_id, worker_id)
@@ -173,7 +180,8 @@ class HiveRegistry:
         """Register or heartbeat (idempotent); True when the hive was not known before.
 
         ``owner`` is the caller's credential (principal name; None without authentication). A
-        hive registered by one credential refuses heartbeats from another: 403 ``hive_id_taken``.
+        hive registered by one credential refuses heartbeats from another: 403 ``hive_id_taken``;
+        one whose URL names another host than its first did: 403 ``hive_address_changed``.
         """
         hive = self._hives.get(registration.hive_id)
         if hive is None:
@@ -187,6 +195,15 @@ class HiveRegistry:
                 "hive_id_taken",
                 f"hive id {registration.hive_id!r} is registered with another credential",
                 field="hive_id",
+            )
+        pinned, host = url_host(hive.url), url_host(registration.heartbeat.url)
+        if host != pinned:
+            raise RequestError(
+                403,
+                "hive_address_changed",
+                f"hive {registration.hive_id!r} is registered at {pinned!r}, not {host!r}: stop"
+                " it there (hive_stop) before it runs elsewhere",
+                field="url",
             )
         hive.heartbeat = registration.heartbeat
         hive.last_seen = now
@@ -207,6 +224,7 @@ class HiveRegistry:
         return False
 
     def remove(self, hive_id: str) -> None:
+        """Forget a hive (it was stopped): its id and its address are free again."""
         self._hives.pop(hive_id, None)
 
     def get(self, hive_id: str) -> HiveRecord:
@@ -346,6 +364,12 @@ class HiveRegistry:
     def snapshot(self, now: float) -> list[HiveDetail]:
         workers = self.workers(now)
         return [self.hive_detail(h, now, workers) for h in self.hives()]
+
+
+def url_host(url: str) -> str:
+    """The host of ``url`` as the registry compares hosts: lower case, an IPv6 literal without
+    its brackets (``urlsplit``'s ``hostname``)."""
+    return urlsplit(url).hostname or ""
 
 
 def _timestamp(ts: float) -> str:

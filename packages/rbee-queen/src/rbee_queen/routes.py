@@ -7,13 +7,21 @@ gets the jobproto error shape ``{"error": {"code", "message", "field"}}`` and a 
 Who may (``rbee_queen.security``): ``PUT /v1/hives/H`` needs scope ``hive:H`` (H's join token),
 checked before the body is read; the reads need ``jobs`` (the keeper's token). Without a secret
 the queen checks no tokens, and ``require_scope`` lets every call through.
+
+From where: a heartbeat's ``url`` must be on the address the heartbeat came from
+(``check_hive_address``), so a join token cannot point the queen (and the prompts it relays)
+at another machine; the registry then pins that host for as long as it knows the hive.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -26,10 +34,95 @@ from rbee_contracts.lifecycle import HiveState
 from .queen import Queen
 from .registry import parse_registration
 
-__all__ = ["hive_routes"]
+__all__ = ["check_hive_address", "hive_routes"]
 
 #: a heartbeat lists models and workers: generous, but bounded
 MAX_BODY_BYTES = 1 << 20
+#: longest wait for the name in a hive's URL to resolve (seconds)
+RESOLVE_TIMEOUT = 5.0
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(text: str) -> Address | None:
+    """An IP address (an IPv4-mapped IPv6 one as IPv4, a zone dropped); None: not an address."""
+    try:
+        address = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _own_address(address: Address) -> bool:
+    """Whether ``address`` is one of this machine's (only those can be bound)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
+
+
+async def _resolve(host: str) -> list[Address]:
+    literal = _address(host)
+    if literal is not None:
+        return [literal]
+    try:
+        with anyio.fail_after(RESOLVE_TIMEOUT):
+            # anyio runs getaddrinfo in a worker thread
+            infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        infos = []
+    found = [_address(str(info[4][0])) for info in infos]
+    return [a for a in found if a is not None]
+
+
+async def check_hive_address(url: str, peer: str | None, server: str | None) -> None:
+    """Refuse a heartbeat whose ``url`` is not on the address it came from (``peer``; ``server``
+    is this queen's own address of the connection): 403 ``hive_address_mismatch``.
+
+    Every address the URL's host resolves to must be the peer's, or, for a peer on this machine
+    (loopback, or the server's own address of the connection: a local hive reaching a queen on
+    a LAN address comes from that address), an address of this machine (loopback included).
+    """
+    host = urlsplit(url).hostname or ""
+    peer_address = None if peer is None else _address(peer)
+    if peer_address is None:
+        raise RequestError(
+            403,
+            "hive_address_mismatch",
+            "the queen cannot tell which address this heartbeat came from",
+            field="url",
+        )
+    addresses = await _resolve(host)
+    if not addresses:
+        raise RequestError(
+            422,
+            "hive_address_unresolved",
+            f"the hive's host {host!r} does not resolve",
+            field="url",
+        )
+    server_address = None if server is None else _address(server)
+    local_peer = peer_address.is_loopback or peer_address == server_address
+
+    def acceptable(address: Address) -> bool:
+        if address == peer_address:
+            return True
+        if not local_peer:
+            return False
+        return address.is_loopback or address == server_address or _own_address(address)
+
+    if not all(acceptable(a) for a in addresses):
+        raise RequestError(
+            403,
+            "hive_address_mismatch",
+            f"the hive's url must be on the address its heartbeat comes from ({peer_address}),"
+            f" not {host!r}",
+            field="url",
+        )
 
 
 async def _json_body(request: Request) -> Any:
@@ -65,6 +158,12 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
         try:
             require_scope(request, hive_scope(hive_id))
             registration = parse_registration(hive_id, await _json_body(request))
+            client, server = request.scope.get("client"), request.scope.get("server")
+            await check_hive_address(
+                registration.heartbeat.url,
+                None if not client else str(client[0]),
+                None if not server else str(server[0]),
+            )
             principal = principal_of(request)
             created = registry.register(
                 registration, queen.clock(), owner=None if principal is None else principal.name
