@@ -182,6 +182,65 @@ async def test_register_takes_only_directories_under_the_model_roots(
     ), walked
 
 
+@pytest.mark.anyio
+async def test_the_scan_takes_no_symlink_out_of_the_model_roots(
+    start_hive: Any,
+    make_settings: Callable[..., HiveSettings],
+    model_dir: Path,
+    tmp_path: Path,
+    kit: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A link in the models directory to ``/`` or to a directory outside the roots is neither
+    listed, walked, nor loaded (as registering it is refused); one to a directory under a root
+    is a model. A model's size never follows a link out of the model's own directory."""
+    outside = tmp_path / "outside"
+    (outside / "dotssh").mkdir(parents=True)
+    (outside / "dotssh" / "id_ed25519").write_text("key")
+    (outside / "huge.bin").write_bytes(b"x" * 100_000)
+    settings = make_settings()
+    models_dir = settings.models_dir
+    models_dir.mkdir(parents=True)
+    (models_dir / "root").symlink_to("/", target_is_directory=True)
+    (models_dir / "ssh").symlink_to(outside / "dotssh", target_is_directory=True)
+    (models_dir / "linked").symlink_to(model_dir, target_is_directory=True)  # a root's model
+    own = models_dir / "own"
+    own.mkdir()
+    (own / "weights.bin").write_bytes(b"w" * 10)
+    (own / "leak.bin").symlink_to(outside / "huge.bin")  # a file link out of the model
+    (own / "sub").symlink_to(outside, target_is_directory=True)  # a directory link out of it
+    walked: list[Path] = []
+    real_size = models.tree_size
+
+    def spy(top: Path) -> int:
+        walked.append(Path(top))
+        return real_size(top)
+
+    monkeypatch.setattr(models, "tree_size", spy)
+    async with start_hive(settings) as h:
+        listed, _ = await kit.run_job(h.client, "model_list")
+        by_name = {m["name"]: m for m in listed["models"]}
+        assert sorted(by_name) == ["linked", "own"]
+        assert by_name["own"]["size_bytes"] == 10
+        assert by_name["linked"]["size_bytes"] == real_size(model_dir) > 0
+        assert sorted(await h.hive.catalog.names()) == ["linked", "own"]
+        for name in ("root", "ssh"):
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(h.client, "worker_spawn", model=name, engine="synthetic")
+            assert exc.value.code == "path_not_allowed", name
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(
+                    h.client, "model_register", name=f"{name}2", path=str(models_dir / name)
+                )
+            assert exc.value.code == "path_not_allowed", name
+            with pytest.raises(RemoteJobFailed) as exc:  # nothing is written through it
+                await kit.run_job(h.client, "model_download", repo_id="org/x", name=name)
+            assert exc.value.code == "path_not_allowed", name
+        assert h.hive.supervisor.list_workers() == []
+        assert sorted(p.name for p in (outside / "dotssh").iterdir()) == ["id_ed25519"]
+    assert {p.name for p in walked} <= {"own", "linked"}, walked
+
+
 def test_a_model_root_of_slash_is_refused(make_settings: Callable[..., HiveSettings]) -> None:
     with pytest.raises(ValueError, match="model root"):
         make_settings(model_roots=("/",))

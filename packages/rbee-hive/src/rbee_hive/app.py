@@ -125,8 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="a directory under which models may be registered (repeatable; default: "
-        f"${ENV_MODEL_ROOTS}, else --models-dir)",
+        help="a directory under which models may be registered besides --models-dir, which"
+        f" always is one (repeatable; default: ${ENV_MODEL_ROOTS}, {os.pathsep}-separated)",
     )
     p.add_argument("--tls-cert", default=None, metavar="FILE", help="serve HTTPS: certificate")
     p.add_argument("--tls-key", default=None, metavar="FILE", help="serve HTTPS: its key")

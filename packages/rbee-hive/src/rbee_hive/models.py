@@ -8,10 +8,13 @@ Layout::
     {models_dir}/{name}/.cache/      huggingface_hub's record of a download (files, commits)
 
 A registered model is a directory elsewhere, recorded in ``catalog.json`` and never copied. It
-must lie under one of the hive's model roots (``--model-root``; the models directory by default),
+must lie under one of the hive's model roots (its models directory and each ``--model-root``),
 judged after symlinks and ``..`` are resolved: the hive sizes a model by walking its files, and
 must never be made to walk, or hand a worker, ``/``, ``/proc`` or someone's ``~/.ssh``. An entry
-that a later change of roots leaves outside them is listed, but never walked.
+that a later change of roots leaves outside them is listed, but never walked nor loaded. The same
+rule holds for what the hive finds in its models directory: a name there that resolves outside
+the roots (a symlink to ``/``) is not a model, neither listed, walked nor loaded. A model's size
+never follows a link out of the model's own directory (``tree_size``).
 Names are single path components (``NAME_PATTERN``, never ``..``), and every path the hive
 derives from one is checked to sit directly under the models directory.
 
@@ -63,20 +66,36 @@ SHUTDOWN_GRACE = 5.0
 
 
 def tree_size(path: Path) -> int:
-    """Bytes of the files under ``path`` (symlinks followed to files, as the HF cache uses them),
-    without huggingface_hub's bookkeeping folder."""
+    """Bytes of the files under ``path``, without huggingface_hub's bookkeeping folder.
+
+    Links are followed only where they stay inside the model's own directory (``path``
+    resolved): a link to a file elsewhere counts nothing, and a linked directory is never
+    entered (``os.walk`` does not follow them), so a model cannot make the hive read the
+    rest of the machine."""
+    own = os.path.realpath(path)
     total = 0
-    for root, dirs, files in os.walk(path):
-        if Path(root) == path and HF_DIR in dirs:
+    for root, dirs, files in os.walk(own):
+        if root == own and HF_DIR in dirs:
             dirs.remove(HF_DIR)
         for name in files:
+            file = os.path.join(root, name)
             with contextlib.suppress(OSError):  # vanished meanwhile, or a dangling link
-                total += os.stat(os.path.join(root, name)).st_size
+                if os.path.islink(file) and not _inside(os.path.realpath(file), own):
+                    continue
+                total += os.stat(file).st_size
     return total
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def _no_size(path: Path) -> int:
     return 0
+
+
+class _OutsideRoots(Exception):
+    """A name in the models directory that resolves outside every model root."""
 
 
 # -- the catalog -----------------------------------------------------------------------------------
@@ -95,8 +114,10 @@ class ModelCatalog:
         roots: tuple[Path, ...] = (),
     ) -> None:
         self.root = Path(models_dir).expanduser().absolute()
-        #: where registered models may be (resolved); none given: the models directory
-        self.roots = tuple(Path(os.path.realpath(root)) for root in roots or (self.root,))
+        #: where models may be (resolved): the models directory, and the roots given
+        self.roots = tuple(
+            dict.fromkeys(Path(os.path.realpath(root)) for root in (self.root, *roots))
+        )
         self.hf_cache_dir = hf_cache_dir
         self.hf_endpoint = hf_endpoint
         self.progress_interval = progress_interval
@@ -177,7 +198,7 @@ class ModelCatalog:
         size = tree_size if sized else _no_size
         if entry is not None and entry.get("source") == "registered":
             path = Path(str(entry.get("path", "")))
-            nbytes = size(path) if path.is_dir() and self.within_roots(path) else 0
+            nbytes = size(path) if self.within_roots(path) and path.is_dir() else 0
             return ModelInfo(
                 name=name,
                 size_bytes=nbytes,
@@ -186,6 +207,10 @@ class ModelCatalog:
                 revision=entry.get("revision"),
             )
         path = self.model_dir(name)
+        if not self.within_roots(path):
+            # A link in the models directory to somewhere outside the roots: what registering
+            # it would refuse, the scan does not take either (nothing there is looked at).
+            raise _OutsideRoots(name)
         if not path.is_dir():
             return None
         if entry is None:
@@ -213,7 +238,7 @@ class ModelCatalog:
                 continue
             try:
                 info = self._info(name, entries.get(name), sized)
-            except ValueError:
+            except (ValueError, _OutsideRoots):
                 continue
             if info is not None:
                 out.append(info)
@@ -221,7 +246,13 @@ class ModelCatalog:
 
     def _get_sync(self, name: str) -> ModelInfo:
         check_name(name)
-        info = None if name in self._flights else self._info(name, self._read().get(name))
+        try:
+            info = None if name in self._flights else self._info(name, self._read().get(name))
+        except _OutsideRoots:
+            raise ModelError(
+                "path_not_allowed",
+                f"{self.root / name} leads outside this hive's model roots: it is no model",
+            ) from None
         if info is None:
             raise ModelError("model_not_found", f"no model named {name!r} on this hive")
         return info
@@ -359,6 +390,8 @@ class ModelCatalog:
                 " choose another name",
             )
         target = self.model_dir(name)
+        if not self.within_roots(target):  # a link out of the roots: never written through
+            raise ModelError("path_not_allowed", f"{target} leads outside this hive's model roots")
         earlier_download = (target / HF_DIR / "huggingface").is_dir()
         if entry is None and target.is_dir() and not earlier_download and any(target.iterdir()):
             raise ModelError("model_exists", f"{target} already holds files; choose another name")

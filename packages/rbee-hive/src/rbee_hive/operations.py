@@ -98,8 +98,9 @@ def hive_operations(hive: HiveService) -> Operations:
     async def worker_spawn(params: WorkerSpawnParams) -> WorkerRecord:
         """Start a worker for a model of this hive and wait until it is ready."""
         model = await catalog.get(params.model)
-        if model.source == "registered" and not catalog.within_roots(Path(model.path)):
-            # registered before the roots were what they are now: no worker reads it
+        if not catalog.within_roots(Path(model.path)):
+            # registered before the roots were what they are now (or a link in the models
+            # directory changed since the catalog looked): no worker reads it
             raise ModelError(
                 "path_not_allowed", f"{model.name} is registered outside this hive's model roots"
             )

@@ -142,7 +142,7 @@ class HiveSettings:
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     #: origins whose web pages may call the hive (exact ``scheme://host:port``); none by default
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
-    #: directories under which ``model_register`` takes a directory; none: the models directory
+    #: directories under which ``model_register`` takes a directory, besides the models directory
     model_roots: tuple[Path, ...] = attrs.field(default=(), converter=_paths, validator=_roots)
 
     def __attrs_post_init__(self) -> None:
@@ -156,8 +156,8 @@ class HiveSettings:
 
     @property
     def roots(self) -> tuple[Path, ...]:
-        """Where registered models may live: ``model_roots``, else the models directory."""
-        return self.model_roots or (self.models_dir,)
+        """Where models may live: the models directory, always, and ``model_roots``."""
+        return tuple(dict.fromkeys((self.models_dir, *self.model_roots)))
 
     def host_names(self) -> tuple[str, ...]:
         """The ``Host`` names the hive answers for (jobproto's ``Security.allowed_hosts``; the
