@@ -5,6 +5,7 @@ refusals that come before any connection."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -21,7 +22,14 @@ from rbee_queen.app import create_app
 from rbee_queen.registry import HiveRegistry, Registration
 from rbee_queen.remote_hives import RemoteHives
 from rbee_queen.settings import QueenSettings
-from rbee_queen.ssh import HostEntry, RemoteResult, SSHError, SSHSettings, load_hosts
+from rbee_queen.ssh import (
+    HostEntry,
+    RemoteResult,
+    SSHError,
+    SSHHosts,
+    SSHSettings,
+    load_hosts,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -221,3 +229,21 @@ async def test_hive_start_waits_for_the_hive_on_the_host_it_started(
     assert failed.value.code == "hive_start_timeout"
     assert "198.51.100.7" in str(failed.value)
     assert any("stop" in c for c in machine.commands)  # the hive it started is stopped again
+
+
+# -- ssh: host keys ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+async def test_reading_the_host_key_of_a_silent_host_gives_up(tmp_path: Path) -> None:
+    # The port accepts connections (the kernel's backlog) and never says a word, as a host
+    # behind a black hole does: the job must not wait for its key forever.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        hosts = SSHHosts(SSHSettings(hosts_file=tmp_path / "none.toml", connect_timeout=0.5))
+        error = await hosts._host_key_error(
+            HostEntry("gpu1", port=port), "127.0.0.1", {"config": None, "port": port}, "unknown"
+        )
+    assert "(could not be read)" in str(error)

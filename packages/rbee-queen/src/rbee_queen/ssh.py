@@ -323,12 +323,22 @@ class SSHHosts:
         ).config
         address = str(resolved.get("Hostname", host))
         port = int(str(options.get("port") or resolved.get("Port", 22)))
-        # The key is read (no login) only to tell the person which key they would accept.
-        try:
-            key = await asyncssh.get_server_host_key(address, port)
-            fingerprint = key.get_fingerprint("sha256") if key is not None else "(none offered)"
-        except (OSError, asyncssh.Error):
-            fingerprint = "(could not be read)"
+        # The key is read (no login) only to tell the person which key they would accept; within
+        # the connect timeout, as every connection is (a black-holed host never answers).
+        timeout = self.settings.connect_timeout
+        fingerprint = "(could not be read)"
+        with anyio.move_on_after(timeout + 1.0):
+            try:
+                key = await asyncssh.get_server_host_key(
+                    address,
+                    port,
+                    options=asyncssh.SSHClientConnectionOptions(
+                        config=options["config"], connect_timeout=timeout
+                    ),
+                )
+                fingerprint = key.get_fingerprint("sha256") if key is not None else "(none offered)"
+            except (OSError, asyncssh.Error):
+                pass
         scan = shlex.join(["ssh-keyscan", "-p", str(port), address])
         return HostKeyError(
             f"the host key of {entry.alias} ({address}, port {port}) is not trusted: {why}."
