@@ -156,3 +156,13 @@ def test_the_keeper_importing_auth_loads_no_server_framework() -> None:
     code = "import sys, rbee_contracts.auth; print('starlette' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_new_secret_replaces_the_secret_privately(tmp_path) -> None:
+    path = tmp_path / "queen" / "secret"
+    first = auth.load_or_create_secret(path)
+    auth.new_secret(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    second = auth.load_or_create_secret(path)
+    assert len(second) == 32 and second != first
+    assert auth.ENV_QUEEN_SECRET_FILE == "RBEE_QUEEN_SECRET_FILE"

@@ -351,3 +351,16 @@ def test_a_configured_token_the_starting_queen_refuses_is_reported(
         assert wrong not in result.stdout + result.stderr
     finally:
         assert invoke("queen", "stop").exit_code == 0
+
+
+def test_the_keeper_and_the_queen_name_the_secret_file_alike(
+    local: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rbee_contracts import auth
+    from rbee_keeper.services import queen_secret_file
+    from rbee_queen import app as queen_app
+
+    assert queen_app.ENV_SECRET_FILE == auth.ENV_QUEEN_SECRET_FILE
+    assert queen_secret_file(load_settings()) == local / "queen" / "secret"
+    monkeypatch.setenv(auth.ENV_QUEEN_SECRET_FILE, str(tmp_path / "elsewhere"))
+    assert queen_secret_file(load_settings()) == tmp_path / "elsewhere"

@@ -43,6 +43,7 @@ __all__ = [
     "ENV_HIVE_TOKEN_FILE",
     "ENV_JOIN_TOKEN",
     "ENV_JOIN_TOKEN_FILE",
+    "ENV_QUEEN_SECRET_FILE",
     "ENV_TOKEN",
     "ENV_TOKEN_FILE",
     "ENV_WORKER_TOKEN",
@@ -62,6 +63,7 @@ __all__ = [
     "keeper_token",
     "load_or_create_secret",
     "machine_names",
+    "new_secret",
     "open_bind_refusal",
     "read_token_file",
     "redact",
@@ -82,6 +84,9 @@ ENV_HIVE_TOKEN_FILE = "RBEE_HIVE_TOKEN_FILE"
 #: the token a worker accepts: its hive puts it in the worker's environment
 ENV_WORKER_TOKEN = "RBEE_WORKER_TOKEN"
 
+#: names another file for the queen's secret (the queen's ``--secret-file`` wins over it); the
+#: keeper reads it too, to rotate the secret of the queen it starts
+ENV_QUEEN_SECRET_FILE = "RBEE_QUEEN_SECRET_FILE"
 #: under the queen's state dir: the secret, and the local keeper's token (written at start)
 SECRET_FILE = "secret"
 KEEPER_TOKEN_FILE = "keeper.token"
@@ -188,10 +193,16 @@ def read_token_file(path: Path) -> str:
     return token
 
 
+def new_secret(path: Path) -> None:
+    """Write a fresh secret (32 random bytes, hex) to ``path``, mode 0600, replacing any: every
+    token derived from the one it replaces stops working."""
+    write_private_file(path, secrets.token_hex(_SECRET_BYTES) + "\n")
+
+
 def load_or_create_secret(path: Path) -> bytes:
     """The queen's secret from ``path``; a new one (written 0600) when the file does not exist."""
     if not path.exists():
-        write_private_file(path, secrets.token_hex(_SECRET_BYTES) + "\n")
+        new_secret(path)
     text = read_token_file(path)
     try:
         secret = bytes.fromhex(text)

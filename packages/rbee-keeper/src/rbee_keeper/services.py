@@ -42,10 +42,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 import shlex
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,11 +57,12 @@ from jobproto import JobProtoError, RequestError
 from jobproto.client import HTTPStatusError, JobClient
 from rbee_contracts import local_layout
 from rbee_contracts.auth import (
+    ENV_QUEEN_SECRET_FILE,
     KEEPER_TOKEN_FILE,
     LOOPBACK_NAMES,
     SECRET_FILE,
     is_wildcard,
-    write_private_file,
+    new_secret,
 )
 from rbee_contracts.queen_results import HiveStartResult, HiveStopResult
 from rbee_contracts.reading import read_result
@@ -118,6 +118,8 @@ class Service:
     url: str
     pid_file: Path
     log_file: Path
+    #: added to its environment when the keeper starts it (``Settings.queen_environment``)
+    env: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -203,6 +205,7 @@ def local_services(settings: Settings) -> tuple[Service, Service]:
         settings.queen_url,
         state / "queen.pid",
         state / "logs" / "queen.log",
+        settings.queen_environment(),
     )
     hive = Service(
         "hive",
@@ -234,6 +237,7 @@ def spawn(service: Service) -> tuple[rbee_process.ProcessRecord, bool]:
             service.pid_file,
             service.argv,
             log_path=service.log_file,
+            env=service.env,
             label=service.name,
         )
     except rbee_process.SpawnError as exc:
@@ -488,12 +492,10 @@ def describe(result: StopResult) -> dict[str, Any]:
 
 # -- the queen's secret ---------------------------------------------------------------------------
 
-#: the queen's own setting for another secret file; the queen the keeper starts inherits it
-ENV_QUEEN_SECRET_FILE = "RBEE_QUEEN_SECRET_FILE"
-
 
 def queen_secret_file(settings: Settings) -> Path:
     """The secret of the local queen: ``RBEE_QUEEN_SECRET_FILE``, else ``{queen_state}/secret``."""
+    # the queen's own setting; the queen the keeper starts inherits it
     named = os.environ.get(ENV_QUEEN_SECRET_FILE, "").strip()
     if named:
         return Path(named).expanduser()
@@ -509,7 +511,7 @@ async def rotate_secret(settings: Settings, say: Callable[[str], None]) -> bool:
         await stop_local(settings)
         say("stopped the local queen and its hives")
     path = queen_secret_file(settings)
-    write_private_file(path, secrets.token_hex(32) + "\n")
+    new_secret(path)
     # The old queen's keeper token is of no use now; the new queen writes the new one.
     (queen_state_dir(settings) / KEEPER_TOKEN_FILE).unlink(missing_ok=True)
     say(f"wrote a new secret to {path}: every token made from the old one no longer works")

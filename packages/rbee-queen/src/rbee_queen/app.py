@@ -27,6 +27,7 @@ from jobproto.asgi import JobService, ServiceSettings
 from jobproto.asgi import create_app as create_job_app
 from jobproto.server import serve
 from rbee_contracts.auth import (
+    ENV_QUEEN_SECRET_FILE,
     KEEPER_TOKEN_FILE,
     SECRET_FILE,
     TokenFileError,
@@ -46,7 +47,7 @@ __all__ = ["create_app", "main"]
 #: printed (one line, flushed) once the queen listens, for whoever started it with --port 0
 LISTENING = "RBEE_QUEEN_LISTENING"
 #: names another file for the queen's secret (``--secret-file`` wins)
-ENV_SECRET_FILE = "RBEE_QUEEN_SECRET_FILE"
+ENV_SECRET_FILE = ENV_QUEEN_SECRET_FILE
 
 
 def create_app(
