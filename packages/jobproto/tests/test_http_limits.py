@@ -8,6 +8,7 @@ generous; nothing asserts how fast something happens.
 from __future__ import annotations
 
 import json
+import logging
 import select
 import socket
 import ssl
@@ -288,6 +289,32 @@ async def test_a_stream_longer_than_the_read_timeout_is_not_cut(http: str) -> No
             again = await client.get(f"/v1/jobs/{job}")
     assert text.count("event: data") == 8 and "event: succeeded" in text
     assert again.json()["state"] == "succeeded"
+
+
+# -- access log ----------------------------------------------------------------------------------
+
+
+@PARSERS
+@pytest.mark.anyio
+async def test_the_access_log_never_shows_a_query_string(
+    http: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a token pasted into a URL must not reach the log in clear (docs/protocol.md §11)
+    secret = "tok_" + "s" * 40
+    access = logging.getLogger("uvicorn.access")  # uvicorn's config does not propagate it
+    async with serving(plain_app(), http=http) as url:
+        caplog.set_level(logging.INFO, logger="uvicorn.access")
+        access.addHandler(caplog.handler)
+        try:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(url + "/", params={"access_token": secret})
+        finally:
+            access.removeHandler(caplog.handler)
+    assert r.status_code == 200
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "uvicorn.access"]
+    assert any('"GET / HTTP/1.1" 200' in line for line in lines), lines
+    assert secret not in caplog.text
+    assert "access_token" not in caplog.text
 
 
 # -- TLS -----------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ The subclasses here add, for both parsers (``HttpLimits``):
   opening, or of the previous response ending, closes the connection (with a 408 when part of a
   request came and nothing of its answer was sent); an idle keep-alive connection is closed after
   ``keep_alive_timeout`` by uvicorn's own timer;
+* uvicorn's access log shows each request's path without its query string, where a token
+  pasted into a URL would otherwise be written in clear;
 * every HTTP scope carries the ASGI extension ``jobproto.abort`` (``{"abort": callable}``): the
   app calls it to drop the connection at once (``transport.abort()``: its buffers are freed
   now). ``jobproto.asgi``'s stream calls it when a send times out; under a server without the
@@ -31,6 +33,7 @@ import contextlib
 import functools
 import http
 import json
+import logging
 import socket
 import struct
 from typing import Any, ClassVar, Literal
@@ -85,6 +88,16 @@ def error_response(
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+class _AccessLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """uvicorn's access logger without query strings: a token pasted into a URL
+    (``?access_token=...``) must not reach a log in clear (docs/protocol.md §11). uvicorn logs
+    the path percent-quoted, so its first ``?`` starts the query."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        args = tuple(a.partition("?")[0] if isinstance(a, str) else a for a in args)
+        super().log(level, msg, *args, **kwargs)
+
+
 class _Limited:
     """The deadline and the abort extension, shared by both parsers' protocol classes.
 
@@ -100,9 +113,11 @@ class _Limited:
     loop: asyncio.AbstractEventLoop
     app: Any
     cycle: Any
+    access_logger: Any
     server_state: ServerState
 
     def _limits_init(self) -> None:
+        self.access_logger = _AccessLog(self.access_logger)
         self._app_inner = self.app
         self.app = self._app_with_extension
         self._extension = {"abort": self._abort}
