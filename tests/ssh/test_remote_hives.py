@@ -4,9 +4,9 @@ uninstalls a hive there through its operations (``hive_install``, ``hive_start -
 
 The install (a venv on the "machine", rbee's wheels built here, every dependency downloaded
 here and copied: ``offline``) is the slow part, done once for the module. The client side reads
-a person's files: ``$HOME/.ssh/config`` with a ``Host`` alias, ``$HOME/.ssh/known_hosts``, and
-rbee's ``$XDG_CONFIG_HOME/rbee/hosts.toml``; ``XDG_CACHE_HOME`` stays the real one, so pip and uv
-keep their caches across runs.
+a person's files: ``$HOME/.ssh/config`` with a ``Host`` alias and the ``UserKnownHostsFile``
+that has the machine's key, and rbee's ``$XDG_CONFIG_HOME/rbee/hosts.toml``; ``XDG_CACHE_HOME``
+stays the real one, so pip and uv keep their caches across runs.
 """
 
 from __future__ import annotations
@@ -60,8 +60,14 @@ def setup() -> Iterator[Setup]:
     server = SSHServer.start(base / "machine1", alias=ALIAS, address="127.0.0.2")
     client_home = base / "client-home"
     (client_home / ".ssh").mkdir(parents=True, mode=0o700)
-    shutil.copy(server.ssh_config, client_home / ".ssh" / "config")
-    shutil.copy(server.known_hosts, client_home / ".ssh" / "known_hosts")
+    # The host's key is in the file the SSH config names (UserKnownHostsFile), not in
+    # ~/.ssh/known_hosts (empty): the queen looks where ssh would.
+    config = server.ssh_config.read_text().replace(
+        str(server.known_hosts), str(_known(client_home))
+    )
+    (client_home / ".ssh" / "config").write_text(config)
+    shutil.copy(server.known_hosts, _known(client_home))
+    (client_home / ".ssh" / "known_hosts").write_text("")
     hosts = client_home / ".config" / "rbee" / "hosts.toml"
     hosts.parent.mkdir(parents=True)
     # rbee's table: the interpreter of the machine (its ~/.ssh/config entry says where it is)
@@ -78,6 +84,10 @@ def setup() -> Iterator[Setup]:
         finally:
             server.stop()
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _known(client_home: Path) -> Path:
+    return client_home / ".ssh" / "known_hosts.machines"
 
 
 def _settings(setup: Setup, **more: Any) -> QueenSettings:
@@ -204,7 +214,7 @@ async def test_a_hive_that_cannot_register_fails_with_its_log(
 
 
 async def test_an_unknown_host_key_fails_with_its_fingerprint(setup: Setup) -> None:
-    known_hosts = setup.client_home / ".ssh" / "known_hosts"
+    known_hosts = _known(setup.client_home)
     saved = known_hosts.read_text()
     known_hosts.write_text("")
     try:
@@ -217,7 +227,7 @@ async def test_an_unknown_host_key_fails_with_its_fingerprint(setup: Setup) -> N
     digest = base64.b64encode(hashlib.sha256(base64.b64decode(pub)).digest()).decode().rstrip("=")
     assert failed.value.code == "host_key_unknown"
     assert f"SHA256:{digest}" in str(failed.value)
-    assert f"ssh-keyscan -p {setup.server.port} 127.0.0.2" in str(failed.value)
+    assert f"ssh-keyscan -p {setup.server.port} 127.0.0.2 >> {known_hosts}`" in str(failed.value)
 
 
 async def test_uninstall_removes_the_venv_and_tokens(

@@ -247,3 +247,33 @@ async def test_reading_the_host_key_of_a_silent_host_gives_up(tmp_path: Path) ->
             HostEntry("gpu1", port=port), "127.0.0.1", {"config": None, "port": port}, "unknown"
         )
     assert "(could not be read)" in str(error)
+
+
+def test_the_ssh_configs_known_hosts_file_is_the_one_read(tmp_path: Path) -> None:
+    mine = tmp_path / "known_hosts"
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host gpu1\n  UserKnownHostsFile {mine} /nonexistent/known_hosts\n")
+    settings = SSHSettings(
+        hosts_file=tmp_path / "none.toml",
+        ssh_config=config,
+        known_hosts=tmp_path / "default_known_hosts",
+    )
+    hosts = SSHHosts(settings)
+    assert hosts.known_hosts_files("gpu1") == [mine, Path("/nonexistent/known_hosts")]
+    assert hosts.known_hosts_files("other") == [settings.known_hosts]
+
+
+@pytest.mark.parametrize(
+    ("port", "scan"), [(22, "ssh-keyscan gpu1"), (2222, "ssh-keyscan -p 2222 gpu1")]
+)
+async def test_the_keyscan_line_names_a_port_only_when_it_is_not_22(
+    tmp_path: Path, port: int, scan: str
+) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host gpu1\n  UserKnownHostsFile {tmp_path / 'mine'}\n")
+    hosts = SSHHosts(
+        SSHSettings(hosts_file=tmp_path / "none.toml", ssh_config=config, connect_timeout=0.5)
+    )
+    options = {"config": [str(config)], "port": port}
+    error = await hosts._host_key_error(HostEntry("gpu1"), "gpu1", options, "unknown")
+    assert f"`{scan} >> {tmp_path / 'mine'}`" in str(error)

@@ -19,8 +19,9 @@ A host is named by an alias. Where it is comes from two places, as ``ssh`` would
       tls_cert = "/etc/rbee/hive.pem"      # the hive serves HTTPS with these (paths on the
       tls_key = "/etc/rbee/hive.key"       # host; both or neither)
 
-Host keys are checked against ``known_hosts`` (``~/.ssh/known_hosts``), never accepted silently: an
-unknown or changed key is ``HostKeyError`` with the key's SHA-256 fingerprint and what to do.
+Host keys are checked against ``known_hosts`` (the SSH config's ``UserKnownHostsFile`` for the
+host, else ``~/.ssh/known_hosts``), never accepted silently: an unknown or changed key is
+``HostKeyError`` with the key's SHA-256 fingerprint and what to do.
 
 A remote command is an argument list, quoted with ``shlex.join`` for the remote shell; secrets
 never go on a command line (another user there reads ``ps``): they go into files over SFTP, mode
@@ -267,20 +268,34 @@ class SSHHosts:
         """The host's entry in rbee's table, else one that leaves all to ``~/.ssh/config``."""
         return self.hosts().get(alias) or HostEntry(alias)
 
-    def _known_hosts(self) -> asyncssh.SSHKnownHosts:
-        path = self.settings.known_hosts
-        if path.exists():
-            try:
-                return asyncssh.read_known_hosts(str(path))
-            except (OSError, ValueError) as exc:
-                raise SSHError(f"cannot read {path}: {exc}") from None
-        return asyncssh.import_known_hosts("")  # none known: every key is unknown
-
-    def _options(self, entry: HostEntry) -> dict[str, Any]:
+    def _config(self) -> list[str] | None:
         config = self.settings.ssh_config
+        return [str(config)] if config.exists() else None
+
+    def known_hosts_files(self, host: str) -> list[Path]:
+        """Where ``host``'s key is looked up: the SSH config's ``UserKnownHostsFile`` for it when
+        set (as ``ssh`` does), else ``known_hosts`` of the settings."""
+        resolved = asyncssh.SSHClientConnectionOptions(
+            host=host, config=self._config(), known_hosts=None
+        ).config
+        named = resolved.get("UserKnownHostsFile")
+        if isinstance(named, list) and named:
+            return [Path(os.path.expanduser(str(path))) for path in named]
+        return [self.settings.known_hosts]
+
+    def _known_hosts(self, host: str) -> asyncssh.SSHKnownHosts:
+        paths = [path for path in self.known_hosts_files(host) if path.exists()]
+        if not paths:
+            return asyncssh.import_known_hosts("")  # none known: every key is unknown
+        try:
+            return asyncssh.read_known_hosts([str(path) for path in paths])
+        except (OSError, ValueError) as exc:
+            raise SSHError(f"cannot read {' or '.join(map(str, paths))}: {exc}") from None
+
+    def _options(self, entry: HostEntry, host: str) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "known_hosts": self._known_hosts(),
-            "config": [str(config)] if config.exists() else None,
+            "known_hosts": self._known_hosts(host),
+            "config": self._config(),
             "connect_timeout": self.settings.connect_timeout,
         }
         if entry.port is not None:
@@ -295,7 +310,7 @@ class SSHHosts:
     async def connect(self, alias: str) -> AsyncIterator[Machine]:
         entry = self.entry(alias)
         host = entry.hostname or alias
-        options = self._options(entry)
+        options = self._options(entry, host)
         try:
             conn = await asyncssh.connect(host, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
@@ -339,12 +354,13 @@ class SSHHosts:
                 fingerprint = key.get_fingerprint("sha256") if key is not None else "(none offered)"
             except (OSError, asyncssh.Error):
                 pass
-        scan = shlex.join(["ssh-keyscan", "-p", str(port), address])
+        scan = shlex.join(["ssh-keyscan", *([] if port == 22 else ["-p", str(port)]), address])
+        known_hosts = self.known_hosts_files(host)[0]
         return HostKeyError(
             f"the host key of {entry.alias} ({address}, port {port}) is not trusted: {why}."
             f" It offers the key with fingerprint {fingerprint}. If that is the host's key (ask"
             f" its owner, or run `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` there),"
-            f" accept it with `{scan} >> {self.settings.known_hosts}` (or log in once with"
+            f" accept it with `{scan} >> {known_hosts}` (or log in once with"
             f" `ssh {entry.alias}` and answer yes) and try again. A key that changed may mean"
             f" someone is in between: check it before you replace the old one"
         )
