@@ -204,3 +204,20 @@ def test_the_check_itself_can_fail() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert out.stdout.strip() == "True"
+
+
+def test_the_server_protocols_and_the_asgi_adapter_do_not_import_each_other() -> None:
+    """``jobproto._http`` (uvicorn) and ``jobproto.asgi`` (no uvicorn) share only the name of the
+    abort extension, from a module of its own."""
+    code = (
+        "import sys\n"
+        "import jobproto._http\n"
+        "print(sorted(m for m in sys.modules if m.startswith('jobproto.asgi')))\n"
+        "from jobproto._extensions import ABORT_EXTENSION\n"
+        "from jobproto.asgi._stream import ABORT_EXTENSION as via_asgi\n"
+        "print(ABORT_EXTENSION == via_asgi == 'jobproto.abort')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.splitlines() == ["[]", "True"]

@@ -44,7 +44,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from .asgi._stream import ABORT_EXTENSION
+from ._extensions import ABORT_EXTENSION
 
 __all__ = ["HttpLimits", "protocol_class"]
 
@@ -99,7 +99,8 @@ class _AccessLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class _Limited:
-    """The deadline and the abort extension, shared by both parsers' protocol classes.
+    """What both parsers' protocol classes share: the read deadline, the abort extension, the
+    query-free access log and the refusals (400, 431) in jobproto's error shape.
 
     The read deadline runs while no request is waiting for its response: from the connection
     opening, and from each response's end (or from a request's head, for a request answered
@@ -115,6 +116,25 @@ class _Limited:
     cycle: Any
     access_logger: Any
     server_state: ServerState
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._start_read_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_read_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refused (``msg`` is its own wording)."""
+        if self._head_too_large():
+            self._refuse_head()
+        else:
+            self._refuse_malformed()
+
+    def _head_too_large(self) -> bool:
+        """Whether the parser stopped because the head is over ``max_header_bytes``."""
+        raise NotImplementedError
 
     def _limits_init(self) -> None:
         self.access_logger = _AccessLog(self.access_logger)
@@ -256,24 +276,13 @@ class LimitedH11Protocol(_Limited, H11Protocol):
         self.timeout_keep_alive = self.limits.keep_alive_timeout  # type: ignore[assignment]
         self._limits_init()
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._start_read_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_read_timer()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         self._request_begun = True
         super().data_received(data)
 
-    def send_400_response(self, msg: str) -> None:
+    def _head_too_large(self) -> bool:
         refusal = self.conn.refusal if isinstance(self.conn, _H11Connection) else None
-        if refusal is not None and refusal.error_status_hint == 431:
-            self._refuse_head()
-        else:
-            self._refuse_malformed()
+        return refusal is not None and refusal.error_status_hint == 431
 
     def on_response_complete(self) -> None:
         self._response_done()
@@ -316,14 +325,6 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             self._heads_begun = 0
             self._head_refused = False
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._start_read_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_read_timer()
-            super().connection_lost(exc)
-
         def data_received(self, data: bytes) -> None:
             self._request_begun = True
             was_in_head, begun = self._in_head, self._heads_begun
@@ -337,11 +338,8 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse_head()
 
-        def send_400_response(self, msg: str) -> None:
-            if self._head_refused:
-                self._refuse_head()
-            else:
-                self._refuse_malformed()
+        def _head_too_large(self) -> bool:
+            return self._head_refused
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

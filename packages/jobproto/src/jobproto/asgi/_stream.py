@@ -28,15 +28,14 @@ from typing import Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
+# the ASGI scope extension a server offers to drop a connection at once: ``{"abort": callable}``
+# (jobproto.server's protocol classes offer it)
+from .._extensions import ABORT_EXTENSION
 from .._sse import encode, encode_comment
 from .._wire import encode_gap_frame
 from ._service import JobHandle, JobService
 
 __all__ = ["ABORT_EXTENSION", "stream_job"]
-
-#: the ASGI scope extension a server offers to drop a connection at once: ``{"abort": callable}``
-#: (jobproto.server's protocol classes offer it)
-ABORT_EXTENSION = "jobproto.abort"
 
 logger = logging.getLogger("jobproto.stream")
 
