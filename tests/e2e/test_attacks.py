@@ -353,6 +353,17 @@ def test_a_join_token_cannot_move_its_hive_elsewhere(
 # -- no authentication anywhere --------------------------------------------------------------------
 
 
+def test_health_is_public_and_says_nothing_of_what_runs(cluster: Any, seen: Seen) -> None:
+    """``/health`` answers without a token on the queen and on the hive, and names no hive of
+    the queen's (a caller without a token learns "up" and the version)."""
+    health = request(seen, "GET", cluster.queen_url + "/health")
+    assert health.status_code == 200, health.text
+    assert set(health.json()) == {"status", "version"}
+    assert health.json()["status"] == "ok"
+    hive = request(seen, "GET", cluster.hive_url + "/health")
+    assert hive.status_code == 200, hive.text
+
+
 def test_jobs_at_the_queen_need_the_keeper_token(cluster: Any, tokens: Tokens, seen: Seen) -> None:
     """List, status, stream and cancel: 401 without the token (and with a hive's token), the same
     answer for a job that exists and one that does not; the job is untouched."""

@@ -1,5 +1,6 @@
-"""The queen's plain JSON endpoints (not jobs): hives register and heartbeat here.
+"""The queen's plain JSON endpoints (not jobs): its health, and hives register and heartbeat here.
 
+``GET /health``: ``{"status": "ok", "version"}``, public (no token: it says "up", not what runs);
 ``PUT /v1/hives/{hive_id}``: register or heartbeat (idempotent: 201 the first time, 200 after);
 ``GET /v1/hives``: every hive with its state; ``GET /v1/hives/{hive_id}``: one. A refused request
 gets the jobproto error shape ``{"error": {"code", "message", "field"}}`` and a 4xx.
@@ -31,6 +32,7 @@ from jobproto.asgi import principal_of, require_scope
 from rbee_contracts.auth import JOBS_SCOPE, hive_scope
 from rbee_contracts.lifecycle import HiveState
 
+from . import __version__
 from .queen import Queen
 from .registry import parse_registration
 
@@ -204,7 +206,13 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
         )
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
+    async def health(request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "version": __version__}, headers={"Cache-Control": "no-store"}
+        )
+
     return [
+        Route("/health", health, methods=["GET"]),
         Route("/v1/hives", list_hives, methods=["GET"]),
         Route("/v1/hives/{hive_id}", put_hive, methods=["PUT"]),
         Route("/v1/hives/{hive_id}", get_hive, methods=["GET"]),
