@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
+import rbee_hive.settings
 import rbee_keeper.config
-from rbee_keeper.config import SETTINGS, ConfigError, load_settings
+from rbee_keeper.config import HIVE_MODEL_ROOTS_ENV, SETTINGS, ConfigError, load_settings
+from rbee_keeper.services import local_services
 
 Invoke = Callable[..., Result]
 
@@ -187,3 +190,37 @@ def test_the_token_is_not_taken_from_the_config_file(env: dict[str, str]) -> Non
     with pytest.raises(ConfigError) as info:
         load_settings(env=env)
     assert "RBEE_TOKEN" in str(info.value) and "rbee_k_x" not in str(info.value)
+
+
+def test_model_roots_from_the_file_and_the_environment(env: dict[str, str], tmp_path: Path) -> None:
+    assert load_settings(env=env).model_roots == ()
+    path = write_config(env, "model_roots = ['/data/models', 'relative', '~/m']\n")
+    from_file = load_settings(env=env)
+    assert from_file.model_roots == (
+        Path("/data/models"),
+        path.parent / "relative",
+        Path.home() / "m",
+    )
+    assert from_file.sources["model_roots"] == f"file {path}"
+    joined = os.pathsep.join(["/a", "", "b", "/a"])
+    from_env = load_settings(env=dict(env, RBEE_MODEL_ROOTS=joined), cwd=tmp_path)
+    assert from_env.model_roots == (Path("/a"), tmp_path / "b")
+    assert from_env.as_dict()["model_roots"] == ["/a", str(tmp_path / "b")]
+    for bad in ("{a = 1}", "[1]", "['']"):
+        write_config(env, f"model_roots = {bad}\n")
+        with pytest.raises(ConfigError, match=r"setting model_roots .*must be"):
+            load_settings(env=env)
+
+
+def test_model_roots_reach_the_local_hive_through_the_queens_environment(
+    env: dict[str, str],
+) -> None:
+    # the name the hive reads (the keeper does not import the hive)
+    assert HIVE_MODEL_ROOTS_ENV == rbee_hive.settings.ENV_MODEL_ROOTS
+    roots = os.pathsep.join(["/data/a", "/data/b"])
+    settings = load_settings(env=dict(env, RBEE_MODEL_ROOTS=roots))
+    assert settings.queen_environment() == {HIVE_MODEL_ROOTS_ENV: roots}
+    queen, _ = local_services(settings)
+    assert queen.env == {HIVE_MODEL_ROOTS_ENV: roots}
+    # none configured: set empty, so a leftover in the caller's shell does not widen them
+    assert load_settings(env=env).queen_environment() == {HIVE_MODEL_ROOTS_ENV: ""}

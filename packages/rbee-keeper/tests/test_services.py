@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,21 @@ def test_the_queen_is_told_the_hive_host_and_port(
     assert hive.url == f"http://127.0.0.3:{settings.hive_port}"
 
 
+def test_the_model_roots_setting_reaches_the_queen_and_its_local_hive(
+    local: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    roots = os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
+    monkeypatch.setenv("RBEE_MODEL_ROOTS", roots)
+    monkeypatch.setenv("RBEE_HIVE_MODEL_ROOTS", "/left/in/the/shell")
+    assert invoke("queen", "start").exit_code == 0
+    try:
+        for name, pid in pids(local).items():
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"RBEE_HIVE_MODEL_ROOTS={roots}".encode() in environ, name
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -364,3 +380,43 @@ def test_the_keeper_and_the_queen_name_the_secret_file_alike(
     assert queen_secret_file(load_settings()) == local / "queen" / "secret"
     monkeypatch.setenv(auth.ENV_QUEEN_SECRET_FILE, str(tmp_path / "elsewhere"))
     assert queen_secret_file(load_settings()) == tmp_path / "elsewhere"
+
+
+def test_rotate_secret_stops_a_hive_its_gone_queen_left(local: Path, invoke: Invoke) -> None:
+    # the queen was killed; its hive runs on with tokens of the old secret, and would be left
+    # running (unable to join) by the next `rbee queen start`
+    assert invoke("queen", "start").exit_code == 0
+    before = pids(local)
+    os.kill(before["queen"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not gone(before["queen"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(before["queen"]) and not gone(before["hive"])
+    rotated = invoke("queen", "rotate-secret", "--json")
+    assert rotated.exit_code == 0, rotated.stderr
+    assert json.loads(rotated.stdout)["restarted"] is False
+    assert gone(before["hive"])
+    assert "stopped the local queen and its hives" in rotated.stderr
+
+
+def test_the_queen_does_not_get_the_keepers_token(
+    local: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rbee_keeper.services import Service, spawn
+
+    monkeypatch.setenv("RBEE_TOKEN", "rbee_k_the_keepers_own")
+    monkeypatch.setenv("RBEE_TOKEN_FILE", str(tmp_path / "keeper.token"))
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)")
+    service = Service("queen", sleeper, "http://127.0.0.1:1", local / "q.pid", local / "q.log")
+    record, fresh = spawn(service)
+    try:
+        assert fresh
+        environ = dict(
+            item.partition(b"=")[::2]
+            for item in Path(f"/proc/{record.pid}/environ").read_bytes().split(b"\0")
+        )
+        assert environ.get(b"RBEE_TOKEN", b"") == b""
+        assert environ.get(b"RBEE_TOKEN_FILE", b"") == b""
+        assert b"rbee_k_the_keepers_own" not in b"".join(environ.values())
+    finally:
+        rbee_process.terminate(record, grace=0.1)

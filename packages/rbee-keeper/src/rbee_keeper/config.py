@@ -35,7 +35,15 @@ token_file         RBEE_TOKEN_FILE           the file that holds the keeper's to
 tls_ca             RBEE_TLS_CA               a CA certificate, or the queen's own self-signed
                                              certificate (pinned), that an ``https`` queen_url
                                              is verified against (the system's CAs)
+model_roots        RBEE_MODEL_ROOTS          directories under which the local hive registers
+                                             models, besides models_dir (none); a TOML list, or
+                                             ``os.pathsep``-separated in the environment
 =================  ========================  ====================================================
+
+The local hive gets ``model_roots`` through the queen the keeper starts, in that queen's
+environment (``RBEE_HIVE_MODEL_ROOTS``, which the queen's local hives inherit): it is this
+machine's setting, so it never travels in a job's parameters, and a hive on another machine
+keeps its own. A change takes effect when the queen is started again (``rbee queen stop``).
 
 The token itself is read from ``RBEE_TOKEN`` (which wins over ``token_file``) and from nowhere
 else: a flag would put it in the argument list, which other users can read with ``ps``, and a
@@ -69,6 +77,7 @@ from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
 from rbee_contracts.ids import HIVE_ID_RULE, check_hive_id
 
 __all__ = [
+    "HIVE_MODEL_ROOTS_ENV",
     "SETTINGS",
     "TOKEN_FROM_ENV",
     "ConfigError",
@@ -119,6 +128,14 @@ def _parse_path(raw: Any, base: Path) -> Path:
         raise ValueError("must be a path")
     path = Path(raw).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def _parse_paths(raw: Any, base: Path) -> tuple[Path, ...]:
+    if isinstance(raw, str):  # the environment: like PATH
+        raw = [part for part in raw.split(os.pathsep) if part]
+    if not isinstance(raw, list):
+        raise ValueError("must be a list of paths")
+    return tuple(dict.fromkeys(_parse_path(item, base) for item in raw))
 
 
 def _parse_port(raw: Any, _: Path) -> int:
@@ -249,7 +266,17 @@ SETTINGS: tuple[SettingSpec, ...] = (
         lambda env: None,
         "CA certificate or the queen's pinned certificate, for an https queen_url",
     ),
+    SettingSpec(
+        "model_roots",
+        _parse_paths,
+        lambda env: (),
+        "directories under which the local hive registers models, besides models_dir",
+    ),
 )
+
+#: the local hive's model roots in its environment (``rbee_hive.settings.ENV_MODEL_ROOTS``),
+#: ``os.pathsep``-separated
+HIVE_MODEL_ROOTS_ENV = "RBEE_HIVE_MODEL_ROOTS"
 
 #: where the token came from when ``RBEE_TOKEN`` gives it
 TOKEN_FROM_ENV = f"env {ENV_TOKEN}"
@@ -272,11 +299,18 @@ class Settings:
     cancel_timeout: float
     token_file: Path
     tls_ca: Path | None
+    model_roots: tuple[Path, ...]
     config_file: Path
     config_file_found: bool
     sources: Mapping[str, str] = attrs.field(factory=dict)
     #: ``RBEE_TOKEN``; never printed (``repr`` leaves it out), see ``queen_access``
     token: str | None = attrs.field(default=None, repr=False)
+
+    def queen_environment(self) -> dict[str, str]:
+        """What the local queen gets in its environment from these settings, for the hives it
+        starts here: ``model_roots`` (always set, so this setting, not a leftover in the
+        caller's shell, says what the hive allows)."""
+        return {HIVE_MODEL_ROOTS_ENV: os.pathsep.join(str(root) for root in self.model_roots)}
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as JSON-friendly values (paths as strings, commands as lists, an unset
@@ -287,7 +321,7 @@ class Settings:
             if isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [str(item) if isinstance(item, Path) else item for item in value]
             out[spec.name] = value
         return out
 

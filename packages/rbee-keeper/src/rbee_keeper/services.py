@@ -11,8 +11,10 @@ unrelated process is never signalled).
 The queen owns the hive of this machine (``rbee_queen.hives``): once the queen answers, the
 keeper asks it for ``hive_start`` of the local hive (``hive_id``, ``hive_port``, ``models_dir``);
 ``rbee hive start|stop`` are jobs on the queen too. The keeper starts the queen with
-``--state-dir {state_dir}/queen`` and the ``hive_command``, so the queen keeps the hive's pid file
-in ``{state_dir}/queen/hives/{id}.pid`` and its log in ``{state_dir}/queen/logs/hive-{id}.log``
+``--state-dir {state_dir}/queen`` and the ``hive_command``, and ``model_roots`` in its
+environment, which its local hives inherit (``Settings.queen_environment``); the queen keeps the
+hive's pid file in ``{state_dir}/queen/hives/{id}.pid`` and its log in
+``{state_dir}/queen/logs/hive-{id}.log``
 (``rbee_contracts.local_layout``, which the queen follows too).
 
 The keeper only reads the hive's pid file; the queen writes and removes it. Starting the queen
@@ -33,9 +35,10 @@ Every request to the queen carries the keeper's token (``access``). The queen wr
 ``{state_dir}/queen/keeper.token`` as it starts, so after starting it the keeper waits until the
 queen answers *and* accepts the token in that file (a file left by an earlier queen, whose secret
 has since been replaced, is not accepted until the new queen has rewritten it).
-``rbee queen rotate-secret`` (``rotate_secret``) stops the local queen and its hives, replaces
-``{state_dir}/queen/secret`` and starts them again: every token derived from the old secret
-stops working.
+``rbee queen rotate-secret`` (``rotate_secret``) stops the local queen and its hives (a hive a
+gone queen left too), replaces ``{state_dir}/queen/secret`` and starts them again if the queen
+was running: every token derived from the old secret stops working. The queen the keeper starts
+does not get the keeper's own token (``RBEE_TOKEN``, ``RBEE_TOKEN_FILE``) in its environment.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ from jobproto.client import HTTPStatusError, JobClient
 from rbee_contracts import local_layout
 from rbee_contracts.auth import (
     ENV_QUEEN_SECRET_FILE,
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
     KEEPER_TOKEN_FILE,
     LOOPBACK_NAMES,
     SECRET_FILE,
@@ -229,15 +234,23 @@ def running_pid(service: Service) -> int | None:
 # -- start ----------------------------------------------------------------------------------------
 
 
+#: the keeper's credentials in its environment, which a service it starts does not get
+KEEPER_ENV = (ENV_TOKEN, ENV_TOKEN_FILE)
+
+
 def spawn(service: Service) -> tuple[rbee_process.ProcessRecord, bool]:
     """Start ``service`` detached (own session, log file, pid file) unless its pid file names a
-    live process (under the pid file's lock); its record, and whether this call started it."""
+    live process (under the pid file's lock); its record, and whether this call started it.
+    The keeper's token (``KEEPER_ENV``) stays out of its environment."""
     try:
         record, fresh = rbee_process.start_once(
             service.pid_file,
             service.argv,
             log_path=service.log_file,
-            env=service.env,
+            # The keeper's token is not the queen's to hold (it derives its tokens from its
+            # secret). rbee_process only adds to our environment, so those values are emptied,
+            # which every reader takes as unset (auth.token_from_env).
+            env={**dict.fromkeys(KEEPER_ENV, ""), **service.env},
             label=service.name,
         )
     except rbee_process.SpawnError as exc:
@@ -504,11 +517,16 @@ def queen_secret_file(settings: Settings) -> Path:
 
 async def rotate_secret(settings: Settings, say: Callable[[str], None]) -> bool:
     """Stop the local queen and its hives, write a new secret, start them again if the queen
-    was running. Every token derived from the old secret stops working. Whether it restarted."""
+    was running. Every token derived from the old secret stops working. Whether it restarted.
+
+    The hives are stopped even when the queen is not running (by their pid files, as ``rbee
+    queen stop`` does): a hive a gone queen left would keep the old tokens, and ``start_local``
+    would leave it running, unable to join the new queen.
+    """
     queen, _ = local_services(settings)
     was_running = running_pid(queen) is not None
-    if was_running:
-        await stop_local(settings)
+    stopped = await stop_local(settings)
+    if any(r.outcome is not rbee_process.StopOutcome.NOT_RUNNING for r in stopped.values()):
         say("stopped the local queen and its hives")
     path = queen_secret_file(settings)
     new_secret(path)
