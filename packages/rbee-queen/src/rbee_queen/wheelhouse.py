@@ -6,6 +6,9 @@ from a directory (an editable workspace checkout, ``direct_url.json`` with ``dir
 into a wheel here (``uv build --wheel``, else ``pip wheel --no-deps``); the wheels are cached
 under the queen's state dir, keyed by a digest of the sources, so an unchanged checkout is built
 once. rbee's distributions installed from an index need no wheel unless the host is offline.
+Two ``hive_install`` jobs at once build a wheel once: the second waits for the first (a lock per
+wheel in this process), and each build writes into a directory of its own that is renamed into
+place whole, so even another process building the same wheel never sees half of one.
 
 For an ``offline`` host, ``pip download`` fetches every dependency here (pip's own cache keeps
 repeated downloads local) into a directory of wheels for the host's Python and machine; the host
@@ -21,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -94,6 +98,11 @@ class Wheelhouse:
 
     def __init__(self, cache: Path) -> None:
         self.cache = cache
+        #: one build (or download) at a time into each cache directory, by its path
+        self._locks: dict[Path, anyio.Lock] = {}
+
+    def _lock(self, where: Path) -> anyio.Lock:
+        return self._locks.setdefault(where, anyio.Lock())
 
     async def own_wheels(self, *, offline: bool) -> list[Path] | None:
         """A wheel of each of rbee's distributions; None when all come from an index and the host
@@ -105,14 +114,25 @@ class Wheelhouse:
 
     async def _wheel_of(self, name: str, source: Path | None) -> Path:
         version = importlib.metadata.version(name)
-        digest = "index" if source is None else _source_digest(source)
+        # It reads a whole source tree: not on the event loop.
+        digest = (
+            "index" if source is None else await anyio.to_thread.run_sync(_source_digest, source)
+        )
         where = self.cache / "own" / f"{name}-{version}-{digest}"
-        found = sorted(where.glob("*.whl"))
-        if found:
-            return found[0]
-        partial = where.with_name(where.name + ".part")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        async with self._lock(where):
+            found = sorted(where.glob("*.whl"))
+            if found:
+                return found[0]
+            where.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f"{where.name}.part-", dir=where.parent))
+            try:
+                return await self._build(name, version, source, partial, where)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+
+    async def _build(
+        self, name: str, version: str, source: Path | None, partial: Path, where: Path
+    ) -> Path:
         if source is None:
             pip = await self._pip()
             build = [*pip, "download", "--no-deps", "--dest", str(partial), f"{name}=={version}"]
@@ -122,12 +142,7 @@ class Wheelhouse:
             pip = await self._pip()
             build = [*pip, "wheel", "--no-deps", "--wheel-dir", str(partial), str(source)]
         await _run(build, f"building the wheel of {name}")
-        wheels = sorted(partial.glob("*.whl"))
-        if not wheels:
-            raise BuildError(f"building the wheel of {name} left no wheel in {partial}")
-        shutil.rmtree(where, ignore_errors=True)
-        partial.rename(where)
-        return where / wheels[0].name
+        return _move_into_place(name, partial, where)
 
     async def _pip(self) -> list[str]:
         """A pip to run: this interpreter's, else one in a venv made once under the cache."""
@@ -143,15 +158,39 @@ class Wheelhouse:
     async def dependencies(self, requirements: Sequence[str], target: Target) -> list[Path]:
         """Every wheel ``requirements`` need, for ``target`` (rbee's own given as wheel files,
         so that pip takes them from here and never looks for them in an index)."""
-        here = Target.here()
         where = self.cache / f"deps-py{target.version[0]}.{target.version[1]}-{target.machine}"
-        where.mkdir(parents=True, exist_ok=True)
+        async with self._lock(where):
+            return await self._download(requirements, target, where)
+
+    async def _download(
+        self, requirements: Sequence[str], target: Target, where: Path
+    ) -> list[Path]:
+        os.makedirs(where, exist_ok=True)
         argv = [*await self._pip(), "download", "--dest", str(where)]
-        if target != here:
+        if target != Target.here():
             version = f"{target.version[0]}.{target.version[1]}"
             argv += ["--only-binary=:all:", "--python-version", version]
             for tag in ("manylinux_2_28", "manylinux_2_17", "manylinux2014", "linux"):
                 argv += ["--platform", f"{tag}_{target.machine}"]
         argv += list(requirements)
         await _run(argv, "downloading the dependencies")
-        return sorted(where.glob("*.whl")) + sorted(where.glob("*.tar.gz"))
+        return _files(where, "*.whl") + _files(where, "*.tar.gz")
+
+
+def _files(directory: Path, pattern: str) -> list[Path]:
+    return sorted(directory.glob(pattern))
+
+
+def _move_into_place(name: str, partial: Path, where: Path) -> Path:
+    """The wheel built in ``partial``, its directory renamed to ``where`` whole."""
+    wheels = _files(partial, "*.whl")
+    if not wheels:
+        raise BuildError(f"building the wheel of {name} left no wheel in {partial}")
+    try:
+        partial.rename(where)
+    except OSError:  # another process put the same wheel there first: take that one
+        found = _files(where, "*.whl")
+        if not found:
+            raise BuildError(f"cannot move the wheel of {name} into {where}") from None
+        return found[0]
+    return where / wheels[0].name
