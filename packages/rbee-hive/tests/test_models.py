@@ -241,6 +241,20 @@ async def test_the_scan_takes_no_symlink_out_of_the_model_roots(
     assert {p.name for p in walked} <= {"own", "linked"}, walked
 
 
+@pytest.mark.anyio
+async def test_the_models_directory_is_always_a_root(
+    start_hive: Any, make_settings: Callable[..., HiveSettings], model_dir: Path, kit: Any
+) -> None:
+    settings = make_settings(model_roots=(model_dir.parent,))
+    nested = settings.models_dir / "by-hand" / "m"
+    nested.mkdir(parents=True)
+    assert settings.roots == (settings.models_dir, model_dir.parent)
+    async with start_hive(settings) as h:
+        for name, path in (("nested", nested), ("tiny", model_dir)):
+            info, _ = await kit.run_job(h.client, "model_register", name=name, path=str(path))
+            assert info["path"] == str(path)
+
+
 def test_a_model_root_of_slash_is_refused(make_settings: Callable[..., HiveSettings]) -> None:
     with pytest.raises(ValueError, match="model root"):
         make_settings(model_roots=("/",))

@@ -222,5 +222,5 @@ def test_model_roots_reach_the_local_hive_through_the_queens_environment(
     assert settings.queen_environment() == {HIVE_MODEL_ROOTS_ENV: roots}
     queen, _ = local_services(settings)
     assert queen.env == {HIVE_MODEL_ROOTS_ENV: roots}
-    # none configured: set empty, so a leftover in the caller's shell does not widen them
-    assert load_settings(env=env).queen_environment() == {HIVE_MODEL_ROOTS_ENV: ""}
+    # none configured: nothing added (the queen inherits the hive's own variable, if set)
+    assert load_settings(env=env).queen_environment() == {}

@@ -288,7 +288,7 @@ def test_the_model_roots_setting_reaches_the_queen_and_its_local_hive(
 ) -> None:
     roots = os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
     monkeypatch.setenv("RBEE_MODEL_ROOTS", roots)
-    monkeypatch.setenv("RBEE_HIVE_MODEL_ROOTS", "/left/in/the/shell")
+    monkeypatch.setenv("RBEE_HIVE_MODEL_ROOTS", "/the/hives/own/variable")  # the setting wins
     assert invoke("queen", "start").exit_code == 0
     try:
         for name, pid in pids(local).items():

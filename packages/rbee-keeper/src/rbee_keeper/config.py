@@ -308,8 +308,10 @@ class Settings:
 
     def queen_environment(self) -> dict[str, str]:
         """What the local queen gets in its environment from these settings, for the hives it
-        starts here: ``model_roots`` (always set, so this setting, not a leftover in the
-        caller's shell, says what the hive allows)."""
+        starts here: ``model_roots``, when set (else the queen inherits the caller's
+        ``RBEE_HIVE_MODEL_ROOTS``, the hive's own variable, if any)."""
+        if not self.model_roots:
+            return {}
         return {HIVE_MODEL_ROOTS_ENV: os.pathsep.join(str(root) for root in self.model_roots)}
 
     def as_dict(self) -> dict[str, Any]:
