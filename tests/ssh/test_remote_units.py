@@ -277,3 +277,16 @@ async def test_the_keyscan_line_names_a_port_only_when_it_is_not_22(
     options = {"config": [str(config)], "port": port}
     error = await hosts._host_key_error(HostEntry("gpu1"), "gpu1", options, "unknown")
     assert f"`{scan} >> {tmp_path / 'mine'}`" in str(error)
+
+
+def test_uninstall_purge_says_what_it_removes() -> None:
+    # --purge removes the hive's state dir; the models directory is not in it and stays.
+    from click.testing import CliRunner
+
+    from rbee_keeper.cli import rbee
+
+    shown = CliRunner().invoke(rbee, ["hive", "uninstall", "--help"], terminal_width=200).output
+    purge = " ".join(shown[shown.index("--purge") :].split())
+    assert "~/.local/state/rbee/hive" in purge
+    assert "models stay" in purge
+    assert "models, logs" not in purge

@@ -204,7 +204,7 @@ class HiveUninstallParams:
     )
     #: the hive's id (default: the host alias)
     hive: str | None = _hive()
-    #: remove the hive's state too (its models, logs and worker records)
+    #: remove the hive's state too (its log, pid file and worker records; not its models)
     purge: bool = False
 
 

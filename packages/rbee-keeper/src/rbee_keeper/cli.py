@@ -424,7 +424,12 @@ def hive_install(host: str, extra: str | None, offline: bool) -> dict[str, Any]:
 @hive.command("uninstall")
 @click.option("--host", required=True, metavar="ALIAS", help="SSH host alias of the machine.")
 @hive_option
-@click.option("--purge", is_flag=True, help="Remove the hive's state too (models, logs).")
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Remove the hive's state too (~/.local/state/rbee/hive there: its log, pid file and"
+    " worker records); its models stay in ~/.local/share/rbee/models.",
+)
 @job_command("hive_uninstall")
 def hive_uninstall(host: str, hive: str | None, purge: bool) -> dict[str, Any]:
     """Stop the hive on another machine and remove what `rbee hive install` put there."""
