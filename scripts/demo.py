@@ -6,8 +6,9 @@ downloaded from a model hub here), starts the local queen and hive, registers th
 engine, and the tokens stream into this terminal. Everything it starts is stopped at the end.
 
 State (pid files, logs, models) goes to `.rbee-demo/` in the repository unless RBEE_STATE_DIR is
-set; the queen and hive use their usual ports (8500, 9000) unless RBEE_QUEEN_URL / RBEE_HIVE_PORT
-say otherwise. Extra arguments are passed to `rbee infer`, e.g.
+set; the model is built in `.rbee-demo/own-models/`, which the demo adds to RBEE_MODEL_ROOTS. The
+queen and hive use their usual ports (8500, 9000) unless RBEE_QUEEN_URL / RBEE_HIVE_PORT say
+otherwise. Extra arguments are passed to `rbee infer`, e.g.
 `python3 -m nox -s demo -- --temperature 0.8 --seed 7 --max-tokens 64`.
 """
 
@@ -35,7 +36,11 @@ def main() -> int:
     state = Path(os.environ.setdefault("RBEE_STATE_DIR", str(ROOT / ".rbee-demo")))
     os.environ.setdefault("RBEE_MODELS_DIR", str(state / "models"))
     os.environ.setdefault("XDG_CONFIG_HOME", str(state / "config"))
-    model = state / "tiny-model"
+    # The model lies outside the models directory, in a directory of its own that the local hive
+    # is given as a model root (registration takes directories under the model roots only).
+    model = state / "own-models" / "tiny-model"
+    roots = [r for r in os.environ.get("RBEE_MODEL_ROOTS", "").split(os.pathsep) if r]
+    os.environ["RBEE_MODEL_ROOTS"] = os.pathsep.join([*roots, str(model.parent)])
     extra = sys.argv[1:] or ["--temperature", "0", "--max-tokens", "48"]
     if not (model / "config.json").exists():
         run("rbee-worker", "build-tiny-model", str(model))

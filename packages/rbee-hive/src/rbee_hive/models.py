@@ -283,7 +283,8 @@ class ModelCatalog:
             raise ModelError(
                 "path_not_allowed",
                 f"{path} is not under a model root of this hive ({roots}): put the model there,"
-                " or start the hive with --model-root for its directory",
+                " or make its directory a root (rbee's model_roots setting for the local hive,"
+                " --model-root for a hive started by hand)",
             )
         if not target.exists():
             raise ModelError("path_not_found", f"{path} does not exist")

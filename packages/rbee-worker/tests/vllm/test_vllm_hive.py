@@ -96,6 +96,9 @@ def cluster(
     env.update(
         RBEE_STATE_DIR=str(state),
         RBEE_MODELS_DIR=str(base / "models"),
+        # the tiny model lies outside the models directory: its own directory is a model root,
+        # as a user adds one (registration takes directories under the model roots only)
+        RBEE_MODEL_ROOTS=str(tiny_model.parent),
         XDG_CONFIG_HOME=str(base / "config"),
         XDG_STATE_HOME=str(base / "xdg-state"),
         XDG_DATA_HOME=str(base / "xdg-data"),
