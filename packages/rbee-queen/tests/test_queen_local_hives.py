@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -120,6 +121,14 @@ def leftovers(tmp_path: Path) -> Iterator[None]:
                     os.kill(pid, signal.SIGKILL)
 
 
+def bound(c: Any) -> str:
+    """The served queen's URL, once the queen knows the port it listens on (``rbee-queen`` learns
+    it when bound): a hive started here may report to this queen only."""
+    c.app.state.queen.bound_port = urlsplit(c.queen_url).port
+    assert c.app.state.queen.url == c.queen_url
+    return str(c.queen_url)
+
+
 def started_pids(state_dir: Path, hive_id: str) -> dict[str, int]:
     found = json.loads((state_dir / "hives" / hive_id / "child.json").read_text())
     return {"hive": found["hive"], "child": found["child"]}
@@ -131,13 +140,13 @@ async def test_hive_start_waits_for_registration_and_hive_stop_leaves_nothing(
     state = tmp_path / "queen"
     async with cluster(hive_command=fake_hive_command, state_dir=state) as c:
         started = await c.client.run(
-            "hive_start", hive="local1", port=0, queen_url=c.queen_url, heartbeat=0.2
+            "hive_start", hive="local1", port=0, queen_url=bound(c), heartbeat=0.2
         )
         pids = started_pids(state, "local1")
         async with httpx.AsyncClient() as http:
             (listed,) = (await http.get(f"{c.queen_url}/v1/hives")).json()["hives"]
         status = await c.client.run("hive_status", hive="local1")
-        again = await c.client.run("hive_start", hive="local1", port=0, queen_url=c.queen_url)
+        again = await c.client.run("hive_start", hive="local1", port=0, queen_url=bound(c))
         # the hive is reachable through the queen like any other
         assert await c.client.run("worker_list") == {"workers": []}
         stopped = await c.client.run("hive_stop", hive="local1")
@@ -167,7 +176,7 @@ async def test_hive_stop_escalates_to_sigkill(
     monkeypatch.setenv("FAKE_HIVE_MODE", "ignore_term")
     state = tmp_path / "queen"
     async with cluster(hive_command=fake_hive_command, state_dir=state, hive_stop_grace=0.5) as c:
-        await c.client.run("hive_start", hive="stubborn", port=0, queen_url=c.queen_url)
+        await c.client.run("hive_start", hive="stubborn", port=0, queen_url=bound(c))
         pids = started_pids(state, "stubborn")
         events: list[Any] = []
         stopped = await c.client.run("hive_stop", hive="stubborn", on_event=events.append)
@@ -186,7 +195,7 @@ async def test_a_hive_that_exits_early_fails_the_start_with_its_log(
     monkeypatch.setenv("FAKE_HIVE_MODE", "exit")
     async with cluster(hive_command=fake_hive_command) as c:
         with pytest.raises(RemoteJobFailed) as info:
-            await c.client.run("hive_start", hive="broken", port=0, queen_url=c.queen_url)
+            await c.client.run("hive_start", hive="broken", port=0, queen_url=bound(c))
     assert info.value.code == "hive_exited"
     assert "exited with status 3 before it registered" in info.value.message
     assert "cannot open the models directory" in info.value.message
@@ -205,7 +214,7 @@ async def test_a_hive_that_never_registers_is_stopped(
         hive_command=fake_hive_command, state_dir=state, hive_start_timeout=3.0
     ) as c:
         with pytest.raises(RemoteJobFailed) as info:
-            await c.client.run("hive_start", hive="mute", port=0, queen_url=c.queen_url)
+            await c.client.run("hive_start", hive="mute", port=0, queen_url=bound(c))
     assert info.value.code == "hive_start_timeout"
     assert "did not register with this queen within 3 s" in info.value.message
     # (a machine so slow that the fake never got to start its child has no child.json)
@@ -254,7 +263,7 @@ async def test_a_restarted_queen_stops_the_hive_an_earlier_queen_started(
     state = tmp_path / "queen"
     async with cluster(hive_command=fake_hive_command, state_dir=state) as first:
         await first.client.run(
-            "hive_start", hive="kept", port=0, queen_url=first.queen_url, heartbeat=0.2
+            "hive_start", hive="kept", port=0, queen_url=bound(first), heartbeat=0.2
         )
     pids = started_pids(state, "kept")
     assert alive(pids["hive"])  # the hive outlives the queen that started it
@@ -270,7 +279,7 @@ async def test_a_started_hive_listens_on_the_queens_hive_host(
     # rbee's `hive_host` setting reaches the hive through the queen (`--hive-host`)
     state = tmp_path / "queen"
     async with cluster(hive_command=fake_hive_command, state_dir=state, hive_host="127.0.0.2") as c:
-        started = await c.client.run("hive_start", hive="h", port=0, queen_url=c.queen_url)
+        started = await c.client.run("hive_start", hive="h", port=0, queen_url=bound(c))
         await c.client.run("hive_stop", hive="h")
     command = started["command"]
     assert "--host=127.0.0.2" in command  # every value in --flag=VALUE form (hive_cli)
@@ -288,7 +297,7 @@ async def test_two_hive_starts_at_once_start_one_hive(
         async def start() -> None:
             results.append(
                 await c.client.run(
-                    "hive_start", hive="twice", port=0, queen_url=c.queen_url, heartbeat=0.2
+                    "hive_start", hive="twice", port=0, queen_url=bound(c), heartbeat=0.2
                 )
             )
 
@@ -319,7 +328,7 @@ async def test_hive_stop_stops_the_workers_the_hive_left(
         rbee_process.write_pid_file(run / "w1.json", worker)
         async with cluster(hive_command=fake_hive_command, state_dir=state) as c:
             await c.client.run(
-                "hive_start", hive="orphaning", port=0, queen_url=c.queen_url, heartbeat=0.2
+                "hive_start", hive="orphaning", port=0, queen_url=bound(c), heartbeat=0.2
             )
             stopped = await c.client.run("hive_stop", hive="orphaning")
         assert stopped["stopped"] == "stopped"

@@ -43,8 +43,8 @@ from .ids import (
 from .infer import InferParams
 from .values import (
     field_validator,
-    optional_absolute_path_validator,
     optional_interval_validator,
+    optional_models_dir_validator,
     optional_url_validator,
 )
 
@@ -159,13 +159,15 @@ class HiveStartParams:
     )
     #: the URL the hive reports to (default: this queen's own URL; with ``host``: the host's
     #: ``queen_url`` in rbee's hosts file, else this queen's public URL, else this queen at its
-    #: address on the SSH connection)
+    #: address on the SSH connection). A hive on the queen's own machine reports to this queen
+    #: only: its scheme and port, and a host name the queen answers for (else refused)
     queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     #: the hive's heartbeat interval in seconds (default: the hive's own)
     heartbeat: float | None = attrs.field(default=None, validator=optional_interval_validator)
     #: the hive's models directory (default: ``models`` in its state directory); absolute, as
-    #: the hive's working directory is not the caller's
-    models_dir: str | None = attrs.field(default=None, validator=optional_absolute_path_validator)
+    #: the hive's working directory is not the caller's, and a directory of its own, not ``/``,
+    #: a system directory or the home directory (``values.check_models_dir``)
+    models_dir: str | None = attrs.field(default=None, validator=optional_models_dir_validator)
     #: the machine to run it on (an SSH host alias; it needs ``hive_install`` first)
     host: str | None = _host()
     #: the address a hive on ``host`` binds (default: the host's ``hive_host`` in rbee's hosts

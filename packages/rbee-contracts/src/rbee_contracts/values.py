@@ -1,4 +1,5 @@
-"""The value rules beside the naming ones (``ids``): http(s) URLs, intervals, absolute paths.
+"""The value rules beside the naming ones (``ids``): http(s) URLs, intervals, absolute paths, and
+the directories a hive may keep models in.
 
 One rule each, used by every tier that checks such a value: the queen's parameter types, the
 heartbeat and worker record, and the hive's own settings (which a queen's ``hive_start`` passes
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,11 +31,14 @@ __all__ = [
     "check_absolute_path",
     "check_http_url",
     "check_interval",
+    "check_models_dir",
     "field_validator",
     "interval_validator",
     "is_http_url",
+    "models_dir_validator",
     "optional_absolute_path_validator",
     "optional_interval_validator",
+    "optional_models_dir_validator",
     "optional_url_validator",
     "url_validator",
 ]
@@ -69,6 +74,37 @@ def check_absolute_path(value: str, what: str = "path") -> str:
     return value
 
 
+#: directories of the system: neither they nor anything under them holds a hive's models
+SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/boot", "/run", "/lib")
+
+
+def check_models_dir(value: str, what: str = "models_dir", home: str | None = None) -> str:
+    """An absolute directory a hive may keep (and walk, and serve) models in: not ``/``, not a
+    system directory or one under it (``SYSTEM_DIRS``, and every ``/lib*``), not the home
+    directory (``home``, default the current user's) nor one of its ancestors, nor its
+    ``.ssh``. The path is judged as written, normalised (``..``, ``//``); a caller that can
+    should pass it with its symbolic links resolved.
+    """
+    check_absolute_path(value, what)
+    path = PurePosixPath("/" + os.path.normpath(value).lstrip("/"))
+    home_dir = PurePosixPath("/" + os.path.normpath(home or os.path.expanduser("~")).lstrip("/"))
+    top = path.parts[1] if len(path.parts) > 1 else ""
+    refused = (
+        path == PurePosixPath("/")
+        or top.startswith("lib")
+        or any(path.is_relative_to(d) for d in SYSTEM_DIRS)
+        or path in (home_dir, *home_dir.parents)
+        or path.is_relative_to(home_dir / ".ssh")
+    )
+    if refused:
+        raise FieldError(
+            what,
+            f"'{what}' must be a directory of its own for models, not the root, a system"
+            f" directory, the home directory or one above it, got {value!r}",
+        )
+    return value
+
+
 # -- the same checks as attrs validators (the field's own name is the one reported) ----------------
 
 
@@ -88,3 +124,5 @@ interval_validator = field_validator(check_interval)
 optional_interval_validator = attrs.validators.optional(interval_validator)
 absolute_path_validator = field_validator(check_absolute_path)
 optional_absolute_path_validator = attrs.validators.optional(absolute_path_validator)
+models_dir_validator = field_validator(check_models_dir)
+optional_models_dir_validator = attrs.validators.optional(models_dir_validator)

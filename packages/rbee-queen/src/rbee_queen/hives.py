@@ -32,8 +32,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import anyio
+import attrs
 
 import rbee_process
 from jobproto import JobFailed, narrate, progress
@@ -55,6 +57,7 @@ from rbee_contracts.queen_results import (
 from rbee_process import ProcessRecord
 
 from .registry import HiveRegistry
+from .security import allowed_hosts
 from .settings import QueenSettings
 
 __all__ = ["LocalHives"]
@@ -135,6 +138,29 @@ class LocalHives:
             raise
         narrate("hive_started", f"hive {hive_id} registered (pid {record.pid})")
         return HiveStartResult(**_fields(hive_id, record), already_running=False)
+
+    def queen_url(self, requested: str | None, own: str) -> str:
+        """The URL a hive started here reports to: this queen's own (``own``). A ``requested``
+        one is taken only when it is this queen too: ``own``'s scheme and port, and a host name
+        the queen answers for (``security.allowed_hosts``: loopback, its address, its public
+        URL's host, ``--allowed-host``); else ``JobFailed("queen_url_not_allowed")``, as a hive
+        of this machine must not send its join token (and take its orders) elsewhere."""
+        if requested is None:
+            return own
+        want, got = urlsplit(own), urlsplit(requested)
+        names = allowed_hosts(attrs.evolve(self.settings, allowed_hosts=()))
+        if (
+            got.scheme != want.scheme
+            or _port(got) != _port(want)
+            or (got.hostname or "") not in (names or ())
+            or got.path.strip("/")
+        ):
+            raise JobFailed(
+                "queen_url_not_allowed",
+                f"queen_url: a hive on the queen's machine reports to this queen ({own}),"
+                f" not {requested!r}",
+            )
+        return requested.rstrip("/")
 
     def tls_flags(self) -> dict[str, str]:
         """TLS for a hive started here (paths, not secrets, so flags). It verifies the queen's
@@ -278,6 +304,10 @@ def _fields(hive_id: str, record: ProcessRecord) -> dict[str, Any]:
         "log": record.log_path,
         "command": list(record.argv),
     }
+
+
+def _port(url: SplitResult) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
 def _tail(path: str | Path) -> str:

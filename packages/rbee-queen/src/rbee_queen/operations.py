@@ -113,7 +113,7 @@ def queen_operations(queen: Queen) -> Operations:
         return await queen.local_hives.start(
             params.hive,
             port=queen.settings.hive_port if params.port is None else params.port,
-            queen_url=params.queen_url or queen.url,
+            queen_url=queen.local_hives.queen_url(params.queen_url, queen.url),
             heartbeat=params.heartbeat,
             models_dir=params.models_dir,
         )
