@@ -10,16 +10,16 @@ program is never signalled. The check "does it run already?", the start and the 
 under the pid file's lock (``rbee_process.start_once``): two ``hive_start`` at once start one
 hive, and the second reports it ``already_running``.
 
-The hive is a daemon: it outlives the job that started it and the queen too (it re-registers
-with the next queen by itself). ``start`` returns once the hive has registered with this queen;
-a hive that exits first, or does not register in time, is stopped and the job fails with the
-last lines of its log. ``stop`` sends SIGTERM to the group, SIGKILL after the grace period
-(``hive_stop_grace``, longer than the hive's own grace for its workers), then SIGKILL to whatever
-is left in the group. The hive's workers run in sessions of their own, out of the group's reach:
-a hive that stops normally stops them itself; after one that had to be killed (or had died), the
-queen stops the workers its pid files in ``{state_dir}/hives/{id}/run`` still name
-(``rbee_process.stop_pid_dir``). The queen reaps its exited hives whenever it looks at them, so
-none stays a zombie.
+The hive is a daemon: it outlives the job that started it and the queen too (it re-registers with
+the next queen by itself). ``start`` returns once the hive has registered with this queen; a hive
+that exits first, or does not register in time, is stopped and the job fails with the error its log
+ends with (one line: a traceback stays in the log, which is its owner's only). ``stop`` sends
+SIGTERM to the group, SIGKILL after the grace period (``hive_stop_grace``, longer than the hive's
+own grace for its workers), then SIGKILL to whatever is left in the group. The hive's workers run in
+sessions of their own, out of the group's reach: a hive that stops normally stops them itself; after
+one that had to be killed (or had died), the queen stops the workers its pid files in
+``{state_dir}/hives/{id}/run`` still name (``rbee_process.stop_pid_dir``). The queen reaps its
+exited hives whenever it looks at them, so none stays a zombie.
 
 The hive's tokens (``rbee_contracts.auth``: its join token for the queen, the hive token it
 accepts from the queen) go into its environment, never its argument list, which every user of the
@@ -60,7 +60,7 @@ from .registry import HiveRegistry
 from .security import allowed_hosts
 from .settings import QueenSettings
 
-__all__ = ["LocalHives"]
+__all__ = ["LocalHives", "error_line"]
 
 POLL = 0.05
 LOG_TAIL_LINES = 20
@@ -201,8 +201,8 @@ class LocalHives:
                     if code is not None:
                         raise JobFailed(
                             "hive_exited",
-                            f"hive {hive_id} exited with status {code} before it registered;"
-                            f" the end of {log}:\n{_tail(log)}",
+                            f"hive {hive_id} exited with status {code} before it registered:"
+                            f" {_error(log)}; {_details(log)}",
                         )
                 waited = time.monotonic() - began
                 if waited >= next_report:
@@ -218,7 +218,7 @@ class LocalHives:
         raise JobFailed(
             "hive_start_timeout",
             f"hive {hive_id} did not register with this queen within {timeout:g} s"
-            f" (is its --queen-url right?); the end of {log}:\n{_tail(log)}",
+            f" (is its --queen-url right?); its last words: {_error(log)}; {_details(log)}",
         )
 
     # -- stop --------------------------------------------------------------------------------------
@@ -310,5 +310,32 @@ def _port(url: SplitResult) -> int | None:
     return url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
-def _tail(path: str | Path) -> str:
-    return rbee_process.log_tail(path, LOG_TAIL_LINES) or "(empty or missing log)"
+#: lines of a traceback (or of rbee's own start stamp) that say nothing of what went wrong
+_NOT_THE_ERROR = (
+    "Traceback (",
+    "During handling of the above exception",
+    "The above exception was the direct cause",
+    "+ Exception Group Traceback",
+    "--- rbee:",
+)
+
+
+def error_line(tail: str) -> str:
+    """What a failed process's log says went wrong, in one line: the last line that is not part
+    of a traceback's frames (indented), nor its header, nor rbee's start stamp. After a
+    traceback that is its exception (``OSError: [Errno 98] address already in use``). ""
+    when there is none. The frames (internal paths) stay in the log, for its owner."""
+    for line in reversed(tail.splitlines()):
+        text = line.rstrip()
+        if text and not text[0].isspace() and not text.startswith(_NOT_THE_ERROR):
+            return text[:500]
+    return ""
+
+
+def _error(log: str | Path) -> str:
+    return error_line(rbee_process.log_tail(log, LOG_TAIL_LINES)) or "it printed nothing"
+
+
+def _details(log: str | Path) -> str:
+    # the log's name, not where the queen keeps it: `rbee hive status` shows the path
+    return f"the details are in the hive's log {Path(log).name} (`rbee hive status` shows where)"
