@@ -43,6 +43,8 @@ from rbee_contracts import local_layout
 from rbee_contracts.auth import (
     ENV_HIVE_TOKEN,
     ENV_JOIN_TOKEN,
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
     hive_token,
     is_loopback,
     join_token,
@@ -64,6 +66,8 @@ __all__ = ["LocalHives", "error_line"]
 
 POLL = 0.05
 LOG_TAIL_LINES = 20
+#: the keeper's credential: never in a hive's environment
+KEEPER_ENV = (ENV_TOKEN, ENV_TOKEN_FILE)
 
 
 class LocalHives:
@@ -176,11 +180,15 @@ class LocalHives:
         return flags
 
     def environment(self, hive_id: str) -> dict[str, str]:
-        """What a hive started here gets in its environment: its tokens (none without a secret)."""
+        """What a hive started here gets in its environment, over the queen's own: its tokens
+        (none without a secret), and never the keeper's (``RBEE_TOKEN``, ``RBEE_TOKEN_FILE``,
+        which the queen inherits from its user's shell): ``rbee_process`` adds to the queen's
+        environment and cannot take a name out, so those are emptied (empty is unset)."""
+        env = dict.fromkeys(KEEPER_ENV, "")
         secret = self.settings.secret
         if secret is None:
-            return {}
-        return {
+            return env
+        return env | {
             ENV_JOIN_TOKEN: join_token(secret, hive_id),
             ENV_HIVE_TOKEN: hive_token(secret, hive_id),
         }
