@@ -3,8 +3,14 @@ by the hive's own parser: the two sides cannot drift apart."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
+
 from rbee_contracts.hive_cli import hive_argv
-from rbee_hive.app import _parser
+from rbee_hive.app import _parser, main
+from rbee_hive.settings import ENV_MODEL_ROOTS
 
 
 def test_every_flag_hive_argv_writes_is_read_back_by_the_hive() -> None:
@@ -45,3 +51,30 @@ def test_the_optional_flags_are_left_out_when_not_given() -> None:
     args = _parser().parse_args(argv)
     assert (args.tls_cert, args.tls_ca, args.public_url) == (None, None, None)
     assert args.allowed_host == [] and args.model_root == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "env_roots"),
+    [
+        (["--models-dir=/"], None),
+        (["--model-root=/etc"], None),
+        ([], os.pathsep.join(["/srv/models", str(Path.home())])),
+    ],
+)
+def test_a_hive_with_a_model_root_that_is_no_directory_of_its_own_exits_2(
+    flags: list[str],
+    env_roots: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if env_roots is not None:
+        monkeypatch.setenv(ENV_MODEL_ROOTS, env_roots)
+    else:
+        monkeypatch.delenv(ENV_MODEL_ROOTS, raising=False)
+    where = [f"--state-dir={tmp_path / 'state'}", f"--models-dir={tmp_path / 'models'}"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*where, "--port=0", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rbee-hive: ") and "must be a directory of its own" in err

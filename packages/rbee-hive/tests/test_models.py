@@ -255,9 +255,23 @@ async def test_the_models_directory_is_always_a_root(
             assert info["path"] == str(path)
 
 
-def test_a_model_root_of_slash_is_refused(make_settings: Callable[..., HiveSettings]) -> None:
-    with pytest.raises(ValueError, match="model root"):
-        make_settings(model_roots=("/",))
+def test_a_model_root_must_be_a_directory_of_its_own(
+    make_settings: Callable[..., HiveSettings], tmp_path: Path
+) -> None:
+    """The models directory and every --model-root: never /, a system directory, the home
+    directory or one above it, also not through a symlink."""
+    to_slash = tmp_path / "to-slash"
+    to_slash.symlink_to("/", target_is_directory=True)
+    home = Path.home()
+    refused = ["/", "/proc", "/etc/rbee", "/usr/share", "/lib64", str(home), str(home.parent)]
+    climbs_to_slash = str(tmp_path) + "/.." * (len(tmp_path.parts) - 1)
+    for root in [*refused, str(to_slash), climbs_to_slash]:
+        for field in ("models_dir", "model_roots"):
+            value: Any = root if field == "models_dir" else (tmp_path / "ok", root)
+            with pytest.raises(ValueError, match=f"'{field}' must be a directory of its own"):
+                make_settings(**{field: value})
+    settings = make_settings(models_dir=home / "models", model_roots=(tmp_path / "mine",))
+    assert settings.roots == (home / "models", tmp_path / "mine")
 
 
 BAD_REQUESTS = [

@@ -16,7 +16,7 @@ import attrs
 from rbee_contracts.auth import LOOPBACK_NAMES, allowed_host_names, is_wildcard, machine_names
 from rbee_contracts.ids import hive_id_validator
 from rbee_contracts.records import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
-from rbee_contracts.values import optional_url_validator
+from rbee_contracts.values import check_models_dir, optional_url_validator
 
 __all__ = [
     "DEFAULT_WORKER_COMMAND",
@@ -70,10 +70,14 @@ def _strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _roots(_: object, attribute: attrs.Attribute[Any], value: tuple[Path, ...]) -> None:
-    for root in value:
-        if os.path.realpath(root) == os.path.sep:
-            raise ValueError("a model root must not be / (the hive would read the whole machine)")
+def _roots(_: object, attribute: attrs.Attribute[Any], value: Path | tuple[Path, ...]) -> None:
+    """Each model root (the models directory, each ``--model-root``) a directory of its own:
+    ``values.check_models_dir``, as written and with its symbolic links resolved (the hive
+    walks and serves what is under a root)."""
+    for root in (value,) if isinstance(value, Path) else value:
+        written = os.path.abspath(root)
+        for path in dict.fromkeys((written, os.path.realpath(written))):
+            check_models_dir(path, attribute.name)
 
 
 def _command(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -91,7 +95,7 @@ class HiveSettings:
     queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     #: the URL the queen should use for this hive (default: http://host:port as bound)
     public_url: str | None = attrs.field(default=None, validator=optional_url_validator)
-    models_dir: Path = attrs.field(factory=default_models_dir, converter=Path)
+    models_dir: Path = attrs.field(factory=default_models_dir, converter=Path, validator=_roots)
     #: worker logs (``logs/{worker_id}.log``), worker pid files, the Hugging Face download cache
     state_dir: Path = attrs.field(factory=default_state_dir, converter=Path)
     #: within the bounds the queen takes (``rbee_contracts.records``)
