@@ -206,7 +206,7 @@ def test_model_roots_from_the_file_and_the_environment(env: dict[str, str], tmp_
     from_env = load_settings(env=dict(env, RBEE_MODEL_ROOTS=joined), cwd=tmp_path)
     assert from_env.model_roots == (Path("/a"), tmp_path / "b")
     assert from_env.as_dict()["model_roots"] == ["/a", str(tmp_path / "b")]
-    for bad in ("{a = 1}", "[1]", "['']"):
+    for bad in ("{a = 1}", "[1]", "['']", "['/data', '/']", "['/etc/models']", "['~']"):
         write_config(env, f"model_roots = {bad}\n")
         with pytest.raises(ConfigError, match=r"setting model_roots .*must be"):
             load_settings(env=env)

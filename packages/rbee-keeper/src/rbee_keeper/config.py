@@ -75,6 +75,7 @@ import attrs
 from jobproto import FieldError
 from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
 from rbee_contracts.ids import HIVE_ID_RULE, check_hive_id
+from rbee_contracts.values import check_models_dir
 
 __all__ = [
     "HIVE_MODEL_ROOTS_ENV",
@@ -135,7 +136,16 @@ def _parse_paths(raw: Any, base: Path) -> tuple[Path, ...]:
         raw = [part for part in raw.split(os.pathsep) if part]
     if not isinstance(raw, list):
         raise ValueError("must be a list of paths")
-    return tuple(dict.fromkeys(_parse_path(item, base) for item in raw))
+    roots = tuple(dict.fromkeys(_parse_path(item, base) for item in raw))
+    for root in roots:  # the hive's own rule, said here rather than in the hive's log
+        try:
+            check_models_dir(str(root))
+        except FieldError:
+            raise ValueError(
+                f"must be directories of their own for models, not the root, a system"
+                f" directory, the home directory or one above it, got {str(root)!r}"
+            ) from None
+    return roots
 
 
 def _parse_port(raw: Any, _: Path) -> int:
