@@ -14,6 +14,7 @@ otherwise. Extra arguments are passed to `rbee infer`, e.g.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -32,6 +33,17 @@ def run(*args: str, check: bool = True) -> int:
     return code
 
 
+def registered_path(name: str) -> str | None:
+    """Where model ``name`` of the local hive is (an earlier run registered it), else None."""
+    args = ("rbee", "model", "list", "--json")
+    out = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        return None
+    models = json.loads(lines[-1]).get("result", {}).get("models", [])
+    return next((str(m["path"]) for m in models if m.get("name") == name), None)
+
+
 def main() -> int:
     state = Path(os.environ.setdefault("RBEE_STATE_DIR", str(ROOT / ".rbee-demo")))
     os.environ.setdefault("RBEE_MODELS_DIR", str(state / "models"))
@@ -46,7 +58,13 @@ def main() -> int:
         run("rbee-worker", "build-tiny-model", str(model))
     run("rbee", "queen", "start")
     try:
-        run("rbee", "model", "register", "tiny", str(model))
+        # A run before this one registered it already: kept when it is this model, else
+        # forgotten (a registered model's files are never touched) and registered again.
+        known = registered_path("tiny")
+        if known is not None and known != os.path.realpath(model):
+            run("rbee", "model", "delete", "tiny")
+        if known != os.path.realpath(model):
+            run("rbee", "model", "register", "tiny", str(model))
         code = run("rbee", "infer", "Once upon a time", "--model", "tiny", *extra, check=False)
         run("rbee", "status", check=False)
     finally:
