@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+import trustme
 
 from jobproto import JobFailed
 from jobproto.client import JobClient, RemoteJobFailed
@@ -19,6 +20,7 @@ from jobproto.testing import serving
 from rbee_contracts import auth
 from rbee_contracts.records import Heartbeat
 from rbee_queen.app import create_app
+from rbee_queen.queen import Queen
 from rbee_queen.registry import HiveRegistry, Registration
 from rbee_queen.remote_hives import RemoteHives
 from rbee_queen.settings import QueenSettings
@@ -87,11 +89,12 @@ class FakeMachine:
 async def _daemon_command(
     tmp_path: Path, machine: FakeMachine, *, queen_url: str | None = None, **settings: Any
 ) -> list[str]:
+    queen = Queen(QueenSettings(state_dir=tmp_path / "queen", secret=bytes(32), **settings))
     remote = RemoteHives(
-        QueenSettings(state_dir=tmp_path / "queen", secret=bytes(32), **settings),
-        HiveRegistry(),
+        queen.settings,
+        queen.registry,
         SSHSettings(hosts_file=tmp_path / "none.toml"),
-        queen_port=lambda: 8500,
+        queen_url=lambda: queen.url,
     )
     with pytest.raises(JobFailed) as failed:
         await remote._start(machine, "h1", 9000, queen_url, None, None, None)  # type: ignore[arg-type]
@@ -122,7 +125,7 @@ async def test_a_remote_hive_reaches_the_queen_at_the_address_on_the_ssh_route(
     assert _flag(command, "tls-ca") is None and _flag(command, "tls-cert") is None
 
 
-async def test_the_queen_url_of_the_request_then_of_hosts_toml_then_the_public_one_wins(
+async def test_the_queen_url_of_the_request_then_of_hosts_toml_then_the_queens_own_wins(
     tmp_path: Path,
 ) -> None:
     entry = HostEntry("gpu1", queen_url="http://queen.lan:8500")
@@ -135,6 +138,9 @@ async def test_the_queen_url_of_the_request_then_of_hosts_toml_then_the_public_o
     assert _flag(configured, "queen-url") == "http://queen.lan:8500"
     published = await _daemon_command(tmp_path, FakeMachine(HostEntry("gpu1")), **public)
     assert _flag(published, "queen-url") == "http://203.0.113.5:8500"
+    # a queen bound to an address the host reaches, not loopback: its own URL, as bound
+    bound = await _daemon_command(tmp_path, FakeMachine(HostEntry("gpu1")), host="203.0.113.9")
+    assert _flag(bound, "queen-url") == "http://203.0.113.9:8500"
     ipv6 = await _daemon_command(tmp_path, FakeMachine(HostEntry("gpu1"), local_address="fd00::1"))
     assert _flag(ipv6, "queen-url") == "http://[fd00::1]:8500"
 
@@ -143,9 +149,11 @@ async def test_the_queen_url_of_the_request_then_of_hosts_toml_then_the_public_o
 async def test_a_remote_hive_of_an_https_queen_gets_its_ca_and_the_hosts_certificate(
     tmp_path: Path, with_ca: bool
 ) -> None:
-    (tmp_path / "queen.pem").write_text("QUEEN CERT\n")
-    (tmp_path / "queen.key").write_text("QUEEN KEY\n")
-    (tmp_path / "ca.pem").write_text("THE CA\n")
+    ca_made = trustme.CA()
+    issued = ca_made.issue_cert("queen.lan")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "queen.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "queen.key"))
+    ca_made.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     entry = HostEntry("gpu1", tls_cert="/etc/rbee/hive.pem", tls_key="/etc/rbee/hive.key")
     machine = FakeMachine(entry)
     command = await _daemon_command(
@@ -158,10 +166,12 @@ async def test_a_remote_hive_of_an_https_queen_gets_its_ca_and_the_hosts_certifi
     assert _flag(command, "queen-url") == "https://192.0.2.10:8500"
     ca = _flag(command, "tls-ca")
     assert ca is not None
-    assert machine.files[PurePosixPath(ca)] == ("THE CA\n" if with_ca else "QUEEN CERT\n")
+    sent = (tmp_path / ("ca.pem" if with_ca else "queen.pem")).read_text()
+    assert machine.files[PurePosixPath(ca)] == sent
     assert _flag(command, "tls-cert") == "/etc/rbee/hive.pem"
     assert _flag(command, "tls-key") == "/etc/rbee/hive.key"
-    assert "QUEEN KEY" not in "".join(machine.files.values())  # the queen's key stays here
+    key = (tmp_path / "queen.key").read_text()
+    assert key not in "".join(machine.files.values())  # the queen's key stays here
 
 
 async def test_a_hive_bound_to_every_interface_is_named_by_the_address_ssh_reached(
@@ -214,6 +224,7 @@ async def test_hive_start_waits_for_the_hive_on_the_host_it_started(
         QueenSettings(state_dir=tmp_path, secret=bytes(32), hive_start_timeout=0.5),
         registry,
         SSHSettings(hosts_file=tmp_path / "none.toml"),
+        queen_url=lambda: "http://192.0.2.10:8500",
     )
 
     def beat() -> None:  # whoever beats under the id as the hive starts on 192.0.2.20

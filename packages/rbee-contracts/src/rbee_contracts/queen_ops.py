@@ -158,9 +158,10 @@ class HiveStartParams:
         metadata={"schema": {"minimum": 0, "maximum": 65535}},
     )
     #: the URL the hive reports to (default: this queen's own URL; with ``host``: the host's
-    #: ``queen_url`` in rbee's hosts file, else this queen's public URL, else this queen at its
-    #: address on the SSH connection). A hive on the queen's own machine reports to this queen
-    #: only: its scheme and port, and a host name the queen answers for (else refused)
+    #: ``queen_url`` in rbee's hosts file, else this queen's own URL, or when that is loopback
+    #: this queen at its address on the SSH connection). A hive on the queen's own machine
+    #: reports to this queen only: its scheme and port, and a host name the queen answers for
+    #: (else refused)
     queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
     #: the hive's heartbeat interval in seconds (default: the hive's own)
     heartbeat: float | None = attrs.field(default=None, validator=optional_interval_validator)

@@ -460,8 +460,8 @@ def hive_status(hive: str | None, host: str | None) -> dict[str, Any]:
     "--queen-url-for-hive",
     default=None,
     help="With --host: the URL the hive reaches the queen at (default: the host's queen_url"
-    " in hosts.toml, else the queen's public URL, else the queen at this machine's address on"
-    " the SSH connection).",
+    " in hosts.toml, else the queen's own URL, or when that is loopback the queen at this"
+    " machine's address on the SSH connection).",
 )
 @job_command("hive_start")
 def hive_start(

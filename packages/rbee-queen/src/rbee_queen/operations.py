@@ -69,7 +69,7 @@ def queen_operations(queen: Queen) -> Operations:
     remote_hives = RemoteHives(
         queen.settings,
         queen.registry,
-        queen_port=lambda: queen.bound_port or queen.settings.port,
+        queen_url=lambda: queen.url,
     )
 
     @ops.operation("status")

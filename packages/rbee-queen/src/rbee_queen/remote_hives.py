@@ -16,11 +16,11 @@ Each is one queen job that narrates its steps. On the host (paths under the SSH 
   (``python -m rbee_hive.daemon``).
 
 The hive reaches the queen at ``hive_start``'s ``queen_url``, else the host's ``queen_url`` in
-rbee's hosts file, else this queen's ``public_url`` (unless it is a loopback one), else
-``SCHEME://ADDRESS:PORT`` with the address this machine has on its SSH connection to the host
-(the one on the route there: the queen's own URL is loopback when it binds 127.0.0.1 or
-0.0.0.0). A hive with ``tls_cert`` and ``tls_key`` in the hosts file (paths on the host) serves
-HTTPS with them; the queen verifies it against its own ``tls_ca``.
+rbee's hosts file, else this queen's own URL (its ``public_url``, else the address it binds)
+unless that is a loopback one, as it is when the queen binds 127.0.0.1 or 0.0.0.0: then the
+queen's scheme and port at the address this machine has on its SSH connection to the host (the
+one on the route there). A hive with ``tls_cert`` and ``tls_key`` in the hosts file (paths on
+the host) serves HTTPS with them; the queen verifies it against its own ``tls_ca``.
 
 ``hive_start`` returns once the hive has registered with this queen; a hive that exits first, or
 does not register in time, is stopped and the job fails with the end of its log.
@@ -77,12 +77,12 @@ class RemoteHives:
         registry: HiveRegistry,
         ssh: SSHSettings | None = None,
         *,
-        queen_port: Callable[[], int] | None = None,
+        queen_url: Callable[[], str],
     ) -> None:
         self.settings = settings
         self.registry = registry
-        #: the port this queen listens on (bound, when it asked for any free one)
-        self.queen_port = queen_port or (lambda: settings.port)
+        #: this queen's own URL (``Queen.url``: its public URL, else where it is bound)
+        self.queen_url = queen_url
         self.hosts = SSHHosts(ssh)
         self.wheelhouse = Wheelhouse(settings.state_dir / "wheels")
 
@@ -273,11 +273,7 @@ class RemoteHives:
         await machine.write_private(tokens / "hive.token", auth.hive_token(secret, hive_id) + "\n")
         narrate("hive_tokens", f"wrote the hive's tokens to {alias}:{tokens} (mode 0600)")
         queen_url = hive_queen_url(
-            explicit_queen_url,
-            machine.entry,
-            self.settings,
-            self.queen_port(),
-            machine.local_address,
+            explicit_queen_url, machine.entry, self.queen_url(), machine.local_address
         )
         tls_ca = await self._copy_queen_ca(machine)
         bind = bind or machine.entry.hive_host or machine.peer_address
@@ -500,23 +496,18 @@ class RemoteHives:
         return answer
 
 
-def hive_queen_url(
-    explicit: str | None,
-    entry: HostEntry,
-    settings: QueenSettings,
-    port: int,
-    local_address: str,
-) -> str:
-    """The URL a hive on ``entry``'s host reaches this queen at (see the module's docstring)."""
+def hive_queen_url(explicit: str | None, entry: HostEntry, own_url: str, local_address: str) -> str:
+    """The URL a hive on ``entry``'s host reaches this queen at (see the module's docstring):
+    ``own_url`` is the queen's own, ``local_address`` this machine's on the SSH connection."""
     if explicit:
         return explicit
     if entry.queen_url:
         return entry.queen_url.rstrip("/")
-    public = settings.public_url
-    if public and not auth.is_loopback(urlsplit(public).hostname or ""):
-        return public.rstrip("/")
-    scheme = "http" if settings.tls_cert is None else "https"
-    return f"{scheme}://{_url_host(local_address)}:{port}"
+    own = urlsplit(own_url)
+    if not auth.is_loopback(own.hostname or ""):
+        return own_url
+    port = "" if own.port is None else f":{own.port}"
+    return f"{own.scheme}://{_url_host(local_address)}{port}"
 
 
 def daemon_start_argv(
