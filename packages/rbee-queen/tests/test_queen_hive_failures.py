@@ -95,6 +95,30 @@ async def test_a_hive_that_never_registers_fails_without_its_traceback(
         assert internal not in told, internal
 
 
+UVICORN_BIND_FAILURE = """\
+ERROR:    [Errno 98] error while attempting to bind on address ('127.0.0.1', 9000): address in use
+2026-12-02 16:01:26,027 ERROR asyncio: Task exception was never retrieved
+future: <Task finished name='Task-2' coro=<Server.serve() done, defined at /x/server.py:88>>
+Traceback (most recent call last):
+  File "/x/server.py", line 1, in startup
+OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 9000): address in use
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/x/server.py", line 192, in startup
+    sys.exit(STARTUP_FAILURE)
+SystemExit: 3
+"""
+
+
+def test_error_line_skips_how_the_process_exited() -> None:
+    assert error_line(UVICORN_BIND_FAILURE) == (
+        "OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 9000):"
+        " address in use"
+    )
+
+
 @pytest.mark.parametrize(
     ("tail", "line"),
     [

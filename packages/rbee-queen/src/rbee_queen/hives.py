@@ -65,7 +65,8 @@ from .settings import QueenSettings
 __all__ = ["LocalHives", "error_line"]
 
 POLL = 0.05
-LOG_TAIL_LINES = 20
+#: how far back from a log's end its error is looked for (a traceback's frames come after it)
+ERROR_SEARCH_LINES = 200
 #: the keeper's credential: never in a hive's environment
 KEEPER_ENV = (ENV_TOKEN, ENV_TOKEN_FILE)
 
@@ -325,14 +326,18 @@ _NOT_THE_ERROR = (
     "The above exception was the direct cause",
     "+ Exception Group Traceback",
     "--- rbee:",
+    # how a process ends after its error, not the error (uvicorn exits 3 after a failed bind)
+    "SystemExit",
+    "KeyboardInterrupt",
 )
 
 
 def error_line(tail: str) -> str:
     """What a failed process's log says went wrong, in one line: the last line that is not part
-    of a traceback's frames (indented), nor its header, nor rbee's start stamp. After a
-    traceback that is its exception (``OSError: [Errno 98] address already in use``). ""
-    when there is none. The frames (internal paths) stay in the log, for its owner."""
+    of a traceback's frames (indented), nor its header, nor rbee's start stamp, nor how the
+    process exited (``SystemExit: 3``). After a traceback that is its exception (``OSError:
+    [Errno 98] address already in use``). "" when there is none. The frames (internal paths)
+    stay in the log, for its owner."""
     for line in reversed(tail.splitlines()):
         text = line.rstrip()
         if text and not text[0].isspace() and not text.startswith(_NOT_THE_ERROR):
@@ -341,7 +346,8 @@ def error_line(tail: str) -> str:
 
 
 def _error(log: str | Path) -> str:
-    return error_line(rbee_process.log_tail(log, LOG_TAIL_LINES)) or "it printed nothing"
+    tail = rbee_process.log_tail(log, ERROR_SEARCH_LINES, limit=1 << 15)
+    return error_line(tail) or "it printed nothing"
 
 
 def _details(log: str | Path) -> str:
