@@ -353,6 +353,52 @@ def test_a_join_token_cannot_move_its_hive_elsewhere(
 # -- no authentication anywhere --------------------------------------------------------------------
 
 
+def test_hive_start_cannot_aim_a_local_hive_elsewhere(
+    cluster: Any, tokens: Tokens, seen: Seen
+) -> None:
+    """With the keeper's token: a local hive told to report to another address (the attacker's
+    listener on loopback) is refused before it starts, and a models directory of ``/`` is a 422
+    naming the field."""
+    with listener() as (bait_url, connections):
+        state, _, message = run_job(
+            seen,
+            cluster.queen_url,
+            tokens.keeper,
+            "hive_start",
+            {"hive": "aimed", "port": 0, "queen_url": bait_url},
+        )
+        assert state == "failed" and "queen_url" in str(message), message
+        assert connections == [], "a hive sent its join token to the attacker's address"
+    assert "aimed" not in hives(cluster, tokens, seen)
+    created = request(
+        seen,
+        "POST",
+        cluster.queen_url + "/v1/jobs",
+        token=tokens.keeper,
+        body={"operation": "hive_start", "hive": "rooted", "port": 0, "models_dir": "/"},
+    )
+    assert created.status_code == 422, created.text
+    assert "models_dir" in created.text
+
+
+def test_a_failed_hive_start_narrates_no_traceback(
+    cluster: Any, tokens: Tokens, seen: Seen
+) -> None:
+    """A local hive that cannot bind (the local hive's port is taken) fails the job with its
+    error in one line: no traceback, no path of rbee's own code."""
+    port = int(cluster.hive_url.rsplit(":", 1)[1])
+    before = len(seen.texts)
+    state, _, message = run_job(
+        seen, cluster.queen_url, tokens.keeper, "hive_start", {"hive": "busy", "port": port}
+    )
+    events = seen.texts[before:]
+    assert state == "failed", message
+    told = "\n".join(events)
+    assert "Traceback" not in told and 'File "' not in told, told
+    assert "/site-packages/" not in str(message) and "/src/" not in str(message), message
+    assert "address already in use" in str(message) and "hive-busy.log" in str(message), message
+
+
 def test_health_is_public_and_says_nothing_of_what_runs(cluster: Any, seen: Seen) -> None:
     """``/health`` answers without a token on the queen and on the hive, and names no hive of
     the queen's (a caller without a token learns "up" and the version)."""
@@ -455,7 +501,11 @@ def test_hive_and_worker_jobs_need_the_hive_token(
     # with the hive's token, the hive answers
     response = request(seen, "GET", cluster.hive_url + "/v1/jobs", token=tokens.hive)
     assert response.status_code == 200, response.text
-    response = request(seen, "GET", worker_url + "/v1/jobs", token=tokens.hive)
+    # a worker has its own token: neither its hive's nor another worker's opens it
+    own = auth.worker_token(tokens.hive, synthetic_worker["worker_id"])
+    for token in (tokens.hive, auth.worker_token(tokens.hive, "another-worker")):
+        assert_unauthorized(request(seen, "GET", worker_url + "/v1/jobs", token=token))
+    response = request(seen, "GET", worker_url + "/v1/jobs", token=own)
     assert response.status_code == 200, response.text
 
 
@@ -493,7 +543,7 @@ def test_a_foreign_host_is_misdirected(
     for url, token in (
         (cluster.queen_url, tokens.keeper),
         (cluster.hive_url, tokens.hive),
-        (synthetic_worker["url"], tokens.hive),
+        (synthetic_worker["url"], auth.worker_token(tokens.hive, synthetic_worker["worker_id"])),
     ):
         for path in ("/health", "/v1/jobs"):
             response = request(
