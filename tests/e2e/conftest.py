@@ -621,26 +621,32 @@ class Cluster:
         """The token the queen wrote for the local keeper (``{queen state}/keeper.token``)."""
         return auth.read_token_file(self.queen_state_dir / auth.KEEPER_TOKEN_FILE)
 
-    def token_for(self, url: str, hive: str = LOCAL_HIVE) -> str:
-        """The token ``url`` accepts: the keeper's at the queen, else that of ``hive`` (a hive
-        and its workers accept their hive's token)."""
+    def token_for(self, url: str, hive: str = LOCAL_HIVE, worker: str | None = None) -> str:
+        """The token ``url`` accepts: the keeper's at the queen, else that of ``hive``, or of
+        its worker ``worker`` (each worker has its own, derived from its hive's)."""
         if url.startswith(self.queen_url):
             return self.keeper_token
-        return auth.hive_token(self.secret, hive)
+        token = auth.hive_token(self.secret, hive)
+        return token if worker is None else auth.worker_token(token, worker)
 
-    def headers(self, url: str, hive: str = LOCAL_HIVE) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token_for(url, hive)}"}
+    def headers(
+        self, url: str, hive: str = LOCAL_HIVE, worker: str | None = None
+    ) -> dict[str, str]:
+        return auth.bearer(self.token_for(url, hive, worker))
 
-    def get(self, url: str, hive: str = LOCAL_HIVE) -> Any:
-        """GET ``url`` with the token it accepts (``hive``: whose hive or worker it is)."""
-        response = httpx.get(url, timeout=5, headers=self.headers(url, hive))
+    def get(self, url: str, hive: str = LOCAL_HIVE, worker: str | None = None) -> Any:
+        """GET ``url`` with the token it accepts (``hive``: whose hive or worker it is;
+        ``worker``: the worker's id, for a worker's URL)."""
+        response = httpx.get(url, timeout=5, headers=self.headers(url, hive, worker))
         response.raise_for_status()
         return response.json()
 
-    def client(self, url: str | None = None, hive: str = LOCAL_HIVE) -> JobClient:
+    def client(
+        self, url: str | None = None, hive: str = LOCAL_HIVE, worker: str | None = None
+    ) -> JobClient:
         """jobproto's client for the queen (or a hive or worker of ``hive``), with its token."""
         url = url or self.queen_url
-        return JobClient(url, timeout=30, token=self.token_for(url, hive))
+        return JobClient(url, timeout=30, token=self.token_for(url, hive, worker))
 
     def api(self, operation: str, **fields: Any) -> Any:
         """Run one job on the queen with jobproto's client: for a test's own set-up and clean-up,

@@ -287,7 +287,10 @@ def test_jobs_list_status_stream_cancel(cluster: Any, kit: Any) -> None:
         assert missing.code == 5 and "job_not_found" in missing.err, str(missing)
         # cancelling the queen's job cancelled the worker's: nothing left in flight there
         kit.wait_until(
-            lambda: cluster.get(worker["url"] + "/v1/worker")["in_flight"] == 0,
+            lambda: (
+                cluster.get(worker["url"] + "/v1/worker", worker=worker["worker_id"])["in_flight"]
+                == 0
+            ),
             30,
             "the worker to have no request in flight",
         )

@@ -105,7 +105,7 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
     cluster.register("slow-cancel")
     try:
         worker = cluster.spawn_synthetic("slow-cancel", rate=RATE)
-        url = worker["url"]
+        url, wid = worker["url"], worker["worker_id"]
         args = ("infer", "go", "--model", "slow-cancel", "--max-tokens", "1000", "--json")
         with rbee.start(*args) as run:
             first = run.wait_for(
@@ -114,7 +114,7 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
             queen_job = first["job_id"]
             worker_job = first["origin"]["job_id"]  # the worker's own job, relayed
             assert first["origin"]["service"] == f"worker:{worker['worker_id']}"
-            assert cluster.get(url + "/v1/worker")["in_flight"] == 1
+            assert cluster.get(url + "/v1/worker", worker=wid)["in_flight"] == 1
 
             run.signal(signal.SIGINT)  # Ctrl+C
             interrupted = run.wait(timeout=20)
@@ -130,17 +130,22 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
 
         # the cancel reached the engine: the worker's job is cancelled and nothing is in flight
         job = kit.wait_until(
-            lambda: (j := cluster.get(f"{url}/v1/jobs/{worker_job}"))["state"] != "running" and j,
+            lambda: (
+                (j := cluster.get(f"{url}/v1/jobs/{worker_job}", worker=wid))["state"] != "running"
+                and j
+            ),
             30,
             "the worker's job to end",
         )
         assert job["state"] == "cancelled", job
         kit.wait_until(
-            lambda: cluster.get(url + "/v1/worker")["in_flight"] == 0, 30, "no request in flight"
+            lambda: cluster.get(url + "/v1/worker", worker=wid)["in_flight"] == 0,
+            30,
+            "no request in flight",
         )
         # generation stopped short: the worker's job holds fewer than the 1000 tokens asked for
         # (its log replays to its end: a finished job's stream is finite)
-        tokens = _tokens_of(cluster, url, worker_job)
+        tokens = _tokens_of(cluster, url, wid, worker_job)
         assert 0 < tokens < 1000, tokens
         status = rbee.result("jobs", "status", queen_job)
         assert status["state"] == "cancelled", status
@@ -148,12 +153,12 @@ def test_ctrl_c_cancels_the_generation_on_the_worker(cluster: Any, kit: Any) -> 
         cluster.cleanup("slow-cancel")
 
 
-def _tokens_of(cluster: Any, url: str, job_id: str) -> int:
-    """The number of tokens in the data events of a finished job (on the service at ``url``, a
-    worker of the local hive: it takes that hive's token)."""
+def _tokens_of(cluster: Any, url: str, worker_id: str, job_id: str) -> int:
+    """The number of tokens in the data events of a finished job (on the service at ``url``,
+    worker ``worker_id`` of the local hive: it takes its own token)."""
 
     async def count() -> int:
-        async with cluster.client(url) as client:
+        async with cluster.client(url, worker=worker_id) as client:
             counts = [
                 len(item.event.payload["token_ids"])
                 async for item in client.events(job_id)

@@ -118,7 +118,9 @@ def test_a_killed_hive_goes_down_and_its_workers_are_not_routed_to(cluster: Any,
             workers = {w["worker_id"]: w for w in status.final()["result"]["workers"]}
             assert workers[worker["worker_id"]]["hive_state"] == "down"
             assert local.code == 0, str(local)
-            jobs = cluster.get(worker["url"] + "/v1/jobs", hive="h2")["jobs"]
+            jobs = cluster.get(worker["url"] + "/v1/jobs", hive="h2", worker=worker["worker_id"])[
+                "jobs"
+            ]
             assert len(jobs) == 1 and jobs[0]["state"] == "succeeded", jobs  # the one before
         finally:
             if orphan_pid is not None and kit.alive(orphan_pid):

@@ -166,3 +166,11 @@ def test_new_secret_replaces_the_secret_privately(tmp_path) -> None:
     second = auth.load_or_create_secret(path)
     assert len(second) == 32 and second != first
     assert auth.ENV_QUEEN_SECRET_FILE == "RBEE_QUEEN_SECRET_FILE"
+
+
+def test_each_worker_has_its_own_token_derived_from_its_hives() -> None:
+    hive = auth.hive_token(bytes(range(32)), "h1")
+    w1, w2 = auth.worker_token(hive, "w1"), auth.worker_token(hive, "w2")
+    assert len({hive, w1, w2}) == 3 and w1.startswith("rbee_w_")
+    assert auth.worker_token(hive, "w1") == w1  # the queen derives what the hive derived
+    assert auth.worker_token(auth.hive_token(bytes(range(32)), "h2"), "w1") != w1

@@ -20,6 +20,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from jobproto.client import JobClient
+from rbee_contracts.auth import worker_token
 from rbee_hive.app import main
 from rbee_hive.reaping import pid_file_path, reap_leftovers
 from rbee_hive.settings import HiveSettings
@@ -101,7 +102,9 @@ async def test_the_command_serves_registers_and_stops_its_workers_on_sigterm(
             # ready: the hive polled the fake worker's /ready with the token it was given
             assert worker["state"] == "ready"
             environ = _proc(worker["pid"], "environ").split(b"\0")
-            assert f"RBEE_WORKER_TOKEN={HIVE_TOKEN}".encode() in environ
+            own = worker_token(HIVE_TOKEN, worker["worker_id"])  # its own, not the hive's
+            assert f"RBEE_WORKER_TOKEN={own}".encode() in environ
+            assert not [v for v in environ if HIVE_TOKEN.encode() in v]
             assert not [v for v in environ if v.startswith((b"RBEE_HIVE_TOKEN", b"RBEE_JOIN"))]
             assert HIVE_TOKEN.encode() not in _proc(worker["pid"], "cmdline")
             assert HIVE_TOKEN.encode() not in _proc(process.pid, "cmdline")

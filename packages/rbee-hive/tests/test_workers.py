@@ -25,6 +25,7 @@ import rbee_process
 from jobproto import LocalProtocolError, converter
 from jobproto.client import JobClient, RemoteJobCancelled, RemoteJobFailed
 from jobproto.testing import serving
+from rbee_contracts.auth import worker_token
 from rbee_contracts.lifecycle import WorkerState
 from rbee_contracts.records import parse_worker_record
 from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
@@ -349,8 +350,11 @@ async def test_a_hive_with_a_token_gives_it_to_its_workers_and_asks_it_of_caller
         assert worker["state"] == "ready"
         cmdline = _proc(worker["pid"], "cmdline")
         environ = _proc(worker["pid"], "environ").split(b"\0")
-        assert f"RBEE_WORKER_TOKEN={token}".encode() in environ
-        assert token.encode() not in cmdline
+        # its own token, derived from the hive's: the hive's token is not in its environment
+        own = worker_token(token, worker["worker_id"])
+        assert f"RBEE_WORKER_TOKEN={own}".encode() in environ
+        assert not [v for v in environ if token.encode() in v]
+        assert token.encode() not in cmdline and own.encode() not in cmdline
         assert not [e for e in events if token in str(e)]
         await kit.run_job(h.client, "worker_stop", worker_id=worker["worker_id"])
     assert token not in (settings.logs_dir / f"{worker['worker_id']}.log").read_text()

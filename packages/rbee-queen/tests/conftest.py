@@ -39,7 +39,7 @@ from jobproto import (
 from jobproto.asgi import Principal, Security, ServiceSettings, TokenAuth, create_app
 from jobproto.client import JobClient
 from jobproto.testing import serving
-from rbee_contracts.auth import hive_token, join_token, keeper_token
+from rbee_contracts.auth import hive_token, join_token, keeper_token, worker_token
 from rbee_contracts.hive_ops import (
     ModelDeleteParams,
     ModelDownloadParams,
@@ -176,12 +176,12 @@ class FakeHive:
         model_size: int = 5_000_000,
         secret: bytes | None = None,
     ) -> None:
-        """With the queen's ``secret``, it presents its join token and it and its workers
-        accept only its hive token, as a real hive does."""
+        """With the queen's ``secret``, it presents its join token, it accepts only its hive
+        token and each of its workers only its own worker token, as a real hive does."""
         self.hive_id = hive_id
         #: presented on heartbeats (its join token)
         self.token = None if secret is None else join_token(secret, hive_id)
-        #: accepted from the queen, by the hive and its workers
+        #: accepted from the queen by the hive (its workers: ``worker_token`` of it)
         self.accepts = None if secret is None else hive_token(secret, hive_id)
         self.models = list(models)
         self.heartbeat = heartbeat
@@ -215,7 +215,9 @@ class FakeHive:
 
     async def add_worker(self, worker_id: str, model: str = "tiny") -> FakeWorker:
         """Start a fake worker this hive reports as ready (as if spawned earlier)."""
-        worker = FakeWorker(worker_id, model, accepts=self.accepts)
+        # as the real hive gives each worker its own token, derived from the hive's
+        accepts = None if self.accepts is None else worker_token(self.accepts, worker_id)
+        worker = FakeWorker(worker_id, model, accepts=accepts)
         assert self._tg is not None
         await self._tg.start(self._serve, worker)
         self.workers[worker_id] = worker

@@ -18,7 +18,7 @@ import pytest
 
 from jobproto import JobFailed, Succeeded
 from rbee_contracts import auth
-from rbee_contracts.auth import hive_token, join_token, keeper_token
+from rbee_contracts.auth import hive_token, join_token, keeper_token, worker_token
 from rbee_queen.registry import HiveRegistry, parse_registration
 
 pytestmark = pytest.mark.anyio
@@ -177,7 +177,8 @@ async def test_jobs_need_the_keepers_token_and_never_say_whether_a_job_exists(
 
 
 async def test_hives_and_workers_get_their_own_hives_token(cluster: Any, fakes: Any) -> None:
-    # each fake accepts only the hive token of its own hive (FakeHive(secret=...))
+    # each fake hive accepts only its own hive token, each worker only its own worker token
+    # (FakeHive(secret=...)): the queen derives both
     h1 = fakes.Hive("h1", secret=SECRET, models=("tiny",))
     h2 = fakes.Hive("h2", secret=SECRET, models=("big",))
     async with cluster([h1, h2], secret=SECRET) as c:
@@ -273,3 +274,19 @@ def test_a_queen_bound_to_every_interface_answers_to_this_machines_names(
     assert names is not None
     assert {"box", "box.lan", "192.168.1.10", "localhost"} <= set(names)
     assert names == auth.allowed_host_names(bind, None)  # the one rule every tier uses
+
+
+async def test_a_worker_gets_its_own_token_from_the_queen(cluster: Any, fakes: Any) -> None:
+    # neither its hive's token nor another worker's opens a worker: each has its own
+    hive = fakes.Hive("h1", secret=SECRET)
+    async with cluster([hive], secret=SECRET) as c:
+        w1 = await hive.add_worker("w1", "tiny")
+        await hive.add_worker("w2", "other")
+        await hive.register(c.queen_url)
+        assert (await c.client.run("infer", model="tiny", prompt="hi"))["engine"] == "fake:w1"
+        async with httpx.AsyncClient(base_url=w1.url) as http:
+            own = worker_token(hive_token(SECRET, "h1"), "w1")
+            for token in (hive_token(SECRET, "h1"), worker_token(hive_token(SECRET, "h1"), "w2")):
+                assert_error(await http.get("/v1/jobs", headers=bearer(token)), 401, "unauthorized")
+            assert (await http.get("/v1/jobs", headers=bearer(own))).status_code == 200
+    assert len(w1.jobs) == 1

@@ -339,3 +339,18 @@ async def test_a_worker_bound_to_every_interface_answers_to_this_machines_names(
         for host in ("box", "box.lan", "192.168.1.10", "127.0.0.1"):
             assert (await http.get(f"http://{host}:1/health")).status_code == 200, host
         assert (await http.get("http://evil.example:1/health")).status_code == 421
+
+
+@pytest.mark.anyio
+async def test_a_worker_refuses_its_hives_token_and_another_workers() -> None:
+    from rbee_contracts.auth import bearer, hive_token, worker_token
+
+    hive = hive_token(bytes(range(32)), "h1")
+    own = worker_token(hive, "w1")
+    settings = WorkerSettings(engine="synthetic", worker_id="w1", token=own)
+    app = create_app(settings, load_on_startup=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        for token in (hive, worker_token(hive, "w2")):
+            assert (await http.get("/v1/jobs", headers=bearer(token))).status_code == 401
+        assert (await http.get("/v1/jobs", headers=bearer(own))).status_code == 200

@@ -9,9 +9,15 @@ token                  presented by → to            accepted as
 =====================  ===========================  ==========================================
 ``keeper_token``       keeper → queen               ``keeper``, scope ``jobs``
 ``join_token(H)``      hive H → queen               ``hive:H``, scope ``hive:H`` (its own PUT)
-``hive_token(H)``      queen → hive H and its       ``queen``, scope ``jobs``
-                       workers
+``hive_token(H)``      queen → hive H               ``queen``, scope ``jobs``
+``worker_token(T, W)`` queen and hive → worker W    ``queen``, scope ``jobs``
+                       (``T``: its hive's token)
 =====================  ===========================  ==========================================
+
+A worker's token is derived from its hive's token, not from the secret: its hive (which holds
+the hive token, not the secret) gives each worker its own, and the queen derives it the same way.
+A worker runs model code, so what its environment holds opens that worker only: neither its hive
+nor another worker.
 
 A token is a secret: it travels in the ``Authorization: Bearer`` header and by environment variable
 or file (mode 0600) between processes, never in an argument list (another user can read ``ps``),
@@ -69,6 +75,7 @@ __all__ = [
     "redact",
     "service_security",
     "token_from_env",
+    "worker_token",
     "write_private_file",
 ]
 
@@ -122,6 +129,11 @@ def join_token(secret: bytes, hive_id: str) -> str:
 
 def hive_token(secret: bytes, hive_id: str) -> str:
     return _derive(secret, "h", "rbee/hive/" + hive_id)
+
+
+def worker_token(hive_token: str, worker_id: str) -> str:
+    """The token worker ``worker_id`` accepts: an HMAC of its hive's token."""
+    return _derive(hive_token.encode(), "w", "rbee/worker/" + worker_id)
 
 
 # -- presenting and accepting a token ------------------------------------------------------------

@@ -40,7 +40,8 @@ that output is not narrated line by line: it goes to the worker's log (0600), an
 told its last line (``TracebackFolder``), so no client sees the frames and source paths.
 
 The worker gets the token it accepts in its environment (``RBEE_WORKER_TOKEN``, never in its
-argument list), and the hive presents that token when it polls ``/ready`` (``rbee_hive.trust``).
+argument list): its own, derived from the hive's (``rbee_hive.trust.worker_token``), which the
+hive presents when it polls ``/ready``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from rbee_contracts.worker_cli import LISTENING_PREFIX, parse_listening_line
 from .errors import WorkerError
 from .reaping import pid_file_path, reap_leftovers
 from .settings import HiveSettings, is_wildcard
-from .trust import worker_context, worker_env
+from .trust import worker_context, worker_env, worker_token
 from .worker_process import TracebackFolder, WorkerProcess
 from .worker_spec import WorkerSpec
 
@@ -224,7 +225,7 @@ class Supervisor:
             # /dev/null, our environment plus placement's: rbee_process's rules; the pipes are ours.
             # Its environment carries the token it accepts; the hive's own credentials stay here.
             options = rbee_process.session_options(worker.spec.env)
-            worker_env(self.settings, options["env"])
+            worker_env(self.settings, options["env"], worker.worker_id)
             process = await anyio.open_process(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options
             )
@@ -341,7 +342,7 @@ class Supervisor:
         with anyio.move_on_after(settings.ready_timeout) as scope:
             async with httpx.AsyncClient(
                 timeout=min(5.0, settings.ready_timeout),
-                headers=auth.bearer(settings.token),
+                headers=auth.bearer(worker_token(settings, worker.worker_id)),
                 verify=worker_context(settings),
             ) as client:
                 while True:

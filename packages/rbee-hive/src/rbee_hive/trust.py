@@ -4,10 +4,10 @@ its secrets a worker gets (docs/tiers.md, hive; the tokens are ``rbee_contracts.
 - Callers present the hive's token (the queen's hive token for this hive) on everything but
   ``/health``; the ``Host`` must be one of ``HiveSettings.host_names()`` (a web page that reaches
   a loopback hive by DNS rebinding sends its own name, and is refused with 421).
-- A worker accepts the same token: the hive puts it in the worker's environment as
-  ``RBEE_WORKER_TOKEN``, never on its command line (``ps`` shows that to every user), and takes
-  its own credentials out of that environment (the worker runs model code: it gets what it
-  needs, not the hive's join token).
+- A worker accepts its own token, derived from the hive's (``auth.worker_token``): the hive puts
+  it in the worker's environment as ``RBEE_WORKER_TOKEN``, never on its command line (``ps``
+  shows that to every user), and takes its own credentials out of that environment. The worker
+  runs model code: it gets what it needs, not a token that opens the hive or another worker.
 - The hive verifies the queen with ``tls_ca`` (a CA, or the queen's self-signed certificate
   itself). Its own workers serve the hive's certificate, so the hive pins exactly that
   certificate when it polls them; it reaches them by a loopback address, so the certificate's
@@ -31,6 +31,7 @@ __all__ = [
     "hive_security",
     "worker_context",
     "worker_env",
+    "worker_token",
 ]
 
 #: the hive's own credentials and the keeper's: never in a worker's environment
@@ -72,10 +73,17 @@ def worker_context(settings: HiveSettings) -> ssl.SSLContext | bool:
     return context
 
 
-def worker_env(settings: HiveSettings, env: MutableMapping[str, str]) -> None:
-    """Make a worker's environment (``env``, changed in place): the hive's credentials out, the
-    token the worker accepts in."""
+def worker_token(settings: HiveSettings, worker_id: str) -> str | None:
+    """The token worker ``worker_id`` accepts (``auth.worker_token`` of the hive's; None
+    without one): the hive presents it on ``/ready``, the queen derives the same."""
+    return None if settings.token is None else auth.worker_token(settings.token, worker_id)
+
+
+def worker_env(settings: HiveSettings, env: MutableMapping[str, str], worker_id: str) -> None:
+    """Make worker ``worker_id``'s environment (``env``, changed in place): the hive's
+    credentials out, the token that worker accepts in."""
     for name in WORKER_ENV_DROPPED:
         env.pop(name, None)
-    if settings.token is not None:
-        env[auth.ENV_WORKER_TOKEN] = settings.token
+    token = worker_token(settings, worker_id)
+    if token is not None:
+        env[auth.ENV_WORKER_TOKEN] = token

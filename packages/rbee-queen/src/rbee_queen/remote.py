@@ -13,10 +13,12 @@ every request that starts or ends: one pool behind 500 relayed streams spent fou
 queen's CPU in that scan (docs/benchmarks.md, section 2). ``running()`` owns the pools.
 
 Every call names the hive it goes to (``hive=``): the hive itself or one of the workers that hive
-reported. It carries that hive's token (``rbee_contracts.auth.hive_token``), which the hive and
-its workers accept and nobody else is given; without a secret (tests, library use) no token is
-sent. HTTPS peers are verified against ``tls_ca`` when the queen has one (the system's CAs
-otherwise). ``/health`` probes carry no token: the path is public on every tier.
+reported (``worker=``, its id). A call to the hive carries that hive's token
+(``rbee_contracts.auth.hive_token``); a call to a worker the token of that worker, derived from
+its hive's (``auth.worker_token``), as the hive derived it for the worker. Without a secret
+(tests, library use) no token is sent. HTTPS peers are verified against ``tls_ca`` when the
+queen has one (the system's CAs otherwise). ``/health`` probes carry no token: the path is
+public on every tier.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import httpx
 from jobproto import JobFailed, Merge, TransportFailed
 from jobproto.client import JobClient
 from jobproto.relay import relay
-from rbee_contracts.auth import hive_token
+from rbee_contracts.auth import hive_token, worker_token
 
 __all__ = ["UNAVAILABLE", "Remote"]
 
@@ -75,9 +77,13 @@ class Remote:
     def __repr__(self) -> str:
         return f"Remote(tokens={self._secret is not None})"
 
-    def token(self, hive: str) -> str | None:
-        """The token hive ``hive`` and its workers accept (None: the queen has no secret)."""
-        return None if self._secret is None else hive_token(self._secret, hive)
+    def token(self, hive: str, worker: str | None = None) -> str | None:
+        """The token hive ``hive`` accepts, or its worker ``worker`` (None: the queen has no
+        secret)."""
+        if self._secret is None:
+            return None
+        token = hive_token(self._secret, hive)
+        return token if worker is None else worker_token(token, worker)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -117,9 +123,17 @@ class Remote:
         finally:
             pool.active -= 1
 
-    def client(self, url: str, *, hive: str, max_reconnects: int = HIVE_RECONNECTS) -> JobClient:
-        """A client for the service at ``url``: hive ``hive`` or a worker it reported."""
-        return JobClient(url, http=self.http, token=self.token(hive), max_reconnects=max_reconnects)
+    def client(
+        self,
+        url: str,
+        *,
+        hive: str,
+        worker: str | None = None,
+        max_reconnects: int = HIVE_RECONNECTS,
+    ) -> JobClient:
+        """A client for the service at ``url``: hive ``hive``, or its worker ``worker``."""
+        token = self.token(hive, worker)
+        return JobClient(url, http=self.http, token=token, max_reconnects=max_reconnects)
 
     async def relay(
         self,
@@ -129,15 +143,16 @@ class Remote:
         fields: Mapping[str, Any],
         *,
         hive: str,
+        worker: str | None = None,
         max_reconnects: int = HIVE_RECONNECTS,
         merge: Merge | None = None,
     ) -> Any:
-        """Run ``operation`` on the service at ``url`` (hive ``hive`` or a worker it reported)
+        """Run ``operation`` on the service at ``url`` (hive ``hive``, or its worker ``worker``)
         as part of the current job; its result."""
         try:
             async with self._relay_pool() as http:
                 client = JobClient(
-                    url, http=http, token=self.token(hive), max_reconnects=max_reconnects
+                    url, http=http, token=self.token(hive, worker), max_reconnects=max_reconnects
                 )
                 return await relay(client, operation, fields, service=service, merge=merge)
         except JobFailed as exc:

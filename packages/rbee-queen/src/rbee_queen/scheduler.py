@@ -87,7 +87,8 @@ class Scheduler:
                     f"worker:{worker.worker_id}",
                     "infer",
                     fields,
-                    hive=worker.hive_id,  # the worker's hive reported it: its token
+                    hive=worker.hive_id,  # the worker's hive reported it
+                    worker=worker.worker_id,  # its token, derived from its hive's
                     max_reconnects=WORKER_RECONNECTS,
                     merge=concat_data,  # token deltas the client has not read yet coalesce
                 )

@@ -58,7 +58,8 @@ class WorkerSettings:
     engine_args: Mapping[str, str] = attrs.field(factory=dict, converter=_engine_args)
     #: service name in spans and relay origins
     service_name: str = "rbee-worker"
-    #: the token callers must present (its hive's, from ``RBEE_WORKER_TOKEN``: never a flag);
+    #: the token callers must present (its own, which its hive derives from the hive's token
+    #: and puts in ``RBEE_WORKER_TOKEN``: never a flag);
     #: None: no authentication, which ``main`` allows on loopback only
     token: str | None = attrs.field(default=None, repr=False)
     #: certificate and key to serve HTTPS with (the hive's); both or neither
