@@ -290,3 +290,70 @@ async def test_a_worker_gets_its_own_token_from_the_queen(cluster: Any, fakes: A
                 assert_error(await http.get("/v1/jobs", headers=bearer(token)), 401, "unauthorized")
             assert (await http.get("/v1/jobs", headers=bearer(own))).status_code == 200
     assert len(w1.jobs) == 1
+
+
+@pytest.mark.parametrize("pinned", ["own certificate", "tls_ca"])
+async def test_a_queen_with_a_certificate_verifies_its_local_hive_over_https(
+    tmp_path: Any, pinned: str
+) -> None:
+    # LocalHives gives a hive on this machine the queen's certificate; with no --tls-ca the
+    # queen trusts that certificate (the hive trusts the queen's the same way)
+    import trustme
+
+    from jobproto.testing import serving
+    from rbee_hive.app import create_app as create_hive_app
+    from rbee_hive.settings import HiveSettings
+    from rbee_queen.queen import Queen
+    from rbee_queen.settings import QueenSettings
+
+    cert, key = tmp_path / "queen.pem", tmp_path / "queen.key"
+    issued = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    issued.cert_chain_pems[0].write_to_path(str(cert))  # the leaf alone, as `rbee cert` pins
+    issued.private_key_pem.write_to_path(str(key))
+    hive = create_hive_app(
+        HiveSettings(
+            hive_id="h1",
+            models_dir=tmp_path / "models",
+            state_dir=tmp_path / "hive",
+            token=hive_token(SECRET, "h1"),
+            tls_cert=cert,
+            tls_key=key,
+        )
+    )
+    queen = Queen(
+        QueenSettings(
+            state_dir=tmp_path / "queen",
+            secret=SECRET,
+            tls_cert=cert,
+            tls_key=key,
+            tls_ca=cert if pinned == "tls_ca" else None,
+        )
+    )
+    async with serving(hive, ssl_certfile=cert, ssl_keyfile=key) as url, queen.running():
+        assert url.startswith("https://")
+        listed = await queen.remote.run(url, "worker_list", {}, hive="h1")
+        assert listed["workers"] == []
+        assert await queen.remote.health(url, 5) is None
+
+
+async def test_a_queen_does_not_trust_another_certificate_for_its_hives(tmp_path: Any) -> None:
+    import trustme
+
+    from jobproto.testing import serving
+    from rbee_hive.app import create_app as create_hive_app
+    from rbee_hive.settings import HiveSettings
+    from rbee_queen.queen import Queen
+    from rbee_queen.settings import QueenSettings
+
+    own, other, key = tmp_path / "queen.pem", tmp_path / "other.pem", tmp_path / "other.key"
+    trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(own))
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(other))
+    issued.private_key_pem.write_to_path(str(key))
+    hive = create_hive_app(
+        HiveSettings(hive_id="h1", models_dir=tmp_path / "m", state_dir=tmp_path / "h")
+    )
+    queen = Queen(QueenSettings(state_dir=tmp_path / "q", tls_cert=own, tls_key=tmp_path / "k"))
+    async with serving(hive, ssl_certfile=other, ssl_keyfile=key) as url, queen.running():
+        problem = await queen.remote.health(url, 5)
+    assert problem is not None and "CERTIFICATE_VERIFY_FAILED" in problem

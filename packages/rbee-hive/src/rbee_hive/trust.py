@@ -10,8 +10,9 @@ its secrets a worker gets (docs/tiers.md, hive; the tokens are ``rbee_contracts.
   runs model code: it gets what it needs, not a token that opens the hive or another worker.
 - The hive verifies the queen with ``tls_ca`` (a CA, or the queen's self-signed certificate
   itself). Its own workers serve the hive's certificate, so the hive pins exactly that
-  certificate when it polls them; it reaches them by a loopback address, so the certificate's
-  names are not checked there (the pin is the stronger check).
+  certificate when it polls them; it reaches them at ``worker_host`` (loopback for a wildcard
+  bind), which that certificate need not name, so names are not checked there (the pin is the
+  stronger check). Every context is ``jobproto.client.ssl_context``'s.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 from jobproto.asgi import Security
+from jobproto.client import ssl_context
 from rbee_contracts import auth
 
 from .settings import HiveSettings
@@ -53,23 +55,19 @@ def hive_security(settings: HiveSettings) -> Security:
 
 
 def client_context(ca: Path | None) -> ssl.SSLContext | bool:
-    """How to verify a server: against ``ca`` (a CA or a pinned certificate), else the system's
-    CAs (``True``)."""
-    if ca is None:
-        return True
-    context = ssl.create_default_context(cafile=str(ca))
-    # A pinned certificate that a CA signed is a trust anchor by itself (no chain above it).
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return context
+    """How to verify a server: against ``ca`` (a CA or a pinned certificate:
+    ``jobproto.client.ssl_context``), else httpx's default CAs (``True``)."""
+    return True if ca is None else ssl_context(ca)
 
 
 def worker_context(settings: HiveSettings) -> ssl.SSLContext | bool:
     """How the hive verifies its own workers: they serve its certificate, which is pinned."""
     if settings.tls_cert is None:
         return True
-    context = ssl.create_default_context(cafile=str(settings.tls_cert))
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    context.check_hostname = False  # reached by a loopback address; the pin decides
+    context = ssl_context(settings.tls_cert)
+    # The hive reaches a worker at ``worker_host`` (loopback for a wildcard bind), which the
+    # hive's certificate need not name; the pin, this one certificate, is the stronger check.
+    context.check_hostname = False
     return context
 
 

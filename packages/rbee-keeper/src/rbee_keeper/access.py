@@ -14,7 +14,7 @@ error (the queen then answers 401, and the message says what to set); a missing 
 file that was configured is.
 
 An ``https`` queen is verified against ``tls_ca`` when it is set (a CA certificate, or the
-queen's own self-signed certificate, pinned), else against the system's CAs.
+queen's own certificate, pinned: ``jobproto.client.ssl_context``), else against the system's CAs.
 
 The token never appears in a message: ``refusal_message`` names where the token came from, never
 what it is.
@@ -26,7 +26,7 @@ import ssl
 
 import attrs
 
-from jobproto.client import JobClient
+from jobproto.client import JobClient, ssl_context
 from rbee_contracts.auth import (
     ENV_TOKEN,
     ENV_TOKEN_FILE,
@@ -100,7 +100,7 @@ def _verify(settings: Settings) -> ssl.SSLContext | bool:
     if settings.tls_ca is None:
         return True
     try:
-        return ssl.create_default_context(cafile=str(settings.tls_ca))
+        return ssl_context(settings.tls_ca)
     except (OSError, ssl.SSLError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise AccessError(

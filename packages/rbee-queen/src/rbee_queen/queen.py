@@ -49,7 +49,11 @@ class Queen:
         self.settings = settings or QueenSettings()
         self.clock = clock
         self.registry = HiveRegistry(self.settings.hive_timeout_beats)
-        self.remote = Remote(secret=self.settings.secret, tls_ca=self.settings.tls_ca)
+        self.remote = Remote(
+            secret=self.settings.secret,
+            tls_ca=self.settings.tls_ca,
+            tls_cert=self.settings.tls_cert,
+        )
         self.scheduler = Scheduler(self.registry, self.remote, self.settings, clock)
         self.local_hives = LocalHives(self.settings, self.registry, clock)
         #: the job service running the queen's operations (set by ``create_app``)

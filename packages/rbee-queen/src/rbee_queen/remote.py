@@ -16,9 +16,9 @@ Every call names the hive it goes to (``hive=``): the hive itself or one of the 
 reported (``worker=``, its id). A call to the hive carries that hive's token
 (``rbee_contracts.auth.hive_token``); a call to a worker the token of that worker, derived from
 its hive's (``auth.worker_token``), as the hive derived it for the worker. Without a secret
-(tests, library use) no token is sent. HTTPS peers are verified against ``tls_ca`` when the
-queen has one (the system's CAs otherwise). ``/health`` probes carry no token: the path is
-public on every tier.
+(tests, library use) no token is sent. HTTPS peers are verified as ``trust`` says: against
+``tls_ca`` when the queen has one, else the system's CAs and the queen's own certificate.
+``/health`` probes carry no token: the path is public on every tier.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from typing import Any
 import httpx
 
 from jobproto import JobFailed, Merge, TransportFailed
-from jobproto.client import JobClient
+from jobproto.client import JobClient, ssl_context
 from jobproto.relay import relay
 from rbee_contracts.auth import hive_token, worker_token
 
-__all__ = ["UNAVAILABLE", "Remote"]
+__all__ = ["UNAVAILABLE", "Remote", "trust"]
 
 #: consecutive reconnects of a relayed stream before the peer counts as gone. A jobproto server
 #: asks for 2 s between reconnects (SSE ``retry:``), and the client honours that over its own
@@ -48,6 +48,21 @@ WORKER_RECONNECTS = 1
 UNAVAILABLE = "downstream_unavailable"
 #: relays at once per connection pool (a relay holds one connection, two while it cancels)
 STREAMS_PER_POOL = 32
+
+
+def trust(tls_ca: Path | None, tls_cert: Path | None) -> ssl.SSLContext | bool:
+    """How the queen verifies HTTPS hives and workers: against ``tls_ca`` (a CA or a pinned
+    certificate) when given. Else the system's CAs, plus the queen's own certificate
+    (``tls_cert``) when it serves HTTPS: a hive started on this machine serves that certificate
+    (``LocalHives.tls_flags``), as its workers do, and the hive verifies the queen the same way.
+    Without either, httpx's default CAs (``True``)."""
+    if tls_ca is not None:
+        return ssl_context(tls_ca)
+    if tls_cert is None:
+        return True
+    context = ssl_context()
+    context.load_verify_locations(cafile=str(tls_cert))
+    return context
 
 
 class _Pool:
@@ -65,12 +80,11 @@ class Remote:
         *,
         secret: bytes | None = None,
         tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
     ) -> None:
         self._timeout = timeout
         self._secret = secret
-        self._verify: ssl.SSLContext | bool = (
-            True if tls_ca is None else ssl.create_default_context(cafile=str(tls_ca))
-        )
+        self._verify = trust(tls_ca, tls_cert)
         self._pools: list[_Pool] = []
         self._stack: AsyncExitStack | None = None
 
