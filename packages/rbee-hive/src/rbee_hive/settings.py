@@ -131,9 +131,10 @@ class HiveSettings:
     #: Hugging Face endpoint for downloads (None: huggingface_hub's default / ``HF_ENDPOINT``)
     hf_endpoint: str | None = attrs.field(default=None, validator=optional_url_validator)
 
-    # -- trust (docs/tiers.md, hive; rbee_contracts.auth) --------------------------------------
-    #: the token callers must present (the queen's hive token for this hive); its workers get it
-    #: as theirs. None: no authentication, allowed on loopback only (``app.main`` refuses more)
+    # -- trust (ARCHITECTURE.md, "Trust between tiers"; rbee_contracts.auth) -------------------
+    #: the token callers must present (the queen's hive token for this hive); each of its workers
+    #: gets its own, derived from it (``auth.worker_token``). None: no authentication, allowed
+    #: on loopback only (``app.main`` refuses more)
     token: str | None = attrs.field(default=None, repr=False)
     #: the token this hive presents to the queen with every heartbeat
     join_token: str | None = attrs.field(default=None, repr=False)

@@ -1,5 +1,6 @@
 """Whom the hive trusts and how it proves itself: its ``Security``, its TLS contexts, and what of
-its secrets a worker gets (docs/tiers.md, hive; the tokens are ``rbee_contracts.auth``'s).
+its secrets a worker gets (ARCHITECTURE.md, "Trust between tiers"; the tokens are
+``rbee_contracts.auth``'s).
 
 - Callers present the hive's token (the queen's hive token for this hive) on everything but
   ``/health``; the ``Host`` must be one of ``HiveSettings.host_names()`` (a web page that reaches

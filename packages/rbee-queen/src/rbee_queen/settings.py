@@ -74,7 +74,7 @@ class QueenSettings:
     #: timeout of a worker's ``/health`` probe (seconds)
     health_timeout: float = attrs.field(default=5.0, validator=_positive)
 
-    # -- trust (rbee_contracts.auth; docs/tiers.md §queen, "Trust") ------------------------------
+    # -- trust (rbee_contracts.auth; ARCHITECTURE.md, "Trust between tiers") --------------------
     #: the queen's secret, from which every token is derived. None: no authentication at all
     #: (in-process tests and library use); ``rbee-queen`` always loads or creates one.
     secret: bytes | None = attrs.field(default=None, repr=False)
