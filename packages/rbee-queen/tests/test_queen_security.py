@@ -235,12 +235,14 @@ def test_a_local_hive_gets_its_tokens_by_environment_and_tls_paths_by_flag(tmp_p
     from rbee_queen.settings import QueenSettings
 
     plain = LocalHives(QueenSettings(state_dir=tmp_path), HiveRegistry())
-    assert plain.environment("h1") == {} and plain.tls_flags() == {}
+    # no tokens without a secret; the keeper's, which the queen may inherit, emptied
+    keeper_emptied = {"RBEE_TOKEN": "", "RBEE_TOKEN_FILE": ""}
+    assert plain.environment("h1") == keeper_emptied and plain.tls_flags() == {}
     settings = QueenSettings(
         state_dir=tmp_path, secret=SECRET, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem"
     )
     hives = LocalHives(settings, HiveRegistry())
-    assert hives.environment("h1") == {
+    assert hives.environment("h1") == keeper_emptied | {
         "RBEE_JOIN_TOKEN": join_token(SECRET, "h1"),
         "RBEE_HIVE_TOKEN": hive_token(SECRET, "h1"),
     }
