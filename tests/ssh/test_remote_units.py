@@ -301,3 +301,35 @@ def test_uninstall_purge_says_what_it_removes() -> None:
     assert "~/.local/state/rbee/hive" in purge
     assert "models stay" in purge
     assert "models, logs" not in purge
+
+
+class CrashedMachine(FakeMachine):
+    """A host whose hive died at start with a traceback in its log."""
+
+    async def read_tail(self, path: PurePosixPath, limit: int = 0, lines: int = 0) -> str:
+        return (
+            "--- rbee: 2026-01-01 00:00:00 starting hive h1: python -m rbee_hive.app\n"
+            "Traceback (most recent call last):\n"
+            '  File "/opt/venv/lib/python3.11/site-packages/jobproto/server.py", line 9, in run\n'
+            "    server.run()\n"
+            "OSError: [Errno 98] address already in use\n"
+        )
+
+
+async def test_a_hive_that_failed_on_its_host_is_said_in_one_line_without_its_frames(
+    tmp_path: Path,
+) -> None:
+    queen = Queen(QueenSettings(state_dir=tmp_path / "queen", secret=bytes(32)))
+    remote = RemoteHives(
+        queen.settings,
+        queen.registry,
+        SSHSettings(hosts_file=tmp_path / "none.toml"),
+        queen_url=lambda: queen.url,
+    )
+    machine = CrashedMachine(HostEntry("gpu1"))
+    with pytest.raises(JobFailed) as failed:
+        await remote._start(machine, "h1", 9000, None, None, None, None)  # type: ignore[arg-type]
+    message = failed.value.message
+    assert "OSError: [Errno 98] address already in use" in message
+    assert "Traceback" not in message and "site-packages" not in message
+    assert "gpu1:" in message  # where the details are

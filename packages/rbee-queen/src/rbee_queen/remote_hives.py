@@ -52,6 +52,7 @@ from rbee_contracts.queen_results import (
     StopOutcome,
 )
 
+from .hives import error_line
 from .registry import HiveRegistry
 from .settings import QueenSettings
 from .ssh import HostEntry, Machine, SSHError, SSHHosts, SSHSettings
@@ -309,9 +310,11 @@ class RemoteHives:
         started_at = time.time()
         answer = await self._daemon(machine, argv, env=env)
         if not answer.get("ok"):
-            tail = await machine.read_tail(PurePosixPath(answer.get("log", "")))
+            log = PurePosixPath(answer.get("log", ""))
             raise JobFailed(
-                "hive_exited", f"hive {hive_id} could not be started on {alias}: {answer}\n{tail}"
+                "hive_exited",
+                f"hive {hive_id} could not be started on {alias}: {await _error(machine, log)};"
+                f" the details are in its log {alias}:{log}",
             )
         fresh = not answer["already_running"]
         process = _process(hive_id, alias, answer)
@@ -379,7 +382,8 @@ class RemoteHives:
                         raise JobFailed(
                             "hive_exited",
                             f"hive {hive_id} exited on {machine.entry.alias} before it"
-                            f" registered; the end of {log}:\n{await _tail(machine, log)}",
+                            f" registered: {await _error(machine, log)}; the details are in its"
+                            f" log {machine.entry.alias}:{log}",
                         )
                     progress(
                         "hive_start",
@@ -399,7 +403,7 @@ class RemoteHives:
             "hive_start_timeout",
             f"hive {hive_id} on {machine.entry.alias} did not register with this queen within"
             f" {timeout:g} s{other} (can it reach the queen URL? can the queen reach the address"
-            f" it binds?); the end of {log}:\n{await _tail(machine, log)}",
+            f" it binds?); its log {machine.entry.alias}:{log} says: {await _error(machine, log)}",
         )
 
     # -- stop, status, uninstall -------------------------------------------------------------------
@@ -574,8 +578,10 @@ def _process(hive_id: str, alias: str, answer: dict[str, Any]) -> LocalHiveProce
     )
 
 
-async def _tail(machine: Machine, log: PurePosixPath) -> str:
-    return await machine.read_tail(log) or "(empty or missing log)"
+async def _error(machine: Machine, log: PurePosixPath) -> str:
+    """What the hive's log on ``machine`` says went wrong, in one line (its frames, with their
+    internal paths, stay in the log)."""
+    return error_line(await machine.read_tail(log)) or "its log is empty or missing"
 
 
 def _pinned(package: str) -> str:
