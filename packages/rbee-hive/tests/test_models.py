@@ -305,3 +305,25 @@ async def test_bad_parameters_are_a_422(
             assert (exc.value.status, exc.value.field) == (422, field), (operation, fields)
         jobs = await h.client.list()
         assert jobs.jobs == []  # refused before any job existed
+
+
+@pytest.mark.anyio
+async def test_an_entry_leading_outside_the_roots_can_be_deleted_without_touching_its_target(
+    start_hive: Any, make_settings: Callable[..., HiveSettings], tmp_path: Path, kit: Any
+) -> None:
+    """A link in the models directory that leads out of the roots (made by hand, or left from
+    before the roots) is removed by ``model_delete``: the link only, never what it points at."""
+    outside = tmp_path / "outside-model"
+    outside.mkdir()
+    (outside / "weights.bin").write_bytes(b"w")
+    settings = make_settings()
+    settings.models_dir.mkdir(parents=True)
+    (settings.models_dir / "away").symlink_to(outside, target_is_directory=True)
+    async with start_hive(settings) as h:
+        deleted, _ = await kit.run_job(h.client, "model_delete", name="away")
+        assert deleted["name"] == "away"
+        assert not (settings.models_dir / "away").is_symlink()
+        assert (outside / "weights.bin").read_bytes() == b"w"
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_delete", name="away")
+        assert exc.value.code == "model_not_found"

@@ -305,8 +305,31 @@ class ModelCatalog:
         ``name``; nothing copied."""
         return await anyio.to_thread.run_sync(self._register_sync, name, path)
 
+    def _forget_outside(self, name: str, error: ModelError) -> ModelInfo:
+        """Delete an entry that leads outside the model roots: forget a registered one, remove a
+        link in the models directory (the link only: what it points at is never touched)."""
+        link = self.model_dir(name)
+        entry = self._read().get(name)
+        registered = entry is not None and entry.get("source") == "registered"
+        if registered:
+            path = str(entry.get("path", "")) if entry else ""
+        elif link.is_symlink():
+            link.unlink()
+            path = str(link)
+        else:
+            raise error
+        self._update(name, None)
+        return ModelInfo(
+            name=name, size_bytes=0, source="registered" if registered else "local", path=path
+        )
+
     def _delete_sync(self, name: str) -> ModelInfo:
-        info = self._get_sync(name)
+        try:
+            info = self._get_sync(name)
+        except ModelError as exc:
+            if exc.code != "path_not_allowed":
+                raise
+            return self._forget_outside(name, exc)
         if info.source == "registered":
             self._update(name, None)  # the files are the user's: only forget them
             return info
