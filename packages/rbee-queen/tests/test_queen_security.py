@@ -359,3 +359,13 @@ async def test_a_queen_does_not_trust_another_certificate_for_its_hives(tmp_path
     async with serving(hive, ssl_certfile=other, ssl_keyfile=key) as url, queen.running():
         problem = await queen.remote.health(url, 5)
     assert problem is not None and "CERTIFICATE_VERIFY_FAILED" in problem
+
+
+def test_without_a_ca_the_queen_verifies_against_the_systems_cas() -> None:
+    import ssl
+
+    from rbee_queen.remote import trust
+
+    context = trust(None, None)
+    assert isinstance(context, ssl.SSLContext)  # the system store, as the README says
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname

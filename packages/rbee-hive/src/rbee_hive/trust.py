@@ -57,8 +57,8 @@ def hive_security(settings: HiveSettings) -> Security:
 
 def client_context(ca: Path | None) -> ssl.SSLContext | bool:
     """How to verify a server: against ``ca`` (a CA or a pinned certificate:
-    ``jobproto.client.ssl_context``), else httpx's default CAs (``True``)."""
-    return True if ca is None else ssl_context(ca)
+    ``jobproto.client.ssl_context``), else the system's CAs."""
+    return ssl_context(ca)
 
 
 def worker_context(settings: HiveSettings) -> ssl.SSLContext | bool:

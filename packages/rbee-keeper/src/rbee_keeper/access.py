@@ -98,7 +98,7 @@ def _token(settings: Settings) -> tuple[str | None, str]:
 
 def _verify(settings: Settings) -> ssl.SSLContext | bool:
     if settings.tls_ca is None:
-        return True
+        return ssl_context()  # the system's CAs
     try:
         return ssl_context(settings.tls_ca)
     except (OSError, ssl.SSLError) as exc:

@@ -55,12 +55,12 @@ def trust(tls_ca: Path | None, tls_cert: Path | None) -> ssl.SSLContext | bool:
     certificate) when given. Else the system's CAs, plus the queen's own certificate
     (``tls_cert``) when it serves HTTPS: a hive started on this machine serves that certificate
     (``LocalHives.tls_flags``), as its workers do, and the hive verifies the queen the same way.
-    Without either, httpx's default CAs (``True``)."""
+    Without either, the system's CAs."""
     if tls_ca is not None:
         return ssl_context(tls_ca)
-    if tls_cert is None:
-        return True
     context = ssl_context()
+    if tls_cert is None:
+        return context
     context.load_verify_locations(cafile=str(tls_cert))
     return context
 
