@@ -6,6 +6,7 @@ here; pytest loads this file early when the suite's directory is on the command 
 """
 
 from jobproto.conformance.pytest_plugin import (
+    authenticated_target,
     conformance_config,
     conformance_target,
     pytest_addoption,
@@ -14,6 +15,7 @@ from jobproto.conformance.pytest_plugin import (
 )
 
 __all__ = [
+    "authenticated_target",
     "conformance_config",
     "conformance_target",
     "pytest_addoption",

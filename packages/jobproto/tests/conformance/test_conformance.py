@@ -335,26 +335,23 @@ def test_status_objects_in_each_state(http: httpx.Client) -> None:
 @pytest.mark.parametrize("credential", ["none", "wrong", "not_bearer"])
 @pytest.mark.parametrize("method", ["create", "get", "delete", "stream"])
 def test_without_the_token_every_job_route_is_401(
-    http: httpx.Client, conformance_target: Target, credential: str, method: str
+    authenticated_target: Target, credential: str, method: str
 ) -> None:
     """§Authentication: against a service that needs a token (the ``token`` target, or ``--url``
     with ``--jobproto-token-file``); the same 401 for a job that exists and one that does not."""
-    if conformance_target.token is None:
-        pytest.skip("the service needs no token")
-    job = create(http, {"operation": "wait", "seconds": 5, "tick": 0.1})
-    refuse_unauthenticated(http, credential, method, [job.job_id, "job_" + "A" * 22])
-    # the job was not touched by the refused requests
-    assert status(http, job)["state"] in ("queued", "running")
-    http.delete(f"/v1/jobs/{job.job_id}")
+    with authenticated_target.client() as http:
+        job = create(http, {"operation": "wait", "seconds": 5, "tick": 0.1})
+        refuse_unauthenticated(http, credential, method, [job.job_id, "job_" + "A" * 22])
+        # the job was not touched by the refused requests
+        assert status(http, job)["state"] in ("queued", "running")
+        http.delete(f"/v1/jobs/{job.job_id}")
 
 
 def test_the_token_target_refuses_what_the_suite_sends_without_it(
-    conformance_target: Target,
+    authenticated_target: Target,
 ) -> None:
-    """The ``token`` target really needs its token (else the run above proves nothing)."""
-    if conformance_target.kind != "token":
-        pytest.skip("only the token target is known to need one")
-    assert conformance_target.token is not None
-    with httpx.Client(base_url=conformance_target.url, timeout=10.0) as bare:
+    """The authenticated target really needs its token (else the run above proves nothing)."""
+    assert authenticated_target.token is not None
+    with httpx.Client(base_url=authenticated_target.url, timeout=10.0) as bare:
         check_error(bare.get("/v1/jobs"), status=401, code="unauthorized")
-    assert conformance_target.token not in repr(conformance_target)
+    assert authenticated_target.token not in repr(authenticated_target)

@@ -39,6 +39,7 @@ __all__ = [
     "MAIN_SETTINGS",
     "TUNED_SETTINGS",
     "Target",
+    "authenticated_target",
     "conformance_config",
     "conformance_target",
     "pytest_addoption",
@@ -128,6 +129,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "tuned_target" in metafunc.fixturenames:
         kinds = ["url"] if url else ["in-process", "subprocess"]
         metafunc.parametrize("tuned_target", kinds, indirect=True, scope="session")
+    if "authenticated_target" in metafunc.fixturenames:
+        kinds = ["url"] if url else ["token"]
+        metafunc.parametrize("authenticated_target", kinds, indirect=True, scope="session")
 
 
 def _serve(
@@ -181,6 +185,24 @@ def tuned_target(
     if kind == "url":
         pytest.skip("needs a service with known limits; --url names an arbitrary one")
     yield from _serve(kind, TUNED_SETTINGS, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def authenticated_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    """A service that needs a bearer token: the reference server with a generated one, or the
+    ``--url`` service with ``--jobproto-token-file``/``JOBPROTO_TOKEN`` (a skip without a token:
+    the suite cannot know whether that service needs one)."""
+    kind = request.param
+    if kind == "url":
+        token = _given_token(request.config)
+        if token is None:
+            pytest.skip("--url was given without a token (--jobproto-token-file, JOBPROTO_TOKEN)")
+        url = str(request.config.getoption("url")).rstrip("/")
+        yield Target("url", url, None, token)
+        return
+    yield from _serve(kind, MAIN_SETTINGS, tmp_path_factory)
 
 
 @pytest.fixture
