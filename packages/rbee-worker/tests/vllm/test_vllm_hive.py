@@ -33,6 +33,7 @@ if importlib.util.find_spec("vllm") is None:
 
 from jobproto import Cancelled, Data, Failed, JobEvent, Succeeded
 from jobproto.client import JobClient, RemoteJobFailed
+from rbee_contracts import auth
 
 pytestmark = [pytest.mark.vllm]
 
@@ -50,6 +51,16 @@ class Cluster:
     @property
     def worker_id(self) -> str:
         return str(self.spawn["worker_id"])
+
+    def client(self) -> JobClient:
+        """A client of the queen with the keeper's token (the one `rbee` reads)."""
+        token = (self.state / "queen" / auth.KEEPER_TOKEN_FILE).read_text().strip()
+        return JobClient(self.queen_url, token=token)
+
+    def worker_headers(self, worker_id: str) -> dict[str, str]:
+        """What a worker of the local hive accepts: its own token, derived from the secret."""
+        secret = bytes.fromhex((self.state / "queen" / auth.SECRET_FILE).read_text().strip())
+        return auth.bearer(auth.worker_token(auth.hive_token(secret, "localhost"), worker_id))
 
     def rbee(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -235,7 +246,7 @@ async def test_eight_requests_at_once_and_one_cancelled(cluster: Cluster) -> Non
                     outcomes[i] = item.event
         spans[i], counts[i] = (first, time.perf_counter()), n
 
-    async with JobClient(cluster.queen_url) as client:
+    async with cluster.client() as client:
         with anyio.fail_after(180):
             async with anyio.create_task_group() as tg:
                 for i in range(8):
@@ -250,22 +261,23 @@ async def test_eight_requests_at_once_and_one_cancelled(cluster: Cluster) -> Non
     assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values())
     # The cancelled request was aborted in vLLM, and vLLM holds no request any more.
     assert cluster.worker_log().count("aborted in the engine") == 1
-    async with httpx.AsyncClient() as http:
-        info = (await http.get(f"{cluster.worker()['url']}/v1/worker")).json()
+    worker = cluster.worker()
+    async with httpx.AsyncClient(headers=cluster.worker_headers(worker["worker_id"])) as http:
+        info = (await http.get(f"{worker['url']}/v1/worker")).json()
     assert info["engine_requests"] == 0 and info["in_flight"] == 0
 
 
 def test_a_bad_engine_arg_fails_the_spawn_naming_it(cluster: Cluster) -> None:
     # `rbee worker spawn` has no engine-arg flag: the queen's worker_spawn job takes them.
     with pytest.raises(RemoteJobFailed) as failed:
-        anyio.run(_spawn, cluster.queen_url, {"max_model_length": "64"}, "bad-arg")
+        anyio.run(_spawn, cluster, {"max_model_length": "64"}, "bad-arg")
     assert failed.value.code == "worker_failed"
     assert "unknown engine arg(s) for the vllm engine: max_model_length" in failed.value.message
     assert "did you mean max_model_len" in failed.value.message
 
 
-async def _spawn(queen_url: str, engine_args: dict[str, str], worker_id: str) -> Any:
-    async with JobClient(queen_url) as client:
+async def _spawn(cluster: Cluster, engine_args: dict[str, str], worker_id: str) -> Any:
+    async with cluster.client() as client:
         return await client.run(
             "worker_spawn",
             model="tiny",
@@ -277,7 +289,7 @@ async def _spawn(queen_url: str, engine_args: dict[str, str], worker_id: str) ->
 
 def test_a_model_that_does_not_fit_fails_the_spawn(cluster: Cluster) -> None:
     with pytest.raises(RemoteJobFailed) as failed:
-        anyio.run(_spawn, cluster.queen_url, {"kv_cache_memory_bytes": str(1 << 50)}, "too-big")
+        anyio.run(_spawn, cluster, {"kv_cache_memory_bytes": str(1 << 50)}, "too-big")
     assert failed.value.code == "insufficient_memory"
     assert "tiny does not fit in this machine's memory" in failed.value.message
     assert "a KV cache of 1048576.00 GiB" in failed.value.message
@@ -291,7 +303,7 @@ async def test_the_engine_dies_jobs_fail_and_the_hive_restarts_the_worker(
     before = cluster.worker()
     engine = vx.vllm_processes(before["pid"])
     assert [p.name() for p in engine] == ["VLLM::EngineCore"]
-    async with JobClient(cluster.queen_url) as client:
+    async with cluster.client() as client:
         job = await client.create(
             "infer", model="tiny", prompt="Tell me a long story", max_tokens=480, temperature=0
         )
