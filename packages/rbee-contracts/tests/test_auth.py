@@ -50,6 +50,21 @@ def test_a_token_file_holds_one_token(tmp_path, text: str) -> None:
         auth.read_token_file(path)
 
 
+@pytest.mark.parametrize("data", [b"\xff\xfesecret-ish\n", b"tok\x00en\n", "t\u00f6ken".encode()])
+def test_a_token_file_that_is_not_text_is_refused_without_its_bytes(tmp_path, data: bytes) -> None:
+    path = tmp_path / "t"
+    path.write_bytes(data)
+    os.chmod(path, 0o600)
+    with pytest.raises(auth.TokenFileError, match="does not hold a token") as caught:
+        auth.read_token_file(path)
+    assert "\\x" not in str(caught.value) and "secret-ish" not in str(caught.value)
+
+
+def test_a_token_file_name_with_a_nul_is_refused(tmp_path) -> None:
+    with pytest.raises(auth.TokenFileError, match="NUL"):
+        auth.read_token_file(tmp_path / "\0bad")
+
+
 def test_token_from_env_prefers_the_value_then_the_file(tmp_path) -> None:
     path = tmp_path / "t"
     auth.write_private_file(path, "from-file\n")

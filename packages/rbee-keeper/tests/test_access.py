@@ -182,3 +182,23 @@ def test_a_token_with_spaces_is_a_bad_setting(fake_queen: str, invoke: Invoke) -
     assert result.exit_code == 2
     assert "RBEE_TOKEN must hold one token" in result.stderr
     assert "two words" not in result.stderr
+
+
+def test_a_bad_token_file_is_a_bad_setting_without_its_bytes(
+    fake_queen: str, tmp_path: Path, invoke: Invoke
+) -> None:
+    binary = tmp_path / "binary.token"
+    binary.write_bytes(b"\xffsecret-ish\xfe\n")
+    binary.chmod(0o600)
+    read = invoke("status", RBEE_QUEEN_URL=fake_queen, RBEE_TOKEN_FILE=str(binary))
+    assert read.exit_code == 2, read.output
+    assert f"token file {binary} does not hold a token" in read.stderr
+    assert "secret-ish" not in read.output and "xff" not in read.output
+    assert read.exception is None or isinstance(read.exception, SystemExit)
+
+    config = tmp_path / "config.toml"
+    config.write_text('token_file = "\\u0000bad"\n')
+    nul = invoke("status", RBEE_QUEEN_URL=fake_queen, RBEE_CONFIG=str(config))
+    assert nul.exit_code == 2, nul.output
+    assert "holds a NUL character" in nul.stderr
+    assert nul.exception is None or isinstance(nul.exception, SystemExit)

@@ -192,14 +192,26 @@ def write_private_file(path: Path, text: str) -> None:
 
 
 def read_token_file(path: Path) -> str:
-    """The token in ``path`` (surrounding whitespace stripped). Refuses a file others can read."""
+    """The token in ``path`` (surrounding whitespace stripped). Refuses a file others can read.
+
+    Every problem is a ``TokenFileError`` that names the file, never what it holds."""
+    if "\0" in str(path):
+        raise TokenFileError(f"token file name {str(path)!r} holds a NUL character")
     try:
         _check_private(path)
-        token = path.read_text().strip()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise TokenFileError(f"token file {path} does not exist") from None
     except OSError as exc:
         raise TokenFileError(f"cannot read token file {path}: {exc.strerror}") from None
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        token = None
+    if token is None or not token.isprintable():
+        raise TokenFileError(
+            f"token file {path} does not hold a token (visible ASCII characters on one line)"
+        )
     if not token or any(c.isspace() for c in token):
         raise TokenFileError(f"token file {path} must hold one token on one line")
     return token
