@@ -161,6 +161,10 @@ def test_an_https_queen_is_verified_with_tls_ca_and_refused_without(
     assert started.exit_code == 3
     assert "cannot be trusted" in started.stderr and "started queen" not in started.stderr
 
+    queen_start = invoke("queen", "start", **base)  # an answering queen we cannot trust
+    assert queen_start.exit_code == 3 and isinstance(queen_start.exception, SystemExit)
+    assert "cannot be trusted" in queen_start.stderr and "RBEE_TLS_CA" in queen_start.stderr
+
     status = invoke("queen", "status", **base)  # its probe of the queen is no traceback
     assert status.exit_code == 3 and isinstance(status.exception, SystemExit), status.stderr
     assert "cannot be trusted" in status.stderr

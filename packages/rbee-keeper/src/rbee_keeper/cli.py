@@ -266,7 +266,7 @@ def queen_start(app: App, as_json: bool) -> None:
     async def start() -> int:
         try:
             await start_local(settings, renderer.note)
-        except (ServiceError, QueenRefused, AccessError) as exc:
+        except (ServiceError, QueenRefused, AccessError, JobProtoError) as exc:
             return report(renderer, exc, settings, None)
         queen_svc, hive_svc = local_services(settings)
         renderer.output(
