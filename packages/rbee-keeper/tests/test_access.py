@@ -174,7 +174,11 @@ def test_an_https_queen_is_verified_with_tls_ca_and_refused_without(
     assert made.exit_code == 0, made.stderr
     pinned_wrong = invoke("jobs", "list", **base, RBEE_TLS_CA=str(other / "cert.pem"))
     assert pinned_wrong.exit_code == 3
-    assert "does not vouch for it" in pinned_wrong.stderr
+    wrong = other / "cert.pem"
+    assert (
+        f"tls_ca ({wrong}) does not vouch for it: compare `rbee cert fingerprint {wrong}` with"
+        " the queen's certificate's"
+    ) in " ".join(pinned_wrong.stderr.split())
 
     missing = invoke("jobs", "list", **base, RBEE_TLS_CA=str(other / "none.pem"))
     assert missing.exit_code == 2

@@ -57,3 +57,11 @@ def test_report_tells_a_refused_connection_from_a_broken_one(tmp_path: Path) -> 
     assert "did not answer: GET http://127.0.0.1:9/v1/jobs got no answer: ReadTimeout" in (
         err.getvalue()
     )
+
+
+def test_an_https_queen_url_without_a_port_is_told_with_port_443(tmp_path: Path) -> None:
+    settings = settings_for("https://127.0.0.1", tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    refused = ConnectFailed("cannot connect for GET https://127.0.0.1/v1/jobs: ConnectError")
+    report(HumanRenderer(out, err, no_color=True), refused, settings, None)
+    assert "queen not running on 127.0.0.1:443" in err.getvalue()

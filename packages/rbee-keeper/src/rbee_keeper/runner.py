@@ -142,18 +142,20 @@ def _diagnose(
     untrusted = certificate_error(exc)
     if untrusted is not None:
         how = (
-            f"tls_ca ({settings.tls_ca}) does not vouch for it"
+            f"tls_ca ({settings.tls_ca}) does not vouch for it: compare"
+            f" `rbee cert fingerprint {settings.tls_ca}` with the queen's certificate's"
             if settings.tls_ca is not None
-            else "set tls_ca (RBEE_TLS_CA) to its certificate or CA"
+            else "set tls_ca (RBEE_TLS_CA) to its certificate or CA, after comparing"
+            " `rbee cert fingerprint FILE` with the queen's certificate's"
         )
         message = (
             f"the queen at {url} presented a certificate that cannot be trusted ({untrusted});"
-            f" {how}, after comparing `rbee cert fingerprint FILE` with the queen's"
+            f" {how}"
         )
         return message, EXIT_UNREACHABLE, "untrusted_certificate", None
     if isinstance(exc, ConnectFailed):
         parts = urlsplit(url)
-        where = f"{parts.hostname}:{parts.port or 80}"
+        where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         if is_local(url):
             message = f"queen not running on {where}; start it with `rbee queen start`"
         else:
