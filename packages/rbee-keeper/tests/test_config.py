@@ -14,6 +14,7 @@ from click.testing import Result
 
 import rbee_hive.settings
 import rbee_keeper.config
+from rbee_contracts.auth import write_private_file
 from rbee_keeper.config import HIVE_MODEL_ROOTS_ENV, SETTINGS, ConfigError, load_settings
 from rbee_keeper.services import local_services
 
@@ -224,3 +225,30 @@ def test_model_roots_reach_the_local_hive_through_the_queens_environment(
     assert queen.env == {HIVE_MODEL_ROOTS_ENV: roots}
     # none configured: nothing added (the queen inherits the hive's own variable, if set)
     assert load_settings(env=env).queen_environment() == {}
+
+
+def test_config_show_reads_the_token_file_and_says_where_the_token_is(
+    env: dict[str, str], tmp_path: Path, invoke: Invoke
+) -> None:
+    default = Path(env["XDG_STATE_HOME"]) / "rbee" / "queen" / "keeper.token"
+    missing = invoke("config", "show")
+    assert missing.exit_code == 0, missing.stderr
+    assert f"# token: none  # token_file {default} does not exist" in missing.stdout
+
+    secret = "rbee_k_from-a-file-0123456789"
+    write_private_file(default, secret + "\n")
+    found = invoke("config", "show")
+    assert f"# token: ***  # file {default}\n" in found.stdout
+    parsed = json.loads(invoke("config", "show", "--json").stdout)
+    assert parsed["token"] == "***" and parsed["token_source"] == f"file {default}"
+
+    loose = tmp_path / "loose.token"
+    loose.write_text(secret + "\n")
+    loose.chmod(0o644)
+    bad = invoke("config", "show", RBEE_TOKEN_FILE=str(loose))
+    assert bad.exit_code == 0, bad.stderr
+    assert "# token: none  # token_file (env RBEE_TOKEN_FILE):" in bad.stdout
+    assert f"chmod 600 {loose}" in bad.stdout
+    for shown in (missing, found, bad):
+        assert secret not in shown.stdout + shown.stderr
+        tomllib.loads(shown.stdout)

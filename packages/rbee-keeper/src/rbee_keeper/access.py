@@ -46,6 +46,7 @@ __all__ = [
     "queen_client",
     "refusal_message",
     "token_is_configured",
+    "token_summary",
 ]
 
 #: statuses with which a service refuses the caller rather than the request
@@ -94,6 +95,19 @@ def _token(settings: Settings) -> tuple[str | None, str]:
         return read_token_file(path), f"file {path}"
     except TokenFileError as exc:
         raise AccessError(f"token_file ({settings.sources['token_file']}): {exc}") from None
+
+
+def token_summary(settings: Settings) -> tuple[bool, str]:
+    """Whether the keeper has a usable token, and where it comes from or what is wrong with it
+    (``rbee config show``); the file is read now, the token is never part of the answer."""
+    try:
+        token, source = _token(settings)
+    except AccessError as exc:
+        return False, str(exc)
+    if token is None:
+        return False, f"token_file {settings.token_file} does not exist (yet: a local queen"
+        " writes it as it starts)"
+    return True, source
 
 
 def _verify(settings: Settings) -> ssl.SSLContext | bool:

@@ -25,7 +25,7 @@ from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
 from rbee_contracts.engines import ENGINES
 
 from . import __version__, certs
-from .access import AccessError, QueenRefused
+from .access import AccessError, QueenRefused, token_summary
 from .config import SETTINGS, ConfigError, Settings, load_settings
 from .render import HumanRenderer, JsonRenderer, Renderer
 from .runner import (
@@ -763,10 +763,9 @@ def config_show(app: App, as_json: bool) -> None:
     settings = app.settings
     values = settings.as_dict()
     found = "" if settings.config_file_found else " (not found)"
-    # The token itself is never printed: only whether there is one and where it comes from.
-    token_source = settings.sources.get(
-        "token", f"token_file, read when needed ({ENV_TOKEN} unset)"
-    )
+    # The token itself is never printed: only whether there is one and where it comes from
+    # (the file is read now), or what is wrong with it.
+    has_token, token_source = token_summary(settings)
     if as_json:
         renderer_for(True).output(
             {
@@ -774,7 +773,7 @@ def config_show(app: App, as_json: bool) -> None:
                 "config_file_found": settings.config_file_found,
                 "settings": values,
                 "sources": dict(settings.sources),
-                "token": "***" if settings.token is not None else None,
+                "token": "***" if has_token else None,
                 "token_source": token_source,
             }
         )
@@ -790,9 +789,11 @@ def config_show(app: App, as_json: bool) -> None:
         # JSON strings, numbers and arrays of strings are valid TOML values.
         value = json.dumps(values[spec.name], ensure_ascii=False)
         lines.append(f"{spec.name} = {value}  # {settings.sources[spec.name]}")
-    shown = "***" if settings.token is not None else "none"
-    lines.append(f"\n# the keeper's token for the queen ({ENV_TOKEN} only; never shown)")
-    lines.append(f"# token: {shown}  # {token_source}")
+    shown = "***" if has_token else "none"
+    lines.append(
+        f"\n# the keeper's token for the queen ({ENV_TOKEN}, else token_file; never shown)"
+    )
+    lines.append(f"# token: {shown}  # {' '.join(token_source.split())}")
     click.echo("\n".join(lines))
 
 
