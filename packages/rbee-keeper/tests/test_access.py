@@ -81,6 +81,18 @@ def test_a_wrong_token_is_refused_and_never_printed(
         assert wrong not in result.stdout + result.stderr
         error = json.loads(result.stdout.splitlines()[-1])
         assert error["code"] == "unauthorized" and error["exit_code"] == 5
+        said = " ".join(result.stderr.split())
+        assert "fix or unset RBEE_TOKEN (it wins over token_file)" in said
+
+    # The default file, left by a queen other than the one that answers now:
+    stale = Path(env["XDG_STATE_HOME"]) / "rbee" / "queen" / "keeper.token"
+    write_private_file(stale, wrong + "\n")
+    result = invoke("jobs", "list", RBEE_QUEEN_URL=fake_queen)
+    assert result.exit_code == 5, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"did not accept the token from file {stale}, which another queen wrote" in said
+    assert "`rbee queen stop` then `rbee queen start` makes it write its own" in said
+    assert wrong not in result.stdout + result.stderr
 
 
 # -- certificates ---------------------------------------------------------------------------------
@@ -160,6 +172,10 @@ def test_an_https_queen_is_verified_with_tls_ca_and_refused_without(
     started = invoke("infer", "hi", "-m", "tiny", **base)
     assert started.exit_code == 3
     assert "cannot be trusted" in started.stderr and "started queen" not in started.stderr
+
+    plain = invoke("jobs", "list", **{**base, "RBEE_QUEEN_URL": url.replace("https", "http")})
+    assert plain.exit_code == 3, plain.stderr
+    assert "does it serve https?" in plain.stderr
 
     queen_start = invoke("queen", "start", **base)  # an answering queen we cannot trust
     assert queen_start.exit_code == 3 and isinstance(queen_start.exception, SystemExit)

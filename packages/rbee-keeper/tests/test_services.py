@@ -399,6 +399,18 @@ def test_rotate_secret_stops_a_hive_its_gone_queen_left(local: Path, invoke: Inv
     assert "stopped the local queen and its hives" in rotated.stderr
 
 
+def test_rotate_secret_without_a_queen_says_when_the_keeper_token_is_written(
+    local: Path, invoke: Invoke
+) -> None:
+    rotated = invoke("queen", "rotate-secret")
+    assert rotated.exit_code == 0, rotated.stderr
+    token = local / "queen" / "keeper.token"
+    assert not token.exists()
+    assert f"a copy of the new {token} (the queen writes it when it starts)" in " ".join(
+        rotated.stderr.split()
+    )
+
+
 def test_the_queen_does_not_get_the_keepers_token(
     local: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -162,15 +162,31 @@ def refusal_message(settings: Settings, status: int, code: str, message: str) ->
         _, source = _token(settings)
     except AccessError as exc:
         source = str(exc)
-    found = (
-        "the keeper found no token"
-        if source == "none"
-        else f"it did not accept the token from {source}"
-    )
     local = settings.state_dir / "queen" / KEEPER_TOKEN_FILE  # where a local queen writes it
     where = f" (the local queen writes it to {local} as it starts)"
+    if source == TOKEN_FROM_ENV:
+        what = (
+            f"it did not accept the token from {source}: fix or unset {ENV_TOKEN} (it wins over"
+            f" token_file)"
+        )
+    elif source == f"file {local}" and not token_is_configured(settings):
+        what = (
+            f"it did not accept the token from {source}, which another queen wrote: if the queen"
+            f" at {url} is the local one, `rbee queen stop` then `rbee queen start` makes it"
+            f" write its own; else set {ENV_TOKEN}, or {ENV_TOKEN_FILE} (token_file) to a copy"
+            " of that queen's keeper.token"
+        )
+    else:
+        found = (
+            "the keeper found no token"
+            if source == "none"
+            else f"it did not accept the token from {source}"
+        )
+        what = (
+            f"{found}: set {ENV_TOKEN}, or {ENV_TOKEN_FILE} (token_file) to a copy of the"
+            f" queen's keeper.token{where}"
+        )
     return (
-        f"the queen at {url} needs the keeper's token, and {found}: set {ENV_TOKEN}, or"
-        f" {ENV_TOKEN_FILE} (token_file) to a copy of the queen's keeper.token{where}; after"
+        f"the queen at {url} needs the keeper's token, and {what}; after"
         " `rbee queen rotate-secret` only the new token works"
     )

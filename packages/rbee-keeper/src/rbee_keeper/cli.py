@@ -327,9 +327,10 @@ def queen_rotate_secret(app: App, as_json: bool) -> None:
         except (ServiceError, QueenRefused, AccessError, JobProtoError) as exc:
             return report(renderer, exc, settings, None)
         keeper_token = queen_state_dir(settings) / KEEPER_TOKEN_FILE
+        written = "" if restarted else " (the queen writes it when it starts)"
         renderer.note(
             "hives on other machines need `rbee hive start --host ALIAS` again, and keepers on"
-            f" other machines a copy of the new {keeper_token}"
+            f" other machines a copy of the new {keeper_token}{written}"
         )
         renderer.output(
             {

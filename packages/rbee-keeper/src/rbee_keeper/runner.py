@@ -168,8 +168,11 @@ def _diagnose(
         )
         return message, EXIT_UNREACHABLE, "stream_interrupted", None
     if isinstance(exc, TransportFailed):
+        # An https server hangs up on plain http without a word: say what that may mean.
+        hint = " (does it serve https? then queen_url starts with https://)"
         return (
-            f"the queen at {url} did not answer: {exc}",
+            f"the queen at {url} did not answer: {exc}"
+            + (hint if urlsplit(url).scheme == "http" else ""),
             EXIT_UNREACHABLE,
             "queen_unreachable",
             None,
