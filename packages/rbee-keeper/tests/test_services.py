@@ -432,3 +432,93 @@ def test_the_queen_does_not_get_the_keepers_token(
         assert b"rbee_k_the_keepers_own" not in b"".join(environ.values())
     finally:
         rbee_process.terminate(record, grace=0.1)
+
+
+def test_a_local_queen_at_another_address_is_named_not_waited_for(
+    local: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = load_settings().queen_url.rsplit(":", 1)[1]
+    elsewhere = f"http://127.0.0.2:{port}"
+    assert invoke("queen", "start", RBEE_QUEEN_URL=elsewhere).exit_code == 0
+    try:
+        queen_pid = pids(local)["queen"]
+        for args in (("queen", "start"), ("infer", "hi", "-m", "tiny")):
+            result = invoke(*args)
+            assert result.exit_code == 3, result.stderr
+            said = " ".join(result.stderr.split())
+            assert f"the local queen (pid {queen_pid}) runs at {elsewhere}, not at" in said
+            assert "set queen_url to it, or `rbee queen stop` it first" in said
+            assert "queen is starting" not in said and "did not answer" not in said
+        assert pids(local)["queen"] == queen_pid
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+    assert pids(local) == {}
+
+
+def _kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(pid)
+
+
+def test_infer_starts_a_local_hive_that_died(local: Path, invoke: Invoke) -> None:
+    assert invoke("queen", "start").exit_code == 0
+    try:
+        before = pids(local)
+        _kill(before["hive"])
+        result = invoke("infer", "hi", "-m", "tiny")
+        assert result.exit_code == 0, result.stderr
+        assert "started hive 'localhost'" in result.stderr
+        after = pids(local)
+        assert after["queen"] == before["queen"] and after["hive"] != before["hive"]
+        assert not gone(after["hive"])
+        # a hive the job does not use is left alone
+        _kill(after["hive"])
+        other = invoke("infer", "hi", "-m", "tiny", "--hive", "elsewhere")
+        assert "started hive" not in other.stderr
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+
+
+def test_infer_after_the_queen_died_asks_it_for_the_live_hive_first(
+    local: Path, invoke: Invoke
+) -> None:
+    # The queen's hive_start of a live hive waits until it has registered again
+    # (rbee_queen.hives), so the job that follows finds it.
+    assert invoke("queen", "start").exit_code == 0
+    try:
+        before = pids(local)
+        _kill(before["queen"])
+        result = invoke("infer", "hi", "-m", "tiny")
+        assert result.exit_code == 0, result.stderr
+        assert "started queen" in result.stderr
+        assert f"hive 'localhost' already running (pid {before['hive']})" in result.stderr
+    finally:
+        assert invoke("queen", "stop").exit_code == 0
+
+
+def test_the_hive_url_has_the_scheme_the_hive_serves(
+    local: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = load_settings().hive_port
+    assert local_services(load_settings())[1].url == f"http://127.0.0.1:{port}"
+    tls = f"{sys.executable} {FAKE} --tls-cert /c.pem --tls-key /k.pem"
+    monkeypatch.setenv("RBEE_QUEEN_COMMAND", tls)
+    assert local_services(load_settings())[1].url == f"http://127.0.0.1:{port}"  # loopback
+    monkeypatch.setenv("RBEE_HIVE_HOST", "0.0.0.0")
+    assert local_services(load_settings())[1].url == f"https://0.0.0.0:{port}"
+    # a running hive: what it was started with
+    monkeypatch.setenv("RBEE_QUEEN_COMMAND", f"{sys.executable} {FAKE}")
+    hive_pid_file = local_layout.hive_pid_file(local / "queen", "localhost")
+    record, _ = rbee_process.start_once(
+        hive_pid_file,
+        (sys.executable, "-c", "import time; time.sleep(60)", "--tls-cert=/c.pem"),
+        log_path=local / "hive.log",
+        label="hive",
+    )
+    try:
+        assert local_services(load_settings())[1].url == f"https://0.0.0.0:{port}"
+    finally:
+        rbee_process.terminate(record, grace=0.1)

@@ -59,7 +59,7 @@ from .access import (
 )
 from .config import Settings
 from .render import Renderer
-from .services import ServiceError, is_local, queen_answers, start_local
+from .services import ServiceError, is_local, queen_answers, start_local, start_local_hive
 
 __all__ = [
     "EXIT_CANCELLED",
@@ -294,8 +294,11 @@ async def run_job(
     async def prepare() -> None:
         # Asked before the job is created (not on its ConnectFailed): a queen that this starts
         # writes a new token, and the client that creates and follows the job must present it.
-        if await queen_answers(settings) is False:
+        answer = await queen_answers(settings)
+        if answer is False:
             await start_local(settings, renderer.note)
+        elif answer is True and fields.get("hive") in (None, settings.hive_id):
+            await start_local_hive(settings, renderer.note)  # a local hive that died
 
     async def start(client: JobClient) -> tuple[str, str, int]:
         created = await client.create(operation, fields)

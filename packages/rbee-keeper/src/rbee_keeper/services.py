@@ -9,8 +9,13 @@ of its own, stdin from /dev/null, output appended to ``{state_dir}/logs/queen.lo
 unrelated process is never signalled).
 
 The queen owns the hive of this machine (``rbee_queen.hives``): once the queen answers, the
-keeper asks it for ``hive_start`` of the local hive (``hive_id``, ``hive_port``, ``models_dir``);
-``rbee hive start|stop`` are jobs on the queen too. The keeper starts the queen with
+keeper asks it for ``hive_start`` of the local hive (``hive_id``, ``hive_port``, ``models_dir``)
+when the hive's pid file names no live process, and also of a live one when the keeper has just
+started the queen: the queen answers ``already_running`` once that hive has registered with it
+again, so a job sent next finds it. ``rbee infer`` does the same for a local hive that died under
+a running queen. ``rbee hive start|stop`` are jobs on the queen too.
+A live queen whose pid file records another ``--host``/``--port`` than ``queen_url`` is named
+(``ServiceError``), not waited for. The keeper starts the queen with
 ``--state-dir {state_dir}/queen`` and the ``hive_command``, and ``model_roots`` in its
 environment, which its local hives inherit (``Settings.queen_environment``); the queen keeps the
 hive's pid file in ``{state_dir}/queen/hives/{id}.pid`` and its log in
@@ -66,6 +71,7 @@ from rbee_contracts.auth import (
     KEEPER_TOKEN_FILE,
     LOOPBACK_NAMES,
     SECRET_FILE,
+    is_loopback,
     is_wildcard,
     new_secret,
 )
@@ -88,6 +94,7 @@ __all__ = [
     "ServiceError",
     "StopResult",
     "describe",
+    "hive_serves_https",
     "is_listening",
     "is_local",
     "local_hive_fields",
@@ -101,6 +108,7 @@ __all__ = [
     "running_pid",
     "spawn",
     "start_local",
+    "start_local_hive",
     "stop",
     "stop_local",
     "wait_listening",
@@ -140,6 +148,26 @@ def _bind_address(url: str) -> tuple[str, int]:
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return host, port
+
+
+def _flag(argv: tuple[str, ...] | list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in ``argv`` (the last one), if any."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
+
+
+def _url(scheme: str, host: str, port: int | str) -> str:
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def hive_serves_https(argv: tuple[str, ...] | list[str]) -> bool:
+    """Whether a hive run with ``argv`` serves HTTPS (it was given a certificate)."""
+    return _flag(argv, "--tls-cert") is not None
 
 
 def is_local(url: str) -> bool:
@@ -212,11 +240,21 @@ def local_services(settings: Settings) -> tuple[Service, Service]:
         state / "logs" / "queen.log",
         settings.queen_environment(),
     )
+    hive_pid_file = local_layout.hive_pid_file(queen_state, settings.hive_id)
+    # The queen gives a hive that listens beyond loopback its own certificate
+    # (``rbee_queen.hives``): the hive's recorded arguments say so, else the queen's.
+    record = rbee_process.read_pid_file(hive_pid_file)
+    if record is not None and rbee_process.alive(record):
+        https = hive_serves_https(record.argv)
+    else:
+        https = _flag(settings.queen_command, "--tls-cert") is not None and not is_loopback(
+            settings.hive_host
+        )
     hive = Service(
         "hive",
         (),
-        f"http://{settings.hive_host}:{settings.hive_port}",
-        local_layout.hive_pid_file(queen_state, settings.hive_id),
+        _url("https" if https else "http", settings.hive_host, settings.hive_port),
+        hive_pid_file,
         local_layout.hive_log(queen_state, settings.hive_id),
     )
     return queen, hive
@@ -379,6 +417,24 @@ async def _start_hive(settings: Settings, say: Callable[[str], None]) -> None:
     say(f"hive {settings.hive_id!r} registered with the queen")
 
 
+def _check_elsewhere(queen: Service) -> None:
+    """``ServiceError`` when the queen's pid file names a live queen that listens at another
+    address than ``queen.url``: starting one is not possible (its pid file is taken), and waiting
+    for it to answer at this URL would be in vain."""
+    record = rbee_process.read_pid_file(queen.pid_file)
+    if record is None or not rbee_process.alive(record):
+        return
+    wanted = (_flag(queen.argv, "--host"), _flag(queen.argv, "--port"))
+    host, port = _flag(record.argv, "--host"), _flag(record.argv, "--port")
+    if host is None or port is None or (host, port) == wanted:
+        return
+    scheme = "https" if _flag(record.argv, "--tls-cert") is not None else "http"
+    raise ServiceError(
+        f"the local queen (pid {record.pid}) runs at {_url(scheme, host, port)}, not at"
+        f" {queen.url}: set queen_url to it, or `rbee queen stop` it first"
+    )
+
+
 async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
     """Make sure the local queen runs, and that it runs the local hive; wait for both.
 
@@ -391,6 +447,7 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
     if isinstance(answer, HTTPStatusError):
         message = refusal_message(settings, answer.status, answer.code, answer.message)
         raise QueenRefused(answer.status, answer.code, message)
+    started = not answer
     if answer:
         say(f"queen already running at {queen.url}")
     else:
@@ -398,6 +455,7 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
             raise ServiceError(
                 f"the queen at {queen.url} is not on this machine, so rbee cannot start it"
             )
+        _check_elsewhere(queen)
         record, fresh = await anyio.to_thread.run_sync(spawn, queen)
         if fresh:
             say(f"started queen (pid {record.pid}, log {queen.log_file})")
@@ -405,10 +463,29 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
             say(f"queen is starting (pid {record.pid})")
         await wait_queen(settings, queen, record)
         say(f"queen ready at {queen.url}")
+    await _ensure_hive(settings, hive, say, queen_started=started)
 
-    if running_pid(hive) is not None or await is_listening(hive.url):
-        return  # the queen runs it already (or something else answers there)
+
+async def _ensure_hive(
+    settings: Settings, hive: Service, say: Callable[[str], None], *, queen_started: bool
+) -> None:
+    """Ask the queen for ``hive_start`` of the local hive unless it runs and the queen knows it.
+
+    A live hive is asked for too when the queen was just started: the queen reports it
+    ``already_running`` once it has registered again, so that a job sent next finds it."""
+    if running_pid(hive) is not None:
+        if queen_started:
+            await _start_hive(settings, say)
+        return
+    if await is_listening(hive.url):
+        return  # something the queen did not start answers there
     await _start_hive(settings, say)
+
+
+async def start_local_hive(settings: Settings, say: Callable[[str], None]) -> None:
+    """Start the local hive through the answering queen when it does not run (``rbee infer``)."""
+    _, hive = local_services(settings)
+    await _ensure_hive(settings, hive, say, queen_started=False)
 
 
 # -- stop -----------------------------------------------------------------------------------------
