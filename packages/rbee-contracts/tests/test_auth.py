@@ -189,3 +189,10 @@ def test_each_worker_has_its_own_token_derived_from_its_hives() -> None:
     assert len({hive, w1, w2}) == 3 and w1.startswith("rbee_w_")
     assert auth.worker_token(hive, "w1") == w1  # the queen derives what the hive derived
     assert auth.worker_token(auth.hive_token(bytes(range(32)), "h2"), "w1") != w1
+
+
+def test_cleartext_warning_beyond_loopback_without_tls_only() -> None:
+    assert auth.cleartext_warning("127.0.0.1", False, "q") is None
+    assert auth.cleartext_warning("0.0.0.0", True, "q") is None
+    warning = auth.cleartext_warning("0.0.0.0", False, "rbee-queen")
+    assert warning is not None and "without TLS" in warning and "--tls-cert" in warning

@@ -61,6 +61,7 @@ __all__ = [
     "TokenFileError",
     "allowed_host_names",
     "bearer",
+    "cleartext_warning",
     "hive_scope",
     "hive_token",
     "is_loopback",
@@ -280,6 +281,21 @@ def open_bind_refusal(host: str, token: str | None, what: str, how: str) -> str 
     return (
         f"{what} refuses to listen on {host} without a token: anyone who can reach that address"
         f" could use it. {how}, or listen on 127.0.0.1."
+    )
+
+
+def cleartext_warning(host: str, tls: bool, what: str) -> str | None:
+    """What to warn of when ``what`` listens on ``host`` without TLS (None: loopback or TLS).
+
+    Tokens then cross the network readable by anyone on the path; the service still starts (a
+    trusted network may be the user's choice), but its log says so once.
+    """
+    if tls or is_loopback(host):
+        return None
+    return (
+        f"{what} listens on {host} without TLS: its tokens and prompts cross the network in the"
+        " clear. Serve HTTPS with --tls-cert/--tls-key (`rbee cert generate` makes a pair;"
+        " README: Tokens and TLS)."
     )
 
 

@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             auth.ENV_JOIN_TOKEN,
             auth.ENV_JOIN_TOKEN_FILE,
         )
+    cleartext = auth.cleartext_warning(settings.host, settings.tls_cert is not None, "rbee-hive")
+    if cleartext is not None:
+        logging.getLogger("rbee_hive").warning("%s", cleartext)
     hive: HiveService = app.state.hive
 
     def ready(port: int) -> None:

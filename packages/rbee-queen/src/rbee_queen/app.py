@@ -31,6 +31,7 @@ from rbee_contracts.auth import (
     KEEPER_TOKEN_FILE,
     SECRET_FILE,
     TokenFileError,
+    cleartext_warning,
     keeper_token,
     load_or_create_secret,
     write_private_file,
@@ -177,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     app = create_app(settings)
     queen: Queen = app.state.queen
+    cleartext = cleartext_warning(settings.host, settings.tls_cert is not None, "rbee-queen")
+    if cleartext is not None:
+        logging.getLogger("rbee_queen").warning("%s", cleartext)
 
     def ready(port: int) -> None:
         queen.bound_port = port
