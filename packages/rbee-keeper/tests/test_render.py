@@ -185,3 +185,33 @@ def test_status_shows_each_hive_with_its_address_and_heartbeat_age() -> None:
     JsonRenderer(raw, io.StringIO()).succeeded("status", status, JOB, 0.1)
     assert json.loads(raw.getvalue())["result"] == status
     assert format_age(7200) == "2.0 h ago"
+
+
+def test_status_shows_workers_in_a_table_that_fits_a_terminal() -> None:
+    renderer, out, _ = human()
+    worker = {
+        "hive_id": "localhost",
+        "worker_id": "tiny-f16394",
+        "model": "tiny",
+        "engine": "transformers",
+        "url": "http://127.0.0.1:40151",
+        "pid": 24912,
+        "state": "ready",
+        "restarts": 0,
+        "started_at": "2026-12-02T16:38:45Z",
+        "last_exit": None,
+        "error": None,
+        "device": None,
+        "gpus": [],
+        "log_path": "/home/me/.local/state/rbee/queen/hives/localhost/logs/tiny-f16394.log",
+        "hive_state": "up",
+        "in_flight": 0,
+        "healthy": True,
+    }
+    status = {"hives": [], "workers": [worker], "models": {}, "in_flight": 0, "jobs": []}
+    renderer.succeeded("status", status, JOB, 0.1)
+    text = out.getvalue()
+    header = next(line for line in text.splitlines() if "worker_id" in line)
+    assert "log_path" not in header and "started_at" not in header and "gpus" not in header
+    assert "http://127.0.0.1:40151" in text  # the URL is no longer cut short
+    assert max(len(line) for line in text.splitlines()) <= 160

@@ -75,3 +75,13 @@ async def test_a_local_hive_that_has_not_registered_has_a_process_and_no_state(
         status = await c.client.run("hive_status", hive="late")
     assert "state" not in status
     assert exactly(status, UnregisteredHive) == UnregisteredHive("late", process)
+
+
+@pytest.mark.anyio
+async def test_status_lists_the_jobs_in_flight_but_not_itself(cluster: Any, fakes: Any) -> None:
+    async with cluster([]) as c:
+        waiting = await c.client.create("hive_list")  # queued: nobody streams it yet
+        status = await c.client.run("status")
+        await c.client.cancel(waiting.job_id)
+    jobs = {j["job_id"]: j["operation"] for j in status["jobs"]}
+    assert jobs == {waiting.job_id: "hive_list"}

@@ -48,6 +48,7 @@ __all__ = [
     "format_bytes",
     "hive_rows",
     "service_of",
+    "worker_rows",
 ]
 
 LEVEL_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
@@ -107,6 +108,35 @@ def hive_rows(hives: list[Any]) -> list[Any]:
                 row[key] = len(value) if key == "workers" and isinstance(value, list) else value
         rows.append(row)
     return rows
+
+
+#: what a worker table shows people; the rest (start time, log path, GPUs, last exit...) is in
+#: ``--json`` and ``rbee worker list --json``
+WORKER_COLUMNS = (
+    "hive_id",
+    "worker_id",
+    "model",
+    "engine",
+    "url",
+    "pid",
+    "state",
+    "restarts",
+    "device",
+    "in_flight",
+    "healthy",
+    "error",
+)
+
+
+def worker_rows(workers: list[Any]) -> list[Any]:
+    """The workers of ``status`` as people read them: the columns of ``WORKER_COLUMNS`` that any
+    row has, so the table fits a terminal; a row that is not a worker is left as it is."""
+    present = {k for w in workers if isinstance(w, Mapping) for k in w}
+    columns = [c for c in WORKER_COLUMNS if c in present]
+    return [
+        {c: w.get(c) for c in columns} if isinstance(w, Mapping) and "worker_id" in w else w
+        for w in workers
+    ]
 
 
 class _DetailColumn(ProgressColumn):
@@ -287,6 +317,9 @@ class HumanRenderer(Renderer):
             hives = result.get("hives")
             if isinstance(hives, list):
                 result = {**result, "hives": hive_rows(hives)}
+            workers = result.get("workers")
+            if isinstance(workers, list):
+                result = {**result, "workers": worker_rows(workers)}
         self.output(result)
 
     def ended(self, state: JobState, job_id: str, code: str, message: str) -> None:

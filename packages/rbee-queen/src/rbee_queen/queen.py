@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from jobproto import JobFailed, JobState, RequestError, narrate
+from jobproto import JobFailed, JobState, RequestError, current_job, narrate
 from jobproto.asgi import JobService
 from rbee_contracts.auth import is_wildcard
 from rbee_contracts.hive_ops import ModelList, WorkerList
@@ -228,7 +228,9 @@ class Queen:
             for model in hive.heartbeat.models:
                 models.setdefault(model, []).append(hive.hive_id)
         jobs = list(self.jobs.registry) if self.jobs is not None else []
-        active = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)]
+        asking = current_job()
+        own = None if asking is None else asking.job_id  # the status job itself is not news
+        active = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING) and j.id != own]
         return StatusResult(
             hives=[self.registry.hive_view(h, now) for h in self.registry.hives()],
             workers=[self.registry.worker_record(w) for w in workers],
