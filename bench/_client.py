@@ -31,8 +31,12 @@ __all__ = [
 DATA_MARK = b"event: data\n"
 
 
-def http_client(connections: int = 2000, timeout: float = 120.0) -> httpx.AsyncClient:
+def http_client(
+    connections: int = 2000, timeout: float = 120.0, headers: dict[str, str] | None = None
+) -> httpx.AsyncClient:
+    """``headers`` go on every request (a queen's token: rbee's services require one)."""
     return httpx.AsyncClient(
+        headers=headers,
         # Below uvicorn's keep-alive timeout (5 s): a connection the server is about to close is
         # never reused, so no request fails on a reused connection (and no retry hides in a run).
         limits=httpx.Limits(
@@ -52,9 +56,12 @@ class ClientPool:
     client is not what is measured, so its streams are spread over small pools.
     """
 
-    def __init__(self, streams: int, per_client: int = 25) -> None:
+    def __init__(
+        self, streams: int, per_client: int = 25, headers: dict[str, str] | None = None
+    ) -> None:
         self.clients = [
-            http_client(per_client * 2) for _ in range(max(1, -(-streams // per_client)))
+            http_client(per_client * 2, headers=headers)
+            for _ in range(max(1, -(-streams // per_client)))
         ]
         self._next = 0
 

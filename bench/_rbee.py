@@ -2,7 +2,8 @@
 
 The queen learns about the workers the way it learns about any: a hive registers them with
 ``PUT /v1/hives/{id}``. Here the benchmark plays that hive (it registers once, with a heartbeat
-interval of an hour so the hive never goes ``down`` during the run); no hive process sits on the
+the longest heartbeat interval a hive may have, 300 s, so the hive goes ``down`` only after 15
+minutes of silence: longer than any section takes); no hive process sits on the
 token path in rbee anyway (the queen relays ``infer`` straight to the worker, ARCHITECTURE.md).
 """
 
@@ -15,12 +16,14 @@ from typing import Any
 import anyio
 import httpx
 
+from rbee_contracts import auth
+from rbee_contracts.records import MAX_HEARTBEAT_INTERVAL
 from rbee_contracts.worker_cli import LISTENING_PREFIX, worker_argv
 
 from ._ctx import Ctx
 from ._procs import Proc
 
-__all__ = ["infer_body", "register_hive", "start_queen", "start_worker"]
+__all__ = ["infer_body", "keeper_headers", "register_hive", "start_queen", "start_worker"]
 
 HIVE_ID = "bench"
 
@@ -78,6 +81,17 @@ def start_queen(ctx: Ctx, state_dir: Path, python: str = sys.executable) -> Proc
     return ctx.procs.start("queen", args, prefix="RBEE_QUEEN_LISTENING")
 
 
+def keeper_headers(state_dir: Path) -> dict[str, str]:
+    """What the keeper presents to the queen started with ``state_dir``: the token it wrote."""
+    return auth.bearer(auth.read_token_file(state_dir / auth.KEEPER_TOKEN_FILE))
+
+
+def _join_headers(state_dir: Path) -> dict[str, str]:
+    """What the bench's hive presents: its join token, derived from the queen's secret."""
+    secret = auth.load_or_create_secret(state_dir / auth.SECRET_FILE)
+    return auth.bearer(auth.join_token(secret, HIVE_ID))
+
+
 async def wait_ready(http: httpx.AsyncClient, worker: Proc, within: float = 60.0) -> None:
     with anyio.fail_after(within):
         while True:
@@ -90,14 +104,20 @@ async def wait_ready(http: httpx.AsyncClient, worker: Proc, within: float = 60.0
 
 
 async def register_hive(
-    http: httpx.AsyncClient, queen: Proc, workers: dict[str, Proc], engine: str = "synthetic"
+    http: httpx.AsyncClient,
+    queen: Proc,
+    state_dir: Path,
+    workers: dict[str, Proc],
+    engine: str = "synthetic",
 ) -> None:
-    """Register ``{model name: worker}`` with the queen as one ready hive."""
+    """Register ``{model name: worker}`` with the queen (started with ``state_dir``) as one
+    ready hive, with the hive's join token. The workers run without a token of their own (on
+    loopback), so they take the queen's calls whatever it presents."""
     body: dict[str, Any] = {
         "hive_id": HIVE_ID,
         # Never called: every model already has a ready worker, so nothing is spawned.
         "url": "http://127.0.0.1:9",
-        "heartbeat_interval": 3600,
+        "heartbeat_interval": MAX_HEARTBEAT_INTERVAL,
         "models": sorted(workers),
         "workers": [
             {
@@ -111,7 +131,9 @@ async def register_hive(
             for model, proc in workers.items()
         ],
     }
-    response = await http.put(f"{queen.url}/v1/hives/{HIVE_ID}", json=body)
+    response = await http.put(
+        f"{queen.url}/v1/hives/{HIVE_ID}", json=body, headers=_join_headers(state_dir)
+    )
     if response.status_code not in (200, 201):
         raise RuntimeError(f"registering the bench hive: {response.status_code} {response.text}")
 

@@ -33,7 +33,14 @@ from ._client import ClientPool, StreamResult, count_stream, http_client, read_e
 from ._ctx import Ctx, create_job
 from ._procs import Proc
 from ._profile import GROUPS, profiled, summary
-from ._rbee import infer_body, register_hive, start_queen, start_worker, wait_ready
+from ._rbee import (
+    infer_body,
+    keeper_headers,
+    register_hive,
+    start_queen,
+    start_worker,
+    wait_ready,
+)
 from ._report import MICRO, Row, Section
 from ._stats import Stat, percentile, ratio_stat, stat
 
@@ -56,11 +63,15 @@ async def _run_one(
 
 
 async def _throughput(
-    base: str, body: dict[str, Any], streams: int, procs: list[Proc]
+    base: str,
+    body: dict[str, Any],
+    streams: int,
+    procs: list[Proc],
+    headers: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """(tokens/s, CPU us per token of ``procs`` together)."""
     results: list[StreamResult] = []
-    async with ClientPool(streams) as pool:
+    async with ClientPool(streams, headers=headers) as pool:
         cpu0 = sum(p.cpu_seconds() for p in procs)
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
@@ -266,10 +277,13 @@ async def run(ctx: Ctx) -> Section:
     paced = start_worker(ctx, "worker-paced", model_name="paced", tokens_per_second=PACED_RATE)
     state = Path(ctx.procs.log_dir) / "queen-state"
     queen = start_queen(ctx, state)
-    async with http_client() as http:
+    # The queen's token on every request, to the workers too (they need none and ignore it), so
+    # both paths carry the same header.
+    token = keeper_headers(state)
+    async with http_client(headers=token) as http:
         await wait_ready(http, flat)
         await wait_ready(http, paced)
-        await register_hive(http, queen, {"flat": flat, "paced": paced})
+        await register_hive(http, queen, state, {"flat": flat, "paced": paced})
         # Warm up both paths (the queen probes each worker's /health before its first use).
         for _ in range(3):
             await _ttft(http, queen.url, infer_body(16, "flat"))
@@ -351,7 +365,7 @@ async def run(ctx: Ctx) -> Section:
             for rep in range(reps):
                 pair = [("d", flat.url, infer_body(n)), ("q", queen.url, infer_body(n, "flat"))]
                 for which, base, body in pair if rep % 2 == 0 else pair[::-1]:
-                    rate, cpu = await _throughput(base, body, streams, [flat, queen])
+                    rate, cpu = await _throughput(base, body, streams, [flat, queen], token)
                     (d_rate if which == "d" else q_rate).append(rate)
                     (d_cpu if which == "d" else q_cpu).append(cpu)
             label = f"{streams} stream{'s' if streams > 1 else ''} x {n:,} tokens, flat out"
@@ -388,7 +402,7 @@ async def run(ctx: Ctx) -> Section:
                 out = ctx.procs.log_dir / f"queen-profile-{streams}.txt"
                 async with profiled(queen, out) as raw:
                     body = infer_body(min(n, 30_000 // streams), "flat")
-                    await _throughput(queen.url, body, streams, [flat, queen])
+                    await _throughput(queen.url, body, streams, [flat, queen], token)
                 profiles[streams] = summary(raw)
     sec.notes.append(_profile_note(profiles))
     return sec

@@ -36,7 +36,14 @@ from jobproto import SSEDecoder
 from ._client import http_client, read_events
 from ._ctx import Ctx, create_job
 from ._procs import ROOT, Proc, free_port
-from ._rbee import infer_body, register_hive, start_queen, start_worker, wait_ready
+from ._rbee import (
+    infer_body,
+    keeper_headers,
+    register_hive,
+    start_queen,
+    start_worker,
+    wait_ready,
+)
 from ._report import Row, Section
 from ._stats import ratio_stat, stat
 
@@ -242,7 +249,8 @@ async def run(ctx: Ctx, args: argparse.Namespace) -> Section:
         )
         await wait_ready(http, worker, within=START_TIMEOUT)
         queen = start_queen(ctx, tmp / "queen-state")
-        await register_hive(http, queen, {"tiny": worker}, engine="vllm")
+        http.headers.update(keeper_headers(tmp / "queen-state"))  # vLLM's server ignores it
+        await register_hive(http, queen, tmp / "queen-state", {"tiny": worker}, engine="vllm")
         ctx.log("vllm: both servers ready")
         servers = {"rbee": queen, "vllm": vllm_server}
         for which in servers:  # warm up
