@@ -30,8 +30,13 @@ import json, os, signal, subprocess, sys, time
 mode, out = sys.argv[1], sys.argv[2]
 child = None
 if "grandchild" in mode:
+    # the child says when it ignores SIGTERM: a test must not signal it before that
     child = subprocess.Popen([sys.executable, "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " open(sys.argv[1], 'w').close(); time.sleep(60)", out + ".child"])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(out + ".child") and time.monotonic() < deadline:
+        time.sleep(0.01)
 if "ignore_term" in mode:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("sleeper up", flush=True)
