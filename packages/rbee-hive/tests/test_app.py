@@ -19,6 +19,7 @@ import httpx
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+import rbee_process
 from jobproto.client import JobClient
 from rbee_contracts.auth import worker_token
 from rbee_hive.app import main
@@ -128,6 +129,8 @@ async def test_the_command_serves_registers_and_stops_its_workers_on_sigterm(
             if process.returncode is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
+            # workers run in sessions of their own: a failed test must not leave one behind
+            rbee_process.stop_pid_dir(tmp_path / "state" / "run", grace=1.0)
             await process.aclose()
 
 
