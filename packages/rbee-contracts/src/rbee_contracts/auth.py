@@ -38,7 +38,7 @@ import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ __all__ = [
     "hive_scope",
     "hive_token",
     "is_loopback",
+    "is_own_address",
     "is_wildcard",
     "join_token",
     "keeper_token",
@@ -306,6 +307,35 @@ LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 def is_wildcard(host: str) -> bool:
     """True for an address that binds every interface (``0.0.0.0``, ``::``, empty)."""
     return host.strip().strip("[]") in ("", "0.0.0.0", "::")
+
+
+def is_own_address(family: int, sockaddr: tuple[Any, ...]) -> bool:
+    """Whether ``sockaddr`` (as ``getaddrinfo`` gives it) is an address of this machine.
+
+    Two checks, both by the kernel: a socket can bind to it (EADDRNOTAVAIL for another
+    machine's address), and a datagram socket connected to it takes it as its own source
+    address, which only the machine's own (unicast) addresses do. Linux also lets a socket bind
+    to multicast and broadcast addresses (and to any address under ``ip_nonlocal_bind``); the
+    second check refuses those: their route's source is an interface's address, not themselves.
+    """
+    address = str(sockaddr[0])
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    if ip.is_multicast:
+        return False
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.bind((address, 0, *sockaddr[2:]))
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9, *sockaddr[2:]))  # no packet is sent
+            source = str(probe.getsockname()[0])
+    except OSError:
+        return False
+    return ipaddress.ip_address(source.partition("%")[0]) == ip
 
 
 def machine_names() -> tuple[str, ...]:

@@ -48,7 +48,6 @@ does not get the keeper's own token (``RBEE_TOKEN``, ``RBEE_TOKEN_FILE``) in its
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shlex
 import socket
@@ -72,6 +71,7 @@ from rbee_contracts.auth import (
     LOOPBACK_NAMES,
     SECRET_FILE,
     is_loopback,
+    is_own_address,
     is_wildcard,
     new_secret,
 )
@@ -99,7 +99,6 @@ __all__ = [
     "is_local",
     "local_hive_fields",
     "local_services",
-    "own_address",
     "probe",
     "queen_answers",
     "queen_secret_file",
@@ -174,8 +173,9 @@ def is_local(url: str) -> bool:
     """Whether ``url`` names this machine, so that the keeper may start a service for it.
 
     Loopback, the wildcard addresses and this machine's hostname are local; so is any other
-    name or address that resolves only to addresses of this machine (``own_address``): a queen
-    meant for other machines listens on the address they reach, e.g. ``http://192.168.1.10:8500``.
+    name or address that resolves only to addresses of this machine
+    (``rbee_contracts.auth.is_own_address``): a queen meant for other machines listens on the
+    address they reach, e.g. ``http://192.168.1.10:8500``.
     """
     host, _ = _bind_address(url)
     if host in LOOPBACK_NAMES or is_wildcard(host) or host == socket.gethostname():
@@ -184,36 +184,7 @@ def is_local(url: str) -> bool:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):  # a name that does not resolve is no machine we know
         return False
-    return bool(infos) and all(own_address(info[0], info[4]) for info in infos)
-
-
-def own_address(family: int, sockaddr: tuple[Any, ...]) -> bool:
-    """Whether ``sockaddr`` (as ``getaddrinfo`` gives it) is an address of this machine.
-
-    Two checks, both by the kernel: a socket can bind to it (EADDRNOTAVAIL for another
-    machine's address), and a datagram socket connected to it takes it as its own source
-    address, which only the machine's own (unicast) addresses do. Linux also lets a socket bind
-    to multicast and broadcast addresses (and to any address under ``ip_nonlocal_bind``); the
-    second check refuses those: their route's source is an interface's address, not themselves.
-    """
-    address = str(sockaddr[0])
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return False
-    if ip.is_loopback or ip.is_unspecified:
-        return True
-    if ip.is_multicast:
-        return False
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as listener:
-            listener.bind((address, 0, *sockaddr[2:]))
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((address, 9, *sockaddr[2:]))  # no packet is sent
-            source = str(probe.getsockname()[0])
-    except OSError:
-        return False
-    return ipaddress.ip_address(source.partition("%")[0]) == ip
+    return bool(infos) and all(is_own_address(info[0], info[4]) for info in infos)
 
 
 def queen_state_dir(settings: Settings) -> Path:

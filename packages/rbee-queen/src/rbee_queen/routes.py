@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from jobproto import RequestError, converter
 from jobproto.asgi import principal_of, require_scope
+from rbee_contracts import auth
 from rbee_contracts.auth import JOBS_SCOPE, hive_scope
 from rbee_contracts.lifecycle import HiveState
 
@@ -55,17 +56,6 @@ def _address(text: str) -> Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def _own_address(address: Address) -> bool:
-    """Whether ``address`` is one of this machine's (only those can be bound)."""
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.bind((str(address), 0))
-    except OSError:
-        return False
-    return True
 
 
 async def _resolve(host: str) -> list[Address]:
@@ -115,7 +105,12 @@ async def check_hive_address(url: str, peer: str | None, server: str | None) -> 
             return True
         if not local_peer:
             return False
-        return address.is_loopback or address == server_address or _own_address(address)
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        return (
+            address.is_loopback
+            or address == server_address
+            or auth.is_own_address(family, (str(address), 0))
+        )
 
     if not all(acceptable(a) for a in addresses):
         raise RequestError(
