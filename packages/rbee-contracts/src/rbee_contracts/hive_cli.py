@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["hive_argv"]
+__all__ = ["hive_argv", "hive_optional_flags"]
 
 
 def hive_argv(
@@ -43,8 +43,29 @@ def hive_argv(
     ]
     if heartbeat is not None:
         argv.append(f"--heartbeat={heartbeat!r}")  # repr: the float itself, no rounding
-    if public_url is not None:
-        argv.append(f"--public-url={public_url}")
+    return argv + hive_optional_flags(
+        public_url=public_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        allowed_hosts=allowed_hosts,
+        model_roots=model_roots,
+    )
+
+
+def hive_optional_flags(
+    *,
+    public_url: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+    model_roots: Sequence[str] = (),
+) -> list[str]:
+    """The hive's flags that have no default of their own (only those given), in the same form;
+    also for a starter that passes the rest of the hive's flags another way
+    (``python -m rbee_hive.daemon start ... -- FLAGS``)."""
+    argv = [] if public_url is None else [f"--public-url={public_url}"]
     for flag, value in (("tls-cert", tls_cert), ("tls-key", tls_key), ("tls-ca", tls_ca)):
         if value is not None:
             argv.append(f"--{flag}={value}")

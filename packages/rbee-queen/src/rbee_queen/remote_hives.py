@@ -42,6 +42,7 @@ import anyio
 
 from jobproto import JobFailed, narrate, progress
 from rbee_contracts import auth
+from rbee_contracts.hive_cli import hive_optional_flags
 from rbee_contracts.queen_results import (
     HiveInstallResult,
     HiveStartResult,
@@ -539,13 +540,9 @@ def daemon_start_argv(
         argv += ["--heartbeat", repr(heartbeat)]
     if models_dir is not None:
         argv += ["--models-dir", models_dir]
-    more = (
-        ("public-url", public_url),
-        ("tls-cert", tls_cert),
-        ("tls-key", tls_key),
-        ("tls-ca", tls_ca),
+    hive_args = hive_optional_flags(
+        public_url=public_url, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca
     )
-    hive_args = [f"--{flag}={value}" for flag, value in more if value is not None]
     return [*argv, "--", *hive_args] if hive_args else argv
 
 
