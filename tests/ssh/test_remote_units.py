@@ -11,13 +11,16 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import attrs
 import pytest
 import trustme
 
-from jobproto import JobFailed
+from jobproto import JobFailed, converter
 from jobproto.client import JobClient, RemoteJobFailed
 from jobproto.testing import serving
 from rbee_contracts import auth
+from rbee_contracts.hive_cli import DaemonAnswer
+from rbee_contracts.queen_results import StopOutcome
 from rbee_contracts.records import Heartbeat
 from rbee_queen.app import create_app
 from rbee_queen.queen import Queen
@@ -60,6 +63,11 @@ async def test_a_queen_without_a_secret_refuses_remote_hives(
 # -- hive_start's choices, with a host that answers without SSH ----------------------------------
 
 
+def _answer(answer: DaemonAnswer) -> str:
+    """The daemon's line of JSON, as ``python -m rbee_hive.daemon`` prints it."""
+    return json.dumps(converter.unstructure(answer))
+
+
 class FakeMachine:
     """What ``RemoteHives`` uses of ``ssh.Machine``; its daemon refuses to start, so that
     ``_start`` ends right after it has written the files and run the daemon's command."""
@@ -80,7 +88,7 @@ class FakeMachine:
 
     async def run(self, argv: Any, *, env: Any = None, limit: float = 0.0) -> RemoteResult:
         self.commands.append(list(argv))
-        return RemoteResult(1, json.dumps({"ok": False, "error": "refused", "log": ""}), "")
+        return RemoteResult(1, _answer(DaemonAnswer(ok=False, error="refused", log="")), "")
 
     async def read_tail(self, path: PurePosixPath, limit: int = 0, lines: int = 0) -> str:
         return ""
@@ -202,15 +210,15 @@ class StartingMachine(FakeMachine):
     async def run(self, argv: Any, *, env: Any = None, limit: float = 0.0) -> RemoteResult:
         self.commands.append(list(argv))
         action = next(a for a in ("start", "status", "stop") if a in argv)
-        answer: dict[str, Any] = {"ok": True, "pid": 4242, "log": "/h.log", "command": []}
+        answer = DaemonAnswer(ok=True, pid=4242, log="/h.log")
         if action == "start":
-            answer["already_running"] = False
+            answer = attrs.evolve(answer, already_running=False)
             self.beat()
         elif action == "status":
-            answer["running"] = True
+            answer = attrs.evolve(answer, running=True)
         else:
-            answer["stopped"] = "stopped"
-        return RemoteResult(0, json.dumps(answer), "")
+            answer = attrs.evolve(answer, stopped=StopOutcome.STOPPED)
+        return RemoteResult(0, _answer(answer), "")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["hive_argv", "hive_optional_flags"]
+import attrs
+
+from .queen_results import StopOutcome
+
+__all__ = ["DaemonAnswer", "hive_argv", "hive_optional_flags"]
 
 
 def hive_argv(
@@ -72,3 +76,26 @@ def hive_optional_flags(
     argv += [f"--allowed-host={host}" for host in allowed_hosts]
     argv += [f"--model-root={root}" for root in model_roots]
     return argv
+
+
+@attrs.frozen
+class DaemonAnswer:
+    """What ``python -m rbee_hive.daemon start|stop|status`` prints, as its last line of JSON:
+    the hive's machine → the queen, which runs it over SSH. Each action fills its own fields."""
+
+    ok: bool
+    #: the hive's log on its machine
+    log: str
+    #: the hive's process (None: none runs, or none did)
+    pid: int | None = None
+    command: list[str] = attrs.field(factory=list)
+    #: why ``ok`` is false
+    error: str | None = None
+    #: start: the hive ran already (nothing was started)
+    already_running: bool | None = None
+    #: status: whether the hive runs
+    running: bool | None = None
+    #: stop: how it ended
+    stopped: StopOutcome | None = None
+    #: stop: the workers a killed hive had left, stopped now
+    leftover_workers: list[str] = attrs.field(factory=list)

@@ -27,8 +27,10 @@ from typing import Any
 import anyio
 
 import rbee_process
+from jobproto import converter
 from rbee_contracts import local_layout
-from rbee_contracts.hive_cli import hive_argv
+from rbee_contracts.hive_cli import DaemonAnswer, hive_argv
+from rbee_contracts.queen_results import StopOutcome
 
 from .settings import default_models_dir, default_state_dir
 
@@ -49,7 +51,7 @@ def _record_fields(record: rbee_process.ProcessRecord | None) -> dict[str, Any]:
     return {"pid": record.pid, "command": list(record.argv)}
 
 
-def start(args: argparse.Namespace) -> dict[str, Any]:
+def start(args: argparse.Namespace) -> DaemonAnswer:
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     command = [
@@ -73,14 +75,14 @@ def start(args: argparse.Namespace) -> dict[str, Any]:
             hive_pid_file(state_dir), command, log_path=log, label=f"hive {args.hive_id}"
         )
     except rbee_process.SpawnError as exc:
-        return {"ok": False, "error": str(exc), "log": str(log)}
-    return {"ok": True, "already_running": not fresh, "log": str(log), **_record_fields(record)}
+        return DaemonAnswer(ok=False, error=str(exc), log=str(log))
+    return DaemonAnswer(ok=True, already_running=not fresh, log=str(log), **_record_fields(record))
 
 
-def stop(args: argparse.Namespace) -> dict[str, Any]:
+def stop(args: argparse.Namespace) -> DaemonAnswer:
     state_dir = Path(args.state_dir)
 
-    async def stopping() -> dict[str, Any]:
+    async def stopping() -> DaemonAnswer:
         how, record, workers = await rbee_process.stop_hive(
             hive_pid_file(state_dir),
             state_dir / "run",
@@ -92,27 +94,27 @@ def stop(args: argparse.Namespace) -> dict[str, Any]:
             for path, outcome, _ in workers
             if outcome is not rbee_process.StopOutcome.NOT_RUNNING
         ]
-        return {
-            "ok": True,
-            "stopped": how.value,
-            "leftover_workers": leftovers,
-            "log": str(hive_log(state_dir)),
+        return DaemonAnswer(
+            ok=True,
+            stopped=StopOutcome(how.value),
+            leftover_workers=leftovers,
+            log=str(hive_log(state_dir)),
             **_record_fields(record),
-        }
+        )
 
     return anyio.run(stopping)
 
 
-def status(args: argparse.Namespace) -> dict[str, Any]:
+def status(args: argparse.Namespace) -> DaemonAnswer:
     state_dir = Path(args.state_dir)
     record = rbee_process.read_pid_file(hive_pid_file(state_dir))
     running = record is not None and rbee_process.alive(record)
-    return {
-        "ok": True,
-        "running": running,
-        "log": str(hive_log(state_dir)),
+    return DaemonAnswer(
+        ok=True,
+        running=running,
+        log=str(hive_log(state_dir)),
         **_record_fields(record if running else None),
-    }
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "start" and args.hive_args[:1] == ["--"]:
         args.hive_args = args.hive_args[1:]
     result = {"start": start, "stop": stop, "status": status}[args.action](args)
-    print(json.dumps(result), flush=True)
-    return 0 if result.get("ok") else 1
+    print(json.dumps(converter.unstructure(result)), flush=True)
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from jobproto import JobFailed, narrate, progress
+from jobproto import JobFailed, RequestError, narrate, progress
 from rbee_contracts import auth
-from rbee_contracts.hive_cli import hive_optional_flags
+from rbee_contracts.hive_cli import DaemonAnswer, hive_optional_flags
 from rbee_contracts.queen_results import (
     HiveInstallResult,
     HiveStartResult,
@@ -52,6 +52,7 @@ from rbee_contracts.queen_results import (
     LocalHiveProcess,
     StopOutcome,
 )
+from rbee_contracts.reading import read_result
 
 from .hives import error_line
 from .registry import HiveRegistry
@@ -310,14 +311,14 @@ class RemoteHives:
         }
         started_at = time.time()
         answer = await self._daemon(machine, argv, env=env)
-        if not answer.get("ok"):
-            log = PurePosixPath(answer.get("log", ""))
+        if not answer.ok:
+            log = PurePosixPath(answer.log)
             raise JobFailed(
                 "hive_exited",
                 f"hive {hive_id} could not be started on {alias}: {await _error(machine, log)};"
                 f" the details are in its log {alias}:{log}",
             )
-        fresh = not answer["already_running"]
+        fresh = not answer.already_running
         process = _process(hive_id, alias, answer)
         if fresh:
             narrate(
@@ -379,7 +380,7 @@ class RemoteHives:
                 if waited >= next_look:
                     next_look += STATUS_EVERY
                     status = await self._daemon(machine, self._daemon_argv(machine, "status"))
-                    if not status.get("running"):
+                    if not status.running:
                         raise JobFailed(
                             "hive_exited",
                             f"hive {hive_id} exited on {machine.entry.alias} before it"
@@ -415,14 +416,14 @@ class RemoteHives:
                 answer = await self._stop(machine, hive_id, grace=self.settings.hive_stop_grace)
         except SSHError as exc:
             raise _failed(exc) from None
-        if answer.get("pid") is None:
+        if answer.pid is None:
             raise JobFailed("hive_not_running", f"no hive runs on {alias} (no live pid file)")
         return HiveStopResult(
             **_fields(_process(hive_id, alias, answer)),
-            stopped=StopOutcome(answer["stopped"]),
+            stopped=_stopped(answer),
         )
 
-    async def _stop(self, machine: Machine, hive_id: str, *, grace: float) -> dict[str, Any]:
+    async def _stop(self, machine: Machine, hive_id: str, *, grace: float) -> DaemonAnswer:
         narrate("hive_stopping", f"stopping hive {hive_id} on {machine.entry.alias}")
         answer = await self._daemon(
             machine,
@@ -430,13 +431,13 @@ class RemoteHives:
             limit=grace + 60,
         )
         self.registry.remove(hive_id)
-        for worker in answer.get("leftover_workers", []):
+        for worker in answer.leftover_workers:
             narrate(
                 "hive_worker_leftover",
                 f"hive {hive_id} left worker {worker} running: stopped",
                 level="warning",
             )
-        narrate("hive_stopped", f"hive {hive_id} on {machine.entry.alias}: {answer.get('stopped')}")
+        narrate("hive_stopped", f"hive {hive_id} on {machine.entry.alias}: {answer.stopped}")
         return answer
 
     async def process(self, alias: str, hive_id: str) -> LocalHiveProcess | None:
@@ -448,7 +449,7 @@ class RemoteHives:
                 answer = await self._daemon(machine, self._daemon_argv(machine, "status"))
         except SSHError as exc:
             raise _failed(exc) from None
-        return _process(hive_id, alias, answer) if answer.get("running") else None
+        return _process(hive_id, alias, answer) if answer.running else None
 
     async def uninstall(self, alias: str, hive_id: str, *, purge: bool) -> HiveUninstallResult:
         try:
@@ -456,7 +457,7 @@ class RemoteHives:
                 stopped = StopOutcome.NOT_RUNNING
                 if await machine.exists(machine.home / VENV / "bin" / "python"):
                     answer = await self._stop(machine, hive_id, grace=self.settings.hive_stop_grace)
-                    stopped = StopOutcome(answer["stopped"])
+                    stopped = _stopped(answer)
                 self.registry.remove(hive_id)
                 paths = [VENV, WHEELS, TOKENS] + ([STATE] if purge else [])
                 removed = [str(machine.home / path) for path in paths]
@@ -485,14 +486,14 @@ class RemoteHives:
         *,
         env: dict[str, str] | None = None,
         limit: float = 60.0,
-    ) -> dict[str, Any]:
+    ) -> DaemonAnswer:
         done = await machine.run(argv, env=env, limit=limit)
         lines = done.stdout.strip().splitlines()
         try:
-            answer = json.loads(lines[-1]) if lines else None
-        except json.JSONDecodeError:
+            answer = read_result(json.loads(lines[-1]), DaemonAnswer) if lines else None
+        except (json.JSONDecodeError, RequestError):
             answer = None
-        if not isinstance(answer, dict):
+        if answer is None:
             raise JobFailed(
                 "remote_daemon",
                 f"`rbee_hive.daemon {argv[5] if len(argv) > 5 else ''}` on {machine.entry.alias}"
@@ -565,14 +566,14 @@ def _fields(process: LocalHiveProcess) -> dict[str, Any]:
     }
 
 
-def _process(hive_id: str, alias: str, answer: dict[str, Any]) -> LocalHiveProcess:
-    return LocalHiveProcess(
-        hive_id,
-        int(answer.get("pid") or 0),
-        answer.get("log"),
-        [str(a) for a in answer.get("command", [])],
-        host=alias,
-    )
+def _stopped(answer: DaemonAnswer) -> StopOutcome:
+    if answer.stopped is None:
+        raise JobFailed("remote_daemon", "`rbee_hive.daemon stop` did not say how the hive ended")
+    return answer.stopped
+
+
+def _process(hive_id: str, alias: str, answer: DaemonAnswer) -> LocalHiveProcess:
+    return LocalHiveProcess(hive_id, answer.pid or 0, answer.log, answer.command, host=alias)
 
 
 async def _error(machine: Machine, log: PurePosixPath) -> str:
