@@ -862,3 +862,83 @@ async def test_verify_builds_the_clients_own_tls_context() -> None:
     async with httpx.AsyncClient() as http:
         with pytest.raises(ValueError, match="verify"):
             JobClient(BASE, http=http, verify=False)
+
+
+def test_str_of_a_status_error_says_status_code_message_and_field() -> None:
+    response = httpx.Response(422, request=httpx.Request("POST", f"{BASE}/v1/jobs"))
+    exc = HTTPStatusError(
+        422, "validation_error", "must be >= 1", field="max_tokens", response=response
+    )
+    assert str(exc) == "HTTP 422 validation_error: must be >= 1 (field max_tokens)"
+    assert exc.message == "must be >= 1"  # the server's message alone stays as it was
+    gone = HTTPStatusError(404, "job_not_found", "no such job", response=response)
+    assert str(gone) == "HTTP 404 job_not_found: no such job"
+
+
+@pytest.mark.anyio
+async def test_str_of_a_refusal_from_a_server_names_the_field() -> None:
+    server = Server(error(422, "validation_error", "times: expected int", field="times"))
+    async with client_for(server) as (client, _):
+        with pytest.raises(HTTPStatusError) as info:
+            await client.create("echo", times="2")
+    assert str(info.value) == "HTTP 422 validation_error: times: expected int (field times)"
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_a_dead_host_raises_jobprotos_errors_from_every_call() -> None:
+    """No httpx error leaves the client against a real port nobody listens on: every request
+    is a ``ConnectFailed``; ``events()`` retries (nothing was sent) and then gives up with
+    ``StreamInterrupted``."""
+    calls: list[tuple[str, Callable[[JobClient], Any]]] = [
+        ("create", lambda c: c.create("echo")),
+        ("create with a key", lambda c: c.create("echo", idempotency_key="key-1")),
+        ("status", lambda c: c.status(JOB)),
+        ("list", lambda c: c.list()),
+        ("cancel", lambda c: c.cancel(JOB)),
+        ("run", lambda c: c.run("echo")),
+    ]
+    url = f"http://127.0.0.1:{_closed_port()}"
+    for name, call in calls:
+        slept: list[float] = []
+        async with JobClient(url, max_reconnects=1) as client:
+            client._sleep = _recorder(slept)
+            with pytest.raises(ConnectFailed) as info:
+                await call(client)
+        assert isinstance(info.value.__cause__, httpx.ConnectError), name
+        assert "cannot connect" in str(info.value) and url in str(info.value), name
+    async with JobClient(url, max_reconnects=1) as client:
+        client._sleep = _recorder([])
+        with pytest.raises(StreamInterrupted) as interrupted:
+            await collect(client)
+    assert isinstance(interrupted.value.__cause__, httpx.ConnectError)
+
+
+@pytest.mark.anyio
+async def test_server_retry_replaces_backoff_initial_for_reconnects() -> None:
+    """As the JobClient docstring says: once the stream carried ``retry:`` the server's value is
+    the base of the backoff, however large ``backoff_initial`` is; above ``backoff_max`` it is
+    waited in full, without growing."""
+    server = Server(
+        sse(RETRY, HAPPY[0]),
+        httpx.ReadError("cut"),
+        httpx.ReadError("cut"),
+        sse(*HAPPY),
+    )
+    async with client_for(server, backoff_initial=4.0, backoff_max=10.0) as (client, slept):
+        assert await collect(client) == HAPPY
+    for delay, base in zip(slept, [1.5, 3.0, 6.0], strict=True):  # 1.5 s from ``retry: 1500``
+        assert base <= delay <= base * 1.25
+    server = Server(sse(RETRY, HAPPY[0]), httpx.ReadError("cut"), sse(*HAPPY))
+    async with client_for(server, backoff_max=1.0) as (client, slept):
+        assert await collect(client) == HAPPY
+    assert len(slept) == 2 and all(1.5 <= delay <= 1.5 * 1.25 for delay in slept)
+    assert "retry:" in (JobClient.__doc__ or "") and "backoff_initial" in (JobClient.__doc__ or "")

@@ -96,6 +96,18 @@ class JobClient:
     bounds consecutive failed attempts of ``events()`` (and of ``create()`` with an idempotency
     key); ``backoff_initial`` and ``backoff_max`` shape the exponential backoff between them,
     in seconds.
+
+    The server's ``retry:`` replaces ``backoff_initial`` for stream reconnects. The *n*-th
+    consecutive failed attempt waits ``base * 2 ** (n - 1)``, capped at ``backoff_max``, plus up
+    to 25% jitter. ``base`` is ``backoff_initial`` until the stream carries a ``retry:`` field,
+    and the server's value from then on, for the rest of that ``events()`` call (WHATWG HTML
+    §9.2.4: the server sets the reconnection time). A jobproto server sends ``retry:`` first on
+    every stream (``ServiceSettings.retry_ms``, 2 s by default; docs/protocol.md §4.1, §10), so
+    against one ``backoff_initial`` only shapes the wait when no stream has opened yet (the
+    first connection failed) and for ``create()`` retries, which never see a ``retry:``. A
+    ``retry:`` above ``backoff_max`` is waited in full, without growing: the server asked not to
+    be called sooner. To reconnect sooner than the server asks, configure the server
+    (``retry_ms``), not the client.
     """
 
     def __init__(

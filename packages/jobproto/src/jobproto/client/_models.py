@@ -56,7 +56,9 @@ class HTTPStatusError(RequestError):
     """A request answered 4xx/5xx, rebuilt from ``{"error": {"code", "message", ...}}``.
 
     It is a ``RequestError``, so code that catches ``RequestError`` works the same in-process and
-    over HTTP. ``response`` is the ``httpx.Response`` (its body already read).
+    over HTTP. ``response`` is the ``httpx.Response`` (its body already read). ``str()`` says all
+    of it, ``HTTP 422 validation_error: <message> (field max_tokens)``; ``message`` is the
+    server's message alone.
     """
 
     def __init__(
@@ -71,6 +73,12 @@ class HTTPStatusError(RequestError):
     ) -> None:
         super().__init__(status, code, message, field=field, details=details)
         self.response = response
+
+    def __str__(self) -> str:
+        # A log line or a traceback shows str(): the status and code say what kind of refusal
+        # it is, and the field which value, where the message alone often does neither.
+        text = f"HTTP {self.status} {self.code}: {self.message}"
+        return text if self.field is None else f"{text} (field {self.field})"
 
 
 class RemoteJobFailed(JobFailed):
