@@ -19,8 +19,14 @@ import socket
 from collections.abc import Callable
 from types import FrameType
 
-import uvicorn
 from starlette.applications import Starlette
+
+from ._extras import missing_extra
+
+try:
+    import uvicorn
+except ModuleNotFoundError as exc:  # the `server` extra installs it; jobproto's core needs none
+    raise missing_extra(exc, "server", "jobproto.server") from exc
 
 from ._http import HttpLimits, HttpParser, protocol_class
 from .asgi._service import JobService

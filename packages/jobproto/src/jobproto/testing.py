@@ -16,6 +16,13 @@ from contextlib import asynccontextmanager
 import anyio
 from starlette.applications import Starlette
 
+from ._extras import missing_extra
+
+try:
+    import uvicorn  # noqa: F401  (what _http and server need: a missing one names the extra)
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "server", "jobproto.testing") from exc
+
 from ._http import HttpLimits, HttpParser
 from .asgi._service import JobService
 from .server import Server, StrPath, bound_port, config

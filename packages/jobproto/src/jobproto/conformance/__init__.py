@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._extras import missing_extra
 from ._operations import (
     BurstParams,
     EchoParams,
@@ -55,8 +56,25 @@ _LAZY = {
 }
 
 
+#: the extra that installs each optional dependency the lazy names need
+_EXTRA_OF = {
+    "hypothesis": "conformance",
+    "hypothesis_jsonschema": "conformance",
+    "jsonschema": "conformance",
+    "pytest": "conformance",
+    "uvicorn": "server",
+}
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __name__), name)
+    try:
+        loaded = importlib.import_module(module, __name__)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").partition(".")[0])
+        if extra is None:  # not an optional dependency: a real error, left as it is
+            raise
+        raise missing_extra(exc, extra, f"{__name__}.{name}") from exc
+    return getattr(loaded, name)
