@@ -3,6 +3,8 @@
 Modules that need an extra import it like this, so that ``import jobproto.server`` without
 uvicorn says ``pip install 'jobproto[server]'`` instead of only "No module named 'uvicorn'"::
 
+    from jobproto._extras import missing_extra
+
     try:
         import uvicorn
     except ModuleNotFoundError as exc:

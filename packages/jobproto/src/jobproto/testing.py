@@ -1,8 +1,13 @@
 """Helpers for testing jobproto services: serve an app on a loopback port inside a test.
 
-    async with serving(create_app(ops)) as url:
+    from jobproto.asgi import create_app
+    from jobproto.client import JobClient
+    from jobproto.conformance import conformance_operations
+    from jobproto.testing import serving
+
+    async with serving(create_app(conformance_operations())) as url:  # in an async test
         async with JobClient(url) as client:
-            ...
+            assert await client.run("echo", messages=["hi"], result=42) == 42
 
 Real uvicorn on ``127.0.0.1:0``: endless streams, disconnects and keepalives behave as in
 production (``httpx.ASGITransport`` buffers whole bodies, so an open SSE stream hangs under it).

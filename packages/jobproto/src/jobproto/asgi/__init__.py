@@ -1,7 +1,13 @@
 """Serve jobproto/1 operations from Starlette.
 
+    import attrs
+
     from jobproto import Operations, narrate
     from jobproto.asgi import create_app
+
+    @attrs.frozen
+    class HelloParams:  # parameters are attrs classes; validators are enforced and published
+        name: str = attrs.field(validator=attrs.validators.max_len(100))
 
     ops = Operations()
 

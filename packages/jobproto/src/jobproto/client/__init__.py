@@ -1,8 +1,15 @@
 """The HTTP client adapter of jobproto: submit jobs, stream their events with automatic resume,
 cancel, inspect. Built on httpx and httpx-sse::
 
-    async with JobClient("http://127.0.0.1:7833") as client:
-        result = await client.run("generate", prompt="hi", on_event=print)
+    from jobproto.asgi import create_app
+    from jobproto.client import JobClient
+    from jobproto.conformance import conformance_operations
+    from jobproto.testing import serving
+
+    # (top-level await as in ``python -m asyncio``; serving() stands for a service of yours)
+    async with serving(create_app(conformance_operations())) as url:
+        async with JobClient(url) as client:
+            result = await client.run("echo", messages=["hi"], result="done", on_event=print)
 """
 
 from __future__ import annotations

@@ -308,10 +308,14 @@ class JobClient:
         To stop early, close the generator so the connection is closed at once, not when the
         garbage collector gets to it::
 
-            async with contextlib.aclosing(client.events(job_id)) as events:
-                async for event in events:
-                    if done(event):
-                        break
+            from contextlib import aclosing
+
+            from jobproto import JobEvent
+
+            async with aclosing(client.events(job_id)) as events:
+                async for item in events:
+                    if isinstance(item, JobEvent) and item.type == "data":
+                        break  # the first data event is all this caller wanted
         """
         url = self._url(job_id, "stream")
         last_seq = after
