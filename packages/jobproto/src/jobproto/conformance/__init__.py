@@ -6,8 +6,9 @@
   (``_machine``, with ``_probe`` for the wire, ``_model`` for what must follow, ``_strategies``).
 * ``python -m jobproto.conformance.server``: the reference service, for running the suite or for
   trying a client against (``ThreadedServer`` and ``ServerProcess`` serve it from Python).
-* ``jobproto.conformance.pytest_plugin``: the ``--url`` option and the reference targets; the
-  suite itself is ``packages/jobproto/tests/conformance`` (``nox -s conformance``).
+* ``python -m jobproto.conformance [--url URL]``: the black-box suite, shipped in the package
+  (``jobproto.conformance.suite``), run with pytest and ``jobproto.conformance.pytest_plugin``
+  (its options, the reference targets, the check that a URL mounts the conformance operations).
 
 Only the operations are imported eagerly: a service that mounts them needs neither Hypothesis
 (the ``conformance`` extra) nor uvicorn (the ``server`` extra). The rest loads on first use.

@@ -1,6 +1,15 @@
-"""pytest plugin of the conformance suite: the ``--url`` option and the services to test.
+"""pytest plugin of the conformance suite: its options, the services to test, and the checks
+that a ``--jobproto-url`` service can be tested at all.
 
-Without ``--url`` every conformance test runs against three reference targets:
+The suite itself ships in the package (``jobproto.conformance.suite``), so it runs from an
+installed wheel with nothing but ``jobproto[conformance]``::
+
+    python -m jobproto.conformance --url http://127.0.0.1:8000        # the usual way
+    pytest -p jobproto.conformance.pytest_plugin --pyargs jobproto.conformance.suite \\
+        --jobproto-url http://127.0.0.1:8000                           # the same, by hand
+
+Without ``--jobproto-url`` every test runs against three reference targets (they need the
+``server`` extra too):
 
 * ``in-process``: the reference app served by uvicorn in a thread of the test process;
 * ``subprocess``: ``python -m jobproto.conformance.server`` on loopback, a real server process in
@@ -9,14 +18,20 @@ Without ``--url`` every conformance test runs against three reference targets:
   carries it, and the suite checks that requests without it are refused (fewer random walks:
   the protocol itself is walked on the other two).
 
-With ``--url URL`` they run against that service alone; when it needs a token, give it with
-``--jobproto-token-file PATH`` or in ``$JOBPROTO_TOKEN`` (never on the command line).
+With ``--jobproto-url URL`` they run against that service alone, after a check that it offers
+the conformance operations (else one message: how to mount them and keep them out of
+production). When it needs a token, give it with ``--jobproto-token-file PATH`` or in
+``$JOBPROTO_TOKEN`` (never on the command line). Checks the suite cannot make against an
+arbitrary service are left out, and the summary says once why: those that depend on the
+service's limits (log size, subscribe timeout, retention, keepalive interval: the
+``tuned_target`` fixture) and, without a token, those of authentication.
 
-Tests that need to know the service's limits (log size, subscribe timeout, retention, keepalive
-interval) take the ``tuned_target`` fixture: a second server with small limits per tokenless
-reference target, and a skip for ``--url``, whose limits the suite cannot know.
-
-Load it with ``-p jobproto.conformance.pytest_plugin``, or import its names into a conftest.py.
+``--jobproto-own-operations`` adds property checks of the service's own operations (every
+operation its ``/openapi.json`` publishes except the conformance ones; against the reference
+targets, the conformance operations themselves): values drawn from each published request
+schema must be accepted, near-valid ones refused with 422 naming the field. Every accepted job is
+cancelled at once, before anything subscribes to it; a service that starts jobs at once
+(``start_mode="immediate"``) runs them, so point it at a test deployment.
 """
 
 from __future__ import annotations
@@ -25,15 +40,24 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import attrs
-import httpx
 import pytest
+from hypothesis import settings
 
 from ..asgi import ServiceSettings
 from ._machine import ConformanceConfig
-from ._server import TOKEN_ENV, ServerProcess, ThreadedServer, settings_args, token_from
+from ._operations import conformance_operations
+from ._target import (
+    CONFORMANCE_OPERATIONS,
+    TOKEN_ENV,
+    Target,
+    TargetUnfit,
+    check_target,
+    published_operations,
+    token_from,
+)
 
 __all__ = [
     "MAIN_SETTINGS",
@@ -43,15 +67,21 @@ __all__ = [
     "conformance_config",
     "conformance_target",
     "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
     "pytest_generate_tests",
+    "pytest_report_header",
+    "pytest_sessionstart",
+    "pytest_terminal_summary",
     "tuned_target",
 ]
-
-TargetKind = Literal["in-process", "subprocess", "token", "url"]
 
 #: random walks of the state machine against the ``token`` target (unless given on the command
 #: line): enough to meet every rule with the token, the protocol is walked on the others
 TOKEN_TARGET_EXAMPLES = 15
+
+#: property-check cases per operation of ``--jobproto-own-operations`` (unless given)
+OWN_OPERATION_EXAMPLES = 60
 
 #: the reference service the state machine walks: default limits, except a log small enough for
 #: the largest burst (300 events) to overflow it, so random walks meet gap frames too
@@ -66,31 +96,19 @@ TUNED_SETTINGS = ServiceSettings(
     sweep_interval=0.1,
 )
 
+# ``python -m jobproto.conformance`` runs under this profile: no example database written to
+# the working directory (a run leaves nothing behind), no per-example deadline (a loaded
+# machine is not a failure)
+settings.register_profile("jobproto-conformance", database=None, deadline=None)
 
-@attrs.frozen
-class Target:
-    """A service under test: where it is, and its settings when the suite knows them."""
-
-    kind: TargetKind
-    url: str
-    settings: ServiceSettings | None
-    #: the bearer token the service requires, if any
-    token: str | None = attrs.field(default=None, repr=False)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The headers that authenticate a request to the service (none without a token)."""
-        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
-
-    def client(self, timeout: float = 10.0) -> httpx.Client:
-        """A client of the service whose every request carries the token."""
-        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers)
+_OPENAPI = pytest.StashKey[dict[str, Any]]()
+_LEFT_OUT = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("jobproto-conformance", "jobproto/1 conformance suite")
     group.addoption(
-        "--url",
+        "--jobproto-url",
         default=None,
         help="run the conformance suite against the jobproto/1 service at this URL "
         "(it must offer the conformance operations); default: the reference service",
@@ -99,14 +117,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--jobproto-token-file",
         default=None,
         type=Path,
-        help="the --url service needs the bearer token in this file "
+        help="the --jobproto-url service needs the bearer token in this file "
         f"(default: ${TOKEN_ENV} if set); the suite then also checks requests without it are 401",
     )
     group.addoption(
-        "--max-body-bytes",
+        "--jobproto-max-body-bytes",
         type=int,
         default=1 << 20,
-        help="largest create body the --url service accepts (default 1 MiB; 0: unknown)",
+        help="largest create body the --jobproto-url service accepts (default 1 MiB; 0: unknown)",
+    )
+    group.addoption(
+        "--jobproto-own-operations",
+        action="store_true",
+        help="also check that the service's own operations enforce their published schemas "
+        "(every accepted job is cancelled before it is subscribed to; a service in immediate "
+        "start mode runs them: use a test deployment)",
     )
     group.addoption(
         "--conformance-shrink",
@@ -117,12 +142,60 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--conformance-examples",
         type=int,
         default=None,
-        help="Hypothesis examples of the state machine per target",
+        help="Hypothesis examples: random walks of the state machine per target, and cases per "
+        "operation of --jobproto-own-operations",
     )
 
 
+def _url(config: pytest.Config) -> str | None:
+    url = config.getoption("jobproto_url", None)
+    return str(url).rstrip("/") if url else None
+
+
+def _given_token(config: pytest.Config) -> str | None:
+    path = config.getoption("jobproto_token_file", None)
+    try:
+        return token_from(path, os.environ)
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"--jobproto-token-file: {exc}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "conformance: jobproto/1 conformance test")
+    if not config.pluginmanager.hasplugin("timeout"):
+        # the suite marks its longest test; without pytest-timeout the mark only documents it
+        config.addinivalue_line("markers", "timeout(seconds): per-test time limit")
+    config.stash[_LEFT_OUT] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``--jobproto-url``: refuse, with one message, a service that cannot be tested."""
+    config = session.config
+    url = _url(config)
+    if url is None:
+        return
+    try:
+        config.stash[_OPENAPI] = check_target(url, _given_token(config))
+    except TargetUnfit as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    url = _url(config)
+    where = url or "the reference service (in-process, subprocess, token)"
+    own = config.getoption("jobproto_own_operations", False)
+    lines = [f"jobproto conformance: checks of {where}"]
+    if url is not None and not own:
+        lines.append(
+            "jobproto conformance: the service's own operations are not exercised "
+            "(--own-operations checks them against their published schemas)"
+        )
+    return lines
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    url = metafunc.config.getoption("url", None)
+    config = metafunc.config
+    url = _url(config)
     if "conformance_target" in metafunc.fixturenames:
         kinds = ["url"] if url else ["in-process", "subprocess", "token"]
         metafunc.parametrize("conformance_target", kinds, indirect=True, scope="session")
@@ -132,11 +205,73 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "authenticated_target" in metafunc.fixturenames:
         kinds = ["url"] if url else ["token"]
         metafunc.parametrize("authenticated_target", kinds, indirect=True, scope="session")
+    if "own_operation" in metafunc.fixturenames:
+        names = _own_operations(config)
+        metafunc.parametrize("own_operation", names, ids=names)
+
+
+def _own_operations(config: pytest.Config) -> list[str]:
+    """The operations ``--jobproto-own-operations`` checks."""
+    if _url(config) is None:
+        # the reference service has no operations but the conformance ones: check those
+        return sorted(op.name for op in conformance_operations())
+    doc = config.stash.get(_OPENAPI, {})
+    return [n for n in published_operations(doc) if n not in CONFORMANCE_OPERATIONS]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out what cannot be checked, and remember why (said once, in the summary)."""
+    url = _url(config)
+    own = config.getoption("jobproto_own_operations", False)
+    left_out: list[str] = config.stash[_LEFT_OUT]
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    own_names = _own_operations(config)
+    limits = auth = 0
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "own_operation" in names and not (own and own_names):
+            pass
+        elif url is not None and "tuned_target" in names:
+            limits += 1
+        elif url is not None and "authenticated_target" in names and _given_token(config) is None:
+            auth += 1
+        else:
+            keep.append(item)
+            continue
+        dropped.append(item)
+    if limits:
+        left_out.append(
+            f"{limits} checks need a service whose limits the suite knows (log size, subscribe "
+            "timeout, retention, keepalive interval): they run against the reference service "
+            "(without --url)"
+        )
+    if auth:
+        left_out.append(
+            f"{auth} checks of authentication need the service's token (--token-file PATH or "
+            f"${TOKEN_ENV})"
+        )
+    if own and not own_names:
+        left_out.append("the service publishes no operations but the conformance ones")
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    left_out = config.stash.get(_LEFT_OUT, [])
+    if left_out:
+        terminalreporter.section("jobproto conformance: not run against this service")
+        for line in left_out:
+            terminalreporter.write_line(line)
 
 
 def _serve(
     kind: str, settings: ServiceSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
+    # the reference server needs the server extra (uvicorn); a run against a URL does not
+    from ._server import ServerProcess, ThreadedServer, settings_args
+
     if kind == "in-process":
         server = ThreadedServer(settings)
         url = server.start()
@@ -155,22 +290,14 @@ def _serve(
             process.stop()
 
 
-def _given_token(config: pytest.Config) -> str | None:
-    path = config.getoption("jobproto_token_file", None)
-    try:
-        return token_from(path, os.environ)
-    except (OSError, ValueError) as exc:
-        raise pytest.UsageError(f"--jobproto-token-file: {exc}") from None
-
-
 @pytest.fixture(scope="session")
 def conformance_target(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
     """The service the conformance tests run against (parametrised: see the module docstring)."""
     kind = request.param
-    if kind == "url":
-        url = str(request.config.getoption("url")).rstrip("/")
+    url = _url(request.config)
+    if kind == "url" and url is not None:
         yield Target("url", url, None, _given_token(request.config))
         return
     yield from _serve(kind, MAIN_SETTINGS, tmp_path_factory)
@@ -180,10 +307,10 @@ def conformance_target(
 def tuned_target(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
-    """A reference service with ``TUNED_SETTINGS``; a skip with ``--url`` (limits unknown)."""
+    """A reference service with ``TUNED_SETTINGS`` (its tests are left out with a URL)."""
     kind = request.param
     if kind == "url":
-        pytest.skip("needs a service with known limits; --url names an arbitrary one")
+        pytest.skip("needs a service with known limits; --jobproto-url names an arbitrary one")
     yield from _serve(kind, TUNED_SETTINGS, tmp_path_factory)
 
 
@@ -192,14 +319,13 @@ def authenticated_target(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
     """A service that needs a bearer token: the reference server with a generated one, or the
-    ``--url`` service with ``--jobproto-token-file``/``JOBPROTO_TOKEN`` (a skip without a token:
-    the suite cannot know whether that service needs one)."""
+    ``--jobproto-url`` service with its token (those tests are left out without one)."""
     kind = request.param
-    if kind == "url":
+    url = _url(request.config)
+    if kind == "url" and url is not None:
         token = _given_token(request.config)
         if token is None:
-            pytest.skip("--url was given without a token (--jobproto-token-file, JOBPROTO_TOKEN)")
-        url = str(request.config.getoption("url")).rstrip("/")
+            pytest.skip("no token for the service (--jobproto-token-file, JOBPROTO_TOKEN)")
         yield Target("url", url, None, token)
         return
     yield from _serve(kind, MAIN_SETTINGS, tmp_path_factory)
@@ -219,7 +345,7 @@ def conformance_config(
             token=conformance_target.token,
         )
     else:
-        max_body = pytestconfig.getoption("max_body_bytes", 1 << 20) or None
+        max_body = pytestconfig.getoption("jobproto_max_body_bytes", 1 << 20) or None
         config = ConformanceConfig(
             base_url=conformance_target.url,
             max_body_bytes=max_body,
@@ -233,3 +359,9 @@ def conformance_config(
     if pytestconfig.getoption("conformance_shrink", False):
         config = attrs.evolve(config, shrink=True)
     return config
+
+
+@pytest.fixture
+def own_operation_examples(pytestconfig: pytest.Config) -> int:
+    """Cases per operation of ``--jobproto-own-operations``."""
+    return int(pytestconfig.getoption("conformance_examples", None) or OWN_OPERATION_EXAMPLES)

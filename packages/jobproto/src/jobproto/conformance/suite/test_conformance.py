@@ -1,8 +1,8 @@
-"""The jobproto/1 conformance suite: ``nox -s conformance [-- --url URL]``.
+"""The jobproto/1 conformance suite: ``python -m jobproto.conformance [--url URL]``.
 
 ``test_state_machine`` is the random walk (``jobproto.conformance._machine``). The other tests pin
 down what a random walk rarely reaches: gaps, keepalives, expiry, retention and slow subscribers
-need a service whose limits are known (``tuned_target``, skipped with ``--url``); cancelling queued
+need a service whose limits are known (``tuned_target``, left out with ``--url``); cancelling queued
 and running jobs and closing a stream early work against any service (``conformance_target``).
 """
 
@@ -287,22 +287,22 @@ def test_a_slow_subscriber_does_not_delay_the_others(
 ) -> None:
     count = 20_000
     job = create(tuned, {"operation": "burst", "count": count, "size": 1024})
-    with tuned_target.client() as other:
-        with open_stream(other, job) as slow:  # never read while the others run
-            # Were the job held up by the slow subscriber, it would never end and these reads
-            # would fail at their deadline.
-            fast = [read_all(tuned, job) for _ in range(2)]
-            assert status(tuned, job)["state"] == "succeeded"
-            for view in fast:
-                assert view.cursor == count + 1
-            # the slow one, read at last, still gets a consistent view, resuming as needed
-            view = View(job)
-            view.connections += 1
-            try:
-                for item in slow.read():
-                    view.add(item)
-            except httpx.TransportError:
-                pass  # dropped as a frozen client (send_timeout): it resumes from the log
+    # the slow one is never read while the others run
+    with tuned_target.client() as other, open_stream(other, job) as slow:
+        # Were the job held up by the slow subscriber, it would never end and these reads
+        # would fail at their deadline.
+        fast = [read_all(tuned, job) for _ in range(2)]
+        assert status(tuned, job)["state"] == "succeeded"
+        for view in fast:
+            assert view.cursor == count + 1
+        # the slow one, read at last, still gets a consistent view, resuming as needed
+        view = View(job)
+        view.connections += 1
+        try:
+            for item in slow.read():
+                view.add(item)
+        except httpx.TransportError:
+            pass  # dropped as a frozen client (send_timeout): it resumes from the log
     follow(tuned, view, view.last_seen, "header")
     assert view.finished
     view.check_against(read_all(tuned, job))
