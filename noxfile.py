@@ -121,11 +121,28 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
-    """jobproto conformance suite; e.g. `nox -s conformance -- --url http://host:port`."""
-    sync(session, torch=False)
-    if not (ROOT / CONFORMANCE_DIR).is_dir():
-        session.error(f"{CONFORMANCE_DIR} does not exist (conformance suite not written yet)")
-    session.run("pytest", CONFORMANCE_DIR, "-m", "conformance", *session.posargs)
+    """jobproto's conformance suite, from jobproto alone (no workspace sync, no torch).
+
+    ``nox -s conformance`` runs the suite shipped in the package (``python -m
+    jobproto.conformance``) against the reference service, then the repository's tests of the
+    reference server and of the command itself. ``nox -s conformance -- --url URL`` runs the
+    shipped suite against the service at URL (it must mount the conformance operations); the
+    command's other flags (``--token-file PATH``, ``--own-operations``, ``--examples N``) and
+    pytest's go after ``--`` too.
+    """
+    # pytest-timeout: the repository's pytest configuration sets a per-test timeout
+    session.install("./packages/jobproto[conformance,server]", "pytest-timeout")
+    session.run("python", "-m", "jobproto.conformance", *session.posargs)
+    if not any(arg == "--url" or arg.startswith("--url=") for arg in session.posargs):
+        session.run(
+            "pytest",
+            CONFORMANCE_DIR,
+            "-m",
+            "conformance",
+            # the shipped suite just ran from the installed package
+            "--ignore",
+            f"{CONFORMANCE_DIR}/test_shipped_suite.py",
+        )
 
 
 @nox.session(python=PYTHON)
