@@ -258,6 +258,7 @@ _JSON: st.SearchStrategy[Any] = st.recursive(
     ),
     max_leaves=8,
 )
+_TYPES = ("null", "boolean", "integer", "number", "string", "array", "object")
 _ANNOTATIONS = {"title", "description", "default", "examples", "deprecated", "format"}
 
 
@@ -277,6 +278,10 @@ def _values(schema: Any) -> st.SearchStrategy[Any]:
         if keys == {key}:
             return st.one_of([_values(b) for b in schema[key]])
     kind = schema.get("type")
+    if isinstance(kind, list) or (kind is None and "enum" not in keys and "const" not in keys):
+        # one type at a time: leaves go to from_schema, which must never build an object
+        kinds = kind if isinstance(kind, list) else _TYPES
+        return st.one_of([_values({**schema, "type": k}) for k in kinds])
     if kind == "object" or "properties" in schema:
         return _objects(schema)
     if kind == "array":
@@ -303,7 +308,7 @@ def _objects(draw: st.DrawFn, schema: Mapping[str, Any]) -> dict[str, Any]:
         low = max(0, schema.get("minProperties", 0) - len(out))
         high = max(low, min(schema.get("maxProperties", len(out) + 3) - len(out), low + 3))
         names = schema.get("propertyNames")
-        key = _values(names) if names else st.text(max_size=8)
+        key = _values({**names, "type": "string"}) if names else st.text(max_size=8)
         more = draw(
             st.dictionaries(
                 key.filter(lambda k: k not in props), _values(extra), min_size=low, max_size=high
@@ -387,7 +392,6 @@ def _strings(schema: Mapping[str, Any], value: str) -> list[str]:
         value + "x",
         value[:-1],
         value * 2,
-        *_ODD_STRINGS,
     ]
     low, high = schema.get("minLength"), schema.get("maxLength")
     if isinstance(low, int) and low > 0:
@@ -409,6 +413,7 @@ def _near(draw: st.DrawFn, schema: Mapping[str, Any], value: Any, depth: int = 0
         options.append(st.sampled_from(_numbers(schema, value)))
     elif isinstance(value, str):
         options.append(st.sampled_from(_strings(schema, value)))
+        options.append(st.sampled_from(_ODD_STRINGS))
         options.append(st.text(max_size=12))
     elif isinstance(value, list):
         options.append(_near_list(schema, value, depth))
@@ -416,7 +421,8 @@ def _near(draw: st.DrawFn, schema: Mapping[str, Any], value: Any, depth: int = 0
         options.append(_near_object(schema, value, depth))
     if "enum" in schema or "const" in schema:
         options.append(st.sampled_from([f"{value}x", str(value).upper(), "", 0, None]))
-    return draw(st.one_of(options))
+    # the wrong type is one option; the mistakes particular to this value, all the others
+    return draw(st.one_of(options[:1] + options[1:] * 3))
 
 
 @st.composite
@@ -471,7 +477,8 @@ def _near_object(
         key = draw(st.sampled_from(sorted(props)))
         out[key] = draw(_values(props[key]))
     elif how == "badname":
-        key = draw(st.sampled_from(_strings(names, draw(_values(names)))))
+        name = draw(_values({**names, "type": "string"}))
+        key = draw(st.sampled_from(_strings(names, name) + list(_ODD_STRINGS)))
         out[key] = draw(_values(extra)) if isinstance(extra, Mapping) and extra else "x"
     else:
         out[draw(_extra_name(props))] = draw(st.sampled_from(_EACH_TYPE))
