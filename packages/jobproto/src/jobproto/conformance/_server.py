@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,6 +37,7 @@ import uvicorn
 from .._http import HttpLimits, protocol_class
 from ..asgi import JobService, Principal, Security, ServiceSettings, TokenAuth, create_app
 from ._operations import conformance_operations
+from ._target import TOKEN_ENV, token_from
 
 __all__ = [
     "TOKEN_ENV",
@@ -47,9 +48,6 @@ __all__ = [
     "settings_args",
     "settings_from_args",
 ]
-
-#: the environment variable that holds the token of the service (and of the suite's requests)
-TOKEN_ENV = "JOBPROTO_TOKEN"
 
 #: ServiceSettings fields a command-line flag can set: ``--max-log-events 64`` and so on
 _FLAGS: dict[str, type] = {
@@ -283,16 +281,6 @@ def _announce(host: str, port_file: Path | None) -> Callable[[int], None]:
         print(f"listening on http://{host}:{port}", flush=True)
 
     return started
-
-
-def token_from(path: Path | None, environ: Mapping[str, str]) -> str | None:
-    """The token in file ``path`` (stripped), else ``$JOBPROTO_TOKEN``, else ``None``."""
-    if path is not None:
-        token = path.read_text().strip()
-        if not token:
-            raise ValueError(f"{path} holds no token")
-        return token
-    return environ.get(TOKEN_ENV) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
