@@ -496,3 +496,122 @@ def test_context_filter_on_a_handler_formats_the_ids(sink: FakeSink) -> None:
     finally:
         log.removeHandler(handler)
     assert lines == ["corr-fake job_fake plain app log", "corr-fake job_fake a: narrated"]
+
+
+# --- arguments are checked at the call ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "start"),
+    [
+        (("x", "three", "ten"), TypeError, "progress(): current must be a number, got 'three'"),
+        (("x", 1, "ten"), TypeError, "progress(): total must be a number, got 'ten'"),
+        (("x", True), TypeError, "progress(): current must be a number"),
+        (("x", 1, False), TypeError, "progress(): total must be a number"),
+        (("x", None), TypeError, "progress(): current must be a number"),
+        (("x", float("nan")), ValueError, "progress(): current must be a finite number"),
+        (("x", 1, float("inf")), ValueError, "progress(): total must be a finite number"),
+        ((3, 1), TypeError, "progress(): action must be a string"),
+    ],
+)
+def test_progress_refuses_bad_arguments_at_the_call(
+    sink: FakeSink, args: tuple[Any, ...], kind: type[Exception], start: str
+) -> None:
+    with pytest.raises(kind) as info:
+        progress(*args)
+    assert str(info.value).startswith(start)
+    assert sink.events == []
+
+
+@pytest.mark.parametrize("keyword", ["unit", "message"])
+def test_progress_refuses_a_unit_or_message_that_is_not_text(sink: FakeSink, keyword: str) -> None:
+    with pytest.raises(TypeError, match=rf"^progress\(\): {keyword} must be a string"):
+        progress("x", 1, 2, **{keyword: 5})
+    assert sink.events == []
+
+
+def test_progress_takes_ints_floats_and_unknown_totals(sink: FakeSink) -> None:
+    progress("x", 0)
+    progress("x", 1.5, 3)
+    progress("x", 2, 2.0, unit="GB", message="")
+    assert [e.current for e in sink.events if isinstance(e, Progress)] == [0, 1.5, 2]
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind", "message"),
+    [
+        ({1, 2}, TypeError, "emit_data(): payload is not JSON: set {1, 2}"),
+        ({"a": [1, {2}]}, TypeError, "emit_data(): payload['a'][1] is not JSON: set {2}"),
+        ({"a": float("nan")}, ValueError, "emit_data(): payload['a'] is not JSON: nan"),
+        ([float("-inf")], ValueError, "emit_data(): payload[0] is not JSON: -inf"),
+        ({(1, 2): "x"}, TypeError, "emit_data(): payload[(1, 2)] is not JSON: a key of type"),
+        (b"bytes", TypeError, "emit_data(): payload is not JSON: bytes"),
+        (
+            {"text": "t", "token_ids": [1, "2", object()]},
+            TypeError,
+            "emit_data(): payload['token_ids'][2]",
+        ),
+    ],
+)
+def test_emit_data_refuses_a_payload_that_is_not_json_at_the_call(
+    sink: FakeSink, payload: Any, kind: type[Exception], message: str
+) -> None:
+    with pytest.raises(kind) as info:
+        emit_data(payload)
+    assert str(info.value).startswith(message)
+    assert sink.events == []
+
+
+def test_emit_data_refuses_outside_a_job_too() -> None:
+    """A mistake shows in a unit test that runs the code without a job."""
+    with pytest.raises(TypeError, match=r"^emit_data\(\)"):
+        emit_data({"when": object()})
+
+
+def test_emit_data_refuses_a_circular_payload(sink: FakeSink) -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match=r"^emit_data\(\): payload\[0\]\[0\].*circular"):
+        emit_data(loop)
+
+
+def test_emit_data_takes_every_json_value(sink: FakeSink) -> None:
+    import enum
+
+    class Size(enum.IntEnum):
+        BIG = 2
+
+    payloads: list[Any] = [
+        {"text": "hi", "token_ids": [1, 2]},
+        {"text": "hi", "token_ids": []},
+        ("a", 1, 2.5, None, True),
+        {1: "int keys become strings", None: 0, 1.5: "x"},
+        {"nested": {"deep": [[{"x": [None]}]]}, "size": Size.BIG},
+        "plain",
+        0,
+        None,
+    ]
+    for payload in payloads:
+        emit_data(payload)
+    assert [e.payload for e in sink.events if isinstance(e, Data)] == payloads
+
+
+@pytest.mark.parametrize(
+    ("call", "kind", "start"),
+    [
+        (lambda: narrate("a", "m", obj=object()), TypeError, "narrate(): field 'obj' is not JSON"),
+        (lambda: narrate("a", "m", n={"k": [1, {2}]}), TypeError, "narrate(): field 'n'['k'][1]"),
+        (lambda: narrate("a", "m", x=float("nan")), ValueError, "narrate(): field 'x' is not JSON"),
+        (lambda: narrate(1, "m"), TypeError, "narrate(): action must be a string"),
+        (lambda: narrate("a", None), TypeError, "narrate(): message must be a string"),
+        (lambda: narrate("a", "m", level="loud"), ValueError, "narrate(): level must be one of"),
+    ],
+)
+def test_narrate_refuses_bad_arguments_at_the_call(
+    sink: FakeSink, logs: pytest.LogCaptureFixture, call: Any, kind: type[Exception], start: str
+) -> None:
+    with pytest.raises(kind) as info:
+        call()
+    assert str(info.value).startswith(start)
+    assert sink.events == []
+    assert narration_records(logs) == []

@@ -16,9 +16,8 @@ Secrets are redacted before anything leaves the process: values of fields named 
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 from ._errors import LocalProtocolError
 from ._events import Data, Event, Narration, Origin, Progress
 from ._merge import Merge
+from ._redact import redact, redact_text
 
 __all__ = [
     "ContextFilter",
@@ -49,46 +49,6 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-
-REDACTED = "***"
-
-# A field is secret when one of its words is (``auth_token``, ``hf_token``, ``Authorization``), or
-# two adjacent words are (``api_key``); ``max_tokens`` or ``passage`` are not.
-_SECRET_WORDS = frozenset(
-    {
-        "password",
-        "passwd",
-        "pwd",
-        "passphrase",
-        "secret",
-        "token",
-        "authorization",
-        "authorisation",
-        "auth",
-        "cookie",
-        "credential",
-        "credentials",
-        "apikey",
-        "bearer",
-    }
-)
-_SECRET_PAIRS = frozenset(
-    {("api", "key"), ("private", "key"), ("session", "id"), ("access", "key")}
-)
-_KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-_SECRET_TEXT = [
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"), r"\1 " + REDACTED),
-    (
-        re.compile(
-            r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token|authorization)"
-            r"([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&}]+)"
-        ),
-        r"\1\2" + REDACTED,
-    ),
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
-    (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), "hf_" + REDACTED),
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), "sk-" + REDACTED),
-]
 
 
 class JobSink(Protocol):
@@ -158,32 +118,6 @@ def current_correlation_id() -> str | None:
     return job.correlation_id if job is not None else _current_correlation.get()
 
 
-def redact_text(text: str) -> str:
-    for pattern, replacement in _SECRET_TEXT:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def is_secret_key(key: str) -> bool:
-    words = [w.lower() for w in _KEY_WORDS.findall(key)]
-    if any(w in _SECRET_WORDS for w in words):
-        return True
-    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """A copy of ``value`` with secret-named fields and secret-looking strings masked."""
-    if key and is_secret_key(key) and value not in (None, "", [], {}):
-        return REDACTED
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, Mapping):
-        return {str(k): redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
-
-
 def _log(level: int, action: str, message: str, fields: Mapping[str, Any]) -> None:
     if not logger.isEnabledFor(level):
         return
@@ -198,11 +132,20 @@ def _log(level: int, action: str, message: str, fields: Mapping[str, Any]) -> No
 
 
 def narrate(action: str, message: str, *, level: str = "info", **fields: Any) -> None:
-    """Tell the current job's subscribers (and the log) what is happening. Never blocks."""
+    """Tell the current job's subscribers (and the log) what is happening. Never blocks.
+
+    The arguments are checked here: a mistake raises ``TypeError``/``ValueError`` naming
+    ``narrate()`` at the line that made it, instead of failing the job later.
+    """
+    for name, text in (("action", action), ("message", message)):
+        if not isinstance(text, str):
+            raise TypeError(f"narrate(): {name} must be a string, got {_shown(text)}")
     if level not in _LEVELS:
-        raise ValueError(f"level must be one of {sorted(_LEVELS)}")
+        raise ValueError(f"narrate(): level must be one of {sorted(_LEVELS)}, got {level!r}")
     message = redact_text(message)
     clean = redact(fields) if fields else {}
+    for key, value in clean.items():
+        _check_json("narrate()", f"field {key!r}", value)
     _log(_LEVELS[level], action, message, clean)
     job = _current_job.get()
     if job is not None:
@@ -217,7 +160,18 @@ def progress(
     unit: str = "",
     message: str = "",
 ) -> None:
-    """Report how far a step has come on the current job's stream (logged at debug level)."""
+    """Report how far a step has come on the current job's stream (logged at debug level).
+
+    ``current`` and ``total`` are finite numbers (``total`` may be ``None``: unknown); the
+    arguments are checked here and a mistake raises ``TypeError``/``ValueError`` naming
+    ``progress()``, never a protocol-invalid event.
+    """
+    for name, text in (("action", action), ("unit", unit), ("message", message)):
+        if not isinstance(text, str):
+            raise TypeError(f"progress(): {name} must be a string, got {_shown(text)}")
+    _check_number("current", current)
+    if total is not None:
+        _check_number("total", total)
     message = redact_text(message)
     _log(logging.DEBUG, action, message or f"{current}/{total} {unit}".strip(), {})
     job = _current_job.get()
@@ -228,15 +182,97 @@ def progress(
 def emit_data(payload: Any, *, merge: Merge | None = None) -> None:
     """Emit an operation-specific ``data`` event on the current job (no-op outside a job).
 
-    With ``merge`` (``concat_data`` for streamed output), the event may join the previous one
-    while no subscriber has read it yet (see ``Job.emit``).
+    ``payload`` is any JSON value (dicts, lists, tuples, strings, finite numbers, booleans,
+    ``None``); anything else raises ``TypeError``/``ValueError`` naming ``emit_data()`` and where
+    in the payload it is, here, not when the event is encoded. With ``merge`` (``concat_data``
+    for streamed output), the event may join the previous one while no subscriber has read it yet
+    (see ``Job.emit``).
     """
+    # Per token in a worker: the common payload ({"text": str, "token_ids": [int]}) is checked
+    # without leaving the loop below; anything else goes through the full walk.
+    if type(payload) is dict:
+        for value in payload.values():
+            t = type(value)
+            if t is str or t is int:
+                continue
+            if t is list:
+                for item in value:
+                    if type(item) is not int:
+                        break
+                else:
+                    continue
+            _check_json("emit_data()", "payload", payload)
+            break
+        else:
+            for key in payload:
+                if type(key) is not str:
+                    _check_json("emit_data()", "payload", payload)
+                    break
+    else:
+        _check_json("emit_data()", "payload", payload)
     job = _current_job.get()
     if job is not None:
         if merge is None:
             job.emit(Data(payload))
         else:
             job.emit(Data(payload), merge=merge)
+
+
+# -- argument checks -------------------------------------------------------------------------------
+
+#: deeper than this is refused (a circular structure gets here too); json would raise RecursionError
+MAX_DEPTH = 200
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"progress(): {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"progress(): {name} must be a finite number, got {value!r}")
+
+
+def _check_json(call: str, what: str, value: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``call`` when ``value`` is not JSON."""
+    problem = _json_problem(value, 0)
+    if problem is not None:
+        path, reason, kind = problem
+        raise kind(f"{call}: {what}{path} is not JSON: {reason}")
+
+
+def _json_problem(value: Any, depth: int) -> tuple[str, str, type[Exception]] | None:
+    """None when json can encode ``value`` (with finite numbers); else (path, reason, kind)."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return None
+    if depth > MAX_DEPTH:
+        return "", f"nested more than {MAX_DEPTH} levels deep (or circular)", ValueError
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return "", f"{value!r} (numbers must be finite)", ValueError
+    if isinstance(value, (str, int)):  # subclasses: IntEnum, StrEnum
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            plain = isinstance(key, (str, int)) or key is None
+            if not plain and not (isinstance(key, float) and math.isfinite(key)):
+                return f"[{key!r}]", f"a key of type {type(key).__name__}", TypeError
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return f"[{key!r}]" + problem[0], problem[1], problem[2]
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return f"[{index}]" + problem[0], problem[1], problem[2]
+        return None
+    return "", f"{_shown(value)}", TypeError
 
 
 class ContextFilter(logging.Filter):

@@ -60,6 +60,7 @@ from ._narration import (
     redact_text,
 )
 from ._operations import Operation, Operations
+from ._redact import RedactingFilter, install_log_redaction
 from ._registry import Job, JobRegistry
 from ._schema import schema_of
 from ._sse import ServerSentEvent, SSEDecoder, encode, encode_comment
@@ -95,6 +96,7 @@ __all__ = [
     "Operations",
     "Origin",
     "Progress",
+    "RedactingFilter",
     "RemoteProtocolError",
     "RequestError",
     "SSEDecoder",
@@ -116,6 +118,7 @@ __all__ = [
     "encode_comment",
     "encode_envelope",
     "encode_frame",
+    "install_log_redaction",
     "is_valid_correlation_id",
     "is_valid_job_id",
     "is_valid_traceparent",

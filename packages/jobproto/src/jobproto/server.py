@@ -29,6 +29,7 @@ except ModuleNotFoundError as exc:  # the `server` extra installs it; jobproto's
     raise missing_extra(exc, "server", "jobproto.server") from exc
 
 from ._http import HttpLimits, HttpParser, protocol_class
+from ._redact import install_log_redaction
 from .asgi._service import JobService
 
 __all__ = ["HttpLimits", "Server", "bound_port", "config", "run", "serve"]
@@ -96,6 +97,9 @@ def config(
 def run(server: uvicorn.Server, on_ready: Callable[[int], None] | None = None) -> None:
     """Run ``server`` on the event loop its config picks until it exits; ``on_ready(port)`` once
     it listens."""
+    # Every handler logging has by now (the application's basicConfig, uvicorn's own) masks
+    # secrets in records and tracebacks as events are masked (docs/protocol.md §7).
+    install_log_redaction()
 
     async def main() -> None:
         task = asyncio.create_task(server.serve())

@@ -1,0 +1,129 @@
+"""Redaction of log records (jobproto._redact): the message, its arguments, the traceback and the
+stack text are masked as events are, and formatters that read arguments still find them."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from jobproto._redact import RedactingFilter, install_log_redaction, redact_record
+
+SECRET = "abc123secret"
+
+
+def record(msg: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    return logging.LogRecord("t", logging.ERROR, __file__, 1, msg, args or None, exc_info)
+
+
+def raised(text: str) -> BaseException:
+    try:
+        raise ValueError(text)
+    except ValueError as exc:
+        return exc
+
+
+def formatted(rec: logging.LogRecord) -> str:
+    return logging.Formatter("%(message)s").format(rec)
+
+
+def test_the_message_and_its_arguments_are_masked() -> None:
+    rec = redact_record(record("login failed: %s (%d tries)", f"token={SECRET}", 3))
+    assert rec.getMessage() == "login failed: token=*** (3 tries)"
+    assert rec.args == ("token=***", 3)  # still arguments: formatters that read them work
+
+
+def test_a_secret_split_between_message_and_argument_is_masked() -> None:
+    rec = redact_record(record("calling with password=%s", SECRET))
+    assert rec.getMessage() == "calling with password=***"
+    assert SECRET not in formatted(rec)
+
+
+def test_mapping_arguments_are_masked() -> None:
+    rec = logging.LogRecord("t", logging.INFO, __file__, 1, "%(url)s", None, None)
+    rec.args = {"url": f"https://bob:{SECRET}@example.com/"}
+    redact_record(rec)
+    assert rec.getMessage() == "https://bob:***@example.com/"
+
+
+def test_the_traceback_is_masked() -> None:
+    rec = redact_record(record("handler failed", exc=raised(f"Authorization: Bearer {SECRET}")))
+    text = formatted(rec)
+    assert "Traceback (most recent call last)" in text
+    assert "ValueError: Authorization: ***" in text or "Bearer ***" in text
+    assert SECRET not in text
+
+
+def test_stack_info_is_masked() -> None:
+    rec = record("here")
+    rec.stack_info = f"Stack (most recent call last):\n  token={SECRET}"
+    assert SECRET not in formatted(redact_record(rec))
+
+
+def test_redacting_twice_changes_nothing_more() -> None:
+    rec = redact_record(record("a %s", f"token={SECRET}", exc=raised(f"pwd={SECRET}")))
+    first = formatted(rec)
+    assert formatted(redact_record(rec)) == first
+
+
+def test_a_record_that_cannot_be_formatted_is_left_for_its_handler() -> None:
+    rec = record("%d items", "not a number", exc=raised(f"token={SECRET}"))
+    assert redact_record(rec) is rec  # no exception from the filter into the logging call
+    with pytest.raises(TypeError):
+        rec.getMessage()
+    assert rec.exc_text is not None and SECRET not in rec.exc_text
+
+
+@pytest.fixture
+def stream_handler() -> Iterator[tuple[logging.Logger, io.StringIO, logging.Handler]]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("jobproto.tests.redact")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield logger, out, handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_the_filter_on_a_handler_masks_what_it_writes(
+    stream_handler: tuple[logging.Logger, io.StringIO, logging.Handler],
+) -> None:
+    logger, out, handler = stream_handler
+    handler.addFilter(RedactingFilter())
+    try:
+        raise RuntimeError(f"hf_{'a' * 20} and token={SECRET}")
+    except RuntimeError:
+        logger.exception("job failed with secret=%s", SECRET)
+    text = out.getvalue()
+    assert "job failed with secret=***" in text
+    assert "RuntimeError: hf_*** and token=***" in text
+    assert SECRET not in text and "a" * 20 not in text
+
+
+def test_install_log_redaction_filters_every_handler_once(
+    stream_handler: tuple[logging.Logger, io.StringIO, logging.Handler],
+) -> None:
+    logger, out, handler = stream_handler
+    root = logging.getLogger()
+    root_handler = logging.StreamHandler(sys.stderr)
+    root.addHandler(root_handler)
+    try:
+        install_log_redaction()
+        install_log_redaction()
+        for h in (handler, root_handler):
+            assert sum(isinstance(f, RedactingFilter) for f in h.filters) == 1
+        logger.warning("token=%s", SECRET)
+        assert SECRET not in out.getvalue()
+    finally:
+        root.removeHandler(root_handler)
+        for h in (handler, root_handler):
+            for f in list(h.filters):
+                if isinstance(f, RedactingFilter):
+                    h.removeFilter(f)
