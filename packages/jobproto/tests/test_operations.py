@@ -3,6 +3,7 @@ jobproto._schema). Handlers are registered, never awaited: no event loop."""
 
 from __future__ import annotations
 
+import datetime
 import enum
 import json
 from typing import Any, Literal
@@ -359,3 +360,191 @@ def test_schemas_are_json() -> None:
     assert schema["properties"]["color"] == {"enum": ["red", "blue"], "default": "red"}
     json.dumps(schema)
     json.dumps(ops_with_echo().get("echo").json_schema())
+
+
+# --- mistakes refused at registration, naming the handler -----------------------------------------
+
+HERE = __name__  # handlers below are named as module.qualname
+
+
+@attrs.frozen
+class When:
+    at: datetime.datetime
+
+
+def test_a_bare_decorator_is_refused_and_says_to_add_parentheses() -> None:
+    ops = Operations()
+    with pytest.raises(LocalProtocolError) as info:
+
+        @ops.operation  # type: ignore[arg-type]
+        async def echo(params: EchoParams) -> None:
+            pass
+
+    message = str(info.value)
+    assert "@ops.operation()" in message
+    assert f"{HERE}.test_a_bare_decorator_is_refused_and_says_to_add_parentheses.<locals>.echo" in (
+        message
+    )
+    assert len(ops) == 0
+
+
+def test_a_name_that_is_not_a_string_is_refused() -> None:
+    with pytest.raises(LocalProtocolError, match="string"):
+        Operations().operation(5)  # type: ignore[arg-type]
+
+
+def test_a_handler_that_is_not_async_is_refused() -> None:
+    ops = Operations()
+
+    def blocking(params: EchoParams) -> None:
+        pass
+
+    async def agen(params: EchoParams) -> Any:
+        yield 1
+
+    for handler in (blocking, agen):
+        with pytest.raises(LocalProtocolError) as info:
+            ops.operation("x")(handler)  # type: ignore[arg-type]
+        message = str(info.value)
+        assert "async def" in message
+        assert "anyio.to_thread.run_sync" in message
+        assert f"handler {handler.__module__}.{handler.__qualname__}" in message
+    with pytest.raises(LocalProtocolError, match="async def"):
+        ops.add(Operation("x", EchoParams, blocking))  # type: ignore[arg-type]
+    assert len(ops) == 0
+
+
+def test_async_callables_that_are_not_plain_functions_are_handlers() -> None:
+    import functools
+
+    class Handler:
+        async def __call__(self, params: EchoParams) -> None:
+            pass
+
+    async def with_extra(params: EchoParams, extra: int) -> None:
+        pass
+
+    ops = Operations(
+        [
+            Operation("obj", EchoParams, Handler()),
+            Operation("partial", EchoParams, functools.partial(with_extra, extra=1)),
+        ]
+    )
+    assert ops.names == ["obj", "partial"]
+    assert ops.get("partial").handler_name.endswith("<locals>.with_extra")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "has space",
+        "a/b",
+        "Echo",
+        "1x",
+        "_x",
+        "x-y",
+        "a..b",
+        "a.",
+        ".a",
+        "a.1b",
+        "é",
+        "x" * 65,
+        "echo\n",
+    ],
+)
+def test_invalid_operation_names_are_refused(name: str) -> None:
+    ops = Operations()
+
+    async def handler(params: EchoParams) -> None:
+        pass
+
+    with pytest.raises(LocalProtocolError) as info:
+        ops.operation(name)(handler)
+    assert "lower-case" in str(info.value)
+    assert f"{HERE}.test_invalid_operation_names_are_refused.<locals>.handler" in str(info.value)
+    assert len(ops) == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["infer", "worker_spawn", "models.pull", "a", "v2", "x" * 64, "a.b_c.d9"]
+)
+def test_valid_operation_names(name: str) -> None:
+    ops = Operations()
+
+    async def handler(params: EchoParams) -> None:
+        pass
+
+    ops.operation(name)(handler)
+    assert ops.names == [name]
+
+
+def test_registration_errors_name_the_handler() -> None:
+    ops = ops_with_echo()
+
+    async def again(params: EchoParams) -> None:
+        pass
+
+    async def odd(params: NotAttrs) -> None:
+        pass
+
+    async def two(a: EchoParams, b: EchoParams) -> None:
+        pass
+
+    cases = [
+        (lambda: ops.operation("echo")(again), "again", "defined twice"),
+        (lambda: ops.operation("odd")(odd), "odd", "attrs"),
+        (lambda: ops.operation("two")(two), "two", "exactly one"),
+    ]
+    for register, handler, why in cases:
+        with pytest.raises(LocalProtocolError) as info:
+            register()
+        message = str(info.value)
+        assert f"{HERE}.test_registration_errors_name_the_handler.<locals>.{handler}" in message
+        assert why in message
+    # the duplicate also names the handler that has the name
+    with pytest.raises(LocalProtocolError, match=r"first by .*ops_with_echo\.<locals>\.echo"):
+        ops.operation("echo")(again)
+
+
+def test_an_unreadable_annotation_is_refused_naming_the_handler() -> None:
+    ops = Operations()
+
+    async def handler(params: NoSuchClass) -> None:  # type: ignore[name-defined]  # noqa: F821
+        pass
+
+    with pytest.raises(LocalProtocolError, match=r"handler .*<locals>\.handler.*NoSuchClass"):
+        ops.operation("x")(handler)
+
+
+def test_a_schema_refusal_at_registration_names_the_operation_and_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registration builds the operation's schema once, so what jobproto._schema refuses (a field
+    type it cannot publish) fails at ``@ops.operation(...)``, with the refusal's own class and
+    text, the operation and the handler."""
+    import jobproto._operations
+
+    class Refused(LocalProtocolError):
+        pass
+
+    def refusing(cls: type) -> dict[str, Any]:
+        if cls is When:
+            raise Refused("When.at: datetime is not supported; send an RFC 3339 string (str)")
+        return schema_of(cls)
+
+    monkeypatch.setattr(jobproto._operations, "schema_of", refusing)
+    ops = Operations()
+
+    with pytest.raises(Refused) as info:
+
+        @ops.operation("schedule")
+        async def schedule(params: When) -> None:
+            pass
+
+    message = str(info.value)
+    assert message.startswith("operation 'schedule' (handler ")
+    assert message.count(".<locals>.schedule") == 1
+    assert "When.at: datetime is not supported" in message
+    assert isinstance(info.value.__cause__, Refused)
+    assert len(ops) == 0
+    ops_with_echo()  # other classes still register

@@ -2,20 +2,38 @@
 
 An operation is a name, an attrs class of parameters and an async handler taking an instance of it::
 
+    import attrs
+
+    from jobproto import Operations, narrate
+
+    @attrs.frozen
+    class EchoParams:
+        messages: list[str] = attrs.field(validator=attrs.validators.max_len(100))
+
     ops = Operations()
 
-    @ops.operation("echo", summary="Emit the given messages, then succeed")
+    @ops.operation("echo", summary="Narrate the given messages, then succeed")
     async def echo(params: EchoParams) -> dict[str, int]:
-        narrate("echo", "echoing")
-        ...
+        for message in params.messages:
+            narrate("echo", message)
+        return {"echoed": len(params.messages)}
 
 A create request is validated completely (operation known, fields present, no extra fields, right
 types, validators satisfied) before any job exists. The parameter classes also give each
 operation's JSON Schema for ``/openapi.json``.
+
+Mistakes are refused when the operation is registered, each naming the operation and its handler
+(``module.qualname``): a decorator written without parentheses, a handler that is not ``async def``
+(run blocking code from one with ``await anyio.to_thread.run_sync(...)``), a name that is not
+``OPERATION_NAME`` (lower-case words joined by ``_``, dotted for namespaces, at most 64
+characters), parameters that are not an attrs class, and fields whose schema cannot be published
+(``Operation.json_schema``, built once at registration).
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -26,7 +44,12 @@ from ._errors import LocalProtocolError, RequestError
 from ._schema import schema_of
 from ._wire import structure_params
 
-__all__ = ["Operation", "Operations"]
+__all__ = ["MAX_OPERATION_NAME", "OPERATION_NAME", "Operation", "Operations", "handler_name"]
+
+#: what an operation name looks like: lower-case words of letters, digits and ``_``, optionally
+#: dotted (``infer``, ``worker_spawn``, ``models.pull``)
+OPERATION_NAME = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+MAX_OPERATION_NAME = 64
 
 P = TypeVar("P")
 Handler = Callable[[P], Awaitable[Any]]
@@ -38,6 +61,11 @@ class Operation(Generic[P]):
     params: type[P]
     handler: Callable[[P], Awaitable[Any]]
     summary: str = ""
+
+    @property
+    def handler_name(self) -> str:
+        """The handler as ``module.qualname``: how every error about this operation names it."""
+        return handler_name(self.handler)
 
     def json_schema(self) -> dict[str, Any]:
         """The schema of a create request for this operation (``operation`` included)."""
@@ -59,27 +87,70 @@ class Operations:
             self.add(op)
 
     def add(self, op: Operation[Any]) -> None:
+        """Register ``op``, or raise ``LocalProtocolError`` saying what is wrong with it."""
+        where = f"operation {op.name!r} (handler {op.handler_name})"
+        if not isinstance(op.name, str) or not _valid_name(op.name):
+            raise LocalProtocolError(
+                f"{where}: an operation name is lower-case words of letters, digits and '_',"
+                f" optionally dotted (like 'infer', 'worker_spawn', 'models.pull'),"
+                f" at most {MAX_OPERATION_NAME} characters"
+            )
         if op.name in self._ops:
-            raise LocalProtocolError(f"operation {op.name!r} is defined twice")
+            raise LocalProtocolError(
+                f"{where}: operation {op.name!r} is defined twice"
+                f" (first by {self._ops[op.name].handler_name})"
+            )
+        if not _is_async(op.handler):
+            raise LocalProtocolError(
+                f"{where}: the handler must be a coroutine function: make it 'async def' and run"
+                " blocking code from it with 'await anyio.to_thread.run_sync(...)'"
+            )
         if not attrs.has(op.params):
-            raise LocalProtocolError(f"parameters of {op.name!r} must be an attrs class")
+            raise LocalProtocolError(
+                f"{where}: parameters must be an attrs class, not {op.params!r}"
+            )
         if any(f.name == "operation" for f in attrs.fields(op.params)):
-            raise LocalProtocolError(f"parameters of {op.name!r} may not have a field 'operation'")
+            raise LocalProtocolError(f"{where}: parameters may not have a field 'operation'")
+        try:
+            op.json_schema()
+        except LocalProtocolError as exc:
+            # jobproto._schema refuses what it cannot publish (and so cannot enforce): say which
+            # operation, and where its handler is.
+            raise _renamed(exc, f"{where}: {exc}") from exc
         self._ops[op.name] = op
 
     def operation(
         self, name: str | None = None, *, summary: str = ""
     ) -> Callable[[Handler[P]], Handler[P]]:
-        """Decorator: register ``handler``; its parameter class comes from its annotation."""
+        """Decorator: register ``handler``; its parameter class comes from its annotation.
+
+        Write it with parentheses: ``@ops.operation()`` (the name is the function's) or
+        ``@ops.operation("name")``.
+        """
+        if name is not None and not isinstance(name, str):
+            if callable(name):
+                raise LocalProtocolError(
+                    f"@ops.operation needs parentheses: write @ops.operation() or"
+                    f' @ops.operation("name") above {handler_name(name)}'
+                )
+            raise LocalProtocolError(f"an operation name is a string, not {name!r}")
 
         def register(handler: Handler[P]) -> Handler[P]:
-            hints = typing.get_type_hints(handler)
+            op_name = name or str(getattr(handler, "__name__", ""))
+            where = f"operation {op_name!r} (handler {handler_name(handler)})"
+            try:
+                hints = typing.get_type_hints(handler)
+            except Exception as exc:  # a bad annotation, whatever it raises
+                raise LocalProtocolError(f"{where}: cannot read its annotations: {exc}") from exc
             hints.pop("return", None)
             if len(hints) != 1:
-                raise LocalProtocolError("a handler takes exactly one annotated parameter")
+                raise LocalProtocolError(
+                    f"{where}: a handler takes exactly one annotated parameter (its attrs"
+                    f" parameters class), it has {len(hints)}"
+                )
             (params,) = hints.values()
             doc = summary or (handler.__doc__ or "").strip().split("\n")[0]
-            self.add(Operation(name or handler.__name__, params, handler, doc))
+            self.add(Operation(op_name, params, handler, doc))
             return handler
 
         return register
@@ -129,3 +200,31 @@ class Operations:
         op = self.get(name)
         fields = {k: v for k, v in body.items() if k != "operation"}
         return op, structure_params(fields, op.params)
+
+
+def handler_name(handler: object) -> str:
+    """``module.qualname`` of a handler (of the function a ``functools.partial`` wraps)."""
+    target = getattr(handler, "func", handler)
+    module = getattr(target, "__module__", None) or "?"
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{qualname}"
+
+
+def _valid_name(name: str) -> bool:
+    return len(name) <= MAX_OPERATION_NAME and OPERATION_NAME.fullmatch(name) is not None
+
+
+def _is_async(handler: object) -> bool:
+    if inspect.iscoroutinefunction(handler):
+        return True
+    # an object whose __call__ is async (functools.partial is seen through by inspect)
+    call = getattr(handler, "__call__", None)  # noqa: B004 - the method itself is inspected
+    return not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
+
+
+def _renamed(exc: LocalProtocolError, message: str) -> LocalProtocolError:
+    """``exc``'s own class (``SchemaError`` stays one) with ``message``, when it takes one."""
+    try:
+        return type(exc)(message)
+    except TypeError:
+        return LocalProtocolError(message)
