@@ -39,8 +39,9 @@ from opentelemetry import trace
 from .._errors import JobFailed, LocalProtocolError
 from .._events import Cancelled, Event, Expired, Failed, Origin, Succeeded
 from .._merge import Merge
-from .._narration import bind_job, redact_text
-from .._operations import Operations
+from .._narration import bind_job
+from .._operations import Operation, Operations
+from .._redact import RedactingFilter, redact_text
 from .._registry import Job, JobRegistry
 from .._states import JobState
 from .._tracing import job_span
@@ -50,6 +51,12 @@ from ._settings import ServiceSettings
 __all__ = ["JobHandle", "JobService"]
 
 logger = logging.getLogger("jobproto.service")
+# What this logger writes about a handler's exception (message and traceback) is redacted as the
+# job's failed event is, wherever the application's logging sends it: a filter on the logger
+# itself sees every record logged on it, before any handler. (It keeps no state; loggers are
+# process-wide whatever we do.)
+if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+    logger.addFilter(RedactingFilter())
 
 
 class JobHandle:
@@ -242,11 +249,11 @@ class JobService:
         op = self.operations.get(job.operation)
         try:
             with bind_job(handle):
-                await self._run_bound(handle, op.handler)
+                await self._run_bound(handle, op)
         finally:
             handle.done.set()
 
-    async def _run_bound(self, handle: JobHandle, handler: Callable[[Any], Any]) -> None:
+    async def _run_bound(self, handle: JobHandle, op: Operation[Any]) -> None:
         """Run the handler to the one terminal event, with ``handle`` bound as the current job."""
         job = handle.job
         try:
@@ -258,13 +265,15 @@ class JobService:
                 job.id,
                 job.correlation_id,
             ):
-                outcome = await self._call(handle, handler, job.params)
+                outcome = await self._call(handle, op, job.params)
             if not job.finished:
-                self._finish(handle, outcome)
+                self._finish(handle, op, outcome)
         except Exception:
             # A fault of ours (not the handler's: _call catches those) must cost this job only,
             # never the task group that runs every other job of the service.
-            logger.exception("job %s (%s): internal error", job.id, job.operation)
+            logger.exception(
+                "job %s (%s, handler %s): internal error", job.id, job.operation, op.handler_name
+            )
             if not job.finished:
                 job.finish(Failed("internal_error", "internal error"), time.time())
                 handle.notify()
@@ -276,30 +285,60 @@ class JobService:
                 handle.notify()
 
     async def _call(
-        self, handle: JobHandle, handler: Callable[[Any], Any], params: Any
+        self, handle: JobHandle, op: Operation[Any], params: Any
     ) -> Succeeded | Failed | None:
+        job = handle.job
         with anyio.CancelScope() as scope:
             handle.scope = scope
             if handle.cancel_reason is not None:
                 scope.cancel()
             try:
-                return Succeeded(converter.unstructure(await handler(params)))
+                value = await op.handler(params)
             except JobFailed as exc:
                 return Failed(exc.code, redact_text(exc.message))
-            except Exception as exc:
-                logger.exception("job %s (%s) failed", handle.job.id, handle.job.operation)
-                return Failed("internal_error", redact_text(f"{type(exc).__name__}: {exc}"))
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                # SystemExit and KeyboardInterrupt too: raised by a handler they end its job,
+                # never the service. Cancellation is neither, and passes.
+                logger.error(
+                    "job %s (%s): handler %s raised %s",
+                    job.id,
+                    job.operation,
+                    op.handler_name,
+                    type(exc).__name__,
+                    exc_info=exc,
+                )
+                message = f"handler {op.handler_name} raised {type(exc).__name__}: {exc}"
+                return Failed("internal_error", redact_text(message))
+            try:
+                return Succeeded(converter.unstructure(value))
+            except Exception as exc:  # a result the converter cannot take
+                return self._not_json(handle, op, exc)
         return None  # cancelled: _run's finally ends the job
 
-    def _finish(self, handle: JobHandle, outcome: Succeeded | Failed | None) -> None:
+    def _finish(
+        self, handle: JobHandle, op: Operation[Any], outcome: Succeeded | Failed | None
+    ) -> None:
         if outcome is None:
             return
         now = time.time()
         try:
             handle.job.finish(outcome, now)
         except (TypeError, ValueError, RecursionError) as exc:  # a result json cannot encode
-            handle.job.finish(Failed("internal_error", f"result is not JSON: {exc}"), now)
+            handle.job.finish(self._not_json(handle, op, exc), now)
         handle.notify()
+
+    def _not_json(self, handle: JobHandle, op: Operation[Any], exc: BaseException) -> Failed:
+        """The job's failure for a result that is not JSON, logged here: the client is told,
+        and so is whoever reads the service's log."""
+        job = handle.job
+        logger.error(
+            "job %s (%s): handler %s returned a result that is not JSON: %s",
+            job.id,
+            job.operation,
+            op.handler_name,
+            exc,
+        )
+        return Failed("internal_error", redact_text(f"result is not JSON: {exc}"))
 
     # -- housekeeping ------------------------------------------------------------------------------
 

@@ -73,6 +73,13 @@ ANY_STR: Any = _AnyStr()
 
 
 @attrs.frozen
+class EndsWith:
+    """A string that ends with ``suffix``: the service may say more first (where it was raised)."""
+
+    suffix: str
+
+
+@attrs.frozen
 class Approx:
     """A float that the operation computes by summing steps (rounding differs by language)."""
 
@@ -87,6 +94,8 @@ class Open(dict[str, Any]):
 def matches(expected: Any, actual: Any) -> bool:
     if expected is ANY_STR:
         return isinstance(actual, str)
+    if isinstance(expected, EndsWith):
+        return isinstance(actual, str) and actual.endswith(expected.suffix)
     if isinstance(expected, Approx):
         number = isinstance(actual, (int, float)) and not isinstance(actual, bool)
         return number and abs(actual - expected.value) <= expected.tolerance
@@ -167,8 +176,10 @@ def expected_terminal(body: Mapping[str, Any]) -> tuple[str, Any]:
         code = body.get("code", "test_failure")
         return "failed", Open(code=code, message=_text(body.get("message", "failed on purpose")))
     if op == "crash":
+        # §3.2: "<ExceptionType>: <text>", which a server may prefix (jobproto names the handler)
         message = "RuntimeError: " + body.get("message", "failed on purpose")
-        return "failed", Open(code="internal_error", message=_text(message))
+        expected = EndsWith(message) if _text(message) == message else ANY_STR
+        return "failed", Open(code="internal_error", message=expected)
     if op == "wait":
         return "succeeded", Open(result={"waited": Approx(float(body.get("seconds", 30.0)))})
     if op == "burst":
