@@ -1,21 +1,96 @@
-"""JSON Schema (draft 2020-12, as OpenAPI 3.1 uses it) of attrs parameter classes.
+"""JSON Schema (draft 2020-12, as OpenAPI 3.1 uses it) of attrs parameter classes: one source.
 
-Covers the types operation parameters use: str, int, float, bool, None, Any, list/tuple, dict with
-string keys, Optional/Union, Literal, enums and nested attrs classes. A field's ``metadata`` may
-carry ``{"schema": {...}}`` (merged in, e.g. ``{"minimum": 1}``) and ``{"description": "..."}``.
+The schema ``/openapi.json`` publishes for an operation is derived from the same declaration that
+validates it, and ``_wire.structure_params`` enforces it, so what is published is what is enforced.
+Per field, ``schema_of`` writes:
+
+* the type's schema: str, int, float, bool, None, Any, ``list``/``tuple[T, ...]``/``Sequence``/
+  ``set``, ``dict``/``Mapping`` with ``str`` keys, ``Optional``/``Union`` (of what jobproto's
+  converter structures), ``Literal``, enums and nested attrs classes. Anything else (``datetime``,
+  ``bytes``, ``Decimal``, ``tuple[int, str]``, ``dict[int, str]``, other classes) is refused;
+* the keywords of the field's attrs validators: ``ge le gt lt`` -> ``minimum maximum
+  exclusiveMinimum exclusiveMaximum``; ``min_len``/``max_len`` -> ``minLength``/``maxLength``
+  (strings), ``minItems``/``maxItems`` (arrays), ``minProperties``/``maxProperties`` (objects);
+  ``in_`` -> ``enum`` (a ``range`` -> ``minimum``/``maximum``); ``matches_re`` -> ``pattern``
+  (ECMA-262, anchored as its match function anchors: ``_ecma``); ``instance_of`` -> nothing;
+  ``optional``, ``and_`` (a list), ``deep_iterable`` (``items``) and ``deep_mapping``
+  (``propertyNames``, ``additionalProperties``) -> their members'. A validator (object or
+  function) with a ``__json_schema__`` dict publishes that dict;
+* the field's ``metadata={"schema": {...}}``, which must say what any other ("opaque") validator of
+  the field checks, in the keywords of ``CONSTRAINTS`` (sub-schemas too), plus annotations
+  (``ANNOTATIONS``); ``metadata={"description": "..."}`` too.
+
+Keywords that apply to one JSON type only (``minLength``...) say nothing of other values, and a
+field that may be ``None`` gets its keywords on its non-null branch, so ``null`` stays valid.
+Everything refused raises ``SchemaError`` naming the class, the field, the reason and what to
+write instead; an operation's registration calls ``schema_of``, so a mistake fails there.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
+import functools
 import types
 import typing
 from collections import abc
+from collections.abc import Mapping
 from typing import Any, Literal, Union
 
+import attr.validators
 import attrs
 
-__all__ = ["schema_of"]
+from ._ecma import ecma_regex, python_pattern_to_ecma
+from ._errors import LocalProtocolError
+
+__all__ = ["ANNOTATIONS", "CONSTRAINTS", "SchemaError", "enforced_schema", "schema_of"]
+
+#: keywords a field may declare in ``metadata["schema"]``: jobproto enforces every one
+CONSTRAINTS = frozenset(
+    [
+        "enum",
+        "const",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "propertyNames",
+        "items",
+        "additionalProperties",
+    ]
+)
+#: keywords that only describe (``format`` included: it is not checked)
+ANNOTATIONS = frozenset(["description", "title", "examples", "deprecated", "format"])
+_SUBSCHEMAS = ("items", "propertyNames", "additionalProperties")
+_LOWER = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
+_UPPER = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
+_SUPPORTED = (
+    "use str, int, float, bool, None, Any, list[T], tuple[T, ...], dict[str, T], T | None,"
+    " Literal[...], an Enum or an attrs class"
+)
+
+
+class SchemaError(LocalProtocolError):
+    """A parameter class jobproto cannot publish exactly as it validates it."""
+
+    def __init__(self, cls: type, field: str | None, reason: str) -> None:
+        where = cls.__qualname__ if field is None else f"{cls.__qualname__}.{field}"
+        super().__init__(f"{cls.__module__}.{where}: {reason}")
+        self.cls, self.field, self.reason = cls, field, reason
+
+
+class _Refused(Exception):
+    """A reason, raised deep down; ``schema_of`` adds the class and the field."""
+
 
 _PRIMITIVES: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
@@ -24,6 +99,16 @@ _PRIMITIVES: dict[Any, dict[str, Any]] = {
     bool: {"type": "boolean"},
     type(None): {"type": "null"},
 }
+_SEQUENCES = (list, set, frozenset, abc.Sequence, abc.MutableSequence, abc.Set, abc.MutableSet)
+_MAPPINGS = (dict, abc.Mapping, abc.MutableMapping)
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _scalar(value: Any, what: str) -> Any:
+    value = value.value if isinstance(value, enum.Enum) else value
+    if not isinstance(value, _SCALARS):
+        raise _Refused(f"{what} {value!r} is not a JSON string, number, boolean or null")
+    return value
 
 
 def _type_schema(tp: Any) -> dict[str, Any]:
@@ -32,40 +117,253 @@ def _type_schema(tp: Any) -> dict[str, Any]:
     if tp in _PRIMITIVES:
         return dict(_PRIMITIVES[tp])
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return {"enum": [m.value for m in tp]}
+        return {"enum": [_scalar(m, "the enum value") for m in tp]}
     if isinstance(tp, type) and attrs.has(tp):
-        return schema_of(tp)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+        return copy.deepcopy(_cached(tp))
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
-        return {"enum": list(args)}
+        return {"enum": [_scalar(a, "the Literal value") for a in args]}
     if origin in (Union, types.UnionType):
+        from ._wire import converter  # a cycle otherwise: _wire enforces what this publishes
+
+        try:
+            converter.get_structure_hook(tp)
+        except Exception:
+            raise _Refused(
+                f"jobproto cannot structure the union {tp}: use T | None, a union of attrs"
+                " classes, or one Literal[...] of all the values"
+            ) from None
         return {"anyOf": [_type_schema(a) for a in args]}
-    if origin in (list, tuple, set, frozenset, abc.Sequence, abc.Set):
-        items = _type_schema(args[0]) if args else {}
-        return {"type": "array", "items": items}
-    if origin in (dict, abc.Mapping):
-        values = _type_schema(args[1]) if len(args) == 2 else {}
-        return {"type": "object", "additionalProperties": values}
+    if tp in (list, tuple, set, frozenset) or origin in _SEQUENCES:
+        return {"type": "array", "items": _type_schema(args[0])} if args else {"type": "array"}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": _type_schema(args[0])}
+        raise _Refused(f"{tp} has a fixed length: use tuple[T, ...], list[T] or an attrs class")
+    if tp is dict or origin in _MAPPINGS:
+        if args and args[0] not in (str, Any):
+            raise _Refused(f"{tp}: JSON object keys are strings; use dict[str, ...]")
+        return (
+            {"type": "object", "additionalProperties": _type_schema(args[1])}
+            if args
+            else {"type": "object"}
+        )
+    raise _Refused(f"{tp!r} is not a type jobproto structures from JSON: {_SUPPORTED}")
+
+
+def _strip_none(tp: Any) -> Any:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else Any
+    return tp
+
+
+def _kinds(tp: Any) -> set[str]:
+    """The JSON types a value of ``tp`` (``None`` aside) can be."""
+    tp = _strip_none(tp)
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return {"string", "array", "object", "number"}
+    if tp is str or (isinstance(tp, type) and issubclass(tp, str)):
+        return {"string"}
+    if tp in (list, tuple, set, frozenset) or origin in (*_SEQUENCES, tuple):
+        return {"array"}
+    if tp is dict or origin in _MAPPINGS or (isinstance(tp, type) and attrs.has(tp)):
+        return {"object"}
+    if tp in (int, float):
+        return {"number"}
+    return set()
+
+
+def _member_type(tp: Any, index: int) -> Any:
+    args = typing.get_args(_strip_none(tp))
+    return args[index] if len(args) > index else Any
+
+
+# attrs' validator classes (private; an unknown one is opaque, as any function is)
+_V = {name: getattr(attr.validators, f"_{name}", None) for name in (
+    "AndValidator", "OptionalValidator", "NumberValidator", "MinLengthValidator",
+    "MaxLengthValidator", "InValidator", "MatchesReValidator", "InstanceOfValidator",
+    "DeepIterable", "DeepMapping",
+)}  # fmt: skip
+_COMPARE = {">=": "minimum", "<=": "maximum", ">": "exclusiveMinimum", "<": "exclusiveMaximum"}
+_LENGTH = {
+    "string": ("minLength", "maxLength"),
+    "array": ("minItems", "maxItems"),
+    "object": ("minProperties", "maxProperties"),
+}
+
+
+def _is(validator: Any, name: str) -> bool:
+    cls = _V[name]
+    return cls is not None and isinstance(validator, cls)
+
+
+def _options(validator: Any) -> dict[str, Any]:
+    options = getattr(validator, "_original_options", validator.options)
+    if isinstance(options, range):
+        if len(options) == 0 or abs(options.step) != 1:
+            raise _Refused(f"in_({options}) is empty or has steps: list the values")
+        return {"minimum": min(options), "maximum": max(options)}
+    if isinstance(options, str):
+        raise _Refused(f"in_({options!r}) tests substrings: give a tuple of the values")
+    values = [_scalar(v, "the in_ value") for v in options]
+    if isinstance(options, (set, frozenset)):
+        values.sort(key=repr)
+    return {"enum": values}
+
+
+def _keywords(validator: Any, tp: Any, opaque: list[str]) -> dict[str, Any]:
+    """What ``validator`` checks, in JSON Schema; what it cannot say goes to ``opaque``."""
+    if validator is None:
+        return {}
+    declared = getattr(validator, "__json_schema__", None)
+    if isinstance(declared, Mapping):
+        return _declared(declared)
+    if _is(validator, "AndValidator"):
+        out: dict[str, Any] = {}
+        for inner in validator._validators:
+            out = _merge(out, _keywords(inner, tp, opaque))
+        return out
+    if _is(validator, "OptionalValidator"):
+        return _keywords(validator.validator, tp, opaque)
+    if _is(validator, "NumberValidator"):
+        bound = validator.bound
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise _Refused(f"{validator!r}: its bound {bound!r} is not a number")
+        return {_COMPARE[validator.compare_op]: bound}
+    if _is(validator, "MinLengthValidator") or _is(validator, "MaxLengthValidator"):
+        kinds = _kinds(tp) & _LENGTH.keys()
+        if not kinds:
+            raise _Refused(f"{validator!r} on a value with no length")
+        if _is(validator, "MinLengthValidator"):
+            which, limit = 0, validator.min_length
+        else:
+            which, limit = 1, validator.max_length
+        return {_LENGTH[k][which]: limit for k in sorted(kinds)}
+    if _is(validator, "InValidator"):
+        return _options(validator)
+    if _is(validator, "MatchesReValidator"):
+        how = getattr(validator.match_func, "__name__", "")
+        try:
+            return {"pattern": python_pattern_to_ecma(validator.pattern, how)}
+        except ValueError as exc:
+            raise _Refused(
+                f"matches_re({validator.pattern.pattern!r}) cannot be published as JSON Schema:"
+                f" {exc}"
+            ) from None
+    if _is(validator, "InstanceOfValidator"):
+        return {}
+    if _is(validator, "DeepIterable"):
+        out = _keywords(validator.iterable_validator, tp, opaque)
+        member = _keywords(validator.member_validator, _member_type(tp, 0), opaque)
+        return _merge(out, {"items": member}) if member else out
+    if _is(validator, "DeepMapping"):
+        out = _keywords(validator.mapping_validator, tp, opaque)
+        keys = _keywords(validator.key_validator, str, opaque)
+        values = _keywords(validator.value_validator, _member_type(tp, 1), opaque)
+        out = _merge(out, {"propertyNames": keys}) if keys else out
+        return _merge(out, {"additionalProperties": values}) if values else out
+    opaque.append(getattr(validator, "__qualname__", None) or repr(validator))
     return {}
 
 
-def schema_of(cls: type) -> dict[str, Any]:
-    """The object schema of an attrs class: its fields, required ones, no others."""
-    hints = typing.get_type_hints(cls)
+def _declared(schema: Any, where: str = 'metadata["schema"]') -> dict[str, Any]:
+    """``schema`` checked against the vocabulary jobproto enforces."""
+    if not isinstance(schema, Mapping):
+        raise _Refused(f"{where} is not a dict")
+    for key, value in schema.items():
+        if key not in CONSTRAINTS and key not in ANNOTATIONS:
+            raise _Refused(
+                f"{where} has the keyword {key!r}, which jobproto does not enforce; the type"
+                " and default come from the field's declaration, and the constraint keywords"
+                f" are {', '.join(sorted(CONSTRAINTS))}"
+            )
+        if key in _SUBSCHEMAS and not isinstance(value, bool):
+            _declared(value, f"{where}[{key!r}]")
+        if key == "pattern":
+            if not isinstance(value, str):
+                raise _Refused(f"{where}['pattern'] is not a string")
+            try:
+                ecma_regex(value)
+            except ValueError as exc:
+                raise _Refused(f"{where}['pattern'] {value!r}: {exc}") from None
+    return copy.deepcopy(dict(schema))
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Both schemas' constraints at once: the tighter bound, the common values, sub-schemas
+    merged; two different ``pattern``s (or anything else that cannot be joined) both apply."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out or out[key] == value:
+            out[key] = value
+        elif key in _LOWER:
+            out[key] = max(out[key], value)
+        elif key in _UPPER:
+            out[key] = min(out[key], value)
+        elif key in _SUBSCHEMAS and isinstance(out[key], Mapping) and isinstance(value, Mapping):
+            out[key] = _merge(out[key], value)
+        elif key == "enum":
+            out[key] = [v for v in out[key] if v in value]
+        elif key in ANNOTATIONS:
+            out[key] = value
+        else:
+            out["allOf"] = [*out.get("allOf", []), {key: value}]
+    return out
+
+
+def _with_keywords(schema: dict[str, Any], keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with ``keywords`` on the value itself: on the non-null branch when ``null``
+    is allowed (a field ``T | None`` with a limit still takes ``null``)."""
+    if not keywords:
+        return schema
+    branches = schema.get("anyOf")
+    if branches and {"type": "null"} in branches:
+        rest = [b for b in branches if b != {"type": "null"}]
+        value = rest[0] if len(rest) == 1 else {"anyOf": rest}
+        return {**schema, "anyOf": [_merge(value, keywords), {"type": "null"}]}
+    return _merge(schema, keywords)
+
+
+def _field_schema(field: attrs.Attribute[Any], tp: Any) -> dict[str, Any]:
+    opaque: list[str] = []
+    derived = _keywords(field.validator, tp, opaque)
+    declared = _declared(field.metadata.get("schema", {}))
+    if opaque and not (declared.keys() & CONSTRAINTS):
+        raise _Refused(
+            f"the validator {', '.join(opaque)} checks something the schema cannot say: declare"
+            ' it in metadata={"schema": {...}} (e.g. "minimum", "maxLength", "pattern"), or'
+            " give the validator a __json_schema__ dict"
+        )
+    schema = _with_keywords(_type_schema(tp), _merge(derived, declared))
+    if "description" in field.metadata:
+        schema["description"] = field.metadata["description"]
+    if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+        default = field.default
+        schema["default"] = default.value if isinstance(default, enum.Enum) else default
+    return schema
+
+
+@functools.cache
+def _cached(cls: type) -> dict[str, Any]:
+    if not attrs.has(cls):
+        raise SchemaError(cls, None, "parameters must be an attrs class (@attrs.frozen)")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:
+        raise SchemaError(cls, None, f"its annotations cannot be resolved: {exc}") from None
     props: dict[str, Any] = {}
     required: list[str] = []
     for field in attrs.fields(cls):
-        schema = _type_schema(hints.get(field.name, Any))
-        schema.update(field.metadata.get("schema", {}))
-        if "description" in field.metadata:
-            schema["description"] = field.metadata["description"]
+        if not field.init:
+            continue
+        try:
+            props[field.name] = _field_schema(field, hints.get(field.name, Any))
+        except _Refused as exc:
+            raise SchemaError(cls, field.name, str(exc)) from None
         if field.default is attrs.NOTHING:
             required.append(field.name)
-        elif not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-            default = field.default
-            schema["default"] = default.value if isinstance(default, enum.Enum) else default
-        props[field.name] = schema
     out: dict[str, Any] = {
         "type": "object",
         "properties": props,
@@ -75,3 +373,25 @@ def schema_of(cls: type) -> dict[str, Any]:
     if required:
         out["required"] = required
     return out
+
+
+def schema_of(cls: type) -> dict[str, Any]:
+    """The object schema of an attrs class: its fields, required ones, no others, and every
+    limit its validators and its fields' ``metadata["schema"]`` set. ``SchemaError`` when a
+    field's type or validator cannot be published as what jobproto checks."""
+    return copy.deepcopy(_cached(cls))
+
+
+def enforced_schema(cls: type) -> Mapping[str, Any] | None:
+    """The schema ``structure_params`` enforces for ``cls`` (shared: do not change it), or None
+    for a class with no publishable schema: never an operation's parameters (their registration
+    refuses it), e.g. a result read with ``structure_params``, checked by its validators alone."""
+    return _enforced(cls)
+
+
+@functools.cache
+def _enforced(cls: Any) -> Mapping[str, Any] | None:
+    try:
+        return _cached(cls)
+    except SchemaError:
+        return None

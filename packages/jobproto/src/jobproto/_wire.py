@@ -41,6 +41,8 @@ from ._events import (
     Succeeded,
     UnknownEvent,
 )
+from ._schema import enforced_schema
+from ._schema_check import first_error
 
 __all__ = [
     "converter",
@@ -572,19 +574,33 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     return path, _message_of(exc)
 
 
+def _refuse(field: str, message: str) -> RequestError:
+    return RequestError(
+        422,
+        "validation_error",
+        # "stop: 'stop' must ..." says the name twice: the path goes first only when the
+        # message does not already quote it (nested fields keep their full path)
+        f"{field}: {message}" if field and f"'{field}'" not in message else message,
+        field=field or None,
+    )
+
+
 def structure_params(raw: Mapping[str, Any], cls: type[T]) -> T:
-    """Validate ``raw`` (without its ``operation`` key) into ``cls``, or raise a 422."""
+    """Validate ``raw`` (without its ``operation`` key) into ``cls``, or raise a 422.
+
+    First the strict converter and the class's validators (their messages, their fields), then
+    the JSON Schema ``/openapi.json`` publishes for ``cls`` (``_schema``): a limit declared in a
+    field's ``metadata["schema"]`` holds even where no validator checks it, and a ``pattern``
+    is read as ECMA-262 (``$`` is the end of the text), as every JSON Schema validator reads it.
+    """
     try:
-        return converter.structure(raw, cls)
+        value = converter.structure(raw, cls)
     except Exception as exc:  # cattrs raises groups, TypeErrors, ValueErrors from validators
         field, message = _first_error(exc, "")
         if message == "required field missing":
             message = f"required field {field!r} is missing"
-        raise RequestError(
-            422,
-            "validation_error",
-            # "stop: 'stop' must ..." says the name twice: the path goes first only when the
-            # message does not already quote it (nested fields keep their full path)
-            f"{field}: {message}" if field and f"'{field}'" not in message else message,
-            field=field or None,
-        ) from None
+        raise _refuse(field, message) from None
+    schema = enforced_schema(cls)
+    if schema is not None and (refusal := first_error(schema, raw)) is not None:
+        raise _refuse(*refusal)
+    return value

@@ -1,7 +1,8 @@
 """The test operations the conformance suite drives. A service under test mounts these.
 
 They are small and bounded on purpose: each finishes by itself within a minute at most, so no
-conformance run can leave a job running forever.
+conformance run can leave a job running forever. Their limits are attrs validators only: jobproto
+publishes them in each operation's schema (``/openapi.json``) from the validators themselves.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ def _between(low: float, high: float) -> Any:
 @attrs.frozen
 class EchoParams:
     messages: list[str] = attrs.field(factory=list, validator=attrs.validators.max_len(1000))
-    delay: float = attrs.field(
-        default=0.0, validator=_between(0.0, 1.0), metadata={"schema": {"minimum": 0, "maximum": 1}}
-    )
+    delay: float = attrs.field(default=0.0, validator=_between(0.0, 1.0))
     result: Any = None
 
 
@@ -41,21 +40,13 @@ class FailParams:
 
 @attrs.frozen
 class WaitParams:
-    seconds: float = attrs.field(
-        default=30.0,
-        validator=_between(0.0, 60.0),
-        metadata={"schema": {"minimum": 0, "maximum": 60}},
-    )
+    seconds: float = attrs.field(default=30.0, validator=_between(0.0, 60.0))
     tick: float = attrs.field(default=0.5, validator=_between(0.01, 10.0))
 
 
 @attrs.frozen
 class BurstParams:
-    count: int = attrs.field(
-        default=100,
-        validator=_between(0, 200_000),
-        metadata={"schema": {"minimum": 0, "maximum": 200000}},
-    )
+    count: int = attrs.field(default=100, validator=_between(0, 200_000))
     size: int = attrs.field(default=16, validator=_between(0, 65536))
 
 

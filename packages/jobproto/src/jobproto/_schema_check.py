@@ -1,0 +1,177 @@
+"""A small JSON Schema checker: the vocabulary ``schema_of`` publishes, and nothing more.
+
+``/openapi.json`` publishes each operation's parameters as JSON Schema (draft 2020-12); this
+checks a request against exactly that, so the published schema is what a service enforces. It
+knows the keywords ``_schema`` writes (``type properties required additionalProperties items
+anyOf allOf``) and those a field may declare (``_schema.CONSTRAINTS``); ``pattern`` is ECMA-262
+(``_ecma``). Values are JSON as ``json.loads`` gives them: a bool is not a number, ``1 == 1.0``.
+
+``first_error(schema, value)`` gives the first refusal as ``(path, message)``, the path in
+jobproto's form (``messages[1].content``, ``labels[gpu]``), or None. Pure; no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ._ecma import ecma_regex
+
+__all__ = ["first_error"]
+
+Refusal = tuple[str, str]
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _is_type(value: Any, name: str) -> bool:
+    kind = _json_type(value)
+    return kind == name or (name == "number" and kind == "integer")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """JSON equality: ``1 == 1.0``, but ``true != 1``; arrays and objects member by member."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (dict, list, tuple)) or isinstance(b, (dict, list, tuple)):
+        return False
+    return bool(a == b)
+
+
+def _member(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _who(path: str) -> str:
+    return f"'{path}'" if path else "the value"
+
+
+def _number(schema: Mapping[str, Any], value: Any, path: str) -> str | None:
+    if "minimum" in schema and value < schema["minimum"]:
+        return f"must be >= {schema['minimum']}"
+    if "maximum" in schema and value > schema["maximum"]:
+        return f"must be <= {schema['maximum']}"
+    if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+        return f"must be > {schema['exclusiveMinimum']}"
+    if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+        return f"must be < {schema['exclusiveMaximum']}"
+    step = schema.get("multipleOf")
+    if step is not None and not math.isclose(value / step, round(value / step), abs_tol=1e-9):
+        return f"must be a multiple of {step}"
+    return None
+
+
+def _string(schema: Mapping[str, Any], value: str) -> str | None:
+    if "minLength" in schema and len(value) < schema["minLength"]:
+        return f"must be at least {schema['minLength']} characters long"
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        return f"must be at most {schema['maxLength']} characters long"
+    if "pattern" in schema and ecma_regex(schema["pattern"]).search(value) is None:
+        return f"must match the pattern {schema['pattern']}"
+    return None
+
+
+def _array(schema: Mapping[str, Any], value: list[Any], path: str) -> Refusal | None:
+    who = _who(path)
+    if "minItems" in schema and len(value) < schema["minItems"]:
+        return path, f"{who} must have at least {schema['minItems']} items"
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        return path, f"{who} must have at most {schema['maxItems']} items"
+    if schema.get("uniqueItems"):
+        for i, item in enumerate(value):
+            if any(_equal(item, other) for other in value[:i]):
+                return f"{path}[{i}]", f"'{path}[{i}]' repeats an earlier item"
+    items = schema.get("items")
+    if isinstance(items, Mapping):
+        for i, item in enumerate(value):
+            if (found := first_error(items, item, f"{path}[{i}]")) is not None:
+                return found
+    return None
+
+
+def _object(schema: Mapping[str, Any], value: dict[str, Any], path: str) -> Refusal | None:
+    who = _who(path)
+    for name in schema.get("required", ()):
+        if name not in value:
+            where = _member(path, name)
+            return where, f"required field {where!r} is missing"
+    if "minProperties" in schema and len(value) < schema["minProperties"]:
+        return path, f"{who} must have at least {schema['minProperties']} entries"
+    if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+        return path, f"{who} must have at most {schema['maxProperties']} entries"
+    props: Mapping[str, Any] = schema.get("properties", {})
+    names = schema.get("propertyNames")
+    extra = schema.get("additionalProperties", True)
+    for key, item in value.items():
+        if key in props:
+            found = first_error(props[key], item, _member(path, key))
+        else:
+            where = f"{path}[{key}]"  # a mapping's member, named as cattrs names it
+            if extra is False:
+                return _member(path, key), f"unknown field(s): {key}"
+            if isinstance(names, Mapping) and first_error(names, key, where) is not None:
+                return where, f"{who} may not have the key {key!r}"
+            found = first_error(extra, item, where) if isinstance(extra, Mapping) else None
+        if found is not None:
+            return found
+    return None
+
+
+def first_error(schema: Mapping[str, Any], value: Any, path: str = "") -> Refusal | None:
+    """The first way ``value`` breaks ``schema``: ``(path, message)``; None when it is valid."""
+    who = _who(path)
+    for sub in schema.get("allOf", ()):
+        if (found := first_error(sub, value, path)) is not None:
+            return found
+    if "anyOf" in schema:
+        errors = [first_error(sub, value, path) for sub in schema["anyOf"]]
+        if all(e is not None for e in errors):
+            # the branch of the value's own type says best what is wrong
+            for sub, err in zip(schema["anyOf"], errors, strict=True):
+                kinds = sub.get("type")
+                if kinds is not None and any(
+                    _is_type(value, k) for k in ([kinds] if isinstance(kinds, str) else kinds)
+                ):
+                    return err
+            return path, f"{who} has the wrong type ({_json_type(value)})"
+    kinds = schema.get("type")
+    if kinds is not None:
+        allowed = [kinds] if isinstance(kinds, str) else list(kinds)
+        if not any(_is_type(value, k) for k in allowed):
+            return path, f"{who} must be of type {' or '.join(allowed)}, got {_json_type(value)}"
+    if "const" in schema and not _equal(value, schema["const"]):
+        return path, f"{who} must be {schema['const']!r}"
+    if "enum" in schema and not any(_equal(value, v) for v in schema["enum"]):
+        choices = ", ".join(repr(v) for v in schema["enum"][:20])
+        return path, f"{who} must be one of {choices}; got {value!r}"
+    message: str | None = None
+    if _is_type(value, "number"):
+        message = _number(schema, value, path)
+    elif isinstance(value, str):
+        message = _string(schema, value)
+    elif isinstance(value, list):
+        return _array(schema, value, path)
+    elif isinstance(value, dict):
+        return _object(schema, value, path)
+    return None if message is None else (path, f"{who} {message}")
