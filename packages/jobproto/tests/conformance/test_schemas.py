@@ -203,7 +203,11 @@ def _value(c: Case, field: str) -> Any:
         ("final newline", "name", lambda c: str(_value(c, "name"))[1:].endswith("\n")),
         ("not in the enum", "mode", lambda c: isinstance(_value(c, "mode"), str)),
         ("wrong type", "tags", lambda c: isinstance(_value(c, "tags"), str | int)),
-        ("too many items", "tags", lambda c: len(_value(c, "tags") or "") > 3),
+        (
+            "too many items",
+            "tags",
+            lambda c: isinstance(_value(c, "tags"), list) and len(c.body["tags"]) > 3,
+        ),
         ("bad property name", "env", lambda c: isinstance(_value(c, "env"), dict)),
         ("bad nested item", "turns", lambda c: isinstance(_value(c, "turns"), list)),
     ],
