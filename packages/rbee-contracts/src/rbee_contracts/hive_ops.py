@@ -24,7 +24,7 @@ from .ids import (
     repo_id_validator,
 )
 from .records import WorkerRecord
-from .values import absolute_path_validator, field_validator
+from .values import ABSOLUTE_PATH_SCHEMA, absolute_path_validator, field_validator
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -127,7 +127,13 @@ class WorkerSpawnParams:
     engine_args: dict[str, str] = attrs.field(
         factory=dict,
         validator=_engine_args,
-        metadata={"schema": {"propertyNames": {"pattern": f"^{ENGINE_ARG_KEY_PATTERN.pattern}$"}}},
+        # each entry is one --engine-arg KEY=VALUE line: no newline, no NUL in a value
+        metadata={
+            "schema": {
+                "propertyNames": {"pattern": f"^{ENGINE_ARG_KEY_PATTERN.pattern}$"},
+                "additionalProperties": {"pattern": "^[^\\n\\u0000]*$"},
+            }
+        },
     )
 
 
@@ -144,7 +150,11 @@ class WorkerStopParams:
 @attrs.frozen
 class ModelDownloadParams:
     repo_id: str = attrs.field(validator=repo_id_validator, metadata={"schema": REPO_ID_SCHEMA})
-    revision: str = attrs.field(default="main", validator=_revision)
+    revision: str = attrs.field(
+        default="main",
+        validator=_revision,
+        metadata={"schema": {"pattern": f"^(?!.*[.][.]){REVISION_PATTERN.pattern}$"}},
+    )
     #: the model's name on the hive (default: from the repo id)
     name: str | None = attrs.field(
         default=None, validator=optional_name_validator, metadata={"schema": NAME_SCHEMA}
@@ -154,7 +164,9 @@ class ModelDownloadParams:
 @attrs.frozen
 class ModelRegisterParams:
     name: str = attrs.field(validator=name_validator, metadata={"schema": NAME_SCHEMA})
-    path: str = attrs.field(validator=absolute_path_validator)
+    path: str = attrs.field(
+        validator=absolute_path_validator, metadata={"schema": ABSOLUTE_PATH_SCHEMA}
+    )
 
 
 @attrs.frozen

@@ -33,6 +33,7 @@ __all__ = [
     "HIVE_ID_PATTERN",
     "HIVE_ID_RULE",
     "HIVE_ID_SCHEMA",
+    "MODEL_REF_SCHEMA",
     "NAME_PATTERN",
     "NAME_SCHEMA",
     "REPO_ID_PATTERN",
@@ -63,9 +64,23 @@ RESERVED_NAMES: Final = frozenset({CATALOG_FILE})
 HIVE_ID_RULE: Final = "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 # JSON Schema's ``pattern`` is a search, not a match (JSON Schema validation §6.3.3): anchored.
+# ECMA-262 lookaheads say "no '..'" and the reserved names, so each schema is the whole rule.
+_NO_DOTS = "(?!.*[.][.])"
+_NOT_RESERVED = "".join(f"(?!{re.escape(n)}$)" for n in sorted(RESERVED_NAMES))
 HIVE_ID_SCHEMA: Final = {"pattern": f"^{HIVE_ID_PATTERN.pattern}$", "maxLength": 63}
-NAME_SCHEMA: Final = {"pattern": f"^{NAME_PATTERN.pattern}$", "maxLength": 128}
-REPO_ID_SCHEMA: Final = {"pattern": f"^{REPO_ID_PATTERN.pattern}$", "maxLength": 193}
+NAME_SCHEMA: Final = {
+    "pattern": f"^{_NO_DOTS}{_NOT_RESERVED}{NAME_PATTERN.pattern}$",
+    "maxLength": 128,
+}
+REPO_ID_SCHEMA: Final = {"pattern": f"^{_NO_DOTS}{REPO_ID_PATTERN.pattern}$", "maxLength": 193}
+#: a model name, or a repo id whose last part is a model name (the queen's ``infer`` ``model``)
+MODEL_REF_SCHEMA: Final = {
+    "pattern": "^"
+    + _NO_DOTS
+    + "".join(f"(?!(?:.*/)?{re.escape(n)}$)" for n in sorted(RESERVED_NAMES))
+    + f"(?:{NAME_PATTERN.pattern}|{REPO_ID_PATTERN.pattern})$",
+    "maxLength": 193,
+}
 
 
 def check_hive_id(value: str, what: str = "hive") -> str:

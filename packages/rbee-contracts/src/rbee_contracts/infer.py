@@ -99,7 +99,9 @@ class InferParams:
         metadata={"schema": {"minimum": 0, "exclusiveMaximum": SEED_LIMIT}},
     )
     stop: list[str] = attrs.field(
-        factory=list, validator=_stops, metadata={"schema": {"maxItems": MAX_STOPS}}
+        factory=list,
+        validator=_stops,
+        metadata={"schema": {"maxItems": MAX_STOPS, "items": {"minLength": 1}}},
     )
 
     def __attrs_post_init__(self) -> None:

@@ -33,6 +33,7 @@ from .hive_ops import (
 )
 from .ids import (
     HIVE_ID_SCHEMA,
+    MODEL_REF_SCHEMA,
     check_name,
     check_repo_id,
     hive_id_validator,
@@ -42,6 +43,9 @@ from .ids import (
 )
 from .infer import InferParams
 from .values import (
+    ABSOLUTE_PATH_SCHEMA,
+    INTERVAL_SCHEMA,
+    URL_SCHEMA,
     field_validator,
     optional_interval_validator,
     optional_models_dir_validator,
@@ -162,13 +166,21 @@ class HiveStartParams:
     #: this queen at its address on the SSH connection). A hive on the queen's own machine
     #: reports to this queen only: its scheme and port, and a host name the queen answers for
     #: (else refused)
-    queen_url: str | None = attrs.field(default=None, validator=optional_url_validator)
+    queen_url: str | None = attrs.field(
+        default=None, validator=optional_url_validator, metadata={"schema": URL_SCHEMA}
+    )
     #: the hive's heartbeat interval in seconds (default: the hive's own)
-    heartbeat: float | None = attrs.field(default=None, validator=optional_interval_validator)
+    heartbeat: float | None = attrs.field(
+        default=None, validator=optional_interval_validator, metadata={"schema": INTERVAL_SCHEMA}
+    )
     #: the hive's models directory (default: ``models`` in its state directory); absolute, as
     #: the hive's working directory is not the caller's, and a directory of its own, not ``/``,
     #: a system directory or the home directory (``values.check_models_dir``)
-    models_dir: str | None = attrs.field(default=None, validator=optional_models_dir_validator)
+    models_dir: str | None = attrs.field(
+        default=None,
+        validator=optional_models_dir_validator,
+        metadata={"schema": ABSOLUTE_PATH_SCHEMA},
+    )
     #: the machine to run it on (an SSH host alias; it needs ``hive_install`` first)
     host: str | None = _host()
     #: the address a hive on ``host`` binds (default: the host's ``hive_host`` in rbee's hosts
@@ -257,7 +269,9 @@ class QueenModelDeleteParams(ModelDeleteParams):
 class QueenInferParams(InferParams):
     """``infer``: the worker's ``InferParams`` plus the model to run it on."""
 
-    model: str = attrs.field(kw_only=True, validator=_model_ref)
+    model: str = attrs.field(
+        kw_only=True, validator=_model_ref, metadata={"schema": MODEL_REF_SCHEMA}
+    )
     #: run on this hive's workers only
     hive: str | None = _hive()
 

@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -27,6 +27,9 @@ V = TypeVar("V")
 Validator = Callable[[object, "attrs.Attribute[Any]", V], None]
 
 __all__ = [
+    "ABSOLUTE_PATH_SCHEMA",
+    "INTERVAL_SCHEMA",
+    "URL_SCHEMA",
     "absolute_path_validator",
     "check_absolute_path",
     "check_http_url",
@@ -103,6 +106,24 @@ def check_models_dir(value: str, what: str = "models_dir", home: str | None = No
             f" directory, the home directory or one above it, got {value!r}",
         )
     return value
+
+
+# -- the same rules in JSON Schema (a field's ``metadata={"schema": ...}``) ------------------------
+#
+# jobproto publishes these and enforces them beside the checks: what ``/openapi.json`` says holds.
+# ``check_models_dir``'s refused directories are the check's alone (no pattern says them).
+
+_PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+#: an http(s) URL with a host (``check_http_url``)
+URL_SCHEMA: Final = {
+    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?"
+    "(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\\[[0-9A-Fa-f:.]+\\])"
+    f"(?::{_PORT}?)?(?:[/?#].*)?$"
+}
+#: a positive number of seconds (``check_interval``; JSON has no infinity)
+INTERVAL_SCHEMA: Final = {"exclusiveMinimum": 0}
+#: an absolute path without NUL (``check_absolute_path``)
+ABSOLUTE_PATH_SCHEMA: Final = {"pattern": "^/[^\\u0000]*$"}
 
 
 # -- the same checks as attrs validators (the field's own name is the one reported) ----------------
