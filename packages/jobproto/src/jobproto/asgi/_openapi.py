@@ -1,8 +1,10 @@
 """``/openapi.json``: the job endpoints and every operation's request schema (OpenAPI 3.1).
 
-Generated from the operation definitions, so field names, types, required fields and defaults
-cannot drift from what the service validates. Range checks done by attrs validators appear only
-where the field also declares them in ``metadata={"schema": {...}}``.
+Generated from the operation definitions, so field names, types, required fields, defaults and
+limits cannot drift from what the service validates: each operation's schema comes from
+``jobproto._schema.schema_of``, which publishes the keywords of the fields' attrs validators
+(``ge``, ``max_len``, ``in_``, ``matches_re``, ...) and what a field declares in
+``metadata={"schema": {...}}``, and ``structure_params`` enforces that same schema.
 """
 
 from __future__ import annotations
