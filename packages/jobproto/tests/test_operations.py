@@ -13,7 +13,7 @@ import pytest
 
 from jobproto._errors import LocalProtocolError, RequestError
 from jobproto._operations import Operation, Operations
-from jobproto._schema import schema_of
+from jobproto._schema import SchemaError, schema_of
 
 
 @attrs.frozen
@@ -545,6 +545,23 @@ def test_a_schema_refusal_at_registration_names_the_operation_and_handler(
     assert message.startswith("operation 'schedule' (handler ")
     assert message.count(".<locals>.schedule") == 1
     assert "When.at: datetime is not supported" in message
-    assert isinstance(info.value.__cause__, Refused)
     assert len(ops) == 0
     ops_with_echo()  # other classes still register
+
+
+def test_a_datetime_field_is_refused_at_registration_naming_the_handler_once() -> None:
+    """Was: accepted, published as ``{}``, and every create then got a 422 with no field."""
+    ops = Operations()
+    with pytest.raises(SchemaError) as info:
+
+        @ops.operation("schedule")
+        async def schedule(params: When) -> None:
+            pass
+
+    message = str(info.value)
+    handler = f"{HERE}.test_a_datetime_field_is_refused_at_registration_naming_the_handler_once"
+    assert message.startswith(f"operation 'schedule' (handler {handler}.<locals>.schedule): ")
+    assert message.count("<locals>.schedule") == 1
+    assert "When.at" in message and "datetime" in message
+    assert (info.value.cls, info.value.field) == (When, "at")
+    assert len(ops) == 0

@@ -114,9 +114,11 @@ class Operations:
         try:
             op.json_schema()
         except LocalProtocolError as exc:
-            # jobproto._schema refuses what it cannot publish (and so cannot enforce): say which
-            # operation, and where its handler is.
-            raise _renamed(exc, f"{where}: {exc}") from exc
+            # jobproto._schema refuses what it cannot publish (and so cannot enforce): the same
+            # error (a SchemaError keeps its class, field and reason), saying which operation and
+            # where its handler is.
+            exc.args = (f"{where}: {exc}", *exc.args[1:])
+            raise
         self._ops[op.name] = op
 
     def operation(
@@ -220,11 +222,3 @@ def _is_async(handler: object) -> bool:
     # an object whose __call__ is async (functools.partial is seen through by inspect)
     call = getattr(handler, "__call__", None)  # noqa: B004 - the method itself is inspected
     return not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
-
-
-def _renamed(exc: LocalProtocolError, message: str) -> LocalProtocolError:
-    """``exc``'s own class (``SchemaError`` stays one) with ``message``, when it takes one."""
-    try:
-        return type(exc)(message)
-    except TypeError:
-        return LocalProtocolError(message)
