@@ -32,7 +32,13 @@ from types import FrameType
 from typing import Any
 
 import attrs
-import uvicorn
+
+from .._extras import missing_extra
+
+try:
+    import uvicorn
+except ModuleNotFoundError as exc:  # the `server` extra installs it
+    raise missing_extra(exc, "server", "jobproto.conformance.server") from exc
 
 from .._http import HttpLimits, protocol_class
 from ..asgi import JobService, Principal, Security, ServiceSettings, TokenAuth, create_app
