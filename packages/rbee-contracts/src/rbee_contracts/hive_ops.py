@@ -47,8 +47,15 @@ __all__ = [
 ]
 
 #: ``cpu``, ``cuda`` (the hive picks the GPUs) or ``cuda:N[,M...]`` (nvidia-smi indices, each
-#: once: ``parse_device`` refuses ``cuda:0,0``, which no pattern says)
+#: once: ``parse_device`` refuses ``cuda:0,0``)
 DEVICE_PATTERN: Final = re.compile(r"cpu|cuda(?::([0-9]{1,2}(?:,[0-9]{1,2})*))?")
+# ... and the published pattern says so (ECMA-262 lookaheads and back references): no index
+# twice, however written (5 and 05 are one GPU; a two-digit index has no leading zero)
+_INDEX = "[0-9]{1,2}"
+_NO_GPU_TWICE = (
+    f"(?!cuda:(?:{_INDEX},)*0?([0-9]),(?:{_INDEX},)*0?\\1(?:,|$))"
+    f"(?!cuda:(?:{_INDEX},)*([1-9][0-9]),(?:{_INDEX},)*\\2(?:,|$))"
+)
 ENGINE_ARG_KEY_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 REVISION_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 MAX_CONCURRENCY: Final = 4096
@@ -115,7 +122,7 @@ class WorkerSpawnParams:
         default=None,
         validator=_device,
         # JSON Schema's pattern is a search (JSON Schema validation §6.3.3): anchored
-        metadata={"schema": {"pattern": f"^(?:{DEVICE_PATTERN.pattern})$"}},
+        metadata={"schema": {"pattern": f"^{_NO_GPU_TWICE}(?:{DEVICE_PATTERN.pattern})$"}},
     )
     max_concurrency: int | None = attrs.field(
         default=None,
