@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 from collections.abc import Callable
 from types import FrameType
@@ -43,8 +44,11 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, service: JobService | None = None) -> None:
         super().__init__(config)
         self.service = service
+        #: the signals that asked this server to exit, in order
+        self.stopped_by: list[int] = []
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopped_by.append(sig)
         if self.service is not None:
             self.service.begin_shutdown()
         super().handle_exit(sig, frame)
@@ -109,8 +113,14 @@ def run(server: uvicorn.Server, on_ready: Callable[[int], None] | None = None) -
             on_ready(bound_port(server))
         await task
 
-    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        runner.run(main())
+    try:
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(main())
+    except KeyboardInterrupt:
+        # uvicorn raises the signal that stopped it again once it has shut down; for Ctrl+C that
+        # is a KeyboardInterrupt out of a clean shutdown: return, as for SIGTERM, no traceback
+        if signal.SIGINT not in getattr(server, "stopped_by", ()):
+            raise
 
 
 def serve(
