@@ -8,7 +8,7 @@ import decimal
 import enum
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import pytest
@@ -352,6 +352,8 @@ def test_a_python_pattern_is_anchored_by_its_match_function() -> None:
 
 def test_the_checker_keeps_json_types_apart() -> None:
     assert first_error({"type": "integer"}, True) is not None
+    assert first_error({"type": "integer"}, 1.0) is not None  # §2.2: 1.0 is no integer
+    assert first_error({"type": "number"}, 1) is None
     assert first_error({"enum": [1]}, True) is not None
     assert first_error({"enum": [1]}, 1.0) is None
     assert first_error({"type": "number", "multipleOf": 0.1}, 0.3) is None
@@ -360,3 +362,46 @@ def test_the_checker_keeps_json_types_apart() -> None:
         "[1]",
         "'[1]' repeats an earlier item",
     )
+
+
+# -- a rule across fields: the class's own __json_schema__ -----------------------------------------
+
+
+@attrs.frozen
+class OneOf:
+    """Exactly one of ``a`` and ``b``."""
+
+    __json_schema__: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"required": ["a"], "properties": {"a": {"type": "string"}}},
+            {"required": ["b"], "properties": {"b": {"type": "string"}}},
+        ]
+    }
+    a: str | None = None
+    b: str | None = None
+
+
+@attrs.frozen
+class MoreOf(OneOf):
+    c: int = 0
+
+
+def test_a_class_rule_across_fields_is_published_inherited_and_enforced() -> None:
+    assert schema_of(OneOf)["oneOf"] == OneOf.__json_schema__["oneOf"]
+    assert schema_of(MoreOf)["oneOf"] == OneOf.__json_schema__["oneOf"]
+    assert structure_params({"a": "x"}, MoreOf) == MoreOf(a="x")
+    assert structure_params({"a": None, "b": "y"}, OneOf) == OneOf(b="y")
+    assert "none of the forms" in _refusal({}, OneOf).message
+    assert "more than one" in _refusal({"a": "x", "b": "y"}, MoreOf).message
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [{"anyOf": [{"required": ["nope"]}]}, {"oneOf": {}}, {"if": {}}, {"properties": {"z": {}}}],
+    ids=repr,
+)
+def test_a_class_rule_names_only_its_fields_and_known_keywords(declared: dict[str, Any]) -> None:
+    cls = attrs.make_class("Ruled", {"a": attrs.field(type=str, default="")})
+    cls.__json_schema__ = declared  # type: ignore[attr-defined]
+    error = _schema_error(cls)
+    assert error.field is None and "__json_schema__" in str(error)

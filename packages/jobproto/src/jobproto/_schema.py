@@ -20,6 +20,11 @@ Per field, ``schema_of`` writes:
   the field checks, in the keywords of ``CONSTRAINTS`` (sub-schemas too), plus annotations
   (``ANNOTATIONS``); ``metadata={"description": "..."}`` too.
 
+A rule across fields (exactly one of two fields, say) is the class's own ``__json_schema__``
+dict, merged into its object schema (and inherited): the field keywords plus ``CLASS_KEYWORDS``
+(``anyOf allOf oneOf required properties type``), naming only the class's fields. The class's
+checks (``__attrs_post_init__``) still run first and give their messages.
+
 Keywords that apply to one JSON type only (``minLength``...) say nothing of other values, and a
 field that may be ``None`` gets its keywords on its non-null branch, so ``null`` stays valid.
 Everything refused raises ``SchemaError`` naming the class, the field, the reason and what to
@@ -43,7 +48,14 @@ import attrs
 from ._ecma import ecma_regex, python_pattern_to_ecma
 from ._errors import LocalProtocolError
 
-__all__ = ["ANNOTATIONS", "CONSTRAINTS", "SchemaError", "enforced_schema", "schema_of"]
+__all__ = [
+    "ANNOTATIONS",
+    "CLASS_KEYWORDS",
+    "CONSTRAINTS",
+    "SchemaError",
+    "enforced_schema",
+    "schema_of",
+]
 
 #: keywords a field may declare in ``metadata["schema"]``: jobproto enforces every one
 CONSTRAINTS = frozenset(
@@ -70,6 +82,9 @@ CONSTRAINTS = frozenset(
 )
 #: keywords that only describe (``format`` included: it is not checked)
 ANNOTATIONS = frozenset(["description", "title", "examples", "deprecated", "format"])
+#: what a parameter class's own ``__json_schema__`` (a rule across its fields) may use besides
+CLASS_KEYWORDS = frozenset(["anyOf", "allOf", "oneOf", "required", "properties", "type"])
+_JSON_TYPES = frozenset(["string", "number", "integer", "boolean", "null", "array", "object"])
 _SUBSCHEMAS = ("items", "propertyNames", "additionalProperties")
 _LOWER = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
 _UPPER = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
@@ -268,16 +283,23 @@ def _keywords(validator: Any, tp: Any, opaque: list[str]) -> dict[str, Any]:
     return {}
 
 
-def _declared(schema: Any, where: str = 'metadata["schema"]') -> dict[str, Any]:
-    """``schema`` checked against the vocabulary jobproto enforces."""
+def _declared(
+    schema: Any, where: str = 'metadata["schema"]', fields: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """``schema`` checked against the vocabulary jobproto enforces. ``fields``: a class's
+    ``__json_schema__``, which may also combine the class's fields (``CLASS_KEYWORDS``)."""
     if not isinstance(schema, Mapping):
         raise _Refused(f"{where} is not a dict")
     for key, value in schema.items():
+        if key in CLASS_KEYWORDS and fields is not None:
+            _declared_combination(key, value, f"{where}[{key!r}]", fields)
+            continue
         if key not in CONSTRAINTS and key not in ANNOTATIONS:
             raise _Refused(
                 f"{where} has the keyword {key!r}, which jobproto does not enforce; the type"
                 " and default come from the field's declaration, and the constraint keywords"
                 f" are {', '.join(sorted(CONSTRAINTS))}"
+                + ("" if fields is None else f", and {', '.join(sorted(CLASS_KEYWORDS))}")
             )
         if key in _SUBSCHEMAS and not isinstance(value, bool):
             _declared(value, f"{where}[{key!r}]")
@@ -289,6 +311,26 @@ def _declared(schema: Any, where: str = 'metadata["schema"]') -> dict[str, Any]:
             except ValueError as exc:
                 raise _Refused(f"{where}['pattern'] {value!r}: {exc}") from None
     return copy.deepcopy(dict(schema))
+
+
+def _declared_combination(key: str, value: Any, where: str, fields: frozenset[str]) -> None:
+    if key in ("anyOf", "allOf", "oneOf"):
+        if not isinstance(value, list) or not value:
+            raise _Refused(f"{where} is not a list of schemas")
+        for i, sub in enumerate(value):
+            _declared(sub, f"{where}[{i}]", fields)
+    elif key == "required":
+        if not isinstance(value, list) or not set(value) <= fields:
+            raise _Refused(f"{where} is not a list of the class's fields")
+    elif key == "properties":
+        if not isinstance(value, Mapping) or not set(value) <= fields:
+            raise _Refused(f"{where} names no field of the class")
+        for name, sub in value.items():
+            _declared(sub, f"{where}[{name!r}]", frozenset())
+    elif key == "type":
+        kinds = [value] if isinstance(value, str) else value
+        if not isinstance(kinds, list) or not set(kinds) <= _JSON_TYPES:
+            raise _Refused(f"{where} is not a JSON type or a list of them")
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -372,6 +414,16 @@ def _cached(cls: type) -> dict[str, Any]:
     }
     if required:
         out["required"] = required
+    declared = None
+    for base in cls.__mro__:  # inherited: a subclass keeps its parent's rule across fields
+        declared = base.__dict__.get("__json_schema__")
+        if declared is not None:
+            break
+    if declared is not None:
+        try:
+            out = _merge(out, _declared(declared, "__json_schema__", frozenset(props)))
+        except _Refused as exc:
+            raise SchemaError(cls, None, str(exc)) from None
     return out
 
 

@@ -3,8 +3,11 @@
 ``/openapi.json`` publishes each operation's parameters as JSON Schema (draft 2020-12); this
 checks a request against exactly that, so the published schema is what a service enforces. It
 knows the keywords ``_schema`` writes (``type properties required additionalProperties items
-anyOf allOf``) and those a field may declare (``_schema.CONSTRAINTS``); ``pattern`` is ECMA-262
-(``_ecma``). Values are JSON as ``json.loads`` gives them: a bool is not a number, ``1 == 1.0``.
+anyOf allOf``), those a field may declare (``_schema.CONSTRAINTS``) and ``oneOf`` (a class's
+rule across its fields, ``_schema.CLASS_KEYWORDS``); ``pattern`` is ECMA-262
+(``_ecma``). Values are JSON as ``json.loads`` gives them: a bool is not a number, and a number
+written with a fraction or exponent (a ``float``) is not an integer, as jobproto/1 says
+(``docs/protocol.md`` §2.2), though ``enum``/``const`` compare ``1 == 1.0``.
 
 ``first_error(schema, value)`` gives the first refusal as ``(path, message)``, the path in
 jobproto's form (``messages[1].content``, ``labels[gpu]``), or None. Pure; no I/O.
@@ -30,8 +33,8 @@ def _json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, int):
         return "integer"
-    if isinstance(value, float):
-        return "integer" if value.is_integer() else "number"
+    if isinstance(value, float):  # 1.0 is no integer in jobproto/1 (docs/protocol.md §2.2)
+        return "number"
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):
@@ -67,7 +70,7 @@ def _who(path: str) -> str:
     return f"'{path}'" if path else "the value"
 
 
-def _number(schema: Mapping[str, Any], value: Any, path: str) -> str | None:
+def _number(schema: Mapping[str, Any], value: Any) -> str | None:
     if "minimum" in schema and value < schema["minimum"]:
         return f"must be >= {schema['minimum']}"
     if "maximum" in schema and value > schema["maximum"]:
@@ -144,17 +147,22 @@ def first_error(schema: Mapping[str, Any], value: Any, path: str = "") -> Refusa
     for sub in schema.get("allOf", ()):
         if (found := first_error(sub, value, path)) is not None:
             return found
-    if "anyOf" in schema:
-        errors = [first_error(sub, value, path) for sub in schema["anyOf"]]
+    for key in ("anyOf", "oneOf"):
+        if key not in schema:
+            continue
+        errors = [first_error(sub, value, path) for sub in schema[key]]
         if all(e is not None for e in errors):
             # the branch of the value's own type says best what is wrong
-            for sub, err in zip(schema["anyOf"], errors, strict=True):
-                kinds = sub.get("type")
-                if kinds is not None and any(
-                    _is_type(value, k) for k in ([kinds] if isinstance(kinds, str) else kinds)
-                ):
+            typed = [(s, e) for s, e in zip(schema[key], errors, strict=True) if "type" in s]
+            for sub, err in typed:
+                kinds = sub["type"]
+                if any(_is_type(value, k) for k in ([kinds] if isinstance(kinds, str) else kinds)):
                     return err
-            return path, f"{who} has the wrong type ({_json_type(value)})"
+            if len(typed) == len(errors):
+                return path, f"{who} has the wrong type ({_json_type(value)})"
+            return path, f"{who} matches none of the forms its schema allows"
+        if key == "oneOf" and errors.count(None) > 1:
+            return path, f"{who} matches more than one of the forms its schema allows"
     kinds = schema.get("type")
     if kinds is not None:
         allowed = [kinds] if isinstance(kinds, str) else list(kinds)
@@ -167,7 +175,7 @@ def first_error(schema: Mapping[str, Any], value: Any, path: str = "") -> Refusa
         return path, f"{who} must be one of {choices}; got {value!r}"
     message: str | None = None
     if _is_type(value, "number"):
-        message = _number(schema, value, path)
+        message = _number(schema, value)
     elif isinstance(value, str):
         message = _string(schema, value)
     elif isinstance(value, list):
