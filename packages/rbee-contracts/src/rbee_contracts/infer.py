@@ -10,7 +10,7 @@ loaded engine and remain the worker's to check.
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -103,6 +103,15 @@ class InferParams:
         validator=_stops,
         metadata={"schema": {"maxItems": MAX_STOPS, "items": {"minLength": 1}}},
     )
+
+    #: the rule across fields, published and enforced with the fields' own: exactly one of
+    #: ``prompt`` and ``messages`` (``None`` is the same as leaving it out)
+    __json_schema__: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+            {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+        ]
+    }
 
     def __attrs_post_init__(self) -> None:
         # A check across fields: FieldError names the field the 422 error points at.

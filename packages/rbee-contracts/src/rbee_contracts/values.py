@@ -114,10 +114,24 @@ def check_models_dir(value: str, what: str = "models_dir", home: str | None = No
 # ``check_models_dir``'s refused directories are the check's alone (no pattern says them).
 
 _PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_H16 = "[0-9A-Fa-f]{1,4}"
+#: an IPv6 address (RFC 4291 §2.2 forms 1 and 2; urlsplit checks a bracketed host is one)
+_IPV6 = (
+    "(?:"
+    + "|".join(
+        (
+            f"(?:{_H16}:){{7}}{_H16}",
+            f"(?:{_H16}:){{1,7}}:",
+            *(f"(?:{_H16}:){{1,{7 - n}}}(?::{_H16}){{1,{n}}}" for n in range(1, 7)),
+            f":(?:(?::{_H16}){{1,7}}|:)",
+        )
+    )
+    + ")"
+)
 #: an http(s) URL with a host (``check_http_url``)
 URL_SCHEMA: Final = {
     "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?"
-    "(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\\[[0-9A-Fa-f:.]+\\])"
+    f"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\\[{_IPV6}\\])"
     f"(?::{_PORT}?)?(?:[/?#].*)?$"
 }
 #: a positive number of seconds (``check_interval``; JSON has no infinity)
