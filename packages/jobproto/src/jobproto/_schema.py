@@ -302,7 +302,7 @@ def _declared(
                 + ("" if fields is None else f", and {', '.join(sorted(CLASS_KEYWORDS))}")
             )
         if key in _SUBSCHEMAS and not isinstance(value, bool):
-            _declared(value, f"{where}[{key!r}]")
+            _declared(value, f"{where}[{key!r}]", None if fields is None else _MEMBERS)
         if key == "pattern":
             if not isinstance(value, str):
                 raise _Refused(f"{where}['pattern'] is not a string")
@@ -313,6 +313,14 @@ def _declared(
     return copy.deepcopy(dict(schema))
 
 
+#: below a class's own level: members of a field (a mapping's keys), whatever their names
+_MEMBERS: frozenset[str] = frozenset({"\0members"})
+
+
+def _names_ok(names: Any, fields: frozenset[str]) -> bool:
+    return fields is _MEMBERS or set(names) <= fields
+
+
 def _declared_combination(key: str, value: Any, where: str, fields: frozenset[str]) -> None:
     if key in ("anyOf", "allOf", "oneOf"):
         if not isinstance(value, list) or not value:
@@ -320,13 +328,13 @@ def _declared_combination(key: str, value: Any, where: str, fields: frozenset[st
         for i, sub in enumerate(value):
             _declared(sub, f"{where}[{i}]", fields)
     elif key == "required":
-        if not isinstance(value, list) or not set(value) <= fields:
+        if not isinstance(value, list) or not _names_ok(value, fields):
             raise _Refused(f"{where} is not a list of the class's fields")
     elif key == "properties":
-        if not isinstance(value, Mapping) or not set(value) <= fields:
+        if not isinstance(value, Mapping) or not _names_ok(value, fields):
             raise _Refused(f"{where} names no field of the class")
         for name, sub in value.items():
-            _declared(sub, f"{where}[{name!r}]", frozenset())
+            _declared(sub, f"{where}[{name!r}]", _MEMBERS)
     elif key == "type":
         kinds = [value] if isinstance(value, str) else value
         if not isinstance(kinds, list) or not set(kinds) <= _JSON_TYPES:

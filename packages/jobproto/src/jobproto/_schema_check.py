@@ -113,7 +113,9 @@ def _array(schema: Mapping[str, Any], value: list[Any], path: str) -> Refusal | 
     return None
 
 
-def _object(schema: Mapping[str, Any], value: dict[str, Any], path: str) -> Refusal | None:
+def _object(
+    schema: Mapping[str, Any], value: dict[str, Any], path: str, record: bool
+) -> Refusal | None:
     who = _who(path)
     for name in schema.get("required", ()):
         if name not in value:
@@ -128,7 +130,10 @@ def _object(schema: Mapping[str, Any], value: dict[str, Any], path: str) -> Refu
     extra = schema.get("additionalProperties", True)
     for key, item in value.items():
         if key in props:
-            found = first_error(props[key], item, _member(path, key))
+            # an attrs object's field is ``.name``; a member of a mapping ``[key]``, as cattrs says
+            found = first_error(
+                props[key], item, _member(path, key) if record else f"{path}[{key}]"
+            )
         else:
             where = f"{path}[{key}]"  # a mapping's member, named as cattrs names it
             if extra is False:
@@ -141,16 +146,23 @@ def _object(schema: Mapping[str, Any], value: dict[str, Any], path: str) -> Refu
     return None
 
 
-def first_error(schema: Mapping[str, Any], value: Any, path: str = "") -> Refusal | None:
-    """The first way ``value`` breaks ``schema``: ``(path, message)``; None when it is valid."""
+def first_error(
+    schema: Mapping[str, Any], value: Any, path: str = "", record: bool | None = None
+) -> Refusal | None:
+    """The first way ``value`` breaks ``schema``: ``(path, message)``; None when it is valid.
+
+    ``record``: whether an object here is an attrs object (its schema, or the schema whose
+    ``allOf``/``anyOf``/``oneOf`` this is, closes it with ``additionalProperties: false``)."""
     who = _who(path)
+    if "additionalProperties" in schema:
+        record = schema["additionalProperties"] is False
     for sub in schema.get("allOf", ()):
-        if (found := first_error(sub, value, path)) is not None:
+        if (found := first_error(sub, value, path, record)) is not None:
             return found
     for key in ("anyOf", "oneOf"):
         if key not in schema:
             continue
-        errors = [first_error(sub, value, path) for sub in schema[key]]
+        errors = [first_error(sub, value, path, record) for sub in schema[key]]
         if all(e is not None for e in errors):
             # the branch of the value's own type says best what is wrong
             typed = [(s, e) for s, e in zip(schema[key], errors, strict=True) if "type" in s]
@@ -160,6 +172,10 @@ def first_error(schema: Mapping[str, Any], value: Any, path: str = "") -> Refusa
                     return err
             if len(typed) == len(errors):
                 return path, f"{who} has the wrong type ({_json_type(value)})"
+            # else the form that got furthest into the value names what to fix
+            deepest = max(errors, key=lambda e: len(e[0]) if e else -1)
+            if deepest is not None and len(deepest[0]) > len(path):
+                return deepest
             return path, f"{who} matches none of the forms its schema allows"
         if key == "oneOf" and errors.count(None) > 1:
             return path, f"{who} matches more than one of the forms its schema allows"
@@ -181,5 +197,5 @@ def first_error(schema: Mapping[str, Any], value: Any, path: str = "") -> Refusa
     elif isinstance(value, list):
         return _array(schema, value, path)
     elif isinstance(value, dict):
-        return _object(schema, value, path)
+        return _object(schema, value, path, bool(record))
     return None if message is None else (path, f"{who} {message}")
