@@ -9,13 +9,20 @@ them with ``hive`` (which hive), so what the queen accepts the hive accepts too.
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 
 from jobproto import FieldError
 
-from .engines import ENGINES, check_engine_args, engine_validator
+from .engines import (
+    ENGINE_ARGS,
+    ENGINES,
+    PLACEMENT_NUMBERS,
+    ArgRule,
+    check_engine_args,
+    engine_validator,
+)
 from .ids import (
     NAME_SCHEMA,
     REPO_ID_SCHEMA,
@@ -104,12 +111,49 @@ def _revision(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
         )
 
 
+def _arg_pattern(rule: ArgRule) -> str:
+    """An engine argument's value that ``check_engine_args`` takes, as plain decimal text."""
+    if rule.integer:
+        assert rule.minimum in (0, 1), rule
+        return "^0*[1-9][0-9]*$" if rule.minimum else "^[0-9]+$"
+    assert rule.minimum == 0, rule
+    return "^(?:[0-9]+(?:[.][0-9]*)?|[.][0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
+#: no infinity or NaN where the hive's placement reads a number (``engine_arg_number``)
+_FINITE: Final = {"pattern": "^(?![\\s]*[+-]?(?:[Ii][Nn][Ff]|[Nn][Aa][Nn]))[^\\n\\u0000]*$"}
+
+
+def _engine_args_rule() -> dict[str, Any]:
+    """``check_engine_args`` in JSON Schema: which arguments each engine takes (where known)."""
+    open_engines = [e for e in ENGINES if e not in ENGINE_ARGS]  # the default, auto, among them
+    placement = {k: _FINITE for key in PLACEMENT_NUMBERS for k in (key, key.replace("_", "-"))}
+    branches: list[dict[str, Any]] = [
+        {"properties": {"engine": {"enum": open_engines}, "engine_args": {"properties": placement}}}
+    ]
+    for engine, rules in ENGINE_ARGS.items():
+        args = {key: {"pattern": _arg_pattern(rule)} for key, rule in rules.items()}
+        branches.append(
+            {
+                "required": ["engine"],
+                "properties": {
+                    "engine": {"const": engine},
+                    "engine_args": {"propertyNames": {"enum": sorted(rules)}, "properties": args},
+                },
+            }
+        )
+    return {"anyOf": branches}
+
+
 # -- parameters ------------------------------------------------------------------------------------
 
 
 @attrs.frozen
 class WorkerSpawnParams:
     """Start a worker for a model of the hive; done once it is ready."""
+
+    #: the engine arguments each engine takes (a rule across ``engine`` and ``engine_args``)
+    __json_schema__: ClassVar[dict[str, Any]] = _engine_args_rule()
 
     model: str = attrs.field(validator=name_validator, metadata={"schema": NAME_SCHEMA})
     engine: str = attrs.field(
