@@ -304,3 +304,44 @@ def test_a_parse_that_enforces_less_than_the_schema_is_caught() -> None:
 
     with pytest.raises(AssertionError, match="refuses"):
         agrees()
+
+
+# -- rules across fields ---------------------------------------------------------------------------
+
+#: exactly one of prompt and messages (a class's own __json_schema__ publishes such a rule)
+ONE_OF: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["operation"],
+    "properties": {
+        "operation": {"const": "op"},
+        "prompt": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "messages": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+    },
+    "oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+    ],
+}
+
+
+def test_valid_bodies_follow_a_rule_across_fields() -> None:
+    found = find(
+        cases(ONE_OF),
+        lambda c: c.valid and "messages" in c.body,
+        settings=settings(max_examples=500, database=None, phases=[Phase.generate]),
+    )
+    assert judge(ONE_OF, found.body)
+
+
+def test_a_refusal_by_a_rule_across_fields_may_name_any_of_its_fields() -> None:
+    case = find(
+        cases(ONE_OF),
+        lambda c: not c.valid and c.field == "messages" and c.body.get("messages") is None,
+        settings=settings(max_examples=1000, database=None, phases=[Phase.generate]),
+    )
+    assert case.others == ("prompt",)
+    check_answer(case, 422, refusal("messages"))
+    check_answer(case, 422, refusal("prompt"))
+    with pytest.raises(AssertionError, match="rule across fields"):
+        check_answer(case, 422, refusal("operation"))

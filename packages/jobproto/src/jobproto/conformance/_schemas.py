@@ -56,6 +56,9 @@ class Case:
     valid: bool
     #: when invalid: the one top-level field that makes it so (missing, extra, or a bad value)
     field: str | None
+    #: when a rule across fields (an ``anyOf``/``oneOf``/``allOf`` of the request) refuses the
+    #: change of ``field``: the other fields that rule names, which the refusal may name instead
+    others: tuple[str, ...] = ()
 
 
 # -- operation_schemas -----------------------------------------------------------------------------
@@ -217,6 +220,27 @@ def judge(schema: Mapping[str, Any], body: Any) -> bool:
     return bool(_validator(schema).is_valid(body))
 
 
+def _named(rule: Any) -> set[str]:
+    """The fields a rule across fields names (its required and properties, at any depth)."""
+    if isinstance(rule, list):
+        return set().union(*(_named(r) for r in rule)) if rule else set()
+    if not isinstance(rule, Mapping):
+        return set()
+    names = {*rule.get("required", []), *rule.get("properties", {})}
+    for key in ("anyOf", "oneOf", "allOf", "not"):
+        names |= _named(rule.get(key, []))
+    return names
+
+
+def _rule_fields(schema: Mapping[str, Any], body: Any) -> set[str]:
+    """The fields named by the rules across fields that refuse ``body``."""
+    found: set[str] = set()
+    for error in _validator(schema).iter_errors(body):
+        if not error.path and error.validator in ("anyOf", "oneOf", "allOf", "not"):
+            found |= _named(error.validator_value)
+    return found
+
+
 def _culprits(schema: Mapping[str, Any], body: Any) -> set[str | None]:
     """The top-level fields of ``body`` that the schema refuses (None: the body as a whole)."""
     found: set[str | None] = set()
@@ -235,12 +259,20 @@ def _culprits(schema: Mapping[str, Any], body: Any) -> set[str | None]:
     return found
 
 
-def _classify(schema: Mapping[str, Any], body: dict[str, Any]) -> Case | None:
+def _classify(
+    schema: Mapping[str, Any], body: dict[str, Any], touched: str | None = None
+) -> Case | None:
+    """``body`` as a ``Case``; ``touched``: the one field a mutation changed in a body the
+    schema accepted, which is what a refusal by a rule across fields is put down to."""
     culprits = _culprits(schema, body)
+    others: tuple[str, ...] = ()
+    if None in culprits and touched is not None and isinstance(body, Mapping):
+        culprits = (culprits - {None}) | {touched}
+        others = tuple(sorted(_rule_fields(schema, body) - {touched}))
     if not culprits:
         return Case(body, True, None)
     if len(culprits) == 1 and None not in culprits:
-        return Case(body, False, culprits.pop())
+        return Case(body, False, culprits.pop(), others)
     return None  # wrong in more than one place: no single field to expect
 
 
@@ -300,15 +332,32 @@ def _leaves(key: str) -> st.SearchStrategy[Any]:
 
 @st.composite
 def _objects(draw: st.DrawFn, schema: Mapping[str, Any]) -> dict[str, Any]:
-    props: Mapping[str, Any] = schema.get("properties", {})
+    # A rule across fields (allOf, or one branch of anyOf/oneOf, of required and properties)
+    # joins in: its required fields are drawn, its property schemas apply beside the field's.
+    rules: list[Mapping[str, Any]] = [r for r in schema.get("allOf", []) if isinstance(r, Mapping)]
+    for combination in ("anyOf", "oneOf"):
+        branches = [b for b in schema.get(combination, []) if isinstance(b, Mapping)]
+        if branches:
+            rules.append(draw(st.sampled_from(branches)))
+    props: dict[str, Any] = dict(schema.get("properties", {}))
     required = set(schema.get("required", []))
+    names_rules = [schema["propertyNames"]] if "propertyNames" in schema else []
+    for rule in rules:
+        required.update(rule.get("required", []))
+        for name, sub in rule.get("properties", {}).items():
+            props[name] = {"allOf": [props[name], sub]} if name in props else sub
+        if "propertyNames" in rule:
+            names_rules.append(rule["propertyNames"])
     out = {k: draw(_values(v)) for k, v in props.items() if k in required or draw(st.booleans())}
     extra = schema.get("additionalProperties", {})
     if extra is not False:
         low = max(0, schema.get("minProperties", 0) - len(out))
         high = max(low, min(schema.get("maxProperties", len(out) + 3) - len(out), low + 3))
-        names = schema.get("propertyNames")
-        key = _values({**names, "type": "string"}) if names else st.text(max_size=8)
+        key = (
+            _values({"allOf": names_rules, "type": "string"})
+            if names_rules
+            else st.text(max_size=8)
+        )
         more = draw(
             st.dictionaries(
                 key.filter(lambda k: k not in props), _values(extra), min_size=low, max_size=high
@@ -492,31 +541,37 @@ def _extra_name(props: Mapping[str, Any]) -> st.SearchStrategy[str]:
 @st.composite
 def _mutated(draw: st.DrawFn, schema: Mapping[str, Any]) -> Case | None:
     body: dict[str, Any] = draw(_values(schema))
+    if not judge(schema, body):
+        return _classify(schema, body)  # the schema's own doing (e.g. a pattern's final \n)
     props: Mapping[str, Any] = schema.get("properties", {})
     fields = sorted(k for k in props if k != "operation")
     how = draw(st.sampled_from(["value", "value", "value", "missing", "extra", "operation"]))
     if how == "extra" or (not fields and how == "value"):
-        body[draw(_extra_name(props))] = draw(st.sampled_from(_EACH_TYPE))
+        touched = draw(_extra_name(props))
+        body[touched] = draw(st.sampled_from(_EACH_TYPE))
     elif how == "operation":
         # never another operation's name: that may be a valid request for that operation
+        touched = "operation"
         if draw(st.booleans()):
             del body["operation"]
         else:
             body["operation"] = draw(st.sampled_from([None, 0, True, [], {}]))
     elif how == "missing":
-        required = [r for r in schema.get("required", []) if r != "operation"]
-        if not required:
+        # a required field, or one a rule across fields may need
+        present = sorted({*schema.get("required", []), *body} - {"operation"})
+        if not present:
             return None
-        del body[draw(st.sampled_from(required))]
+        touched = draw(st.sampled_from(present))
+        body.pop(touched, None)
     else:
-        name = draw(st.sampled_from(fields))
-        sub = props[name]
-        if name in body:
-            current = body[name]
+        touched = draw(st.sampled_from(fields))
+        sub = props[touched]
+        if touched in body:
+            current = body[touched]
         else:  # an optional field left out: start from a valid value of it
             current = draw(st.one_of([_values(b) for b in _non_null_branches(sub)]))
-        body[name] = draw(_near(sub, current))
-    return _classify(schema, body)
+        body[touched] = draw(_near(sub, current))
+    return _classify(schema, body, touched)
 
 
 def cases(schema: Mapping[str, Any]) -> st.SearchStrategy[Case]:
@@ -540,7 +595,8 @@ def check_answer(case: Case, status: int, body: Any) -> None:
     """Raise ``AssertionError`` unless ``status``/``body`` is the right answer to ``case``.
 
     Valid per the schema: not refused (a 2xx). Invalid: 422 ``validation_error`` with ``field``
-    the case's field or a path under it (``messages`` covers ``messages[1].content``).
+    the case's field or a path under it (``messages`` covers ``messages[1].content``), or one of
+    ``others`` when a rule across fields refused it.
     """
     if case.valid:
         if not 200 <= status < 300:
@@ -549,6 +605,8 @@ def check_answer(case: Case, status: int, body: Any) -> None:
             )
         return
     expect = f"422 validation_error with field {case.field!r}"
+    if case.others:
+        expect += f" (or, by a rule across fields, one of {', '.join(case.others)})"
     if status != 422:
         raise AssertionError(
             f"the published schema refuses {case.body!r} (field {case.field!r}), but the answer"
@@ -558,7 +616,7 @@ def check_answer(case: Case, status: int, body: Any) -> None:
     if not isinstance(error, Mapping) or error.get("code") != "validation_error":
         raise AssertionError(f"{case.body!r}: expected {expect}, got {status} {body!r}")
     assert case.field is not None
-    if not _under(error.get("field"), case.field):
+    if not any(_under(error.get("field"), f) for f in (case.field, *case.others)):
         raise AssertionError(
             f"{case.body!r}: expected {expect} (or a path under it), got field"
             f" {error.get('field')!r}: {error.get('message')!r}"
