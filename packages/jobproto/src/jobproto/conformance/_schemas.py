@@ -310,6 +310,12 @@ def _values(schema: Any) -> st.SearchStrategy[Any]:
         if keys == {key}:
             return st.one_of([_values(b) for b in schema[key]])
     kind = schema.get("type")
+    if kind is None and "properties" in schema:
+        return _objects(schema)
+    if "allOf" in keys and kind != "object":
+        # values of each part that all parts accept (a field's schema and a rule's part of it)
+        parts = [*schema["allOf"], {k: v for k, v in schema.items() if k != "allOf"}]
+        return st.one_of([_values(p) for p in parts]).filter(lambda v: judge(schema, v))
     if isinstance(kind, list) or (kind is None and "enum" not in keys and "const" not in keys):
         # one type at a time: leaves go to from_schema, which must never build an object
         kinds = kind if isinstance(kind, list) else _TYPES
@@ -335,10 +341,17 @@ def _objects(draw: st.DrawFn, schema: Mapping[str, Any]) -> dict[str, Any]:
     # A rule across fields (allOf, or one branch of anyOf/oneOf, of required and properties)
     # joins in: its required fields are drawn, its property schemas apply beside the field's.
     rules: list[Mapping[str, Any]] = [r for r in schema.get("allOf", []) if isinstance(r, Mapping)]
+    left_out: set[str] = set()
     for combination in ("anyOf", "oneOf"):
         branches = [b for b in schema.get(combination, []) if isinstance(b, Mapping)]
         if branches:
-            rules.append(draw(st.sampled_from(branches)))
+            chosen = draw(st.sampled_from(branches))
+            rules.append(chosen)
+            if combination == "oneOf":  # "exactly one of": what the others require stays out
+                for other in branches:
+                    if other is not chosen:
+                        left_out.update(other.get("required", []))
+                left_out -= set(chosen.get("required", []))
     props: dict[str, Any] = dict(schema.get("properties", {}))
     required = set(schema.get("required", []))
     names_rules = [schema["propertyNames"]] if "propertyNames" in schema else []
@@ -348,7 +361,11 @@ def _objects(draw: st.DrawFn, schema: Mapping[str, Any]) -> dict[str, Any]:
             props[name] = {"allOf": [props[name], sub]} if name in props else sub
         if "propertyNames" in rule:
             names_rules.append(rule["propertyNames"])
-    out = {k: draw(_values(v)) for k, v in props.items() if k in required or draw(st.booleans())}
+    out = {
+        k: draw(_values(v))
+        for k, v in props.items()
+        if k in required or (k not in left_out and draw(st.booleans()))
+    }
     extra = schema.get("additionalProperties", {})
     if extra is not False:
         low = max(0, schema.get("minProperties", 0) - len(out))
@@ -416,7 +433,7 @@ def _numbers(schema: Mapping[str, Any], value: float) -> list[Any]:
     step = 1 if integral else 0.5
     out: list[Any] = [value + step, value - step, -value, 10**20, -(10**20), 1e300]
     if isinstance(value, int) and not isinstance(value, bool):
-        out.append(float(value))  # 2.0: an integer to JSON Schema
+        out += [float(value)] * 3  # 2.0: an integer to JSON Schema (and often sent by mistake)
         out.append(value + 0.5)
     for key in ("minimum", "exclusiveMinimum"):
         bound = schema.get(key)
@@ -540,9 +557,14 @@ def _extra_name(props: Mapping[str, Any]) -> st.SearchStrategy[str]:
 
 @st.composite
 def _mutated(draw: st.DrawFn, schema: Mapping[str, Any]) -> Case | None:
+    # start from a body the schema accepts (a few tries; bodies it refuses are cases too)
     body: dict[str, Any] = draw(_values(schema))
-    if not judge(schema, body):
-        return _classify(schema, body)  # the schema's own doing (e.g. a pattern's final \n)
+    for _ in range(3):
+        if judge(schema, body):
+            break
+        body = draw(_values(schema))
+    else:
+        return _classify(schema, body)
     props: Mapping[str, Any] = schema.get("properties", {})
     fields = sorted(k for k in props if k != "operation")
     how = draw(st.sampled_from(["value", "value", "value", "missing", "extra", "operation"]))
