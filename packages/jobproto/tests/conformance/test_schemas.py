@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -101,7 +102,12 @@ def test_syntax_ecma_262_reads_otherwise_is_refused(pattern: str) -> None:
 
 
 def test_judge_follows_draft_2020_12() -> None:
-    assert judge({"type": "integer"}, 2.0)  # a number with no fractional part is an integer
+    assert judge({"type": "integer"}, 2)
+    # jobproto/1 §2.2: a number written with a fraction or exponent is no integer (JSON Schema
+    # alone would take 2.0); json.loads makes exactly those floats
+    assert not judge({"type": "integer"}, json.loads("2.0"))
+    assert not judge({"type": "integer"}, json.loads("2e0"))
+    assert judge({"type": "number"}, 2)
     assert not judge({"type": "integer"}, True)
     assert not judge({"exclusiveMinimum": 0}, 0)
     assert judge({"exclusiveMinimum": 0}, 1e-9)

@@ -7,9 +7,11 @@ check that promise from outside, with nothing but the schema:
 * ``operation_schemas(openapi)``: each operation's request schema from an ``/openapi.json``.
 * ``judge(schema, body)``: whether the schema accepts ``body``. The judge is the ``jsonschema``
   library (Draft 2020-12, which OpenAPI 3.1 uses), independent of jobproto's own checks, with one
-  correction: ``pattern`` is an ECMA-262 regular expression (JSON Schema validation §6.3.3), in
-  which ``$`` is the end of the string, while Python's ``re`` also lets it match before a final
-  newline (``^a$`` finds ``"a\\n"``), so patterns are translated before they are searched.
+  two corrections: ``pattern`` is an ECMA-262 regular expression (JSON Schema validation
+  §6.3.3), in which ``$`` is the end of the string, while Python's ``re`` also lets it match
+  before a final newline (``^a$`` finds ``"a\\n"``), so patterns are translated before they are
+  searched; and an ``integer`` is a number written without a fraction or exponent (jobproto/1
+  §2.2: ``2.0`` is not one, though JSON Schema alone would count it).
 * ``cases(schema)``: a Hypothesis strategy of ``Case``: bodies drawn from the schema
   (``hypothesis_jsonschema``) and near-valid ones with ONE top-level field made wrong (missing,
   extra, wrong type, just past a bound, too long or short, not in the enum, against the pattern,
@@ -202,7 +204,17 @@ def _pattern(
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+def _is_integer(_: Any, instance: Any) -> bool:
+    # jobproto/1 §2.2: an integer is a JSON number written without a fraction or exponent, which
+    # json.loads alone makes an int; JSON Schema would also count 2.0 (the schema cannot say this)
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    {"pattern": _pattern},
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -433,7 +445,7 @@ def _numbers(schema: Mapping[str, Any], value: float) -> list[Any]:
     step = 1 if integral else 0.5
     out: list[Any] = [value + step, value - step, -value, 10**20, -(10**20), 1e300]
     if isinstance(value, int) and not isinstance(value, bool):
-        out += [float(value)] * 3  # 2.0: an integer to JSON Schema (and often sent by mistake)
+        out += [float(value)] * 3  # 2.0: no integer in jobproto/1 (and often sent by mistake)
         out.append(value + 0.5)
     for key in ("minimum", "exclusiveMinimum"):
         bound = schema.get(key)
