@@ -45,6 +45,7 @@ CORE_NAMES = [
     "RemoteProtocolError",
     "RequestError",
     "SSEDecoder",
+    "SchemaError",
     "ServerSentEvent",
     "Succeeded",
     "TERMINAL_TYPES",

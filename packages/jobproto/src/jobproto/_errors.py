@@ -4,6 +4,7 @@ Every error jobproto raises is one of these::
 
     JobProtoError
      ├── LocalProtocolError        our own caller misused the API (illegal transition, bad event)
+     │    └── SchemaError          a parameter class jobproto cannot publish as it validates it
      ├── RemoteProtocolError       a peer broke jobproto/1 (bad envelope, bad status line)
      ├── RequestError (ValueError) a request refused with a 4xx; carries status, code, field
      │    ├── FieldError               a validator refusing one field's value (a 422 naming it)

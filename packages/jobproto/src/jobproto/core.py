@@ -62,7 +62,7 @@ from ._narration import (
 from ._operations import Operation, Operations
 from ._redact import RedactingFilter, install_log_redaction
 from ._registry import Job, JobRegistry
-from ._schema import schema_of
+from ._schema import SchemaError, schema_of
 from ._sse import ServerSentEvent, SSEDecoder, encode, encode_comment
 from ._states import JobState, Transition, next_state
 from ._wire import converter, decode_envelope, encode_envelope, encode_frame, structure_params
@@ -100,6 +100,7 @@ __all__ = [
     "RemoteProtocolError",
     "RequestError",
     "SSEDecoder",
+    "SchemaError",
     "ServerSentEvent",
     "Succeeded",
     "TerminalEvent",
