@@ -15,11 +15,13 @@ import attrs
 import pytest
 import trustme
 
+import rbee_hive.app
+import rbee_queen.remote_hives
 from jobproto import JobFailed, converter
 from jobproto.client import JobClient, RemoteJobFailed
 from jobproto.testing import serving
 from rbee_contracts import auth
-from rbee_contracts.hive_cli import DaemonAnswer
+from rbee_contracts.hive_cli import DaemonAnswer, hive_argv
 from rbee_contracts.queen_results import StopOutcome
 from rbee_contracts.records import Heartbeat
 from rbee_queen.app import create_app
@@ -341,3 +343,58 @@ async def test_a_hive_that_failed_on_its_host_is_said_in_one_line_without_its_fr
     assert "OSError: [Errno 98] address already in use" in message
     assert "Traceback" not in message and "site-packages" not in message
     assert "gpu1:" in message  # where the details are
+
+
+class ExitedMachine(StartingMachine):
+    """A host whose hive starts, then exits before it registers, its log ending with ``log``."""
+
+    def __init__(self, entry: HostEntry, log: str) -> None:
+        super().__init__(entry, lambda: None)
+        self.log = log
+
+    async def run(self, argv: Any, *, env: Any = None, limit: float = 0.0) -> RemoteResult:
+        if "status" in argv:
+            self.commands.append(list(argv))
+            return RemoteResult(0, _answer(DaemonAnswer(ok=True, running=False, log="")), "")
+        return await super().run(argv, env=env, limit=limit)
+
+    async def read_tail(self, path: PurePosixPath, limit: int = 0, lines: int = 0) -> str:
+        return self.log
+
+
+async def test_a_remote_hive_refusing_its_models_dir_fails_the_job_in_one_readable_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queen takes any absolute ``models_dir`` for a hive on ``host`` (the home directory
+    there is not the queen's); the hive judges it at its start, and the job says the hive's
+    refusal, not a traceback."""
+    home = str(Path.home())  # what the hive on that machine is given, as its own home
+    argv = hive_argv(
+        host="127.0.0.1",
+        port=0,
+        hive_id="h1",
+        queen_url="http://127.0.0.1:9",
+        state_dir=str(tmp_path / "hive"),
+        models_dir=home,
+        heartbeat=None,
+    )
+    monkeypatch.setattr(rbee_hive.app.logging, "basicConfig", lambda **_: None)
+    with pytest.raises(SystemExit):
+        rbee_hive.app.main(argv)
+    printed = capsys.readouterr().err
+    monkeypatch.setattr(rbee_queen.remote_hives, "STATUS_EVERY", 0.1)
+    remote = RemoteHives(
+        QueenSettings(state_dir=tmp_path / "queen", secret=bytes(32), hive_start_timeout=10.0),
+        HiveRegistry(),
+        SSHSettings(hosts_file=tmp_path / "none.toml"),
+        queen_url=lambda: "http://192.0.2.10:8500",
+    )
+    machine = ExitedMachine(HostEntry("gpu1"), printed)
+    with pytest.raises(JobFailed) as failed:
+        await remote._start(machine, "h1", 9000, None, None, None, home)  # type: ignore[arg-type]
+    assert failed.value.code == "hive_exited"
+    message = failed.value.message
+    assert "'models_dir' must be a directory of its own for models" in message
+    assert repr(home) in message and "gpu1:" in message
+    assert "Traceback" not in message
+    assert any(_flag(c, "models-dir") == home for c in machine.commands if "start" in c)

@@ -47,8 +47,8 @@ from .values import (
     INTERVAL_SCHEMA,
     URL_SCHEMA,
     field_validator,
+    optional_absolute_path_validator,
     optional_interval_validator,
-    optional_models_dir_validator,
     optional_url_validator,
 )
 
@@ -174,11 +174,14 @@ class HiveStartParams:
         default=None, validator=optional_interval_validator, metadata={"schema": INTERVAL_SCHEMA}
     )
     #: the hive's models directory (default: ``models`` in its state directory); absolute, as
-    #: the hive's working directory is not the caller's, and a directory of its own, not ``/``,
-    #: a system directory or the home directory (``values.check_models_dir``)
+    #: the hive's working directory is not the caller's. That it is a directory of its own (not
+    #: ``/``, a system directory or the home directory: ``values.check_models_dir``) is judged
+    #: on the machine the hive runs on, whose home it is: for a hive on the queen's machine by
+    #: ``hive_start`` before it starts the hive (``models_dir_not_allowed``), for one on
+    #: ``host`` by the hive at its start (``hive_exited``)
     models_dir: str | None = attrs.field(
         default=None,
-        validator=optional_models_dir_validator,
+        validator=optional_absolute_path_validator,
         metadata={"schema": ABSOLUTE_PATH_SCHEMA},
     )
     #: the machine to run it on (an SSH host alias; it needs ``hive_install`` first)

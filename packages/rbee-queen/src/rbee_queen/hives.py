@@ -28,6 +28,7 @@ machine can read in ``ps``; its log and pid file are its owner's only.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ import anyio
 import attrs
 
 import rbee_process
-from jobproto import JobFailed, narrate, progress
+from jobproto import FieldError, JobFailed, narrate, progress
 from rbee_contracts import local_layout
 from rbee_contracts.auth import (
     ENV_HIVE_TOKEN,
@@ -56,6 +57,7 @@ from rbee_contracts.queen_results import (
     LocalHiveProcess,
     StopOutcome,
 )
+from rbee_contracts.values import check_models_dir
 from rbee_process import ProcessRecord
 
 from .registry import HiveRegistry
@@ -166,6 +168,23 @@ class LocalHives:
                 f" not {requested!r}",
             )
         return requested.rstrip("/")
+
+    def models_dir(self, requested: str | None) -> str | None:
+        """The models directory a hive started here is given: ``requested`` (``None``: the
+        default, ``models`` in its state directory) when it is a directory of its own on this
+        machine (``values.check_models_dir``: not ``/``, a system directory, nor the home
+        directory of the user the queen and its hives run as), judged as written and with its
+        symbolic links resolved, as the hive judges it at its start; else
+        ``JobFailed("models_dir_not_allowed")`` before anything starts. The request's type says
+        only that it is absolute: whose home it must not be depends on the machine."""
+        if requested is None:
+            return None
+        for path in dict.fromkeys((requested, os.path.realpath(requested))):
+            try:
+                check_models_dir(path)
+            except FieldError as exc:
+                raise JobFailed("models_dir_not_allowed", exc.message) from None
+        return requested
 
     def tls_flags(self) -> dict[str, str]:
         """TLS for a hive started here (paths, not secrets, so flags). It verifies the queen's

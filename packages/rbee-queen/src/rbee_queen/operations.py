@@ -115,7 +115,7 @@ def queen_operations(queen: Queen) -> Operations:
             port=queen.settings.hive_port if params.port is None else params.port,
             queen_url=queen.local_hives.queen_url(params.queen_url, queen.url),
             heartbeat=params.heartbeat,
-            models_dir=params.models_dir,
+            models_dir=queen.local_hives.models_dir(params.models_dir),
         )
 
     @ops.operation("hive_stop")
