@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 import pytest
 
-from jobproto import Operations, RequestError, schema_of, structure_params
+from jobproto import Operations, RequestError, _schema_check, schema_of, structure_params
 from jobproto._ecma import ecma_regex, python_pattern_to_ecma
 from jobproto._schema import SchemaError
 from jobproto._schema_check import first_error
@@ -356,7 +356,9 @@ def test_the_checker_keeps_json_types_apart() -> None:
     assert first_error({"type": "number"}, 1) is None
     assert first_error({"enum": [1]}, True) is not None
     assert first_error({"enum": [1]}, 1.0) is None
-    assert first_error({"type": "number", "multipleOf": 0.1}, 0.3) is None
+    # as jsonschema reads it: 0.3 / 0.1 is 2.9999999999999996 in floats, 0.5 / 0.1 is 5.0
+    assert first_error({"type": "number", "multipleOf": 0.1}, 0.3) is not None
+    assert first_error({"type": "number", "multipleOf": 0.1}, 0.5) is None
     assert first_error({"type": "array", "uniqueItems": True}, [1, True]) is None
     assert first_error({"type": "array", "uniqueItems": True}, [1, 1.0]) == (
         "[1]",
@@ -433,3 +435,40 @@ def test_a_class_rule_names_a_field_with_a_dot_and_a_mapping_member_in_brackets(
         "kind",
         "'kind' must be 'a'",
     )
+
+
+# -- the checker: exact multipleOf, linear uniqueItems, short messages ----------------------------
+
+
+def test_multiple_of_is_exact_and_never_overflows() -> None:
+    tenth = {"type": "number", "multipleOf": 0.1}
+    assert first_error(tenth, 0.30000000001) is not None  # as jsonschema refuses it
+    assert first_error(tenth, 0.5) is None
+    # 0.1 is no exact tenth: 10**400 is no multiple of it, and saying so raises no OverflowError
+    assert first_error(tenth, 10**400) == ("", "the value must be a multiple of 0.1")
+    assert first_error({"type": "number", "multipleOf": 3}, 10**400 + 1) is not None
+    assert first_error({"type": "number", "multipleOf": 3}, 3 * 10**400) is None
+    assert first_error({"type": "number", "multipleOf": 0.5}, 1e308) is None
+    assert first_error({"type": "integer", "multipleOf": 0.1}, 10**400 + 1) is not None
+
+
+def test_unique_items_is_linear_and_keeps_json_equality(monkeypatch: pytest.MonkeyPatch) -> None:
+    unique = {"type": "array", "uniqueItems": True}
+    assert first_error(unique, [1, 1.0]) == ("[1]", "'[1]' repeats an earlier item")
+    assert first_error(unique, [1, True, 0, False, "1", None, [1], [True]]) is None
+    assert first_error(unique, [{"a": [1]}, {"a": [1.0]}]) is not None
+    assert first_error(unique, [{"a": 1}, {"a": True}]) is None
+
+    calls = 0
+    equal = _schema_check._equal
+
+    def counted(a: Any, b: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return equal(a, b)
+
+    monkeypatch.setattr(_schema_check, "_equal", counted)
+    # 3 000 distinct objects: a pairwise scan compares them 4.5 million times
+    many = [{"n": i} for i in range(3_000)]
+    assert first_error(unique, many) is None
+    assert calls < 30_000

@@ -15,8 +15,8 @@ jobproto's form (``messages[1].content``, ``labels[gpu]``), or None. Pure; no I/
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
 from ._ecma import ecma_regex
@@ -62,6 +62,20 @@ def _equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _key(value: Any) -> Any:
+    """A hashable form of a JSON value, equal where ``_equal`` says the values are: so
+    ``uniqueItems`` is one pass over a set, not a comparison of every pair."""
+    if isinstance(value, bool):
+        return ("b", value)  # true is not 1
+    if isinstance(value, (int, float)):
+        return ("n", value)  # 1 == 1.0, and hash(1) == hash(1.0)
+    if isinstance(value, (list, tuple)):
+        return ("a", tuple(_key(v) for v in value))
+    if isinstance(value, dict):
+        return ("o", frozenset((k, _key(v)) for k, v in value.items()))
+    return ("s", value)  # str, None
+
+
 def _member(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -80,9 +94,25 @@ def _number(schema: Mapping[str, Any], value: Any) -> str | None:
     if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
         return f"must be < {schema['exclusiveMaximum']}"
     step = schema.get("multipleOf")
-    if step is not None and not math.isclose(value / step, round(value / step), abs_tol=1e-9):
+    if step is not None and not _multiple(value, step):
         return f"must be a multiple of {step}"
     return None
+
+
+def _multiple(value: int | float, step: int | float) -> bool:
+    """Whether ``value`` is a multiple of ``step``, as jsonschema (the conformance judge) says:
+    exactly with an integer step, by the float quotient with a float one, exactly (fractions)
+    where that quotient overflows; a value no arithmetic can divide is no multiple."""
+    try:
+        if not isinstance(step, float):
+            return value % step == 0
+        try:
+            quotient = value / step
+            return int(quotient) == quotient
+        except OverflowError:  # a huge value, or one that overflows to inf divided by step < 1
+            return (Fraction(value) / Fraction(step)).denominator == 1
+    except (OverflowError, ValueError, ZeroDivisionError):  # inf, nan
+        return False
 
 
 def _string(schema: Mapping[str, Any], value: str) -> str | None:
@@ -102,9 +132,12 @@ def _array(schema: Mapping[str, Any], value: list[Any], path: str) -> Refusal | 
     if "maxItems" in schema and len(value) > schema["maxItems"]:
         return path, f"{who} must have at most {schema['maxItems']} items"
     if schema.get("uniqueItems"):
+        seen: set[Any] = set()
         for i, item in enumerate(value):
-            if any(_equal(item, other) for other in value[:i]):
+            key = _key(item)
+            if key in seen:
                 return f"{path}[{i}]", f"'{path}[{i}]' repeats an earlier item"
+            seen.add(key)
     items = schema.get("items")
     if isinstance(items, Mapping):
         for i, item in enumerate(value):
