@@ -5,6 +5,7 @@ what a field declares in ``metadata["schema"]`` is enforced (``_schema``, ``_sch
 from __future__ import annotations
 
 import decimal
+from collections import abc
 import enum
 import re
 from datetime import datetime
@@ -238,9 +239,10 @@ class Color(enum.Enum):
 
 @pytest.mark.parametrize(
     "tp",
-    [bytes, decimal.Decimal, dict[int, str], tuple[int, str], int | str, object, complex],
+    [bytes, decimal.Decimal, dict[int, str], tuple[int, str], int | str, object, complex,
+     set[int], frozenset[str], set, abc.Set[int], abc.MutableSet[int]],
     ids=repr,
-)
+)  # fmt: skip
 def test_unsupported_types_are_refused(tp: Any) -> None:
     cls = attrs.make_class("Odd", {"x": attrs.field(type=tp)})
     assert _schema_error(cls).field == "x"
@@ -472,3 +474,4 @@ def test_unique_items_is_linear_and_keeps_json_equality(monkeypatch: pytest.Monk
     many = [{"n": i} for i in range(3_000)]
     assert first_error(unique, many) is None
     assert calls < 30_000
+

@@ -4,10 +4,11 @@ The schema ``/openapi.json`` publishes for an operation is derived from the same
 validates it, and ``_wire.structure_params`` enforces it, so what is published is what is enforced.
 Per field, ``schema_of`` writes:
 
-* the type's schema: str, int, float, bool, None, Any, ``list``/``tuple[T, ...]``/``Sequence``/
-  ``set``, ``dict``/``Mapping`` with ``str`` keys, ``Optional``/``Union`` (of what jobproto's
+* the type's schema: str, int, float, bool, None, Any, ``list``/``tuple[T, ...]``/``Sequence``,
+  ``dict``/``Mapping`` with ``str`` keys, ``Optional``/``Union`` (of what jobproto's
   converter structures), ``Literal``, enums and nested attrs classes. Anything else (``datetime``,
-  ``bytes``, ``Decimal``, ``tuple[int, str]``, ``dict[int, str]``, other classes) is refused;
+  ``bytes``, ``Decimal``, ``set``, ``tuple[int, str]``, ``dict[int, str]``, other classes) is
+  refused;
 * the keywords of the field's attrs validators: ``ge le gt lt`` -> ``minimum maximum
   exclusiveMinimum exclusiveMaximum``; ``min_len``/``max_len`` -> ``minLength``/``maxLength``
   (strings), ``minItems``/``maxItems`` (arrays), ``minProperties``/``maxProperties`` (objects);
@@ -114,7 +115,8 @@ _PRIMITIVES: dict[Any, dict[str, Any]] = {
     bool: {"type": "boolean"},
     type(None): {"type": "null"},
 }
-_SEQUENCES = (list, set, frozenset, abc.Sequence, abc.MutableSequence, abc.Set, abc.MutableSet)
+_SEQUENCES = (list, abc.Sequence, abc.MutableSequence)
+_SETS = (set, frozenset, abc.Set, abc.MutableSet)
 _MAPPINGS = (dict, abc.Mapping, abc.MutableMapping)
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -149,7 +151,10 @@ def _type_schema(tp: Any) -> dict[str, Any]:
                 " classes, or one Literal[...] of all the values"
             ) from None
         return {"anyOf": [_type_schema(a) for a in args]}
-    if tp in (list, tuple, set, frozenset) or origin in _SEQUENCES:
+    if tp in _SETS or origin in _SETS:
+        # the converter would take [1, 1] as {1}: a duplicate the client sent, silently dropped
+        raise _Refused(f"{tp!r} drops repeated items: use list[T] or tuple[T, ...]")
+    if tp in (list, tuple) or origin in _SEQUENCES:
         return {"type": "array", "items": _type_schema(args[0])} if args else {"type": "array"}
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
@@ -181,7 +186,7 @@ def _kinds(tp: Any) -> set[str]:
         return {"string", "array", "object", "number"}
     if tp is str or (isinstance(tp, type) and issubclass(tp, str)):
         return {"string"}
-    if tp in (list, tuple, set, frozenset) or origin in (*_SEQUENCES, tuple):
+    if tp in (list, tuple) or origin in (*_SEQUENCES, tuple):
         return {"array"}
     if tp is dict or origin in _MAPPINGS or (isinstance(tp, type) and attrs.has(tp)):
         return {"object"}
