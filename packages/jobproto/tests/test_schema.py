@@ -5,9 +5,9 @@ what a field declares in ``metadata["schema"]`` is enforced (``_schema``, ``_sch
 from __future__ import annotations
 
 import decimal
-from collections import abc
 import enum
 import re
+from collections import abc
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -475,3 +475,27 @@ def test_unique_items_is_linear_and_keeps_json_equality(monkeypatch: pytest.Monk
     assert first_error(unique, many) is None
     assert calls < 30_000
 
+
+# -- what registration refuses: classes that refer to themselves, empty or unsayable limits --------
+
+
+@attrs.frozen
+class Node:
+    name: str
+    children: list[Node] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class Ping:
+    pong: Pong | None = None
+
+
+@attrs.frozen
+class Pong:
+    ping: Ping | None = None
+
+
+@pytest.mark.parametrize("cls", [Node, Ping], ids=lambda c: c.__name__)
+def test_a_class_that_refers_to_itself_is_refused(cls: type) -> None:
+    error = _schema_error(cls)
+    assert "refer to themselves" in error.reason

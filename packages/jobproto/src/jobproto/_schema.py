@@ -34,6 +34,7 @@ write instead; an operation's registration calls ``schema_of``, so a mistake fai
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import enum
 import functools
@@ -400,10 +401,33 @@ def _field_schema(field: attrs.Attribute[Any], tp: Any) -> dict[str, Any]:
     return schema
 
 
+#: the classes whose schemas are being built, outermost first (per context: no shared state)
+_BUILDING: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar(
+    "jobproto_schema_building", default=()
+)
+
+
 @functools.cache
 def _cached(cls: type) -> dict[str, Any]:
     if not attrs.has(cls):
         raise SchemaError(cls, None, "parameters must be an attrs class (@attrs.frozen)")
+    building = _BUILDING.get()
+    if cls in building:
+        cycle = " -> ".join(c.__qualname__ for c in (*building[building.index(cls) :], cls))
+        raise SchemaError(
+            cls,
+            None,
+            f"parameter classes may not refer to themselves ({cycle}): their schema would have"
+            " no end; give the nesting a fixed depth, or a field of type Any with a validator",
+        )
+    token = _BUILDING.set((*building, cls))
+    try:
+        return _build(cls)
+    finally:
+        _BUILDING.reset(token)
+
+
+def _build(cls: type) -> dict[str, Any]:
     try:
         hints = typing.get_type_hints(cls)
     except Exception as exc:
