@@ -169,6 +169,8 @@ def test_narration_without_fields_has_empty_fields(sink: FakeSink) -> None:
         ("secret: s3cr3t", "s3cr3t"),
         ("clone https://user:pa55word@github.com/org/repo.git", "pa55word"),
         ("redis://default:pa55word@cache:6379/0", "pa55word"),
+        ("postgresql+psycopg2://app:pa55word@db/x", "pa55word"),
+        ("dsn=my_https://app:pa55word@db/x", "pa55word"),
         ("using hf_AbCdEfGhIjKlMnOpQrSt12", "AbCdEfGhIjKlMnOpQrSt12"),
         ("key sk-proj-abcdefghijklmnop1234", "abcdefghijklmnop1234"),
     ],

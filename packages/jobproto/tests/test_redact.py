@@ -6,11 +6,12 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from jobproto._redact import RedactingFilter, install_log_redaction, redact_record
+from jobproto._redact import RedactingFilter, install_log_redaction, redact_record, redact_text
 
 SECRET = "abc123secret"
 
@@ -127,3 +128,34 @@ def test_install_log_redaction_filters_every_handler_once(
             for f in list(h.filters):
                 if isinstance(f, RedactingFilter):
                     h.removeFilter(f)
+
+
+# Text shaped against each pattern of redact_text: runs of what a pattern's repeated parts accept,
+# openings that never close. The log redacts request lines (up to the 64 KiB head limit), so each
+# must take time linear in its length.
+ADVERSARIAL = [
+    "a.",  # a URL scheme that never reaches ://
+    "a-",
+    "sk-",
+    "sk-a",
+    "a://b:",  # URL userinfo that never reaches @
+    "://a:",
+    "://a",
+    "basic ",
+    "bearer\t",
+    "token=' ",  # a quote that never closes
+    'password:"',
+    "password ",
+    "hf_a",
+    " ",
+    ":",
+]
+
+
+@pytest.mark.parametrize("unit", ADVERSARIAL)
+def test_redaction_takes_linear_time_on_adversarial_text(unit: str) -> None:
+    text = unit * (2**20 // len(unit))  # 1 MiB: linear patterns take milliseconds
+    start = time.perf_counter()
+    redact_text(text)
+    # A generous bound: the quadratic URL pattern took 1.6 s on 64 KiB, minutes on 1 MiB.
+    assert time.perf_counter() - start < 2.0

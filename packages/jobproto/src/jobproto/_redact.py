@@ -53,6 +53,8 @@ _SECRET_PAIRS = frozenset(
     {("api", "key"), ("private", "key"), ("session", "id"), ("access", "key")}
 )
 _KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+# Each pattern runs on every log record (uvicorn's access log: request lines up to the 64 KiB head
+# limit), so each must take time linear in the text (tests/test_redact.py tries adversarial text).
 _SECRET_TEXT = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"), r"\1 " + REDACTED),
     (
@@ -62,7 +64,10 @@ _SECRET_TEXT = [
         ),
         r"\1\2" + REDACTED,
     ),
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
+    # A URL's password: from :// (not from the scheme, whose repeated characters made the search
+    # quadratic on text like "a.a.a..."; every scheme is still covered) through the user name and
+    # a colon to the @. Each part stops at a character the next cannot take, so it is linear.
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
     (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), "hf_" + REDACTED),
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), "sk-" + REDACTED),
 ]
