@@ -499,3 +499,23 @@ class Pong:
 def test_a_class_that_refers_to_itself_is_refused(cls: type) -> None:
     error = _schema_error(cls)
     assert "refer to themselves" in error.reason
+
+
+def test_a_field_whose_limits_allow_no_value_is_refused() -> None:
+    @attrs.frozen
+    class Never:
+        mode: Literal["a"] = attrs.field(validator=v.in_(("b",)))
+
+    assert "no value" in _schema_error(Never).reason
+
+    @attrs.frozen
+    class NotOne:  # JSON equality: true is not 1, so no value is both
+        flag: Literal[True] = attrs.field(validator=v.in_((1,)))
+
+    assert "no value" in _schema_error(NotOne).reason
+
+    @attrs.frozen
+    class Some:
+        mode: Literal["a", "b"] = attrs.field(validator=v.in_(("b", "c")))
+
+    assert _props(Some)["mode"]["enum"] == ["b"]

@@ -49,6 +49,7 @@ import attrs
 
 from ._ecma import ecma_regex, python_pattern_to_ecma
 from ._errors import LocalProtocolError
+from ._schema_check import _equal
 
 __all__ = [
     "ANNOTATIONS",
@@ -352,7 +353,7 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     merged; two different ``pattern``s (or anything else that cannot be joined) both apply."""
     out = dict(a)
     for key, value in b.items():
-        if key not in out or out[key] == value:
+        if key not in out or (key != "enum" and out[key] == value):
             out[key] = value
         elif key in _LOWER:
             out[key] = max(out[key], value)
@@ -361,7 +362,13 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _SUBSCHEMAS and isinstance(out[key], Mapping) and isinstance(value, Mapping):
             out[key] = _merge(out[key], value)
         elif key == "enum":
-            out[key] = [v for v in out[key] if v in value]
+            # JSON equality (true is not 1), as the checker compares a value with the enum
+            out[key] = [v for v in out[key] if any(_equal(v, w) for w in value)]
+            if not out[key]:
+                raise _Refused(
+                    f"no value is both one of {a['enum']!r} and one of {value!r}: the type and"
+                    " the validators leave nothing a client could send"
+                )
         elif key in ANNOTATIONS:
             out[key] = value
         else:
