@@ -519,3 +519,35 @@ def test_a_field_whose_limits_allow_no_value_is_refused() -> None:
         mode: Literal["a", "b"] = attrs.field(validator=v.in_(("b", "c")))
 
     assert _props(Some)["mode"]["enum"] == ["b"]
+
+
+def test_a_length_limit_on_an_any_field_says_which_types_have_a_length() -> None:
+    @attrs.frozen
+    class Loose:
+        x: Any = attrs.field(validator=v.min_len(1))
+        y: Any = attrs.field(default=None, validator=v.optional(v.max_len(3)))
+
+    props = _props(Loose)
+    assert first_error(props["x"], 5) is not None  # the validator refuses len(5) too
+    assert _refusal({"x": 5}, Loose).field == "x"
+    assert first_error(props["x"], "a") is None and first_error(props["x"], [1]) is None
+    assert first_error(props["y"], None) is None and first_error(props["y"], 5) is not None
+    assert structure_params({"x": "a", "y": None}, Loose).y is None
+
+
+def test_a_range_on_a_float_field_takes_whole_numbers_only() -> None:
+    @attrs.frozen
+    class Ranged:
+        f: float = attrs.field(validator=v.in_(range(10)))
+        n: int = attrs.field(default=0, validator=v.in_(range(10)))
+
+    props = _props(Ranged)
+    assert first_error(props["f"], 2.5) is not None  # 2.5 not in range(10): the validator agrees
+    assert first_error(props["f"], 2.0) is None and structure_params({"f": 2.0}, Ranged).f == 2.0
+    assert "multipleOf" not in props["n"]
+
+    @attrs.frozen
+    class Untyped:
+        x: Any = attrs.field(validator=v.in_(range(3)))
+
+    assert "range" in _schema_error(Untyped).reason

@@ -11,9 +11,11 @@ Per field, ``schema_of`` writes:
   refused;
 * the keywords of the field's attrs validators: ``ge le gt lt`` -> ``minimum maximum
   exclusiveMinimum exclusiveMaximum``; ``min_len``/``max_len`` -> ``minLength``/``maxLength``
-  (strings), ``minItems``/``maxItems`` (arrays), ``minProperties``/``maxProperties`` (objects);
-  ``in_`` -> ``enum`` (a ``range`` -> ``minimum``/``maximum``); ``matches_re`` -> ``pattern``
-  (ECMA-262, anchored as its match function anchors: ``_ecma``); ``instance_of`` -> nothing;
+  (strings), ``minItems``/``maxItems`` (arrays), ``minProperties``/``maxProperties`` (objects),
+  and the ``type``s that have a length where the field's type allows others (``Any``);
+  ``in_`` -> ``enum`` (a ``range`` -> ``minimum``/``maximum``, on a float field ``multipleOf: 1``);
+  ``matches_re`` -> ``pattern`` (ECMA-262, anchored as its match function anchors: ``_ecma``);
+  ``instance_of`` -> nothing;
   ``optional``, ``and_`` (a list), ``deep_iterable`` (``items``) and ``deep_mapping``
   (``propertyNames``, ``additionalProperties``) -> their members'. A validator (object or
   function) with a ``__json_schema__`` dict publishes that dict;
@@ -221,12 +223,18 @@ def _is(validator: Any, name: str) -> bool:
     return cls is not None and isinstance(validator, cls)
 
 
-def _options(validator: Any) -> dict[str, Any]:
+def _options(validator: Any, tp: Any) -> dict[str, Any]:
     options = getattr(validator, "_original_options", validator.options)
     if isinstance(options, range):
         if len(options) == 0 or abs(options.step) != 1:
             raise _Refused(f"in_({options}) is empty or has steps: list the values")
-        return {"minimum": min(options), "maximum": max(options)}
+        bounds = {"minimum": min(options), "maximum": max(options)}
+        kind = _strip_none(tp)
+        if kind is int:
+            return bounds
+        if kind is float:  # 2.5 is in no range: only whole numbers are
+            return {**bounds, "multipleOf": 1}
+        raise _Refused(f"in_({options}) on a field that is not int or float: type the field")
     if isinstance(options, str):
         raise _Refused(f"in_({options!r}) tests substrings: give a tuple of the values")
     values = [_scalar(v, "the in_ value") for v in options]
@@ -248,7 +256,10 @@ def _keywords(validator: Any, tp: Any, opaque: list[str]) -> dict[str, Any]:
             out = _merge(out, _keywords(inner, tp, opaque))
         return out
     if _is(validator, "OptionalValidator"):
-        return _keywords(validator.validator, tp, opaque)
+        out = _keywords(validator.validator, tp, opaque)
+        if isinstance(out.get("type"), list):  # a length on an Any field: None passes optional()
+            out["type"] = [*out["type"], "null"]
+        return out
     if _is(validator, "NumberValidator"):
         bound = validator.bound
         if isinstance(bound, bool) or not isinstance(bound, (int, float)):
@@ -262,9 +273,12 @@ def _keywords(validator: Any, tp: Any, opaque: list[str]) -> dict[str, Any]:
             which, limit = 0, validator.min_length
         else:
             which, limit = 1, validator.max_length
-        return {_LENGTH[k][which]: limit for k in sorted(kinds)}
+        out = {_LENGTH[k][which]: limit for k in sorted(kinds)}
+        if _kinds(tp) - kinds:  # len() of a number is a TypeError: only these types have a length
+            out["type"] = sorted(kinds)
+        return out
     if _is(validator, "InValidator"):
-        return _options(validator)
+        return _options(validator, tp)
     if _is(validator, "MatchesReValidator"):
         how = getattr(validator.match_func, "__name__", "")
         try:
