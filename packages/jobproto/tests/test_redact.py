@@ -159,3 +159,56 @@ def test_redaction_takes_linear_time_on_adversarial_text(unit: str) -> None:
     redact_text(text)
     # A generous bound: the quadratic URL pattern took 1.6 s on 64 KiB, minutes on 1 MiB.
     assert time.perf_counter() - start < 2.0
+
+
+def access_record(path: str) -> logging.LogRecord:
+    """A record as uvicorn's h11 and httptools protocols log each request."""
+    args = ("127.0.0.1:51234", "GET", path, "1.1", 200)
+    return logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', args, None
+    )
+
+
+def access_line(rec: logging.LogRecord) -> str:
+    from uvicorn.logging import AccessFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
+    handler.addFilter(RedactingFilter())
+    handler.handle(rec)
+    return out.getvalue()
+
+
+def test_a_secret_in_the_access_log_request_line_is_masked() -> None:
+    line = access_line(access_record(f"/jobs?token={SECRET}"))
+    assert line == '127.0.0.1:51234 - "GET /jobs?token=*** HTTP/1.1" 200 OK\n'
+
+
+def test_an_access_log_line_whose_arguments_together_look_secret_is_still_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "basic HTTP/1.1" reads as Basic credentials across the path and the HTTP version: the
+    # arguments stay five, as uvicorn's AccessFormatter unpacks them, and the line is written.
+    rec = access_record("/hidden/basic")
+    line = access_line(rec)
+    assert "Logging error" not in capsys.readouterr().err
+    assert line == '127.0.0.1:51234 - "GET /hidden/basic HTTP/1.1" 200 OK\n'
+    assert rec.args == ("127.0.0.1:51234", "GET", "/hidden/basic", "1.1", 200)
+    assert rec.getMessage() == '127.0.0.1:51234 - "GET /hidden/basic ***" 200'
+
+
+def test_a_secret_across_message_and_arguments_keeps_the_arguments() -> None:
+    rec = redact_record(record("user %s password=%s at %s", "bob", SECRET, f"token={SECRET}"))
+    assert rec.getMessage() == "user bob password=*** at token=***"
+    assert SECRET not in formatted(rec)
+    # Still three arguments, each redacted on its own (a formatter that reads them gets that).
+    assert rec.args == ("bob", SECRET, "token=***")
+
+
+def test_a_secret_across_message_and_mapping_arguments_keeps_the_arguments() -> None:
+    rec = logging.LogRecord("t", logging.INFO, __file__, 1, "pwd=%(p)s %(u)s", None, None)
+    rec.args = {"p": SECRET, "u": f"https://bob:{SECRET}@h/"}
+    redact_record(rec)
+    assert rec.getMessage() == "pwd=*** https://bob:***@h/"
+    assert rec.args == {"p": SECRET, "u": "https://bob:***@h/"}

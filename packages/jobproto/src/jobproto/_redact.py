@@ -103,8 +103,9 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
     """Mask secrets in ``record``'s message, arguments, traceback and stack text, in place.
 
     The arguments are redacted one by one, so formatters that read them (uvicorn's access log)
-    still find them; when a secret spans the message and an argument (``"token=%s"``), the record
-    gets the redacted whole message and no arguments. A traceback is formatted here (as the
+    still find them; when a secret spans the message and an argument (``"token=%s"``) or two
+    arguments, the record gets a template that renders as the redacted whole message and keeps
+    its arguments, each redacted on its own (what a formatter that reads them gets). A traceback is formatted here (as the
     default ``Formatter`` would) and redacted into ``exc_text``, which formatters print instead
     of formatting ``exc_info`` again. Never raises: a message that cannot be formatted is left for
     its handler to report.
@@ -128,12 +129,14 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
                 record.args = {
                     k: redact_text(v) if isinstance(v, str) else v for k, v in args.items()
                 }
-            try:
-                kept = record.getMessage() == clean
-            except Exception:  # the redacted template no longer takes its arguments
-                kept = False
-            if not kept:
-                record.msg, record.args = clean, None
+            if not _renders_as(record, clean):
+                # The secret spans the template and an argument, or two arguments: the template
+                # becomes the redacted text, with a "%.0s" (which prints nothing) for each of the
+                # arguments, which stay (uvicorn's AccessFormatter unpacks its five).
+                record.msg = _template_of(clean, record.args)
+                record.__dict__.pop("color_message", None)  # uvicorn's other, unredacted template
+                if not _renders_as(record, clean):
+                    record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
             record.exc_text = _PLAIN.formatException(record.exc_info)
         if record.exc_text:
@@ -147,6 +150,21 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
 
 
 _PLAIN = logging.Formatter()
+
+
+def _renders_as(record: logging.LogRecord, message: str) -> bool:
+    try:
+        return record.getMessage() == message
+    except Exception:  # the redacted template no longer takes its arguments
+        return False
+
+
+def _template_of(message: str, args: object) -> str:
+    """A template that renders as ``message`` with ``args`` (which it prints nothing of)."""
+    template = message.replace("%", "%%")
+    if isinstance(args, Mapping):  # a mapping may have keys the template does not name
+        return template
+    return template + "%.0s" * (len(args) if isinstance(args, tuple) else 1)
 
 
 class RedactingFilter(logging.Filter):
