@@ -551,3 +551,21 @@ def test_a_range_on_a_float_field_takes_whole_numbers_only() -> None:
         x: Any = attrs.field(validator=v.in_(range(3)))
 
     assert "range" in _schema_error(Untyped).reason
+
+
+def test_a_default_its_own_schema_refuses_is_refused() -> None:
+    @attrs.frozen
+    class Broken:
+        x: int = attrs.field(default=0, validator=v.ge(10))
+
+    error = _schema_error(Broken)
+    assert error.field == "x" and "default 0" in error.reason
+
+    @attrs.frozen
+    class Fine:
+        x: int = attrs.field(default=10, validator=v.ge(10))
+        t: tuple[str, ...] = attrs.field(default=("a",), validator=v.max_len(2))
+        c: Color = Color.RED
+        o: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+
+    assert _props(Fine)["x"]["default"] == 10

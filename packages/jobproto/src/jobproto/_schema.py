@@ -51,7 +51,7 @@ import attrs
 
 from ._ecma import ecma_regex, python_pattern_to_ecma
 from ._errors import LocalProtocolError
-from ._schema_check import _equal
+from ._schema_check import _equal, first_error
 
 __all__ = [
     "ANNOTATIONS",
@@ -419,7 +419,25 @@ def _field_schema(field: attrs.Attribute[Any], tp: Any) -> dict[str, Any]:
     if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
         default = field.default
         schema["default"] = default.value if isinstance(default, enum.Enum) else default
+        # a create that leaves the field out gets the default: it must be a value the field takes
+        found = None if attrs.has(type(default)) else first_error(schema, _json(default))
+        if found is not None:
+            raise _Refused(
+                f"its default {default!r} breaks its own schema ({found[1]}): every create"
+                " that leaves the field out would be refused"
+            )
     return schema
+
+
+def _json(value: Any) -> Any:
+    """``value`` as JSON gives it back: tuples are arrays, an enum member is its value."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _json(v) for k, v in value.items()}
+    return value
 
 
 #: the classes whose schemas are being built, outermost first (per context: no shared state)
