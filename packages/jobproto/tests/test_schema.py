@@ -7,6 +7,7 @@ from __future__ import annotations
 import decimal
 import enum
 import re
+import warnings
 from collections import abc
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -334,6 +335,18 @@ def test_ecma_patterns_read_as_ecma_262_reads_them() -> None:
     assert ecma_regex(r"^(?<a>x)\k<a>$").search("xx")
     assert ecma_regex(r"^[\s]$").search("\u3000")
     assert ecma_regex(r"^(?!ab)[a-z]+$").search("ba") and not ecma_regex("^(?!ab)").search("ab")
+
+
+def test_set_operators_inside_a_class_are_literal_and_raise_no_warning() -> None:
+    # Python warns (FutureWarning) of nested sets and set operations; under -W error that
+    # warning escaped the translation's except re.error. In ECMA-262 they are literals.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for pattern, text in [("[a&&b]", "&"), ("[a||b]", "|"), ("[a~~b]", "~"), ("[[]", "[")]:
+            assert ecma_regex(f"^{pattern}$").search(text), pattern
+    assert ecma_regex("^[^]$").search("\n") and not ecma_regex("[]").search("a")
+    with pytest.raises(ValueError, match="--"):  # which dash is the range: escape the other
+        ecma_regex("[+--]")
 
 
 @pytest.mark.parametrize("pattern", [r"\Aa", r"a\Z", "(?P<x>a)", "(?i)a", "a*+", "a{,3}", "[a"])

@@ -8,7 +8,9 @@ JSON Schema validator would:
 * ``$`` is the end of the input, never "before a final newline" as in Python: ``\\Z``;
 * ``.`` excludes every ECMA line terminator (``\\n \\r \\u2028 \\u2029``), not only ``\\n``;
 * ``\\d \\w \\b`` are ASCII (``re.ASCII``), ``\\s`` is ECMA's own set of white space;
-* ``(?<name>...)`` and ``\\k<name>`` are Python's ``(?P<name>...)`` and ``(?P=name)``.
+* ``(?<name>...)`` and ``\\k<name>`` are Python's ``(?P<name>...)`` and ``(?P=name)``;
+* ``[]`` matches nothing and ``[^]`` any character; ``[ & | ~`` inside ``[...]`` are literals
+  (Python would read set operations into them); ``--`` there is refused (escape the literal dash).
 
 Syntax that only Python knows (``\\A \\Z (?P<`` inline flags, atomic groups, possessive
 quantifiers) cannot be published as a ``pattern``: ``python_pattern_to_ecma`` refuses it, and
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 
 __all__ = ["ecma_regex", "python_pattern_to_ecma"]
 
@@ -82,16 +85,27 @@ def _translate(pattern: str, python: bool) -> str:
         if in_class:
             if c == "]":
                 in_class = False
-            elif c == "[":
-                out.append("\\[")  # a literal in ECMA-262; Python warns of nested sets
+            elif c == "-" and pattern.startswith("--", i):
+                # which dash is a range and which a literal: escape the literal one
+                raise ValueError("-- inside [...] is not supported: escape the literal dash")
+            elif c in "[&|~":
+                # literals in ECMA-262 (without the v flag); Python reads [ as a nested set and
+                # && || ~~ as set operations to come, and warns (an error under -W error)
+                out.append("\\" + c)
                 i += 1
                 continue
             out.append(c)
             i += 1
             continue
-        if c == "[":
-            if pattern.startswith(("[]", "[^]"), i):
+        if c == "[" and pattern.startswith(("[]", "[^]"), i):
+            if python:  # Python reads []...] as a class holding ]
                 raise ValueError("an empty character class ([] or [^]) is not supported")
+            # ECMA-262: [] matches nothing, [^] any character (line terminators too)
+            empty = pattern.startswith("[]", i)
+            out.append("(?!)" if empty else "[\\s\\S]")
+            i += 2 if empty else 3
+            continue
+        if c == "[":
             in_class = True
             out.append(c)
             if pattern.startswith("[^", i):
@@ -131,9 +145,14 @@ def ecma_regex(pattern: str) -> re.Pattern[str]:
     """A compiled Python regex that searches as the ECMA-262 ``pattern`` (no flags) does.
 
     ``ValueError`` saying why when ``pattern`` uses syntax this translation does not cover."""
+    translated = _translate(pattern, python=False)
     try:
-        return re.compile(_translate(pattern, python=False), re.ASCII)
-    except re.error as exc:
+        with warnings.catch_warnings():
+            # a warning of re (a FutureWarning of syntax to come) is a pattern refused, not a
+            # warning that escapes to the caller (an exception under -W error)
+            warnings.simplefilter("error")
+            return re.compile(translated, re.ASCII)
+    except (re.error, Warning) as exc:
         raise ValueError(f"not a regular expression: {exc}") from None
 
 

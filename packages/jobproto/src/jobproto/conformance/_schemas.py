@@ -6,11 +6,12 @@ check that promise from outside, with nothing but the schema:
 
 * ``operation_schemas(openapi)``: each operation's request schema from an ``/openapi.json``.
 * ``judge(schema, body)``: whether the schema accepts ``body``. The judge is the ``jsonschema``
-  library (Draft 2020-12, which OpenAPI 3.1 uses), independent of jobproto's own checks, with one
+  library (Draft 2020-12, which OpenAPI 3.1 uses), independent of jobproto's own checks, with
   two corrections: ``pattern`` is an ECMA-262 regular expression (JSON Schema validation
   §6.3.3), in which ``$`` is the end of the string, while Python's ``re`` also lets it match
   before a final newline (``^a$`` finds ``"a\\n"``), so patterns are translated before they are
-  searched; and an ``integer`` is a number written without a fraction or exponent (jobproto/1
+  searched, by the service's own translation (``jobproto._ecma``: one reading of a pattern);
+  and an ``integer`` is a number written without a fraction or exponent (jobproto/1
   §2.2: ``2.0`` is not one, though JSON Schema alone would count it).
 * ``cases(schema)``: a Hypothesis strategy of ``Case``: bodies drawn from the schema
   (``hypothesis_jsonschema``) and near-valid ones with ONE top-level field made wrong (missing,
@@ -30,12 +31,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
 
+from .._ecma import ecma_regex
 from .._extras import missing_extra
 
 try:
@@ -108,93 +109,9 @@ def _inline(schema: Any, components: Mapping[str, Any], seen: tuple[str, ...]) -
 
 # -- judge: jsonschema, with ECMA-262 patterns -----------------------------------------------------
 
-# ECMA-262 WhiteSpace and LineTerminator (what \s matches there; Python's differs: \x1c-\x1f, \x85)
-_ECMA_SPACE = (
-    "\\t\\n\\x0b\\x0c\\r \\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
-)
-_IN_CLASS = {"d": "0-9", "w": "A-Za-z0-9_", "s": _ECMA_SPACE}
-_OUTSIDE = {
-    "d": "[0-9]",
-    "D": "[^0-9]",
-    "w": "[A-Za-z0-9_]",
-    "W": "[^A-Za-z0-9_]",
-    "s": f"[{_ECMA_SPACE}]",
-    "S": f"[^{_ECMA_SPACE}]",
-}
-# escapes Python's re has and ECMA-262 has not (or means otherwise): refused, not guessed at
-_PYTHON_ONLY = set("AZzaNgGpPEQ")
-
-
-@functools.lru_cache(maxsize=512)
-def ecma_regex(pattern: str) -> re.Pattern[str]:
-    """``pattern`` (ECMA-262 syntax, without flags) as a Python regex with the same meaning.
-
-    ``$`` is the end of the string, ``.`` matches no line terminator, ``\\d \\w \\s`` are the
-    ECMA sets. Syntax that ECMA-262 reads otherwise than Python or not at all (``\\A``, ``\\Z``,
-    ``(?P<``, inline flags) raises ``ValueError``.
-    """
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        c = pattern[i]
-        if c == "\\":
-            if i + 1 >= n:
-                raise ValueError(f"pattern {pattern!r} ends in a lone backslash")
-            e = pattern[i + 1]
-            i += 2
-            if e in _PYTHON_ONLY or e == "c":
-                raise ValueError(f"pattern {pattern!r}: \\{e} is not ECMA-262 (or not supported)")
-            if in_class and e in _IN_CLASS:
-                out.append(_IN_CLASS[e])
-            elif in_class and e in "DWS":
-                raise ValueError(f"pattern {pattern!r}: \\{e} inside [...] is not supported")
-            elif not in_class and e in _OUTSIDE:
-                out.append(_OUTSIDE[e])
-            else:
-                out.append("\\" + e)
-            continue
-        i += 1
-        if in_class:
-            if c == "]":
-                in_class = False
-                out.append(c)
-            elif c in "[&~|" or (c == "-" and out and out[-1] == "-"):
-                out.append("\\" + c)  # literal in ECMA; set syntax (or a warning) in Python
-            else:
-                out.append(c)
-        elif c == "[":
-            if pattern.startswith("]", i):  # []: matches nothing in ECMA-262
-                out.append("(?!)")
-                i += 1
-            elif pattern.startswith("^]", i):  # [^]: any character
-                out.append("[\\s\\S]")
-                i += 2
-            else:
-                in_class = True
-                out.append(c)
-                if pattern.startswith("^", i):
-                    out.append("^")
-                    i += 1
-        elif c == "$":
-            out.append("\\Z")  # the very end: not "before a final newline" as Python's $
-        elif c == ".":
-            out.append("[^\\n\\r\\u2028\\u2029]")
-        elif c == "(" and pattern.startswith("?", i):
-            rest = pattern[i + 1 :]
-            if rest.startswith(("<=", "<!")) or rest[:1] in (":", "=", "!"):
-                out.append("(?")
-                i += 1
-            elif rest.startswith("<"):
-                out.append("(?P<")  # a named group
-                i += 2
-            else:
-                raise ValueError(f"pattern {pattern!r}: group syntax (?{rest[:2]} is not ECMA-262")
-        else:
-            out.append(c)
-    if in_class:
-        raise ValueError(f"pattern {pattern!r}: unterminated [")
-    return re.compile("".join(out))
+# The one ECMA-262 translation (``jobproto._ecma``), the service's own: a translation of the
+# judge's own would make two readings of one pattern disagree (\c, \k<name>, [], [^] did).
+# jsonschema still judges every other keyword independently of jobproto's checker.
 
 
 def _pattern(
