@@ -582,3 +582,18 @@ def test_a_default_its_own_schema_refuses_is_refused() -> None:
         o: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
 
     assert _props(Fine)["x"]["default"] == 10
+
+
+def test_a_refusal_shows_a_long_value_shortened() -> None:
+    @attrs.frozen
+    class Word:
+        word: str = attrs.field(validator=v.matches_re("[a-z]+"))
+        mode: str = attrs.field(default="a", validator=v.in_(("a", "b")))
+
+    huge = "A" * 900_000
+    for raw in ({"word": huge}, {"word": "ok", "mode": huge}):
+        error = _refusal(raw, Word)
+        assert error.field in raw and len(error.message) < 500, len(error.message)
+        assert "…" in error.message
+    _, message = first_error({"enum": ["a", "b"]}, huge) or ("", "")
+    assert len(message) < 300 and "…" in message

@@ -80,6 +80,12 @@ def _member(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _show(value: Any, limit: int = 100) -> str:
+    """``repr(value)``, shortened to about ``limit`` characters: a refusal stays small."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}…{text[-19:]}"
+
+
 def _who(path: str) -> str:
     return f"'{path}'" if path else "the value"
 
@@ -172,7 +178,7 @@ def _object(
             if extra is False:
                 return _member(path, key), f"unknown field(s): {key}"
             if isinstance(names, Mapping) and first_error(names, key, where) is not None:
-                return where, f"{who} may not have the key {key!r}"
+                return where, f"{who} may not have the key {_show(key)}"
             found = first_error(extra, item, where) if isinstance(extra, Mapping) else None
         if found is not None:
             return found
@@ -218,10 +224,10 @@ def first_error(
         if not any(_is_type(value, k) for k in allowed):
             return path, f"{who} must be of type {' or '.join(allowed)}, got {_json_type(value)}"
     if "const" in schema and not _equal(value, schema["const"]):
-        return path, f"{who} must be {schema['const']!r}"
+        return path, f"{who} must be {_show(schema['const'])}"
     if "enum" in schema and not any(_equal(value, v) for v in schema["enum"]):
-        choices = ", ".join(repr(v) for v in schema["enum"][:20])
-        return path, f"{who} must be one of {choices}; got {value!r}"
+        choices = ", ".join(_show(v) for v in schema["enum"][:20])
+        return path, f"{who} must be one of {choices}; got {_show(value)}"
     message: str | None = None
     if _is_type(value, "number"):
         message = _number(schema, value)

@@ -574,7 +574,14 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     return path, _message_of(exc)
 
 
+#: how much of a refusal's message a 422 carries: validators' messages quote the value, which
+#: may be as long as the body (a 900 KB string gave a 900 KB error); the field says where it is
+_MESSAGE_HEAD, _MESSAGE_TAIL = 300, 60
+
+
 def _refuse(field: str, message: str) -> RequestError:
+    if len(message) > _MESSAGE_HEAD + _MESSAGE_TAIL:
+        message = f"{message[:_MESSAGE_HEAD]}…{message[-_MESSAGE_TAIL:]}"
     return RequestError(
         422,
         "validation_error",
