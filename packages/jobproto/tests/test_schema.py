@@ -597,3 +597,13 @@ def test_a_refusal_shows_a_long_value_shortened() -> None:
         assert "…" in error.message
     _, message = first_error({"enum": ["a", "b"]}, huge) or ("", "")
     assert len(message) < 300 and "…" in message
+
+
+def test_the_checker_tests_the_length_before_the_pattern() -> None:
+    # (a+)+$ backtracks exponentially on "aaa...ab": were the pattern tried first on these 60
+    # characters, this would not end before the test's timeout
+    schema = {"type": "string", "maxLength": 10, "pattern": "^(a+)+$"}
+    assert first_error(schema, "a" * 59 + "b") == (
+        "",
+        "the value must be at most 10 characters long",
+    )
