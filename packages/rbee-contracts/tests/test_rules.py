@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import attrs
 import pytest
 
-from jobproto import FieldError, RequestError, schema_of, structure_params
-from rbee_contracts import hive_ops, queen_ops
+from jobproto import FieldError, RequestError, SchemaError, schema_of, structure_params
+from rbee_contracts import hive_ops, queen_ops, values
 from rbee_contracts.engines import ENGINE_ARGS, ENGINES, check_engine_args, engine_arg_number
 from rbee_contracts.hive_cli import hive_argv
 from rbee_contracts.ids import CATALOG_FILE, RESERVED_NAMES, is_name, repo_name
@@ -140,3 +141,15 @@ def test_the_schema_says_the_validators_bounds() -> None:
         assert not re.search(spawn[field]["pattern"], "a/b")
     assert spawn["hive"]["maxLength"] == 63
     assert not re.search(spawn["hive"]["pattern"], "-h")
+
+
+def test_a_field_validator_is_named_after_its_check() -> None:
+    @attrs.frozen
+    class Opaque:  # a check the schema cannot say, and no metadata["schema"]: refused, named
+        url: str = attrs.field(validator=values.field_validator(values.check_http_url))
+
+    with pytest.raises(SchemaError) as info:
+        schema_of(Opaque)
+    assert "the validator check_http_url checks" in str(info.value)
+    assert "field_validator.<locals>" not in str(info.value)
+    assert values.url_validator.__name__ == "check_http_url"

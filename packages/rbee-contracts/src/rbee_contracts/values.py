@@ -38,10 +38,8 @@ __all__ = [
     "field_validator",
     "interval_validator",
     "is_http_url",
-    "models_dir_validator",
     "optional_absolute_path_validator",
     "optional_interval_validator",
-    "optional_models_dir_validator",
     "optional_url_validator",
     "url_validator",
 ]
@@ -150,6 +148,10 @@ def field_validator(check: Callable[[V, str], object]) -> Validator[V]:
     def validate(_: object, attribute: attrs.Attribute[Any], value: V) -> None:
         check(value, attribute.name)
 
+    # named after its check: what names a validator (jobproto's SchemaError, a traceback) says
+    # check_http_url, not field_validator.<locals>.validate
+    validate.__name__ = getattr(check, "__name__", validate.__name__)
+    validate.__qualname__ = getattr(check, "__qualname__", validate.__qualname__)
     return validate
 
 
@@ -159,5 +161,3 @@ interval_validator = field_validator(check_interval)
 optional_interval_validator = attrs.validators.optional(interval_validator)
 absolute_path_validator = field_validator(check_absolute_path)
 optional_absolute_path_validator = attrs.validators.optional(absolute_path_validator)
-models_dir_validator = field_validator(check_models_dir)
-optional_models_dir_validator = attrs.validators.optional(models_dir_validator)
