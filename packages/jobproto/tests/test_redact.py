@@ -7,6 +7,7 @@ import io
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -212,3 +213,38 @@ def test_a_secret_across_message_and_mapping_arguments_keeps_the_arguments() -> 
     redact_record(rec)
     assert rec.getMessage() == "pwd=*** https://bob:***@h/"
     assert rec.args == {"p": SECRET, "u": "https://bob:***@h/"}
+
+
+class OwnTracebacks(logging.Formatter):
+    """Formats ``exc_info`` itself, as python-json-logger, Rich and Sentry do, never exc_text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            return text + "\n" + "".join(traceback.format_exception(*record.exc_info))
+        return text + "\n" + (record.exc_text or "")
+
+
+def test_formatters_that_format_the_exception_themselves_get_the_masked_traceback() -> None:
+    rec = redact_record(record("handler failed", exc=raised(f"token={SECRET}")))
+    text = OwnTracebacks().format(rec)
+    assert "ValueError: token=***" in text and SECRET not in text
+    # The plain and uvicorn's formatters still print the (masked) traceback.
+    from uvicorn.logging import DefaultFormatter
+
+    for formatter in (logging.Formatter(), DefaultFormatter("%(message)s", use_colors=False)):
+        text = formatter.format(rec)
+        assert "Traceback (most recent call last)" in text
+        assert "ValueError: token=***" in text and SECRET not in text
+
+
+def test_rich_tracebacks_are_masked() -> None:
+    rich_console = pytest.importorskip("rich.console")
+    rich_logging = pytest.importorskip("rich.logging")
+    out = io.StringIO()
+    console = rich_console.Console(file=out, width=200, color_system=None)
+    handler = rich_logging.RichHandler(console=console, rich_tracebacks=True)
+    handler.addFilter(RedactingFilter())
+    handler.handle(record("handler failed", exc=raised(f"token={SECRET}")))
+    text = out.getvalue()
+    assert "token=***" in text and SECRET not in text

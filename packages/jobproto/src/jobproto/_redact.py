@@ -105,10 +105,12 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
     The arguments are redacted one by one, so formatters that read them (uvicorn's access log)
     still find them; when a secret spans the message and an argument (``"token=%s"``) or two
     arguments, the record gets a template that renders as the redacted whole message and keeps
-    its arguments, each redacted on its own (what a formatter that reads them gets). A traceback is formatted here (as the
-    default ``Formatter`` would) and redacted into ``exc_text``, which formatters print instead
-    of formatting ``exc_info`` again. Never raises: a message that cannot be formatted is left for
-    its handler to report.
+    its arguments, each redacted on its own (what a formatter that reads them gets). A traceback
+    is formatted here (as the default ``Formatter`` would) and redacted into ``exc_text``, which
+    ``logging.Formatter`` and its subclasses (uvicorn's) print; ``exc_info`` is then cleared (as
+    ``logging.handlers.QueueHandler`` does), so formatters that would format the exception
+    themselves (python-json-logger, Rich, Sentry) print ``exc_text`` or nothing, never the
+    secret. Never raises: a message that cannot be formatted is left for its handler to report.
     """
     if getattr(record, "jobproto_redacted", False):
         return record
@@ -141,6 +143,7 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
             record.exc_text = _PLAIN.formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact_text(record.exc_text)
+            record.exc_info = None  # its text is in exc_text, redacted
         if record.stack_info:
             record.stack_info = redact_text(record.stack_info)
     except Exception:  # a filter that raises would raise into the logging call
