@@ -25,6 +25,7 @@ from jobproto._narration import (
     redact,
     redact_text,
 )
+from jobproto._redact import MAX_DEPTH as REDACT_DEPTH
 
 LOGGER = "jobproto.narration"
 
@@ -617,3 +618,20 @@ def test_narrate_refuses_bad_arguments_at_the_call(
     assert str(info.value).startswith(start)
     assert sink.events == []
     assert narration_records(logs) == []
+
+
+def test_narrate_refuses_a_circular_field(sink: FakeSink) -> None:
+    loop: dict[str, Any] = {}
+    loop["again"] = loop
+    with pytest.raises(ValueError, match=r"^narrate\(\): field 'loop'\['again'\].*circular"):
+        narrate("step", "looping", loop=loop)
+    assert sink.events == []
+
+
+def test_redact_masks_what_is_nested_deeper_than_it_looks() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    out = redact(loop)  # no RecursionError: past its depth, a value is masked
+    for _ in range(REDACT_DEPTH):
+        out = out[0]
+    assert out == "***"

@@ -86,16 +86,31 @@ def is_secret_key(key: str) -> bool:
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
 
 
+#: ``redact`` masks whatever is nested deeper than this whole, so a circular structure ends (as
+#: ``***``) instead of raising RecursionError; deeper than any JSON jobproto takes (narrate()'s
+#: fields and emit_data()'s payload: 200 levels), so it is refused after redaction.
+MAX_DEPTH = 256
+
+
 def redact(value: Any, key: str = "") -> Any:
-    """A copy of ``value`` with secret-named fields and secret-looking strings masked."""
+    """A copy of ``value`` with secret-named fields and secret-looking strings masked.
+
+    What is nested more than ``MAX_DEPTH`` levels deep (a circular structure) is masked whole.
+    """
+    return _redacted(value, key, 0)
+
+
+def _redacted(value: Any, key: str, depth: int) -> Any:
     if key and is_secret_key(key) and value not in (None, "", [], {}):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
+        return REDACTED
     if isinstance(value, Mapping):
-        return {str(k): redact(v, str(k)) for k, v in value.items()}
+        return {str(k): _redacted(v, str(k), depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
+        return [_redacted(v, "", depth + 1) for v in value]
     return value
 
 
