@@ -7,6 +7,7 @@ log output is read whole.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -21,8 +22,8 @@ import anyio
 import attrs
 import pytest
 
-from jobproto import Failed, JobEvent, Operations, Succeeded
-from jobproto.asgi import create_app
+from jobproto import Cancelled, Failed, JobEvent, Operations, Succeeded
+from jobproto.asgi import ServiceSettings, create_app
 from jobproto.client import JobClient
 from jobproto.testing import serving
 
@@ -34,6 +35,10 @@ SECRET = "abc123secret"
 @attrs.frozen
 class Empty:
     pass
+
+
+class Weird(BaseException):
+    """Neither an Exception nor a cancellation, nor SystemExit or KeyboardInterrupt."""
 
 
 def failing_ops() -> Operations:
@@ -58,6 +63,31 @@ def failing_ops() -> Operations:
     @ops.operation("object_result")
     async def object_result(params: Empty) -> Any:
         return {"when": object()}
+
+    @ops.operation("raise_cancelled")
+    async def raise_cancelled(params: Empty) -> None:
+        raise anyio.get_cancelled_exc_class()()
+
+    @ops.operation("await_cancelled")
+    async def await_cancelled(params: Empty) -> None:
+        # a future cancelled elsewhere: awaiting it raises CancelledError in a task nobody cancels
+        fut = asyncio.get_running_loop().create_future()
+        fut.cancel()
+        await fut
+
+    @ops.operation("base_exception")
+    async def base_exception(params: Empty) -> None:
+        raise BaseException("weird")
+
+    @ops.operation("child_base_exception")
+    async def child_base_exception(params: Empty) -> None:
+        async def child(exc: BaseException) -> None:
+            raise exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(child, Weird("in a child task"))
+            tg.start_soon(child, ValueError("and another"))
+            await anyio.sleep(30)
 
     @ops.operation("ok")
     async def ok(params: Empty) -> str:
@@ -135,6 +165,73 @@ async def test_a_result_that_is_not_json_fails_the_job_and_is_logged(
     assert record.levelno == logging.ERROR
     message = record.getMessage()
     assert f"handler {HANDLERS}.{operation} returned a result that is not JSON" in message
+
+
+@pytest.mark.parametrize(
+    ("operation", "raised"),
+    [
+        ("raise_cancelled", "CancelledError: "),
+        ("await_cancelled", "CancelledError: "),
+        ("base_exception", "BaseException: weird"),
+    ],
+)
+async def test_a_cancellation_the_handler_raised_itself_fails_its_job_only(
+    caplog: pytest.LogCaptureFixture, operation: str, raised: str
+) -> None:
+    # Nobody cancelled these jobs: what the handler raised ends its job as a crash, and the
+    # service keeps serving (it used to end the job "service shutting down" and every later
+    # create was refused with 500: the JobService is not running).
+    caplog.set_level(logging.ERROR, logger="jobproto.service")
+    async with serving(create_app(failing_ops())) as url, JobClient(url) as client:
+        first = await outcome(client, operation)
+        second = await outcome(client, operation)
+        third = await outcome(client, "ok")
+    expected = Failed("internal_error", f"handler {HANDLERS}.{operation} raised {raised}")
+    assert first.event == expected
+    assert second.event == expected
+    assert third.event == Succeeded("fine")
+    assert "This task group is not active" not in caplog.text
+
+
+async def test_a_group_of_base_exceptions_from_the_handlers_task_group_fails_its_job_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="jobproto.service")
+    async with serving(create_app(failing_ops())) as url, JobClient(url) as client:
+        first = await outcome(client, "child_base_exception")
+        after = await outcome(client, "ok")
+    assert isinstance(first.event, Failed)
+    assert first.event.code == "internal_error"
+    handler = f"handler {HANDLERS}.child_base_exception raised BaseExceptionGroup: "
+    assert first.event.message.startswith(handler)
+    assert after.event == Succeeded("fine")
+    (record,) = [r for r in caplog.records if r.name == "jobproto.service"]
+    assert record.exc_text is not None and "Weird: in a child task" in record.exc_text
+
+
+async def test_delete_and_shutdown_still_cancel_a_running_job() -> None:
+    ops = Operations()
+    started = anyio.Event()
+
+    @ops.operation("wait")
+    async def wait(params: Empty) -> None:
+        started.set()
+        await anyio.sleep(30)
+
+    app = create_app(ops, ServiceSettings(start_mode="immediate"))
+    async with serving(app) as url, JobClient(url) as client:
+        job = await client.create("wait")
+        await started.wait()
+        await client.cancel(job.job_id)
+        async with aclosing(client.events(job.job_id)) as events:
+            async for ev in events:
+                last = ev
+        assert isinstance(last, JobEvent) and last.event == Cancelled("cancelled by request")
+        started = anyio.Event()
+        running = await client.create("wait")
+        await started.wait()
+    # serving() has exited: the lifespan ended and the running job with it
+    assert app.state.jobs.registry.get(running.job_id).cancel_reason == "service shutting down"
 
 
 # -- a real server process: its whole log output ------------------------------------------------

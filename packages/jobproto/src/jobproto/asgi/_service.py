@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from opentelemetry import trace
 
 from .._errors import JobFailed, LocalProtocolError
@@ -287,7 +288,6 @@ class JobService:
     async def _call(
         self, handle: JobHandle, op: Operation[Any], params: Any
     ) -> Succeeded | Failed | None:
-        job = handle.job
         with anyio.CancelScope() as scope:
             handle.scope = scope
             if handle.cancel_reason is not None:
@@ -298,22 +298,37 @@ class JobService:
                 return Failed(exc.code, redact_text(exc.message))
             except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 # SystemExit and KeyboardInterrupt too: raised by a handler they end its job,
-                # never the service. Cancellation is neither, and passes.
-                logger.error(
-                    "job %s (%s): handler %s raised %s",
-                    job.id,
-                    job.operation,
-                    op.handler_name,
-                    type(exc).__name__,
-                    exc_info=exc,
-                )
-                message = f"handler {op.handler_name} raised {type(exc).__name__}: {exc}"
-                return Failed("internal_error", redact_text(message))
+                # never the service.
+                return self._crashed(handle, op, exc)
+            except BaseException as exc:
+                # A cancellation, a group holding one, or another BaseException. A real
+                # cancellation (DELETE cancelled this scope, or the service is shutting down)
+                # passes; one the handler raised itself while nobody cancelled it (a cancelled
+                # future awaited, CancelledError raised by hand) is a crash like any other,
+                # as is a BaseException subclass or a group of them: the job fails, never the
+                # task group that runs every other job.
+                if await _cancel_pending():
+                    raise
+                return self._crashed(handle, op, exc)
             try:
                 return Succeeded(converter.unstructure(value))
             except Exception as exc:  # a result the converter cannot take
                 return self._not_json(handle, op, exc)
         return None  # cancelled: _run's finally ends the job
+
+    def _crashed(self, handle: JobHandle, op: Operation[Any], exc: BaseException) -> Failed:
+        """The job's failure for what its handler raised, logged with its traceback."""
+        job = handle.job
+        logger.error(
+            "job %s (%s): handler %s raised %s",
+            job.id,
+            job.operation,
+            op.handler_name,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        message = f"handler {op.handler_name} raised {type(exc).__name__}: {exc}"
+        return Failed("internal_error", redact_text(message))
 
     def _finish(
         self, handle: JobHandle, op: Operation[Any], outcome: Succeeded | Failed | None
@@ -358,6 +373,17 @@ class JobService:
             handle.done.set()
         for job in self.registry.remove_finished(now, self.settings.retention_ttl):
             self.handles.pop(job.id, None)
+
+
+async def _cancel_pending() -> bool:
+    """Whether a scope around the current task has been cancelled (this job's, the service's
+    task group's, or one further out): asked once a cancellation reached a handler's caller, to
+    tell a real one from one the handler raised while nobody cancelled it."""
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except anyio.get_cancelled_exc_class():
+        return True
+    return False
 
 
 def _time_out(fut: asyncio.Future[bool]) -> None:
