@@ -450,6 +450,7 @@ def test_async_callables_that_are_not_plain_functions_are_handlers() -> None:
         "é",
         "x" * 65,
         "echo\n",
+        "",  # an explicit name must be one: only None means the function's name
     ],
 )
 def test_invalid_operation_names_are_refused(name: str) -> None:

@@ -127,7 +127,7 @@ class Operations:
         """Decorator: register ``handler``; its parameter class comes from its annotation.
 
         Write it with parentheses: ``@ops.operation()`` (the name is the function's) or
-        ``@ops.operation("name")``.
+        ``@ops.operation("name")`` (a valid name: ``""`` is refused, not read as the function's).
         """
         if name is not None and not isinstance(name, str):
             if callable(name):
@@ -138,7 +138,8 @@ class Operations:
             raise LocalProtocolError(f"an operation name is a string, not {name!r}")
 
         def register(handler: Handler[P]) -> Handler[P]:
-            op_name = name or str(getattr(handler, "__name__", ""))
+            # None only: an explicit name, "" too, must be a valid one (add() checks it)
+            op_name = str(getattr(handler, "__name__", "")) if name is None else name
             where = f"operation {op_name!r} (handler {handler_name(handler)})"
             try:
                 hints = typing.get_type_hints(handler)
