@@ -26,6 +26,7 @@ from jobproto import (
     emit_data,
     narrate,
 )
+from jobproto._narration import MAX_DEPTH
 from jobproto.asgi import ServiceSettings, create_app
 from jobproto.client import JobClient, RemoteJobFailed
 from jobproto.conformance import conformance_operations
@@ -323,3 +324,30 @@ async def test_a_lagging_subscriber_is_closed_with_a_clean_end_of_body() -> None
             body = b"".join([chunk async for chunk in response.aiter_raw()])  # no protocol error
     assert b"event: data" in body
     assert b"event: succeeded" not in body  # closed early, for lag
+
+
+def _echo_body(levels: int) -> bytes:
+    """An echo request whose result is ``levels`` lists, one inside the other (written out: json
+    itself refuses to encode some of these)."""
+    result = "[" * levels + '"x"' + "]" * levels
+    return f'{{"operation": "echo", "result": {result}}}'.encode()
+
+
+async def test_a_create_body_nested_deeper_than_a_result_can_be_is_refused() -> None:
+    # The body {"operation": "echo", "result": [[...]]} is one level more than its result: at the
+    # limit, echo's result is encoded and sent; one level deeper, the body is refused with 400
+    # (it was taken, and the job then failed: result is not JSON: maximum recursion depth).
+    app = create_app(conformance_operations())
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+        json_headers = {"content-type": "application/json"}
+        r = await http.post("/v1/jobs", content=_echo_body(MAX_DEPTH - 1), headers=json_headers)
+        assert r.status_code == 201, r.text
+        async with http.stream("GET", r.json()["sse_url"]) as s:
+            text = (await s.aread()).decode()
+        assert "event: succeeded" in text
+        for levels in (MAX_DEPTH, 400, 4000):
+            r = await http.post("/v1/jobs", content=_echo_body(levels), headers=json_headers)
+            assert r.status_code == 400, (levels, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "invalid_json"
+            assert error["message"] == f"request body is nested more than {MAX_DEPTH} levels deep"

@@ -76,21 +76,19 @@ def test_the_threaded_server_stops_with_streams_open() -> None:
             assert stream.read() == []
 
 
-def test_a_result_too_deep_to_encode_fails_only_its_job(tmp_path: Path) -> None:
-    """A handler's result the service cannot encode fails that job (§3.2 "succeed"); it must
-    not take the service down. Run on a server of its own: a service that breaks here is dead."""
+def test_parameters_too_deep_to_encode_as_a_result_are_refused(tmp_path: Path) -> None:
+    """Parameters nested deeper than a result or an event can be encoded (echo's result) are
+    refused at create, with 400 (§8), and the service keeps serving. Run on a server of its own:
+    a service that breaks here is dead."""
     server = ServerProcess.spawn([], tmp_path)
     try:
         with httpx.Client(base_url=server.url, timeout=10.0) as http:
             deep: list[object] = []
             for _ in range(900):  # valid JSON, parsed fine; too deep to convert recursively
                 deep = [deep]
-            job = _create(http, {"operation": "echo", "result": deep})
-            view = View(job)
-            follow(http, view, timeout=10.0)
-            terminal = view.items[-1]
-            assert isinstance(terminal, StreamEvent)
-            assert terminal.type in ("succeeded", "failed"), terminal.data
+            r = http.post("/v1/jobs", json={"operation": "echo", "result": deep})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "invalid_json"
             after = _create(http, {"operation": "echo", "messages": ["still here"]})
             view = View(after)
             follow(http, view, timeout=10.0)

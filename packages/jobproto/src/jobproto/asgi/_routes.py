@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._correlation import CORRELATION_HEADER, accept_correlation_id, is_valid_job_id
 from .._errors import JobNotFound, RequestError
-from .._narration import bind_job
+from .._narration import MAX_DEPTH, bind_job
 from .._states import JobState
 from .._tracing import trace_headers_from
 from .._wire import format_timestamp
@@ -117,6 +117,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _too_deep(body: Any) -> bool:
+    """Whether ``body`` has more than ``MAX_DEPTH`` levels of arrays and objects (itself one)."""
+    level = [body]
+    for _ in range(MAX_DEPTH):
+        level = [
+            item
+            for value in level
+            if isinstance(value, (dict, list))
+            for item in (value.values() if isinstance(value, dict) else value)
+        ]
+        if not level:
+            return False
+    return any(isinstance(value, (dict, list)) for value in level)
+
+
 def _handle(service: JobService, job_id: str) -> JobHandle:
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
@@ -156,8 +171,13 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
         except RecursionError:
-            message = "request body is nested too deeply"
+            message = f"request body is nested more than {MAX_DEPTH} levels deep"
             raise RequestError(400, "invalid_json", message) from None
+        if _too_deep(body):
+            # Parameters echoed into a result or an event must still encode: the same bound as
+            # narration's (json would fail on them later, as the job's result).
+            message = f"request body is nested more than {MAX_DEPTH} levels deep"
+            raise RequestError(400, "invalid_json", message)
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise RequestError(
