@@ -3,16 +3,23 @@ what to do (``jobproto.conformance._target.check_target``), never a traceback.""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from jobproto.conformance import conformance_operations
+from jobproto.conformance.__main__ import MISSING_EXTRA, build_parser
+from jobproto.conformance.__main__ import main as conformance_main
 from jobproto.conformance._server import ThreadedServer
 from jobproto.conformance._target import (
     CONFORMANCE_OPERATIONS,
@@ -98,3 +105,95 @@ def test_published_operations_reads_the_op_schemas() -> None:
     doc = {"components": {"schemas": {"Error": {}, "op_greet": {}, "op_echo": {}}}}
     assert published_operations(doc) == ["echo", "greet"]
     assert published_operations({}) == []
+
+
+@contextmanager
+def answering(status: int, body: bytes) -> Iterator[str]:
+    """A server that answers every GET with ``status`` and the JSON ``body``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"info": None},
+        {"info": "x"},
+        {"info": []},
+        {"info": {"version": "jobproto/1"}, "components": None},
+        {"info": {"version": "jobproto/1"}, "components": "x"},
+        {"info": {"version": "jobproto/1"}, "components": {"schemas": None}},
+        {"info": {"version": "jobproto/1"}, "components": {"schemas": ["op_echo"]}},
+        [],
+        "jobproto/1",
+    ],
+)
+def test_a_malformed_openapi_document_is_not_a_jobproto_service(doc: object) -> None:
+    with answering(200, json.dumps(doc).encode()) as url:
+        with pytest.raises(TargetUnfit, match=r"/openapi\.json does not describe a jobproto/1"):
+            check_target(url, None)
+
+
+def test_a_token_without_the_jobs_scope_is_told_so() -> None:
+    refusal = {"error": {"code": "forbidden", "message": "'ci' may not use the job routes"}}
+    with answering(403, json.dumps(refusal).encode()) as url:
+        with pytest.raises(TargetUnfit) as caught:
+            check_target(url, "a-token")
+    message = str(caught.value)
+    assert "'ci' may not use the job routes" in message
+    assert "the jobs scope" in message
+
+
+def test_the_command_with_a_malformed_openapi_document_says_so_in_one_line() -> None:
+    with answering(200, b'{"info": null}') as url:
+        done = subprocess.run(
+            [sys.executable, "-m", "jobproto.conformance", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "does not describe a jobproto/1 service" in done.stdout + done.stderr
+    assert "INTERNALERROR" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_the_command_names_the_extra_when_jsonschema_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # jsonschema judges --own-operations' cases: the conformance extra installs it
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "jsonschema" else found(name, *a),
+    )
+    assert conformance_main(["--url", "http://127.0.0.1:9"]) == MISSING_EXTRA == 2
+    err = capsys.readouterr().err
+    assert "pip install 'jobproto[conformance]'" in err and "'jsonschema'" in err
+
+
+def test_the_command_leaves_pytest_options_it_does_not_know_whole() -> None:
+    # an abbreviation of one of its options, as pytest reads it, goes to pytest
+    ns, extra = build_parser().parse_known_args(["--url", "http://x", "--ex", "--own", "--max"])
+    assert extra == ["--ex", "--own", "--max"]
+    assert ns.examples is None and not ns.own_operations and ns.max_body_bytes is None

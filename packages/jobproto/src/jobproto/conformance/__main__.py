@@ -27,8 +27,9 @@ from .._extras import missing_extra
 
 __all__ = ["build_parser", "main", "pytest_args"]
 
-#: the exit status when the service cannot be tested (pytest's own are 0 to 5)
-UNFIT = 2
+#: the exit status when an extra the command needs is not installed (as argparse's usage errors;
+#: a service that cannot be tested gets pytest's usage error, 4, from the plugin)
+MISSING_EXTRA = 2
 
 _HELP = """\
 The service under test must mount the conformance operations (echo, fail, wait, burst, crash):
@@ -45,6 +46,8 @@ start mode (start_mode="immediate") runs them, so point it at a test deployment.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobproto.conformance",
+        # --ex, --own, --max and the like are pytest's to read, not abbreviations of ours
+        allow_abbrev=False,
         description="Run the jobproto/1 conformance suite against a service.",
         epilog=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -125,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, extra = parser.parse_known_args(argv)
     if ns.examples is not None and ns.examples < 1:
         parser.error("--examples must be at least 1")
-    needed = [("conformance", name) for name in ("pytest", "hypothesis", "hypothesis_jsonschema")]
+    modules = ("pytest", "hypothesis", "hypothesis_jsonschema", "jsonschema")
+    needed = [("conformance", name) for name in modules]
     if not ns.url:
         needed.append(("server", "uvicorn"))
     for extra_name, module in needed:
@@ -134,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing = ModuleNotFoundError(f"No module named {module!r}", name=module)
             what = "python -m jobproto.conformance" + ("" if ns.url else " without --url")
             print(missing_extra(missing, extra_name, what), file=sys.stderr)
-            return UNFIT
+            return MISSING_EXTRA
     # pytest in an interpreter of its own: this one has imported jobproto (and anyio), which
     # pytest would then be too late to rewrite or configure as it does its plugins
     command = [sys.executable, "-m", "pytest", *pytest_args(ns, extra)]

@@ -77,7 +77,8 @@ def token_from(path: Path | None, environ: Mapping[str, str]) -> str | None:
 
 def published_operations(openapi: Mapping[str, Any]) -> list[str]:
     """The operation names a jobproto/1 ``/openapi.json`` publishes (its ``op_NAME`` schemas)."""
-    schemas = openapi.get("components", {}).get("schemas", {})
+    components = openapi.get("components")
+    schemas = components.get("schemas") if isinstance(components, Mapping) else None
     if not isinstance(schemas, Mapping):
         return []
     return sorted(name[3:] for name in schemas if isinstance(name, str) and name.startswith("op_"))
@@ -107,8 +108,9 @@ def check_target(url: str, token: str | None, timeout: float = 10.0) -> dict[str
     """The service's ``/openapi.json``, once it shows the service can be tested.
 
     Raises ``TargetUnfit`` (one message, no traceback needed) when the service cannot be
-    reached, refuses the token (or its absence), is not a jobproto/1 service, or does not
-    publish every conformance operation.
+    reached, refuses the token (or its absence), refuses a token without the jobs scope (403),
+    is not a jobproto/1 service (its document is not shaped like one), or does not publish
+    every conformance operation.
     """
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     where = url.rstrip("/") + "/openapi.json"
@@ -122,6 +124,12 @@ def check_target(url: str, token: str | None, timeout: float = 10.0) -> dict[str
             f"{url} needs a bearer token, and the token {given}: pass --token-file PATH "
             "(a file holding it) or set JOBPROTO_TOKEN"
         )
+    if r.status_code == 403:
+        raise TargetUnfit(
+            f"GET {where} answered 403 ({_error_message(r)}): the token must hold the jobs "
+            "scope (the scope the service's job routes and /openapi.json need, 'jobs' unless "
+            "its Security says otherwise)"
+        )
     if r.status_code != 200:
         raise TargetUnfit(f"GET {where} answered {r.status_code}: is {url} a jobproto/1 service?")
     try:
@@ -130,7 +138,7 @@ def check_target(url: str, token: str | None, timeout: float = 10.0) -> dict[str
         raise TargetUnfit(
             f"GET {where} did not answer JSON: is {url} a jobproto/1 service?"
         ) from None
-    if not isinstance(doc, dict) or doc.get("info", {}).get("version") != "jobproto/1":
+    if not isinstance(doc, dict) or not _is_jobproto_document(doc):
         raise TargetUnfit(f"{where} does not describe a jobproto/1 service")
     offered = set(published_operations(doc))
     missing = [name for name in CONFORMANCE_OPERATIONS if name not in offered]
@@ -139,3 +147,23 @@ def check_target(url: str, token: str | None, timeout: float = 10.0) -> dict[str
             f"{url} does not offer the conformance operations.\n" + mount_advice(missing)
         )
     return doc
+
+
+def _is_jobproto_document(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` has the shape of a jobproto/1 ``/openapi.json`` (what the suite reads)."""
+    info, components = doc.get("info"), doc.get("components")
+    return (
+        isinstance(info, dict)
+        and info.get("version") == "jobproto/1"
+        and isinstance(components, dict)
+        and isinstance(components.get("schemas"), dict)
+    )
+
+
+def _error_message(r: httpx.Response) -> str:
+    """The message of a jobproto/1 error answer, else its first 200 characters."""
+    try:
+        message = r.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return r.text[:200].strip() or "no message"
+    return str(message)
