@@ -335,3 +335,29 @@ def test_the_conformance_suite_says_how_to_mount_its_operations(replay: Replay) 
     assert done.returncode != 0, said
     assert "conformance_operations()" in said, said
     assert "Traceback" not in said, said
+
+
+def test_the_readmes_token_security_lets_its_token_use_the_job_routes() -> None:
+    """The README's ``create_app(ops, security=...)``, as written, admits its token."""
+    from starlette.testclient import TestClient
+
+    from jobproto import Operations
+    from jobproto.asgi import Principal, Security, TokenAuth, create_app
+
+    (code,) = re.findall(r"`(create_app\(ops, security=[^`]*)`", README.read_text())
+    token = "s3cret-token"
+    names = {
+        "ops": Operations(),
+        "token": token,
+        "create_app": create_app,
+        "Security": Security,
+        "TokenAuth": TokenAuth,
+        "Principal": Principal,
+    }
+    app = eval(code, names)
+    with TestClient(app) as http:
+        assert http.get("/openapi.json").status_code == 401
+        r = http.get("/openapi.json", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        r = http.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
