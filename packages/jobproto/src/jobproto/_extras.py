@@ -23,7 +23,6 @@ def missing_extra(exc: ModuleNotFoundError, extra: str, needed_by: str) -> Modul
     """
     missing = exc.name or "a module"
     return ModuleNotFoundError(
-        f"{needed_by} needs {missing!r}, which is not installed: "
-        f"pip install 'jobproto[{extra}]'",
+        f"{needed_by} needs {missing!r}, which is not installed: pip install 'jobproto[{extra}]'",
         name=exc.name,
     )
