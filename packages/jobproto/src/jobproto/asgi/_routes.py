@@ -117,6 +117,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_TOO_DEEP = f"request body is nested more than {MAX_DEPTH} levels deep"
+
+
 def _too_deep(body: Any) -> bool:
     """Whether ``body`` has more than ``MAX_DEPTH`` levels of arrays and objects (itself one)."""
     level = [body]
@@ -171,13 +174,11 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
         except RecursionError:
-            message = f"request body is nested more than {MAX_DEPTH} levels deep"
-            raise RequestError(400, "invalid_json", message) from None
+            raise RequestError(400, "invalid_json", _TOO_DEEP) from None
         if _too_deep(body):
             # Parameters echoed into a result or an event must still encode: the same bound as
             # narration's (json would fail on them later, as the job's result).
-            message = f"request body is nested more than {MAX_DEPTH} levels deep"
-            raise RequestError(400, "invalid_json", message)
+            raise RequestError(400, "invalid_json", _TOO_DEEP)
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise RequestError(
