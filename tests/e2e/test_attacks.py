@@ -357,8 +357,8 @@ def test_hive_start_cannot_aim_a_local_hive_elsewhere(
     cluster: Any, tokens: Tokens, seen: Seen
 ) -> None:
     """With the keeper's token: a local hive told to report to another address (the attacker's
-    listener on loopback) is refused before it starts, and a models directory of ``/`` is a 422
-    naming the field."""
+    listener on loopback) is refused before it starts, and so is a models directory of ``/``
+    (judged on the machine the hive would run on: this one)."""
     with listener() as (bait_url, connections):
         state, _, message = run_job(
             seen,
@@ -370,15 +370,15 @@ def test_hive_start_cannot_aim_a_local_hive_elsewhere(
         assert state == "failed" and "queen_url" in str(message), message
         assert connections == [], "a hive sent its join token to the attacker's address"
     assert "aimed" not in hives(cluster, tokens, seen)
-    created = request(
+    state, _, message = run_job(
         seen,
-        "POST",
-        cluster.queen_url + "/v1/jobs",
-        token=tokens.keeper,
-        body={"operation": "hive_start", "hive": "rooted", "port": 0, "models_dir": "/"},
+        cluster.queen_url,
+        tokens.keeper,
+        "hive_start",
+        {"hive": "rooted", "port": 0, "models_dir": "/"},
     )
-    assert created.status_code == 422, created.text
-    assert "models_dir" in created.text
+    assert state == "failed" and "models_dir" in str(message), message
+    assert "rooted" not in hives(cluster, tokens, seen)
 
 
 def test_a_failed_hive_start_narrates_no_traceback(

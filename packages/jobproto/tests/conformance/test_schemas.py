@@ -318,7 +318,9 @@ def test_a_parse_that_enforces_less_than_the_schema_is_caught() -> None:
         else:
             check_answer(case, 201, {})
 
-    @FEW
+    # derandomized, with room to reach a name over 3 characters: the search must find the
+    # disagreement on every run (at 60 random examples it sometimes did not)
+    @settings(FEW, max_examples=300, derandomize=True)
     @given(cases(published))
     def agrees(case: Case) -> None:
         answer(case)
