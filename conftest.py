@@ -5,6 +5,10 @@ Hypothesis runs without its per-example deadline: timing is for ``nox -s bench``
 verdict, and a busy 2-core CI machine would otherwise fail correct code.
 """
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import settings
 
@@ -15,3 +19,24 @@ settings.load_profile("rbee")
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file (scripts/smollm2.py: from its PyPI wheel, cached)."""
+    return _smollm2().gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct converted once into a directory both engines load (cached)."""
+    return _smollm2().converted()
+
+
+def _smollm2() -> Any:
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    try:
+        import smollm2
+    finally:
+        sys.path.pop(0)
+    return smollm2

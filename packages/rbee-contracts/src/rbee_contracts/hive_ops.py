@@ -36,11 +36,14 @@ from .values import ABSOLUTE_PATH_SCHEMA, absolute_path_validator, field_validat
 __all__ = [
     "DEVICE_PATTERN",
     "ENGINE_ARG_KEY_PATTERN",
+    "GGUF_DTYPES",
+    "GGUF_FILE_PATTERN",
     "MAX_CONCURRENCY",
     "REVISION_PATTERN",
     "CapabilitiesParams",
     "ModelDeleteParams",
     "ModelDownloadParams",
+    "ModelImportParams",
     "ModelInfo",
     "ModelList",
     "ModelListParams",
@@ -66,6 +69,12 @@ _NO_GPU_TWICE = (
 ENGINE_ARG_KEY_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 REVISION_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 MAX_CONCURRENCY: Final = 4096
+#: a GGUF file in a Hugging Face repo: a relative path of plain components ending in ``.gguf``
+GGUF_FILE_PATTERN: Final = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}/){0,4}[A-Za-z0-9_][A-Za-z0-9._-]{0,122}[.]gguf"
+)
+#: what a GGUF model's weights are stored as once imported (float32: what vLLM's CPU build runs)
+GGUF_DTYPES: Final = ("float32", "bfloat16", "float16")
 
 
 def parse_device(
@@ -206,10 +215,29 @@ class ModelDownloadParams:
         validator=_revision,
         metadata={"schema": {"pattern": f"^(?!.*[.][.]){REVISION_PATTERN.pattern}$"}},
     )
-    #: the model's name on the hive (default: from the repo id)
+    #: the model's name on the hive (default: from the repo id, or the GGUF file's stem)
     name: str | None = attrs.field(
         default=None, validator=optional_name_validator, metadata={"schema": NAME_SCHEMA}
     )
+    #: one GGUF file of the repo (``Org/Repo:file.gguf`` on the command line): only it is
+    #: downloaded, then imported as with ``model_import``
+    file: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.matches_re(GGUF_FILE_PATTERN)),
+    )
+    #: the imported weights' dtype (with ``file`` only)
+    dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(GGUF_DTYPES))
+
+
+@attrs.frozen
+class ModelImportParams:
+    """Convert a GGUF file (under a model root of the hive) once into the models directory."""
+
+    name: str = attrs.field(validator=name_validator, metadata={"schema": NAME_SCHEMA})
+    path: str = attrs.field(
+        validator=absolute_path_validator, metadata={"schema": ABSOLUTE_PATH_SCHEMA}
+    )
+    dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(GGUF_DTYPES))
 
 
 @attrs.frozen
@@ -245,15 +273,19 @@ class WorkerList:
 
 @attrs.frozen
 class ModelInfo:
-    """One model on a hive (``model_download``, ``model_register``, ``model_delete``)."""
+    """One model on a hive (``model_download``, ``model_register``, ``model_import``,
+    ``model_delete``)."""
 
     name: str
     size_bytes: int
-    #: "huggingface" (downloaded), "registered" or "local"
+    #: "huggingface" (downloaded), "registered", "gguf" (imported) or "local"
     source: str
     path: str
     revision: str | None = None
     repo_id: str | None = None
+    #: the GGUF file an imported model was converted from, and its SHA-256
+    source_file: str | None = None
+    sha256: str | None = None
 
 
 @attrs.frozen

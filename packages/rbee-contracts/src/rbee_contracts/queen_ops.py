@@ -25,6 +25,7 @@ from jobproto import FieldError, converter
 from .hive_ops import (
     ModelDeleteParams,
     ModelDownloadParams,
+    ModelImportParams,
     ModelListParams,
     ModelRegisterParams,
     WorkerListParams,
@@ -62,6 +63,7 @@ __all__ = [
     "QueenInferParams",
     "QueenModelDeleteParams",
     "QueenModelDownloadParams",
+    "QueenModelImportParams",
     "QueenModelListParams",
     "QueenModelRegisterParams",
     "QueenWorkerListParams",
@@ -252,6 +254,11 @@ class QueenModelDownloadParams(ModelDownloadParams):
 
 @attrs.frozen
 class QueenModelRegisterParams(ModelRegisterParams):
+    hive: str | None = _hive()
+
+
+@attrs.frozen
+class QueenModelImportParams(ModelImportParams):
     hive: str | None = _hive()
 
 
