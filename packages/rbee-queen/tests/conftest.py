@@ -43,6 +43,7 @@ from rbee_contracts.auth import hive_token, join_token, keeper_token, worker_tok
 from rbee_contracts.hive_ops import (
     ModelDeleteParams,
     ModelDownloadParams,
+    ModelImportParams,
     ModelInfo,
     ModelList,
     ModelListParams,
@@ -193,6 +194,8 @@ class FakeHive:
         self.starting: dict[str, WorkerRecord] = {}
         self.calls: Counter[str] = Counter()
         self.spawned: list[WorkerSpawnParams] = []
+        self.downloads: list[ModelDownloadParams] = []
+        self.imports: list[ModelImportParams] = []
         self.url = ""
         self._tg: anyio.abc.TaskGroup | None = None
         self.app = create_app(
@@ -309,6 +312,7 @@ class FakeHive:
         @ops.operation("model_download")
         async def model_download(params: ModelDownloadParams) -> ModelInfo:
             self.calls["model_download"] += 1
+            self.downloads.append(params)
             name = params.name or params.repo_id.replace("/", "--")
             for done in (0, 50, 100):
                 progress("download", done, 100, unit="bytes", message=f"{params.repo_id}")
@@ -323,6 +327,24 @@ class FakeHive:
             self.calls["model_register"] += 1
             self.models.append(params.name)
             return ModelInfo(params.name, 100, "registered", params.path)
+
+        @ops.operation("model_import")
+        async def model_import(params: ModelImportParams) -> ModelInfo:
+            self.calls["model_import"] += 1
+            self.imports.append(params)
+            narrate("import", f"converting {params.path}")
+            for done in (0, 2, 4):
+                progress("convert", done, 4, unit="tensors")
+            self.models.append(params.name)
+            source_file = params.path.rsplit("/", 1)[-1]
+            return ModelInfo(
+                params.name,
+                100,
+                "gguf",
+                f"/models/{params.name}",
+                source_file=source_file,
+                sha256="0" * 64,
+            )
 
         @ops.operation("model_list")
         async def model_list(params: ModelListParams) -> ModelList:

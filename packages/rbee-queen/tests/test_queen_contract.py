@@ -31,6 +31,7 @@ from rbee_contracts.queen_ops import (
     QueenInferParams,
     QueenModelDeleteParams,
     QueenModelDownloadParams,
+    QueenModelImportParams,
     QueenModelListParams,
     QueenModelRegisterParams,
     QueenWorkerListParams,
@@ -100,6 +101,19 @@ REFUSED: list[Case] = [
             "repo_id": {"repo_id": "org/m/extra"},
             "revision": {"revision": "../main"},
             "name": {"name": "catalog.json"},
+            "file": {"file": "../model.gguf"},
+            "dtype": {"dtype": "int8"},
+            "hive": _HIVE,
+        },
+    ),
+    (
+        "model_import",
+        QueenModelImportParams,
+        {"name": "m", "path": "/tmp/m.gguf"},
+        {
+            "name": {"name": "a/b"},
+            "path": {"path": "m.gguf"},
+            "dtype": {"dtype": "q4_1"},
             "hive": _HIVE,
         },
     ),
@@ -171,7 +185,7 @@ def test_every_relayed_type_extends_its_downstream_type() -> None:
         for name in queen_ops.__all__
         if name.startswith("Queen") and attrs.has(obj := getattr(queen_ops, name))
     ]
-    assert len(relayed) == 8
+    assert len(relayed) == 9
     for cls in relayed:
         downstream = downstream_type(cls)
         assert downstream is not cls and issubclass(cls, downstream), cls.__name__

@@ -50,6 +50,53 @@ async def test_the_only_hive_is_used_when_none_is_named(cluster: Any, fakes: Any
     assert [p.current for p in progress] == [0, 50, 100]
 
 
+async def test_model_import_and_a_gguf_download_are_relayed_with_their_fields(
+    cluster: Any, fakes: Any
+) -> None:
+    a, b = fakes.Hive("a"), fakes.Hive("b")
+    async with cluster([a, b]) as c:
+        await a.register(c.queen_url)
+        await b.register(c.queen_url)
+        events: list[Any] = []
+        imported = await c.client.run(
+            "model_import",
+            name="smol",
+            path="/srv/gguf/smol.Q4_1.gguf",
+            dtype="bfloat16",
+            hive="b",
+            on_event=events.append,
+        )
+        await c.client.run(
+            "model_download",
+            repo_id="org/smol-gguf",
+            file="sub/smol.Q4_1.gguf",
+            dtype="float16",
+            hive="a",
+        )
+        with pytest.raises(RemoteJobFailed) as ambiguous:
+            await c.client.run("model_import", name="x", path="/srv/gguf/x.gguf")
+    assert (imported["name"], imported["source"]) == ("smol", "gguf")
+    assert imported["source_file"] == "smol.Q4_1.gguf"
+    (params,) = b.imports
+    assert (params.name, params.path, params.dtype) == (
+        "smol",
+        "/srv/gguf/smol.Q4_1.gguf",
+        "bfloat16",
+    )
+    assert a.calls["model_import"] == 0
+    (download,) = a.downloads
+    assert (download.repo_id, download.file, download.dtype) == (
+        "org/smol-gguf",
+        "sub/smol.Q4_1.gguf",
+        "float16",
+    )
+    # the hive's narration and progress, relayed on the one job
+    relayed = [e for e in events if e.origin is not None and e.origin.service == "hive:b"]
+    assert any(isinstance(e.event, Narration) and e.event.action == "import" for e in relayed)
+    assert [e.event.current for e in relayed if isinstance(e.event, Progress)] == [0, 2, 4]
+    assert ambiguous.value.code == "hive_required"
+
+
 async def test_two_hives_and_none_named_lists_every_hive(cluster: Any, fakes: Any) -> None:
     a, b = fakes.Hive("a", models=("tiny",)), fakes.Hive("b", models=("big", "tiny"))
     async with cluster([a, b]) as c:

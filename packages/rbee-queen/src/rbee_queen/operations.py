@@ -39,6 +39,7 @@ from rbee_contracts.queen_ops import (
     QueenInferParams,
     QueenModelDeleteParams,
     QueenModelDownloadParams,
+    QueenModelImportParams,
     QueenModelListParams,
     QueenModelRegisterParams,
     QueenWorkerListParams,
@@ -163,13 +164,20 @@ def queen_operations(queen: Queen) -> Operations:
 
     @ops.operation("model_download")
     async def model_download(params: QueenModelDownloadParams) -> Any:
-        """Download a model from Hugging Face onto a hive (relayed, with progress)."""
+        """Download a model from Hugging Face onto a hive (relayed, with progress); with
+        ``file``, one GGUF file of the repo, then imported as ``model_import`` does."""
         return await queen.forward(queen.resolve_hive(params.hive), "model_download", params)
 
     @ops.operation("model_register")
     async def model_register(params: QueenModelRegisterParams) -> Any:
         """Register a local model directory on a hive (relayed)."""
         return await queen.forward(queen.resolve_hive(params.hive), "model_register", params)
+
+    @ops.operation("model_import")
+    async def model_import(params: QueenModelImportParams) -> Any:
+        """Convert a GGUF file on a hive once into its models directory (relayed, with
+        progress); the same file again is instant."""
+        return await queen.forward(queen.resolve_hive(params.hive), "model_import", params)
 
     @ops.operation("model_list")
     async def model_list(params: QueenModelListParams) -> Any:
