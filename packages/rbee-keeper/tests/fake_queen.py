@@ -15,6 +15,8 @@ fails here too. ``infer`` behaves by model name:
 - ``slow``: a token every 0.1 s for up to 60 s (the job to interrupt);
 - ``stubborn``: like slow, but a cancel takes 3 s to take effect;
 - ``broken``: fails ``no_capacity``;
+- ``base``: a chat fails ``invalid_request`` as a worker refuses it for a model without a chat
+  template (``NO_TEMPLATE``); a plain prompt is served as for ``tiny``;
 - ``self-cancel``: ends ``cancelled``.
 
 Like the real queen, it answers ``/v1/jobs*`` only to the keeper's token: it loads (or creates)
@@ -70,6 +72,7 @@ from rbee_contracts.queen_ops import (
     QueenInferParams,
     QueenModelDeleteParams,
     QueenModelDownloadParams,
+    QueenModelImportParams,
     QueenModelListParams,
     QueenModelRegisterParams,
     QueenWorkerListParams,
@@ -110,6 +113,11 @@ WORKER = QueenWorkerRecord(
     in_flight=0,
     healthy=True,
 )
+
+
+#: the refusal of a chat by a worker whose model has no chat template, as the queen relays it
+#: (``rbee_worker.engines._prompt``; ``test_cli`` checks the worker still says so)
+NO_TEMPLATE = "worker:w1: this model's tokenizer has no chat template: send a prompt"
 
 
 def _relayed(service: str, event: Narration) -> None:
@@ -184,6 +192,8 @@ def operations(
         narrate("schedule", f"no ready worker for {params.model}; spawning one")
         if params.model == "broken":
             raise JobFailed("no_capacity", "no hive can serve model 'broken': not on any hive")
+        if params.model == "base" and params.messages is not None:
+            raise JobFailed("invalid_request", NO_TEMPLATE)
         if params.model == "self-cancel":
             job = current_job()
             assert isinstance(job, JobHandle) and job.scope is not None
@@ -260,6 +270,19 @@ def operations(
     async def model_download(params: QueenModelDownloadParams) -> ModelInfo:
         for done in range(0, 4096 + 1, 1024):
             progress("model_download", done, 4096, unit="bytes")
+        if params.file is not None:
+            narrate("import", f"importing {params.file} of {params.repo_id} as {params.dtype}")
+            name = params.name or Path(params.file).name.removesuffix(".gguf")
+            return ModelInfo(
+                name,
+                4096,
+                "gguf",
+                f"/models/{name}",
+                revision=params.revision,
+                repo_id=params.repo_id,
+                source_file=params.file,
+                sha256="ef" * 32,
+            )
         name = params.name or repo_name(params.repo_id)
         return ModelInfo(
             name,
@@ -274,9 +297,43 @@ def operations(
     async def model_register(params: QueenModelRegisterParams) -> ModelInfo:
         return ModelInfo(params.name, 0, "registered", params.path)
 
+    @ops.operation("model_import")
+    async def model_import(params: QueenModelImportParams) -> ModelInfo:
+        narrate("import", f"converting {params.path} ({params.dtype})")
+        for done in range(0, 4 + 1):
+            progress("model_import", done, 4, unit="tensors")
+        return ModelInfo(
+            params.name,
+            4096,
+            "gguf",
+            f"/models/{params.name}",
+            source_file=params.path,
+            sha256="ab" * 32,
+        )
+
     @ops.operation("model_list")
     async def model_list(params: QueenModelListParams) -> ModelList:
-        return ModelList([ModelInfo("tiny", 1 << 20, "local", "/models/tiny")])
+        return ModelList(
+            [
+                ModelInfo("tiny", 1 << 20, "local", "/models/tiny"),
+                ModelInfo(
+                    "smol",
+                    2 << 20,
+                    "gguf",
+                    "/models/smol",
+                    source_file="/srv/gguf/smol.Q4_1.gguf",
+                    sha256="cd" * 32,
+                ),
+                ModelInfo(
+                    "hub",
+                    3 << 20,
+                    "huggingface",
+                    "/models/hub",
+                    revision="main",
+                    repo_id="org/hub",
+                ),
+            ]
+        )
 
     @ops.operation("model_delete")
     async def model_delete(params: QueenModelDeleteParams) -> ModelInfo:

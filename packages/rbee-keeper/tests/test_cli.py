@@ -8,7 +8,9 @@ import pytest
 from click.testing import Result
 
 import rbee_keeper
-from rbee_keeper.cli import rbee
+from rbee_keeper.cli import raw_hint, rbee, split_gguf_ref
+from rbee_worker.engines._prompt import prompt_ids
+from rbee_worker.engines.base import ChatTurn, GenerationRequest, InvalidRequest
 
 Invoke = Callable[..., Result]
 
@@ -18,7 +20,7 @@ COMMANDS = {
     "queen": ["start", "stop", "status", "rotate-secret"],
     "hive": ["list", "status", "start", "stop", "install", "uninstall"],
     "worker": ["spawn", "list", "stop"],
-    "model": ["download", "register", "list", "delete"],
+    "model": ["download", "register", "import", "list", "delete"],
     "jobs": ["list", "status", "cancel", "stream"],
     "config": ["show"],
     "cert": ["generate", "fingerprint"],
@@ -57,6 +59,10 @@ def test_the_command_tree() -> None:
         ["jobs", "list", "--state", "sleeping"],
         ["jobs", "status"],
         ["model", "register", "only-a-name"],
+        ["infer", "hi", "-m", "x", "--raw", "--system", "be brief"],  # a system turn is a chat
+        ["model", "import", "only-a-name"],
+        ["model", "import", "n", "/m/n.gguf", "--dtype", "q4_1"],
+        ["model", "download", "org/m", "--dtype", "float16"],  # dtype: a GGUF file's only
         ["nonsense"],
     ],
 )
@@ -84,3 +90,27 @@ def test_a_queen_on_another_host_is_not_autostarted(invoke: Invoke) -> None:
     assert result.exit_code == 3
     assert "cannot connect to the queen on no-such-machine.invalid:9" in result.stderr
     assert "started queen" not in result.stderr
+
+
+def test_a_repo_ref_splits_into_the_repo_id_and_a_gguf_file() -> None:
+    assert split_gguf_ref("Org/Repo") == ("Org/Repo", None)
+    assert split_gguf_ref("Org/Repo:model.Q4_1.gguf") == ("Org/Repo", "model.Q4_1.gguf")
+    assert split_gguf_ref("Org/Repo:sub/dir/m.gguf") == ("Org/Repo", "sub/dir/m.gguf")
+    assert split_gguf_ref("Org/Repo:") == ("Org/Repo", "")  # the queen refuses the empty file
+
+
+def test_the_raw_hint_answers_the_workers_own_refusal_of_a_chat() -> None:
+    """A worker whose model's tokenizer has no chat template refuses a chat with a message of
+    its own (``prompt_ids``); the keeper's hint must recognise it, and nothing else."""
+
+    class NoTemplate:
+        chat_template = None
+
+    chat = GenerationRequest(messages=[ChatTurn("user", "hi")])
+    with pytest.raises(InvalidRequest) as refused:
+        prompt_ids(NoTemplate(), chat, 64)
+    relayed = f"worker:w1: {refused.value}"  # the queen prefixes where it failed
+    hint = raw_hint("invalid_request", relayed)
+    assert hint is not None and "--raw" in hint
+    assert raw_hint("invalid_request", "worker:w1: the prompt is 9000 tokens") is None
+    assert raw_hint("no_capacity", relayed) is None

@@ -71,8 +71,8 @@ def test_infer_sends_the_flags_as_job_fields(queen: str, invoke: Invoke) -> None
     params = json_lines(result.stdout)[-1]["result"]["params"]
     assert params == {
         "model": "tiny",
-        "prompt": "p",
-        "messages": None,
+        "prompt": None,
+        "messages": [{"role": "user", "content": "p"}],  # a chat, unless --raw
         "max_tokens": 7,
         "temperature": 0.0,
         "top_p": 0.5,
@@ -94,6 +94,34 @@ def test_infer_with_system_sends_messages_and_reads_stdin(queen: str, invoke: In
     ]
     # Queen-side defaults apply to what was not given.
     assert params["max_tokens"] == 128 and params["stop"] == []
+
+
+def test_infer_raw_sends_a_plain_prompt(queen: str, invoke: Invoke) -> None:
+    result = invoke("infer", "Once upon a time", "-m", "tiny", "--raw", "--json")
+    assert result.exit_code == 0, result.stderr
+    params = json_lines(result.stdout)[-1]["result"]["params"]
+    assert (params["prompt"], params["messages"]) == ("Once upon a time", None)
+
+
+def test_a_chat_refused_for_want_of_a_chat_template_hints_raw(queen: str, invoke: Invoke) -> None:
+    result = invoke("infer", "Once upon a time", "-m", "base")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    failed = next(i for i, line in enumerate(lines) if "job failed: invalid_request" in line)
+    assert "no chat template" in lines[failed]
+    assert any("--raw" in line for line in lines[failed + 1 :]), result.stderr
+
+    as_json = invoke("infer", "Once upon a time", "-m", "base", "--json")
+    assert as_json.exit_code == 1
+    assert json_lines(as_json.stdout)[-1]["error"]["code"] == "invalid_request"
+    assert "--raw" in as_json.stderr
+
+    raw = invoke("infer", "Once upon a time", "-m", "base", "--raw")
+    assert raw.exit_code == 0, raw.stderr
+    assert raw.stdout == "Hello, world!\n"
+    # other failures get no such advice
+    broken = invoke("infer", "x", "-m", "broken")
+    assert broken.exit_code == 1 and "--raw" not in broken.stderr
 
 
 def test_infer_json_gives_json_lines(queen: str, invoke: Invoke) -> None:
@@ -181,6 +209,68 @@ def test_model_register_sends_an_absolute_path(queen: str, invoke: Invoke) -> No
     assert result.exit_code == 0, result.stderr
     path = json_lines(result.stdout)[-1]["result"]["path"]
     assert path.startswith("/") and path.endswith("relative/dir")
+
+
+def test_model_import_sends_an_absolute_path_and_the_dtype(queen: str, invoke: Invoke) -> None:
+    result = invoke("model", "import", "smol", "gguf/smol.Q4_1.gguf", "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.stderr
+    assert "[queen] import: converting /" in result.stderr
+    assert "gguf/smol.Q4_1.gguf (bfloat16)" in result.stderr
+    assert "[queen] model_import" in result.stderr  # its progress
+    out = result.stdout
+    assert "name: smol" in out and "source: gguf" in out and "sha256: " + "ab" * 32 in out
+
+    default = invoke("model", "import", "smol", "/srv/smol.gguf", "--json")
+    assert default.exit_code == 0, default.stderr
+    info = json_lines(default.stdout)[-1]["result"]
+    assert info["source_file"] == "/srv/smol.gguf" and info["source"] == "gguf"
+    narrated = [
+        line["payload"]["message"]
+        for line in json_lines(default.stdout)
+        if line["type"] == "narration"
+    ]
+    assert narrated == ["converting /srv/smol.gguf (float32)"]  # the queen's default dtype
+
+
+def test_model_download_of_a_gguf_file_sends_repo_id_and_file(queen: str, invoke: Invoke) -> None:
+    result = invoke(
+        "model", "download", "Org/Smol-GGUF:q4/smol.Q4_1.gguf", "--dtype", "float16", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = json_lines(result.stdout)
+    info = lines[-1]["result"]
+    assert (info["repo_id"], info["source_file"], info["source"]) == (
+        "Org/Smol-GGUF",
+        "q4/smol.Q4_1.gguf",
+        "gguf",
+    )
+    narrated = [line["payload"]["message"] for line in lines if line["type"] == "narration"]
+    assert narrated == ["importing q4/smol.Q4_1.gguf of Org/Smol-GGUF as float16"]
+
+    plain = invoke("model", "download", "Org/Smol", "--json")
+    assert plain.exit_code == 0, plain.stderr
+    info = json_lines(plain.stdout)[-1]["result"]
+    assert (info["repo_id"], info["source_file"], info["source"]) == (
+        "Org/Smol",
+        None,
+        "huggingface",
+    )
+
+    # the queen judges the file: not a .gguf is a refusal naming the field
+    refused = invoke("model", "download", "Org/Smol:weights.bin")
+    assert refused.exit_code == 5 and "(field file)" in refused.stderr
+
+
+def test_model_list_says_where_each_model_came_from(queen: str, invoke: Invoke) -> None:
+    result = invoke("model", "list")
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "from" in rows["name"].split() and "sha256" not in rows["name"]
+    assert "gguf" in rows["smol"] and "/srv/gguf/smol.Q4_1.gguf" in rows["smol"]
+    assert "org/hub@main" in rows["hub"]
+    # the digest is for --json
+    listed = json_lines(invoke("model", "list", "--json").stdout)[-1]["result"]["models"]
+    assert [m.get("sha256") for m in listed] == [None, "cd" * 32, None]
 
 
 def test_download_progress_is_rendered(queen: str, invoke: Invoke) -> None:

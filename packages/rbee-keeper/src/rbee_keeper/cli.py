@@ -23,11 +23,12 @@ from jobproto import JobProtoError, JobState
 from jobproto.client import JobClient
 from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
 from rbee_contracts.engines import ENGINES
+from rbee_contracts.hive_ops import GGUF_DTYPES
 
 from . import __version__, certs
 from .access import AccessError, QueenRefused, token_summary
 from .config import SETTINGS, ConfigError, Settings, load_settings
-from .render import HumanRenderer, JsonRenderer, Renderer
+from .render import Hinted, HumanRenderer, JsonRenderer, Renderer
 from .runner import (
     EXIT_OK,
     EXIT_USAGE,
@@ -181,6 +182,21 @@ def rbee(
 # -- infer and status -----------------------------------------------------------------------------
 
 
+#: what the worker says when a chat reaches a model whose tokenizer has no chat template
+#: (``rbee_worker.engines._prompt``)
+NO_CHAT_TEMPLATE = "no chat template"
+
+
+def raw_hint(code: str, message: str) -> str | None:
+    """The advice after a chat refused because the model has no chat template: ``--raw``."""
+    if code == "invalid_request" and NO_CHAT_TEMPLATE in message:
+        return (
+            "this model has no chat template (a base model, not an instruct one): send PROMPT"
+            " as a plain completion with --raw"
+        )
+    return None
+
+
 @rbee.command()
 @click.argument("prompt")
 @click.option("--model", "-m", required=True, help="Model name (as the hive knows it).")
@@ -190,7 +206,13 @@ def rbee(
 @click.option("--top-k", type=int, default=None, help="0 = off.")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop sequence (repeatable).")
-@click.option("--system", default=None, help="System message (sends a chat).")
+@click.option("--system", default=None, help="System message, sent before PROMPT.")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Send PROMPT as it is, a plain completion to continue, not a chat (no chat template:"
+    " for base models, or to write the template yourself).",
+)
 @hive_option
 @json_option
 @click.option(
@@ -208,11 +230,16 @@ def infer(
     seed: int | None,
     stop: tuple[str, ...],
     system: str | None,
+    raw: bool,
     hive: str | None,
     as_json: bool,
     no_autostart: bool,
 ) -> None:
-    """Generate text from PROMPT ('-' reads it from stdin); tokens stream to stdout."""
+    """Ask MODEL: PROMPT ('-' reads it from stdin) goes as a user's chat message, through the
+    model's chat template, as `ollama run` does; tokens stream to stdout. With --raw, PROMPT is
+    a plain completion instead."""
+    if raw and system is not None:
+        raise click.UsageError("--system needs a chat: leave out --raw")
     if prompt == "-":
         prompt = sys.stdin.read()
     fields = _fields(
@@ -225,15 +252,13 @@ def infer(
         stop=list(stop) if stop else None,
         hive=hive,
     )
-    if system is not None:
-        fields["messages"] = [
-            {"role": "system", "content": system},
-            {"role": "user", "content": prompt},
-        ]
-    else:
+    if raw:
         fields["prompt"] = prompt
+    else:
+        system_turn = [] if system is None else [{"role": "system", "content": system}]
+        fields["messages"] = [*system_turn, {"role": "user", "content": prompt}]
     settings = app.settings
-    renderer = renderer_for(as_json)
+    renderer = Hinted(renderer_for(as_json), raw_hint) if not raw else renderer_for(as_json)
     code = run_sync(
         lambda: run_job(settings, renderer, "infer", fields, autostart=not no_autostart)
     )
@@ -551,17 +576,46 @@ def model() -> None:
     """Models on the hives."""
 
 
+def split_gguf_ref(repo_ref: str) -> tuple[str, str | None]:
+    """``Org/Repo:path/file.gguf`` as ``(repo_id, file)``; a plain ``Org/Repo`` as
+    ``(repo_id, None)``. A repo id has no ``:``, so the first one separates them; the queen
+    judges both parts."""
+    repo_id, sep, file = repo_ref.partition(":")
+    return repo_id, file if sep else None
+
+
+dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(GGUF_DTYPES),
+    default=None,
+    help="What the imported weights are stored as (default: float32, which every engine runs"
+    " on CPU; bfloat16 and float16 take half the space).",
+)
+
+
 @model.command("download")
-@click.argument("repo_id")
+@click.argument("repo_ref", metavar="REPO_ID[:FILE.gguf]")
 @click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
-@click.option("--name", default=None, help="Name to register it under (default: from REPO_ID).")
+@click.option(
+    "--name",
+    default=None,
+    help="Name to register it under (default: from REPO_ID, or the GGUF file's name).",
+)
+@dtype_option
 @hive_option
 @job_command("model_download")
 def model_download(
-    repo_id: str, revision: str | None, name: str | None, hive: str | None
+    repo_ref: str, revision: str | None, name: str | None, dtype: str | None, hive: str | None
 ) -> dict[str, Any]:
-    """Download a model from the Hugging Face Hub onto a hive."""
-    return _fields(repo_id=repo_id, revision=revision, name=name, hive=hive)
+    """Download a model from the Hugging Face Hub onto a hive.
+
+    REPO_ID (Org/Repo) downloads the repo's model files. Org/Repo:FILE.gguf downloads that one
+    GGUF file and imports it as `rbee model import` does.
+    """
+    repo_id, file = split_gguf_ref(repo_ref)
+    if dtype is not None and file is None:
+        raise click.UsageError("--dtype applies to a GGUF file: REPO_ID:FILE.gguf")
+    return _fields(repo_id=repo_id, file=file, revision=revision, name=name, dtype=dtype, hive=hive)
 
 
 @model.command("register")
@@ -573,6 +627,24 @@ def model_register(name: str, path: Path, hive: str | None) -> dict[str, Any]:
     """Register a local model directory under NAME (nothing is copied)."""
     # Relative to where the person is: the hive's working directory means nothing to them.
     return _fields(name=name, path=str(path.expanduser().absolute()), hive=hive)
+
+
+@model.command("import")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@dtype_option
+@hive_option
+@job_command("model_import")
+def model_import(name: str, path: Path, dtype: str | None, hive: str | None) -> dict[str, Any]:
+    """Import the GGUF file PATH (llama.cpp, Ollama, LM Studio) as the model NAME.
+
+    The hive converts it once into its models directory, into weights both engines load, and
+    remembers the file: importing the same file again is instant. PATH is on the hive's
+    machine, under one of its model roots (for the local hive: the model_roots setting,
+    RBEE_MODEL_ROOTS; for a hive started by hand: its --model-root). Architectures the
+    conversion cannot handle are refused before any work.
+    """
+    return _fields(name=name, path=str(path.expanduser().absolute()), dtype=dtype, hive=hive)
 
 
 @model.command("list")

@@ -17,7 +17,7 @@ just the generated text.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -41,12 +41,14 @@ from jobproto import Data, Gap, JobEvent, JobState, Narration, Origin, UnknownEv
 from jobproto import Progress as ProgressEvent
 
 __all__ = [
+    "Hinted",
     "HumanRenderer",
     "JsonRenderer",
     "Renderer",
     "format_age",
     "format_bytes",
     "hive_rows",
+    "model_rows",
     "service_of",
     "worker_rows",
 ]
@@ -136,6 +138,34 @@ def worker_rows(workers: list[Any]) -> list[Any]:
     return [
         {c: w.get(c) for c in columns} if isinstance(w, Mapping) and "worker_id" in w else w
         for w in workers
+    ]
+
+
+def model_rows(models: list[Any]) -> list[Any]:
+    """The models of ``model_list`` as people read them: where each came from in one column
+    (``from``: the Hugging Face repo and revision, the GGUF file an imported model was converted
+    from), and only the columns some row has a value in. The GGUF file's SHA-256 is in
+    ``--json``; a row that is not a model is left as it is."""
+    rows: list[Any] = []
+    for model in models:
+        if not isinstance(model, Mapping) or "name" not in model:
+            rows.append(model)
+            continue
+        repo, revision = model.get("repo_id"), model.get("revision")
+        origin = [f"{repo}@{revision}" if repo and revision else repo, model.get("source_file")]
+        row = {
+            "hive_id": model.get("hive_id"),
+            "name": model.get("name"),
+            "source": model.get("source"),
+            "size_bytes": model.get("size_bytes"),
+            "from": " ".join(str(part) for part in origin if part) or None,
+            "path": model.get("path"),
+        }
+        rows.append(row)
+    used = {k for row in rows if isinstance(row, Mapping) for k, v in row.items() if v is not None}
+    return [
+        {k: v for k, v in row.items() if k in used} if isinstance(row, Mapping) else row
+        for row in rows
     ]
 
 
@@ -313,6 +343,10 @@ class HumanRenderer(Renderer):
                 self._end_text()
             self.console.print(Text(infer_summary(result, elapsed), style="green"))
             return
+        if operation == "model_list" and isinstance(result, Mapping):
+            models = result.get("models")
+            if isinstance(models, list):
+                result = {**result, "models": model_rows(models)}
         if operation in HIVE_LISTS and isinstance(result, Mapping):
             hives = result.get("hives")
             if isinstance(hives, list):
@@ -435,6 +469,41 @@ def show_value(console: Console, value: Any, title: str = "") -> None:
                 console.print(f"{escape(str(key))}: {escape(_cell(str(key), item))}")
     else:
         console.print(escape(_cell("", value)))
+
+
+class Hinted(Renderer):
+    """``renderer``, and after a failed job a line of advice when ``hint`` has one for its
+    ``(code, message)`` (``rbee infer``: ``--raw`` for a model without a chat template)."""
+
+    def __init__(self, renderer: Renderer, hint: Callable[[str, str], str | None]) -> None:
+        self.renderer = renderer
+        self.hint = hint
+
+    def event(self, item: JobEvent | Gap) -> None:
+        self.renderer.event(item)
+
+    def note(self, message: str) -> None:
+        self.renderer.note(message)
+
+    def succeeded(self, operation: str, result: Any, job_id: str, elapsed: float) -> None:
+        self.renderer.succeeded(operation, result, job_id, elapsed)
+
+    def ended(self, state: JobState, job_id: str, code: str, message: str) -> None:
+        self.renderer.ended(state, job_id, code, message)
+        advice = self.hint(code, message) if state is JobState.FAILED else None
+        if advice is not None:
+            self.renderer.note(advice)
+
+    def error(
+        self, message: str, *, exit_code: int, code: str | None = None, field: str | None = None
+    ) -> None:
+        self.renderer.error(message, exit_code=exit_code, code=code, field=field)
+
+    def output(self, value: Any) -> None:
+        self.renderer.output(value)
+
+    def close(self) -> None:
+        self.renderer.close()
 
 
 class JsonRenderer(Renderer):
