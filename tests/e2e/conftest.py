@@ -792,17 +792,27 @@ class HFReference:
         self.model.eval()
 
     def generate(self, prompt: str, system: str | None, max_new_tokens: int) -> Reference:
+        """A plain prompt (``system`` None), else a chat of ``system`` and ``prompt``."""
+        if system is None:
+            return self._generate(
+                self.tokenizer(prompt, return_tensors="pt").input_ids, max_new_tokens
+            )
+        return self.generate_chat(prompt, system, max_new_tokens)
+
+    def generate_chat(self, prompt: str, system: str | None, max_new_tokens: int) -> Reference:
+        """A chat through the chat template: ``prompt`` as the user's turn, after ``system``'s
+        when given (what ``rbee infer`` sends without ``--raw``)."""
+        system_turn = [] if system is None else [{"role": "system", "content": system}]
+        messages = [*system_turn, {"role": "user", "content": prompt}]
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return self._generate(encoded["input_ids"], max_new_tokens)
+
+    def _generate(self, input_ids: Any, max_new_tokens: int) -> Reference:
         import torch
 
         tok = self.tokenizer
-        if system is None:
-            input_ids = tok(prompt, return_tensors="pt").input_ids
-        else:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-            encoded = tok.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            input_ids = encoded["input_ids"]
         with torch.no_grad():
             out = self.model.generate(
                 input_ids,

@@ -84,6 +84,7 @@ def test_download_resumes_shows_progress_and_the_worker_loads_it(
             "0",
             "--max-tokens",
             "12",
+            "--raw",
             "--json",
         )
         ids = [i for payload in infer.data() for i in payload["token_ids"]]

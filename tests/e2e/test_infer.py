@@ -23,7 +23,8 @@ def test_concurrent_requests_for_a_model_without_worker_start_exactly_one(cluste
     cluster.stop_workers("tiny")  # whatever ran earlier: the model must have no worker
     assert not [w for w in cluster.hive_workers() if w["model"] == "tiny"]
 
-    args = ("infer", "Once upon a time", "--model", "tiny", "--max-tokens", "8")
+    # a plain completion (--raw): the random model's chat answer could end before 8 tokens
+    args = ("infer", "Once upon a time", "--model", "tiny", "--max-tokens", "8", "--raw")
     runs = [rbee.start(*args, "--temperature", "0") for _ in range(BURST)]
     try:
         results = [run.wait(timeout=180) for run in runs]
@@ -50,23 +51,30 @@ def test_concurrent_requests_for_a_model_without_worker_start_exactly_one(cluste
     assert [w for r in results for w in r.routed()] == [worker["worker_id"]] * BURST
 
 
+#: (prompt, system message, raw): --raw sends a plain prompt; otherwise a chat goes through the
+#: model's chat template, with the system message first when there is one
 PROMPTS = [
-    pytest.param("Once upon a time", None, id="prompt"),
-    pytest.param("The bees leave the hive at dawn and", None, id="prompt-2"),
-    pytest.param("Write one sentence about bees.", "You are a helpful assistant.", id="system"),
+    pytest.param("Once upon a time", None, True, id="prompt"),
+    pytest.param("The bees leave the hive at dawn and", None, True, id="prompt-2"),
+    pytest.param("Write one sentence about bees.", None, False, id="chat"),
+    pytest.param(
+        "Write one sentence about bees.", "You are a helpful assistant.", False, id="system"
+    ),
 ]
 MAX_TOKENS = 24
 
 
-@pytest.mark.parametrize(("prompt", "system"), PROMPTS)
+@pytest.mark.parametrize(("prompt", "system", "raw"), PROMPTS)
 def test_greedy_tokens_equal_transformers_generate(
-    cluster: Any, hf_reference: Any, prompt: str, system: str | None
+    cluster: Any, hf_reference: Any, prompt: str, system: str | None, raw: bool
 ) -> None:
     rbee = cluster.rbee
     args = ["infer", prompt, "--model", "tiny", "--temperature", "0"]
     args += ["--max-tokens", str(MAX_TOKENS)]
     if system is not None:
         args += ["--system", system]
+    if raw:
+        args += ["--raw"]
 
     run = rbee.ok(*args, "--json", timeout=120)
     final = run.final()
@@ -79,7 +87,10 @@ def test_greedy_tokens_equal_transformers_generate(
     origins = {line["origin"]["service"] for line in run.lines() if line.get("type") == "data"}
     assert len(origins) == 1 and origins.pop().startswith("worker:"), run.lines()
 
-    ref = hf_reference.generate(prompt, system, MAX_TOKENS)
+    if raw:
+        ref = hf_reference.generate(prompt, None, MAX_TOKENS)
+    else:
+        ref = hf_reference.generate_chat(prompt, system, MAX_TOKENS)
     expected = ref.ids
     if result["finish_reason"] == "stop" and expected and expected[-1] == ref.eos_token_id:
         expected = expected[:-1]  # generate() keeps the end-of-sequence token; rbee does not
