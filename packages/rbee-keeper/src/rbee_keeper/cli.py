@@ -235,9 +235,16 @@ def infer(
     as_json: bool,
     no_autostart: bool,
 ) -> None:
-    """Ask MODEL: PROMPT ('-' reads it from stdin) goes as a user's chat message, through the
-    model's chat template, as `ollama run` does; tokens stream to stdout. With --raw, PROMPT is
-    a plain completion instead."""
+    """Ask a model PROMPT ('-' reads it from stdin); the answer streams to stdout.
+
+    PROMPT is sent as the user's message of a chat, through the model's chat template (as
+    `ollama run` does), after the --system message if any. --raw sends PROMPT as a plain
+    completion instead: the model continues the text.
+
+    \b
+    rbee infer "What is the capital of France?" -m smollm2 --temperature 0
+    rbee infer "Once upon a time" -m tiny --raw
+    """
     if raw and system is not None:
         raise click.UsageError("--system needs a chat: leave out --raw")
     if prompt == "-":
@@ -588,8 +595,8 @@ dtype_option = click.option(
     "--dtype",
     type=click.Choice(GGUF_DTYPES),
     default=None,
-    help="What the imported weights are stored as (default: float32, which every engine runs"
-    " on CPU; bfloat16 and float16 take half the space).",
+    help="What the imported weights are stored as (default: float32, which vLLM's CPU build"
+    " runs; bfloat16 and float16 take half the space).",
 )
 
 
