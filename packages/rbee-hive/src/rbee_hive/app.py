@@ -46,6 +46,7 @@ from . import __version__
 from .hive import HiveService
 from .operations import hive_operations
 from .settings import (
+    DEFAULT_CONVERT_COMMAND,
     DEFAULT_WORKER_COMMAND,
     ENV_MODEL_ROOTS,
     HiveSettings,
@@ -115,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "--worker-command",
         default=shlex.join(DEFAULT_WORKER_COMMAND),
         help="command that starts a worker (split like a shell would; no shell runs it)",
+    )
+    p.add_argument(
+        "--convert-command",
+        default=shlex.join(DEFAULT_CONVERT_COMMAND),
+        help="command that converts a GGUF file for model_import; the hive appends"
+        " SRC DEST --dtype DTYPE (split like a shell would; no shell runs it)",
     )
     p.add_argument("--stop-grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
     p.add_argument("--ready-timeout", type=float, default=300.0)
@@ -196,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             state_dir=args.state_dir,
             heartbeat_interval=args.heartbeat,
             worker_command=shlex.split(args.worker_command),
+            convert_command=shlex.split(args.convert_command),
             stop_grace=args.stop_grace,
             ready_timeout=args.ready_timeout,
             restart_limit=args.restart_limit,

@@ -42,6 +42,8 @@ class HiveService:
             hf_endpoint=settings.hf_endpoint,
             progress_interval=settings.progress_interval,
             roots=settings.roots,
+            convert_command=settings.convert_command,
+            logs_dir=settings.logs_dir,
         )
         self.heartbeat: HeartbeatSender | None = None
         if settings.queen_url is not None:

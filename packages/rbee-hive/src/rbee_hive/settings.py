@@ -19,6 +19,7 @@ from rbee_contracts.records import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVA
 from rbee_contracts.values import check_models_dir, optional_url_validator
 
 __all__ = [
+    "DEFAULT_CONVERT_COMMAND",
     "DEFAULT_WORKER_COMMAND",
     "ENV_MODEL_ROOTS",
     "LOOPBACK_NAMES",
@@ -34,6 +35,9 @@ ENV_MODEL_ROOTS = "RBEE_HIVE_MODEL_ROOTS"
 
 #: how a hive starts a worker: the worker's own module, with the hive's interpreter (the same venv).
 DEFAULT_WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "rbee_worker.app")
+#: how a hive converts a GGUF file (``model_import``): the worker package's converter, with the
+#: hive's interpreter (the worker's ``gguf`` extra installs what it needs)
+DEFAULT_CONVERT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "rbee_worker.gguf_import")
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -82,7 +86,7 @@ def _roots(_: object, attribute: attrs.Attribute[Any], value: Path | tuple[Path,
 
 def _command(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     if not value or not all(isinstance(part, str) and part for part in value):
-        raise ValueError("worker_command must be a non-empty list of non-empty strings")
+        raise ValueError(f"{attribute.name} must be a non-empty list of non-empty strings")
 
 
 @attrs.frozen
@@ -110,6 +114,11 @@ class HiveSettings:
     #: (``--model PATH --engine E --host H --port 0 --worker-id ID ...``)
     worker_command: tuple[str, ...] = attrs.field(
         default=DEFAULT_WORKER_COMMAND, converter=_argv, validator=_command
+    )
+    #: the argument list that converts a GGUF file; the hive appends ``SRC DEST --dtype DTYPE``
+    #: (``rbee_hive.conversion``)
+    convert_command: tuple[str, ...] = attrs.field(
+        default=DEFAULT_CONVERT_COMMAND, converter=_argv, validator=_command
     )
     #: the address workers bind (the queen talks to workers directly, so it must reach it)
     worker_host: str = "127.0.0.1"
@@ -181,6 +190,7 @@ class HiveSettings:
 
     @property
     def logs_dir(self) -> Path:
+        """Worker logs (``{worker_id}.log``) and converter logs (``imports/{name}.log``)."""
         return self.state_dir / "logs"
 
     @property
