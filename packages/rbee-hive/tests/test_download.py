@@ -67,6 +67,8 @@ async def test_download_with_progress(
                 "path": str(settings.models_dir / "tiny-llama"),
                 "revision": sha,
                 "repo_id": REPO,
+                "source_file": None,  # a GGUF import's only
+                "sha256": None,
             }
             check_files(settings.models_dir / "tiny-llama")
             listed, _ = await kit.run_job(h.client, "model_list")

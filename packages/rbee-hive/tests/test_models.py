@@ -93,6 +93,8 @@ async def test_register_list_delete(
             "path": str(local),
             "revision": None,
             "repo_id": None,
+            "source_file": None,
+            "sha256": None,
         }
 
         with pytest.raises(RemoteJobFailed) as exc:

@@ -55,6 +55,8 @@ __all__ = [
     "Flight",
     "download_error",
     "fetch",
+    "fetch_file",
+    "human",
     "remove_stale_partials",
 ]
 
@@ -242,6 +244,55 @@ def fetch(
         lock.release()
     flight.phase = f"downloaded {flight.repo_id}@{commit[:12]}"
     return commit
+
+
+def fetch_file(
+    flight: Flight, filename: str, *, cache_dir: Path, endpoint: str | None
+) -> tuple[Path, str]:
+    """Download one file of ``flight``'s repository (a GGUF model is one file) into the hive's
+    Hugging Face cache (blocking: run it in a thread); its path there and the commit.
+
+    One ``model_info`` call gives the commit and the file's size (the progress total), then
+    ``hf_hub_download`` at that commit: a file already in the cache at that commit is not
+    fetched again, and its path is the same as the first time (the import that follows knows
+    it by that path, its size and its modification time). ``flight.local_dir`` is the cache.
+    """
+    from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
+
+    info = HfApi(endpoint=endpoint).model_info(
+        flight.repo_id, revision=flight.revision, files_metadata=True
+    )
+    commit = info.sha
+    if commit is None:
+        raise ModelError("download_failed", "the hub did not say which commit to download")
+    sizes = {s.rfilename: s.size for s in info.siblings or []}
+    if filename not in sizes:
+        ggufs = sorted(name for name in sizes if name.endswith(".gguf"))[:20]
+        has = f"its GGUF files: {', '.join(ggufs)}" if ggufs else "it has no GGUF file"
+        raise ModelError(
+            "file_not_found", f"{flight.repo_id}@{flight.revision} has no file {filename!r} ({has})"
+        )
+    flight.total = sizes[filename]
+    cached = try_to_load_from_cache(
+        flight.repo_id, filename, cache_dir=str(cache_dir), revision=commit
+    )
+    if (
+        isinstance(cached, str)
+        and flight.total is not None
+        and _has_size(Path(cached), flight.total)
+    ):
+        flight.present = flight.total
+    flight.phase = f"downloading {filename} from {flight.repo_id}@{commit[:12]}"
+    path = hf_hub_download(
+        flight.repo_id,
+        filename,
+        revision=commit,
+        cache_dir=str(cache_dir),  # the hive's own cache, never the user's
+        endpoint=endpoint,
+        tqdm_class=cast(Any, flight.tracker.bar_class()),
+    )
+    flight.phase = f"downloaded {filename} from {flight.repo_id}@{commit[:12]}"
+    return Path(path), commit
 
 
 def _acquire(lock: filelock.FileLock, flight: Flight) -> None:

@@ -21,6 +21,7 @@ from rbee_contracts.hive_ops import (
     CapabilitiesParams,
     ModelDeleteParams,
     ModelDownloadParams,
+    ModelImportParams,
     ModelInfo,
     ModelList,
     ModelListParams,
@@ -42,6 +43,7 @@ __all__ = [
     "CapabilitiesParams",
     "ModelDeleteParams",
     "ModelDownloadParams",
+    "ModelImportParams",
     "ModelListParams",
     "ModelRegisterParams",
     "WorkerListParams",
@@ -159,9 +161,13 @@ def hive_operations(hive: HiveService) -> Operations:
 
     @ops.operation("model_download")
     async def model_download(params: ModelDownloadParams) -> ModelInfo:
-        """Download a model from Hugging Face into the models directory (resumable)."""
-        narrate("model_download", f"downloading {params.repo_id}@{params.revision}")
-        info = await catalog.download(params.repo_id, params.revision, params.name)
+        """Download a model from Hugging Face into the models directory (resumable); with
+        ``file``, one GGUF file of the repository, then imported as ``model_import`` does."""
+        what = params.repo_id + (f":{params.file}" if params.file else "")
+        narrate("model_download", f"downloading {what}@{params.revision}")
+        info = await catalog.download(
+            params.repo_id, params.revision, params.name, file=params.file, dtype=params.dtype
+        )
         await hive.announce()
         narrate("model_download", f"{info.name} is ready: {info.size_bytes} bytes at {info.path}")
         return info
@@ -172,6 +178,16 @@ def hive_operations(hive: HiveService) -> Operations:
         info = await catalog.register(params.name, params.path)
         await hive.announce()
         narrate("model_register", f"registered {info.name} at {info.path}")
+        return info
+
+    @ops.operation("model_import")
+    async def model_import(params: ModelImportParams) -> ModelInfo:
+        """Convert a GGUF file under a model root once into the models directory (both engines
+        load the result); the same file imported again returns at once."""
+        narrate("model_import", f"importing {params.path} as {params.name} ({params.dtype})")
+        info = await catalog.import_gguf(params.name, params.path, params.dtype)
+        await hive.announce()
+        narrate("model_import", f"{info.name} is ready: {info.size_bytes} bytes at {info.path}")
         return info
 
     @ops.operation("model_list")
