@@ -204,13 +204,14 @@ def model_type_of(architecture: str) -> str:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     known = set(GGUF_CONFIG_MAPPING) - _NOT_ARCHITECTURES
-    if architecture not in known:
+    model_type = _RENAMED.get(architecture, architecture)
+    # transformers accepts the file's name or its own for it (qwen2moe is known as qwen2_moe)
+    if architecture not in known and model_type not in known:
         raise ConversionError(
             "unsupported_architecture",
             f"transformers cannot read a GGUF model of architecture {architecture!r}"
             f" (it reads {', '.join(sorted(known))})",
         )
-    model_type = _RENAMED.get(architecture, architecture)
     # Imported only here: it loads torch, which a refusal of an unknown architecture never needs.
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
