@@ -514,7 +514,7 @@ async def test_cancelling_the_import_kills_the_converter_s_process_group(
                 break
         assert (await h.client.status(created.job_id)).state == "cancelled"
         await kit.wait_for(lambda: all(kit.gone(pid) for pid in pids), 10.0)
-        await kit.wait_for(lambda: not h.hive.catalog._imports, 10.0)
+        await kit.wait_for(lambda: not h.hive.catalog.imports.running, 10.0)
         assert _leftovers(settings.models_dir) == []
         assert "m" not in _catalog(settings.models_dir)
         assert "cancelled" in (settings.logs_dir / "imports" / "m.log").read_text()
@@ -644,3 +644,53 @@ async def test_download_of_one_gguf_file_then_import(
                 )
             assert exc.value.code == "model_exists" and len(hub.requests) == before
     assert _runs(count) == 1
+
+
+# -- the real converter ----------------------------------------------------------------------------
+
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_the_real_converter_imports_smollm2_once(
+    start_hive: Any, make_settings: Settings, kit: Any, smollm2_gguf: Path, tmp_path: Path
+) -> None:
+    # The hive's default converter: python -m rbee_worker.gguf_import with this interpreter.
+    settings = make_settings(
+        convert_command=DEFAULT_CONVERT_COMMAND,
+        model_roots=(tmp_path / "models", smollm2_gguf.parent),
+    )
+    async with start_hive(settings) as h:
+        started = time.monotonic()
+        result, events = await kit.run_job(
+            h.client, "model_import", name="smollm2", path=str(smollm2_gguf)
+        )
+        took = time.monotonic() - started
+        target = settings.models_dir / "smollm2"
+        assert (result["source"], result["path"], result["sha256"]) == (
+            "gguf",
+            str(target),
+            SMOLLM2_SHA256,
+        )
+        config = json.loads((target / "config.json").read_text())
+        assert config["architectures"] == ["LlamaForCausalLM"]
+        assert (target / "model.safetensors").is_file()
+        assert (target / "tokenizer_config.json").is_file()
+        steps = [n.fields.get("step") for n in kit.narrations(events, "model_import")]
+        assert [s for s in steps if s] == ["read", "tokenizer", "weights", "write"]
+        writes = [
+            p for p in kit.progresses(events, "model_import") if p.message.startswith("write")
+        ]
+        assert writes and writes[-1].current == writes[-1].total and "(100%)" in writes[-1].message
+
+        started = time.monotonic()
+        again, events = await kit.run_job(
+            h.client, "model_import", name="smollm2", path=str(smollm2_gguf)
+        )
+        instant = time.monotonic() - started
+        assert again == result
+        assert any("already imported" in n.message for n in kit.narrations(events))
+    print(f"SmolLM2 imported through the hive in {took:.1f} s; imported again in {instant:.2f} s")
+    assert instant < 5.0

@@ -273,12 +273,17 @@ def _event(run: _Run, event: dict[str, Any], conversion: Conversion) -> None:
         if not final and now - run.last_progress < run.interval:
             return
         run.last_progress = now
-        unit = event.get("unit") if isinstance(event.get("unit"), str) else ""
-        shown = f"{human(done)} of {human(total)}" if unit == "B" and total else f"{done:g}"
-        if unit != "B" and total is not None:
-            shown += f" of {total:g}"
+        # The contract counts bytes or tensors without naming which: a share is shown, and
+        # bytes as bytes when the converter says so ("unit": "B").
+        unit = str(event["unit"])[:16] if isinstance(event.get("unit"), str) else ""
+        if unit == "B":
+            shown = human(done) + (f" of {human(total)}" if total is not None else "")
+        else:
+            shown = f"{done:g}" + (f" of {total:g}" if total is not None else "")
+        if total:
+            shown += f" ({min(100.0, 100 * done / total):.0f}%)"
         conversion.tell(
-            progress, "model_import", done, total, unit=str(unit), message=f"{step}: {shown}"
+            progress, "model_import", done, total, unit=unit, message=f"{step}: {shown}"
         )
     elif kind == "done":
         run.done = event

@@ -27,14 +27,12 @@ Another process downloading the same model is kept out by a file lock per model.
 its progress and what resumes are in ``downloads``.
 
 GGUF imports (``import_gguf``; ``download`` with ``file``: one GGUF file of a repository, fetched
-into the hive's Hugging Face cache, then imported) follow the same rules: a file under a model
-root (the register rule), judged by its header before any work (``gguf_header``; architectures
-``conversion.SUPPORTED_ARCHITECTURES``), converted by the converter process (``conversion``) in
-the catalog's task group with a single flight per name, under the model's file lock, into a
-temporary directory beside the model's, renamed into place once complete. The catalog records the
-source file, its size, modification time and SHA-256: importing the same file (unchanged, or
-with the same digest) under the same name with the same dtype again returns at once. Deleting an
-imported model removes the converted directory, never the source file.
+into the hive's Hugging Face cache, then imported) are ``imports``' (``GGUFImports``): judged by
+the file's header before any work, converted by the converter process (``conversion``) in the
+catalog's task group, single flight per name, under the same file lock, into a temporary
+directory beside the model's that is renamed into place once complete. The catalog records the
+source file, its size, modification time and SHA-256, so importing the same file again is
+instant. Deleting an imported model removes the converted directory, never the source file.
 """
 
 from __future__ import annotations
@@ -44,12 +42,9 @@ import contextvars
 import json
 import logging
 import os
-import re
 import shutil
-import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -58,27 +53,19 @@ import anyio
 import anyio.abc
 import filelock
 
-from jobproto import narrate, progress
+from jobproto import narrate
 from rbee_contracts.hive_ops import ModelInfo
-from rbee_contracts.ids import CATALOG_FILE, NAME_PATTERN, check_name, check_repo_id, is_name
+from rbee_contracts.ids import CATALOG_FILE, NAME_PATTERN, check_name, check_repo_id
 
-from .conversion import (
-    Conversion,
-    check_architecture,
-    hash_file,
-    run_converter,
-)
 from .downloads import (
     HF_DIR,
     DownloadCancelled,
     Flight,
     download_error,
     fetch,
-    fetch_file,
-    human,
 )
 from .errors import ModelError
-from .gguf_header import GGUFError, GGUFHeader, read_header
+from .imports import GGUFImports, gguf_model_name
 from .settings import DEFAULT_CONVERT_COMMAND
 
 __all__ = [
@@ -155,11 +142,12 @@ class ModelCatalog:
         self.hf_cache_dir = hf_cache_dir
         self.hf_endpoint = hf_endpoint
         self.progress_interval = progress_interval
-        self.convert_command = tuple(convert_command)
-        #: the converter's logs go to ``{logs_dir}/imports/{name}.log``
-        self.logs_dir = Path(logs_dir) if logs_dir is not None else self.root / ".logs"
         self._flights: dict[str, Flight] = {}
-        self._imports: dict[str, Conversion] = {}
+        #: GGUF imports (``imports``); their logs in ``logs_dir`` (default: ``.logs`` in the
+        #: models directory)
+        self.imports = GGUFImports(
+            self, convert_command, Path(logs_dir) if logs_dir is not None else self.root / ".logs"
+        )
         self._tg: anyio.abc.TaskGroup | None = None
 
     @asynccontextmanager
@@ -175,8 +163,7 @@ class ModelCatalog:
                 # not waited for past SHUTDOWN_GRACE (huggingface_hub's own timeouts end it).
                 for flight in list(self._flights.values()):
                     flight.tracker.cancelled.set()
-                for conversion in list(self._imports.values()):
-                    conversion.scope.cancel()  # kills the converter's process group
+                self.imports.cancel_all()  # each kills its converter's process group
                 tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
                 self._tg = None
 
@@ -197,7 +184,7 @@ class ModelCatalog:
 
     def _busy(self, name: str) -> bool:
         """Whether ``name`` is being downloaded or imported by this hive."""
-        return name in self._flights or name in self._imports
+        return name in self._flights or name in self.imports.running
 
     def _lock(self, name: str) -> filelock.FileLock:
         return filelock.FileLock(str(self.root / ".locks" / f"{check_name(name)}.lock"))
@@ -429,7 +416,7 @@ class ModelCatalog:
         """
         check_repo_id(repo_id)
         if file is not None:
-            return await self._download_gguf(repo_id, revision, name, file, dtype)
+            return await self.imports.download(repo_id, revision, name, file, dtype)
         if name is None:
             try:
                 name = check_name(repo_id.rsplit("/", 1)[-1])
@@ -440,7 +427,7 @@ class ModelCatalog:
             await anyio.to_thread.run_sync(self._check_target, name, repo_id)
         if self._tg is None:
             raise RuntimeError("the model catalog is not running")
-        if name in self._imports:  # looked up after the check: it yielded to the loop
+        if name in self.imports.running:  # looked up after the check: it yielded to the loop
             raise ModelError("model_busy", f"{name!r} is being imported")
         flight = self._flights.get(name)  # looked up after the check: it yielded to the loop
         if flight is None:
@@ -541,437 +528,9 @@ class ModelCatalog:
             repo_id=flight.repo_id,
         )
 
-    # -- GGUF import -------------------------------------------------------------------------------
+    # -- GGUF import (``imports``) -----------------------------------------------------------------
 
     async def import_gguf(self, name: str, path: str, dtype: str = "float32") -> ModelInfo:
         """Convert the GGUF file at ``path`` (absolute, under a model root) once into the models
-        directory as model ``name``, its weights stored as ``dtype``.
-
-        Refused before any work: a path outside the roots, not a regular ``.gguf`` file, not
-        GGUF, or of an architecture the hive does not import. The same file imported again
-        under the same name with the same dtype returns at once. Narrates and reports progress
-        on the current job; a second call for the same import joins it; cancelling the only
-        call kills the converter and leaves nothing behind.
-        """
-        self.model_dir(name)
-        src, header = await anyio.to_thread.run_sync(self._check_source, path)
-        return await self._import(name, src, header, dtype, {})
-
-    def _check_source(self, path: str) -> tuple[Path, GGUFHeader]:
-        """The GGUF file ``path`` names, resolved, and its header (register's path rule)."""
-        given = Path(path)
-        if not given.is_absolute():
-            raise ModelError("invalid_path", f"path must be absolute, got {path!r}")
-        target = Path(os.path.realpath(given))  # judged where links and ".." lead, first
-        if not self.within_roots(target):
-            raise self._not_allowed(path)
-        if not target.exists():
-            raise ModelError("path_not_found", f"{path} does not exist")
-        if not target.is_file():
-            raise ModelError("not_a_file", f"{path} is not a regular file")
-        if not given.name.lower().endswith(".gguf"):
-            raise ModelError("not_gguf", f"{path} is not a GGUF file (its name must end in .gguf)")
-        return target, self._header(target)
-
-    def _header(self, path: Path) -> GGUFHeader:
-        try:
-            header = read_header(path)
-        except GGUFError as exc:
-            raise ModelError(exc.code, exc.message) from None
-        except OSError as exc:
-            raise ModelError("path_not_readable", f"{path} cannot be read: {exc}") from None
-        check_architecture(header, path)
-        return header
-
-    async def _import(
-        self, name: str, src: Path, header: GGUFHeader, dtype: str, origin: dict[str, Any]
-    ) -> ModelInfo:
-        if not self._busy(name):
-            done = await anyio.to_thread.run_sync(self._imported, name, src, dtype, None, origin)
-            if done is not None:
-                narrate("model_import", f"{name} is already imported from {src}", model=name)
-                return done
-
-        async def work(conversion: Conversion) -> ModelInfo:
-            return await self._convert(conversion, src, header, dtype, origin)
-
-        return await self._fly(name, ("file", str(src), dtype), work)
-
-    async def _download_gguf(
-        self, repo_id: str, revision: str, name: str | None, file: str, dtype: str
-    ) -> ModelInfo:
-        if name is None:
-            name = gguf_model_name(file)
-        self.model_dir(name)
-        if not self._busy(name):
-            await anyio.to_thread.run_sync(self._check_gguf_target, name, repo_id, file)
-
-        async def work(conversion: Conversion) -> ModelInfo:
-            flight = Flight(
-                name, repo_id, revision, self.hf_cache_dir, observers=conversion.observers
-            )
-            src, commit = await self._fetch_file(flight, file)
-            header = await anyio.to_thread.run_sync(self._header, src)
-            origin = {"repo_id": repo_id, "revision": commit, "requested_revision": revision}
-            return await self._convert(conversion, src, header, dtype, {**origin, "file": file})
-
-        return await self._fly(name, ("hub", repo_id, revision, file, dtype), work)
-
-    def _check_gguf_target(self, name: str, repo_id: str, file: str) -> None:
-        """Refuse, before downloading, a name taken by anything but this file of this repo."""
-        entry = self._read().get(name)
-        target = self.model_dir(name)
-        if entry is None:
-            if target.exists() or target.is_symlink():
-                raise ModelError(
-                    "model_exists", f"{target} already holds files; choose another name"
-                )
-            return
-        if (entry.get("source"), entry.get("repo_id"), entry.get("file")) != (
-            "gguf",
-            repo_id,
-            file,
-        ):
-            where = entry.get("source_file") or entry.get("repo_id") or entry.get("path")
-            raise ModelError(
-                "model_exists",
-                f"a model named {name!r} already exists ({entry.get('source')} {where});"
-                " choose another name",
-            )
-
-    async def _fetch_file(self, flight: Flight, file: str) -> tuple[Path, str]:
-        """Download ``file`` of ``flight``'s repository, reporting progress as downloads do."""
-        result: tuple[Path, str] | None = None
-        error: ModelError | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._report, flight)
-            try:
-                result = await anyio.to_thread.run_sync(
-                    lambda: fetch_file(
-                        flight, file, cache_dir=self.hf_cache_dir, endpoint=self.hf_endpoint
-                    ),
-                    abandon_on_cancel=True,
-                )
-            except Exception as exc:  # caught here, not as a group from the task group
-                error = download_error(exc, flight, self.hf_endpoint)
-            except anyio.get_cancelled_exc_class():
-                flight.tracker.cancelled.set()  # the thread stops at its next chunk
-                raise
-            finally:
-                tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
-        assert result is not None
-        flight.report(final=True)
-        return result
-
-    async def _fly(
-        self,
-        name: str,
-        key: tuple[str, ...],
-        work: Callable[[Conversion], Awaitable[ModelInfo]],
-    ) -> ModelInfo:
-        """Run ``work`` as the import of ``name`` in the catalog's task group, or join the one
-        running with the same ``key``; wait for its end."""
-        if self._tg is None:
-            raise RuntimeError("the model catalog is not running")
-        if name in self._flights:
-            raise ModelError("model_busy", f"{name!r} is being downloaded")
-        conversion = self._imports.get(name)
-        if conversion is None:
-            conversion = self._imports[name] = Conversion(name, key)
-            self._tg.start_soon(self._run_import, conversion, work, name=f"import {name}")
-        elif conversion.key != key:
-            raise ModelError(
-                "model_busy", f"{name!r} is being imported from {' '.join(conversion.key[1:])}"
-            )
-        else:
-            narrate("model_import", f"joining the running import of {name}", model=name)
-        ctx = contextvars.copy_context()
-        conversion.observers.append(ctx)
-        try:
-            await conversion.done.wait()
-        finally:
-            conversion.observers.remove(ctx)
-            if not conversion.done.is_set() and not conversion.observers:
-                logger.info("nobody waits for the import of %s any more: stopping it", name)
-                conversion.scope.cancel()
-        if conversion.error is not None:
-            raise conversion.error
-        assert conversion.result is not None
-        return conversion.result
-
-    async def _run_import(
-        self, conversion: Conversion, work: Callable[[Conversion], Awaitable[ModelInfo]]
-    ) -> None:
-        try:
-            with conversion.scope:
-                try:
-                    conversion.result = await work(conversion)
-                except ModelError as exc:
-                    conversion.error = exc
-                except Exception as exc:
-                    logger.exception("the import of %s failed", conversion.name)
-                    conversion.error = ModelError(
-                        "conversion_failed",
-                        f"importing {conversion.name} failed: {type(exc).__name__}: {exc}",
-                    )
-        finally:
-            if conversion.result is None and conversion.error is None:
-                conversion.error = ModelError(
-                    "import_cancelled", f"the import of {conversion.name} was stopped"
-                )
-            del self._imports[conversion.name]
-            conversion.done.set()
-
-    async def _convert(
-        self,
-        conversion: Conversion,
-        src: Path,
-        header: GGUFHeader,
-        dtype: str,
-        origin: dict[str, Any],
-    ) -> ModelInfo:
-        """The import itself, under the model's file lock: digest, convert, rename, record."""
-        name = conversion.name
-        lock = self._lock(name)
-        try:
-            # Taken and released on the loop's thread (filelock's locks are per thread); a
-            # non-blocking attempt, so the loop never waits on it.
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise ModelError(
-                "model_busy", f"another process is downloading or importing {name!r}"
-            ) from None
-        try:
-            # Judged again under the lock: another process may have imported it meanwhile.
-            done = await anyio.to_thread.run_sync(self._imported, name, src, dtype, None, origin)
-            digest = None
-            if done is None:
-                digest = await self._digest(conversion, src)
-                done = await anyio.to_thread.run_sync(
-                    self._imported, name, src, dtype, digest, origin
-                )
-            if done is not None:
-                conversion.tell(
-                    narrate, "model_import", f"{name} is already imported from {src}", model=name
-                )
-                return done
-            assert digest is not None
-            return await self._convert_locked(conversion, src, header, dtype, digest, origin)
-        finally:
-            lock.release()
-
-    async def _convert_locked(
-        self,
-        conversion: Conversion,
-        src: Path,
-        header: GGUFHeader,
-        dtype: str,
-        digest: str,
-        origin: dict[str, Any],
-    ) -> ModelInfo:
-        name = conversion.name
-        stat = await anyio.to_thread.run_sync(os.stat, src)
-        layers = f", {header.block_count} layers" if header.block_count else ""
-        conversion.tell(
-            narrate,
-            "model_import",
-            f"converting {src.name} ({header.architecture}{layers}, {human(stat.st_size)})"
-            f" to {dtype}",
-            model=name,
-            architecture=header.architecture,
-        )
-        tmp = await anyio.to_thread.run_sync(self._fresh_temp, name)
-        try:
-            summary = await run_converter(
-                self.convert_command,
-                src,
-                tmp,
-                dtype,
-                log_path=self.logs_dir / "imports" / f"{name}.log",
-                conversion=conversion,
-                progress_interval=self.progress_interval,
-            )
-            entry: dict[str, Any] = {
-                "source": "gguf",
-                "source_file": str(src),
-                "sha256": digest,
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "dtype": dtype,
-                "architecture": header.architecture,
-                "imported_at": time.time(),
-                **origin,
-            }
-            if isinstance(summary.get("parameters"), int):
-                entry["parameters"] = summary["parameters"]
-            info = await anyio.to_thread.run_sync(self._install, name, tmp, entry)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lambda: shutil.rmtree(tmp, ignore_errors=True))
-        seconds = summary.get("seconds")
-        took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
-        conversion.tell(
-            narrate,
-            "model_import",
-            f"imported {name}{took}: {human(info.size_bytes)} at {info.path}",
-            model=name,
-        )
-        return info
-
-    async def _digest(self, conversion: Conversion, src: Path) -> str:
-        """The SHA-256 of ``src``, computed in a thread, with progress on the import's jobs."""
-        size = (await anyio.to_thread.run_sync(os.stat, src)).st_size
-        counter = [0]
-        cancelled = threading.Event()
-        conversion.tell(narrate, "model_import", f"computing the SHA-256 of {src} ({human(size)})")
-
-        async def report() -> None:
-            while True:
-                await anyio.sleep(self.progress_interval)
-                done = counter[0]
-                conversion.tell(
-                    progress,
-                    "model_import",
-                    done,
-                    size,
-                    unit="B",
-                    message=f"sha256: {human(done)} of {human(size)}",
-                )
-
-        digest: str | None = None
-        failure: OSError | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(report)
-            try:
-                digest = await anyio.to_thread.run_sync(
-                    hash_file, src, counter, cancelled, abandon_on_cancel=True
-                )
-            except OSError as exc:  # caught here, not as a group from the task group
-                failure = exc
-            except anyio.get_cancelled_exc_class():
-                cancelled.set()  # the thread stops at its next block
-                raise
-            finally:
-                tg.cancel_scope.cancel()
-        if failure is not None:
-            raise ModelError("path_not_readable", f"{src} cannot be read: {failure}")
-        assert digest is not None
-        conversion.tell(
-            progress, "model_import", size, size, unit="B", message=f"sha256: {digest[:16]}…"
-        )
-        return digest
-
-    def _imported(
-        self,
-        name: str,
-        src: Path,
-        dtype: str,
-        digest: str | None,
-        origin: dict[str, Any],
-    ) -> ModelInfo | None:
-        """The model ``name`` when it is an import of this file (the same path, size and
-        modification time, or the same ``digest``) as ``dtype``; None when it is to be made.
-        ``model_exists`` when the name is taken by anything else; with ``digest`` None, a
-        different file is not judged yet (the caller computes the digest and asks again)."""
-        entry = self._read().get(name)
-        target = self.model_dir(name)
-        if not self.within_roots(target):  # a link out of the roots: never written through
-            raise ModelError("path_not_allowed", f"{target} leads outside this hive's model roots")
-        if entry is None:
-            if target.exists() or target.is_symlink():
-                raise ModelError(
-                    "model_exists", f"{target} already holds files; choose another name"
-                )
-            return None
-        if entry.get("source") != "gguf":
-            where = entry.get("repo_id") or entry.get("path")
-            raise ModelError(
-                "model_exists",
-                f"a model named {name!r} already exists ({entry.get('source')} {where});"
-                " choose another name",
-            )
-        stat = os.stat(src)
-        same_file = (entry.get("source_file"), entry.get("size"), entry.get("mtime_ns")) == (
-            str(src),
-            stat.st_size,
-            stat.st_mtime_ns,
-        )
-        same_digest = digest is not None and entry.get("sha256") == digest
-        if not same_file and not same_digest:
-            if digest is None:
-                return None
-            raise ModelError(
-                "model_exists",
-                f"{name!r} was imported from another file ({entry.get('source_file')}, sha256"
-                f" {str(entry.get('sha256'))[:16]}…): delete it first, or choose another name",
-            )
-        if entry.get("dtype") != dtype:
-            raise ModelError(
-                "model_exists",
-                f"{name!r} was imported as {entry.get('dtype')}: delete it first to import it as"
-                f" {dtype}, or choose another name",
-            )
-        if not (target / "config.json").is_file():
-            return None  # its files are gone: converted again
-        if not same_file:  # the same bytes elsewhere (or touched): known by this file from now
-            entry = {
-                **entry,
-                **origin,
-                "source_file": str(src),
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-            }
-            self._update(name, entry)
-        return self._info(name, entry)
-
-    def _fresh_temp(self, name: str) -> Path:
-        """An empty directory beside the model's for the converter to write; what a killed
-        hive left from an earlier import of ``name`` is removed first (the caller holds the
-        model's lock, so none of it is in use)."""
-        prefix = f".{name}.import-"
-        for stale in self.root.iterdir():
-            if stale.name.startswith(prefix) and stale.is_dir() and not stale.is_symlink():
-                logger.info("removing %s, left by an interrupted import", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.root))
-
-    def _install(self, name: str, tmp: Path, entry: dict[str, Any]) -> ModelInfo:
-        """Move a finished conversion into place and record it."""
-        if not (tmp / "config.json").is_file():
-            raise ModelError(
-                "conversion_failed", "the converter said it was done but wrote no config.json"
-            )
-        target = self.model_dir(name)
-        if target.is_symlink():
-            raise ModelError("model_exists", f"{target} already exists; choose another name")
-        if target.is_dir():
-            # Only what is left of an earlier import of this name, without its config.json
-            # (``_imported`` judged it under this same lock), is replaced.
-            earlier = self._read().get(name)
-            if (
-                earlier is None
-                or earlier.get("source") != "gguf"
-                or (target / "config.json").exists()
-            ):
-                raise ModelError("model_exists", f"{target} already exists; choose another name")
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-        self._update(name, entry)
-        info = self._info(name, entry)
-        assert info is not None
-        return info
-
-
-def gguf_model_name(file: str) -> str:
-    """The default model name for a GGUF file of a repository: its stem, made a valid name
-    (``Org/Repo:sub/SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``SmolLM2-135M-Instruct.Q4_1``)."""
-    stem = file.rsplit("/", 1)[-1]
-    if stem.lower().endswith(".gguf"):
-        stem = stem[: -len(".gguf")]
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem)
-    name = re.sub(r"\.{2,}", ".", name).lstrip("._-")[:128]
-    if not is_name(name):
-        raise ModelError("invalid_name", f"pass a name: nothing in {file!r} makes one")
-    return name
+        directory as model ``name``, its weights stored as ``dtype`` (``GGUFImports``)."""
+        return await self.imports.import_gguf(name, path, dtype)
