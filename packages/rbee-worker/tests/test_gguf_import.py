@@ -291,7 +291,7 @@ def test_the_conversion_narrates_its_steps(bf16_conversion: tuple[Path, list[Any
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps == ["read", "tokenizer", "weights", "write"]
     progress = [e for e in events if e["event"] == "progress"]
-    assert progress and all(e["step"] == "write" for e in progress)
+    assert progress and all(e["step"] == "write" and e["unit"] == "B" for e in progress)
     assert [e["done"] for e in progress] == sorted(e["done"] for e in progress)
     assert progress[-1]["done"] == progress[-1]["total"]
     done = events[-1]

@@ -26,7 +26,7 @@ refuses a model loaded that way, so this module writes the directory itself:
 stdout carries JSON lines only, one event each (the hive reads them)::
 
     {"event": "step", "step": "read"|"tokenizer"|"weights"|"write", "message": "..."}
-    {"event": "progress", "step": "write", "done": N, "total": M}          (bytes)
+    {"event": "progress", "step": "write", "done": N, "total": M, "unit": "B"}
     {"event": "done", "architecture": "llama", "parameters": N, "bytes": N,
      "dtype": "float32", "seconds": S}
     {"event": "error", "code": "unsupported_architecture"|"not_gguf"|"conversion_failed",
@@ -369,7 +369,7 @@ def convert(src: Path, dest: Path, dtype: str, emit: Emit) -> dict[str, Any]:
             dest / "model.safetensors",
             tensors,
             lambda done, total: emit(
-                {"event": "progress", "step": "write", "done": done, "total": total}
+                {"event": "progress", "step": "write", "done": done, "total": total, "unit": "B"}
             ),
         )
         del tensors
