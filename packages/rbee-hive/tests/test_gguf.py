@@ -365,6 +365,11 @@ async def test_import_converts_once_narrating_and_a_second_import_is_instant(
         shutil.copyfile(src, copy)
         again, _ = await kit.run_job(h.client, "model_import", name="tiny", path=str(copy))
         assert again["source_file"] == str(copy) and _runs(count) == 1
+        # A model whose converted files were removed by hand is converted again.
+        (target / "config.json").unlink()
+        again, _ = await kit.run_job(h.client, "model_import", name="tiny", path=str(src))
+        assert (target / "config.json").is_file() and _runs(count) == 2
+        assert again == result
 
         # Another dtype, or another file, under the same name: refused.
         with pytest.raises(RemoteJobFailed) as exc:
@@ -382,7 +387,7 @@ async def test_import_converts_once_narrating_and_a_second_import_is_instant(
         second, _ = await kit.run_job(
             h.client, "model_import", name="other", path=str(other), dtype="bfloat16"
         )
-        assert second["sha256"] == _sha256(other) and _runs(count) == 2
+        assert second["sha256"] == _sha256(other) and _runs(count) == 3
 
         # Deleting an imported model removes what was converted, never the source file.
         await kit.run_job(h.client, "model_delete", name="tiny")

@@ -430,7 +430,10 @@ class GGUFImports:
                 f"a model named {name!r} already exists ({entry.get('source')} {where});"
                 " choose another name",
             )
-        stat = os.stat(src)
+        try:
+            stat = os.stat(src)
+        except OSError as exc:
+            raise ModelError("path_not_found", f"{src} cannot be read any more: {exc}") from None
         same_file = (entry.get("source_file"), entry.get("size"), entry.get("mtime_ns")) == (
             str(src),
             stat.st_size,
