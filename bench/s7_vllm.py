@@ -79,7 +79,7 @@ START_TIMEOUT = 240.0
 #: cores, whose OpenMP threads spin while they wait for each other, made runs 5x apart here.
 ENGINE_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 #: What the converter (``python -m rbee_worker.gguf_import``) imports besides transformers.
-CONVERTER_MODULES = ("rbee_worker.gguf_import", "gguf", "accelerate", "safetensors")
+CONVERTER_MODULES = ("rbee_worker.gguf_import", "transformers", "gguf", "accelerate", "safetensors")
 
 
 @attrs.frozen
@@ -126,11 +126,17 @@ def _build_model(python: str, model: Path) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=300)
 
 
-async def _wait_http(http: httpx.AsyncClient, url: str, proc: Proc) -> None:
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
+async def _wait_http(http: httpx.AsyncClient, url: str, proc: Proc, log: Path) -> None:
     with anyio.fail_after(START_TIMEOUT):
         while True:
             if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}")
+                # The logs go with the run's temporary directory: the reason goes in the error.
+                tail = _tail(log)
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{tail}")
             try:
                 if (await http.get(url)).status_code == 200:
                     return
@@ -312,7 +318,8 @@ async def _pair(ctx: Ctx, python: str, tmp: Path, model: Model) -> list[Row]:
         env={"HF_HUB_OFFLINE": "1", **ENGINE_ENV},
     )
     async with http_client(timeout=300.0) as http:
-        await _wait_http(http, f"{vllm_server.url}/health", vllm_server)
+        log = ctx.procs.log_dir / f"{vllm_server.name}.log"
+        await _wait_http(http, f"{vllm_server.url}/health", vllm_server, log)
         await wait_ready(http, worker, within=START_TIMEOUT)
         state = tmp / f"queen-{model.name}"
         queen = start_queen(ctx, state)
