@@ -18,13 +18,11 @@ RBEE_QUEEN_URL / RBEE_HIVE_PORT say otherwise. Extra arguments replace the defau
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import smollm2
 
@@ -42,18 +40,6 @@ def run(*args: str, check: bool = True) -> int:
     return code
 
 
-def model_info(name: str) -> dict[str, Any] | None:
-    """Model ``name`` of the local hive as `rbee model list` shows it (an earlier run imported
-    it), else None."""
-    args = ("rbee", "model", "list", "--json")
-    out = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True)
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        return None
-    models = json.loads(lines[-1]).get("result", {}).get("models", [])
-    return next((m for m in models if m.get("name") == name), None)
-
-
 def main() -> int:
     state = Path(os.environ.setdefault("RBEE_STATE_DIR", str(ROOT / ".rbee-demo")))
     os.environ.setdefault("RBEE_MODELS_DIR", str(state / "models"))
@@ -64,11 +50,8 @@ def main() -> int:
     extra = sys.argv[1:] or ["--temperature", "0"]
     run("rbee", "queen", "start")
     try:
-        # Imported by a run before this one from another file (RBEE_MODEL_CACHE moved it):
-        # forgotten, then imported again. The same file is found imported at once.
-        known = model_info(MODEL)
-        if known is not None and known.get("source_file") != str(gguf):
-            run("rbee", "model", "delete", MODEL)
+        # A run before this one imported it already: the hive knows the file (by its path, size
+        # and modification time, or, moved elsewhere, by its SHA-256) and answers at once.
         run("rbee", "model", "import", MODEL, str(gguf))
         code = run("rbee", "infer", QUESTION, "--model", MODEL, *extra, check=False)
         run("rbee", "status", check=False)
