@@ -420,4 +420,34 @@ async def run(ctx: Ctx, args: argparse.Namespace) -> Section:
         }
         ctx.log(f"vllm: {model.label} took {measured[model.name]['seconds']:.0f} s")
     sec.extra["models"] = measured
+    sec.notes += compute_notes(sec.rows, models, measured)
     return sec
+
+
+def compute_notes(rows: list[Row], models: list[Model], measured: dict[str, Any]) -> list[str]:
+    """What each model costs the engine per token (vLLM's own server at one request), next to
+    what rbee adds before the first token: the transport's share of a request, in figures."""
+    parts = []
+    for model in models:
+        rate = next(
+            (r for r in rows if r.measure == f"tokens/s, {model.label}, 1 concurrent request"), None
+        )
+        added = next(
+            (
+                r
+                for r in rows
+                if r.measure
+                == f"time to first token added by rbee, {model.label}, 1 concurrent request"
+            ),
+            None,
+        )
+        if rate is None or rate.base is None or added is None or added.ours is None:
+            continue
+        parts.append(
+            f"{model.label}: {1e3 / rate.base.median:.1f} ms a token on vLLM's server,"
+            f" {added.ours.median:.1f} ms added by rbee before the first one"
+            f" ({measured[model.name]['seconds']:.0f} s for this pair, start-up included)"
+        )
+    if not parts:
+        return []
+    return ["At one request: " + "; ".join(parts) + "."]
