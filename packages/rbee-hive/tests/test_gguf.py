@@ -32,7 +32,8 @@ from rbee_hive import gguf_header
 from rbee_hive.app import _parser
 from rbee_hive.conversion import SUPPORTED_ARCHITECTURES
 from rbee_hive.errors import ModelError
-from rbee_hive.gguf_header import GGUFError, read_header
+from rbee_hive.gguf_header import GGUFError, parse_header_start, read_header
+from rbee_hive.imports import PROBE_BYTES
 from rbee_hive.models import gguf_model_name
 from rbee_hive.settings import DEFAULT_CONVERT_COMMAND, HiveSettings
 
@@ -257,6 +258,20 @@ def test_any_bytes_give_a_header_or_a_gguf_error(
         assert exc.code in ("not_gguf", "unsupported_gguf_version", "invalid_gguf")
     else:
         assert header.architecture and len(header.architecture.encode()) <= 4096
+
+
+def test_the_start_of_a_file_tells_its_architecture_or_nothing_yet(tmp_path: Path) -> None:
+    data = gguf_bytes(LLAMA_KVS)
+    cut = len(gguf_bytes(LLAMA_KVS[:1])) + 5  # inside the second key/value
+    header = parse_header_start(data[:cut], "org/repo:m.gguf")
+    assert header is not None and (header.architecture, header.name) == ("llama", None)
+    # The whole header: what reading the file gives.
+    assert parse_header_start(data, "w") == read_header(write_gguf(tmp_path / "m.gguf", data))
+    for short in (b"", b"GG", b"GGUF\x03\0", data[:30]):  # before the architecture is known
+        assert parse_header_start(short, "w") is None
+    with pytest.raises(GGUFError) as exc:
+        parse_header_start(b"<html>", "org/repo:m.gguf")
+    assert exc.value.code == "not_gguf" and "org/repo:m.gguf" in exc.value.message
 
 
 def test_default_names_of_a_repository_s_gguf_file() -> None:
@@ -589,6 +604,7 @@ async def test_download_of_one_gguf_file_then_import(
         "tiny.Q4_0.gguf": data,
         "other.Q8_0.gguf": gguf_bytes(arch="mamba"),
         "README.md": b"# tiny",
+        "fake.gguf": b"<html>not a model</html>" * 100,
     }
     async with fake_hub() as (hub_url, hub):
         sha = hub.add(REPO, files)
@@ -607,8 +623,10 @@ async def test_download_of_one_gguf_file_then_import(
             )
             assert result["sha256"] == hashlib.sha256(data).hexdigest()
             assert result["path"] == str(settings.models_dir / "tiny.Q4_0")
-            # Only that file was fetched, into the hive's own cache.
-            assert len(hub.file_gets("tiny.Q4_0.gguf")) == 1
+            # Only that file was fetched (its start first, to judge it), into the hive's own
+            # cache.
+            probe = f"bytes=0-{PROBE_BYTES - 1}"
+            assert hub.file_gets("tiny.Q4_0.gguf") == [probe, None]
             assert not hub.file_gets("other.Q8_0.gguf") and not hub.file_gets("README.md")
             assert Path(result["source_file"]).is_relative_to(settings.hf_cache_dir)
             fetched = kit.progresses(events, "model_download")
@@ -626,17 +644,26 @@ async def test_download_of_one_gguf_file_then_import(
                 h.client, "model_download", repo_id=REPO, file="tiny.Q4_0.gguf"
             )
             assert again == result
-            assert len(hub.file_gets("tiny.Q4_0.gguf")) == 1 and _runs(count) == 1
+            assert len(hub.file_gets("tiny.Q4_0.gguf")) == 2 and _runs(count) == 1
 
             with pytest.raises(RemoteJobFailed) as exc:
                 await kit.run_job(
                     h.client, "model_download", repo_id=REPO, file="none.gguf", name="x"
                 )
             assert exc.value.code == "file_not_found"
-            assert "other.Q8_0.gguf, tiny.Q4_0.gguf" in exc.value.message
+            assert "fake.gguf, other.Q8_0.gguf, tiny.Q4_0.gguf" in exc.value.message
+            # A file of an architecture the hive does not import is refused by its first bytes,
+            # before it is downloaded.
             with pytest.raises(RemoteJobFailed) as exc:
                 await kit.run_job(h.client, "model_download", repo_id=REPO, file="other.Q8_0.gguf")
             assert exc.value.code == "unsupported_architecture"
+            assert f"{REPO}:other.Q8_0.gguf holds a 'mamba' model" in exc.value.message
+            assert hub.file_gets("other.Q8_0.gguf") == [probe]
+            # ... and one that is no GGUF file at all.
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(h.client, "model_download", repo_id=REPO, file="fake.gguf")
+            assert exc.value.code == "not_gguf"
+            assert hub.file_gets("fake.gguf") == [probe]
             # A name taken by another model is refused before anything is fetched.
             before = len(hub.requests)
             with pytest.raises(RemoteJobFailed) as exc:

@@ -79,13 +79,14 @@ HASH_BLOCK: Final = 1 << 20
 DRAIN_SECONDS: Final = 2.0
 
 
-def check_architecture(header: GGUFHeader, path: Path) -> None:
-    """Refuse a GGUF file whose architecture the hive does not import."""
+def check_architecture(header: GGUFHeader, where: str | Path) -> None:
+    """Refuse a GGUF file (``where``: its path, or repository and name) whose architecture the
+    hive does not import."""
     if header.architecture not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
         raise ModelError(
             "unsupported_architecture",
-            f"{path} holds a {header.architecture!r} model; this hive imports GGUF files of"
+            f"{where} holds a {header.architecture!r} model; this hive imports GGUF files of"
             f" these architectures: {supported}",
         )
 

@@ -56,6 +56,7 @@ __all__ = [
     "download_error",
     "fetch",
     "fetch_file",
+    "first_bytes",
     "human",
     "remove_stale_partials",
 ]
@@ -247,7 +248,13 @@ def fetch(
 
 
 def fetch_file(
-    flight: Flight, filename: str, *, cache_dir: Path, endpoint: str | None
+    flight: Flight,
+    filename: str,
+    *,
+    cache_dir: Path,
+    endpoint: str | None,
+    judge: Callable[[bytes], None] | None = None,
+    judge_bytes: int = 256 * 1024,
 ) -> tuple[Path, str]:
     """Download one file of ``flight``'s repository (a GGUF model is one file) into the hive's
     Hugging Face cache (blocking: run it in a thread); its path there and the commit.
@@ -256,6 +263,10 @@ def fetch_file(
     ``hf_hub_download`` at that commit: a file already in the cache at that commit is not
     fetched again, and its path is the same as the first time (the import that follows knows
     it by that path, its size and its modification time). ``flight.local_dir`` is the cache.
+
+    ``judge`` sees the file's first ``judge_bytes`` before a file not in the cache is
+    downloaded (``first_bytes``), and may refuse it by raising: a GGUF file of an architecture
+    the hive does not import is refused without downloading it.
     """
     from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 
@@ -282,6 +293,10 @@ def fetch_file(
         and _has_size(Path(cached), flight.total)
     ):
         flight.present = flight.total
+    elif judge is not None:
+        start = first_bytes(flight.repo_id, filename, commit, endpoint=endpoint, limit=judge_bytes)
+        if start is not None:
+            judge(start)
     flight.phase = f"downloading {filename} from {flight.repo_id}@{commit[:12]}"
     path = hf_hub_download(
         flight.repo_id,
@@ -293,6 +308,37 @@ def fetch_file(
     )
     flight.phase = f"downloaded {filename} from {flight.repo_id}@{commit[:12]}"
     return Path(path), commit
+
+
+def first_bytes(
+    repo_id: str, filename: str, revision: str, *, endpoint: str | None, limit: int
+) -> bytes | None:
+    """The first ``limit`` bytes of a file of a repository (one ``Range`` request, blocking),
+    or None when they cannot be had: best effort, the download that follows says what fails."""
+    import httpx
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
+        headers = {**build_hf_headers(), "Range": f"bytes=0-{limit - 1}"}
+        with (
+            httpx.Client(follow_redirects=True, timeout=10.0) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            if response.status_code not in (200, 206):
+                return None
+            data = bytearray()
+            for chunk in response.iter_bytes():  # a server that ignores Range: cut short
+                data += chunk
+                if len(data) >= limit:
+                    break
+            return bytes(data[:limit])
+    except Exception as exc:  # a probe: any failure means "not known yet"
+        logger.debug("could not read the start of %s:%s: %s", repo_id, filename, exc)
+        return None
 
 
 def _acquire(lock: filelock.FileLock, flight: Flight) -> None:

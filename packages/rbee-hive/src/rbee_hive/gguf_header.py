@@ -24,6 +24,7 @@ header; arrays nest at most ``MAX_DEPTH`` deep. Reading stops once the keys want
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "GGUFError",
     "GGUFHeader",
+    "parse_header_start",
     "read_header",
 ]
 
@@ -70,10 +72,13 @@ class GGUFError(ValueError):
     ``not_gguf`` (no GGUF magic), ``unsupported_gguf_version`` or ``invalid_gguf`` (truncated,
     past a bound, or without ``general.architecture``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, truncated: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: the data ended before what it declares (a whole file: invalid; the start of one
+        #: that ``parse_header_start`` was given: nothing is known yet)
+        self.truncated = truncated
 
 
 @attrs.frozen
@@ -94,7 +99,7 @@ class GGUFHeader:
 class _Reader:
     """Bounded reads from a binary file of known size."""
 
-    def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
+    def __init__(self, f: BinaryIO, size: int, path: Path | str) -> None:
         self.f = f
         self.size = size
         self.path = path
@@ -103,15 +108,19 @@ class _Reader:
     def invalid(self, what: str) -> GGUFError:
         return GGUFError("invalid_gguf", f"{self.path} is not a valid GGUF file: {what}")
 
+    def past_end(self, what: str) -> GGUFError:
+        message = f"{self.path} is not a valid GGUF file: {what} runs past the end of the file"
+        return GGUFError("invalid_gguf", message, truncated=True)
+
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.f.tell() + n > self.size:
-            raise self.invalid(f"{what} runs past the end of the file")
+            raise self.past_end(what)
 
     def read(self, n: int, what: str) -> bytes:
         self.need(n, what)
         data = self.f.read(n)
         if len(data) != n:
-            raise self.invalid(f"{what} runs past the end of the file")
+            raise self.past_end(what)
         return data
 
     def skip(self, n: int, what: str) -> None:
@@ -183,8 +192,23 @@ def read_header(path: Path) -> GGUFHeader:
         return _parse(_Reader(f, size, path))
 
 
-def _parse(r: _Reader) -> GGUFHeader:
+def parse_header_start(data: bytes, where: str) -> GGUFHeader | None:
+    """The header in ``data``, the first bytes of a GGUF file (``where`` names it in errors):
+    what is known once ``general.architecture`` has been read, None when ``data`` ends before
+    it. ``GGUFError`` when the bytes read show it is no GGUF file the hive can read. The hive
+    judges a file in a model repository by its first bytes before downloading all of it."""
+    try:
+        return _parse(_Reader(io.BytesIO(data), len(data), where), partial=True)
+    except GGUFError as exc:
+        if exc.truncated:
+            return None
+        raise
+
+
+def _parse(r: _Reader, partial: bool = False) -> GGUFHeader:
     magic = r.f.read(4)
+    if len(magic) < 4 and partial and MAGIC.startswith(magic):
+        raise r.past_end("the magic")
     if magic != MAGIC:
         raise GGUFError("not_gguf", f"{r.path} is not a GGUF file (it does not start with GGUF)")
     raw = r.read(4, "the version")
@@ -203,18 +227,24 @@ def _parse(r: _Reader) -> GGUFHeader:
         raise r.invalid(f"it declares {kv_count} key/value pairs (at most {MAX_KV})")
     found: dict[str, str | int] = {}
     wanted = {"general.architecture", "general.name"}
-    for index in range(kv_count):
-        key = r.string(f"key {index}", MAX_KEY_BYTES)
-        kind = r.u32(f"the type of {key}")
-        if key in wanted or (key.endswith(".block_count") and key.count(".") == 1):
-            value = r.value(kind, key)
-            if value is not None:
-                found[key] = value
-        else:
-            r.skip_value(kind, key)
-        arch = found.get("general.architecture")
-        if isinstance(arch, str) and wanted | {f"{arch}.block_count"} <= found.keys():
-            break  # all that is needed: the rest (the tokenizer, mostly) is never read
+    try:
+        for index in range(kv_count):
+            key = r.string(f"key {index}", MAX_KEY_BYTES)
+            kind = r.u32(f"the type of {key}")
+            if key in wanted or (key.endswith(".block_count") and key.count(".") == 1):
+                value = r.value(kind, key)
+                if value is not None:
+                    found[key] = value
+            else:
+                r.skip_value(kind, key)
+            arch = found.get("general.architecture")
+            if isinstance(arch, str) and wanted | {f"{arch}.block_count"} <= found.keys():
+                break  # all that is needed: the rest (the tokenizer, mostly) is never read
+    except GGUFError as exc:
+        # The start of a file, cut inside its key/values: what was read before the cut is
+        # what is known (the architecture comes first in the files llama.cpp writes).
+        if not (partial and exc.truncated and isinstance(found.get("general.architecture"), str)):
+            raise
     arch = found.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise r.invalid("it has no general.architecture")

@@ -7,8 +7,9 @@ model root once links and ``..`` are resolved, a regular file named ``*.gguf``),
 header (``gguf_header``: GGUF versions 2 and 3, ``general.architecture`` among
 ``conversion.SUPPORTED_ARCHITECTURES``), and the name (``model_exists`` when another model has
 it; the same file under it again is done at once: see below). A download of one GGUF file
-(``download``) is judged by the name before anything is fetched, by the header once the file is
-in the hive's Hugging Face cache.
+(``download``) is judged by the name before anything is fetched, then by its first
+``PROBE_BYTES`` (one ``Range`` request: the architecture is the first key of the files llama.cpp
+writes) before the whole file is downloaded, and by its header once in the hive's cache.
 
 The work runs in the catalog's task group, not in the job that asked (as downloads do): one
 ``Conversion`` per name (single flight). A second request for the same import joins it and sees
@@ -50,7 +51,7 @@ from rbee_contracts.ids import is_name
 from .conversion import Conversion, check_architecture, hash_file, run_converter
 from .downloads import Flight, download_error, fetch_file, human
 from .errors import ModelError
-from .gguf_header import GGUFError, GGUFHeader, read_header
+from .gguf_header import GGUFError, GGUFHeader, parse_header_start, read_header
 
 if TYPE_CHECKING:
     from .models import ModelCatalog
@@ -58,6 +59,10 @@ if TYPE_CHECKING:
 __all__ = ["GGUFImports", "gguf_model_name"]
 
 logger = logging.getLogger("rbee_hive.imports")
+
+#: how much of a repository's GGUF file is read to judge it before it is downloaded (the
+#: architecture is the first key/value of the files llama.cpp writes)
+PROBE_BYTES = 256 * 1024
 
 
 class GGUFImports:
@@ -152,6 +157,22 @@ class GGUFImports:
 
         return await self._fly(name, ("hub", repo_id, revision, file, dtype), work)
 
+    @staticmethod
+    def _judge_start(where: str) -> Callable[[bytes], None]:
+        """Refuse a repository's GGUF file by its first bytes (``fetch_file``'s ``judge``),
+        before it is downloaded, when they show it is no GGUF or of an architecture the hive
+        does not import. One whose start says too little is judged once downloaded."""
+
+        def judge(data: bytes) -> None:
+            try:
+                header = parse_header_start(data, where)
+            except GGUFError as exc:
+                raise ModelError(exc.code, exc.message) from None
+            if header is not None:
+                check_architecture(header, where)
+
+        return judge
+
     def _check_gguf_target(self, name: str, repo_id: str, file: str) -> None:
         """Refuse, before downloading, a name taken by anything but this file of this repo."""
         entry = self.catalog._read().get(name)
@@ -187,6 +208,8 @@ class GGUFImports:
                         file,
                         cache_dir=self.catalog.hf_cache_dir,
                         endpoint=self.catalog.hf_endpoint,
+                        judge=self._judge_start(f"{flight.repo_id}:{file}"),
+                        judge_bytes=PROBE_BYTES,
                     ),
                     abandon_on_cancel=True,
                 )
