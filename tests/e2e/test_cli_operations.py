@@ -111,6 +111,8 @@ def test_model_register_list_delete(cluster: Any) -> None:
             "path": str(cluster.tiny),
             "revision": None,
             "repo_id": None,
+            "source_file": None,
+            "sha256": None,
         }
         assert info["size_bytes"] > 1_000_000
         assert relative.code == 0 and f"path: {cluster.tiny}" in relative.out, str(relative)
