@@ -124,7 +124,7 @@ def test_model_register_list_delete(cluster: Any) -> None:
         models = {m["name"]: m for m in listed.final()["result"]["models"]}
         assert {"tiny", "extra-model", "relative-model"} <= set(models)
         assert models["relative-model"]["path"] == str(cluster.tiny)
-        assert re.search(r"extra-model\s+│\s+7\.1 MiB\s+│\s+registered", human.out), human.out
+        assert re.search(r"extra-model\s+│\s+registered\s+│\s+7\.1 MiB", human.out), human.out
 
         deleted, deleted_human = rbee.batch(
             ["model", "delete", "extra-model", "--json"], ["model", "delete", "relative-model"]
