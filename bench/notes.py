@@ -114,14 +114,15 @@ no difference in the relay's CPU per token back to back, so httpx-sse stays.
   about half of sse-starlette. Dropping the watcher would save ~2 KiB, after which a client
   leaving a quiet stream would be noticed only at the next keepalive (15 s), since uvicorn's send
   to a closed connection does not fail: not made.
-* **(vLLM, tiny model) <= 2 ms added time to first token.** rbee's path has two more HTTP exchanges before the
-  first token than a request to vLLM's server: the client creates the job on the queen and opens
-  its stream, the queen creates the worker's job and opens that stream, and only then does the
-  engine see the prompt. Section 3 shows what one create-and-stream exchange costs on this machine
-  even for a bare Starlette endpoint, and section 2 the time to first token the queen adds over
-  the worker alone (synthetic engine, so no model in it); two such exchanges do not fit in 2 ms
-  here. For scale: Ray Serve is reported to add about 20 ms to time to first token over bare vLLM.
-  The target is read off the tiny model, whose tokens cost the engine almost nothing, so the
-  transport is most of each request; on SmolLM2-135M-Instruct a token costs the engine tens of
-  times more (section 7's note gives both), and the same exchanges are a small share of it.
+* **(vLLM, tiny model) <= 2 ms added time to first token.** rbee's path has two more HTTP
+  exchanges before the first token than a request to vLLM's server: the client creates the job on
+  the queen and opens its stream, the queen creates the worker's job and opens that stream, and
+  only then does the engine see the prompt. Section 3 shows what one create-and-stream exchange
+  costs on this machine even for a bare Starlette endpoint, and section 2 the time to first token
+  the queen adds over the worker alone (synthetic engine, so no model in it); two such exchanges
+  do not fit in 2 ms here. For scale: Ray Serve is reported to add about 20 ms to time to first
+  token over bare vLLM. The target is read off the tiny model, whose tokens cost the engine
+  almost nothing, so the transport is most of each request; on SmolLM2-135M-Instruct a token
+  costs the engine tens of times more (section 7's note gives both), and the same exchanges are
+  a small share of it.
 """
