@@ -265,7 +265,9 @@ def infer(
         system_turn = [] if system is None else [{"role": "system", "content": system}]
         fields["messages"] = [*system_turn, {"role": "user", "content": prompt}]
     settings = app.settings
-    renderer = Hinted(renderer_for(as_json), raw_hint) if not raw else renderer_for(as_json)
+    renderer = renderer_for(as_json)
+    if not raw:
+        renderer = Hinted(renderer, raw_hint)
     code = run_sync(
         lambda: run_job(settings, renderer, "infer", fields, autostart=not no_autostart)
     )
