@@ -22,7 +22,12 @@ import pytest
 from rbee_worker.engines import ChatTurn, Delta, GenerationRequest, create_engine
 from rbee_worker.engines.transformers import TransformersEngine
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # Each test is a few seconds of decoding on an idle 2-core machine, but OpenMP's two threads
+    # slow down many times over when the cores are shared: room for a busy CI machine.
+    pytest.mark.timeout(240),
+]
 
 #: (question, a word its answer must contain); the model ends each answer by itself (EOS)
 QUESTIONS = [
