@@ -589,6 +589,92 @@ async def test_stopping_the_hive_kills_a_running_converter(
     assert _leftovers(settings.models_dir) == []
 
 
+@pytest.mark.anyio
+async def test_an_imported_model_whose_directory_was_removed_can_be_deleted_and_its_name_reused(
+    start_hive: Any, make_settings: Settings, kit: Any, tmp_path: Path
+) -> None:
+    src = write_gguf(tmp_path / "external" / "m.gguf")
+    other = write_gguf(
+        tmp_path / "external" / "other.gguf", gguf_bytes([("general.name", STR, "Other")])
+    )
+    settings = make_settings(convert_command=fake_converter())
+    async with start_hive(settings) as h:
+        await kit.run_job(h.client, "model_import", name="m", path=str(src))
+        shutil.rmtree(settings.models_dir / "m")  # removed by hand: the entry stays
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_import", name="m", path=str(other))
+        assert exc.value.code == "model_exists" and "delete it first" in exc.value.message
+        # What the refusal says to do works: the entry is forgotten (nothing else is touched).
+        deleted, _ = await kit.run_job(h.client, "model_delete", name="m")
+        assert (deleted["name"], deleted["source"], deleted["size_bytes"]) == ("m", "gguf", 0)
+        assert "m" not in _catalog(settings.models_dir) and src.exists()
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_delete", name="m")
+        assert exc.value.code == "model_not_found"
+        again, _ = await kit.run_job(h.client, "model_import", name="m", path=str(other))
+        assert again["sha256"] == _sha256(other)
+
+
+@pytest.mark.anyio
+async def test_an_import_never_removes_the_running_conversion_of_another_name(
+    start_hive: Any, make_settings: Settings, kit: Any, tmp_path: Path
+) -> None:
+    # "m"'s conversion directories are ".m.import-XXXXXXXX"; "m.import-x"'s start the same way.
+    pids_file = tmp_path / "pids"
+    src = write_gguf(tmp_path / "external" / "m.gguf")
+    hung = make_settings(convert_command=fake_converter("--hang", "--pids", str(pids_file)))
+    async with start_hive(hung) as h:
+        created = await h.client.create("model_import", name="m.import-x", path=str(src))
+        events = h.client.events(created.job_id)
+        async for item in events:
+            if getattr(item.event, "message", "").startswith("reading m.gguf"):
+                break
+        running = _leftovers(hung.models_dir)
+        assert len(running) == 1
+        h.hive.catalog.imports.convert_command = fake_converter()
+        await kit.run_job(h.client, "model_import", name="m", path=str(src))
+        assert _leftovers(hung.models_dir) == running  # still there, still in use
+        await h.client.cancel(created.job_id)
+        async for item in events:
+            if getattr(item, "terminal", False):
+                break
+        pids = [int(p) for p in pids_file.read_text().split()]
+        await kit.wait_for(lambda: all(kit.gone(pid) for pid in pids), 10.0)
+        await kit.wait_for(lambda: not h.hive.catalog.imports.running, 10.0)
+    assert _leftovers(hung.models_dir) == []
+
+
+@pytest.mark.anyio
+async def test_a_source_file_that_changes_during_its_import_is_not_recorded(
+    start_hive: Any, make_settings: Settings, kit: Any, tmp_path: Path
+) -> None:
+    # The digest and the conversion read the file one after the other: a file still being
+    # written (a copy not finished) would be recorded with a digest of other bytes.
+    go = tmp_path / "go"
+    src = write_gguf(tmp_path / "external" / "m.gguf")
+    settings = make_settings(convert_command=fake_converter("--wait-for", str(go)))
+    async with start_hive(settings) as h:
+
+        def grow_then_go(event: JobEvent) -> None:
+            message = getattr(event.event, "message", "")
+            if isinstance(event.event, Narration) and message.startswith("reading m.gguf"):
+                with src.open("ab") as f:
+                    f.write(b"\0" * 100)
+                go.touch()
+
+        with pytest.raises(RemoteJobFailed) as exc:
+            await kit.run_job(h.client, "model_import", grow_then_go, name="m", path=str(src))
+        assert exc.value.code == "source_changed", exc.value.message
+        assert "changed while it was imported" in exc.value.message
+        assert "m" not in _catalog(settings.models_dir)
+        assert not (settings.models_dir / "m").exists()
+        # Once it stays put, it is imported, with the digest of what was converted.
+        go.touch()
+        done, _ = await kit.run_job(h.client, "model_import", name="m", path=str(src))
+        assert done["sha256"] == _sha256(src)
+    assert _leftovers(settings.models_dir) == []
+
+
 # -- model_download of one GGUF file ---------------------------------------------------------------
 
 REPO = "rbee-test/tiny-gguf"

@@ -8,8 +8,8 @@
      │                repo_not_found, repo_gated, revision_not_found, hub_offline,
      │                download_failed, download_cancelled, file_not_found,
      │                not_a_file, not_gguf, invalid_gguf, unsupported_gguf_version,
-     │                unsupported_architecture, path_not_readable, conversion_failed,
-     │                import_cancelled
+     │                unsupported_architecture, path_not_readable, source_changed,
+     │                conversion_failed, import_cancelled
      └── WorkerError  worker_not_found, worker_exists, worker_failed, worker_stopped,
                       placement (placement.py): no_gpu, no_such_gpu, not_enough_gpus,
                       invalid_device, invalid_engine_args, insufficient_gpu_memory,

@@ -309,6 +309,8 @@ class GGUFImports:
             done = await anyio.to_thread.run_sync(self._imported, name, src, dtype, None, origin)
             digest = None
             if done is None:
+                # What the digest is of: the conversion must read the same file (_convert_locked)
+                before = await anyio.to_thread.run_sync(os.stat, src)
                 digest = await self._digest(conversion, src)
                 done = await anyio.to_thread.run_sync(
                     self._imported, name, src, dtype, digest, origin
@@ -319,7 +321,9 @@ class GGUFImports:
                 )
                 return done
             assert digest is not None
-            return await self._convert_locked(conversion, src, header, dtype, digest, origin)
+            return await self._convert_locked(
+                conversion, src, header, dtype, digest, before, origin
+            )
         finally:
             lock.release()
 
@@ -330,10 +334,13 @@ class GGUFImports:
         header: GGUFHeader,
         dtype: str,
         digest: str,
+        stat: os.stat_result,
         origin: dict[str, Any],
     ) -> ModelInfo:
+        """Convert ``src`` (``stat``: as it was before its ``digest``) and install the result;
+        ``source_changed`` when the file changed meanwhile (a copy still being written): the
+        digest would not be of what was converted."""
         name = conversion.name
-        stat = await anyio.to_thread.run_sync(os.stat, src)
         layers = f", {header.block_count} layers" if header.block_count else ""
         conversion.tell(
             narrate,
@@ -354,6 +361,7 @@ class GGUFImports:
                 conversion=conversion,
                 progress_interval=self.catalog.progress_interval,
             )
+            await anyio.to_thread.run_sync(self._unchanged, src, stat)
             entry: dict[str, Any] = {
                 "source": "gguf",
                 "source_file": str(src),
@@ -423,6 +431,25 @@ class GGUFImports:
             progress, "model_import", size, size, unit="B", message=f"sha256: {digest[:16]}…"
         )
         return digest
+
+    @staticmethod
+    def _unchanged(src: Path, before: os.stat_result) -> None:
+        """Refuse an import whose source file changed since ``before`` was taken."""
+        try:
+            now = os.stat(src)
+        except OSError as exc:
+            raise ModelError("path_not_found", f"{src} cannot be read any more: {exc}") from None
+        if (now.st_ino, now.st_size, now.st_mtime_ns) != (
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
+        ):
+            raise ModelError(
+                "source_changed",
+                f"{src} changed while it was imported (its size or modification time is not"
+                " what it was when its SHA-256 was computed): import it again once nothing"
+                " writes to it any more",
+            )
 
     def _imported(
         self,
@@ -495,8 +522,11 @@ class GGUFImports:
         hive left from an earlier import of ``name`` is removed first (the caller holds the
         model's lock, so none of it is in use)."""
         prefix = f".{name}.import-"
+        # Exactly what mkdtemp makes of the prefix: another name's (".m.import-x.import-*"
+        # beside ".m.import-*") is in use under that name's lock, not this one.
+        ours = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
         for stale in self.catalog.root.iterdir():
-            if stale.name.startswith(prefix) and stale.is_dir() and not stale.is_symlink():
+            if ours.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
                 logger.info("removing %s, left by an interrupted import", stale)
                 shutil.rmtree(stale, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.catalog.root))

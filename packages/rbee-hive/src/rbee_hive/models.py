@@ -359,10 +359,41 @@ class ModelCatalog:
             name=name, size_bytes=0, source="registered" if registered else "local", path=path
         )
 
+    def _forget_missing(self, name: str, error: ModelError) -> ModelInfo:
+        """Delete an entry whose files were removed by hand (a download's, an import's): the
+        entry is forgotten, under the model's lock; ``error`` when there is none."""
+        lock = self._lock(name)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise ModelError(
+                "model_busy", f"model {name!r} is being downloaded or imported"
+            ) from None
+        try:
+            entry = self._read().get(name)
+            path = self.model_dir(name)
+            if entry is None or path.exists() or path.is_symlink():
+                raise error
+            self._update(name, None)
+        finally:
+            lock.release()
+        return ModelInfo(
+            name=name,
+            size_bytes=0,
+            source=str(entry.get("source", "huggingface")),
+            path=str(path),
+            revision=entry.get("revision"),
+            repo_id=entry.get("repo_id"),
+            source_file=entry.get("source_file"),
+            sha256=entry.get("sha256"),
+        )
+
     def _delete_sync(self, name: str) -> ModelInfo:
         try:
             info = self._get_sync(name)
         except ModelError as exc:
+            if exc.code == "model_not_found":
+                return self._forget_missing(name, exc)
             if exc.code != "path_not_allowed":
                 raise
             return self._forget_outside(name, exc)
@@ -388,8 +419,9 @@ class ModelCatalog:
         return info
 
     async def delete(self, name: str) -> ModelInfo:
-        """Delete a downloaded, imported (or local) model's files; forget a registered one. An
-        imported model's source file is never touched."""
+        """Delete a downloaded, imported (or local) model's files; forget a registered one, or
+        an entry whose files were removed by hand. An imported model's source file is never
+        touched."""
         if self._busy(name):
             raise ModelError("model_busy", f"model {name!r} is being downloaded or imported")
         return await anyio.to_thread.run_sync(self._delete_sync, name)
