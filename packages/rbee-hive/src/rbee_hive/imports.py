@@ -19,12 +19,14 @@ when no job waits for it any more. Another process is kept out by the model's fi
 the import holds from the digest to the catalog entry::
 
     lock ─▶ same file? ─▶ SHA-256 (progress) ─▶ same digest? ─▶ converter into .{name}.import-*
-         ─▶ rename to {name} ─▶ catalog entry ─▶ unlock
+         ─▶ file unchanged since the digest? ─▶ rename to {name} ─▶ catalog entry ─▶ unlock
 
 "The same file" is the catalog entry's source file with its size and modification time (no
 digest needed), or any file with the entry's SHA-256; with the same dtype, the model is returned
 as it is ("already imported"). A different file or dtype under a taken name is ``model_exists``:
-the user deletes the model first, or picks another name.
+the user deletes the model first, or picks another name. A file whose size, modification time
+or inode changed between its digest and the end of its conversion (a copy still being written)
+is ``source_changed``: nothing is recorded, as the digest may not be of what was converted.
 """
 
 from __future__ import annotations
