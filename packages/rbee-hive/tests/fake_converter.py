@@ -15,7 +15,7 @@ weights file of zeros. Flags make it misbehave:
   --wait-for FILE   after its first step, wait until FILE exists, then go on
   --pids FILE       write "PID CHILD_PID" (or "PID") to FILE before its first step
   --count FILE      append one line to FILE per run (how many conversions ran)
-  --env-out FILE    write the names of the environment variables it got to FILE
+  --env-out FILE    write the environment it got to FILE (a JSON object)
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> int:
         with args.count.open("a") as f:
             f.write(f"{args.src} {args.dtype}\n")
     if args.env_out is not None:
-        args.env_out.write_text("\n".join(sorted(os.environ)))
+        args.env_out.write_text(json.dumps(dict(os.environ)))
     started = time.monotonic()
     print("fake converter: starting (this line is for the log)", file=sys.stderr, flush=True)
     child = None

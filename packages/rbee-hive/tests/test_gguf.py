@@ -327,6 +327,9 @@ async def test_import_converts_once_narrating_and_a_second_import_is_instant(
     count, env_out = tmp_path / "runs.txt", tmp_path / "env.txt"
     src = write_gguf(tmp_path / "external" / "ggufs" / "tiny.gguf")
     monkeypatch.setenv("RBEE_HIVE_TOKEN", "the-hive-s-own-secret")
+    monkeypatch.setenv("HF_TOKEN", "the-user-s-hub-token")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "the-user-s-old-hub-token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     settings = make_settings(
         convert_command=fake_converter("--count", str(count), "--env-out", str(env_out))
     )
@@ -364,10 +367,12 @@ async def test_import_converts_once_narrating_and_a_second_import_is_instant(
         listed, _ = await kit.run_job(h.client, "model_list")
         assert listed["models"] == [result]
         # The converter's log holds what it said besides its JSON; its environment holds none
-        # of the hive's credentials.
+        # of the hive's credentials nor the user's Hugging Face token, and it runs offline.
         log = (settings.logs_dir / "imports" / "tiny.log").read_text()
         assert "this line is for the log" in log and "exited with status 0" in log
-        assert "RBEE_HIVE_TOKEN" not in env_out.read_text().split()
+        env = json.loads(env_out.read_text())
+        assert not {"RBEE_HIVE_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"} & set(env)
+        assert env["HF_HUB_OFFLINE"] == "1"
         assert _runs(count) == 1
 
         # The same file again: nothing converted.

@@ -6,7 +6,9 @@ rbee_worker.gguf_import`` with the hive's interpreter) that the hive runs as
 ``COMMAND SRC.gguf DEST_DIR --dtype DTYPE``, in its own session and so its own process group
 (``rbee_process.session_options``, as workers are): cancelling the import kills the whole group,
 whatever the converter started. Its environment is the hive's without the hive's credentials
-(``trust.WORKER_ENV_DROPPED``). It speaks JSON lines on stdout, one object each::
+(``trust.WORKER_ENV_DROPPED``, as a worker's) and without the user's Hugging Face token
+(``CONVERTER_ENV_DROPPED``), with ``HF_HUB_OFFLINE=1``: it reads one local file. It speaks
+JSON lines on stdout, one object each::
 
     {"event": "step", "step": "read", "message": "..."}        -> narrated on the import's jobs
     {"event": "progress", "step": "write", "done": N, "total": M}  -> progress (rate-limited)
@@ -50,6 +52,7 @@ from .trust import WORKER_ENV_DROPPED
 from .worker_process import TracebackFolder, hide_internal_paths
 
 __all__ = [
+    "CONVERTER_ENV_DROPPED",
     "EXIT_REFUSED",
     "SUPPORTED_ARCHITECTURES",
     "Conversion",
@@ -67,6 +70,13 @@ logger = logging.getLogger("rbee_hive.conversion")
 #: (mixture-of-experts, Mamba, T5, ...) is refused before any work.
 SUPPORTED_ARCHITECTURES: Final = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"}
+)
+#: never in the converter's environment: what never is in a worker's (the hive's credentials)
+#: and the user's Hugging Face token, which a converter of a local file has no use for
+CONVERTER_ENV_DROPPED: Final[tuple[str, ...]] = (
+    *WORKER_ENV_DROPPED,
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
 )
 #: the converter's exit status for a refusal it reported with an ``error`` event
 EXIT_REFUSED: Final = 3
@@ -157,8 +167,9 @@ async def run_converter(
     argv = [*command, str(src), str(dest), "--dtype", dtype]
     rbee_process.prepare_log(log_path)
     options = rbee_process.session_options()
-    for name in WORKER_ENV_DROPPED:
+    for name in CONVERTER_ENV_DROPPED:
         options["env"].pop(name, None)
+    options["env"]["HF_HUB_OFFLINE"] = "1"
     run = _Run(progress_interval)
     with log_path.open("a", encoding="utf-8", errors="replace") as log:
         log.write(f"--- rbee: {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
