@@ -766,6 +766,17 @@ async def test_download_of_one_gguf_file_then_import(
                     name="tiny.Q4_0",
                 )
             assert exc.value.code == "model_exists" and len(hub.requests) == before
+            # ... and so is the same file as another dtype than the name's.
+            with pytest.raises(RemoteJobFailed) as exc:
+                await kit.run_job(
+                    h.client,
+                    "model_download",
+                    repo_id=REPO,
+                    file="tiny.Q4_0.gguf",
+                    dtype="bfloat16",
+                )
+            assert exc.value.code == "model_exists" and "as float32" in exc.value.message
+            assert len(hub.requests) == before
     assert _runs(count) == 1
 
 

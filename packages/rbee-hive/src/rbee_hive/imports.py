@@ -146,7 +146,7 @@ class GGUFImports:
             name = gguf_model_name(file)
         self.catalog.model_dir(name)
         if not self.catalog._busy(name):
-            await anyio.to_thread.run_sync(self._check_gguf_target, name, repo_id, file)
+            await anyio.to_thread.run_sync(self._check_gguf_target, name, repo_id, file, dtype)
 
         async def work(conversion: Conversion) -> ModelInfo:
             flight = Flight(
@@ -175,8 +175,9 @@ class GGUFImports:
 
         return judge
 
-    def _check_gguf_target(self, name: str, repo_id: str, file: str) -> None:
-        """Refuse, before downloading, a name taken by anything but this file of this repo."""
+    def _check_gguf_target(self, name: str, repo_id: str, file: str, dtype: str) -> None:
+        """Refuse, before downloading, a name taken by anything but this file of this repo
+        imported as ``dtype``."""
         entry = self.catalog._read().get(name)
         target = self.catalog.model_dir(name)
         if entry is None:
@@ -195,6 +196,12 @@ class GGUFImports:
                 "model_exists",
                 f"a model named {name!r} already exists ({entry.get('source')} {where});"
                 " choose another name",
+            )
+        if entry.get("dtype") != dtype:
+            raise ModelError(
+                "model_exists",
+                f"{name!r} was imported as {entry.get('dtype')}: delete it first to import it as"
+                f" {dtype}, or choose another name",
             )
 
     async def _fetch_file(self, flight: Flight, file: str) -> tuple[Path, str]:
