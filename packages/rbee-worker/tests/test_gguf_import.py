@@ -9,6 +9,7 @@ one bfloat16 conversion run here to watch its events.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import subprocess
@@ -19,8 +20,10 @@ from typing import Any
 
 import pytest
 
+from rbee_worker import gguf_import
 from rbee_worker.gguf_import import (
     ConversionError,
+    _Header,
     _removed_on_failure,
     model_type_of,
     read_architecture,
@@ -136,6 +139,48 @@ def test_what_is_no_gguf_header_is_refused(tmp_path: Path, content: bytes) -> No
     with pytest.raises(ConversionError) as caught:
         read_architecture(path)
     assert caught.value.code == "not_gguf"
+
+
+class _CountingFile(io.BytesIO):
+    """A file in memory that counts the reads and seeks asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.calls = 0
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        self.calls += 1
+        return super().read(n)
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        self.calls += 1
+        return super().seek(offset, whence)
+
+
+@pytest.mark.parametrize("element", [8, 9], ids=["strings", "arrays"])
+def test_a_hostile_array_is_refused_from_its_count_before_any_element(element: int) -> None:
+    # An array that claims 2**40 elements, then a thousand empty strings (or empty arrays'
+    # first bytes): refused from the count, not after stepping through what is there.
+    data = struct.pack("<IQ", element, 1 << 40) + bytes(8 * 1000)
+    f = _CountingFile(data)
+    with pytest.raises(ConversionError) as caught:
+        _Header(f, len(data), "<").skip_value(9)
+    assert caught.value.code == "not_gguf" and f.calls <= 4
+
+
+def test_the_array_elements_a_header_may_make_it_step_through_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gguf_import, "_MAX_ITEMS", 100)
+    strings = _string("k") + struct.pack("<IIQ", 9, 8, 60) + _string("t") * 60
+    path = tmp_path / "many.gguf"
+    path.write_bytes(packed_gguf(strings, strings, ARCHITECTURE))
+    with pytest.raises(ConversionError) as caught:
+        read_architecture(path)
+    assert caught.value.code == "not_gguf" and "more than 100 elements" in caught.value.message
+    # ... and a header within the bound is read.
+    path.write_bytes(packed_gguf(strings, ARCHITECTURE))
+    assert read_architecture(path) == "llama"
 
 
 def test_supported_architectures_are_transformers_causal_lms() -> None:

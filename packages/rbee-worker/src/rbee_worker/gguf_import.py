@@ -96,6 +96,9 @@ _STRING: Final = 8
 _ARRAY: Final = 9
 #: the longest key or architecture name read (ggml caps keys at 65535 bytes)
 _MAX_KEY: Final = 65535
+#: the most string or array elements stepped over one by one in a header (the hive's bound,
+#: ``rbee_hive.gguf_header.MAX_ITEMS``: far above a real tokenizer's vocabulary and merges)
+_MAX_ITEMS: Final = 1 << 22
 
 
 class _Header:
@@ -106,18 +109,24 @@ class _Header:
         self._f = f
         self._size = size
         self._order = order
+        #: string and array elements stepped over one by one so far
+        self._items = 0
+
+    def _need(self, n: int) -> None:
+        """Refuse a length that runs past the end of the file, before anything is read."""
+        if self._f.tell() + n > self._size:
+            raise ConversionError("not_gguf", "the GGUF header is truncated")
 
     def _read(self, n: int) -> bytes:
+        self._need(n)
         data = self._f.read(n)
         if len(data) != n:
             raise ConversionError("not_gguf", "the GGUF header is truncated")
         return data
 
     def _skip(self, n: int) -> None:
-        target = self._f.tell() + n
-        if target > self._size:
-            raise ConversionError("not_gguf", "the GGUF header is truncated")
-        self._f.seek(target)
+        self._need(n)
+        self._f.seek(n, os.SEEK_CUR)
 
     def u32(self) -> int:
         (value,) = struct.unpack(self._order + "I", self._read(4))
@@ -143,7 +152,15 @@ class _Header:
             if item_type in _FIXED:
                 self._skip(count * _FIXED[item_type])
             else:
-                for _ in range(count):  # each item is at least 8 bytes: bounded by the size
+                # Each element is at least 8 bytes (a length): a count the file cannot hold is
+                # refused before the loop, and so are more elements than any header has.
+                self._need(count * 8)
+                self._items += count
+                if self._items > _MAX_ITEMS:
+                    raise ConversionError(
+                        "not_gguf", f"the GGUF header's arrays hold more than {_MAX_ITEMS} elements"
+                    )
+                for _ in range(count):
                     self.skip_value(item_type, depth + 1)
         else:
             raise ConversionError("not_gguf", f"a GGUF header value of unknown type {value_type}")
