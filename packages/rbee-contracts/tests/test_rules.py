@@ -153,3 +153,12 @@ def test_a_field_validator_is_named_after_its_check() -> None:
     assert "the validator check_http_url checks" in str(info.value)
     assert "field_validator.<locals>" not in str(info.value)
     assert values.url_validator.__name__ == "check_http_url"
+
+
+def test_a_repository_s_gguf_file_ends_in_gguf_in_either_case() -> None:
+    # as a local import's path may (``rbee_hive.imports``): ``.GGUF`` is a GGUF file too
+    for file in ("m.gguf", "sub/m.Q4_1.GGUF", "m.Gguf"):
+        assert hive_ops.ModelDownloadParams(repo_id="Org/Repo", file=file).file == file
+    for file in ("", "m.gguf.txt", "../m.gguf", "m.ggml", "/m.gguf"):
+        with pytest.raises(ValueError):
+            hive_ops.ModelDownloadParams(repo_id="Org/Repo", file=file)

@@ -70,8 +70,9 @@ ENGINE_ARG_KEY_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 REVISION_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 MAX_CONCURRENCY: Final = 4096
 #: a GGUF file in a Hugging Face repo: a relative path of plain components ending in ``.gguf``
+#: in any case (as a local import's path may: ``.GGUF`` too)
 GGUF_FILE_PATTERN: Final = re.compile(
-    r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}/){0,4}[A-Za-z0-9_][A-Za-z0-9._-]{0,122}[.]gguf"
+    r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}/){0,4}[A-Za-z0-9_][A-Za-z0-9._-]{0,122}[.][Gg][Gg][Uu][Ff]"
 )
 #: what a GGUF model's weights are stored as once imported (float32: what vLLM's CPU build runs)
 GGUF_DTYPES: Final = ("float32", "bfloat16", "float16")

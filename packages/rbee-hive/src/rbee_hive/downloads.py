@@ -278,7 +278,7 @@ def fetch_file(
         raise ModelError("download_failed", "the hub did not say which commit to download")
     sizes = {s.rfilename: s.size for s in info.siblings or []}
     if filename not in sizes:
-        ggufs = sorted(name for name in sizes if name.endswith(".gguf"))[:20]
+        ggufs = sorted(name for name in sizes if name.lower().endswith(".gguf"))[:20]
         has = f"its GGUF files: {', '.join(ggufs)}" if ggufs else "it has no GGUF file"
         raise ModelError(
             "file_not_found", f"{flight.repo_id}@{flight.revision} has no file {filename!r} ({has})"
