@@ -96,7 +96,14 @@ def test_a_repo_ref_splits_into_the_repo_id_and_a_gguf_file() -> None:
     assert split_gguf_ref("Org/Repo") == ("Org/Repo", None)
     assert split_gguf_ref("Org/Repo:model.Q4_1.gguf") == ("Org/Repo", "model.Q4_1.gguf")
     assert split_gguf_ref("Org/Repo:sub/dir/m.gguf") == ("Org/Repo", "sub/dir/m.gguf")
-    assert split_gguf_ref("Org/Repo:") == ("Org/Repo", "")  # the queen refuses the empty file
+    assert split_gguf_ref("Org/Repo:") == ("Org/Repo", "")  # model download refuses it
+
+
+def test_a_repo_ref_with_an_empty_file_is_a_usage_error(invoke: Invoke) -> None:
+    result = invoke("model", "download", "Org/Repo:")
+    assert result.exit_code == 2
+    assert "no file after the colon in 'Org/Repo:'" in result.stderr
+    assert "REPO_ID:FILE.gguf" in result.stderr
 
 
 def test_the_raw_hint_answers_the_workers_own_refusal_of_a_chat() -> None:

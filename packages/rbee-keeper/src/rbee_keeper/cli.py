@@ -622,6 +622,11 @@ def model_download(
     GGUF file and imports it as `rbee model import` does.
     """
     repo_id, file = split_gguf_ref(repo_ref)
+    if file == "":
+        raise click.UsageError(
+            f"no file after the colon in {repo_ref!r}: REPO_ID:FILE.gguf downloads that GGUF"
+            " file, REPO_ID alone the repo's model files"
+        )
     if dtype is not None and file is None:
         raise click.UsageError("--dtype applies to a GGUF file: REPO_ID:FILE.gguf")
     return _fields(repo_id=repo_id, file=file, revision=revision, name=name, dtype=dtype, hive=hive)
