@@ -9,8 +9,11 @@ one bfloat16 conversion run here to watch its events.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import signal
 import struct
 import subprocess
 import sys
@@ -155,6 +158,55 @@ class _CountingFile(io.BytesIO):
     def seek(self, offset: int, whence: int = 0, /) -> int:
         self.calls += 1
         return super().seek(offset, whence)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is no zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_the_converter_exits_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    # The source is a FIFO nobody writes: the converter blocks opening it, as a long
+    # conversion would keep it busy. Its parent, a stand-in for the hive, is then SIGKILLed.
+    src = tmp_path / "never.gguf"
+    os.mkfifo(src)
+    starter = (
+        "import subprocess, sys\n"
+        "argv = [sys.executable, '-m', 'rbee_worker.gguf_import', *sys.argv[1:]]\n"
+        "child = subprocess.Popen(argv)\n"
+        "print(child.pid, flush=True)\n"
+        "child.wait()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starter, str(src), str(tmp_path / "dest")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert parent.stdout is not None
+        converter = int(parent.stdout.readline())
+        # Its first event (on the same pipe): it runs, and watches its parent.
+        assert json.loads(parent.stdout.readline())["step"] == "read"
+        assert _running(converter)
+        parent.kill()
+        parent.wait()
+        deadline = (
+            time.monotonic() + 30
+        )  # a wait's limit, generous: the converter polls each second
+        while _running(converter) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(converter)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group: the converter too, if left
+            os.killpg(parent.pid, signal.SIGKILL)
+        if parent.stdout is not None:
+            parent.stdout.close()
 
 
 @pytest.mark.parametrize("element", [8, 9], ids=["strings", "arrays"])

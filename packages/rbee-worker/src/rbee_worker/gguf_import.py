@@ -33,6 +33,8 @@ stdout carries JSON lines only, one event each (the hive reads them)::
      "message": "..."}
 
 Exit status 0 after ``done``, 3 after ``error``; anything else is a crash and stderr tells why.
+The converter exits (status 4) within a second of the process that started it going away
+(``exit_with_parent``): a hive killed with SIGKILL leaves no converter running.
 Whatever transformers, tqdm or a C library prints goes to stderr: file descriptor 1 is pointed
 at stderr for the whole run, and the events go to a private duplicate of the original stdout.
 """
@@ -45,6 +47,7 @@ import os
 import shutil
 import struct
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -58,8 +61,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DTYPES",
     "EXIT_ERROR",
+    "EXIT_ORPHANED",
     "ConversionError",
     "convert",
+    "exit_with_parent",
     "main",
     "model_type_of",
     "read_architecture",
@@ -68,6 +73,10 @@ __all__ = [
 DTYPES: Final = ("float32", "bfloat16", "float16")
 #: exit status after an ``error`` event
 EXIT_ERROR: Final = 3
+#: exit status when the process that started the converter is gone (a crash, to anyone left)
+EXIT_ORPHANED: Final = 4
+#: how often the converter looks whether the process that started it is still there
+PARENT_POLL_SECONDS: Final = 1.0
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -465,8 +474,28 @@ def _events_stream() -> Iterator[IO[str]]:
         os.close(saved)
 
 
+def exit_with_parent(poll: float = PARENT_POLL_SECONDS) -> threading.Thread:
+    """Exit (``EXIT_ORPHANED``) within ``poll`` seconds of the process that started this one
+    going away: a hive killed with SIGKILL cannot kill its converter, and nobody would read
+    what it writes. Its parent's pid is taken now; once this process is an orphan, it is
+    another's (init's, or a subreaper's). What it wrote is left to the one that made DEST
+    (the hive removes its leftover import directories when it starts)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(EXIT_ORPHANED)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    exit_with_parent()
     # The converter reads local files only; a hub lookup would be a bug (and hang offline).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with _events_stream() as stream:
