@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import filelock
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -673,6 +674,36 @@ async def test_an_import_never_removes_the_running_conversion_of_another_name(
         await kit.wait_for(lambda: all(kit.gone(pid) for pid in pids), 10.0)
         await kit.wait_for(lambda: not h.hive.catalog.imports.running, 10.0)
     assert _leftovers(hung.models_dir) == []
+
+
+@pytest.mark.anyio
+async def test_the_catalog_removes_what_interrupted_imports_left_when_it_starts(
+    start_hive: Any, make_settings: Settings
+) -> None:
+    # What a hive killed mid-import leaves: ".{name}.import-XXXXXXXX" directories.
+    settings = make_settings()
+    models = settings.models_dir
+    (models / ".locks").mkdir(parents=True)
+    left = [models / ".tiny.import-abcd_123", models / ".m.import-x.import-0a1b2c3d"]
+    busy = models / ".busy.import-zz99yy88"  # another process's import, running: its lock held
+    kept = [
+        models / ".m.import-toolongsuffix",  # no import's
+        models / ".m.import-ABCDEFGH",  # mkdtemp's suffixes are lower case
+        models / "tiny",  # a model
+    ]
+    for directory in [*left, busy, *kept]:
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"\0" * 10)
+    (models / ".file.import-abcd1234").write_text("a file, not a directory")
+    held = filelock.FileLock(str(models / ".locks" / "busy.lock"))
+    held.acquire()
+    try:
+        async with start_hive(settings):
+            assert not any(d.exists() for d in left)
+            assert busy.is_dir() and all(d.is_dir() for d in kept)
+            assert (models / ".file.import-abcd1234").is_file()
+    finally:
+        held.release()
 
 
 @pytest.mark.anyio

@@ -27,6 +27,12 @@ as it is ("already imported"). A different file or dtype under a taken name is `
 the user deletes the model first, or picks another name. A file whose size, modification time
 or inode changed between its digest and the end of its conversion (a copy still being written)
 is ``source_changed``: nothing is recorded, as the digest may not be of what was converted.
+
+A hive killed mid-import leaves its ``.{name}.import-*`` directory (its converter exits once the
+hive is gone: ``rbee_worker.gguf_import.exit_with_parent``). The next import of that name
+removes it, under the lock; and when the catalog starts, ``remove_leftovers`` removes each one
+whose model's lock it can take at once (one whose lock is held is another process's running
+import).
 """
 
 from __future__ import annotations
@@ -62,6 +68,12 @@ __all__ = ["GGUFImports", "gguf_model_name"]
 
 logger = logging.getLogger("rbee_hive.imports")
 
+#: what ``tempfile.mkdtemp`` adds to an import's prefix ``.{name}.import-``: eight of these
+#: characters, and nothing else (so ``.m.import-x.import-*`` is model ``m.import-x``'s, not ``m``'s)
+TEMP_SUFFIX = r"[a-z0-9_]{8}"
+#: any import's temporary directory, and the model name it is of
+_ANY_TEMP = re.compile(r"\.(?P<name>.+)\.import-" + TEMP_SUFFIX)
+
 #: how much of a repository's GGUF file is read to judge it before it is downloaded (the
 #: architecture is the first key/value of the files llama.cpp writes)
 PROBE_BYTES = 256 * 1024
@@ -79,6 +91,27 @@ class GGUFImports:
         #: the converter's logs go to ``{logs_dir}/imports/{name}.log``
         self.logs_dir = logs_dir
         self.running: dict[str, Conversion] = {}
+
+    def remove_leftovers(self) -> None:
+        """Remove the ``.{name}.import-*`` directories interrupted imports left in the models
+        directory, each only when its model's lock can be taken at once (a held lock is another
+        process's import, still running). Run when the catalog starts."""
+        for entry in self.catalog.root.iterdir():
+            match = _ANY_TEMP.fullmatch(entry.name)
+            if match is None or not is_name(match["name"]):
+                continue
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            lock = self.catalog._lock(match["name"])
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                continue
+            try:
+                logger.info("removing %s, left by an interrupted import", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+            finally:
+                lock.release()
 
     def cancel_all(self) -> None:
         """Stop every import (the hive is stopping): each kills its converter's group."""
@@ -533,7 +566,7 @@ class GGUFImports:
         prefix = f".{name}.import-"
         # Exactly what mkdtemp makes of the prefix: another name's (".m.import-x.import-*"
         # beside ".m.import-*") is in use under that name's lock, not this one.
-        ours = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
+        ours = re.compile(re.escape(prefix) + TEMP_SUFFIX)
         for stale in self.catalog.root.iterdir():
             if ours.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
                 logger.info("removing %s, left by an interrupted import", stale)

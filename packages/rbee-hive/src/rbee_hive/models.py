@@ -154,6 +154,7 @@ class ModelCatalog:
     async def running(self) -> AsyncIterator[ModelCatalog]:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / ".locks").mkdir(exist_ok=True)
+        await anyio.to_thread.run_sync(self.imports.remove_leftovers)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
