@@ -172,11 +172,12 @@ def test_the_spawn_narrates_the_engine_and_its_load(cluster: Cluster) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["The bees leave the hive at dawn", "--max-tokens", "32"],
-        ["Once upon a time there was", "--max-tokens", "48"],
+        ["The bees leave the hive at dawn", "--raw", "--max-tokens", "32"],
+        ["Once upon a time there was", "--raw", "--max-tokens", "48"],
         ["Write one sentence about bees.", "--system", "You are a helpful assistant."],
+        ["Write one sentence about bees.", "--max-tokens", "24"],
     ],
-    ids=["bees", "story", "chat"],
+    ids=["bees", "story", "chat", "chat-no-system"],
 )
 def test_rbee_infer_greedy_tokens_equal_transformers(
     cluster: Cluster, reference: tuple[Any, Any], args: list[str]
@@ -195,11 +196,10 @@ def test_rbee_infer_greedy_tokens_equal_transformers(
     model, tokenizer = reference
     prompt = args[0]
     max_tokens = int(args[args.index("--max-tokens") + 1]) if "--max-tokens" in args else None
-    if "--system" in args:
-        conversation = [
-            {"role": "system", "content": args[args.index("--system") + 1]},
-            {"role": "user", "content": prompt},
-        ]
+    if "--raw" not in args:  # rbee infer asks as a chat unless --raw
+        conversation = [{"role": "user", "content": prompt}]
+        if "--system" in args:
+            conversation.insert(0, {"role": "system", "content": args[args.index("--system") + 1]})
         text = tokenizer.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=False
         )
