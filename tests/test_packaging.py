@@ -24,6 +24,7 @@ import json
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,7 +83,10 @@ def _run(argv: list[str], cwd: Path | None = None, timeout: float = 240) -> str:
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     uv = _uv()
-    out = tmp_path_factory.mktemp("wheels")
+    # A name never used before: uv caches what a --find-links directory held by its path and
+    # the wheel's file name, so a directory pytest numbered like an earlier run's would hand
+    # back that run's build of the same version.
+    out = tmp_path_factory.mktemp(f"wheels-{uuid.uuid4().hex}")
     builds = [
         subprocess.Popen(
             [uv, "build", "--wheel", "--package", name, "--out-dir", str(out)],

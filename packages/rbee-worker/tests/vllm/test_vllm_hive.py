@@ -245,7 +245,7 @@ async def test_eight_requests_at_once_and_one_cancelled(cluster: Cluster) -> Non
                     if not n:
                         first = time.perf_counter()
                     n += len(item.event.payload["token_ids"])
-                    if i == 5 and 5 not in outcomes:
+                    if i == 5 and n >= 5 and 5 not in outcomes:
                         outcomes[5] = (await client.cancel(job.job_id)).state
                 if item.terminal:
                     outcomes[i] = item.event
@@ -263,7 +263,9 @@ async def test_eight_requests_at_once_and_one_cancelled(cluster: Cluster) -> Non
         assert isinstance(event, Succeeded), (i, event)
         assert event.result["completion_tokens"] == counts[i]
         assert event.result["finish_reason"] in ("length", "stop")
-    assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values())
+    # the seven that ran to the end streamed at the same time: each began before any ended
+    whole = [span for i, span in spans.items() if i != 5]
+    assert max(s for s, _ in whole) < min(e for _, e in whole)
     # The cancelled request was aborted in vLLM, and vLLM holds no request any more.
     assert cluster.worker_log().count("aborted in the engine") == 1
     worker = cluster.worker()
