@@ -337,16 +337,9 @@ class GGUFImports:
     ) -> ModelInfo:
         """The import itself, under the model's file lock: digest, convert, rename, record."""
         name = conversion.name
-        lock = self.catalog._lock(name)
-        try:
-            # Taken and released on the loop's thread (filelock's locks are per thread); a
-            # non-blocking attempt, so the loop never waits on it.
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise ModelError(
-                "model_busy", f"another process is downloading or importing {name!r}"
-            ) from None
-        try:
+        # Taken and released on the loop's thread; a non-blocking attempt, so the loop never
+        # waits on it.
+        with self.catalog._held(name, f"another process is downloading or importing {name!r}"):
             # Judged again under the lock: another process may have imported it meanwhile.
             done = await anyio.to_thread.run_sync(self._imported, name, src, dtype, None, origin)
             digest = None
@@ -366,8 +359,6 @@ class GGUFImports:
             return await self._convert_locked(
                 conversion, src, header, dtype, digest, before, origin
             )
-        finally:
-            lock.release()
 
     async def _convert_locked(
         self,

@@ -44,7 +44,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,20 @@ def _inside(path: str, directory: str) -> bool:
 
 def _no_size(path: Path) -> int:
     return 0
+
+
+def _entry_info(name: str, entry: dict[str, Any], path: Path, size_bytes: int) -> ModelInfo:
+    """A model in the models directory, as its catalog entry describes it."""
+    return ModelInfo(
+        name=name,
+        size_bytes=size_bytes,
+        source=str(entry.get("source", "huggingface")),
+        path=str(path),
+        revision=entry.get("revision"),
+        repo_id=entry.get("repo_id"),
+        source_file=entry.get("source_file"),
+        sha256=entry.get("sha256"),
+    )
 
 
 class _OutsideRoots(Exception):
@@ -190,6 +204,20 @@ class ModelCatalog:
     def _lock(self, name: str) -> filelock.FileLock:
         return filelock.FileLock(str(self.root / ".locks" / f"{check_name(name)}.lock"))
 
+    @contextlib.contextmanager
+    def _held(self, name: str, busy: str) -> Iterator[None]:
+        """Model ``name``'s file lock, taken at once or refused as ``model_busy`` (``busy`` says
+        why); entered and left on one thread (filelock's locks are per thread)."""
+        lock = self._lock(name)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise ModelError("model_busy", busy) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     def _catalog_lock(self) -> filelock.FileLock:
         return filelock.FileLock(str(self.root / ".locks" / "catalog.lock"))
 
@@ -249,16 +277,7 @@ class ModelCatalog:
             if (path / HF_DIR / "huggingface").is_dir():
                 return None  # a download that never finished: not a usable model
             return ModelInfo(name=name, size_bytes=size(path), source="local", path=str(path))
-        return ModelInfo(
-            name=name,
-            size_bytes=size(path),
-            source=str(entry.get("source", "huggingface")),
-            path=str(path),
-            revision=entry.get("revision"),
-            repo_id=entry.get("repo_id"),
-            source_file=entry.get("source_file"),
-            sha256=entry.get("sha256"),
-        )
+        return _entry_info(name, entry, path, size(path))
 
     def _list_sync(self, sized: bool = True) -> list[ModelInfo]:
         entries = self._read()
@@ -363,31 +382,13 @@ class ModelCatalog:
     def _forget_missing(self, name: str, error: ModelError) -> ModelInfo:
         """Delete an entry whose files were removed by hand (a download's, an import's): the
         entry is forgotten, under the model's lock; ``error`` when there is none."""
-        lock = self._lock(name)
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise ModelError(
-                "model_busy", f"model {name!r} is being downloaded or imported"
-            ) from None
-        try:
+        with self._held(name, f"model {name!r} is being downloaded or imported"):
             entry = self._read().get(name)
             path = self.model_dir(name)
             if entry is None or path.exists() or path.is_symlink():
                 raise error
             self._update(name, None)
-        finally:
-            lock.release()
-        return ModelInfo(
-            name=name,
-            size_bytes=0,
-            source=str(entry.get("source", "huggingface")),
-            path=str(path),
-            revision=entry.get("revision"),
-            repo_id=entry.get("repo_id"),
-            source_file=entry.get("source_file"),
-            sha256=entry.get("sha256"),
-        )
+        return _entry_info(name, entry, path, 0)
 
     def _delete_sync(self, name: str) -> ModelInfo:
         try:
@@ -401,22 +402,13 @@ class ModelCatalog:
         if info.source == "registered":
             self._update(name, None)  # the files are the user's: only forget them
             return info
-        lock = self._lock(name)
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise ModelError(
-                "model_busy", f"model {name!r} is being downloaded or imported"
-            ) from None
-        try:
+        with self._held(name, f"model {name!r} is being downloaded or imported"):
             path = self.model_dir(name)
             if path.is_symlink():
                 path.unlink()
             elif path.is_dir():
                 shutil.rmtree(path)
             self._update(name, None)
-        finally:
-            lock.release()
         return info
 
     async def delete(self, name: str) -> ModelInfo:
