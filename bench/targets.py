@@ -11,14 +11,14 @@ __all__ = ["PREAMBLE", "targets"]
 
 PREAMBLE = """\
 What rbee's transport costs, each figure beside a baseline measured in the same run, on the
-machine below. Written by `nox -s bench` (which builds section 7's vLLM environment and runs
-`python -m bench --vllm`); the same numbers are in `docs/benchmarks.json`. Every server runs in
-a process of its own on 127.0.0.1; the client is another. Unless a row says otherwise a cell is
-the median of the repeated runs with the min-max of those runs in brackets, and a ratio is taken
-run by run (each run of ours against the baseline's run right before or after it), so a machine
-that is busier in one minute than in the next moves both sides. The machine is shared: the load
-average is given per section. What the figures mean, and what was changed to reach them, is in
-the notes at the end."""
+machine below. Written by `nox -s bench` (which builds the vLLM environment of sections 7 and 9
+and runs `python -m bench --vllm`); the same numbers are in `docs/benchmarks.json`. Every server
+runs in a process of its own on 127.0.0.1; the client is another. Unless a row says otherwise a
+cell is the median of the repeated runs with the min-max of those runs in brackets, and a ratio
+is taken run by run (each run of ours against the baseline's run right before or after it), so a
+machine that is busier in one minute than in the next moves both sides. The machine is shared:
+the load average is given per section. What the figures mean, and what was changed to reach
+them, is in the notes at the end."""
 
 
 def _find(sections: list[Section], key: str, pred: Callable[[Row], bool]) -> Row | None:

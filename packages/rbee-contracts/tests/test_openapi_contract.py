@@ -16,6 +16,7 @@ import pytest
 
 from jobproto import schema_of
 from rbee_contracts import hive_ops, queen_ops
+from rbee_contracts.completion import CompletionParams
 from rbee_contracts.infer import InferParams
 from rbee_hive.app import create_app as create_hive_app
 from rbee_hive.settings import HiveSettings
@@ -43,6 +44,7 @@ QUEEN = {
     "model_list": queen_ops.QueenModelListParams,
     "model_delete": queen_ops.QueenModelDeleteParams,
     "infer": queen_ops.QueenInferParams,
+    "completion": CompletionParams,
 }
 HIVE = {
     "worker_spawn": hive_ops.WorkerSpawnParams,

@@ -63,6 +63,10 @@ def test_infer_sends_the_flags_as_job_fields(queen: str, invoke: Invoke) -> None
         "a",
         "--stop",
         "b",
+        "--presence-penalty",
+        "0.5",
+        "--frequency-penalty",
+        "-1",
         "--hive",
         "localhost",
         "--json",
@@ -79,6 +83,8 @@ def test_infer_sends_the_flags_as_job_fields(queen: str, invoke: Invoke) -> None
         "top_k": 40,
         "seed": 3,
         "stop": ["a", "b"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": -1.0,
         "hive": "localhost",
     }
 

@@ -68,6 +68,8 @@ REFUSED: list[Case] = [
             "top_k": {"top_k": -1},
             "seed": {"seed": -1},
             "stop": {"stop": [""]},
+            "presence_penalty": {"presence_penalty": 2.5},
+            "frequency_penalty": {"frequency_penalty": -2.5},
             "model": {"model": "../etc"},
             "hive": _HIVE,
         },

@@ -189,11 +189,22 @@ def test_sampling_mapping() -> None:
         "top_k": -1,  # 0 = off here; -1 = off in every vLLM release
         "seed": None,
         "stop": ["\n"],
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
         "skip_special_tokens": True,
     }
-    sampled = GenerationRequest(prompt="x", temperature=0.7, top_p=0.9, top_k=40, seed=3)
+    sampled = GenerationRequest(
+        prompt="x",
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        seed=3,
+        presence_penalty=-0.5,
+        frequency_penalty=1.5,
+    )
     got = sampling_kwargs(sampled, 100)
     assert (got["top_k"], got["top_p"], got["seed"], got["stop"]) == (40, 0.9, 3, None)
+    assert (got["presence_penalty"], got["frequency_penalty"]) == (-0.5, 1.5)
 
 
 def test_availability_explains_itself() -> None:

@@ -27,14 +27,20 @@ the job's own parameters were not at fault. The client's error is the ``JobFaile
 The events go to the current job's sink (``jobproto.current_job()``), whatever adapter bound it:
 ``JobSink.emit`` takes the ``origin``. Outside a job, the downstream job runs and its events are
 dropped. This module imports the client adapter only, never the ASGI one.
+
+A sink with an ``observer`` (the ASGI adapter's ``JobHandle``, when its service has metrics) is
+told when each relay ends: its outcome, its duration and the delay of its first event (how long
+after the downstream service logged it this service re-emitted it: the time the hop adds, exact
+when both run on one machine's clock).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -50,6 +56,14 @@ __all__ = ["relay"]
 CANCEL_GRACE = 5.0
 
 
+class _Observer(Protocol):
+    """What a relay reports to (``jobproto.asgi.JobObserver.relay_ended``)."""
+
+    def relay_ended(
+        self, service: str, operation: str, outcome: str, seconds: float, delay: float | None
+    ) -> None: ...
+
+
 async def relay(
     client: JobClient,
     operation: str,
@@ -60,8 +74,40 @@ async def relay(
     merge: Merge | None = None,
 ) -> Any:
     """Run ``operation`` on ``client``'s service, relaying its events; return its result."""
+    observer: _Observer | None = getattr(current_job(), "observer", None)
+    if observer is None:
+        return await _relay_mapped(client, operation, fields, service, idempotency_key, merge)
+    started = time.monotonic()
+    first: list[float] = []
+    outcome = "cancelled"
     try:
-        return await _relay(client, operation, fields, service, idempotency_key, merge)
+        result = await _relay_mapped(
+            client, operation, fields, service, idempotency_key, merge, first
+        )
+        outcome = "succeeded"
+        return result
+    except Exception:
+        outcome = "failed"
+        raise
+    finally:
+        kind = service.partition(":")[0]
+        delay = first[0] if first else None
+        observer.relay_ended(kind, operation, outcome, time.monotonic() - started, delay)
+
+
+async def _relay_mapped(
+    client: JobClient,
+    operation: str,
+    fields: Mapping[str, Any] | None,
+    service: str,
+    idempotency_key: str | None,
+    merge: Merge | None,
+    first: list[float] | None = None,
+) -> Any:
+    """``_relay`` with a refusal or an unreachable service as the current job's failure;
+    ``first`` (when given) gets the delay of the first downstream event."""
+    try:
+        return await _relay(client, operation, fields, service, idempotency_key, merge, first)
     except HTTPStatusError as exc:  # the downstream service refused the job
         raise JobFailed(exc.code, f"{service}: {exc.message}") from exc
     except (TransportFailed, StreamInterrupted, RemoteProtocolError) as exc:
@@ -75,6 +121,7 @@ async def _relay(
     service: str,
     idempotency_key: str | None,
     merge: Merge | None,
+    first: list[float] | None,
 ) -> Any:
     target = current_job()  # any JobSink; None outside a job: run it, relay nothing
     created = await client.create(operation, fields, idempotency_key=idempotency_key)
@@ -88,6 +135,9 @@ async def _relay(
                         message = f"lost {ev.lost} events of {service} job {created.job_id}"
                         target.emit(Narration("relay_gap", message, "warning"))
                     continue
+                if first is not None and not first:
+                    # the hop's delay: the downstream service logged it at ev.timestamp
+                    first.append(max(0.0, time.time() - ev.timestamp))
                 event = ev.event
                 if isinstance(event, (Succeeded, Failed, Cancelled, Expired)):
                     finished = True

@@ -76,6 +76,7 @@ __all__ = [
     "read_token_file",
     "redact",
     "service_security",
+    "stream_cookie_key",
     "token_from_env",
     "worker_token",
     "write_private_file",
@@ -131,6 +132,12 @@ def join_token(secret: bytes, hive_id: str) -> str:
 
 def hive_token(secret: bytes, hive_id: str) -> str:
     return _derive(secret, "h", "rbee/hive/" + hive_id)
+
+
+def stream_cookie_key(secret: bytes) -> bytes:
+    """The key the queen signs browsers' stream cookies with (``jobproto.asgi.StreamCookie``):
+    derived from the secret, so a restart keeps open pages working and a new secret ends them."""
+    return hmac.new(secret, b"rbee/stream-cookie", hashlib.sha256).digest()
 
 
 def worker_token(hive_token: str, worker_id: str) -> str:

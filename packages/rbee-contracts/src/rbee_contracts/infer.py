@@ -20,6 +20,7 @@ __all__ = [
     "MAX_MESSAGES",
     "MAX_STOPS",
     "MAX_TOKENS_CAP",
+    "PENALTY_LIMIT",
     "SEED_LIMIT",
     "ChatMessage",
     "InferDelta",
@@ -34,6 +35,8 @@ MAX_STOPS: Final = 16
 MAX_MESSAGES: Final = 1024
 #: seeds are below 2**63: torch generators take seeds below 2**64; every engine can take these
 SEED_LIMIT: Final = 1 << 63
+#: presence and frequency penalties lie in [-PENALTY_LIMIT, PENALTY_LIMIT] (OpenAI's range)
+PENALTY_LIMIT: Final = 2.0
 
 
 def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -44,6 +47,15 @@ def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 def _top_p(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0.0 < value <= 1.0:
         raise FieldError(attribute.name, f"'{attribute.name}' must be in (0, 1], got {value}")
+
+
+def _penalty(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and -PENALTY_LIMIT <= value <= PENALTY_LIMIT):
+        raise FieldError(
+            attribute.name,
+            f"'{attribute.name}' must be a number in [-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}],"
+            f" got {value}",
+        )
 
 
 def _stops(_: object, attribute: attrs.Attribute[Any], value: list[str]) -> None:
@@ -102,6 +114,20 @@ class InferParams:
         factory=list,
         validator=_stops,
         metadata={"schema": {"maxItems": MAX_STOPS, "items": {"minLength": 1}}},
+    )
+    #: OpenAI's penalties, over the tokens generated so far in this completion: each token's
+    #: logit is lowered by ``frequency_penalty`` times its count plus ``presence_penalty`` if it
+    #: occurred at all (negative values encourage repetition). An engine that cannot apply a
+    #: non-zero one refuses the request (``invalid_request``).
+    presence_penalty: float = attrs.field(
+        default=0.0,
+        validator=_penalty,
+        metadata={"schema": {"minimum": -PENALTY_LIMIT, "maximum": PENALTY_LIMIT}},
+    )
+    frequency_penalty: float = attrs.field(
+        default=0.0,
+        validator=_penalty,
+        metadata={"schema": {"minimum": -PENALTY_LIMIT, "maximum": PENALTY_LIMIT}},
     )
 
     #: the rule across fields, published and enforced with the fields' own: exactly one of

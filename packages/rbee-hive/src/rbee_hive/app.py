@@ -1,8 +1,10 @@
 """The hive's app and its command, ``rbee-hive`` (docs/tiers.md, hive).
 
-The app is built from jobproto's parts rather than ``jobproto.asgi.create_app`` because the hive
-needs a lifespan of its own (catalog, supervisor, heartbeat) around the job service's, and
-``create_app`` takes none: the job routes, correlation middleware and error handlers are the same.
+The app is built from jobproto's parts rather than ``jobproto.asgi.create_app``: ``create_app``
+enters an app's lifespan around the job service's, and the hive needs its own (catalog,
+supervisor, heartbeat) inside it, so that on the way out workers stop before jobs end; it also adds
+a middleware of its own (``rbee_hive.metrics``: bytes downloaded). The job routes, correlation
+middleware, error handlers and ``/metrics`` route are the same.
 jobproto's security middleware comes first (``rbee_hive.trust``): the queen's token on everything
 but ``/health``, and only the ``Host`` names the hive is reached by.
 
@@ -39,11 +41,14 @@ from jobproto.asgi import (
     require_scope,
     security_middleware,
 )
+from jobproto.metrics import JobMetrics, metrics_route
 from jobproto.server import serve
+from jobproto.telemetry import traced
 from rbee_contracts import auth
 
 from . import __version__
 from .hive import HiveService
+from .metrics import HiveMetrics
 from .operations import hive_operations
 from .settings import (
     DEFAULT_CONVERT_COMMAND,
@@ -61,10 +66,14 @@ LISTENING_PREFIX = "RBEE_HIVE_LISTENING "
 
 
 def create_app(settings: HiveSettings | None = None) -> Starlette:
-    """The hive's Starlette app: jobproto/1 job routes plus ``/health`` and ``/v1/hive``."""
+    """The hive's Starlette app: jobproto/1 job routes plus ``/health``, ``/v1/hive`` and
+    ``/metrics`` (jobproto's and the hive's own, ``rbee_hive.metrics``)."""
     settings = settings or HiveSettings()
     hive = HiveService(settings)
     service = JobService(hive_operations(hive), ServiceSettings(service_name="rbee-hive"))
+    metrics = JobMetrics()
+    metrics.bind(service)
+    hive_metrics = HiveMetrics(hive.supervisor, metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
@@ -86,16 +95,19 @@ def create_app(settings: HiveSettings | None = None) -> Starlette:
             *job_routes(service),
             Route("/health", health, methods=["GET"]),
             Route("/v1/hive", info, methods=["GET"]),
+            metrics_route(metrics, scope=auth.JOBS_SCOPE),
         ],
         middleware=[
             *security_middleware(hive_security(settings)),
             Middleware(CorrelationMiddleware),
+            hive_metrics.middleware(),
         ],
         exception_handlers=error_handlers(),
         lifespan=lifespan,
     )
     app.state.jobs = service
     app.state.hive = hive
+    app.state.metrics = metrics
     return app
 
 
@@ -236,15 +248,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         line = json.dumps({"port": port, "hive_id": settings.hive_id, "url": hive.url})
         print(LISTENING_PREFIX + line, flush=True)
 
-    serve(
-        app,
-        settings.host,
-        settings.port,
-        log_level="warning",
-        on_ready=ready,
-        ssl_certfile=None if settings.tls_cert is None else str(settings.tls_cert),
-        ssl_keyfile=None if settings.tls_key is None else str(settings.tls_key),
-    )
+    # traces over OTLP/HTTP when the OTEL_* variables ask for them (docs/tracing.md)
+    with traced("rbee-hive"):
+        serve(
+            app,
+            settings.host,
+            settings.port,
+            log_level="warning",
+            on_ready=ready,
+            ssl_certfile=None if settings.tls_cert is None else str(settings.tls_cert),
+            ssl_keyfile=None if settings.tls_key is None else str(settings.tls_key),
+        )
 
 
 if __name__ == "__main__":

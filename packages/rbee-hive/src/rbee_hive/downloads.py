@@ -12,7 +12,9 @@ tqdm-shaped class that only counts (thread-safe). The event loop samples the cou
 rate over the last few seconds, ETA) to every job waiting for the download. Sampling from the
 loop, rather than reporting from huggingface_hub's threads, bounds the event rate and keeps
 narration on the loop. The tracker is also how a download stops: once cancelled, its next
-``update()`` raises ``DownloadCancelled`` inside huggingface_hub's thread.
+``update()`` raises ``DownloadCancelled`` inside huggingface_hub's thread. A tracker also hands
+every byte it counts to the ``byte_sink`` of the context it was made in (the hive's metrics set it
+for each request, ``rbee_hive.metrics``), from huggingface_hub's threads: the sink is thread-safe.
 
 What resumes (verified against huggingface_hub 2.4 with the tests' fake hub):
 
@@ -53,6 +55,7 @@ __all__ = [
     "ByteTracker",
     "DownloadCancelled",
     "Flight",
+    "byte_sink",
     "download_error",
     "fetch",
     "fetch_file",
@@ -64,6 +67,11 @@ __all__ = [
 logger = logging.getLogger("rbee_hive.downloads")
 
 HF_DIR = ".cache"  # huggingface_hub's bookkeeping inside a local_dir download
+
+#: where a tracker made in this context also counts its bytes (None: nowhere)
+byte_sink: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "rbee_hive_byte_sink", default=None
+)
 
 
 class DownloadCancelled(Exception):
@@ -77,6 +85,7 @@ class ByteTracker:
         self._lock = threading.Lock()
         self.received = 0
         self.cancelled = threading.Event()
+        self._sink = byte_sink.get()
 
     def add(self, n: float) -> None:
         if self.cancelled.is_set():
@@ -84,6 +93,8 @@ class ByteTracker:
         if n:
             with self._lock:
                 self.received += int(n)
+            if self._sink is not None:
+                self._sink(int(n))
 
     def bar_class(self) -> type:
         """A class shaped like tqdm for ``snapshot_download(tqdm_class=...)``.

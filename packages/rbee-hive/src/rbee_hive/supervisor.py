@@ -46,6 +46,7 @@ hive presents when it polls ``/ready``.
 
 from __future__ import annotations
 
+import collections
 import logging
 import shlex
 import signal
@@ -80,6 +81,8 @@ logger = logging.getLogger("rbee_hive.supervisor")
 
 MAX_LINE = 64 * 1024  # longer output lines are cut (the log keeps the pieces)
 DRAIN_SECONDS = 2.0  # how long the pipes may stay open after the worker exited
+#: a worker's exit status when its engine died (``rbee_worker.app.EXIT_ENGINE_DEAD``)
+EXIT_ENGINE_DEAD = 3
 
 
 class Supervisor:
@@ -90,6 +93,8 @@ class Supervisor:
         self.workers: dict[str, WorkerProcess] = {}
         self._on_change = on_change or (lambda: None)
         self._tg: anyio.abc.TaskGroup | None = None
+        #: restarts of ready workers that died, by cause (``restart_cause``; the hive's metrics)
+        self.restart_causes: collections.Counter[str] = collections.Counter()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Supervisor]:
@@ -210,6 +215,7 @@ class Supervisor:
         if worker.failures >= settings.restart_limit:
             return WorkerState.FAILED, f"{cause}; gave up after {settings.restart_limit} restarts"
         worker.failures += 1
+        self.restart_causes[restart_cause(worker.run_error, returncode)] += 1
         return WorkerState.RESTARTING, cause
 
     async def _run_once(self, worker: WorkerProcess) -> None:
@@ -410,6 +416,19 @@ class Supervisor:
             logger.warning("process group %d ignored SIGTERM for %g s: SIGKILL", record.pid, grace)
             rbee_process.signal_group(record.pid, signal.SIGKILL)
         await anyio.sleep_forever()
+
+
+def restart_cause(run_error: str | None, returncode: int | None) -> str:
+    """A worker's exit as one word, for counting: ``engine_dead`` (it exited because its engine
+    died), ``signal`` (killed), ``exit`` (another status), ``not_ready`` (it did not get ready
+    again), ``error`` (the hive could not run it)."""
+    if run_error is not None:
+        return "not_ready" if run_error.startswith(("failed to load", "not ready")) else "error"
+    if returncode is None:
+        return "error"
+    if returncode < 0:
+        return "signal"
+    return "engine_dead" if returncode == EXIT_ENGINE_DEAD else "exit"
 
 
 def _connect_host(host: str) -> str:

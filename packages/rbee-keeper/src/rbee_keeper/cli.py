@@ -21,6 +21,7 @@ import click
 
 from jobproto import JobProtoError, JobState
 from jobproto.client import JobClient
+from jobproto.telemetry import traced
 from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
 from rbee_contracts.engines import ENGINES
 from rbee_contracts.hive_ops import GGUF_DTYPES
@@ -206,6 +207,20 @@ def raw_hint(code: str, message: str) -> str | None:
 @click.option("--top-k", type=int, default=None, help="0 = off.")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop sequence (repeatable).")
+@click.option(
+    "--presence-penalty",
+    type=float,
+    default=None,
+    callback=_finite,
+    help="-2..2: lower the odds of any token already generated (OpenAI's).",
+)
+@click.option(
+    "--frequency-penalty",
+    type=float,
+    default=None,
+    callback=_finite,
+    help="-2..2: lower a token's odds by how often it was generated (OpenAI's).",
+)
 @click.option("--system", default=None, help="System message, sent before PROMPT.")
 @click.option(
     "--raw",
@@ -229,6 +244,8 @@ def infer(
     top_k: int | None,
     seed: int | None,
     stop: tuple[str, ...],
+    presence_penalty: float | None,
+    frequency_penalty: float | None,
     system: str | None,
     raw: bool,
     hive: str | None,
@@ -257,6 +274,8 @@ def infer(
         top_k=top_k,
         seed=seed,
         stop=list(stop) if stop else None,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
         hive=hive,
     )
     if raw:
@@ -884,9 +903,17 @@ def config_show(app: App, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+#: seconds the keeper waits for the trace collector per batch of spans, when the OTEL_* variables
+#: set no timeout: a command should not hang for long at exit when the collector is down
+TRACE_EXPORT_TIMEOUT = 3.0
+
+
 def main() -> None:
     """Entry point of the ``rbee`` console script."""
-    rbee(prog_name="rbee")
+    # traces over OTLP/HTTP when the OTEL_* variables ask for them (docs/tracing.md); the spans
+    # are flushed before the command exits
+    with traced("rbee-keeper", export_timeout=TRACE_EXPORT_TIMEOUT):
+        rbee(prog_name="rbee")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+from opentelemetry import trace
 
 from jobproto import (
     Cancelled,
@@ -47,6 +48,7 @@ from jobproto import (
     TransportFailed,
 )
 from jobproto.client import HTTPStatusError, JobClient, JobStatus, StreamInterrupted
+from jobproto.telemetry import set_span_attributes
 from rbee_contracts.auth import redact
 
 from .access import (
@@ -83,6 +85,9 @@ EXIT_UNREACHABLE = 3
 EXIT_CANCELLED = 4
 EXIT_REFUSED = 5
 EXIT_INTERRUPTED = 130
+
+#: the keeper's spans; they go nowhere unless ``cli.main`` configured tracing
+_tracer = trace.get_tracer("rbee_keeper")
 
 
 class _Interrupts:
@@ -302,10 +307,25 @@ async def run_job(
 
     async def start(client: JobClient) -> tuple[str, str, int]:
         created = await client.create(operation, fields)
+        set_span_attributes(
+            {"jobproto.job_id": created.job_id, "jobproto.correlation_id": created.correlation_id}
+        )
         return created.job_id, operation, 0
 
     use_prepare = autostart and is_local(settings.queen_url)
-    return await stream_job(settings, renderer, start, prepare=prepare if use_prepare else None)
+    # The root of the command's trace (when tracing is on, docs/tracing.md): the queen's job,
+    # and every job it runs for this one, continue it through traceparent.
+    attributes = {"jobproto.operation": operation}
+    if isinstance(fields.get("model"), str):
+        attributes["gen_ai.request.model"] = fields["model"]
+    with _tracer.start_as_current_span(
+        f"rbee {operation}", kind=trace.SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        code = await stream_job(settings, renderer, start, prepare=prepare if use_prepare else None)
+        span.set_attribute("rbee.exit_code", code)
+        if code != EXIT_OK:
+            span.set_status(trace.StatusCode.ERROR, f"exit code {code}")
+        return code
 
 
 async def call(

@@ -25,7 +25,9 @@ from starlette.applications import Starlette
 
 from jobproto.asgi import JobService, ServiceSettings
 from jobproto.asgi import create_app as create_job_app
+from jobproto.metrics import JobMetrics, metrics_route
 from jobproto.server import serve
+from jobproto.telemetry import traced
 from rbee_contracts.auth import (
     ENV_QUEEN_SECRET_FILE,
     KEEPER_TOKEN_FILE,
@@ -37,11 +39,14 @@ from rbee_contracts.auth import (
     write_private_file,
 )
 
+from .metrics import QueenMetrics
+from .openai_api import OpenAIErrorShape, openai_routes
 from .operations import queen_operations
 from .queen import Queen
 from .routes import hive_routes
 from .security import queen_security
 from .settings import QueenSettings, default_state_dir
+from .web import web_routes
 
 __all__ = ["create_app", "main"]
 
@@ -75,7 +80,16 @@ def create_app(
             yield
 
     security = queen_security(queen.settings, lambda: [h.hive_id for h in queen.registry.hives()])
-    app = create_job_app(service, routes=hive_routes(queen), lifespan=lifespan, security=security)
+    routes = [*hive_routes(queen), *openai_routes(queen), *web_routes(queen, security)]
+    # GET /metrics: the queen's own (jobproto's and rbee_queen.metrics); /metrics/all: the cluster's
+    metrics = JobMetrics()
+    cluster = QueenMetrics(queen, metrics)
+    routes.append(metrics_route(cluster.federate, scope=security.jobs_scope, path="/metrics/all"))
+    app = create_job_app(
+        service, routes=routes, lifespan=lifespan, security=security, metrics=metrics
+    )
+    # outermost: refusals on the OpenAI routes (the security layer's included) in OpenAI's shape
+    app.add_middleware(OpenAIErrorShape)
     app.state.queen = queen
     return app
 
@@ -186,15 +200,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         queen.bound_port = port
         print(f"{LISTENING} {json.dumps({'port': port, 'url': queen.url})}", flush=True)
 
-    serve(
-        app,
-        settings.host,
-        settings.port,
-        log_level=args.log_level,
-        on_ready=ready,
-        ssl_certfile=settings.tls_cert,
-        ssl_keyfile=settings.tls_key,
-    )
+    # traces over OTLP/HTTP when the OTEL_* variables ask for them (docs/tracing.md)
+    with traced("rbee-queen"):
+        serve(
+            app,
+            settings.host,
+            settings.port,
+            log_level=args.log_level,
+            on_ready=ready,
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 | worker_*       | relayed to the hive named (or the only one): one job id for the user         |
 | model_*        | relayed likewise                                                             |
 | infer          | choose (or start) a worker, then relay its ``infer`` job: no hive in between |
+| completion     | ``infer`` for ``n`` choices at once: the job behind the OpenAI-compatible API |
 
 ``hive_start``, ``hive_stop`` and ``hive_status`` with ``host`` do the same on another machine over
 SSH (``remote_hives``).
@@ -29,6 +30,9 @@ from typing import Any
 import attrs
 
 from jobproto import JobFailed, Operations
+from jobproto.telemetry import set_span_attributes
+from rbee_contracts import spans
+from rbee_contracts.completion import CompletionParams, CompletionResult
 from rbee_contracts.hive_ops import ModelList
 from rbee_contracts.queen_ops import (
     HiveInstallParams,
@@ -58,6 +62,7 @@ from rbee_contracts.queen_results import (
     UnregisteredHive,
 )
 
+from .openai_jobs import run_completion
 from .queen import Queen
 from .remote_hives import RemoteHives
 from .scheduler import read_hive_result
@@ -199,6 +204,25 @@ def queen_operations(queen: Queen) -> Operations:
     @ops.operation("infer")
     async def infer(params: QueenInferParams) -> Any:
         """Generate text on the least busy worker with the model (started if none)."""
-        return await queen.scheduler.infer(params.model, params.hive, forward_fields(params))
+        set_span_attributes(spans.infer_request(params, params.model))
+        result = await queen.scheduler.infer(params.model, params.hive, forward_fields(params))
+        if isinstance(result, dict):
+            set_span_attributes(spans.infer_result(result))
+        return result
+
+    @ops.operation("completion")
+    async def completion(params: CompletionParams) -> CompletionResult:
+        """Generate ``n`` choices as ``infer`` does (``openai_jobs``); cancelled when nobody
+        reads it for ``abandon_grace`` seconds."""
+        set_span_attributes(spans.infer_request(params, params.model))
+        result = await run_completion(
+            queen.scheduler, queen.jobs, params, queen.settings.abandon_grace
+        )
+        totals = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+        }
+        set_span_attributes(spans.infer_result({**totals, "model": result.model}))
+        return result
 
     return ops

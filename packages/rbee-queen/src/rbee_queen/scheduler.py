@@ -13,6 +13,7 @@ concurrent requests see each other's counts.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -76,6 +77,15 @@ class Scheduler:
         self.settings = settings
         self.clock = clock
         self._flights: dict[str, _Flight] = {}
+        # What routing did, in plain counts (the queen's metrics read them: rbee_queen.metrics)
+        #: requests routed to a worker, by hive id
+        self.routed: collections.Counter[str] = collections.Counter()
+        #: times a request found no ready worker and waited for one to start (or restart)
+        self.waits = 0
+        #: requests being routed now (waiting for a worker, when none is ready)
+        self.routing = 0
+        #: told how many seconds each routed request took to get its worker
+        self.on_routed: Callable[[float], None] | None = None
 
     async def infer(self, model: str, hive: str | None, fields: Mapping[str, Any]) -> Any:
         """Run ``infer`` on the best worker for ``model`` (starting one if needed), relayed."""
@@ -100,7 +110,15 @@ class Scheduler:
     @asynccontextmanager
     async def worker_for(self, model: str, hive: str | None = None) -> AsyncIterator[WorkerView]:
         """A healthy worker for ``model``, counted in flight for the duration of the block."""
-        worker = await self._acquire(model, hive)
+        started = time.monotonic()
+        self.routing += 1
+        try:
+            worker = await self._acquire(model, hive)
+        finally:
+            self.routing -= 1
+        self.routed[worker.hive_id] += 1
+        if self.on_routed is not None:
+            self.on_routed(time.monotonic() - started)
         try:
             yield worker
         finally:
@@ -117,6 +135,7 @@ class Scheduler:
                 local_name=self.registry.local_name,
             )
             if worker is None:
+                self.waits += 1
                 if not await self._await_restart(model, hive):
                     await self._start_worker(model, hive)
                 continue

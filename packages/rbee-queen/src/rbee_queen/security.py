@@ -25,21 +25,25 @@ keeper's on ``PUT /v1/hives/H``, hive H's on ``/v1/jobs`` or on another hive's p
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from starlette.types import Scope
 
-from jobproto.asgi import Principal, Security, TokenAuth
+from jobproto.asgi import Principal, Security, StreamCookie, TokenAuth
 from rbee_contracts.auth import (
     JOBS_SCOPE,
     allowed_host_names,
     hive_scope,
     join_token,
     keeper_token,
+    stream_cookie_key,
 )
 
 from .settings import QueenSettings
+from .web import PAGE_PATHS
 
 __all__ = [
     "KEEPER",
@@ -101,11 +105,20 @@ def allowed_hosts(settings: QueenSettings) -> tuple[str, ...] | None:
 
 
 def queen_security(settings: QueenSettings, known_hives: Callable[[], Iterable[str]]) -> Security:
-    """What the queen's HTTP layer enforces for ``settings`` (no tokens without a secret)."""
+    """What the queen's HTTP layer enforces for ``settings`` (no tokens without a secret).
+
+    The web page (``rbee_queen.web``) is public (it holds no data; it asks for the token), calls
+    the queen from its own origin, and reads streams with a stream cookie signed with a key
+    derived from the secret."""
     auth = None if settings.secret is None else QueenAuth(settings.secret, known_hives)
+    key = stream_cookie_key(settings.secret if settings.secret is not None else os.urandom(32))
+    public: Any = ("/health", *PAGE_PATHS)  # Any: mypy's attrs plugin cannot type a tuple converter
     return Security(
         auth=auth,
         allowed_hosts=allowed_hosts(settings),
         allowed_origins=settings.allowed_origins,
         jobs_scope=JOBS_SCOPE,
+        public_paths=public,
+        allow_same_origin=True,
+        stream_cookie=StreamCookie(key),
     )

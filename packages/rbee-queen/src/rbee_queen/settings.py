@@ -73,6 +73,9 @@ class QueenSettings:
     worker_ready_timeout: float = attrs.field(default=600.0, validator=_positive)
     #: timeout of a worker's ``/health`` probe (seconds)
     health_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: a completion (the OpenAI API's job) nobody has read for this long is cancelled, and its
+    #: generation with it (seconds): how long a client that lost its connection has to resume
+    abandon_grace: float = attrs.field(default=10.0, validator=_positive)
 
     # -- trust (rbee_contracts.auth; ARCHITECTURE.md, "Trust between tiers") --------------------
     #: the queen's secret, from which every token is derived. None: no authentication at all

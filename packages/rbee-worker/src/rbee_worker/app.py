@@ -42,6 +42,8 @@ from starlette.applications import Starlette
 
 from jobproto.asgi import ServiceSettings
 from jobproto.asgi import create_app as create_job_app
+from jobproto.metrics import JobMetrics
+from jobproto.telemetry import traced
 from rbee_contracts import auth
 from rbee_contracts.engines import ENGINES
 from rbee_contracts.worker_cli import listening_line
@@ -62,7 +64,7 @@ logger = logging.getLogger("rbee_worker")
 def create_app(
     settings: WorkerSettings, *, engine: Engine | None = None, load_on_startup: bool = True
 ) -> Starlette:
-    """The worker as a Starlette app: the ``infer`` job plus health routes.
+    """The worker as a Starlette app: the ``infer`` job, health routes and ``/metrics``.
 
     ``engine`` replaces the one ``settings`` names (tests use it to inject engines). The model
     loads when the app starts, or, with ``load_on_startup=False``, when
@@ -95,6 +97,8 @@ def create_app(
         routes=health_routes(runtime),
         lifespan=lifespan,
         security=security,
+        # GET /metrics: jobproto's and the worker's own (rbee_worker.metrics), one registry
+        metrics=JobMetrics(runtime.metrics.registry),
     )
     app.state.runtime = runtime
     return app
@@ -199,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, EngineNotAvailable) as exc:
         print(f"rbee-worker: {exc}", file=sys.stderr)
         return 2
-    return _serve(app, settings)
+    # traces over OTLP/HTTP when the OTEL_* variables ask for them (docs/tracing.md)
+    with traced("rbee-worker"):
+        return _serve(app, settings)
 
 
 def _serve(app: Starlette, settings: WorkerSettings) -> int:

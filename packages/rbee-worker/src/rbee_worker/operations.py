@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 
+import attrs
+
 from jobproto import (
     JobFailed,
     Operations,
@@ -26,6 +28,8 @@ from jobproto import (
     emit_data,
     narrate,
 )
+from jobproto.telemetry import set_span_attributes
+from rbee_contracts import spans
 from rbee_contracts.infer import InferParams, InferResult
 from rbee_contracts.lifecycle import ModelLoadState
 
@@ -48,6 +52,8 @@ def _request(params: InferParams, request_id: str) -> GenerationRequest:
         top_k=params.top_k,
         seed=params.seed,
         stop=tuple(params.stop),
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
         request_id=request_id,
     )
 
@@ -73,11 +79,15 @@ def worker_operations(runtime: WorkerRuntime) -> Operations:
         def queued(ahead: int) -> None:
             narrate("queue", f"every slot is busy; queued with {ahead} request(s) ahead")
 
+        set_span_attributes(spans.infer_request(params, engine.model_name))
         try:
             async with runtime.admission.slot(on_wait=queued):
-                return await _generate(runtime, request, started)
+                result = await _generate(runtime, request, started)
         except Busy as exc:
+            runtime.metrics.refused("busy")
             raise JobFailed("busy", str(exc)) from None
+        set_span_attributes(spans.infer_result(attrs.asdict(result)))
+        return result
 
     return ops
 
@@ -97,6 +107,7 @@ async def _generate(
 ) -> InferResult:
     engine = runtime.engine
     began = time.perf_counter()
+    meter = runtime.metrics.generation(started)
     first_token: float | None = None
     text: list[str] = []
     completion = prompt_tokens = 0
@@ -104,8 +115,10 @@ async def _generate(
     try:
         async with engine.stream(request) as deltas:
             async for delta in deltas:
-                if delta.token_ids and first_token is None:
-                    first_token = time.perf_counter()
+                if delta.token_ids:
+                    meter.tokens(len(delta.token_ids), delta.prompt_tokens)
+                    if first_token is None:
+                        first_token = time.perf_counter()
                 if delta.text or delta.token_ids:
                     # One data event per delta while subscribers keep up; deltas they have not
                     # read yet coalesce (concat_data), so a reader that lags costs fewer events.
@@ -122,6 +135,7 @@ async def _generate(
         raise JobFailed("engine_dead", str(exc)) from None
     except InvalidRequest as exc:
         raise JobFailed("invalid_request", str(exc)) from None
+    meter.finished(finish or "abort")
     if finish is None or finish == "abort":
         raise JobFailed("aborted", "the engine aborted this generation")
     ended = time.perf_counter()

@@ -38,6 +38,7 @@ import anyio
 from rbee_contracts.lifecycle import ModelLoadState, model_load_transition
 
 from .engines import Engine, EngineDead
+from .metrics import WorkerMetrics
 from .settings import WorkerSettings
 
 __all__ = ["Admission", "Busy", "WorkerRuntime"]
@@ -112,6 +113,8 @@ class WorkerRuntime:
         # The engine was built with settings.max_concurrency (or its own default): its number is
         # the one that holds, also for an engine handed to create_app directly.
         self.admission = Admission(engine.max_concurrency, settings.max_queue)
+        #: its Prometheus metrics (``/metrics`` serves this registry, jobproto's metrics too)
+        self.metrics = WorkerMetrics(engine.model_name, self.admission)
         self._may_load = anyio.Event()
         self._load_ended = anyio.Event()
 

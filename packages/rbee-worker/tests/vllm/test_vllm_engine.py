@@ -231,6 +231,30 @@ async def test_sampling_settings_reach_vllm(engine: VllmEngine) -> None:
     assert len(ids_of(one)) == 1 and one[-1].finish_reason == "length"
 
 
+async def test_penalties_reach_vllm_and_agree_with_transformers(
+    engine: VllmEngine, transformers_engine: TransformersEngine
+) -> None:
+    """vLLM takes presence and frequency penalties, and applies them as the transformers engine
+    does (OpenAI's definition): the same greedy tokens on both."""
+    prompt = "The bees leave the hive at dawn"
+    plain = ids_of(
+        await run(engine, GenerationRequest(prompt=prompt, max_tokens=24, temperature=0))
+    )
+    for frequency, presence in ((2.0, 0.0), (0.3, 0.6)):
+        request = GenerationRequest(
+            prompt=prompt,
+            max_tokens=24,
+            temperature=0,
+            frequency_penalty=frequency,
+            presence_penalty=presence,
+        )
+        ours = ids_of(await run(engine, request))
+        assert ours == ids_of(await run(transformers_engine, request)), (frequency, presence)
+        assert ours != plain
+    with pytest.raises(InvalidRequest):  # vLLM's own bound (the worker's API checks it first)
+        await run(engine, GenerationRequest(prompt="Hi", max_tokens=4, presence_penalty=3.0))
+
+
 async def test_stop_strings_cut_the_text(engine: VllmEngine) -> None:
     request = GenerationRequest(
         prompt="The bees leave the hive at dawn", max_tokens=32, temperature=0

@@ -20,7 +20,9 @@
 
 To require a bearer token (and check ``Host`` and ``Origin``), pass
 ``create_app(ops, security=Security(auth=TokenAuth({token: Principal("keeper", {"jobs"})})))``;
-an app built by hand puts ``security_middleware(security)`` first in its middleware.
+an app built by hand puts ``security_middleware(security)`` first in its middleware. For pages
+in a browser, ``Security(stream_cookie=StreamCookie(key))`` plus the routes of
+``stream_session_routes(security)`` let an ``EventSource`` read streams without a token in a URL.
 
 To add the job routes to an existing app, build a ``JobService`` and use ``job_routes(service)``
 with ``service.lifespan`` as (part of) the app's lifespan.
@@ -42,7 +44,9 @@ from ._security import (
     security_middleware,
 )
 from ._service import JobHandle, JobService
+from ._session import stream_session_routes
 from ._settings import ServiceSettings
+from ._stream_cookie import StreamCookie
 
 __all__ = [
     "CorrelationMiddleware",
@@ -52,6 +56,7 @@ __all__ = [
     "Security",
     "SecurityMiddleware",
     "ServiceSettings",
+    "StreamCookie",
     "TokenAuth",
     "create_app",
     "error_handlers",
@@ -61,4 +66,5 @@ __all__ = [
     "require_scope",
     "security_middleware",
     "status_json",
+    "stream_session_routes",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
@@ -23,6 +23,9 @@ from ._routes import correlation_of, job_routes
 from ._security import Security, security_middleware
 from ._service import JobService
 from ._settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from ..metrics import JobMetrics
 
 __all__ = ["create_app", "error_handlers"]
 
@@ -74,6 +77,7 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     security: Security | None = None,
+    metrics: JobMetrics | None = None,
 ) -> Starlette:
     """A Starlette app speaking jobproto/1 for ``operations``; extra ``routes`` are added after.
 
@@ -82,14 +86,24 @@ def create_app(
 
     ``security`` (tokens, allowed hosts and origins) is checked before anything else, by
     ``security_middleware``; without it the app answers anyone, as a library default should.
+
+    ``metrics`` (``jobproto.metrics.JobMetrics``, the ``metrics`` extra) counts the service's
+    jobs, streams and relays and serves them as ``GET /metrics`` to callers with the jobs scope.
     """
     service = (
         operations
         if isinstance(operations, JobService)
         else JobService(operations, settings, tracer_provider=tracer_provider)
     )
+    extra = list(routes)
+    if metrics is not None:
+        from ..metrics import metrics_route  # the extra: only when asked for
+
+        metrics.bind(service)
+        scope = security.jobs_scope if security is not None else "jobs"
+        extra.append(metrics_route(metrics, scope=scope))
     app = Starlette(
-        routes=[*job_routes(service), *routes],
+        routes=[*job_routes(service), *extra],
         middleware=[
             *(security_middleware(security) if security is not None else []),
             Middleware(CorrelationMiddleware),
@@ -98,4 +112,5 @@ def create_app(
         lifespan=_combined(service, lifespan),
     )
     app.state.jobs = service
+    app.state.metrics = metrics
     return app

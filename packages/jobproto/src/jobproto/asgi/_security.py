@@ -16,6 +16,14 @@ One middleware answers four questions in order, before any route runs (docs/prot
 4. May it touch jobs? ``/v1/jobs*`` and ``/openapi.json`` need ``jobs_scope``, else **403**
    ``forbidden``; other routes check their own scope with ``require_scope``.
 
+Browsers: a page served by the service itself is same-origin, and its ``POST`` carries an
+``Origin`` naming the service; ``allow_same_origin`` lets that through (only where ``Host`` is
+checked, so a rebinding page's own origin is never "same"). An ``EventSource`` cannot send a
+header, and a token must never be put in a URL: ``StreamCookie`` is a short-lived signed
+capability in an HttpOnly, SameSite=Strict cookie, issued by ``POST /v1/session`` to a caller
+with the jobs scope (``stream_session_routes``), that opens ``GET``/``HEAD``
+``/v1/jobs/{id}/stream`` and nothing else (``_stream_cookie.py``).
+
 The caller's ``Principal`` is left in ``scope["state"]["principal"]`` for the routes. A token is
 compared against every known token in constant time (their SHA-256 digests, so the length of a
 token is not measured either), and it never appears in a log line, an error or a repr: a
@@ -43,11 +51,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._correlation import CORRELATION_HEADER
 from .._errors import RequestError
 from ._routes import correlation_of
+from ._stream_cookie import StreamCookie, is_stream_read
 
 __all__ = [
     "Principal",
     "Security",
     "SecurityMiddleware",
+    "StreamCookie",
     "TokenAuth",
     "principal_of",
     "require_scope",
@@ -184,6 +194,11 @@ class Security:
     jobs_scope: str = "jobs"
     #: paths served without a token (answer little there: ``/health`` says "up", not what runs)
     public_paths: tuple[str, ...] = attrs.field(default=("/health",), converter=tuple)
+    #: accept an ``Origin`` that is the service itself (its scheme and ``Host``), for pages it
+    #: serves; honoured only with ``allowed_hosts`` set (else any page could claim it)
+    allow_same_origin: bool = False
+    #: the read-only stream capability for browsers (``StreamCookie``); None: tokens only
+    stream_cookie: StreamCookie | None = None
 
 
 def security_middleware(security: Security) -> list[Middleware]:
@@ -312,7 +327,11 @@ class SecurityMiddleware:
 
         origin = headers.get(b"origin", [None])[0]
         cors: list[tuple[bytes, bytes]] = []
-        if origin is not None:
+        if origin is not None and not (
+            sec.allow_same_origin
+            and sec.allowed_hosts is not None
+            and _same_origin(origin, scope, headers.get(b"host", []))
+        ):
             if origin.strip().lower().rstrip("/") not in sec.allowed_origins:
                 message = f"origin {_echo(origin)!r} is not allowed"
                 await _refuse(scope, send, 403, "origin_not_allowed", message)
@@ -333,8 +352,14 @@ class SecurityMiddleware:
             principal: Principal | None = None
             if path not in sec.public_paths:
                 values = headers.get(b"authorization", [])
-                token = _bearer(values[0]) if len(values) == 1 else None
-                principal = None if token is None else sec.auth.authenticate(token, scope)
+                if not values and sec.stream_cookie is not None and is_stream_read(scope):
+                    # no header: the browser's stream capability, on a stream read only
+                    principal = sec.stream_cookie.principal(
+                        headers.get(b"cookie", []), sec.jobs_scope
+                    )
+                else:
+                    token = _bearer(values[0]) if len(values) == 1 else None
+                    principal = None if token is None else sec.auth.authenticate(token, scope)
                 if principal is None:
                     message = (
                         "this request needs a bearer token (Authorization: Bearer <token>)"
@@ -356,6 +381,28 @@ class SecurityMiddleware:
                     return
             state["principal"] = principal
         await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, scope: Scope, hosts: list[str]) -> bool:
+    """Whether ``origin`` is this service as the request reached it: the request's scheme and
+    its one ``Host`` (RFC 6454 §4: scheme, host and port; a default port may be left out)."""
+    scheme = str(scope.get("scheme", "http")).lower()
+    if len(hosts) != 1:
+        return False
+    default = "443" if scheme in ("https", "wss") else "80"
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    want_scheme, sep, authority = origin.strip().lower().partition("://")
+    if not sep or want_scheme != scheme or "/" in authority:
+        return False
+
+    def normal(value: str) -> tuple[str | None, str]:
+        host = _parse_host(value)
+        rest = value.strip().lower().rpartition("]")[2] if value.strip().startswith("[") else value
+        port = rest.rpartition(":")[2] if ":" in rest else default
+        return host, port or default
+
+    host, port = normal(hosts[0])
+    return host is not None and normal(authority) == (host, port)
 
 
 def _needs_jobs_scope(path: str) -> bool:

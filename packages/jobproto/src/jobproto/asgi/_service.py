@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -45,11 +45,11 @@ from .._operations import Operation, Operations
 from .._redact import RedactingFilter, redact_text
 from .._registry import Job, JobRegistry
 from .._states import JobState
-from .._tracing import job_span
+from .._tracing import job_span, record_outcome
 from .._wire import converter
 from ._settings import ServiceSettings
 
-__all__ = ["JobHandle", "JobService"]
+__all__ = ["JobHandle", "JobObserver", "JobService"]
 
 logger = logging.getLogger("jobproto.service")
 # What this logger writes about a handler's exception (message and traceback) is redacted as the
@@ -60,10 +60,36 @@ if not any(isinstance(f, RedactingFilter) for f in logger.filters):
     logger.addFilter(RedactingFilter())
 
 
+class JobObserver(Protocol):
+    """Who is told what a service's jobs and streams do (``jobproto.metrics.JobMetrics``).
+
+    Set as ``JobService.observer``. Called on the event loop, on the paths of jobs and streams:
+    each call must be cheap (a counter's increment) and must not raise.
+    """
+
+    def job_created(self, operation: str) -> None: ...
+
+    def job_ended(self, job: Job) -> None:
+        """``job`` reached its terminal state (its ``started_at`` is None if it never ran)."""
+
+    def events_sent(self, count: int) -> None:
+        """A stream wrote ``count`` events in one send."""
+
+    def subscriber_dropped(self, reason: str) -> None:
+        """A stream was closed for its client: ``"lag"`` or ``"frozen"``."""
+
+    def relay_ended(
+        self, service: str, operation: str, outcome: str, seconds: float, delay: float | None
+    ) -> None:
+        """A relay (``jobproto.relay``) of ``operation`` to ``service`` (its kind: the part of
+        its name before ``:``) ended; ``delay``: how long after the downstream service logged
+        its first event this service re-emitted it (None: no event came)."""
+
+
 class JobHandle:
     """The live side of one job. Implements ``JobSink`` for narration."""
 
-    __slots__ = ("_service", "_waiters", "cancel_reason", "done", "job", "scope")
+    __slots__ = ("_service", "_waiters", "cancel_reason", "done", "job", "scope", "streams")
 
     def __init__(self, job: Job, service: JobService) -> None:
         self.job = job
@@ -73,10 +99,18 @@ class JobHandle:
         self.done = anyio.Event()
         self.scope: anyio.CancelScope | None = None
         self.cancel_reason: str | None = None
+        #: streams open on this job now (``GET .../stream`` and any other reader that counts
+        #: itself here): who is still listening
+        self.streams = 0
 
     @property
     def job_id(self) -> str:
         return self.job.id
+
+    @property
+    def observer(self) -> JobObserver | None:
+        """The service's observer (``jobproto.relay`` reports to it)."""
+        return self._service.observer
 
     @property
     def correlation_id(self) -> str:
@@ -149,6 +183,8 @@ class JobService:
         self.registry = JobRegistry(self.settings.max_log_events)
         self.handles: dict[str, JobHandle] = {}
         self.closing = False
+        #: told of jobs, streams and relays (``jobproto.metrics.JobMetrics.bind`` sets it)
+        self.observer: JobObserver | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._loop_thread = threading.get_ident()
         self._call_soon_threadsafe: Callable[..., object] = _no_loop
@@ -211,6 +247,8 @@ class JobService:
         if not created:
             return self.handles[job.id], False
         handle = self.handles[job.id] = JobHandle(job, self)
+        if self.observer is not None:
+            self.observer.job_created(op.name)
         if self.settings.start_mode == "immediate":
             self._start(handle)
         return handle, True
@@ -231,6 +269,7 @@ class JobService:
             job.finish(Cancelled(reason), time.time())
             handle.notify()
             handle.done.set()
+            self._ended(handle)
         elif job.state is JobState.RUNNING:
             if handle.cancel_reason is None:
                 handle.cancel_reason = reason
@@ -253,6 +292,11 @@ class JobService:
                 await self._run_bound(handle, op)
         finally:
             handle.done.set()
+            self._ended(handle)
+
+    def _ended(self, handle: JobHandle) -> None:
+        if self.observer is not None and handle.job.finished:
+            self.observer.job_ended(handle.job)
 
     async def _run_bound(self, handle: JobHandle, op: Operation[Any]) -> None:
         """Run the handler to the one terminal event, with ``handle`` bound as the current job."""
@@ -265,8 +309,9 @@ class JobService:
                 job.operation,
                 job.id,
                 job.correlation_id,
-            ):
+            ) as span:
                 outcome = await self._call(handle, op, job.params)
+                record_outcome(span, outcome)
             if not job.finished:
                 self._finish(handle, op, outcome)
         except Exception:
@@ -371,6 +416,7 @@ class JobService:
             handle = self.handles[job.id]
             handle.notify()
             handle.done.set()
+            self._ended(handle)
         for job in self.registry.remove_finished(now, self.settings.retention_ttl):
             self.handles.pop(job.id, None)
 

@@ -62,6 +62,7 @@ async def stream_job(
         {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra_headers}
     )
     service.subscribe(handle)
+    handle.streams += 1
     sub = _Subscriber()
     # The disconnect watcher is a bare task, not an anyio task group: it never raises, it only
     # flags the subscriber and wakes its wait, and it is cancelled below whatever happens; a task
@@ -74,10 +75,13 @@ async def stream_job(
         # Frozen: the client resumes from the log if it ever comes back. Closing its connection
         # would keep it, and every byte buffered for it, until the client reads them; the
         # server's abort (jobproto.server's extension) frees them now.
+        if service.observer is not None:
+            service.observer.subscriber_dropped("frozen")
         _abort_connection(scope)
     except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
         pass  # the client is gone; it resumes from the log when it comes back
     finally:
+        handle.streams -= 1
         watcher.cancel()
 
 
@@ -119,6 +123,7 @@ async def _pump(
     service: JobService, handle: JobHandle, sub: _Subscriber, cursor: int, send: Send
 ) -> None:
     settings = service.settings
+    observer = service.observer
     job = handle.job
     log = job.log
     loop = asyncio.get_running_loop()
@@ -134,6 +139,8 @@ async def _pump(
             if frames:
                 pending.extend(frames)
                 cursor += len(frames)
+                if observer is not None:
+                    observer.events_sent(len(frames))
             if not pending:
                 if (job.finished and cursor >= log.last_seq) or service.closing:
                     more = False  # the end of the body is the last send
@@ -158,6 +165,8 @@ async def _pump(
             behind = log.last_seq - cursor
             if behind > settings.max_subscriber_lag and behind > behind_before:
                 logger.info("job %s: closing a subscriber %d events behind", job.id, behind)
+                if observer is not None:
+                    observer.subscriber_dropped("lag")
                 # end the body cleanly: the client resumes from the log with Last-Event-ID
                 send_timeout.deadline = clock() + settings.send_timeout
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -303,6 +303,7 @@ def sampling_kwargs(request: GenerationRequest, budget: int) -> dict[str, Any]:
 
     ``budget`` is max_tokens capped by the room left in max_model_len. Temperature 0 is greedy in
     vLLM as here; top_k 0 ("off") is -1 for vLLM (older releases take only -1, newer both).
+    The presence and frequency penalties are vLLM's own, with the same meaning (OpenAI's).
     """
     return {
         "max_tokens": budget,
@@ -311,5 +312,7 @@ def sampling_kwargs(request: GenerationRequest, budget: int) -> dict[str, Any]:
         "top_k": request.top_k if request.top_k > 0 else -1,
         "seed": request.seed,
         "stop": list(request.stop) or None,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
         "skip_special_tokens": True,
     }

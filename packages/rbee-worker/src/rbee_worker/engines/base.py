@@ -77,7 +77,10 @@ class ChatTurn:
 @attrs.frozen
 class GenerationRequest:
     """One generation. Exactly one of ``prompt`` and ``messages`` (messages go through the
-    tokenizer's chat template). ``temperature`` 0 means greedy; ``top_k`` 0 means no top-k."""
+    tokenizer's chat template). ``temperature`` 0 means greedy; ``top_k`` 0 means no top-k.
+    ``presence_penalty`` and ``frequency_penalty`` are OpenAI's (and vLLM's): over the tokens
+    generated so far, a token's logit is lowered by ``frequency_penalty`` times its count plus
+    ``presence_penalty`` if it occurred; 0 (the default) is off."""
 
     prompt: str | None = None
     messages: Sequence[ChatTurn] | None = None
@@ -87,11 +90,18 @@ class GenerationRequest:
     top_k: int = 0
     seed: int | None = None
     stop: Sequence[str] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     request_id: str = ""
 
     def __attrs_post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt and messages")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether a presence or frequency penalty applies (either is non-zero)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
 
 
 @attrs.frozen

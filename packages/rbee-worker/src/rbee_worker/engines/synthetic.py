@@ -9,7 +9,9 @@ result made with it can pass for a real model's. Engine args::
     max_model_len=N       context length it claims, default 4096
 
 It emits exactly ``max_tokens`` tokens (finish reason "length") unless a stop string cuts the
-text first. Sampling parameters are accepted and ignored.
+text first. Sampling parameters are accepted and ignored, except the presence and frequency
+penalties: its fixed text repeats itself, so a non-zero penalty is refused (``InvalidRequest``)
+rather than silently not applied.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class SyntheticEngine:
 
     @asynccontextmanager
     async def stream(self, request: GenerationRequest) -> AsyncIterator[AsyncIterator[Delta]]:
+        if request.penalized:
+            raise InvalidRequest("the synthetic engine does not apply penalties")
         prompt_tokens = _rough_token_count(request)
         if prompt_tokens + 1 > self.max_model_len:
             raise InvalidRequest(

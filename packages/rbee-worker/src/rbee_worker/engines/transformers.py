@@ -11,7 +11,10 @@ with the KV cache (``past_key_values``) from the previous step. We write the loo
 rather than call ``model.generate`` because a server needs three things generate does not give
 cleanly: text released as it is made (without splitting a multi-byte character), stop strings
 that never leak into the output, and an abort between any two tokens. Greedy decoding gives the
-same token ids as ``generate(do_sample=False)``; the tests hold us to that.
+same token ids as ``generate(do_sample=False)``; the tests hold us to that. Each step follows
+vLLM's sampler in its order: the presence and frequency penalties on the raw logits (counted over
+this completion's tokens so far; skipped when both are 0), then greedy at temperature 0, else
+temperature, top-k and top-p.
 
 Deltas go to the consumer through a ``DeltaChannel`` (the thread never waits for the loop). When
 the consumer leaves the ``stream()`` block, for whatever reason, the channel's cancel flag is
@@ -46,7 +49,7 @@ from .base import Delta, EngineArgs, EngineDead, FinishReason, GenerationRequest
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TransformersEngine", "sample_token"]
+__all__ = ["TransformersEngine", "penalize", "sample_token"]
 
 logger = logging.getLogger("rbee_worker.engines.transformers")
 
@@ -229,6 +232,8 @@ class TransformersEngine:
             generator.manual_seed(request.seed)
         inputs = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         cache = None
+        # with a penalty: how often each token of the vocabulary occurred in this completion
+        counts: torch.Tensor | None = None
         with torch.inference_mode():
             for produced in range(1, budget + 1):
                 if channel.cancelled.is_set():
@@ -241,7 +246,12 @@ class TransformersEngine:
                 )
                 self.steps += 1
                 cache = out.past_key_values
-                token = sample_token(out.logits[0, -1], request, generator)
+                logits = out.logits[0, -1]
+                if request.penalized and counts is None:
+                    counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=device)
+                token = sample_token(logits, request, generator, counts)
+                if counts is not None:
+                    counts[token] += 1
                 ended: FinishReason | None = None
                 if token in self._eos:
                     piece, ended = detok.flush(), "stop"
@@ -265,12 +275,18 @@ class TransformersEngine:
 
 
 def sample_token(
-    logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator
+    logits: torch.Tensor,
+    request: GenerationRequest,
+    generator: torch.Generator,
+    counts: torch.Tensor | None = None,
 ) -> int:
-    """Pick the next token from one position's logits: greedy at temperature 0, else temperature,
-    then top-k, then top-p (nucleus), then a draw from ``generator``."""
+    """Pick the next token from one position's logits: the penalties first (given ``counts``, how
+    often each token occurred in this completion so far), then greedy at temperature 0, else
+    temperature, then top-k, then top-p (nucleus), then a draw from ``generator``."""
     import torch
 
+    if counts is not None:
+        logits = penalize(logits, counts, request)
     if request.temperature == 0:
         return int(torch.argmax(logits).item())
     scores = logits.float() / request.temperature
@@ -285,3 +301,13 @@ def sample_token(
         scores = scores.scatter(0, order[drop], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def penalize(
+    logits: torch.Tensor, counts: torch.Tensor, request: GenerationRequest
+) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties, as vLLM applies them (on the raw logits, in
+    float32, before temperature; greedy decoding sees them too): each token's logit less
+    ``frequency_penalty`` times its count and ``presence_penalty`` if it occurred at all."""
+    penalized = logits.float() - request.frequency_penalty * counts
+    return penalized - request.presence_penalty * (counts > 0).float()
