@@ -132,7 +132,9 @@ async def test_two_hives_and_none_named_lists_every_hive(cluster: Any, fakes: An
 
 
 async def test_listing_every_hive_skips_a_down_one_and_says_so(cluster: Any, fakes: Any) -> None:
-    quiet, loud = fakes.Hive("quiet", heartbeat=0.1), fakes.Hive("loud", heartbeat=0.1)
+    # quiet's 0.1 s beat makes it down 0.1 s after its one registration; loud's 2 s beat keeps it
+    # up through the test even when a busy machine delays its beats (0.1 s left no margin)
+    quiet, loud = fakes.Hive("quiet", heartbeat=0.1), fakes.Hive("loud", heartbeat=2.0)
     async with cluster([quiet, loud], hive_timeout_beats=1) as c:
         await quiet.add_worker("wq")
         await loud.add_worker("wl")
