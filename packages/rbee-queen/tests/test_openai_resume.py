@@ -207,3 +207,21 @@ async def test_a_reader_back_within_the_grace_keeps_the_completion(
                 text = "".join([content(d) async for _, d in events(r) if d != "[DONE]"])
     assert head + text == "w0 w1 w2 "
     assert handle.job.state is JobState.SUCCEEDED
+
+
+async def test_resuming_after_the_last_chunk_gets_done_and_ends(cluster: Any, fakes: Any) -> None:
+    # a client that read the finish chunk but lost the connection before ``[DONE]``
+    async with held(cluster, fakes) as (c, worker), httpx.AsyncClient(base_url=c.queen_url) as http:
+        worker.gate.set()
+        last = None
+        async with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+            job_id = r.headers["x-rbee-job-id"]
+            async for seq, data in events(r):
+                if data == "[DONE]":
+                    break
+                last = seq
+        assert last is not None
+        url = f"/v1/chat/completions/chatcmpl-{job_id}?stream=true&starting_after={last}"
+        with anyio.fail_after(10):  # it ends by itself, without waiting on keepalives
+            text, tail = await rest(http, url, {})
+    assert (text, tail) == ("", ["[DONE]"])

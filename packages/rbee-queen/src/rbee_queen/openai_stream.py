@@ -191,6 +191,19 @@ async def _stream(
             message = f"this completion lost {gap.lost} events: read it again whole"
             out.append(error_frame(OpenAIError(500, message, type="server_error")))
             end = True
+        elif not frames and job.finished:
+            # resumed after the terminal event (the finish chunk was read, ``[DONE]`` was not):
+            # nothing more will come
+            if job.state is not JobState.SUCCEEDED:
+                error = _failure(handle)
+                if not headers_sent:
+                    with anyio.fail_after(settings.send_timeout):
+                        await error_response(scope, error, job.id)(scope, _no_receive, send)
+                    return
+                out.append(error_frame(error))
+            else:
+                out.append(done_frame())
+            end = True
         for frame in frames if not end else ():
             cursor += 1
             type_, payload = _event(frame)
@@ -254,6 +267,9 @@ def _choices_before(handle: JobHandle, after: int) -> set[int]:
         return seen
     _, frames = handle.job.log.read(0, after)
     for frame in frames:
+        # a trimmed log starts later than seq 1: its first ``after`` frames run past ``after``
+        if int(frame[4 : frame.index(b"\n")]) > after:
+            break
         type_, payload = _event(frame)
         if type_ == "data":
             seen.add(int(payload["index"]))
