@@ -26,7 +26,6 @@ Who may: the keeper's token (scope ``jobs``) is the API key; body limits are the
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,7 +40,7 @@ from jobproto import (
     is_valid_job_id,
     is_valid_traceparent,
 )
-from jobproto.asgi import JobHandle, JobService, require_scope
+from jobproto.asgi import JobHandle, JobService, read_json_body, require_scope
 from rbee_contracts.auth import JOBS_SCOPE
 from rbee_contracts.completion import CompletionParams
 
@@ -164,29 +163,10 @@ class OpenAIApi:
         await answer(self.service, handle, shape, parsed.stream, 0, scope, receive, send)
 
     async def _body(self, request: Request) -> Any:
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media != "application/json":
-            raise OpenAIError(
-                415,
-                f"Content-Type must be application/json, got {media or 'none'!r}",
-                code="unsupported_media_type",
-            )
-        limit = self.service.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise OpenAIError(413, f"request body over {limit} bytes", code="payload_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise OpenAIError(413, f"request body over {limit} bytes", code="payload_too_large")
-            chunks.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise OpenAIError(
-                400, "the request body is not valid JSON", code="invalid_json"
-            ) from None
+            return await read_json_body(request, self.service.settings.max_body_bytes)
+        except RequestError as exc:
+            raise OpenAIError.from_request_error(exc) from None
 
     def _remember(self, shape: StreamShape) -> None:
         # bounded by the job service's own retention: entries of removed jobs go

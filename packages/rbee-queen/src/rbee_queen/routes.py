@@ -17,9 +17,7 @@ at another machine; the registry then pins that host for as long as it knows the
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -28,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from jobproto import RequestError, converter
-from jobproto.asgi import principal_of, require_scope
+from jobproto.asgi import principal_of, read_json_body, require_scope
 from rbee_contracts import auth
 from rbee_contracts.auth import JOBS_SCOPE, hive_scope
 from rbee_contracts.lifecycle import HiveState
@@ -122,27 +120,6 @@ async def check_hive_address(url: str, peer: str | None, server: str | None) -> 
         )
 
 
-async def _json_body(request: Request) -> Any:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        raise RequestError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type must be application/json, got {media or 'none'!r}",
-            field="Content-Type",
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise RequestError(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
-
-
 def _error(exc: RequestError) -> Response:
     return JSONResponse(exc.to_json(), exc.status, headers={"Cache-Control": "no-store"})
 
@@ -154,7 +131,9 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
         hive_id = request.path_params["hive_id"]
         try:
             require_scope(request, hive_scope(hive_id))
-            registration = parse_registration(hive_id, await _json_body(request))
+            registration = parse_registration(
+                hive_id, await read_json_body(request, MAX_BODY_BYTES)
+            )
             client, server = request.scope.get("client"), request.scope.get("server")
             await check_hive_address(
                 registration.heartbeat.url,

@@ -33,7 +33,7 @@ from __future__ import annotations
 from ._app import create_app, error_handlers
 from ._middleware import CorrelationMiddleware
 from ._openapi import openapi_document
-from ._routes import job_routes, status_json
+from ._routes import job_routes, read_json_body, status_json
 from ._security import (
     Principal,
     Security,
@@ -63,6 +63,7 @@ __all__ = [
     "job_routes",
     "openapi_document",
     "principal_of",
+    "read_json_body",
     "require_scope",
     "security_middleware",
     "status_json",

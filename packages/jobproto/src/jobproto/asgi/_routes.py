@@ -26,7 +26,7 @@ from ._openapi import openapi_document
 from ._service import JobHandle, JobService
 from ._stream import stream_job
 
-__all__ = ["job_routes", "status_json"]
+__all__ = ["job_routes", "read_json_body", "status_json"]
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
@@ -113,6 +113,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body, or a ``RequestError``: 415 not JSON's media type, 413 over
+    ``limit`` bytes (declared or read), 400 ``invalid_json`` (not JSON, NaN/Infinity, nested more
+    than ``MAX_DEPTH`` levels). What ``POST /v1/jobs`` reads its body with; a service's own JSON
+    routes read theirs with it too."""
+    content_type = request.headers.get("content-type", "")
+    if not _content_type_is_json(content_type):
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, got {content_type or 'none'!r}",
+            field="Content-Type",
+        )
+    raw = await _read_body(request, limit)
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "invalid_json", _TOO_DEEP) from None
+    if _too_deep(body):
+        # Parameters echoed into a result or an event must still encode: the same bound as
+        # narration's (json would fail on them later, as the job's result).
+        raise RequestError(400, "invalid_json", _TOO_DEEP)
+    return body
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -160,25 +187,7 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
     settings = service.settings
 
     async def create(request: Request) -> Response:
-        content_type = request.headers.get("content-type", "")
-        if not _content_type_is_json(content_type):
-            raise RequestError(
-                415,
-                "unsupported_media_type",
-                f"Content-Type must be application/json, got {content_type or 'none'!r}",
-                field="Content-Type",
-            )
-        raw = await _read_body(request, settings.max_body_bytes)
-        try:
-            body = json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(400, "invalid_json", f"request body is not JSON: {exc}") from None
-        except RecursionError:
-            raise RequestError(400, "invalid_json", _TOO_DEEP) from None
-        if _too_deep(body):
-            # Parameters echoed into a result or an event must still encode: the same bound as
-            # narration's (json would fail on them later, as the job's result).
-            raise RequestError(400, "invalid_json", _TOO_DEEP)
+        body = await read_json_body(request, settings.max_body_bytes)
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise RequestError(
