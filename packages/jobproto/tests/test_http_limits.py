@@ -1,4 +1,5 @@
-"""jobproto.server's HTTP limits, TLS and frozen-subscriber abort, on real uvicorn servers.
+"""jobproto.server's HTTP limits, TLS, frozen-subscriber abort and disconnect callbacks, on real
+uvicorn servers.
 
 Raw sockets (blocking, run in a worker thread) stand in for clients that misbehave: a head that
 never ends, a request sent half, a subscriber that never reads. Every wait is bounded and
@@ -13,7 +14,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from jobproto import Operations, emit_data
+from jobproto._extensions import DISCONNECT_EXTENSION
 from jobproto.asgi import ServiceSettings, create_app
 from jobproto.server import HttpLimits, Server, bound_port, config
 from jobproto.testing import serving
@@ -367,9 +369,14 @@ def flooding_ops() -> Operations:
 
 
 @asynccontextmanager
-async def running(app: Starlette, http: str) -> AsyncIterator[Server]:
+async def running(
+    app: Starlette,
+    http: str,
+    limits: HttpLimits = HttpLimits(),  # noqa: B008 - frozen
+) -> AsyncIterator[Server]:
     """Like ``jobproto.testing.serving``, but yields the server (its connections are looked at)."""
-    server = Server(config(app, http=http), app.state.jobs)
+    service = getattr(app.state, "jobs", None)
+    server = Server(config(app, http=http, limits=limits), service)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(10):
@@ -378,7 +385,8 @@ async def running(app: Starlette, http: str) -> AsyncIterator[Server]:
         try:
             yield server
         finally:
-            app.state.jobs.begin_shutdown()
+            if service is not None:
+                service.begin_shutdown()
             server.should_exit = True
 
 
@@ -414,3 +422,63 @@ async def test_a_frozen_subscriber_s_connection_is_aborted(http: str) -> None:
                     pass
         finally:
             sock.close()
+
+
+# -- the disconnect extension --------------------------------------------------------------------
+
+Watch = Callable[[Callable[[], object] | None], None]
+
+
+def watch_grabbing_app(watches: list[Watch]) -> Starlette:
+    """Answers ``GET /`` and keeps its connection's ``jobproto.disconnect`` ``watch``."""
+
+    async def grab(request: Request) -> Response:
+        watches.append(request.scope["extensions"][DISCONNECT_EXTENSION]["watch"])
+        return JSONResponse({})
+
+    return Starlette(routes=[Route("/", grab)])
+
+
+@PARSERS
+@pytest.mark.anyio
+async def test_the_disconnect_extension_calls_back_when_the_connection_is_lost(http: str) -> None:
+    """``watch(cb)``: ``cb()`` once, when the connection is lost, or at once if it already is;
+    ``watch(None)`` forgets ``cb``."""
+    watches: list[Watch] = []
+    calls: list[str] = []
+    # keep-alive connections stay open until the client closes them
+    limits = HttpLimits(keep_alive_timeout=3600)
+    async with running(watch_grabbing_app(watches), http, limits) as server:
+        port = bound_port(server)
+        connections = server.server_state.connections
+
+        async def connect_and_grab() -> tuple[socket.socket, Watch]:
+            sock = _connect(port)
+            sock.sendall(_get(port))
+            raw = b""
+            while not raw.endswith(b"{}"):  # the whole response; the connection stays open
+                raw += await anyio.to_thread.run_sync(sock.recv, 1024)
+            return sock, watches[-1]
+
+        async def lost() -> None:
+            with anyio.fail_after(BOUND):
+                while connections:
+                    await anyio.sleep(0.01)
+
+        # watched, then lost: called back once
+        sock, watch = await connect_and_grab()
+        watch(lambda: calls.append("lost"))
+        assert calls == []
+        sock.close()
+        await lost()
+        assert calls == ["lost"]
+        # watched once lost: called back at once (and the first callback not again)
+        watch(lambda: calls.append("already lost"))
+        assert calls == ["lost", "already lost"]
+        # watched, then forgotten (watch(None)), then lost: not called back
+        sock, watch = await connect_and_grab()
+        watch(lambda: calls.append("forgotten"))
+        watch(None)
+        sock.close()
+        await lost()
+        assert calls == ["lost", "already lost"]

@@ -21,7 +21,11 @@ The subclasses here add, for both parsers (``HttpLimits``):
 * every HTTP scope carries the ASGI extension ``jobproto.abort`` (``{"abort": callable}``): the
   app calls it to drop the connection at once (``transport.abort()``: its buffers are freed
   now). ``jobproto.asgi``'s stream calls it when a send times out; under a server without the
-  extension the stream ends as before.
+  extension the stream ends as before;
+* and the extension ``jobproto.disconnect`` (``{"watch": callable}``): ``watch(callback)`` has
+  the connection call ``callback()`` once when it is lost. ``jobproto.asgi``'s stream uses it
+  instead of a task waiting in ``receive()`` (~1.4 KiB of an idle stream); under a server
+  without it, the stream keeps that task.
 
 RFC 9110 §15.5.9 (408) and RFC 6585 §5 (431).
 """
@@ -36,6 +40,7 @@ import json
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -44,7 +49,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from ._extensions import ABORT_EXTENSION
+from ._extensions import ABORT_EXTENSION, DISCONNECT_EXTENSION
 
 __all__ = ["HttpLimits", "protocol_class"]
 
@@ -108,7 +113,22 @@ class _Limited:
     stops it; a long response (an SSE stream) is never cut by it.
     """
 
+    # jobproto's own state of a connection, in slots: added to uvicorn's instance dict it made
+    # that dict grow past its shared size (~1.2 KiB more per connection, docs/benchmarks.md)
+    __slots__ = (
+        "_app_inner",
+        "_extension",
+        "_lost",
+        "_on_lost",
+        "_read_timer",
+        "_request_begun",
+        "_requests_read",
+        "_responses_done",
+    )
+
     limits: ClassVar[HttpLimits] = HttpLimits()
+    #: called once when the connection is lost (the ``jobproto.disconnect`` extension)
+    _on_lost: Callable[[], object] | None
     # set by uvicorn's protocol classes
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
@@ -124,6 +144,10 @@ class _Limited:
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_read_timer()
         super().connection_lost(exc)  # type: ignore[misc]
+        self._lost = True
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request its parser refused (``msg`` is its own wording)."""
@@ -140,7 +164,10 @@ class _Limited:
         self.access_logger = _AccessLog(self.access_logger)
         self._app_inner = self.app
         self.app = self._app_with_extension
-        self._extension = {"abort": self._abort}
+        # one mapping under both extensions' names: what a response may ask of its connection
+        self._extension = {"abort": self._abort, "watch": self._watch}
+        self._on_lost = None
+        self._lost = False
         self._read_timer: asyncio.TimerHandle | None = None
         self._requests_read = 0
         self._responses_done = 0
@@ -148,8 +175,16 @@ class _Limited:
         self._request_begun = False
 
     async def _app_with_extension(self, scope: Any, receive: Any, send: Any) -> None:
-        scope.setdefault("extensions", {})[ABORT_EXTENSION] = self._extension
+        extensions = scope.setdefault("extensions", {})
+        extensions[ABORT_EXTENSION] = extensions[DISCONNECT_EXTENSION] = self._extension
         await self._app_inner(scope, receive, send)
+
+    def _watch(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback()`` once when the connection is lost (now if it is); None: forget."""
+        self._on_lost = callback
+        if callback is not None and self._lost:
+            self._on_lost = None
+            callback()
 
     def _abort(self) -> None:
         """Drop the connection now: what is buffered for it is freed, the peer sees a reset."""
@@ -308,6 +343,8 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         once it is complete, and, while it is not, as every byte read since it began (a chunk in
         which it began counts only its reported pieces, so the buffered part of a head is never
         more than the limit plus one read)."""
+
+        __slots__ = ("_head_bytes", "_head_known", "_head_refused", "_heads_begun", "_in_head")
 
         def __init__(
             self,

@@ -147,6 +147,18 @@ class JobHandle:
                 if not fut.done():
                     fut.set_result(True)
 
+    def park(self, waiter: asyncio.Future[bool]) -> None:
+        """Have the next ``notify()`` resolve ``waiter`` with True (unless it is done by then).
+
+        ``wait_change`` without its timer, for a reader that keeps a timer of its own: park right
+        after looking at the log, with no ``await`` in between, and ``unpark`` once the wait
+        ended any other way (a notified waiter is no longer parked)."""
+        self._waiters[waiter] = None
+
+    def unpark(self, waiter: asyncio.Future[bool]) -> None:
+        """Forget a parked ``waiter`` (a no-op for one ``notify()`` has taken)."""
+        self._waiters.pop(waiter, None)
+
     async def wait_change(self, within: float, waiter: asyncio.Future[bool] | None = None) -> bool:
         """Wait for the next ``notify()``; False when ``within`` seconds passed first.
 
