@@ -47,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 
 from jobproto import Operations, emit_data
 from jobproto._correlation import new_correlation_id, new_job_id
-from jobproto._wire import dumps, format_timestamp
+from jobproto._wire import dumps, encode_created_frame, format_timestamp
 from jobproto.asgi import ServiceSettings, create_app
 from jobproto.server import Server, config, run
 
@@ -306,6 +306,23 @@ class _Floor:
             pass
 
 
+async def _bare_events(
+    job_id: str, correlation_id: str, first: bytes = b""
+) -> AsyncIterator[bytes]:
+    """The bare stream of job ``first``: ``retry:``, ``first`` (a created block), one data event,
+    then the terminal event in a second write."""
+    yield RETRY_FRAME + first + frame(1, job_id, correlation_id, token_payload(0))
+    end = {
+        "seq": 2,
+        "job_id": job_id,
+        "correlation_id": correlation_id,
+        "type": "succeeded",
+        "timestamp": format_timestamp(time.time()),
+        "payload": {"result": {"n": 1}},
+    }
+    yield f"id: 2\nevent: succeeded\ndata: {dumps(end)}\n\n".encode()
+
+
 def bare_jobs_app() -> Starlette:
     """What a service without jobproto would answer: the same JSON, the same first frames."""
 
@@ -326,25 +343,26 @@ def bare_jobs_app() -> Starlette:
             "X-Correlation-ID": correlation_id,
             "Cache-Control": "no-store",
         }
+        if "text/event-stream" in request.headers.get("accept", ""):
+            # create-and-stream in one request: the same head and bytes as jobproto's answer
+            headers["Content-Location"] = out["sse_url"]
+            headers["X-Job-ID"] = job_id
+            headers["X-Accel-Buffering"] = "no"
+            created = encode_created_frame(out, job_id, correlation_id, time.time())
+            return StreamingResponse(
+                _bare_events(job_id, correlation_id, created),
+                201,
+                headers=headers,
+                media_type="text/event-stream; charset=utf-8",
+            )
         return JSONResponse(out, 201, headers=headers)
 
     async def stream(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         correlation_id = new_correlation_id()
-
-        async def body() -> AsyncIterator[bytes]:
-            yield RETRY_FRAME + frame(1, job_id, correlation_id, token_payload(0))
-            end = {
-                "seq": 2,
-                "job_id": job_id,
-                "correlation_id": correlation_id,
-                "type": "succeeded",
-                "timestamp": format_timestamp(time.time()),
-                "payload": {"result": {"n": 1}},
-            }
-            yield f"id: 2\nevent: succeeded\ndata: {dumps(end)}\n\n".encode()
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return StreamingResponse(
+            _bare_events(job_id, correlation_id), media_type="text/event-stream"
+        )
 
     return Starlette(
         routes=[

@@ -190,6 +190,7 @@ def test_public_api() -> None:
         "JobClient",
         "JobPage",
         "JobStatus",
+        "JobStream",
         "RemoteJobCancelled",
         "RemoteJobFailed",
         "StreamInterrupted",

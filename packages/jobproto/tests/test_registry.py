@@ -304,6 +304,17 @@ def test_same_key_other_fingerprint_conflicts() -> None:
     assert len(registry) == 1
 
 
+def test_has_key_while_the_job_is_kept() -> None:
+    registry = JobRegistry()
+    assert not registry.has_key("k")
+    job, _ = registry.create("echo", {}, "c", 1.0, idempotency_key="k")
+    assert registry.has_key("k") and not registry.has_key("other")
+    job.start(2.0)
+    job.finish(Succeeded(None), 3.0)
+    registry.remove_finished(now=1000.0, ttl=1.0)
+    assert not registry.has_key("k")
+
+
 def test_other_keys_and_no_key_make_new_jobs() -> None:
     registry = JobRegistry()
     a, _ = registry.create("echo", {}, "c", 1.0, idempotency_key="a", fingerprint="f")

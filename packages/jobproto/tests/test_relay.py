@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -33,7 +35,7 @@ from jobproto import (
     concat_data,
     current_job,
 )
-from jobproto._wire import encode_frame, encode_gap_frame
+from jobproto._wire import encode_created_frame, encode_frame, encode_gap_frame
 from jobproto.client import HTTPStatusError, JobClient
 from jobproto.relay import relay
 
@@ -84,7 +86,9 @@ def stream(*items: JobEvent | Gap) -> httpx.Response:
 class Downstream:
     """Answers from a script and records the requests."""
 
-    def __init__(self, *script: httpx.Response | Exception) -> None:
+    def __init__(
+        self, *script: httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+    ) -> None:
         self.script = list(script)
         self.requests: list[httpx.Request] = []
 
@@ -93,6 +97,8 @@ class Downstream:
         step = self.script.pop(0)
         if isinstance(step, Exception):
             raise step
+        if callable(step):
+            return step(request)
         return step
 
 
@@ -228,3 +234,104 @@ def test_the_relay_imports_no_asgi_adapter() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert json.loads(out.stdout) == []
+
+
+# -- create-and-stream: the create request answered with the job's stream --------------------------
+
+
+def created_stream(*items: JobEvent | Gap, then: Exception | None = None) -> httpx.Response:
+    """The answer of a service that creates the job and streams it in one response."""
+    created_block = encode_created_frame(created().json(), DOWN, CID, TS)
+    chunks = [b"retry: 1000\n\n", created_block] + [
+        encode_gap_frame(i, DOWN, CID, TS) if isinstance(i, Gap) else encode_frame(i) for i in items
+    ]
+    headers = {"content-type": "text/event-stream; charset=utf-8", "x-job-id": DOWN}
+    return httpx.Response(201, headers=headers, stream=Body(chunks, then))
+
+
+class Body(httpx.AsyncByteStream):
+    """A body sent chunk by chunk, then an error, or (``then`` None) silence until closed."""
+
+    def __init__(self, chunks: list[bytes], then: Exception | None) -> None:
+        self.chunks = chunks
+        self.then = then
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        if self.then is not None:
+            raise self.then
+        await anyio.sleep_forever()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.anyio
+async def test_one_request_relays_a_job_whose_create_answers_with_its_stream(
+    sink: ListSink,
+) -> None:
+    downstream = Downstream(
+        created_stream(
+            down(1, Narration("spawn", "starting")),
+            down(2, Data({"text": "hi"}), NESTED),
+            down(3, Succeeded({"worker_id": "w1"})),
+        )
+    )
+    assert await run_relay(downstream, idempotency_key="k1") == {"worker_id": "w1"}
+    [request] = downstream.requests
+    assert (request.method, request.url.path) == ("POST", "/v1/jobs")
+    assert request.headers["Accept"] == "text/event-stream, application/json;q=0.9"
+    assert request.headers["Idempotency-Key"] == "k1"
+    assert request.headers["X-Correlation-ID"] == CID
+    assert sink.emitted == [
+        (Narration("spawn", "starting"), Origin("hive", DOWN, 1), None),
+        (Data({"text": "hi"}), Origin("hive", DOWN, 2, NESTED), None),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_relay_closes_the_stream_then_cancels_the_downstream_job(
+    sink: ListSink,
+) -> None:
+    answer = created_stream(down(1, Narration("spawn", "starting")))
+    body = answer.stream
+    assert isinstance(body, Body)
+    closed_before_cancel: list[bool] = []
+
+    def cancelled(request: httpx.Request) -> httpx.Response:
+        closed_before_cancel.append(body.closed)
+        return httpx.Response(202, json={"job_id": DOWN, "state": "running"})
+
+    downstream = Downstream(answer, cancelled)
+    with anyio.move_on_after(0.5):  # the current job is cancelled while the relay waits
+        await run_relay(downstream)
+    assert [(r.method, r.url.path) for r in downstream.requests] == [
+        ("POST", "/v1/jobs"),
+        ("DELETE", f"/v1/jobs/{DOWN}"),
+    ]
+    assert closed_before_cancel == [True]
+    assert sink.emitted == [(Narration("spawn", "starting"), Origin("hive", DOWN, 1), None)]
+
+
+@pytest.mark.anyio
+async def test_a_job_lost_after_its_create_stream_broke_is_downstream_unavailable(
+    sink: ListSink,
+) -> None:
+    downstream = Downstream(
+        created_stream(down(1, Narration("a", "b")), then=httpx.ReadError("reset")),
+        refused(404, "job_not_found"),
+    )
+    transport = httpx.MockTransport(downstream)
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        JobClient(BASE, http=http, max_reconnects=1) as client,
+    ):
+        client._sleep = lambda _delay: anyio.lowlevel.checkpoint()
+        with pytest.raises(JobFailed) as info:
+            await relay(client, "worker_spawn", {}, service="hive")
+    assert info.value.code == "downstream_unavailable"
+    assert f"hive lost job {DOWN}" in info.value.message
+    assert [r.method for r in downstream.requests] == ["POST", "GET"]  # no cancel
+    assert downstream.requests[1].headers["Last-Event-ID"] == "1"

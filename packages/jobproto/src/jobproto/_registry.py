@@ -208,6 +208,10 @@ class JobRegistry:
             self._keys[idempotency_key] = _Idempotency(fingerprint, job.id)
         return job, True
 
+    def has_key(self, idempotency_key: str) -> bool:
+        """Whether ``idempotency_key`` is bound to a job (a create with it replays or conflicts)."""
+        return idempotency_key in self._keys
+
     def get(self, job_id: str) -> Job:
         try:
             return self._jobs[job_id]

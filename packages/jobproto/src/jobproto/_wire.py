@@ -45,9 +45,12 @@ from ._schema import enforced_schema
 from ._schema_check import first_error
 
 __all__ = [
+    "CREATED_FIELDS",
     "converter",
+    "decode_created",
     "decode_envelope",
     "dumps",
+    "encode_created_frame",
     "encode_envelope",
     "encode_frame",
     "encode_gap_frame",
@@ -180,6 +183,60 @@ def encode_gap_frame(gap: Gap, job_id: str, correlation_id: str, now: float) -> 
         "payload": {"after": gap.after, "first_available": gap.first_available, "lost": gap.lost},
     }
     return f"event: gap\ndata: {dumps(envelope)}\n\n".encode()
+
+
+#: the payload of a ``created`` block: the fields of the JSON answer to a create (§2.2, §2.2.2)
+CREATED_FIELDS = (
+    "job_id",
+    "sse_url",
+    "status_url",
+    "operation",
+    "state",
+    "correlation_id",
+    "created_at",
+)
+
+
+def encode_created_frame(
+    created: Mapping[str, Any], job_id: str, correlation_id: str, timestamp: float
+) -> bytes:
+    """The ``created`` block that opens the answer to a create-and-stream request (§2.2.2).
+
+    Like a gap it is no log entry: no ``id:`` line (the client's Last-Event-ID stays put), ``seq``
+    null, no ``origin``, ``timestamp`` when it is sent. ``created`` is the JSON answer's fields.
+    """
+    envelope = {
+        "seq": None,
+        "job_id": job_id,
+        "correlation_id": correlation_id,
+        "type": "created",
+        "timestamp": format_timestamp(timestamp),
+        "payload": dict(created),
+    }
+    return f"event: created\ndata: {dumps(envelope)}\n\n".encode()
+
+
+def decode_created(data: str) -> dict[str, Any]:
+    """The payload of a ``created`` block's ``data:`` (the seven fields of a create answer, and
+    any a service adds, §1.2); ``RemoteProtocolError`` for anything else."""
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"created data is not JSON: {exc}") from None
+    except RecursionError:
+        raise RemoteProtocolError("created data is nested too deeply") from None
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError("created data is not a JSON object")
+    if _req(raw, "type", str) != "created":
+        raise RemoteProtocolError(f"expected a created event, got {raw['type']!r}")
+    payload = raw.get("payload")
+    if not isinstance(payload, dict):
+        raise RemoteProtocolError("created payload is not an object")
+    for key in CREATED_FIELDS:
+        _req(payload, key, str)
+    if payload["job_id"] != _req(raw, "job_id", str):
+        raise RemoteProtocolError("created payload names another job than its envelope")
+    return payload
 
 
 def _decode_timestamp(text: str) -> float:

@@ -2,9 +2,11 @@
 
 ``await relay(client, "worker_spawn", {...}, service="hive")`` creates the downstream job, re-emits
 each of its events on the current job's stream in order, with its ``origin`` (service, job id, seq,
-and the origin it had itself) kept, and returns the downstream result. The downstream stream resumes
-by itself with Last-Event-ID if the connection breaks (``JobClient.events``), so nothing is lost or
-repeated. When the current job is cancelled (or the relay fails for any other reason) before the
+and the origin it had itself) kept, and returns the downstream result. Creating the job and reading
+its events is one HTTP exchange (``JobClient.submit``: the create request is answered with the
+job's stream, docs/protocol.md §2.2.2; a service that predates it costs a second request). The
+downstream stream resumes by itself with Last-Event-ID if the connection breaks, so nothing is lost
+or repeated. When the current job is cancelled (or the relay fails for any other reason) before the
 downstream job has ended, the downstream job is cancelled too. The correlation id and the trace
 context travel with the create request (the client reads them from the current job's context).
 
@@ -39,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping
-from contextlib import aclosing
 from typing import Any, Protocol
 
 import anyio
@@ -124,15 +125,16 @@ async def _relay(
     first: list[float] | None,
 ) -> Any:
     target = current_job()  # any JobSink; None outside a job: run it, relay nothing
-    created = await client.create(operation, fields, idempotency_key=idempotency_key)
+    job_id: str | None = None  # known once the downstream service announced the job
     finished = False
     try:
-        async with aclosing(client.events(created.job_id)) as events:
-            # (a 404 here is no refusal: the downstream service lost the job it created)
+        # one exchange: the create request is answered with the job's stream (§2.2.2)
+        async with client.submit(operation, fields, idempotency_key=idempotency_key) as events:
+            job_id = events.created.job_id
             async for ev in events:
                 if isinstance(ev, Gap):
                     if target is not None:
-                        message = f"lost {ev.lost} events of {service} job {created.job_id}"
+                        message = f"lost {ev.lost} events of {service} job {job_id}"
                         target.emit(Narration("relay_gap", message, "warning"))
                     continue
                 if first is not None and not first:
@@ -147,7 +149,7 @@ async def _relay(
                         raise JobFailed(event.code, f"{service}: {event.message}")
                     raise JobFailed(
                         "downstream_cancelled",
-                        f"{service} job {created.job_id} ended {event.TYPE}: {event.reason}",
+                        f"{service} job {job_id} ended {event.TYPE}: {event.reason}",
                     )
                 if target is not None:
                     origin = Origin(service, ev.job_id, ev.seq, ev.origin)
@@ -156,20 +158,20 @@ async def _relay(
                     else:
                         target.emit(event, origin)
     except HTTPStatusError as exc:
-        if exc.status != 404:
+        if exc.status != 404 or job_id is None:  # before the job: a refusal of the create
             raise
+        # (a 404 on the stream is no refusal: the downstream service lost the job it created)
         finished = True  # there is no job left to cancel
-        message = f"{service} lost job {created.job_id} (restarted?): {exc.message}"
+        message = f"{service} lost job {job_id} (restarted?): {exc.message}"
         raise JobFailed("downstream_unavailable", message) from exc
     finally:
-        if not finished:
+        # after the stream's connection is closed (leaving submit()'s context closed it)
+        if not finished and job_id is not None:
             # best effort: the downstream service may be gone already
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(CANCEL_GRACE),
                 contextlib.suppress(Exception),
             ):
-                await client.cancel(created.job_id)
-    raise JobFailed(
-        "relay_incomplete", f"{service} job {created.job_id} ended without a terminal event"
-    )
+                await client.cancel(job_id)
+    raise JobFailed("relay_incomplete", f"{service} job {job_id} ended without a terminal event")

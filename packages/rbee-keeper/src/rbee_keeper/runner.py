@@ -1,5 +1,5 @@
-"""Run one job on the queen for the command line: create it, stream it, map the outcome to an exit
-code, and cancel it on Ctrl+C.
+"""Run one job on the queen for the command line: create it and stream it (one request:
+``JobClient.submit``), map the outcome to an exit code, and cancel it on Ctrl+C.
 
 Exit codes (``rbee --help`` lists them too):
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +40,7 @@ from jobproto import (
     ConnectFailed,
     Expired,
     Failed,
+    Gap,
     JobEvent,
     JobProtoError,
     JobState,
@@ -209,22 +210,33 @@ async def follow(
     started: float | None = None,
 ) -> int:
     """Render the events of ``job_id`` through its terminal event; return the exit code."""
-    started = time.monotonic() if started is None else started
     async with aclosing(client.events(job_id, after=after)) as events:
-        async for item in events:
-            renderer.event(item)
-            if not (isinstance(item, JobEvent) and item.terminal):
-                continue
-            event = item.event
-            if isinstance(event, Succeeded):
-                renderer.succeeded(operation, event.result, job_id, time.monotonic() - started)
-                return EXIT_OK
-            if isinstance(event, Failed):
-                renderer.ended(JobState.FAILED, job_id, event.code, event.message)
-                return EXIT_FAILED
-            if isinstance(event, (Cancelled, Expired)):
-                renderer.ended(JobState(event.TYPE), job_id, event.TYPE, event.reason)
-                return EXIT_CANCELLED
+        return await _render(events, job_id, operation, renderer, started)
+
+
+async def _render(
+    events: AsyncIterable[JobEvent | Gap],
+    job_id: str,
+    operation: str,
+    renderer: Renderer,
+    started: float | None,
+) -> int:
+    """Render ``events`` (of ``job_id``) through the terminal event; return the exit code."""
+    started = time.monotonic() if started is None else started
+    async for item in events:
+        renderer.event(item)
+        if not (isinstance(item, JobEvent) and item.terminal):
+            continue
+        event = item.event
+        if isinstance(event, Succeeded):
+            renderer.succeeded(operation, event.result, job_id, time.monotonic() - started)
+            return EXIT_OK
+        if isinstance(event, Failed):
+            renderer.ended(JobState.FAILED, job_id, event.code, event.message)
+            return EXIT_FAILED
+        if isinstance(event, (Cancelled, Expired)):
+            renderer.ended(JobState(event.TYPE), job_id, event.TYPE, event.reason)
+            return EXIT_CANCELLED
     raise RemoteProtocolError(f"the stream of job {job_id} ended without an outcome")
 
 
@@ -243,6 +255,13 @@ async def _cancel(client: JobClient, job_id: str, renderer: Renderer, limit: flo
         renderer.note(f"job {job_id} had already ended: {status.state}")
 
 
+#: opens the events of the job to follow, in the exit stack given (which closes their
+#: connection): ``(job_id, operation, events)``
+_Open = Callable[
+    [JobClient, AsyncExitStack], Awaitable[tuple[str, str, AsyncIterable[JobEvent | Gap]]]
+]
+
+
 async def stream_job(
     settings: Settings,
     renderer: Renderer,
@@ -255,6 +274,28 @@ async def stream_job(
 
     ``prepare`` runs first (starting the local queen): the client is made after it, so that it
     presents the token the queen it started wrote."""
+
+    async def open_events(
+        client: JobClient, stack: AsyncExitStack
+    ) -> tuple[str, str, AsyncIterable[JobEvent | Gap]]:
+        job_id, operation, after = await start(client)
+        events = await stack.enter_async_context(aclosing(client.events(job_id, after=after)))
+        return job_id, operation, events
+
+    return await _stream(
+        settings, renderer, open_events, prepare=prepare, cancel_on_interrupt=cancel_on_interrupt
+    )
+
+
+async def _stream(
+    settings: Settings,
+    renderer: Renderer,
+    open_events: _Open,
+    *,
+    prepare: Callable[[], Awaitable[None]] | None,
+    cancel_on_interrupt: bool = True,
+) -> int:
+    """``stream_job`` for the events ``open_events`` opens."""
     started = time.monotonic()
     outcome: int | None = None
     job_id: str | None = None
@@ -266,10 +307,10 @@ async def stream_job(
                 if prepare is not None:
                     await prepare()
                 client = await stack.enter_async_context(queen_client(settings))
-                job_id, operation, after = await start(client)
-                outcome = await follow(
-                    client, job_id, operation, renderer, after=after, started=started
-                )
+                # the stream's connection is closed before a cancel is sent
+                async with AsyncExitStack() as stream:
+                    job_id, operation, events = await open_events(client, stream)
+                    outcome = await _render(events, job_id, operation, renderer, started)
         except _EXPECTED as exc:
             outcome = report(renderer, exc, settings, job_id)
         if outcome is None and client is not None and job_id is not None and cancel_on_interrupt:
@@ -305,12 +346,16 @@ async def run_job(
         elif answer is True and fields.get("hive") in (None, settings.hive_id):
             await start_local_hive(settings, renderer.note)  # a local hive that died
 
-    async def start(client: JobClient) -> tuple[str, str, int]:
-        created = await client.create(operation, fields)
+    async def open_events(
+        client: JobClient, stack: AsyncExitStack
+    ) -> tuple[str, str, AsyncIterable[JobEvent | Gap]]:
+        # one request: the queen answers the create with the job's stream
+        stream = await stack.enter_async_context(client.submit(operation, fields))
+        created = stream.created
         set_span_attributes(
             {"jobproto.job_id": created.job_id, "jobproto.correlation_id": created.correlation_id}
         )
-        return created.job_id, operation, 0
+        return created.job_id, operation, stream
 
     use_prepare = autostart and is_local(settings.queen_url)
     # The root of the command's trace (when tracing is on, docs/tracing.md): the queen's job,
@@ -321,7 +366,9 @@ async def run_job(
     with _tracer.start_as_current_span(
         f"rbee {operation}", kind=trace.SpanKind.CLIENT, attributes=attributes
     ) as span:
-        code = await stream_job(settings, renderer, start, prepare=prepare if use_prepare else None)
+        code = await _stream(
+            settings, renderer, open_events, prepare=prepare if use_prepare else None
+        )
         span.set_attribute("rbee.exit_code", code)
         if code != EXIT_OK:
             span.set_status(trace.StatusCode.ERROR, f"exit code {code}")

@@ -54,12 +54,39 @@ _STATUS: dict[str, Any] = {
 }
 
 
+#: the alternative answer of a create whose ``Accept`` asks for the stream (§2.2.2)
+_CREATED_STREAM = {
+    "schema": {"type": "string"},
+    "description": "the created block, then the job's events as GET sse_url sends them",
+}
+
+_STREAM_HEADERS = {
+    "Location": {"description": "the job's status_url", "schema": {"type": "string"}},
+    "Content-Location": {
+        "description": "the job's sse_url (present on the text/event-stream answer)",
+        "schema": {"type": "string"},
+    },
+    "X-Job-ID": {
+        "description": "the job's id (present on the text/event-stream answer)",
+        "schema": {"type": "string"},
+    },
+}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _created_response(description: str) -> dict[str, Any]:
+    """A create's answer: the JSON, or with ``Accept: text/event-stream`` the job's stream."""
+    out = _json_response(description, _ref("JobStatus"))
+    out["content"]["text/event-stream"] = _CREATED_STREAM
+    out["headers"] = _STREAM_HEADERS
+    return out
 
 
 def openapi_document(service: JobService, prefix: str = "/v1/jobs") -> dict[str, Any]:
@@ -85,18 +112,28 @@ def openapi_document(service: JobService, prefix: str = "/v1/jobs") -> dict[str,
             prefix: {
                 "post": {
                     "summary": "Create a job",
+                    "description": "Answers the job's status as JSON, or with `Accept: "
+                    "text/event-stream` (above application/json) the job's stream, see "
+                    "docs/protocol.md §2.2.2. (OpenAPI ignores a header parameter named Accept: "
+                    "the two media types of the answer document the choice.)",
                     "operationId": "createJob",
                     "parameters": [
                         corr,
                         {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "description": "with the stream: the cursor, as on GET sse_url",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": create_body}},
                     },
                     "responses": {
-                        "201": _json_response("created", _ref("JobStatus")),
-                        "200": _json_response("replayed (same Idempotency-Key)", _ref("JobStatus")),
+                        "201": _created_response("created"),
+                        "200": _created_response("replayed (same Idempotency-Key)"),
                         "4XX": error,
                     },
                 },

@@ -8,6 +8,8 @@ correlation middleware is installed.
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,12 +23,12 @@ from .._errors import JobNotFound, RequestError
 from .._narration import MAX_DEPTH, bind_job
 from .._states import JobState
 from .._tracing import trace_headers_from
-from .._wire import format_timestamp
+from .._wire import CREATED_FIELDS, encode_created_frame, format_timestamp
 from ._openapi import openapi_document
 from ._service import JobHandle, JobService
 from ._stream import stream_job
 
-__all__ = ["job_routes", "read_json_body", "status_json"]
+__all__ = ["job_routes", "read_json_body", "status_json", "wants_event_stream"]
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
@@ -162,6 +164,64 @@ def _too_deep(body: Any) -> bool:
     return any(isinstance(value, (dict, list)) for value in level)
 
 
+#: RFC 9110 §12.4.2's qvalue, ASCII only (float() also takes "1e0", "0_5", a full-width "0.5")
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
+def _qvalue(params: list[str]) -> float | None:
+    """The ``q`` of one element of ``Accept`` (RFC 9110 §12.4.2): 1 without one, None when it is
+    not a qvalue (the element then counts for nothing)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            value = value.strip()
+            return float(value) if _QVALUE.fullmatch(value) else None
+    return 1.0
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """Whether ``Accept`` asks for the job's stream as the answer to its create (§2.2.2):
+    ``text/event-stream`` named with a q above 0, and ``application/json`` not named with a higher
+    one (``*/*`` and ``application/*`` do not name it). Media types compare case-insensitively;
+    parameters other than ``q`` are ignored."""
+    if not accept or "event-stream" not in accept.lower():
+        return False  # the common case (no Accept, */*, application/json) parses nothing
+    sse: float | None = None
+    json_q: float | None = None
+    for element in accept.split(","):
+        media, *params = element.split(";")
+        media = media.strip().lower()
+        if media not in ("text/event-stream", "application/json"):
+            continue
+        q = _qvalue(params)
+        if q is None:
+            continue
+        if media == "text/event-stream":
+            sse = q if sse is None else max(sse, q)
+        else:
+            json_q = q if json_q is None else max(json_q, q)
+    return sse is not None and sse > 0 and (json_q is None or json_q <= sse)
+
+
+def _cursor(raw: str, name: str, code: str) -> int:
+    """A stream cursor (§4.6): a decimal integer >= 0, surrounding whitespace ignored."""
+    return _int_param(raw.strip(), name, 0, code=code)
+
+
+def _past_the_end(name: str, after: int, last_seq: int) -> RequestError:
+    return RequestError(
+        400,
+        "invalid_cursor",
+        f"{name} {after} is past the last event of this job ({last_seq})",
+        field=name,
+    )
+
+
+def _replays(service: JobService, key: str | None) -> bool:
+    """Whether a create with ``key`` names a job already made (a replay or a conflict)."""
+    return key is not None and service.registry.has_key(key)
+
+
 def _handle(service: JobService, job_id: str) -> JobHandle:
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
@@ -196,6 +256,17 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
                 "Idempotency-Key must be 1-255 characters",
                 field="Idempotency-Key",
             )
+        stream = wants_event_stream(request.headers.get("accept"))
+        after = 0
+        if stream:  # create-and-stream (§2.2.2): the stream's cursor, as on GET sse_url
+            raw = request.headers.get("last-event-id")
+            if raw:
+                after = _cursor(raw, "Last-Event-ID", "invalid_header")
+            if after and not _replays(service, key):
+                # A new job has no events, so any cursor is past its end: refused before the
+                # job exists, after the body's own refusals (422), as a create's order says.
+                service.operations.parse(body)
+                raise _past_the_end("Last-Event-ID", after, 0)
         handle, created = service.create(
             body,
             correlation_id=correlation_of(request.scope),
@@ -204,18 +275,13 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
         )
         root = request.scope.get("root_path", "")
         out = status_json(handle, root, prefix)
-        out = {
-            k: out[k]
-            for k in (
-                "job_id",
-                "sse_url",
-                "status_url",
-                "operation",
-                "state",
-                "correlation_id",
-                "created_at",
+        out = {k: out[k] for k in CREATED_FIELDS}
+        if stream:
+            if after > handle.job.last_seq:
+                raise _past_the_end("Last-Event-ID", after, handle.job.last_seq)
+            return _CreatedStream(
+                service, handle, after, created, out, correlation_of(request.scope)
             )
-        }
         headers = {"Location": out["status_url"]}
         if not created:
             headers["Idempotent-Replayed"] = "true"
@@ -264,14 +330,9 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
         name, code = "Last-Event-ID", "invalid_header"
         if raw is None or raw == "":
             raw, name, code = request.query_params.get("after", "0"), "after", "invalid_query"
-        after = _int_param(raw.strip(), name, 0, code=code)
+        after = _cursor(raw, name, code)
         if after > handle.job.last_seq:
-            raise RequestError(
-                400,
-                "invalid_cursor",
-                f"{name} {after} is past the last event of this job ({handle.job.last_seq})",
-                field=name,
-            )
+            raise _past_the_end(name, after, handle.job.last_seq)
         return after
 
     async def stream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -305,16 +366,74 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
     async def job(request: Request) -> Response:
         return await (cancel if request.method == "DELETE" else status)(request)
 
+    guarded_jobs = _guarded(jobs)
+
+    async def jobs_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        # A create's answer can be the job's stream (§2.2.2), open for hours: as on GET sse_url,
+        # it keeps nothing of the request (a function endpoint's Request, with its parsed
+        # headers, would live as long as the answer).
+        request = Request(scope, receive)
+        response = await guarded_jobs(request)
+        del request
+        await response(scope, receive, send)
+
     return [
-        Route(prefix, _guarded(jobs), methods=["GET", "POST"]),
+        Route(prefix, _RawEndpoint(jobs_endpoint), methods=["GET", "POST"]),
         Route(prefix + "/{job_id}", _guarded(job), methods=["GET", "DELETE"]),
-        Route(prefix + "/{job_id}/stream", _StreamEndpoint(stream), methods=["GET"]),
+        Route(prefix + "/{job_id}/stream", _RawEndpoint(stream), methods=["GET"]),
         Route("/openapi.json", _guarded(openapi), methods=["GET"], include_in_schema=False),
     ]
 
 
-class _StreamEndpoint:
-    """Starlette treats a non-function endpoint as a raw ASGI app: the stream needs one."""
+class _CreatedStream(Response):
+    """The answer to a create-and-stream request (§2.2.2): ``201`` (``200`` on a replay), the
+    ``created`` block, then exactly what ``GET sse_url`` with the same cursor sends; the request
+    is that job's subscriber (``stream_job``), so in start mode ``on_subscribe`` it starts it."""
+
+    def __init__(
+        self,
+        service: JobService,
+        handle: JobHandle,
+        after: int,
+        created: bool,
+        out: dict[str, Any],
+        correlation_id: str,
+    ) -> None:
+        # No Response.__init__: this answer is sent by ``stream_job``, never rendered as a body.
+        self.status_code = 201 if created else 200
+        self.background = None
+        self._service = service
+        self._handle = handle
+        self._after = after
+        self._out = out
+        headers = [
+            (b"x-correlation-id", correlation_id.encode()),
+            (b"location", out["status_url"].encode()),
+            (b"content-location", out["sse_url"].encode()),
+            (b"x-job-id", handle.job.id.encode()),
+        ]
+        if not created:
+            headers.append((b"idempotent-replayed", b"true"))
+        self._extra = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        job = self._handle.job
+        first = encode_created_frame(self._out, job.id, job.correlation_id, time.time())
+        await stream_job(
+            self._service,
+            self._handle,
+            self._after,
+            scope,
+            receive,
+            send,
+            self._extra,
+            status=self.status_code,
+            first=first,
+        )
+
+
+class _RawEndpoint:
+    """Starlette treats a non-function endpoint as a raw ASGI app: the streams need one."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app

@@ -10,6 +10,11 @@ cancel, inspect. Built on httpx and httpx-sse::
     async with serving(create_app(conformance_operations())) as url:
         async with JobClient(url) as client:
             result = await client.run("echo", messages=["hi"], result="done", on_event=print)
+            # or, to see the job and its events as they come (one request where the server can):
+            async with client.submit("echo", messages=["hi"], result="done") as stream:
+                print(stream.created.job_id)
+                async for item in stream:
+                    print(item)
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ._models import (
     HTTPStatusError,
     JobPage,
     JobStatus,
+    JobStream,
     RemoteJobCancelled,
     RemoteJobFailed,
     StreamInterrupted,
@@ -31,6 +37,7 @@ __all__ = [
     "JobClient",
     "JobPage",
     "JobStatus",
+    "JobStream",
     "RemoteJobCancelled",
     "RemoteJobFailed",
     "StreamInterrupted",

@@ -21,14 +21,14 @@ and ``RemoteProtocolError`` (an answer that is not jobproto/1). No httpx error l
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, TypeVar
 
 import attrs
 import httpx
 
 from .._errors import JobFailed, JobProtoError, RemoteProtocolError, RequestError
-from .._events import TERMINAL_TYPES
+from .._events import TERMINAL_TYPES, Gap, JobEvent
 from .._wire import parse_timestamp
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "HTTPStatusError",
     "JobPage",
     "JobStatus",
+    "JobStream",
     "RemoteJobCancelled",
     "RemoteJobFailed",
     "StreamInterrupted",
@@ -156,6 +157,28 @@ class JobStatus:
     def terminal(self) -> bool:
         # A job's terminal states are named like the terminal events that end it.
         return self.state in TERMINAL_TYPES.values()
+
+
+class JobStream:
+    """A job ``JobClient.submit()`` created, and its events: ``created`` is the ``CreatedJob``,
+    and ``async for item in stream`` yields each ``JobEvent`` once, in seq order, and a ``Gap``
+    where events were lost, through the terminal event (as ``JobClient.events()`` does).
+
+    It lives as long as ``submit()``'s context; iterating it is iterating the client's own event
+    generator, with no layer between (a relay reads every token through it).
+    """
+
+    __slots__ = ("_events", "created")
+
+    def __init__(self, created: CreatedJob, events: AsyncGenerator[JobEvent | Gap, None]) -> None:
+        self.created = created
+        self._events = events
+
+    def __aiter__(self) -> AsyncGenerator[JobEvent | Gap, None]:
+        return self._events
+
+    def __repr__(self) -> str:
+        return f"JobStream(job_id={self.created.job_id!r}, replayed={self.created.replayed})"
 
 
 @attrs.frozen

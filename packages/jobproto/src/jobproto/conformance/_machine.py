@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 ``ConformanceMachine`` is a Hypothesis ``RuleBasedStateMachine``. Each rule is one thing a client
-may do (create a job, read its stream whole or in part, resume from any seq it has seen, fan out,
-cancel twice, ask for a status or a page of the list, send something wrong) and checks the answer
+may do (create a job, or create it and read its stream in the same request, read its stream whole
+or in part, resume from any seq it has seen, fan out, cancel twice, ask for a status or a page of
+the list, replay a key with or without the stream, send something wrong) and checks the answer
 on the spot against docs/protocol.md. What must hold across rules lives in ``_model``: the states
 seen of a job only follow the transition table; every copy of a log entry is byte-identical; each
 subscriber's view, stitched across its resumes, covers the log exactly once. ``teardown`` cancels
@@ -40,6 +41,8 @@ from hypothesis.stateful import (
 )
 
 from .._correlation import is_valid_correlation_id
+from .._wire import CREATED_FIELDS
+from ._create_stream import JSON_ACCEPTS, STREAM_ACCEPT, STREAM_ACCEPTS, created_of, post_stream
 from ._model import JobRecord, View, expected_length
 from ._probe import (
     TERMINAL,
@@ -53,6 +56,7 @@ from ._probe import (
 )
 from ._refusals import (
     refuse_create,
+    refuse_create_cursor,
     refuse_cursor,
     refuse_key,
     refuse_list,
@@ -218,8 +222,12 @@ class ConformanceMachine(RuleBasedStateMachine):
         job.check_status(body, where)
         return dict(body)
 
-    def _create(self, body: Any, cid: str | None, key: str | None) -> tuple[httpx.Response, Any]:
+    def _create(
+        self, body: Any, cid: str | None, key: str | None, accept: str | None = None
+    ) -> tuple[httpx.Response, Any]:
         headers = {"Content-Type": "application/json"}
+        if accept is not None:  # one that does not ask for the stream: the JSON answer
+            headers["Accept"] = accept
         if cid is not None:
             headers["X-Correlation-ID"] = cid
         if key is not None:
@@ -250,6 +258,13 @@ class ConformanceMachine(RuleBasedStateMachine):
         self, r: httpx.Response, out: Any, body: dict[str, Any], cid: str | None
     ) -> JobRecord:
         expect(r.status_code == 201, f"create {body!r}: {r.status_code} {r.text!r}")
+        return self._new_record(r, out, body, cid)
+
+    def _new_record(
+        self, r: httpx.Response, out: Any, body: dict[str, Any], cid: str | None
+    ) -> JobRecord:
+        """A new job from a create's answer whose status was checked (the JSON, or the head
+        of a create-and-stream's)."""
         header_cid = self._check_created(r, out, cid)
         job_id = out["job_id"]
         expect(out["operation"] == body["operation"], f"create: operation {out['operation']!r}")
@@ -283,33 +298,126 @@ class ConformanceMachine(RuleBasedStateMachine):
         """Every walk starts with a job, so the rules about jobs can run from the first step."""
         return self._new_job(body, cid)
 
-    @rule(target=jobs, body=create_bodies, cid=correlation_ids)
-    def create(self, body: dict[str, Any], cid: str | None) -> JobRecord:
-        return self._new_job(body, cid)
+    @rule(target=jobs, body=create_bodies, cid=correlation_ids, accept=JSON_ACCEPTS)
+    def create(self, body: dict[str, Any], cid: str | None, accept: str | None) -> JobRecord:
+        r, out = self._create(body, cid, None, accept)
+        return self._record(r, out, body, cid)
 
     def _new_job(self, body: dict[str, Any], cid: str | None) -> JobRecord:
         r, out = self._create(body, cid, None)
         return self._record(r, out, body, cid)
 
-    @rule(target=jobs, body=create_bodies, cid=correlation_ids, key=idempotency_keys)
-    def create_with_key(self, body: dict[str, Any], cid: str | None, key: str) -> JobRecord:
+    @rule(
+        target=jobs,
+        body=create_bodies,
+        cid=correlation_ids,
+        accept=STREAM_ACCEPTS,
+        k=st.none() | _COUNTS,
+    )
+    def create_and_stream(
+        self, body: dict[str, Any], cid: str | None, accept: str, k: int | None
+    ) -> JobRecord:
+        """Create a job and read its stream in the same request (§2.2.2): ``k`` events, or to
+        its end; the answer counts as a subscriber like any stream."""
+        with post_stream(
+            self.http, body, cid=cid, accept=accept, timeout=self.config.stream_timeout
+        ) as reader:
+            job = self._record_streamed(reader, body, cid)
+            view = self._read_answer(reader, job, 0, k)
+        if k is None:
+            self._finish_from(view, 0)
+        return job
+
+    def _record_streamed(
+        self, reader: StreamReader, body: dict[str, Any], cid: str | None
+    ) -> JobRecord:
+        """A new job from its created block (§2.2.2), which must say what GET status says."""
+        created = created_of(reader)
+        job = self._new_record(reader.response, created, body, cid)
+        self._check_created_block(job, created)
+        return job
+
+    def _check_created_block(self, job: JobRecord, created: Mapping[str, Any]) -> None:
+        status = self._status(job, "status after a created block")
+        fixed = [k for k in CREATED_FIELDS if k != "state"]  # the state moves on
+        for key in fixed:
+            expect(
+                created[key] == status[key],
+                f"created block of {job.job_id}: {key} {created[key]!r}, status {status[key]!r}",
+            )
+
+    def _view_after(self, job: JobRecord, after: int) -> View:
+        """A subscriber that has the log up to ``after`` (0, or a seq some subscriber saw)."""
+        view = View(job)
+        view.cursor = after
+        view.finished = job.terminal_seq is not None and after >= job.terminal_seq
+        if after == 0:  # the teardown compares it with a replay from the start
+            job.views.append(view)
+        return view
+
+    def _read_answer(self, reader: StreamReader, job: JobRecord, after: int, k: int | None) -> View:
+        """The events after the created block, into a new subscriber's view."""
+        view = self._view_after(job, after)
+        view.connections += 1
+        for item in reader.read(k):
+            view.add(item)
+        if view.finished:
+            reader.expect_end()
+        return view
+
+    def _finish_from(self, view: View, after: int) -> None:
+        """Read a create-and-stream's view to the end (reconnecting as a client does), then
+        compare it with a replay from the same cursor and with the status."""
+        if not view.finished:
+            self._continue(view)
+        replay = self._view_after(view.job, after) if after else View(view.job)
+        self._follow(replay, after, "header")
+        view.check_against(replay)
+        status = self._status(view.job, "status after the end")
+        expect(status["state"] in TERMINAL, f"job {view.job.job_id} ended but is {status}")
+        view.job.check_log()
+
+    @rule(
+        target=jobs,
+        body=create_bodies,
+        cid=correlation_ids,
+        key=idempotency_keys,
+        stream=st.booleans(),
+    )
+    def create_with_key(
+        self, body: dict[str, Any], cid: str | None, key: str, stream: bool
+    ) -> JobRecord:
         key = f"{self.run_id}-{key}"
         known = next((k for k in self.keyed if k.key == key), None)
-        r, out = self._create(body, cid, key)
-        if known is not None:  # the walk drew a key it used before
-            self._check_replay(known, body, r, out)
-            return known.job
-        job = self._record(r, out, body, cid)
+        if stream and known is None:
+            with post_stream(
+                self.http, body, cid=cid, key=key, timeout=self.config.stream_timeout
+            ) as reader:
+                job = self._record_streamed(reader, body, cid)
+                view = self._read_answer(reader, job, 0, None)
+            self._finish_from(view, 0)
+        else:
+            r, out = self._create(body, cid, key)
+            if known is not None:  # the walk drew a key it used before
+                self._check_replay(known, body, r, out)
+                return known.job
+            job = self._record(r, out, body, cid)
         job.idempotency_key = key
         self.keyed.append(_Keyed(key, body, job))
         return job
 
     @precondition(lambda self: bool(self.keyed))
-    @rule(data=st.data(), variant=st.sampled_from(["same", "other", "invalid"]))
-    def replay_key(self, data: st.DataObject, variant: str) -> None:
+    @rule(
+        data=st.data(),
+        variant=st.sampled_from(["same", "other", "invalid"]),
+        accept=st.none() | STREAM_ACCEPTS,
+    )
+    def replay_key(self, data: st.DataObject, variant: str, accept: str | None) -> None:
+        """A key used before; with an ``Accept`` that asks for the stream, a replay answers
+        with the job's stream after any seq seen (§2.2.2), refusals with the JSON of §5."""
         known = data.draw(st.sampled_from(self.keyed), label="key")
         if variant == "invalid":  # validation comes before the key lookup (§2.2)
-            r, _ = self._create({"operation": "echo", "bogus": True}, None, known.key)
+            r, _ = self._create({"operation": "echo", "bogus": True}, None, known.key, accept)
             check_error(r, status=422, code="validation_error", field="bogus")
             return
         if variant == "same":  # the same JSON value with its members in another order
@@ -317,8 +425,37 @@ class ConformanceMachine(RuleBasedStateMachine):
         else:
             other = create_bodies.filter(lambda b: _canonical(b) != _canonical(known.body))
             body = data.draw(other, label="body")
-        r, out = self._create(body, None, known.key)
+        if accept is not None and variant == "same":
+            after = data.draw(st.sampled_from([0, *sorted(known.job.log)]), label="after")
+            k = data.draw(st.none() | _COUNTS, label="k")
+            self._replay_stream(known, body, accept, after, k)
+            return
+        r, out = self._create(body, None, known.key, accept)
         self._check_replay(known, body, r, out)
+
+    def _replay_stream(
+        self, known: _Keyed, body: dict[str, Any], accept: str, after: int, k: int | None
+    ) -> None:
+        job = known.job
+        with post_stream(
+            self.http,
+            body,
+            key=known.key,
+            after=after or None,
+            accept=accept,
+            replayed=True,
+            timeout=self.config.stream_timeout,
+        ) as reader:
+            created = created_of(reader)
+            where = f"replayed create-and-stream of {job.job_id}"
+            expect(created["job_id"] == job.job_id, f"{where}: another job {created}")
+            ok = created["correlation_id"] == job.correlation_id
+            expect(ok, f"{where}: {created}, not the original correlation id")
+            job.observe_state(created["state"], where)
+            self._check_created_block(job, created)
+            view = self._read_answer(reader, job, after, k)
+        if k is None:
+            self._finish_from(view, after)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -516,19 +653,38 @@ class ConformanceMachine(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         kind=st.sampled_from(
-            ["create", "key", "oversize", "unknown_job", "list", "route", "unauthenticated"]
+            [
+                "create",
+                "key",
+                "oversize",
+                "stream_cursor",
+                "unknown_job",
+                "list",
+                "route",
+                "unauthenticated",
+            ]
         ),
+        accept=st.none() | st.just(STREAM_ACCEPT),
     )
-    def bad_request(self, data: st.DataObject, kind: str) -> None:
-        """Something the service must refuse with a 4xx and the error shape (§5), then live on."""
+    def bad_request(self, data: st.DataObject, kind: str, accept: str | None) -> None:
+        """Something the service must refuse with a 4xx and the error shape (§5), then live on.
+        A create is refused alike whether or not it asks for the stream (§2.2.2)."""
         http = self.http
         if kind == "create":
             name = data.draw(st.sampled_from(sorted(BAD_CREATE)), label="bad_create")
-            refuse_create(http, BAD_CREATE[name], data.draw(correlation_ids, label="cid"))
+            refuse_create(http, BAD_CREATE[name], data.draw(correlation_ids, label="cid"), accept)
         elif kind == "key":
-            refuse_key(http, data.draw(st.sampled_from(["", "k" * 256]), label="key"))
+            refuse_key(http, data.draw(st.sampled_from(["", "k" * 256]), label="key"), accept)
         elif kind == "oversize" and self.config.max_body_bytes is not None:
-            refuse_oversize(http, self.config.max_body_bytes, data.draw(st.booleans()))
+            refuse_oversize(http, self.config.max_body_bytes, data.draw(st.booleans()), accept)
+        elif kind == "stream_cursor":
+            cursor = [*BAD_CURSORS, ("1", "invalid_cursor"), ("999", "invalid_cursor")]
+            value, code = data.draw(st.sampled_from(cursor), label="cursor")
+            code = code.replace("invalid_query", "invalid_header")
+            key = None
+            if code == "invalid_cursor" and data.draw(st.booleans(), label="with_key"):
+                key = f"{self.run_id}-refused-{uuid.uuid4().hex[:8]}"
+            refuse_create_cursor(http, data.draw(STREAM_ACCEPTS), value, code, key)
         elif kind == "unknown_job":
             job_id = data.draw(bad_job_ids, label="job_id")
             refuse_unknown_job(

@@ -28,7 +28,7 @@ import httpx
 
 from .._errors import RemoteProtocolError
 from .._sse import ServerSentEvent, SSEDecoder
-from .._wire import decode_envelope
+from .._wire import decode_created, decode_envelope
 
 __all__ = [
     "TERMINAL",
@@ -231,6 +231,10 @@ class StreamReader:
 
     ``mode`` says how the cursor ``after`` travels: the ``Last-Event-ID`` header, the ``?after=``
     query, or both, with a decoy ``?after=0`` that the header must win over (§4.6).
+
+    With ``create`` (a ``POST /v1/jobs`` asking for the stream, §2.2.2) that request is sent
+    instead; its body must open with the ``created`` block (``created``: its envelope), and the
+    job id (``job_id`` may be ``""``) and correlation id come from it.
     """
 
     def __init__(
@@ -242,8 +246,10 @@ class StreamReader:
         mode: CursorMode = "query",
         correlation_id: str | None = None,
         timeout: float = 30.0,
+        create: httpx.Request | None = None,
+        sent_correlation: str | None = None,
     ) -> None:
-        self.request_correlation = f"conformance-{uuid.uuid4().hex[:16]}"
+        self.request_correlation: str | None = f"conformance-{uuid.uuid4().hex[:16]}"
         headers = {"X-Correlation-ID": self.request_correlation}
         params: dict[str, str] = {}
         if after is not None:
@@ -260,6 +266,11 @@ class StreamReader:
         request = client.build_request(
             "GET", f"/v1/jobs/{job_id}/stream", params=params, headers=headers
         )
+        #: the created block's envelope, once read (only on the answer to a create, §2.2.2)
+        self.created: Mapping[str, Any] | None = None
+        self.opens_with_created = create is not None
+        if create is not None:
+            request, self.request_correlation = create, sent_correlation
         self.response = client.send(request, stream=True)
         self.decoder = SSEDecoder()
         self.raw = RawScanner()
@@ -279,10 +290,10 @@ class StreamReader:
     def close(self) -> None:
         self.response.close()
 
-    def check_opened(self) -> None:
-        """A 200 ``text/event-stream`` response with the headers of §4.1."""
+    def check_opened(self, status: int = 200) -> None:
+        """A ``status`` ``text/event-stream`` response with the headers of §4.1."""
         r = self.response
-        if r.status_code != 200:
+        if r.status_code != status:
             r.read()
             expect(False, f"stream of {self.job_id}: {r.status_code} {r.text[:300]!r}")
         ctype = r.headers.get("content-type", "").lower().replace(" ", "")
@@ -319,13 +330,26 @@ class StreamReader:
         while self._blocks and (self._decoded or "data" not in self._blocks[0].names()):
             block = self._blocks.popleft()
             if "data" in block.names():  # only a block with data dispatches (WHATWG §9.2.6)
-                self._ready.append(self._item(self._decoded.popleft(), block))
+                sse = self._decoded.popleft()
+                if self.opens_with_created and self.created is None:
+                    self.created = self._created(sse, block)
+                else:
+                    self._ready.append(self._item(sse, block))
+
+    def read_created(self) -> Mapping[str, Any]:
+        """The created block's envelope (§2.2.2): the first block after ``retry:``."""
+        while self.created is None:
+            expect(not self.eof, f"stream of {self.job_id} ended before its created block")
+            self._pull()
+        return self.created
 
     def next_item(self) -> Item | None:
         """The next item, or None at the end of the body."""
         while not self._ready:
             if self.eof:
                 where = f"stream of {self.job_id}"
+                if self.opens_with_created:
+                    expect(self.created is not None, f"{where}: no created block")
                 expect(not self._decoded, f"{where}: the decoder saw events the scan did not")
                 expect(not self._blocks, f"{where}: the scan saw blocks the decoder did not")
                 return None
@@ -384,8 +408,38 @@ class StreamReader:
             raise ConformanceFailure(f"{where}: bad envelope {env}: {exc}") from None
         return env
 
+    def _created(self, sse: ServerSentEvent, block: RawBlock) -> Mapping[str, Any]:
+        """The created block (§2.2.2): no ``id:`` line, seq null, no origin, the create's fields."""
+        where = f"answer to a create-and-stream of {self.job_id or 'a new job'}"
+        expect(sse.event == "created", f"{where}: the first block is {sse.event!r}, not created")
+        expect("id" not in block.names(), f"{where}: the created block has an id: line: {block}")
+        try:
+            env = json.loads(sse.data)
+            decode_created(sse.data)
+        except (ValueError, RemoteProtocolError) as exc:
+            raise ConformanceFailure(
+                f"{where}: bad created block {sse.data[:300]!r}: {exc}"
+            ) from None
+        missing = _ENVELOPE_KEYS - set(env)
+        expect(not missing, f"{where}: created envelope lacks {sorted(missing)}: {env}")
+        expect(env["seq"] is None, f"{where}: created envelope seq is {env['seq']!r}, not null")
+        expect("origin" not in env, f"{where}: a created block has an origin: {env}")
+        stamp = env["timestamp"]
+        ok = isinstance(stamp, str) and TIMESTAMP.fullmatch(stamp) is not None
+        expect(ok, f"{where}: timestamp {stamp!r}")
+        if self.job_id:
+            expect(env["job_id"] == self.job_id, f"{where}: created block of {env['job_id']!r}")
+        self.job_id = env["job_id"]
+        cid = env["correlation_id"]
+        if self.correlation_id is not None:
+            expect(cid == self.correlation_id, f"{where}: correlation_id {cid!r}")
+        self.correlation_id = cid
+        return dict(env)
+
     def _item(self, sse: ServerSentEvent, block: RawBlock) -> Item:
         where = f"stream of {self.job_id}"
+        if sse.event == "created":
+            expect(False, f"{where}: a created block, which only opens a create's answer: {block}")
         env = self._envelope(sse)
         if sse.event == "gap":
             if "id" in block.names():

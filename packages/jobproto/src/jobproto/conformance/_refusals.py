@@ -1,7 +1,9 @@
 """Requests a service must refuse, each sent and its answer checked (docs/protocol.md §2, §5).
 
 Every refusal is a 4xx with the one error shape, the documented ``code`` and ``field``, and the
-headers every response carries. The requests themselves come from ``_strategies``.
+headers every response carries. The requests themselves come from ``_strategies``. A create
+refused is refused alike whether or not its ``Accept`` asks for the stream (§2.2.2): the same
+JSON error, before any job exists.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ._strategies import BadCreate
 
 __all__ = [
     "refuse_create",
+    "refuse_create_cursor",
     "refuse_cursor",
     "refuse_key",
     "refuse_list",
@@ -28,8 +31,12 @@ __all__ = [
 ]
 
 
-def refuse_create(http: httpx.Client, bad: BadCreate, cid: str | None) -> None:
+def refuse_create(
+    http: httpx.Client, bad: BadCreate, cid: str | None, accept: str | None = None
+) -> None:
     headers = {} if cid is None else {"X-Correlation-ID": cid}
+    if accept is not None:
+        headers["Accept"] = accept
     if bad.content_type is not None:
         headers["Content-Type"] = bad.content_type
     r = http.post("/v1/jobs", content=bad.body, headers=headers)
@@ -37,14 +44,18 @@ def refuse_create(http: httpx.Client, bad: BadCreate, cid: str | None) -> None:
     check_error(r, status=bad.status, code=bad.code, field=bad.field, sent_correlation=sent)
 
 
-def refuse_key(http: httpx.Client, key: str) -> None:
+def refuse_key(http: httpx.Client, key: str, accept: str | None = None) -> None:
     """An Idempotency-Key must be 1 to 255 characters (§2.2 step 4)."""
     headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    if accept is not None:
+        headers["Accept"] = accept
     r = http.post("/v1/jobs", content=json.dumps({"operation": "echo"}), headers=headers)
     check_error(r, status=400, code="invalid_header", field="Idempotency-Key")
 
 
-def refuse_oversize(http: httpx.Client, limit: int, chunked: bool) -> None:
+def refuse_oversize(
+    http: httpx.Client, limit: int, chunked: bool, accept: str | None = None
+) -> None:
     """A body one byte over the limit, with a Content-Length or chunked (§2.2 step 2)."""
     head, tail = b'{"operation": "echo", "messages": ["', b'"]}'
     body = head + b"x" * (limit + 1 - len(head) - len(tail)) + tail
@@ -52,8 +63,34 @@ def refuse_oversize(http: httpx.Client, limit: int, chunked: bool) -> None:
     if chunked:  # no Content-Length: the service must count while it reads
         content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
     headers = {"Content-Type": "application/json"}
+    if accept is not None:
+        headers["Accept"] = accept
     r = http.post("/v1/jobs", content=content, headers=headers)
     check_error(r, status=413, code="payload_too_large")
+
+
+def refuse_create_cursor(
+    http: httpx.Client, accept: str, value: str, code: str, key: str | None = None
+) -> None:
+    """A create-and-stream's ``Last-Event-ID`` (§2.2.2): not an integer >= 0 is
+    ``invalid_header``; one past the end of a job it would create is ``invalid_cursor``, and no
+    job is created: with ``key`` (unused so far), the key is still free afterwards, so the same
+    key with another body makes a job (``201``) instead of a ``409``. That job is cancelled."""
+    headers = {"Content-Type": "application/json", "Accept": accept, "Last-Event-ID": value}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    body = json.dumps({"operation": "echo", "messages": ["refused"]})
+    r = http.post("/v1/jobs", content=body, headers=headers)
+    check_error(r, status=400, code=code, field="Last-Event-ID")
+    if key is None:
+        return
+    other = {"Content-Type": "application/json", "Idempotency-Key": key}
+    r = http.post("/v1/jobs", content=json.dumps({"operation": "echo"}), headers=other)
+    expect(
+        r.status_code == 201,
+        f"the key of a refused create-and-stream was bound to a job: {r.status_code} {r.text!r}",
+    )
+    http.delete(f"/v1/jobs/{r.json()['job_id']}")
 
 
 def refuse_unknown_job(http: httpx.Client, job_id: str, method: str) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from jobproto.asgi import ServiceSettings
+from jobproto.conformance._create_stream import STREAM_ACCEPT, post_stream
 from jobproto.conformance._machine import ConformanceConfig, run_conformance
 from jobproto.conformance._model import JobRecord, View, check_status_object
 from jobproto.conformance._probe import (
@@ -178,6 +179,61 @@ def test_deeply_nested_json_is_refused(http: httpx.Client) -> None:
     check_error(r)
     r = http.post("/v1/jobs", json={"operation": "echo"})
     assert r.status_code == 201, "the service still creates jobs"
+
+
+def _body_after_created(http: httpx.Client, job_id: str, key: str, after: int) -> bytes:
+    """A finished job's replayed create-and-stream after ``after``: what follows its created
+    block, byte for byte."""
+    body = {"operation": "echo", "messages": ["a", "b\nc"], "result": [1]}
+    with post_stream(http, body, key=key, after=after or None, replayed=True) as reader:
+        assert reader.job_id == job_id
+        reader.read_created()
+        for _ in reader.read():
+            pass
+        reader.expect_end()
+        raw = reader.raw.bytes
+    r = http.post(
+        "/v1/jobs",
+        json=body,
+        headers={"Accept": STREAM_ACCEPT, "Idempotency-Key": key, "Last-Event-ID": str(after)},
+    )
+    assert r.status_code == 200 and len(r.content) == raw
+    return r.content.split(b"\n\n", 2)[2]
+
+
+def test_create_and_stream_is_the_jobs_stream(http: httpx.Client) -> None:
+    """§2.2.2: after the created block, the body is what GET sse_url sends with the same cursor,
+    byte for byte, for a new job and for a replay from the start or from any seq."""
+    key = f"create-and-stream-{time.monotonic_ns()}"
+    body = {"operation": "echo", "messages": ["a", "b\nc"], "result": [1]}
+    with post_stream(http, body, key=key, cid="conformance-one-request") as reader:
+        created = reader.read_created()
+        job = JobRecord(reader.job_id, body, str(created["correlation_id"]), 0)
+        view = View(job)
+        view.connections += 1
+        for item in reader.read():
+            view.add(item)
+        assert view.finished
+        reader.expect_end()
+    assert created["correlation_id"] == "conformance-one-request"
+    final = status(http, job)
+    assert created["payload"]["created_at"] == final["created_at"]
+    for after in range(0, 8):
+        stream = http.get(f"/v1/jobs/{job.job_id}/stream", headers={"Last-Event-ID": str(after)})
+        assert stream.status_code == 200
+        events = stream.content.split(b"\n\n", 1)[1]
+        assert _body_after_created(http, job.job_id, key, after) == events, after
+    view.check_against(read_all(http, job))
+    job.check_log()
+
+
+def test_create_and_stream_answers_json_unless_asked(http: httpx.Client) -> None:
+    """§2.2.2: an Accept that does not ask for the stream gets the JSON of §2.2."""
+    for accept in ("*/*", "application/json", "text/event-stream;q=0", "text/*"):
+        r = http.post("/v1/jobs", json={"operation": "echo"}, headers={"Accept": accept})
+        assert r.status_code == 201, (accept, r.text)
+        assert r.headers["content-type"].startswith("application/json"), accept
+        http.delete(f"/v1/jobs/{r.json()['job_id']}")
 
 
 def test_openapi_document(http: httpx.Client) -> None:
