@@ -27,16 +27,16 @@ __all__ = ["GROUPS", "profiled", "py_spy", "summary"]
 #: (label, substrings of a frame "function (file:line)"): a sample counts for a group when any frame
 #: on its stack matches; groups overlap (a relayed event is read, then re-emitted, then sent).
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
-    ("create the downstream job (JobClient.create: httpx POST)", ("JobClient.create",)),
     (
-        "httpcore's connection pool bookkeeping",
-        ("_assign_requests_to_connections", "AsyncConnectionPool.handle_async_request"),
+        "create the downstream job and open its stream (JobClient.submit: one POST)",
+        ("JobClient._post_stream", "JobClient.create"),
     ),
-    ("read the downstream stream (httpx, httpcore, h11, httpx-sse)", ("EventSource.aiter_sse",)),
+    ("the downstream transport (aiohttp: its pool, parser, reads)", ("aiohttp/",)),
+    ("read the downstream stream (httpx, aiohttp, httpx-sse)", ("EventSource.aiter_sse",)),
     ("decode the downstream envelope (json.loads + checks)", ("decode_envelope",)),
     ("re-emit on the queen's job (envelope + JSON + log)", ("JobHandle.emit",)),
     ("JSON encoding and decoding, all of it", ("json/encoder.py", "json/decoder.py")),
-    ("send to the client (the stream loop, ASGI, h11, socket)", ("stream_job",)),
+    ("send to the client (the stream loop, ASGI, socket)", ("stream_job",)),
     ("socket writes", ("_SelectorSocketTransport.write",)),
     ("event loop, selector and wake-ups (self time)", ("<self:asyncio>",)),
 ]

@@ -362,10 +362,15 @@ async def run(ctx: Ctx) -> Section:
             q_rate: list[float] = []
             d_cpu: list[float] = []
             q_cpu: list[float] = []
+            queen_only: list[float] = []
             for rep in range(reps):
                 pair = [("d", flat.url, infer_body(n)), ("q", queen.url, infer_body(n, "flat"))]
                 for which, base, body in pair if rep % 2 == 0 else pair[::-1]:
+                    queen_cpu0 = queen.cpu_seconds()
                     rate, cpu = await _throughput(base, body, streams, [flat, queen], token)
+                    if which == "q":
+                        queen_s = queen.cpu_seconds() - queen_cpu0
+                        queen_only.append(queen_s / (streams * n) * 1e6)
                     (d_rate if which == "d" else q_rate).append(rate)
                     (d_cpu if which == "d" else q_cpu).append(cpu)
             label = f"{streams} stream{'s' if streams > 1 else ''} x {n:,} tokens, flat out"
@@ -385,6 +390,14 @@ async def run(ctx: Ctx) -> Section:
                     stat(q_cpu),
                     stat(d_cpu),
                     ratio_stat(q_cpu, d_cpu),
+                )
+            )
+            sec.rows.append(
+                Row(
+                    f"queen CPU per relayed token, {label}",
+                    MICRO + "s",
+                    stat(queen_only),
+                    note="the queen's share of the row above",
                 )
             )
             sec.extra[f"throughput_{streams}"] = {
