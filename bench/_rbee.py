@@ -35,6 +35,7 @@ def start_worker(
     model_name: str,
     tokens_per_second: float = 0.0,
     max_concurrency: int = 1000,
+    max_queue: int | None = None,
     python: str = sys.executable,
     engine: str = "synthetic",
     model: str | None = None,
@@ -57,7 +58,7 @@ def start_worker(
             worker_id=name,
             model_name=model_name,
             max_concurrency=max_concurrency,
-            max_queue=max_concurrency,
+            max_queue=max_concurrency if max_queue is None else max_queue,
             engine_args=eargs,
         ),
     ]

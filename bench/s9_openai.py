@@ -14,7 +14,8 @@ with ``stream_options.include_usage`` for the token count. The queen is asked wi
 token as the API key. Tokens/s = completion tokens (as the usage chunk reports them) / wall time
 of the round; time to first token = request sent -> first chunk carrying a choice. What the
 OpenAI layer itself costs is measured in the same run against rbee's own jobs API on the same
-queen and worker (section 7's requests: ``POST /v1/jobs`` ``infer``, then the job's stream); the
+queen and worker (section 7's requests: ``POST /v1/jobs`` ``infer`` answered with the job's
+stream); the
 three take turns, round by round, in an order that rotates. Without a vLLM environment the
 section is skipped, as section 7 is.
 """
@@ -207,7 +208,7 @@ async def _measure(
         label = f"{model.label}, {conc} concurrent request{'s' if conc > 1 else ''}"
         added = [a - b for a, b in zip(ttft["openai"], ttft["vllm"], strict=True)]
         layer = [a - b for a, b in zip(ttft["openai"], ttft["jobs"], strict=True)]
-        jobs_api = "rbee's jobs API (`POST /v1/jobs` + stream)"
+        jobs_api = "rbee's jobs API (`POST /v1/jobs` answered with the stream)"
         rows += [
             Row(
                 f"tokens/s, {label}",

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import anyio
+import httpx
 import pytest
 
 from rbee_contracts.engines import ENGINE_ARGS
 from rbee_worker.engines import (
+    Delta,
     Engine,
     EngineArgs,
     EngineNotAvailable,
@@ -152,6 +158,171 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
                 pytest.fail("the slot is taken")
         assert (admission.in_flight, admission.queued) == (1, 0)
     assert admission.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_admission_hands_the_queue_to_an_engine_that_queues() -> None:
+    """With ``engine_queues`` the waiting requests reach the engine at once (it runs
+    ``max_concurrency`` and holds the rest in its own FIFO queue); bounds, narration and counts
+    are those of the worker's own queue."""
+    admission = Admission(max_concurrency=2, max_queue=1, engine_queues=True)
+    release = anyio.Event()
+    waits: list[int] = []
+    entered: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with admission.slot(on_wait=waits.append):
+            entered.append(name)
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        for name in "abc":
+            tg.start_soon(hold, name)
+        await anyio.wait_all_tasks_blocked()
+        # the queued one is in the block (handed to the engine), counted as queued
+        assert entered == ["a", "b", "c"] and waits == [0]
+        assert (admission.in_flight, admission.queued) == (2, 1)
+        with pytest.raises(Busy, match="2 slots are busy and 1 requests are queued"):
+            async with admission.slot():
+                pass
+        release.set()
+    assert (admission.in_flight, admission.queued) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_admission_of_an_engine_that_queues_refuses_at_once_without_a_queue() -> None:
+    admission = Admission(max_concurrency=1, max_queue=0, engine_queues=True)
+    async with admission.slot():
+        with pytest.raises(Busy, match="max_queue 0"):
+            async with admission.slot():
+                pass
+        assert (admission.in_flight, admission.queued) == (1, 0)
+    async with admission.slot():  # the slot is free again
+        assert admission.in_flight == 1
+
+
+def test_the_runtime_hands_its_queue_only_to_engines_that_queue() -> None:
+    from rbee_worker.engines.vllm import VllmEngine
+    from rbee_worker.settings import WorkerSettings
+    from rbee_worker.worker import WorkerRuntime
+
+    class QueuingEngine(SyntheticEngine):
+        queues_requests = True
+
+    settings = WorkerSettings(engine="synthetic")
+    assert VllmEngine.queues_requests is True
+    assert WorkerRuntime(settings, QueuingEngine()).admission.engine_queues is True
+    assert WorkerRuntime(settings, SyntheticEngine()).admission.engine_queues is False
+
+
+class _QueuingEngine:
+    """An engine that queues requests itself (as vLLM does), on a clock the test moves: one
+    generation runs at a time, the others wait in its own FIFO queue, and a request that waited
+    there spends ``queue_seconds`` more once it gets its turn. Each token takes one second."""
+
+    name = "queuing"
+    model_name = "fake"
+    max_concurrency = 1
+    max_model_len = 64
+    queues_requests = True
+    queue_seconds = 100.0
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.release = anyio.Event()  #: the first generation's last token waits for this
+        self.generating = anyio.Event()
+        self.waiting = 0
+        #: per prompt: the clock when the engine got it, began generating it and ended it
+        self.times: dict[str, tuple[float, float, float]] = {}
+        self._slot = anyio.Lock()
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    async def load(self) -> None:
+        pass
+
+    @asynccontextmanager
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[AsyncIterator[Delta]]:
+        arrived = self.now
+        queued = self._slot.locked()
+        self.waiting += queued
+        await self._slot.acquire()
+        self.waiting -= queued
+        if queued:
+            self.now += self.queue_seconds
+        began = self.now
+
+        async def deltas() -> AsyncIterator[Delta]:
+            for i in range(request.max_tokens):
+                last = i == request.max_tokens - 1
+                if last and not queued:
+                    self.generating.set()
+                    await self.release.wait()
+                self.now += 1.0
+                yield Delta("x", (i,), "length" if last else None, 3)
+
+        try:
+            yield deltas()
+        finally:
+            self.times[request.prompt or ""] = (arrived, began, self.now)
+            self._slot.release()
+
+    async def abort(self, request_id: str) -> None:
+        pass
+
+    async def health(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_tokens_per_s_leaves_out_the_time_queued_in_an_engine_that_queues(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request the worker hands to an engine that queues it waits there for a time the worker
+    does not see: its ``tokens_per_s`` still leaves that wait out (``ttft_ms`` keeps it)."""
+    from types import SimpleNamespace
+
+    from jobproto.client import JobClient
+    from jobproto.testing import serving
+    from rbee_worker import operations
+    from rbee_worker.app import create_app
+    from rbee_worker.settings import WorkerSettings
+
+    engine = _QueuingEngine()
+    monkeypatch.setattr(operations, "time", SimpleNamespace(perf_counter=engine.perf_counter))
+    settings = WorkerSettings(engine="synthetic", max_queue=1)
+    results: dict[str, dict[str, Any]] = {}
+    async with (
+        serving(create_app(settings, engine=engine)) as url,
+        JobClient(url) as client,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+
+        async def infer(prompt: str) -> None:
+            results[prompt] = await client.run("infer", prompt=prompt, max_tokens=4)
+
+        with anyio.fail_after(10):
+            while (await http.get("/ready")).status_code != 200:
+                await anyio.sleep(0.01)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(infer, "first")
+                await engine.generating.wait()
+                tg.start_soon(infer, "queued")
+                while not engine.waiting:  # handed to the engine, which holds it
+                    await anyio.sleep(0.01)
+                engine.release.set()
+
+    first, queued = results["first"], results["queued"]
+    arrived, began, ended = engine.times["queued"]
+    assert began - arrived > engine.queue_seconds and ended - began == 4.0
+    # one token a second, queued or not: the 100 s spent in the engine's queue are not in it
+    assert first["tokens_per_s"] == 1.0 and queued["tokens_per_s"] == 1.0
+    # ttft_ms is from the job's start: the wait in the engine's queue is in it
+    assert queued["ttft_ms"] >= (began + 1.0 - arrived) * 1000
 
 
 def test_engine_modules_import_the_interface_not_the_package() -> None:

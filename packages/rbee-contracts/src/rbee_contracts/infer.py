@@ -174,7 +174,9 @@ class InferResult:
     completion_tokens: int
     #: from the job's start (queueing included) to the first token, in milliseconds
     ttft_ms: float
-    #: over the generation itself (prefill included, queueing not)
+    #: over the generation itself, queueing not included: prefill included where the request
+    #: waited in the worker's queue or not at all; from the first token on where it waited in
+    #: an engine that queues requests itself (vLLM), which cannot tell its wait from prefill
     tokens_per_s: float
     model: str
     engine: str

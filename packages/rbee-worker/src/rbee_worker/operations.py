@@ -76,13 +76,18 @@ def worker_operations(runtime: WorkerRuntime) -> Operations:
         job = current_job()
         request = _request(params, job.job_id if job is not None else "")
 
+        queued_in_engine = False
+
         def queued(ahead: int) -> None:
+            nonlocal queued_in_engine
+            # An engine that queues requests itself is handed this one at once: it waits there.
+            queued_in_engine = runtime.admission.engine_queues
             narrate("queue", f"every slot is busy; queued with {ahead} request(s) ahead")
 
         set_span_attributes(spans.infer_request(params, engine.model_name))
         try:
             async with runtime.admission.slot(on_wait=queued):
-                result = await _generate(runtime, request, started)
+                result = await _generate(runtime, request, started, queued_in_engine)
         except Busy as exc:
             runtime.metrics.refused("busy")
             raise JobFailed("busy", str(exc)) from None
@@ -103,12 +108,16 @@ async def _check_ready(runtime: WorkerRuntime) -> None:
 
 
 async def _generate(
-    runtime: WorkerRuntime, request: GenerationRequest, started: float
+    runtime: WorkerRuntime, request: GenerationRequest, started: float, queued_in_engine: bool
 ) -> InferResult:
+    """Run ``request`` on the engine and total it up. ``queued_in_engine``: the request was
+    handed to an engine that queues requests itself while every slot was busy, so it waits in
+    the engine's queue first, for a time the worker does not see."""
     engine = runtime.engine
     began = time.perf_counter()
     meter = runtime.metrics.generation(started)
     first_token: float | None = None
+    first_tokens = 0  # how many tokens the first delta with tokens brought
     text: list[str] = []
     completion = prompt_tokens = 0
     finish = None
@@ -119,6 +128,7 @@ async def _generate(
                     meter.tokens(len(delta.token_ids), delta.prompt_tokens)
                     if first_token is None:
                         first_token = time.perf_counter()
+                        first_tokens = len(delta.token_ids)
                 if delta.text or delta.token_ids:
                     # One data event per delta while subscribers keep up; deltas they have not
                     # read yet coalesce (concat_data), so a reader that lags costs fewer events.
@@ -139,6 +149,12 @@ async def _generate(
     if finish is None or finish == "abort":
         raise JobFailed("aborted", "the engine aborted this generation")
     ended = time.perf_counter()
+    if queued_in_engine:
+        # The time spent in the engine's queue is not known here, only that it ended before
+        # the first token: the rate is taken over the tokens after the first delta, from it.
+        since, counted = first_token or ended, completion - first_tokens
+    else:
+        since, counted = began, completion
     return InferResult(
         text="".join(text),
         finish_reason=finish,
@@ -146,8 +162,9 @@ async def _generate(
         completion_tokens=completion,
         # From the job's start (queueing included: what the client waited) to the first token.
         ttft_ms=round(((first_token or ended) - started) * 1000, 3),
-        # Over the generation itself (prefill included, queueing not).
-        tokens_per_s=round(completion / (ended - began), 3) if ended > began else 0.0,
+        # Over the generation itself (prefill included, queueing not; for a request queued in
+        # the engine, from its first delta: its prefill cannot be told from its wait there).
+        tokens_per_s=round(counted / (ended - since), 3) if ended > since else 0.0,
         model=engine.model_name,
         engine=engine.name,
     )

@@ -22,7 +22,12 @@ exits non-zero, so that its supervisor (the hive) starts a fresh worker. Without
 
 ``Admission`` is the bounded queue in front of the engine: ``max_concurrency`` generations run,
 up to ``max_queue`` wait in FIFO order, and any more are refused at once (``Busy``), so a client
-is told to go elsewhere instead of waiting behind an unbounded line.
+is told to go elsewhere instead of waiting behind an unbounded line. An engine that queues requests
+itself (``queues_requests``: vLLM, whose scheduler runs ``max_num_seqs`` sequences and keeps the
+rest waiting in arrival order) is handed the waiting requests at once: it starts one in the very
+step a sequence finishes, where a queue in front of it would leave the slot empty until the next
+request had come through the worker, been tokenized and reached the engine (a gap at every
+hand-over). The bounds, the ``queue`` narration and the counts stay the same.
 """
 
 from __future__ import annotations
@@ -51,41 +56,69 @@ class Busy(Exception):
 
 
 class Admission:
-    """At most ``max_concurrency`` holders of a slot; at most ``max_queue`` waiting for one."""
+    """At most ``max_concurrency`` holders of a slot; at most ``max_queue`` waiting for one.
 
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+    With ``engine_queues`` the waiting requests go to the engine too (it holds them in its own
+    FIFO queue and runs ``max_concurrency`` at a time): a slot is taken without waiting, and the
+    holders beyond ``max_concurrency`` are the queued ones.
+    """
+
+    def __init__(
+        self, max_concurrency: int, max_queue: int, *, engine_queues: bool = False
+    ) -> None:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
-        self.queued = 0
+        self.engine_queues = engine_queues
+        #: holders of a slot (running, or queued in the engine) and waiters for one
+        self._held = 0
+        self._waiting = 0
         # anyio's Semaphore wakes waiters in FIFO order: first queued, first served.
         self._slots = anyio.Semaphore(max_concurrency)
 
     @property
     def in_flight(self) -> int:
-        return self.max_concurrency - self._slots.value
+        return min(self._held, self.max_concurrency)
+
+    @property
+    def queued(self) -> int:
+        return self._waiting + max(0, self._held - self.max_concurrency)
 
     @asynccontextmanager
     async def slot(self, on_wait: Callable[[int], None] | None = None) -> AsyncIterator[None]:
         """Hold one slot for the block. When it must queue, ``on_wait(ahead)`` says so first."""
-        try:
-            self._slots.acquire_nowait()
-        except anyio.WouldBlock:
-            if self.queued >= self.max_queue:
-                raise Busy(
-                    f"all {self.max_concurrency} slots are busy and {self.queued} requests"
-                    f" are queued (max_queue {self.max_queue})"
-                ) from None
-            if on_wait is not None:
-                on_wait(self.queued)
-            self.queued += 1
+        if self.engine_queues:
+            ahead = self.queued
+            if self._held >= self.max_concurrency:
+                if ahead >= self.max_queue:
+                    raise self._busy()
+                if on_wait is not None:
+                    on_wait(ahead)
+        else:
             try:
-                await self._slots.acquire()
-            finally:
-                self.queued -= 1
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                if self._waiting >= self.max_queue:
+                    raise self._busy() from None
+                if on_wait is not None:
+                    on_wait(self._waiting)
+                self._waiting += 1
+                try:
+                    await self._slots.acquire()
+                finally:
+                    self._waiting -= 1
+        self._held += 1
         try:
             yield
         finally:
-            self._slots.release()
+            self._held -= 1
+            if not self.engine_queues:
+                self._slots.release()
+
+    def _busy(self) -> Busy:
+        return Busy(
+            f"all {self.max_concurrency} slots are busy and {self.queued} requests"
+            f" are queued (max_queue {self.max_queue})"
+        )
 
 
 class WorkerRuntime:
@@ -112,7 +145,11 @@ class WorkerRuntime:
         self.load_seconds: float | None = None
         # The engine was built with settings.max_concurrency (or its own default): its number is
         # the one that holds, also for an engine handed to create_app directly.
-        self.admission = Admission(engine.max_concurrency, settings.max_queue)
+        self.admission = Admission(
+            engine.max_concurrency,
+            settings.max_queue,
+            engine_queues=getattr(engine, "queues_requests", False),
+        )
         #: its Prometheus metrics (``/metrics`` serves this registry, jobproto's metrics too)
         self.metrics = WorkerMetrics(engine.model_name, self.admission)
         self._may_load = anyio.Event()

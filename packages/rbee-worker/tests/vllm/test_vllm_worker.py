@@ -28,7 +28,7 @@ if importlib.util.find_spec("vllm") is None:
         "vLLM is not installed here (nox -s tests_vllm runs these)", allow_module_level=True
     )
 
-from jobproto import Cancelled, Data, JobEvent
+from jobproto import Cancelled, Data, JobEvent, Narration
 from jobproto.client import JobClient
 from rbee_contracts.worker_cli import parse_listening_line
 
@@ -45,10 +45,30 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
+#: prompts that start with this generate max_tokens tokens, EOS or not (``_WORKER``)
+HOLD = "[hold] "
+#: ``rbee-worker`` with one test-only change: vLLM ignores EOS for the prompts that start with
+#: ``HOLD``, so that a test can keep sequences running in vLLM's scheduler for as long as it
+#: needs (a greedy generation of the random tiny model may end at EOS after a few tokens)
+_WORKER = f"""
+from rbee_worker.engines import vllm
+
+def sampling_kwargs(request, budget):
+    kwargs = _sampling_kwargs(request, budget)
+    if (request.prompt or "").startswith({HOLD!r}):
+        kwargs["ignore_eos"] = True
+    return kwargs
+
+_sampling_kwargs, vllm.sampling_kwargs = vllm.sampling_kwargs, sampling_kwargs
+from rbee_worker.app import main
+raise SystemExit(main())
+"""
+
+
 @pytest.fixture(scope="module")
 def worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory, vx: Any) -> Iterator[Any]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    argv = [sys.executable, "-m", "rbee_worker.app", "--model", str(tiny_model)]
+    argv = [sys.executable, "-c", _WORKER, "--model", str(tiny_model)]
     argv += ["--engine", "vllm", "--port", "0", "--worker-id", "w-vllm"]
     with log.open("wb") as err:
         # Its own group, so that the cleanup below can reach everything it started; the test
@@ -146,6 +166,54 @@ async def test_cancelling_the_job_aborts_it_in_the_engine(worker: WorkerProcess)
     async with httpx.AsyncClient(base_url=worker.url) as http:
         info = (await http.get("/v1/worker")).json()
     assert info["engine_requests"] == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(300)
+async def test_queued_requests_wait_in_vllms_own_scheduler(worker: WorkerProcess) -> None:
+    """Beyond max_concurrency (vLLM's max_num_seqs) the worker hands the queued requests to vLLM
+    at once: vLLM holds them (``engine_requests``) and starts each in the step a sequence ends;
+    the worker still counts and narrates them as queued."""
+    running = 8  # the worker's default max_concurrency, checked by the first test
+    narrations: list[str] = []
+    async with JobClient(worker.url) as client, httpx.AsyncClient(base_url=worker.url) as http:
+        # HOLD: no EOS ends them early, so the first `running` run until cancelled below (or for
+        # all of their 480 tokens) and the last one waits in vLLM's queue meanwhile.
+        jobs = [
+            await client.create("infer", prompt=f"{HOLD}Story {i}", max_tokens=480, temperature=0)
+            for i in range(running + 1)
+        ]
+
+        async def follow(job_id: str) -> None:
+            async with aclosing(client.events(job_id)) as events:
+                async for item in events:
+                    if isinstance(item, JobEvent) and isinstance(item.event, Narration):
+                        narrations.append(item.event.message)
+
+        async with anyio.create_task_group() as tg:
+            for job in jobs[:running]:
+                tg.start_soon(follow, job.job_id)
+            with anyio.fail_after(60):
+                while (await http.get("/v1/worker")).json()["in_flight"] < running:
+                    await anyio.sleep(0.02)
+            tg.start_soon(follow, jobs[-1].job_id)
+            # The queued request is vLLM's: without the hand-over it would hold only `running`.
+            # (Polled: the worker counts it queued a moment before it has reached vLLM.)
+            with anyio.fail_after(60):
+                while True:
+                    info = (await http.get("/v1/worker")).json()
+                    if info["engine_requests"] > running:
+                        break
+                    await anyio.sleep(0.02)
+            assert info["engine_requests"] == running + 1
+            assert (info["in_flight"], info["queued"]) == (running, 1)
+            for job in jobs:
+                await client.cancel(job.job_id)
+        with anyio.fail_after(10):
+            while (info := (await http.get("/v1/worker")).json())["engine_requests"]:
+                await anyio.sleep(0.05)
+    assert (info["in_flight"], info["queued"]) == (0, 0)
+    assert any("queued with 0 request(s) ahead" in n for n in narrations)
 
 
 def test_a_worker_killed_outright_leaves_no_engine_process(worker: WorkerProcess, vx: Any) -> None:

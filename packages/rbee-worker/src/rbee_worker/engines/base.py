@@ -131,7 +131,11 @@ def merge_deltas(deltas: Sequence[Delta]) -> Delta:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What the worker needs of an engine. One engine serves one model."""
+    """What the worker needs of an engine. One engine serves one model.
+
+    Optional: ``queues_requests = True`` on an engine that queues the generations over
+    ``max_concurrency`` itself, in arrival order (vLLM): the worker then hands it the requests it
+    would otherwise hold in its own queue (``rbee_worker.worker.Admission``)."""
 
     #: the engine's name as reported to clients ("transformers", "synthetic", ...)
     name: str

@@ -18,8 +18,10 @@ the new text and token ids (a delta may hold a token with no text yet, an incomp
 character, or several tokens). The job id is vLLM's request id: ``abort(job_id)`` aborts that
 request in the engine, and its stream ends with finish reason "abort". Leaving the ``stream()``
 block early closes vLLM's generator, which aborts the request in the engine before it returns.
-Continuous batching: up to ``max_concurrency`` generations run at once (vLLM's ``max_num_seqs``);
-the worker's bounded queue holds the rest.
+Continuous batching: up to ``max_concurrency`` generations run at once (vLLM's ``max_num_seqs``).
+The requests the worker queues (its ``max_queue``) are handed to vLLM at once too
+(``queues_requests``): they wait in vLLM's scheduler, in arrival order, which starts the next one
+in the very step a sequence finishes, as vLLM's own server does.
 
 A dead engine: vLLM notices when its engine-core process dies and fails every open request with
 ``EngineDeadError``; ``health()`` (which the worker polls) sees it too. Both become
@@ -83,6 +85,9 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 
 class VllmEngine:
     name = "vllm"
+    #: vLLM's scheduler queues what is over ``max_num_seqs``: the worker's admission hands it
+    #: the queued requests instead of holding them (``rbee_worker.worker.Admission``)
+    queues_requests = True
 
     def __init__(
         self,
