@@ -97,6 +97,35 @@ def targets(sections: list[Section]) -> list[Target]:
             _spread(row.ours, " ms") if row else "",
         )
     )
+    row = _find(sections, "relay", lambda r: r.measure.startswith("tokens/s, 500 streams"))
+    out.append(
+        Target(
+            "relay_throughput_500",
+            f"relay through the queen ≥ 0.8{TIMES} direct throughput, 500 streams",
+            _median(row.ratio) if row else None,
+            0.8,
+            "ge",
+            TIMES,
+            f"{row.ours.median:,.0f} vs {row.base.median:,.0f} tokens/s; "
+            + _spread(row.ratio, TIMES)
+            if row and row.ours and row.base
+            else "",
+        )
+    )
+    row = _find(
+        sections, "relay", lambda r: r.measure.startswith("added latency per token, p99, 100 ")
+    )
+    out.append(
+        Target(
+            "relay_added_latency_p99_100",
+            "added latency ≤ 10 ms p99 per token, 100 streams",
+            _median(row.ours) if row else None,
+            10.0,
+            "le",
+            " ms",
+            _spread(row.ours, " ms") if row else "",
+        )
+    )
     row = _find(sections, "create", lambda r: r.measure.startswith("POST /v1/jobs + first event"))
     out.append(
         Target(
@@ -104,6 +133,22 @@ def targets(sections: list[Section]) -> list[Target]:
             f"job create + first event ≤ 1.5{TIMES} the bare endpoint's latency",
             _median(row.ratio) if row else None,
             1.5,
+            "le",
+            TIMES,
+            f"{row.ours.median:.2f} vs {row.base.median:.2f} ms; {_spread(row.ratio, TIMES)}"
+            if row and row.ours and row.base
+            else "",
+        )
+    )
+    row = _find(
+        sections, "create", lambda r: r.measure.startswith("create-and-stream in one request +")
+    )
+    out.append(
+        Target(
+            "create_stream_first_event",
+            f"create-and-stream in one request + first event ≤ 1.2{TIMES} the bare endpoint's",
+            _median(row.ratio) if row else None,
+            1.2,
             "le",
             TIMES,
             f"{row.ours.median:.2f} vs {row.base.median:.2f} ms; {_spread(row.ratio, TIMES)}"
@@ -156,6 +201,40 @@ def targets(sections: list[Section]) -> list[Target]:
             "ge",
             TIMES,
             f"{row.ours.median:,.0f} vs {row.base.median:,.0f} tokens/s"
+            if row and row.ours and row.base
+            else "",
+        )
+    )
+    row = _find(
+        sections, "vllm", lambda r: r.measure == "tokens/s, tiny model, 32 concurrent requests"
+    )
+    out.append(
+        Target(
+            "vllm_throughput_32",
+            f"(vLLM, tiny model) rbee ≥ 0.95{TIMES} vLLM's server tokens/s, 32 concurrent",
+            _median(row.ratio) if row else None,
+            0.95,
+            "ge",
+            TIMES,
+            f"{row.ours.median:,.0f} vs {row.base.median:,.0f} tokens/s"
+            if row and row.ours and row.base
+            else "",
+        )
+    )
+    row = _find(
+        sections,
+        "vllm",
+        lambda r: r.measure == "time to first token, tiny model, 8 concurrent requests",
+    )
+    out.append(
+        Target(
+            "vllm_ttft_8",
+            f"(vLLM, tiny model) rbee ≤ 1.1{TIMES} vLLM's server time to first token, 8 concurrent",
+            _median(row.ratio) if row else None,
+            1.1,
+            "le",
+            TIMES,
+            f"{row.ours.median:.1f} vs {row.base.median:.1f} ms; {_spread(row.ratio, TIMES)}"
             if row and row.ours and row.base
             else "",
         )
