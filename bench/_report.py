@@ -16,7 +16,17 @@ import attrs
 
 from ._stats import Stat
 
-__all__ = ["DASH", "MICRO", "TIMES", "Row", "Section", "Target", "write_json", "write_markdown"]
+__all__ = [
+    "DASH",
+    "MICRO",
+    "TIMES",
+    "Row",
+    "Section",
+    "Target",
+    "read_json",
+    "write_json",
+    "write_markdown",
+]
 
 TIMES = "\u00d7"  # the multiplication sign of ratios
 DASH = "\u2013"  # an en dash: ranges, missing values
@@ -240,3 +250,47 @@ def write_json(
 
 def _nan_safe(value: object) -> object:
     return str(value)
+
+
+def _stat(raw: dict[str, Any] | None) -> Stat | None:
+    if raw is None:
+        return None
+    return Stat(float(raw["median"]), float(raw["min"]), float(raw["max"]), int(raw["runs"]))
+
+
+def read_json(path: Path) -> tuple[dict[str, Any], list[Section], list[str]]:
+    """The machine, the sections and the command of a report ``write_json`` wrote: what
+    ``python -m bench --render`` writes the report again from (its targets and notes as the
+    code now says them, its figures as measured)."""
+    doc = json.loads(path.read_text())
+    sections = []
+    for key, raw in doc["sections"].items():
+        rows = [
+            Row(
+                r["measure"],
+                r["unit"],
+                _stat(r["ours"]),
+                _stat(r["baseline"]),
+                _stat(r["ratio"]),
+                r["baseline_name"],
+                r["note"],
+            )
+            for r in raw["rows"]
+        ]
+        load = raw["load_average"]
+        sections.append(
+            Section(
+                key=key,
+                title=raw["title"],
+                ours_name=raw["ours_name"],
+                base_name=raw["baseline_name"],
+                method=raw["method"],
+                rows=rows,
+                notes=list(raw["notes"]),
+                skipped=raw["skipped"],
+                seconds=float(raw["seconds"]),
+                load_average=None if load is None else (load[0], load[1], load[2]),
+                extra=dict(raw["extra"]),
+            )
+        )
+    return doc["machine"], sections, list(doc["command"])

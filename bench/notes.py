@@ -64,65 +64,159 @@ after; all taken 2026-11-24 on this machine). All tests, `mypy --strict` and ruf
    `httpx.AsyncClient` with httpx's default limit of 100 connections; a relayed stream holds one
    for its whole life, so beyond 100 streams relays queued, and httpcore's pool scans all its
    connections (idle ones quadratically) on every request that starts or ends: over 80 % of the
-   queen's samples at 500 streams. Relays are now spread over pools of 32: 500 streams went from
-   0.14x to ~0.5-0.65x of direct.
+   queen's samples at 500 streams. Relays were then spread over pools of 32 (500 streams went
+   from 0.14x to ~0.5-0.65x of direct); change 10 replaced those pools.
 8. **The synthetic engine's pacing** read the clock twice and could ask anyio for a negative sleep
    under load, failing the job (found by this benchmark's paced worker; fixed).
 
-Tried and not kept: decoding the downstream stream in the relay with jobproto's own SSE decoder
-instead of httpx-sse's three layers of async generators (section 6 shows the decoder faster):
-no difference in the relay's CPU per token back to back, so httpx-sse stays.
+Changes 9-14 were measured on 2026-12-03 on this machine while other work ran on it (load
+average 5-12): their figures are CPU time of the process concerned (which the load moves far
+less than wall time), from variants run alternately, back to back, as medians [min-max].
+
+9. **Create and stream in one request** (docs/protocol.md §2.2.2; `asgi/_routes.py`,
+   `JobClient.submit`). A `POST /v1/jobs` whose `Accept` asks for `text/event-stream` is answered
+   `201` with the job's stream (a `created` block, then exactly what `GET sse_url` sends), and
+   the request is the job's first subscriber. `JobClient.run`, the relay (every hop of the queen)
+   and the keeper use it; a server that answers JSON gets the second request as before. Client
+   CPU per small job (create + follow to the end): 5.4 -> 4.3 ms; server CPU per job 1.93 [1.80-
+   2.27] -> 1.52 [1.10-1.57] ms; worker + queen CPU per relayed token at 100 streams 86 / 78.5 ->
+   66 / 57.5 us (two runs each). Per event nothing changed (15.2 vs 15.5 us of client CPU): the
+   stream is the same loop and the same reader. Section 3 has the wall-clock rows.
+10. **The queen's transport** (`rbee_queen/remote.py`; new dependencies httpx-aiohttp and
+   aiohttp). Every call from the queen to a hive or a worker goes through one `httpx.AsyncClient`
+   whose transport is aiohttp's: httpx's API (so `JobClient` and the relay did not change), with
+   aiohttp's C parser instead of h11 and a pool that hands out a connection without scanning the
+   others, so the pools of 32 (change 7) are gone; the pool has no bound. On top of httpx-aiohttp
+   0.2 the queen maps aiohttp's errors as httpcore reports them (a refused connection is a
+   connect error, an answer that is no HTTP a protocol error, a bad chunk mid-stream breaks the
+   stream instead of hanging it) with messages that never hold the request's headers (its token).
+   Queen CPU per relayed token, flat out: 100 streams 19.0 [17.8-20.7] -> 15.7 [11.0-16.5] us,
+   500 streams 64.4 [63.4-65.0] -> 43.6 [42.4-47.6] us; worker + queen at 500 streams 99.4 ->
+   72.8 us (direct: 34.0).
+11. **One timer per stream** (`asgi/_stream.py`): the fan-out straggler. Each stream armed a timer
+   per wait (keepalive) and another per send (the send timeout, an anyio cancel scope's
+   deadline) and cancelled both; a cancelled timer lives until the loop's next turn, so one event
+   to 1,000 subscribers left ~5,000 objects alive together: ~7 collections per event (152 in
+   section 4's 21 events; sse-starlette 22) and, every ~150, a full one (110-480 ms here). One
+   fell in every run's 20 events, and that event reached all 1,000 late: 5 % of the pairs, the
+   p99 (found with `gc.callbacks` in the server beside per-event latencies; with the collector
+   off jobproto's p99 was already below sse-starlette's). Now one timer serves both deadlines,
+   re-armed only when the nearest one moves earlier; a send past its deadline cancels the
+   stream's own task, told from other cancels with `uncancel()` as `asyncio.timeout` does. Six
+   runs each: collections 152 -> 23 per run, full ones 1 -> 0, server CPU 1.08-1.21 -> 0.61-0.75 s
+   (sse-starlette 1.10-1.60 s).
+12. **A disconnect callback instead of a watcher task** (`jobproto._http`, the
+   `jobproto.disconnect` extension). `jobproto.server`'s protocol classes tell a stream when its
+   connection is lost, so it needs no task waiting in `receive()` (under another server it keeps
+   that task); their own per-connection state is in `__slots__` (added to uvicorn's instance
+   dict, it made the dict grow past its shared size: ~1.2 KiB per connection). Idle stream at
+   5,000 streams (section 5's method, back to back): 22.1 -> 20.7 KiB with change 11, 19.1 with
+   the callback, 18.0 with the slots.
+13. **The start-up heap is frozen** (`jobproto.server.run`: `gc.collect(); gc.freeze()` once the
+   server listens, as vLLM's server does). The queen holds ~77,000 objects after start-up; every
+   full collection walked them (60 ms of CPU each on the loaded machine, ~0 after). The queen's
+   full-collection pauses over the relay runs: median ~119 ms (77-175) -> ~71 ms (39-113).
+14. **Requests beyond `max_concurrency` wait in vLLM's own scheduler** (`rbee_worker.worker`,
+   `engines/vllm.py`). At 32 concurrent requests the worker held the 24 beyond vLLM's 8
+   sequences itself, so every finished sequence left a slot empty until the next request had
+   passed the worker's admission, been tokenized and reached the engine core. The vllm engine now
+   says it queues (`queues_requests`) and the admission hands it the queued requests at once
+   (same bounds, `busy`, narration and counts). Engine-core CPU per round of 32 x 128 tokens:
+   2,680 -> 2,185 ms direct to the worker, 3,085 -> 2,530 ms through the queen (vLLM's server
+   2,480 / 2,125 ms in the same runs); side by side, tokens/s did not move beyond the noise.
+
+Where the queue formed at 8 concurrent requests (section 7's question): timestamps at every tier
+(the client's clock, each job's `created_at`/`started_at`, each tier's first data event) and
+py-spy of the worker and the queen. The worker costs what vLLM's server costs: ~3 ms of CPU per
+request to create the job, tokenize and hand it to vLLM (vLLM's server ~3.75 ms), and 7-30 ms
+from its job to the first token, as on vLLM's server; rbee_worker's own code is 2-4 % of its
+samples (the rest is vLLM's output handler and tokenizer, and the job's stream). The 8 requests
+waited in the queen: 25-80 ms from its job's start to the worker's job, ~5 ms of queen CPU per
+request, competing on two cores with the engine that is already generating the first requests'
+tokens; its scheduler is under 1 % of its samples, the relay's HTTP client and the stream to the
+client the rest, which changes 9 and 10 cut.
+
+Tried and not kept (this round):
+
+* **granian** (2.8.9, embedded) behind `jobproto.server`: server CPU per event of a jobproto
+  stream, 100 streams x 500 events, four rounds alternating, 18.0 [16.4-20.0] us against 16.5
+  [16.0-17.6] under uvicorn with httptools: a stream's cost is the app's, not the HTTP parser's.
+  It also cannot keep `jobproto.server`'s guarantees: no transport to abort a frozen client's
+  connection, its own 4xx answers instead of `HttpLimits`' 408/431 in the error shape, no hook to
+  end open streams at exit.
+* **A larger young-generation threshold** (700 -> 2,000 or 10,000): less collector time in all
+  (1.34 -> 0.60 s over a relay run) but each young collection longer (gen-1 worst 7 -> 20-67 ms),
+  the wrong way for a p99.
+* **Passing relayed frames through without decoding them**: the profile of section 2 puts
+  decoding the downstream envelope and re-emitting it at 1-2 % of the queen's samples each, while
+  it would need the relayed `origin` stated once per job instead of per event (a protocol change
+  every subscriber must follow); not done for that share.
+
+Tried and not kept earlier: decoding the downstream stream in the relay with jobproto's own SSE
+decoder instead of httpx-sse's three layers of async generators (section 6 shows the decoder
+faster): no difference in the relay's CPU per token back to back, so httpx-sse stays.
 
 ### Found outside rbee (not changed)
 
 * uvicorn's `send()` to a client that has gone returns silently (ASGI 2.4 allows raising
   `OSError`, uvicorn does not): a stream learns of a disconnect only from `receive()`, which is
-  why each stream keeps its disconnect watcher task (see the idle-stream target below).
+  why a stream under another server keeps its disconnect watcher task; `jobproto.server` tells
+  it through the `jobproto.disconnect` extension instead (change 12).
 * httpcore's pool cost (change 7) and its failed `import sniffio` per lock (change 4) are
-  httpcore's; rbee works around both.
+  httpcore's; the queen no longer goes through httpcore (change 10), the keeper and the other
+  tiers' clients still do, with sniffio installed.
+* httpx-aiohttp 0.2 reports a refused connection, and a peer that closes before answering, as
+  `ConnectTimeout`, lets aiohttp's `ClientResponseError` (whose repr holds the request's headers)
+  escape for an answer that is no HTTP, and with aiohttp 3.14 a bad chunk size after the body has
+  started closes the connection without waking the body's reader; the queen's transport maps and
+  wakes them itself (change 10).
 
 ### Targets missed, and why
 
-* **Relay >= 0.9x direct throughput at 100 streams.** Flat out, every process on the path is
-  CPU-bound, and the relayed path has one more: the queen reads the worker's stream through httpx
-  (httpcore, h11, httpx-sse), decodes each envelope, re-emits it as an event of its own job (its
-  seq, job id and origin) and writes it through Starlette and uvicorn, which is about what the
-  worker spends producing and writing the same events. With coalescing (change 5) the queen
-  handles fewer, larger events whenever it lags, which is how the ratio rose from ~0.5 to the
-  figure in the table; what is left is the "CPU per token" row of section 2 (worker + queen
-  against worker alone): on two cores shared by the worker, the queen and the client, direct
-  has one core for the worker and the relayed path must share it with the queen. The profile
-  table of section 2 (taken 2026-11-24 02:12 UTC) shows where the queen's CPU now goes: the
-  per-token work (decode, re-emit, JSON) is under a tenth of its samples, while setting up each
-  relay is about 40 %: creating the downstream job (an httpx POST) and httpcore's pool
-  bookkeeping, still 20-30 % with pools of 32. That per-job cost of httpx's pool is the next
-  thing to remove (a transport of our own that keeps one connection per stream without the
-  pool's scans), and a machine with a core per process would remove the rest.
-* **Added latency <= 0.25 ms p50 per token at one stream.** At 50 tok/s each token crosses the
-  queen on its own (nothing to coalesce): a read syscall, httpcore and h11, the SSE and JSON
-  decoders, the re-encode, waking the stream, Starlette's and uvicorn's send path and a write
-  syscall, plus one more process wake-up than the direct path, on a virtual machine. The row
-  "queen CPU per relayed token" gives the CPU part alone; the p50 in the table is that plus the
-  wake-up. The comparable figure for a Python relay (~0.25 ms) is one that passes raw SSE bytes
-  through without decoding them; jobproto's relay re-emits typed events with their origin.
-* **Idle stream <= 16 KiB**, if the table says missed. The "floor" row of section 5 is what a
-  stream costs in a bare Starlette app before any SSE code runs (a raw ASGI endpoint that sent its
-  first frame and waits for the disconnect, no task). A jobproto stream adds its disconnect
-  watcher (a task and uvicorn's `receive()` waiting in it, ~2 KiB), the send-timeout cancel scope,
-  the wait's future and timer, and the frames of the correlation middleware and the stream loop:
-  less than a bare `StreamingResponse` (which has the same watcher, in an anyio task group) and
-  about half of sse-starlette. Dropping the watcher would save ~2 KiB, after which a client
-  leaving a quiet stream would be noticed only at the next keepalive (15 s), since uvicorn's send
-  to a closed connection does not fail: not made.
-* **(vLLM, tiny model) <= 2 ms added time to first token.** rbee's path has two more HTTP
-  exchanges before the first token than a request to vLLM's server: the client creates the job on
-  the queen and opens its stream, the queen creates the worker's job and opens that stream, and
-  only then does the engine see the prompt. Section 3 shows what one create-and-stream exchange
-  costs on this machine even for a bare Starlette endpoint, and section 2 the time to first token
-  the queen adds over the worker alone (synthetic engine, so no model in it); two such exchanges
-  do not fit in 2 ms here. For scale: Ray Serve is reported to add about 20 ms to time to first
-  token over bare vLLM. The target is read off the tiny model, whose tokens cost the engine
-  almost nothing, so the transport is most of each request; on SmolLM2-135M-Instruct a token
-  costs the engine tens of times more (section 7's note gives both), and the same exchanges are
-  a small share of it.
+This run's machine was slower than the one of earlier reports: section 6, which is CPU alone in
+one process, ran at about 0.6x its earlier speed (encoding 1.26 million events/s against 2.16
+million), and the baselines moved the same way (sse-starlette's streams in section 1: 30,600
+against 39,600 events/s; section 2's direct path at 100 streams: 37,000 against 65,900
+tokens/s). Ratios taken in the same run are comparable across reports; absolute milliseconds
+are not.
+
+* **Relay >= 0.9x direct throughput at 100 streams** (0.88x; at 500 streams 0.84x against the 0.8x
+  target, met). Flat out, every process on the path is CPU-bound and the relayed path has one more
+  on two shared cores: worker + queen spend 1.4-2.1x the CPU per token of the worker alone (section
+  2's CPU rows); the queen's share is the "queen CPU per relayed token" row. The profile table of
+  section 2 shows what is left of the queen's per-job cost after changes 9 and 10 (one request per
+  hop, aiohttp's pool: 16-23 % and 9-14 % of its samples, against 21-25 % and 30-32 % for the create
+  request and httpcore's pool alone before) and that sending to the client and the event loop's own
+  wake-ups are now the largest shares: what a stream costs any jobproto server (section 1).
+* **Added latency <= 0.25 ms p50 per token at one stream** (0.67 ms). At 50 tok/s each token
+  crosses the queen on its own: a read, aiohttp's parser, httpx-sse, the envelope's decoding and
+  re-encoding as an event of the queen's job, waking the stream, the send path and a write,
+  plus one more process wake-up than the direct path. The target's 0.25 ms is what a Python
+  relay that passes SSE bytes through untouched adds; jobproto's relay re-emits
+  typed events with their own seq and origin, and passing frames through would need the origin
+  stated once per relayed job (a protocol change) for the 1-2 % of the queen's samples that
+  decoding and re-encoding take (section 2's profile).
+* **Added latency <= 10 ms p99 per token at 100 streams** (59 ms; p50 5.4 ms). 100 paced
+  streams put 5,000 tokens/s through the queen while the worker and the client (200 streams:
+  both paths are read at once) share the same two cores, so a token waits whenever the queen is
+  not the process on a core. What remains in the queen itself is its full garbage collections:
+  after change 13 they still take 40-110 ms (what they walk is the run's own objects: the finished
+  jobs kept for their retention time, with their logs), and one such pause delays every token
+  relayed during it. Keeping finished logs as objects the collector does not track (their frames
+  are bytes already; the entries around them are not) is the next step; not made here.
+* **Idle stream <= 16 KiB** (18.1 KiB at 5,000 streams; 15.1 KiB at 1,000, within it). The
+  floor row of section 5 (a raw ASGI endpoint in Starlette that sent its first frame and waits,
+  no task) is 13.7 KiB at 5,000: a jobproto stream costs 4.4 KiB more, after changes 11 and 12
+  took 4 KiB off. The largest single part of that is jobproto's correlation middleware, which
+  keeps its `bind_job` context and frames for the stream's life (~1.7 KiB); the rest is the
+  stream's own frame, its subscriber, its one timer and parked future.
+* **(vLLM, tiny model) rbee <= 1.1x vLLM's time to first token at 8 concurrent requests**
+  (1.45x, runs 1.06-2.51x; 21 ms added, against 1.6 ms at one request, met). Eight requests
+  that arrive at once wait in the queen, which takes ~5 ms of CPU per request to create its job,
+  route it, create the worker's job and start both streams, on two cores that the engine is
+  already using to generate the first requests' tokens: the worker's own admission and its way to
+  the engine cost what vLLM's server costs (the note above). On SmolLM2-135M-Instruct, where a
+  token costs the engine tens of times more, the same comparison is 0.97x, and at 32 concurrent
+  requests 1.00x on both models: the queen's fixed cost per request shows only where the engine's
+  first token is nearly free.
 """

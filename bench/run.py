@@ -24,7 +24,7 @@ import anyio
 from . import _machine
 from ._ctx import Ctx
 from ._procs import ROOT, Procs
-from ._report import Section, write_json, write_markdown
+from ._report import Section, read_json, write_json, write_markdown
 from .notes import NOTES
 from .targets import PREAMBLE, targets
 
@@ -85,6 +85,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="where the report goes (default docs/; bench/out/ for --quick and --only runs)",
     )
     p.add_argument("--no-write", action="store_true", help="print, do not write the report")
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: write the report of JSON (a run's benchmarks.json) again, with the"
+        " targets and notes the code now has, next to it",
+    )
     return p.parse_args(argv)
 
 
@@ -125,8 +133,21 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def render(path: Path) -> int:
+    """Write the report of ``path`` (a ``benchmarks.json``) and its markdown again, from its
+    figures, with the targets and the notes as the code now has them."""
+    machine, sections, command = read_json(path)
+    goals = targets(sections)
+    write_markdown(path.with_suffix(".md"), machine, sections, goals, PREAMBLE, command, NOTES)
+    write_json(path, machine, sections, goals, command)
+    print(f"wrote {path.with_suffix('.md')} and {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.render is not None:
+        return render(args.render)
     signal.signal(signal.SIGTERM, _terminate)
     _raise_fd_limit()
     machine = _machine.machine()

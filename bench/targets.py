@@ -156,6 +156,20 @@ def targets(sections: list[Section]) -> list[Target]:
             else "",
         )
     )
+    row = _find(sections, "fanout", lambda r: r.measure.startswith("delivery latency p99"))
+    out.append(
+        Target(
+            "fanout_p99",
+            f"fan-out to 1,000 subscribers: delivery p99 ≤ 1.0{TIMES} bare sse-starlette's",
+            _median(row.ratio) if row else None,
+            1.0,
+            "le",
+            TIMES,
+            f"{row.ours.median:.1f} vs {row.base.median:.1f} ms; {_spread(row.ratio, TIMES)}"
+            if row and row.ours and row.base
+            else "",
+        )
+    )
     idle = [
         r
         for sec in sections
