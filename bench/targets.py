@@ -40,6 +40,45 @@ def _spread(s: Stat | None, unit: str = "") -> str:
     return f"runs {s.low:.2f}-{s.high:.2f}{unit}"
 
 
+def _ratio_target(
+    sections: list[Section],
+    where: tuple[str, str],
+    key: str,
+    text: str,
+    goal: tuple[float, str],
+    shown: tuple[str, str],
+) -> Target:
+    """A target on the ratio of the first row of section ``where[0]`` whose measure starts with
+    ``where[1]``: ``goal`` is (threshold, "ge"/"le"), ``shown`` the format and unit of its two
+    figures in the detail."""
+    section, prefix = where
+    row = _find(sections, section, lambda r: r.measure.startswith(prefix))
+    number, unit = shown
+    detail = ""
+    if row and row.ours and row.base:
+        ours, base = format(row.ours.median, number), format(row.base.median, number)
+        detail = f"{ours} vs {base} {unit}; {_spread(row.ratio, TIMES)}"
+    return Target(key, text, _median(row.ratio) if row else None, goal[0], goal[1], TIMES, detail)
+
+
+def _value_target(
+    sections: list[Section], where: tuple[str, str], key: str, text: str, most_ms: float
+) -> Target:
+    """A target of at most ``most_ms`` milliseconds on the figure of the first row of section
+    ``where[0]`` whose measure starts with ``where[1]``."""
+    section, prefix = where
+    row = _find(sections, section, lambda r: r.measure.startswith(prefix))
+    return Target(
+        key,
+        text,
+        _median(row.ours) if row else None,
+        most_ms,
+        "le",
+        " ms",
+        _spread(row.ours, " ms") if row else "",
+    )
+
+
 def targets(sections: list[Section]) -> list[Target]:
     out: list[Target] = []
 
@@ -68,108 +107,62 @@ def targets(sections: list[Section]) -> list[Target]:
             )
         )
 
-    row = _find(sections, "relay", lambda r: r.measure.startswith("tokens/s, 100 streams"))
-    out.append(
-        Target(
+    out += [
+        _ratio_target(
+            sections,
+            ("relay", "tokens/s, 100 streams"),
             "relay_throughput_100",
             f"relay through the queen ≥ 0.9{TIMES} direct throughput, 100 streams",
-            _median(row.ratio) if row else None,
-            0.9,
-            "ge",
-            TIMES,
-            f"{row.ours.median:,.0f} vs {row.base.median:,.0f} tokens/s; "
-            + _spread(row.ratio, TIMES)
-            if row and row.ours and row.base
-            else "",
-        )
-    )
-    row = _find(
-        sections, "relay", lambda r: r.measure.startswith("added latency per token, p50, 1 ")
-    )
-    out.append(
-        Target(
+            (0.9, "ge"),
+            (",.0f", "tokens/s"),
+        ),
+        _value_target(
+            sections,
+            ("relay", "added latency per token, p50, 1 "),
             "relay_added_latency_p50",
             "added latency ≤ 0.25 ms p50 per token, 1 stream",
-            _median(row.ours) if row else None,
             0.25,
-            "le",
-            " ms",
-            _spread(row.ours, " ms") if row else "",
-        )
-    )
-    row = _find(sections, "relay", lambda r: r.measure.startswith("tokens/s, 500 streams"))
-    out.append(
-        Target(
+        ),
+        _ratio_target(
+            sections,
+            ("relay", "tokens/s, 500 streams"),
             "relay_throughput_500",
             f"relay through the queen ≥ 0.8{TIMES} direct throughput, 500 streams",
-            _median(row.ratio) if row else None,
-            0.8,
-            "ge",
-            TIMES,
-            f"{row.ours.median:,.0f} vs {row.base.median:,.0f} tokens/s; "
-            + _spread(row.ratio, TIMES)
-            if row and row.ours and row.base
-            else "",
-        )
-    )
-    row = _find(
-        sections, "relay", lambda r: r.measure.startswith("added latency per token, p99, 100 ")
-    )
-    out.append(
-        Target(
+            (0.8, "ge"),
+            (",.0f", "tokens/s"),
+        ),
+        _value_target(
+            sections,
+            ("relay", "added latency per token, p99, 100 "),
             "relay_added_latency_p99_100",
             "added latency ≤ 10 ms p99 per token, 100 streams",
-            _median(row.ours) if row else None,
             10.0,
-            "le",
-            " ms",
-            _spread(row.ours, " ms") if row else "",
-        )
-    )
-    row = _find(sections, "create", lambda r: r.measure.startswith("POST /v1/jobs + first event"))
-    out.append(
-        Target(
+        ),
+        _ratio_target(
+            sections,
+            ("create", "POST /v1/jobs + first event"),
             "create_first_event",
             f"job create + first event ≤ 1.5{TIMES} the bare endpoint's latency",
-            _median(row.ratio) if row else None,
-            1.5,
-            "le",
-            TIMES,
-            f"{row.ours.median:.2f} vs {row.base.median:.2f} ms; {_spread(row.ratio, TIMES)}"
-            if row and row.ours and row.base
-            else "",
-        )
-    )
-    row = _find(
-        sections, "create", lambda r: r.measure.startswith("create-and-stream in one request +")
-    )
-    out.append(
-        Target(
+            (1.5, "le"),
+            (".2f", "ms"),
+        ),
+        _ratio_target(
+            sections,
+            ("create", "create-and-stream in one request +"),
             "create_stream_first_event",
             f"create-and-stream in one request + first event ≤ 1.2{TIMES} the bare endpoint's",
-            _median(row.ratio) if row else None,
-            1.2,
-            "le",
-            TIMES,
-            f"{row.ours.median:.2f} vs {row.base.median:.2f} ms; {_spread(row.ratio, TIMES)}"
-            if row and row.ours and row.base
-            else "",
-        )
-    )
-    row = _find(sections, "fanout", lambda r: r.measure.startswith("delivery latency p99"))
-    out.append(
-        Target(
+            (1.2, "le"),
+            (".2f", "ms"),
+        ),
+        _ratio_target(
+            sections,
+            ("fanout", "delivery latency p99"),
             "fanout_p99",
             f"fan-out to 1,000 subscribers: delivery p99 ≤ 1.0{TIMES} bare sse-starlette's",
-            _median(row.ratio) if row else None,
-            1.0,
-            "le",
-            TIMES,
-            f"{row.ours.median:.1f} vs {row.base.median:.1f} ms; {_spread(row.ratio, TIMES)}"
-            if row and row.ours and row.base
-            else "",
-        )
-    )
+            (1.0, "le"),
+            (".1f", "ms"),
+        ),
+    ]
     idle = [
         r
         for sec in sections

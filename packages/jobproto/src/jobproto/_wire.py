@@ -172,17 +172,26 @@ def encode_frame(ev: JobEvent) -> bytes:
         return f"id: {ev.seq}\nevent: {type_}\ndata: {data}\n\n".encode()
 
 
-def encode_gap_frame(gap: Gap, job_id: str, correlation_id: str, now: float) -> bytes:
-    """A gap has no ``id:`` (it is no log entry), so the client's Last-Event-ID stays put."""
+def _unlogged_frame(
+    type_: str, payload: Any, job_id: str, correlation_id: str, now: float
+) -> bytes:
+    """A block that is no log entry (a gap, a ``created``): no ``id:`` line, so the client's
+    Last-Event-ID stays put; ``seq`` null, no ``origin``, ``timestamp`` when it is sent."""
     envelope = {
         "seq": None,
         "job_id": job_id,
         "correlation_id": correlation_id,
-        "type": Gap.TYPE,
+        "type": type_,
         "timestamp": format_timestamp(now),
-        "payload": {"after": gap.after, "first_available": gap.first_available, "lost": gap.lost},
+        "payload": payload,
     }
-    return f"event: gap\ndata: {dumps(envelope)}\n\n".encode()
+    return f"event: {type_}\ndata: {dumps(envelope)}\n\n".encode()
+
+
+def encode_gap_frame(gap: Gap, job_id: str, correlation_id: str, now: float) -> bytes:
+    """A gap has no ``id:`` (it is no log entry), so the client's Last-Event-ID stays put."""
+    payload = {"after": gap.after, "first_available": gap.first_available, "lost": gap.lost}
+    return _unlogged_frame(Gap.TYPE, payload, job_id, correlation_id, now)
 
 
 #: the payload of a ``created`` block: the fields of the JSON answer to a create (§2.2, §2.2.2)
@@ -205,28 +214,13 @@ def encode_created_frame(
     Like a gap it is no log entry: no ``id:`` line (the client's Last-Event-ID stays put), ``seq``
     null, no ``origin``, ``timestamp`` when it is sent. ``created`` is the JSON answer's fields.
     """
-    envelope = {
-        "seq": None,
-        "job_id": job_id,
-        "correlation_id": correlation_id,
-        "type": "created",
-        "timestamp": format_timestamp(timestamp),
-        "payload": dict(created),
-    }
-    return f"event: created\ndata: {dumps(envelope)}\n\n".encode()
+    return _unlogged_frame("created", dict(created), job_id, correlation_id, timestamp)
 
 
 def decode_created(data: str) -> dict[str, Any]:
     """The payload of a ``created`` block's ``data:`` (the seven fields of a create answer, and
     any a service adds, §1.2); ``RemoteProtocolError`` for anything else."""
-    try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise RemoteProtocolError(f"created data is not JSON: {exc}") from None
-    except RecursionError:
-        raise RemoteProtocolError("created data is nested too deeply") from None
-    if not isinstance(raw, dict):
-        raise RemoteProtocolError("created data is not a JSON object")
+    raw = _json_object(data, "created data")
     if _req(raw, "type", str) != "created":
         raise RemoteProtocolError(f"expected a created event, got {raw['type']!r}")
     payload = raw.get("payload")
@@ -318,16 +312,22 @@ def _decode_event(type_: str, p: Any) -> Event:
     return UnknownEvent(type_, p)
 
 
-def decode_envelope(data: str) -> JobEvent | tuple[Gap, str, str]:
-    """Parse the ``data:`` of one event. A gap comes back as ``(Gap, job_id, correlation_id)``."""
+def _json_object(data: str, what: str) -> dict[str, Any]:
+    """``data`` parsed as a JSON object, or ``RemoteProtocolError`` naming ``what`` it is."""
     try:
         raw = json.loads(data)
     except ValueError as exc:
-        raise RemoteProtocolError(f"event data is not JSON: {exc}") from None
+        raise RemoteProtocolError(f"{what} is not JSON: {exc}") from None
     except RecursionError:
-        raise RemoteProtocolError("event data is nested too deeply") from None
+        raise RemoteProtocolError(f"{what} is nested too deeply") from None
     if not isinstance(raw, dict):
-        raise RemoteProtocolError("event data is not a JSON object")
+        raise RemoteProtocolError(f"{what} is not a JSON object")
+    return raw
+
+
+def decode_envelope(data: str) -> JobEvent | tuple[Gap, str, str]:
+    """Parse the ``data:`` of one event. A gap comes back as ``(Gap, job_id, correlation_id)``."""
+    raw = _json_object(data, "event data")
     type_ = _req(raw, "type", str)
     job_id = _req(raw, "job_id", str)
     correlation_id = _req(raw, "correlation_id", str)
