@@ -34,13 +34,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from jobproto import (
-    JobNotFound,
-    RequestError,
-    is_valid_job_id,
-    is_valid_traceparent,
+from jobproto import JobNotFound, RequestError, is_valid_job_id
+from jobproto.asgi import (
+    JobHandle,
+    JobService,
+    read_json_body,
+    require_scope,
+    trace_headers_from,
 )
-from jobproto.asgi import JobHandle, JobService, read_json_body, require_scope
 from rbee_contracts.auth import JOBS_SCOPE
 from rbee_contracts.completion import CompletionParams
 
@@ -144,7 +145,7 @@ class OpenAIApi:
                 handle, _ = self.service.create(
                     parsed.job,
                     correlation_id=correlation(scope),
-                    trace_headers=_trace_headers(request),
+                    trace_headers=trace_headers_from(request.headers),
                 )
             except RequestError as exc:
                 param = field_to_param(exc.field, kind, body)
@@ -249,17 +250,6 @@ class OpenAIApi:
 
 def _model(name: str, created: float) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": int(created), "owned_by": "rbee"}
-
-
-def _trace_headers(request: Request) -> dict[str, str]:
-    """The caller's W3C trace context, as ``POST /v1/jobs`` keeps it (a bad one dropped)."""
-    parent = request.headers.get("traceparent")
-    if parent is None or not is_valid_traceparent(parent):
-        return {}
-    out = {"traceparent": parent.strip()}
-    if request.headers.get("tracestate"):
-        out["tracestate"] = request.headers["tracestate"]
-    return out
 
 
 _PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions")

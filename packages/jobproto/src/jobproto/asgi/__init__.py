@@ -30,6 +30,7 @@ with ``service.lifespan`` as (part of) the app's lifespan.
 
 from __future__ import annotations
 
+from .._tracing import trace_headers_from
 from ._app import create_app, error_handlers
 from ._middleware import CorrelationMiddleware
 from ._openapi import openapi_document
@@ -68,4 +69,5 @@ __all__ = [
     "security_middleware",
     "status_json",
     "stream_session_routes",
+    "trace_headers_from",
 ]
