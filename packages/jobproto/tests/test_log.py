@@ -213,3 +213,21 @@ def test_log_matches_a_list_model(
             assert len(log) <= max_events + max_events // 16
     with pytest.raises(LocalProtocolError):
         log.read(len(model) + 1)
+
+
+def test_skip_to_continues_after_a_hole_in_place() -> None:
+    log = EventLog(max_events=8)
+    log.append(b"1")
+    log.skip_to(5)  # events 2..4 are gone
+    assert (log.first_seq, log.last_seq, log.next_seq) == (5, 4, 5)
+    log.append(b"5")
+    gap, frames = log.read(1)
+    assert gap is not None and (gap.after, gap.first_available) == (1, 5)
+    assert frames == [b"5"]
+
+
+def test_skip_to_must_skip() -> None:
+    log = EventLog()
+    log.append(b"1")
+    with pytest.raises(LocalProtocolError):
+        log.skip_to(2)

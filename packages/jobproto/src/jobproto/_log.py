@@ -26,11 +26,15 @@ class EventLog:
 
     __slots__ = ("_first_seq", "_frames", "_max_events", "_pending", "_slack")
 
-    def __init__(self, max_events: int = 10_000) -> None:
+    def __init__(self, max_events: int = 10_000, first_seq: int = 1) -> None:
+        """``first_seq`` above 1: the log continues one whose events up to ``first_seq - 1`` are
+        held elsewhere (a job store), so its seqs and ``last_seq`` keep their meaning."""
         if max_events < 1:
             raise LocalProtocolError("max_events must be at least 1")
+        if first_seq < 1:
+            raise LocalProtocolError("first_seq must be at least 1")
         self._frames: list[bytes] = []
-        self._first_seq = 1
+        self._first_seq = first_seq
         self._max_events = max_events
         # Trim in batches: dropping one frame per append would memmove the whole list every time.
         self._slack = max(1, max_events // 16)
@@ -83,6 +87,16 @@ class EventLog:
             drop = len(self._frames) - self._max_events
             del self._frames[:drop]
             self._first_seq += drop
+
+    def skip_to(self, seq: int) -> None:
+        """Drop every frame and continue at ``seq`` (beyond ``next_seq``): the events before it are
+        gone, and a reader whose cursor is before it gets a ``Gap``. (A replica's copy of a log
+        kept elsewhere, whose owner trimmed events the copy never had.)"""
+        if seq <= self.next_seq:
+            raise LocalProtocolError(f"skip_to({seq}) skips nothing: next seq {self.next_seq}")
+        self._pending = None
+        self._frames.clear()
+        self._first_seq = seq
 
     def read(self, after: int, limit: int | None = None) -> tuple[Gap | None, list[bytes]]:
         """Frames of the events after seq ``after`` (at most ``limit``), and a gap if any were lost.

@@ -134,16 +134,22 @@ class Job:
         state = next_state(self.state, _FINISH[event.TYPE])
         record = JobEvent(self.log.next_seq, self.id, self.correlation_id, now, event)
         frame = encode_frame(record)
+        self.take_outcome(event, now, state)
+        self.log.append(frame)
+        return record
+
+    def take_outcome(self, event: TerminalEvent, at: float, state: JobState) -> None:
+        """Take the end a terminal event says (state, end time, result, error or reason),
+        appending nothing: ``finish`` after its checks, and a copy of a job whose log and
+        transitions are kept elsewhere (a replica's view of a job in a shared store)."""
         self.state = state
-        self.finished_at = now
+        self.finished_at = at
         if isinstance(event, Succeeded):
             self.result = event.result
         elif isinstance(event, Failed):
             self.error = event
         elif isinstance(event, (Cancelled, Expired)):
             self.cancel_reason = event.reason
-        self.log.append(frame)
-        return record
 
     def _append(self, event: Event, now: float, origin: Origin | None) -> JobEvent:
         record = JobEvent(self.log.next_seq, self.id, self.correlation_id, now, event, origin)
