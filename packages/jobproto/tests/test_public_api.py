@@ -77,6 +77,7 @@ CORE_NAMES = [
     "redact",
     "redact_text",
     "schema_of",
+    "set_checkpoint",
     "structure_params",
 ]
 PACKAGE_NAMES = sorted([*CORE_NAMES, "PROTOCOL", "__version__"])

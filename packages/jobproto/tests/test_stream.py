@@ -153,7 +153,7 @@ async def streaming(
     client = Client(server_watches=server_watches)
     service = JobService(operations([client]), settings)
     async with service.lifespan(), anyio.create_task_group() as tg:
-        handle, _ = service.create(operation, correlation_id=new_correlation_id())
+        handle, _ = await service.create(operation, correlation_id=new_correlation_id())
         tg.start_soon(stream_job, service, handle, 0, client.scope, client.receive, client.send, [])
         yield client, handle, tg
         client.leave()
@@ -269,7 +269,7 @@ async def test_a_client_that_leaves_a_quiet_stream_is_noticed_at_once_on_jobprot
     app = create_app(operations([Client()]), settings)
     async with serving(app, http=http) as url:
         service: JobService = app.state.jobs
-        handle, _ = service.create({"operation": "idle"}, correlation_id=new_correlation_id())
+        handle, _ = await service.create({"operation": "idle"}, correlation_id=new_correlation_id())
         host, port = url.removeprefix("http://").split(":")
         stream = await anyio.connect_tcp(host, int(port))
         async with stream:
@@ -307,7 +307,7 @@ async def test_a_send_the_timer_cancelled_is_a_frozen_client_and_leaves_no_cance
     task = asyncio.current_task()
     assert task is not None
     async with service.lifespan():
-        handle, _ = service.create({"operation": "idle"}, correlation_id=new_correlation_id())
+        handle, _ = await service.create({"operation": "idle"}, correlation_id=new_correlation_id())
         before = task.cancelling()
         with anyio.fail_after(10):
             # run in this task, so that its cancel requests can be seen
@@ -354,7 +354,7 @@ async def test_a_cancel_from_outside_on_the_send_timeout_s_turn_is_not_swallowed
         ended.append("returned")
 
     async with service.lifespan():
-        handle, _ = service.create({"operation": "idle"}, correlation_id=new_correlation_id())
+        handle, _ = await service.create({"operation": "idle"}, correlation_id=new_correlation_id())
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stream, handle)

@@ -39,6 +39,7 @@ __all__ = [
     "progress",
     "redact",
     "redact_text",
+    "set_checkpoint",
 ]
 
 logger = logging.getLogger("jobproto.narration")
@@ -216,6 +217,28 @@ def emit_data(payload: Any, *, merge: Merge | None = None) -> None:
             job.emit(Data(payload))
         else:
             job.emit(Data(payload), merge=merge)
+
+
+def set_checkpoint(value: Mapping[str, Any] | None) -> None:
+    """Record where the current job has got to, for whoever resumes it (no-op outside a job).
+
+    With a shared job store, a job whose replica stops is adopted by another one, which calls
+    the operation's ``resume`` with the last checkpoint stored (``Operations.operation(...,
+    resume=fn)``). The checkpoint is stored with the job's next events, read in the same turn
+    as them: set it right after the emit it describes, and it always matches the last event a
+    client can have seen. ``value`` is a JSON object (checked here), or None to clear it. A sink
+    without ``set_checkpoint`` (one process, nothing to resume) ignores it.
+    """
+    if value is not None:
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"set_checkpoint(): value must be a mapping or None, got {_shown(value)}"
+            )
+        _check_json("set_checkpoint()", "value", value)
+    job = _current_job.get()
+    setter = getattr(job, "set_checkpoint", None)
+    if setter is not None:
+        setter(value)
 
 
 # -- argument checks -------------------------------------------------------------------------------

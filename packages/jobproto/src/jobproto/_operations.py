@@ -61,6 +61,11 @@ class Operation(Generic[P]):
     params: type[P]
     handler: Callable[[P], Awaitable[Any]]
     summary: str = ""
+    #: how the job goes on after the replica running it stopped (a shared job store): called
+    #: with its parameters and the last checkpoint it stored (``set_checkpoint``; ``{}`` if
+    #: none), bound as the job like the handler, and returning the job's result as the handler
+    #: would. None: such a job ends ``failed`` with code ``owner_lost``.
+    resume: Callable[[P, Mapping[str, Any]], Awaitable[Any]] | None = None
 
     @property
     def handler_name(self) -> str:
@@ -105,6 +110,11 @@ class Operations:
                 f"{where}: the handler must be a coroutine function: make it 'async def' and run"
                 " blocking code from it with 'await anyio.to_thread.run_sync(...)'"
             )
+        if op.resume is not None and not _is_async(op.resume):
+            raise LocalProtocolError(
+                f"{where}: its resume ({handler_name(op.resume)}) must be a coroutine function:"
+                " 'async def resume(params, checkpoint)'"
+            )
         if not attrs.has(op.params):
             raise LocalProtocolError(
                 f"{where}: parameters must be an attrs class, not {op.params!r}"
@@ -122,12 +132,17 @@ class Operations:
         self._ops[op.name] = op
 
     def operation(
-        self, name: str | None = None, *, summary: str = ""
+        self,
+        name: str | None = None,
+        *,
+        summary: str = "",
+        resume: Callable[[P, Mapping[str, Any]], Awaitable[Any]] | None = None,
     ) -> Callable[[Handler[P]], Handler[P]]:
         """Decorator: register ``handler``; its parameter class comes from its annotation.
 
         Write it with parentheses: ``@ops.operation()`` (the name is the function's) or
         ``@ops.operation("name")`` (a valid name: ``""`` is refused, not read as the function's).
+        ``resume``: see ``Operation.resume`` (jobs that outlive the replica running them).
         """
         if name is not None and not isinstance(name, str):
             if callable(name):
@@ -153,7 +168,7 @@ class Operations:
                 )
             (params,) = hints.values()
             doc = summary or (handler.__doc__ or "").strip().split("\n")[0]
-            self.add(Operation(op_name, params, handler, doc))
+            self.add(Operation(op_name, params, handler, doc, resume))
             return handler
 
         return register

@@ -58,6 +58,7 @@ from ._narration import (
     progress,
     redact,
     redact_text,
+    set_checkpoint,
 )
 from ._operations import Operation, Operations
 from ._redact import RedactingFilter, install_log_redaction
@@ -131,5 +132,6 @@ __all__ = [
     "redact",
     "redact_text",
     "schema_of",
+    "set_checkpoint",
     "structure_params",
 ]

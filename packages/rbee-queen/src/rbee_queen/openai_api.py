@@ -142,7 +142,7 @@ class OpenAIApi:
                     code="model_not_found",
                 )
             try:
-                handle, _ = self.service.create(
+                handle, _ = await self.service.create(
                     parsed.job,
                     correlation_id=correlation(scope),
                     trace_headers=trace_headers_from(request.headers),
@@ -181,7 +181,7 @@ class OpenAIApi:
         request = Request(scope, receive)
         try:
             require_scope(request, JOBS_SCOPE)
-            handle = self._completion(kind, request.path_params["completion_id"])
+            handle = await self._completion(kind, request.path_params["completion_id"])
             stream, after = self._resume_query(request, handle)
         except RequestError as exc:
             await error_response(scope, OpenAIError.from_request_error(exc))(scope, receive, send)
@@ -202,7 +202,7 @@ class OpenAIApi:
             )
         await answer(self.service, handle, shape, stream, after, scope, receive, send)
 
-    def _completion(self, kind: Kind, completion: str) -> JobHandle:
+    async def _completion(self, kind: Kind, completion: str) -> JobHandle:
         missing = OpenAIError(
             404, f"no completion {completion!r}", param="completion_id", code="not_found"
         )
@@ -210,7 +210,7 @@ class OpenAIApi:
         if job_id is None or not is_valid_job_id(job_id):
             raise missing
         try:
-            handle = self.service.get(job_id)
+            handle = await self.service.lookup(job_id)
         except (JobNotFound, KeyError):
             raise missing from None
         params = handle.job.params

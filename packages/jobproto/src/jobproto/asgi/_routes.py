@@ -8,9 +8,10 @@ correlation middleware is installed.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from .._correlation import CORRELATION_HEADER, accept_correlation_id, is_valid_job_id
 from .._errors import JobNotFound, RequestError
 from .._narration import MAX_DEPTH, bind_job
+from .._registry import Job
 from .._states import JobState
 from .._tracing import trace_headers_from
 from .._wire import CREATED_FIELDS, encode_created_frame, format_timestamp
@@ -38,8 +40,11 @@ def _ts(value: float | None) -> str | None:
     return None if value is None else format_timestamp(value)
 
 
-def status_json(handle: JobHandle, root: str = "", prefix: str = "/v1/jobs") -> dict[str, Any]:
-    job = handle.job
+def status_json(
+    handle: JobHandle | Job, root: str = "", prefix: str = "/v1/jobs"
+) -> dict[str, Any]:
+    """A job's status document (§2.3), from its handle or the job itself (a store's snapshot)."""
+    job = handle if isinstance(handle, Job) else handle.job
     error = None if job.error is None else {"code": job.error.code, "message": job.error.message}
     return {
         "job_id": job.id,
@@ -71,7 +76,9 @@ def correlation_of(scope: Scope) -> str:
     return str(cid)
 
 
-def _json(scope: Scope, status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+def _json(
+    scope: Scope, status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> Response:
     headers = dict(headers or {})
     headers[CORRELATION_HEADER] = correlation_of(scope)
     headers["Cache-Control"] = "no-store"
@@ -89,9 +96,19 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
             try:
                 return await endpoint(request)
             except RequestError as exc:
-                return _json(request.scope, exc.status, exc.to_json())
+                return _error(request.scope, exc)
 
     return wrapped
+
+
+def _error(scope: Scope, exc: RequestError) -> Response:
+    """The error shape for ``exc``, with the headers it asks for (a 503's ``Retry-After``)."""
+    detail = getattr(exc, "detail", None)
+    if (
+        detail is not None
+    ):  # what the store said (its address redacted): the log's, not the client's
+        logging.getLogger("jobproto.service").warning("%s: %s", scope.get("path", ""), detail)
+    return _json(scope, exc.status, exc.to_json(), getattr(exc, "headers", None))
 
 
 def _content_type_is_json(value: str) -> bool:
@@ -217,15 +234,15 @@ def _past_the_end(name: str, after: int, last_seq: int) -> RequestError:
     )
 
 
-def _replays(service: JobService, key: str | None) -> bool:
+async def _replays(service: JobService, key: str | None) -> bool:
     """Whether a create with ``key`` names a job already made (a replay or a conflict)."""
-    return key is not None and service.registry.has_key(key)
+    return key is not None and await service.has_key(key)
 
 
-def _handle(service: JobService, job_id: str) -> JobHandle:
+async def _handle(service: JobService, job_id: str) -> JobHandle:
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
-    return service.get(job_id)
+    return await service.lookup(job_id)
 
 
 def _int_param(
@@ -262,12 +279,12 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
             raw = request.headers.get("last-event-id")
             if raw:
                 after = _cursor(raw, "Last-Event-ID", "invalid_header")
-            if after and not _replays(service, key):
+            if after and not await _replays(service, key):
                 # A new job has no events, so any cursor is past its end: refused before the
                 # job exists, after the body's own refusals (422), as a create's order says.
                 service.operations.parse(body)
                 raise _past_the_end("Last-Event-ID", after, 0)
-        handle, created = service.create(
+        handle, created = await service.create(
             body,
             correlation_id=correlation_of(request.scope),
             trace_headers=trace_headers_from(request.headers),
@@ -305,22 +322,25 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
                     400, "invalid_query", f"state must be one of {names}", field="state"
                 ) from None
         limit = _int_param(q["limit"], "limit", 1, MAX_PAGE) if "limit" in q else DEFAULT_PAGE
-        jobs, cursor = service.registry.page(state=state, cursor=q.get("cursor"), limit=limit)
+        jobs, cursor = await service.page(state=state, cursor=q.get("cursor"), limit=limit)
         root = request.scope.get("root_path", "")
         body = {
-            "jobs": [status_json(service.handles[j.id], root, prefix) for j in jobs],
+            "jobs": [status_json(j, root, prefix) for j in jobs],
             "next_cursor": cursor,
         }
         return _json(request.scope, 200, body)
 
     async def status(request: Request) -> Response:
-        handle = _handle(service, request.path_params["job_id"])
+        job_id = request.path_params["job_id"]
+        if not is_valid_job_id(job_id):
+            raise JobNotFound(job_id)
+        job = await service.snapshot(job_id)
         return _json(
-            request.scope, 200, status_json(handle, request.scope.get("root_path", ""), prefix)
+            request.scope, 200, status_json(job, request.scope.get("root_path", ""), prefix)
         )
 
     async def cancel(request: Request) -> Response:
-        handle = _handle(service, request.path_params["job_id"])
+        handle = await _handle(service, request.path_params["job_id"])
         done = await service.cancel(handle)
         body = status_json(handle, request.scope.get("root_path", ""), prefix)
         return _json(request.scope, 200 if done else 202, body)
@@ -339,10 +359,10 @@ def job_routes(service: JobService, prefix: str = "/v1/jobs") -> list[BaseRoute]
         request = Request(scope, receive)
         with bind_job(None, correlation_id=correlation_of(scope)):
             try:
-                handle = _handle(service, request.path_params["job_id"])
+                handle = await _handle(service, request.path_params["job_id"])
                 after = await stream_cursor(request, handle)
             except RequestError as exc:
-                await _json(scope, exc.status, exc.to_json())(scope, receive, send)
+                await _error(scope, exc)(scope, receive, send)
                 return
         # The stream can stay open for hours: keep nothing of the request it does not need (the
         # Request with its parsed headers and query: ~0.4 KiB of an idle stream's ~18).

@@ -18,6 +18,13 @@ costs a length check. (A fresh ``anyio.Event`` per event, which looks up the run
 library, was a quarter of ``emit()``'s time in a relaying queen: see docs/benchmarks.md.) These
 are asyncio futures: jobproto serves on uvicorn's asyncio loop, as ``_threadsafe_caller`` below
 also assumes.
+
+Where the jobs live is the ``JobStore``'s (``jobproto.store``). With the default, a
+``MemoryStore``, the service keeps every job in this process exactly as described above: its hot
+path awaits nothing more. With a shared store (``store.shared``: ``jobproto.redis.RedisStore``)
+it runs in shared mode (``_shared.py``): replicas share the jobs, streams send what the store
+holds, and a job whose replica stops is adopted by another. The request-facing methods
+(``create``, ``lookup``, ``snapshot``, ``page``, ``has_key``, ``cancel``) are async in both modes.
 """
 
 from __future__ import annotations
@@ -26,18 +33,21 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 from opentelemetry import trace
 
-from .._errors import JobFailed, LocalProtocolError
+from .._errors import JobFailed, JobNotFound, LocalProtocolError, RequestError
 from .._events import Cancelled, Event, Expired, Failed, Origin, Succeeded
 from .._merge import Merge
 from .._narration import bind_job
@@ -47,7 +57,11 @@ from .._registry import Job, JobRegistry
 from .._states import JobState
 from .._tracing import job_span, record_outcome
 from .._wire import converter
+from ..store import JobStore, MemoryStore
 from ._settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from ._shared import SharedMode
 
 __all__ = ["JobHandle", "JobObserver", "JobService"]
 
@@ -89,7 +103,19 @@ class JobObserver(Protocol):
 class JobHandle:
     """The live side of one job. Implements ``JobSink`` for narration."""
 
-    __slots__ = ("_service", "_waiters", "cancel_reason", "done", "job", "scope", "streams")
+    __slots__ = (
+        "_service",
+        "_waiters",
+        "cancel_reason",
+        "checkpoint",
+        "done",
+        "handed_over",
+        "idle_since",
+        "job",
+        "keeps_checkpoints",
+        "scope",
+        "streams",
+    )
 
     def __init__(self, job: Job, service: JobService) -> None:
         self.job = job
@@ -102,6 +128,18 @@ class JobHandle:
         #: streams open on this job now (``GET .../stream`` and any other reader that counts
         #: itself here): who is still listening
         self.streams = 0
+        #: where the job has got to, for whoever resumes it (``set_checkpoint``; shared mode)
+        self.checkpoint: Mapping[str, Any] | None = None
+        #: whether anyone reads the checkpoint: only a shared-mode runner's is stored (for the
+        #: replica that adopts the job); ``jobproto.relay`` builds none for any other handle
+        self.keeps_checkpoints = False
+        #: set when this replica gives the job up while it goes on elsewhere (its lease lost,
+        #: fenced, or the replica shutting down in shared mode): ``jobproto.relay`` then leaves
+        #: the downstream job running for the replica that adopts this one
+        self.handed_over = False
+        #: shared mode: when a view last had a reader (``time.monotonic``; the janitor drops
+        #: views idle for long)
+        self.idle_since = 0.0
 
     @property
     def job_id(self) -> str:
@@ -130,6 +168,19 @@ class JobHandle:
             return
         self.job.emit(event, time.time(), origin, merge=merge)
         self.notify()
+
+    def set_checkpoint(self, value: Mapping[str, Any] | None) -> None:
+        """Record where the job has got to (``jobproto.set_checkpoint``). In shared mode it is
+        stored with the job's next events; from a worker thread it is handed to the event loop
+        like ``emit``, so it stays in order with the events emitted before it."""
+        if threading.get_ident() != self._service._loop_thread:
+            # copied here: the caller may change its mapping before the loop runs this
+            copy = None if value is None else dict(value)
+            self._service._call_soon_threadsafe(self.set_checkpoint, copy)
+            return
+        self.checkpoint = None if value is None else dict(value)
+        if self.keeps_checkpoints:
+            self.notify()  # the persister stores it even if no event follows
 
     def _emit_from_thread(self, event: Event, origin: Origin | None, merge: Merge | None) -> None:
         # The thread that narrated has moved on: an event that cannot be encoded is logged here
@@ -179,45 +230,98 @@ class JobHandle:
 
 
 class JobService:
-    """Runs the jobs of one set of operations. Serve it with ``jobproto.asgi.create_app``."""
+    """Runs the jobs of one set of operations. Serve it with ``jobproto.asgi.create_app``.
+
+    ``store``: where the jobs live (default: a ``MemoryStore``, this process). A shared store
+    (``jobproto.redis.RedisStore``) makes this service one replica of several: ``replica`` is
+    its id there (default: host name, process id and a random suffix).
+    """
 
     def __init__(
         self,
         operations: Operations,
         settings: ServiceSettings | None = None,
         *,
+        store: JobStore | None = None,
+        replica: str | None = None,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.operations = operations
         # None: the global provider, so an SDK configured later still gets our spans.
         self.tracer = trace.get_tracer("jobproto", tracer_provider=tracer_provider)
         self.settings = settings or ServiceSettings()
-        self.registry = JobRegistry(self.settings.max_log_events)
+        self.store: JobStore = (
+            store if store is not None else MemoryStore(self.settings.max_log_events)
+        )
+        self.replica = replica or default_replica()
+        self.shared = bool(self.store.shared)
+        if not self.shared and not isinstance(self.store, MemoryStore):
+            raise LocalProtocolError(
+                f"{self.store!r}: a store of one process is a MemoryStore (its jobs are live"
+                " objects the service runs); a store replicas share says shared = True"
+            )
+        #: memory mode: the jobs themselves (the store's registry); shared mode: an empty local
+        #: registry (the jobs are the store's: ``await page(...)`` lists them)
+        self.registry: JobRegistry = (
+            self.store.registry
+            if isinstance(self.store, MemoryStore)
+            else JobRegistry(self.settings.max_log_events)
+        )
+        #: memory mode: every job's handle; shared mode: the views this replica holds now
         self.handles: dict[str, JobHandle] = {}
+        #: shared mode: the jobs this replica runs (their runners, bound as the current job)
+        self.runs: dict[str, JobHandle] = {}
         self.closing = False
         #: told of jobs, streams and relays (``jobproto.metrics.JobMetrics.bind`` sets it)
         self.observer: JobObserver | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._loop_thread = threading.get_ident()
         self._call_soon_threadsafe: Callable[..., object] = _no_loop
+        self._shared: SharedMode | None = None
+        if self.shared:
+            from ._shared import SharedMode
+
+            self._shared = SharedMode(self, self.store)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """Run the service (use as the Starlette app's lifespan, or directly in tests)."""
+        """Run the service (use as the Starlette app's lifespan, or directly in tests).
+
+        Opens the store first and closes it last; in shared mode the replica's own tasks
+        (following logs, leases, adoption, cancel requests) run in the service's task group."""
         self._loop_thread = threading.get_ident()
         self._call_soon_threadsafe = _threadsafe_caller()
         self.closing = False
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._janitor)
-            try:
-                yield
-            finally:
-                self.begin_shutdown()
-                tg.cancel_scope.cancel()
-        self._tg = None
+        if self._shared is not None:
+            await self._shared.open()
+        else:
+            await self.store.open()
+        handed: list[str] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._janitor)
+                if self._shared is not None:
+                    self._shared.start(tg)
+                try:
+                    yield
+                finally:
+                    self.begin_shutdown()
+                    if self._shared is not None:
+                        # the jobs run here go on elsewhere: another replica adopts them
+                        for runner in self.runs.values():
+                            runner.handed_over = True
+                        handed = list(self.runs)
+                    tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                if self._shared is not None:
+                    # now that nothing here writes to them any more
+                    await self._shared.release(handed)
+                await self.store.close()
 
     def begin_shutdown(self) -> None:
         """End every open stream (servers call this as soon as they are asked to stop)."""
@@ -231,7 +335,7 @@ class JobService:
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def create(
+    async def create(
         self,
         body: Mapping[str, Any],
         *,
@@ -247,6 +351,10 @@ class JobService:
         if idempotency_key is not None:
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
             fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+        if self._shared is not None:
+            return await self._shared.create(
+                op, body, params, correlation_id, trace_headers, idempotency_key, fingerprint
+            )
         job, created = self.registry.create(
             op.name,
             params,
@@ -266,16 +374,55 @@ class JobService:
         return handle, True
 
     def get(self, job_id: str) -> JobHandle:
+        """The handle of a job this process holds (memory mode: every job; shared mode: the
+        views held now); ``JobNotFound`` otherwise. Request handlers use ``lookup``."""
+        if self._shared is not None:
+            try:
+                return self.handles[job_id]
+            except KeyError:
+                raise JobNotFound(job_id) from None
         return self.handles[self.registry.get(job_id).id]
+
+    async def lookup(self, job_id: str) -> JobHandle:
+        """The handle streams read for ``job_id`` (shared mode: this replica's view of it, made
+        on demand and caught up with the store); ``JobNotFound``."""
+        if self._shared is not None:
+            return await self._shared.view(job_id)
+        return self.handles[self.registry.get(job_id).id]
+
+    async def snapshot(self, job_id: str) -> Job:
+        """The job as its status reports it (shared mode: the store's snapshot)."""
+        if self._shared is not None:
+            return await self.store.get(job_id)
+        return self.registry.get(job_id)
+
+    async def page(
+        self, *, state: JobState | None = None, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[Job], str | None]:
+        """Jobs newest first, as ``JobRegistry.page`` (shared mode: every replica's)."""
+        if self._shared is not None:
+            return await self.store.page(state=state, cursor=cursor, limit=limit)
+        return self.registry.page(state=state, cursor=cursor, limit=limit)
+
+    async def has_key(self, idempotency_key: str) -> bool:
+        """Whether a create with this key names a job already made (a replay or a conflict)."""
+        if self._shared is not None:
+            return await self.store.has_key(idempotency_key)
+        return self.registry.has_key(idempotency_key)
 
     def subscribe(self, handle: JobHandle) -> None:
         """A stream connected: the job no longer expires, and starts if it waits for this."""
         handle.job.subscribed = True
         if handle.job.state is JobState.QUEUED and not self.closing:
-            self._start(handle)
+            if self._shared is not None:
+                self._shared.schedule_claim(handle)
+            else:
+                self._start(handle)
 
     async def cancel(self, handle: JobHandle, reason: str = "cancelled by request") -> bool:
         """Cancel a job; True when it has ended by the time this returns (idempotent)."""
+        if self._shared is not None:
+            return await self._shared.cancel(handle, reason)
         job = handle.job
         if job.state is JobState.QUEUED:
             job.finish(Cancelled(reason), time.time())
@@ -283,25 +430,42 @@ class JobService:
             handle.done.set()
             self._ended(handle)
         elif job.state is JobState.RUNNING:
-            if handle.cancel_reason is None:
-                handle.cancel_reason = reason
-            if handle.scope is not None:
-                handle.scope.cancel()
+            self.cancel_locally(handle, reason)
             with anyio.move_on_after(self.settings.cancel_wait):
                 await handle.done.wait()
         return job.finished
+
+    @staticmethod
+    def cancel_locally(handle: JobHandle, reason: str) -> None:
+        """Cancel the handler running ``handle``'s job in this process (it ends with ``reason``)."""
+        if handle.cancel_reason is None:
+            handle.cancel_reason = reason
+        if handle.scope is not None:
+            handle.scope.cancel()
 
     def _start(self, handle: JobHandle) -> None:
         assert self._tg is not None
         handle.job.start(time.time())
         self._tg.start_soon(self._run, handle, name=f"job {handle.job.id}")
 
-    async def _run(self, handle: JobHandle) -> None:
+    async def _run(self, handle: JobHandle, resume: Mapping[str, Any] | None = None) -> None:
+        """Run the job's handler (its operation's ``resume`` with ``resume``, the checkpoint of
+        an adopted job) to its terminal event, with ``handle`` bound as the current job."""
         job = handle.job
-        op = self.operations.get(job.operation)
         try:
+            try:
+                op = self.operations.get(job.operation)
+            except RequestError:
+                # an operation this process does not offer: a fault of ours (shared mode claims
+                # and adopts only what it offers), which costs this job, never the task group
+                logger.exception("job %s (%s): no such operation here", job.id, job.operation)
+                if not job.finished:
+                    message = f"operation {job.operation} is not offered here"
+                    job.finish(Failed("internal_error", message), time.time())
+                    handle.notify()
+                return
             with bind_job(handle):
-                await self._run_bound(handle, op)
+                await self._run_bound(handle, op, resume)
         finally:
             handle.done.set()
             self._ended(handle)
@@ -310,7 +474,9 @@ class JobService:
         if self.observer is not None and handle.job.finished:
             self.observer.job_ended(handle.job)
 
-    async def _run_bound(self, handle: JobHandle, op: Operation[Any]) -> None:
+    async def _run_bound(
+        self, handle: JobHandle, op: Operation[Any], resume: Mapping[str, Any] | None = None
+    ) -> None:
         """Run the handler to the one terminal event, with ``handle`` bound as the current job."""
         job = handle.job
         try:
@@ -322,7 +488,7 @@ class JobService:
                 job.id,
                 job.correlation_id,
             ) as span:
-                outcome = await self._call(handle, op, job.params)
+                outcome = await self._call(handle, op, job.params, resume)
                 record_outcome(span, outcome)
             if not job.finished:
                 self._finish(handle, op, outcome)
@@ -343,14 +509,22 @@ class JobService:
                 handle.notify()
 
     async def _call(
-        self, handle: JobHandle, op: Operation[Any], params: Any
+        self,
+        handle: JobHandle,
+        op: Operation[Any],
+        params: Any,
+        resume: Mapping[str, Any] | None = None,
     ) -> Succeeded | Failed | None:
         with anyio.CancelScope() as scope:
             handle.scope = scope
             if handle.cancel_reason is not None:
                 scope.cancel()
             try:
-                value = await op.handler(params)
+                if resume is None:
+                    value = await op.handler(params)
+                else:
+                    assert op.resume is not None  # adoption runs only operations that have one
+                    value = await op.resume(params, resume)
             except JobFailed as exc:
                 return Failed(exc.code, redact_text(exc.message))
             except (Exception, SystemExit, KeyboardInterrupt) as exc:
@@ -418,7 +592,10 @@ class JobService:
         settings = self.settings
         while True:
             await anyio.sleep(settings.sweep_interval)
-            self.sweep(time.time())
+            if self._shared is not None:
+                await self._shared.sweep(time.time())
+            else:
+                self.sweep(time.time())
 
     def sweep(self, now: float) -> None:
         """Expire queued jobs nobody subscribed to; drop finished jobs past their retention."""
@@ -442,6 +619,11 @@ async def _cancel_pending() -> bool:
     except anyio.get_cancelled_exc_class():
         return True
     return False
+
+
+def default_replica() -> str:
+    """This process's id among a shared store's replicas: host name, process id, 6 random hex."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _time_out(fut: asyncio.Future[bool]) -> None:

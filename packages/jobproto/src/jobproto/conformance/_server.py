@@ -12,6 +12,13 @@ With a token (``--token-file``, or ``JOBPROTO_TOKEN`` in its environment; never 
 line, where ``ps`` shows it) the service refuses every request without it (docs/protocol.md
 §Authentication), so the suite can prove it works against a service that needs one.
 
+With a job store (``--store redis://HOST:PORT/DB``, or ``JOBPROTO_STORE_URL`` in its environment:
+the only place for a URL with a password, which never goes on a command line) the service keeps
+its jobs in Redis (``jobproto.redis.RedisStore``, the ``redis`` extra): the suite then checks the
+shared store as it checks the in-memory one. Each server takes a namespace of its own
+(``--store-namespace``, default a random one), unless two are meant to be replicas of one
+service (the same namespace, each its own ``--replica``).
+
 On shutdown the ``JobService`` is told first (``begin_shutdown``), so open streams end at once
 instead of holding uvicorn's graceful shutdown until their jobs finish.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -41,11 +49,14 @@ except ModuleNotFoundError as exc:  # the `server` extra installs it
     raise missing_extra(exc, "server", "jobproto.conformance.server") from exc
 
 from .._http import HttpLimits, protocol_class
+from .._redact import redact_text
 from ..asgi import JobService, Principal, Security, ServiceSettings, TokenAuth, create_app
+from ..store import JobStore
 from ._operations import conformance_operations
 from ._target import TOKEN_ENV, token_from
 
 __all__ = [
+    "STORE_ENV",
     "TOKEN_ENV",
     "ServerProcess",
     "ThreadedServer",
@@ -54,6 +65,9 @@ __all__ = [
     "settings_args",
     "settings_from_args",
 ]
+
+#: the environment variable naming the job store's URL (a password may only be given there)
+STORE_ENV = "JOBPROTO_STORE_URL"
 
 #: ServiceSettings fields a command-line flag can set: ``--max-log-events 64`` and so on
 _FLAGS: dict[str, type] = {
@@ -111,8 +125,16 @@ def _make_server(
     log_config: bool = False,
     on_started: Callable[[int], None] | None = None,
     token: str | None = None,
+    store: str | None = None,
+    namespace: str | None = None,
+    replica: str | None = None,
 ) -> _Server:
-    service = JobService(conformance_operations(), settings)
+    service = JobService(
+        conformance_operations(),
+        settings,
+        store=_store(store, namespace, settings),
+        replica=replica,
+    )
     security = None
     if token is not None:
         principal = Principal("conformance", frozenset({"jobs"}))
@@ -134,9 +156,20 @@ def _make_server(
     return _Server(config, service, on_started)
 
 
+def _store(url: str | None, namespace: str | None, settings: ServiceSettings) -> JobStore | None:
+    """The job store at ``url`` (None: in memory, the default)."""
+    if not url:
+        return None
+    from ..redis import RedisStore  # the redis extra: only when asked for
+
+    namespace = namespace or f"jobproto-conformance-{secrets.token_hex(4)}"
+    return RedisStore(url, namespace, max_log_events=settings.max_log_events)
+
+
 class ThreadedServer:
     """The reference app served by uvicorn in a thread of this process; with ``token``, only to
-    requests that carry it."""
+    requests that carry it; with ``store`` (default: ``$JOBPROTO_STORE_URL`` if set), its jobs
+    in that Redis."""
 
     def __init__(
         self,
@@ -145,9 +178,12 @@ class ThreadedServer:
         port: int = 0,
         *,
         token: str | None = None,
+        store: str | None = None,
     ) -> None:
         self.settings = settings or ServiceSettings()
-        self._server = _make_server(self.settings, host, port, token=token)
+        self._server = _make_server(
+            self.settings, host, port, token=token, store=store or os.environ.get(STORE_ENV)
+        )
         self._host = host
         self._thread = threading.Thread(
             target=self._server.run, name="jobproto-conformance-server", daemon=True
@@ -256,9 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"require this file's token as a bearer token (default: ${TOKEN_ENV} if set)",
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the jobs in this Redis (redis://HOST:PORT/DB; default: $"
+        + STORE_ENV
+        + " if set, the only place for a URL with a password)",
+    )
+    parser.add_argument("--store-namespace", help="the store's namespace (default: a random one)")
+    parser.add_argument("--replica", help="this server's replica id in the store")
     for name, kind in _FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, metavar=kind.__name__.upper())
     return parser
+
+
+def _store_url(ns: argparse.Namespace) -> str | None:
+    """``--store``, refused with a password (argv is public), else ``$JOBPROTO_STORE_URL``."""
+    if ns.store:
+        if redact_text(ns.store) != ns.store or "@" in ns.store.split("//", 1)[-1].split("/")[0]:
+            raise ValueError(f"--store: give a URL with a password in ${STORE_ENV}, not in argv")
+        return str(ns.store)
+    return os.environ.get(STORE_ENV) or None
 
 
 def settings_from_args(ns: argparse.Namespace) -> ServiceSettings:
@@ -295,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(ns)
         token = token_from(ns.token_file, os.environ)
+        store = _store_url(ns)
     except (TypeError, ValueError, OSError) as exc:
         parser.error(str(exc))
     server = _make_server(
@@ -305,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=True,
         on_started=_announce(ns.host, ns.port_file),
         token=token,
+        store=store,
+        namespace=ns.store_namespace,
+        replica=ns.replica,
     )
     server.run()
     return 0 if server.started else 1
