@@ -49,6 +49,7 @@ __all__ = [
     "ENV_HIVE_TOKEN_FILE",
     "ENV_JOIN_TOKEN",
     "ENV_JOIN_TOKEN_FILE",
+    "ENV_QUEEN_REDIS_URL",
     "ENV_QUEEN_SECRET_FILE",
     "ENV_TOKEN",
     "ENV_TOKEN_FILE",
@@ -97,6 +98,9 @@ ENV_WORKER_TOKEN = "RBEE_WORKER_TOKEN"
 #: names another file for the queen's secret (the queen's ``--secret-file`` wins over it); the
 #: keeper reads it too, to rotate the secret of the queen it starts
 ENV_QUEEN_SECRET_FILE = "RBEE_QUEEN_SECRET_FILE"
+#: the Redis that queen replicas share (the queen's ``--redis-url`` wins over it): by environment,
+#: so that a password in it stays out of the argument list; the keeper starts a queen with it
+ENV_QUEEN_REDIS_URL = "RBEE_QUEEN_REDIS_URL"
 #: under the queen's state dir: the secret, and the local keeper's token (written at start)
 SECRET_FILE = "secret"
 KEEPER_TOKEN_FILE = "keeper.token"

@@ -17,12 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import click
 
 from jobproto import JobProtoError, JobState
 from jobproto.client import JobClient
 from jobproto.telemetry import traced
-from rbee_contracts.auth import ENV_TOKEN, KEEPER_TOKEN_FILE
+from rbee_contracts.auth import (
+    ENV_QUEEN_REDIS_URL,
+    ENV_QUEEN_SECRET_FILE,
+    ENV_TOKEN,
+    KEEPER_TOKEN_FILE,
+)
 from rbee_contracts.engines import ENGINES
 from rbee_contracts.hive_ops import GGUF_DTYPES
 
@@ -52,6 +58,7 @@ from .services import (
     running_pid,
     start_local,
     stop_local,
+    with_port,
 )
 
 __all__ = ["main", "rbee"]
@@ -309,16 +316,36 @@ def queen() -> None:
 
 
 @queen.command("start")
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Share jobs, hives and in-flight counts with the other queens on this Redis"
+    f" (redis://[user:password@]host:port/db). The queen gets it as {ENV_QUEEN_REDIS_URL}, and"
+    f" without this option inherits {ENV_QUEEN_REDIS_URL} from here: set that to keep a"
+    " password out of this command line. Every queen on one Redis needs the same secret"
+    f" ({ENV_QUEEN_SECRET_FILE}).",
+)
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="The port of the queen to start, instead of queen_url's (a second queen on this"
+    " machine: with another --state-dir).",
+)
 @json_option
 @click.pass_obj
-def queen_start(app: App, as_json: bool) -> None:
+def queen_start(app: App, as_json: bool, redis_url: str | None, port: int | None) -> None:
     """Start the local queen and hive in the background (no-op when running)."""
     settings = app.settings
+    if port is not None:
+        settings = attrs.evolve(settings, queen_url=with_port(settings.queen_url, port))
     renderer = renderer_for(as_json)
+    queen_env = {} if redis_url is None else {ENV_QUEEN_REDIS_URL: redis_url}
 
     async def start() -> int:
         try:
-            await start_local(settings, renderer.note)
+            await start_local(settings, renderer.note, queen_env=queen_env)
         except (ServiceError, QueenRefused, AccessError, JobProtoError) as exc:
             return report(renderer, exc, settings, None)
         queen_svc, hive_svc = local_services(settings)

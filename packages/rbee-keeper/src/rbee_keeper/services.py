@@ -111,6 +111,7 @@ __all__ = [
     "stop",
     "stop_local",
     "wait_listening",
+    "with_port",
 ]
 
 
@@ -162,6 +163,13 @@ def _flag(argv: tuple[str, ...] | list[str], name: str) -> str | None:
 
 def _url(scheme: str, host: str, port: int | str) -> str:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def with_port(url: str, port: int) -> str:
+    """``url`` (a queen's base URL) with another port: ``rbee queen start --port``."""
+    parts = urlsplit(url)
+    host, _ = _bind_address(url)
+    return _url(parts.scheme or "http", host, port) + parts.path.rstrip("/")
 
 
 def hive_serves_https(argv: tuple[str, ...] | list[str]) -> bool:
@@ -406,14 +414,22 @@ def _check_elsewhere(queen: Service) -> None:
     )
 
 
-async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
+async def start_local(
+    settings: Settings,
+    say: Callable[[str], None],
+    *,
+    queen_env: Mapping[str, str] | None = None,
+) -> None:
     """Make sure the local queen runs, and that it runs the local hive; wait for both.
 
     A queen that already answers is left alone. The queen must come up (``ServiceError``
     otherwise); a hive that fails is reported through ``say``, and the queen's scheduler will
-    explain what it cannot do without it.
+    explain what it cannot do without it. ``queen_env`` goes into the environment of a queen
+    started here (``rbee queen start --redis-url``: ``RBEE_QUEEN_REDIS_URL``, never argv).
     """
     queen, hive = local_services(settings)
+    if queen_env:
+        queen = attrs.evolve(queen, env={**queen.env, **queen_env})
     answer = await queen_answers(settings)
     if isinstance(answer, HTTPStatusError):
         message = refusal_message(settings, answer.status, answer.code, answer.message)
@@ -421,6 +437,8 @@ async def start_local(settings: Settings, say: Callable[[str], None]) -> None:
     started = not answer
     if answer:
         say(f"queen already running at {queen.url}")
+        if queen_env:
+            say("it keeps the settings it was started with: `rbee queen stop` it first")
     else:
         if not is_local(queen.url):
             raise ServiceError(

@@ -5,6 +5,12 @@
 local keeper's token to ``{state_dir}/keeper.token`` (0600) and answers only the host names it is
 configured for (``rbee_queen.security``). ``create_app`` without a secret checks no tokens (tests,
 library use).
+
+With ``--redis-url`` (``RBEE_QUEEN_REDIS_URL``) the queen is one replica of several that share one
+Redis: its jobs live there (``jobproto.redis.RedisStore``, namespace ``rbee-queen``), so any
+replica lists, streams, resumes and cancels them, and a replica that stops has its jobs adopted
+by another; hives and in-flight counts are shared too (``rbee_queen.replicas``). Every replica
+needs the same secret (``--secret-file``). The URL is shown only without its password.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from jobproto.asgi import JobService, ServiceSettings
 from jobproto.asgi import create_app as create_job_app
 from jobproto.metrics import JobMetrics, metrics_route
 from jobproto.server import serve
+from jobproto.store import JobStore
 from jobproto.telemetry import traced
 from rbee_contracts.auth import (
+    ENV_QUEEN_REDIS_URL,
     ENV_QUEEN_SECRET_FILE,
     KEEPER_TOKEN_FILE,
     SECRET_FILE,
@@ -43,6 +51,7 @@ from .metrics import QueenMetrics
 from .openai_api import OpenAIErrorShape, openai_routes
 from .operations import queen_operations
 from .queen import Queen
+from .replicas import ReplicaSync
 from .routes import hive_routes
 from .security import queen_security
 from .settings import QueenSettings, default_state_dir
@@ -54,6 +63,11 @@ __all__ = ["create_app", "main"]
 LISTENING = "RBEE_QUEEN_LISTENING"
 #: names another file for the queen's secret (``--secret-file`` wins)
 ENV_SECRET_FILE = ENV_QUEEN_SECRET_FILE
+#: the Redis URL replicas share (``--redis-url`` wins); the environment keeps its password out
+#: of the argument list, which every user of the machine can read
+ENV_REDIS_URL = ENV_QUEEN_REDIS_URL
+#: the queen's keys in Redis all start with this
+NAMESPACE = "rbee-queen"
 
 
 def create_app(
@@ -68,10 +82,31 @@ def create_app(
     has a secret, a ``Host`` check when it has ``allowed_hosts``, and the allowed origins.
     """
     queen = Queen(settings, clock=clock)
+    service_settings = service_settings or ServiceSettings(service_name="queen")
+    store: JobStore | None = None
+    redis_url = queen.settings.redis_url
+    if redis_url:
+        from jobproto.redis import RedisStore  # the extra's import, only when asked for
+
+        store = RedisStore(
+            redis_url,
+            NAMESPACE,
+            max_log_events=service_settings.max_log_events,
+            lease_ttl=queen.settings.lease_ttl,
+        )
     service = JobService(
-        queen_operations(queen), service_settings or ServiceSettings(service_name="queen")
+        queen_operations(queen),
+        service_settings,
+        store=store,
+        replica=queen.settings.replica_id,
     )
     queen.jobs = service
+    if redis_url:
+        # a store of its own for the hive and in-flight records: open while the queen runs,
+        # around the job service's (whose lifespan opens and closes the jobs' store)
+        queen.replicas = ReplicaSync(
+            queen.registry, RedisStore(redis_url, NAMESPACE), service.replica, clock
+        )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -150,6 +185,27 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="verify hives and workers that serve HTTPS against this CA or pinned certificate",
     )
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get(ENV_REDIS_URL) or None,
+        metavar="URL",
+        help="share jobs, hives and in-flight counts with the other queens on this Redis"
+        f" (redis://[user:password@]host:port/db; default: ${ENV_REDIS_URL}, which keeps a"
+        " password out of the argument list; none: this queen alone)",
+    )
+    p.add_argument(
+        "--replica-id",
+        default=None,
+        help="this queen's id among the replicas (default: host name, pid and a random suffix)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --redis-url: how long this queen's hold on the jobs it runs lasts without"
+        " renewal, i.e. how soon another replica adopts them when it dies (default 5)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -159,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.hive_timeout_beats < 1:
         parser.error("--hive-timeout-beats must be at least 1")
+    if not args.lease_ttl > 0:
+        parser.error("--lease-ttl must be positive")
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together: give both or neither")
     logging.basicConfig(
@@ -188,10 +246,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
+        redis_url=args.redis_url,
+        replica_id=args.replica_id,
+        lease_ttl=args.lease_ttl,
         **extra,
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError:  # a Redis URL redis-py cannot read (its message may quote the password)
+        parser.error("--redis-url: not a Redis URL (redis://[user:password@]host:port/db)")
     queen: Queen = app.state.queen
+    if queen.replicas is not None:
+        from jobproto.redis import redacted_url
+
+        logging.getLogger("rbee_queen").info(
+            "replica %s: jobs, hives and in-flight counts shared through Redis at %s",
+            queen.replicas.replica,
+            redacted_url(settings.redis_url or ""),
+        )
     cleartext = cleartext_warning(settings.host, settings.tls_cert is not None, "rbee-queen")
     if cleartext is not None:
         logging.getLogger("rbee_queen").warning("%s", cleartext)

@@ -12,6 +12,7 @@
 | worker_*       | relayed to the hive named (or the only one): one job id for the user         |
 | model_*        | relayed likewise                                                             |
 | infer          | choose (or start) a worker, then relay its ``infer`` job: no hive in between |
+|                | (adopted from a stopped replica: go on relaying the same worker job)         |
 | completion     | ``infer`` for ``n`` choices at once: the job behind the OpenAI-compatible API |
 
 ``hive_start``, ``hive_stop`` and ``hive_status`` with ``host`` do the same on another machine over
@@ -25,11 +26,13 @@ worker sent them (the queen reads what it needs of them with ``read_result``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from jobproto import JobFailed, Operations
+from jobproto.relay import relay_point
 from jobproto.telemetry import set_span_attributes
 from rbee_contracts import spans
 from rbee_contracts.completion import CompletionParams, CompletionResult
@@ -81,7 +84,7 @@ def queen_operations(queen: Queen) -> Operations:
     @ops.operation("status")
     async def status(params: NoParams) -> StatusResult:
         """Hives, workers, models and jobs in flight."""
-        return queen.status()
+        return await queen.status()
 
     @ops.operation("hive_list")
     async def hive_list(params: NoParams) -> HiveListResult:
@@ -201,7 +204,20 @@ def queen_operations(queen: Queen) -> Operations:
         """Delete a model from a hive (relayed)."""
         return await queen.forward(queen.resolve_hive(params.hive), "model_delete", params)
 
-    @ops.operation("infer")
+    async def resume_infer(params: QueenInferParams, checkpoint: Mapping[str, Any]) -> Any:
+        """``infer`` adopted from a replica that stopped: the worker job its checkpoint names
+        goes on being relayed from the last event stored. Without one, that replica had not
+        started a worker job yet (nothing was generated): routed afresh."""
+        point = relay_point(checkpoint)
+        if point is None:
+            return await infer(params)
+        set_span_attributes(spans.infer_request(params, params.model))
+        result = await queen.scheduler.resume_infer(point)
+        if isinstance(result, dict):
+            set_span_attributes(spans.infer_result(result))
+        return result
+
+    @ops.operation("infer", resume=resume_infer)
     async def infer(params: QueenInferParams) -> Any:
         """Generate text on the least busy worker with the model (started if none)."""
         set_span_attributes(spans.infer_request(params, params.model))

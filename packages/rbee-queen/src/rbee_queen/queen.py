@@ -2,7 +2,8 @@
 
 Everything with state hangs off this one object (no module globals): the hive registry, the
 scheduler, the local hive processes and the connection pool to hives and workers. ``running()``
-is its part of the app's lifespan.
+is its part of the app's lifespan. With replicas (``--redis-url``), ``replicas`` shares hives and
+in-flight counts with the other queens (``rbee_queen.replicas``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import attrs
 
 from jobproto import JobFailed, JobState, RequestError, current_job, narrate
 from jobproto.asgi import JobService
+from jobproto.core import Job
 from rbee_contracts.auth import is_wildcard
 from rbee_contracts.hive_ops import ModelList, WorkerList
 from rbee_contracts.lifecycle import HiveState
@@ -36,10 +38,14 @@ from rbee_contracts.records import parse_worker_record
 from .hives import LocalHives
 from .registry import HiveRecord, HiveRegistry
 from .remote import UNAVAILABLE, Remote
+from .replicas import ReplicaSync
 from .scheduler import Scheduler, read_hive_result
 from .settings import QueenSettings
 
 __all__ = ["Queen"]
+
+#: with replicas, ``status`` lists this many running (and as many queued) jobs at most
+STATUS_JOBS = 200
 
 
 class Queen:
@@ -60,10 +66,16 @@ class Queen:
         self.jobs: JobService | None = None
         #: the port the queen is bound to, once known (``main`` sets it; port 0 = any)
         self.bound_port: int | None = None
+        #: hives and in-flight counts shared with the other replicas (set by ``create_app``
+        #: with ``redis_url``); None: this queen alone
+        self.replicas: ReplicaSync | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.remote.running():
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.remote.running())
+            if self.replicas is not None:
+                await stack.enter_async_context(self.replicas.running())
             yield
 
     @property
@@ -220,14 +232,14 @@ class Queen:
         )
         return HiveStatusResult(**attrs.asdict(detail, recurse=False), process=local)
 
-    def status(self) -> StatusResult:
+    async def status(self) -> StatusResult:
         now = self.clock()
         workers = self.registry.workers(now)
         models: dict[str, list[str]] = {}
         for hive in self.registry.hives():
             for model in hive.heartbeat.models:
                 models.setdefault(model, []).append(hive.hive_id)
-        jobs = list(self.jobs.registry) if self.jobs is not None else []
+        jobs = await self._active_jobs()
         asking = current_job()
         own = None if asking is None else asking.job_id  # the status job itself is not news
         active = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING) and j.id != own]
@@ -238,3 +250,15 @@ class Queen:
             in_flight=self.registry.in_flight(),
             jobs=[JobSummary(j.id, j.operation, j.state) for j in active],
         )
+
+    async def _active_jobs(self) -> list[Job]:
+        """The jobs queued or running: this queen's, or with replicas every replica's."""
+        if self.jobs is None:
+            return []
+        if not self.jobs.shared:
+            return list(self.jobs.registry)
+        jobs: list[Job] = []
+        for state in (JobState.RUNNING, JobState.QUEUED):
+            page, _ = await self.jobs.page(state=state, limit=STATUS_JOBS)
+            jobs += page
+        return jobs

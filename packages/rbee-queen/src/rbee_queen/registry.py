@@ -27,6 +27,8 @@ liveness is a pure function of what was heard and when:
   before the hive's heartbeats say it is ready; the first heartbeat that reports it in a state
   other than ``starting`` (or the timeout) ends that.
 * The in-flight count per worker is the queen's own: requests it is relaying to that worker now.
+  Queen replicas (``rbee_queen.replicas``) add the others' counts (``set_shared_in_flight``), so
+  "least busy" counts every replica's requests; ``in_flight`` stays this queen's own.
 * A worker *incarnation* (hive, id, url, pid) is probed on ``/health`` before its first use; a
   failed probe or a broken connection keeps that incarnation out of routing. A restarted worker
   has a new pid and url, so it is probed afresh.
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -53,6 +55,7 @@ __all__ = [
     "HiveRegistry",
     "Incarnation",
     "Registration",
+    "RegistryListener",
     "WorkerKey",
     "WorkerView",
     "parse_registration",
@@ -161,6 +164,14 @@ class WorkerView:
         )
 
 
+class RegistryListener(Protocol):
+    """Told of the registry's changes that other queen replicas must hear of."""
+
+    def hive_removed(self, hive_id: str) -> None: ...
+
+    def in_flight_changed(self) -> None: ...
+
+
 class HiveRegistry:
     """Hives by id, with liveness computed from ``now`` and the queen's in-flight counts."""
 
@@ -168,6 +179,10 @@ class HiveRegistry:
         self.timeout_beats = timeout_beats
         self._hives: dict[str, HiveRecord] = {}
         self._in_flight: dict[WorkerKey, int] = {}
+        #: the other queen replicas' in-flight counts, added to this queen's own for routing
+        self._shared_in_flight: Mapping[WorkerKey, int] = {}
+        #: told of removals and in-flight changes (``rbee_queen.replicas``); None: no replicas
+        self.listener: RegistryListener | None = None
         self._health: dict[Incarnation, bool] = {}
         #: (hive_id, model) -> size in bytes, learnt from the hives' model listings
         self._sizes: dict[tuple[str, str], int] = {}
@@ -225,7 +240,8 @@ class HiveRegistry:
 
     def remove(self, hive_id: str) -> None:
         """Forget a hive (it was stopped): its id and its address are free again."""
-        self._hives.pop(hive_id, None)
+        if self._hives.pop(hive_id, None) is not None and self.listener is not None:
+            self.listener.hive_removed(hive_id)
 
     def get(self, hive_id: str) -> HiveRecord:
         return self._hives[hive_id]
@@ -271,7 +287,7 @@ class HiveRegistry:
                         hive.hive_id,
                         state,
                         record,
-                        self._in_flight.get(key, 0),
+                        self._in_flight.get(key, 0) + self._shared_in_flight.get(key, 0),
                         self._health.get(inc),
                     )
                 )
@@ -279,6 +295,8 @@ class HiveRegistry:
 
     def acquire(self, key: WorkerKey) -> None:
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        if self.listener is not None:
+            self.listener.in_flight_changed()
 
     def release(self, key: WorkerKey) -> None:
         left = self._in_flight.get(key, 0) - 1
@@ -286,6 +304,16 @@ class HiveRegistry:
             self._in_flight[key] = left
         else:
             self._in_flight.pop(key, None)
+        if self.listener is not None:
+            self.listener.in_flight_changed()
+
+    def own_in_flight(self) -> dict[WorkerKey, int]:
+        """This queen's in-flight counts, by worker (a copy)."""
+        return dict(self._in_flight)
+
+    def set_shared_in_flight(self, counts: Mapping[WorkerKey, int]) -> None:
+        """The other replicas' in-flight counts, by worker (replacing the last ones)."""
+        self._shared_in_flight = counts
 
     def in_flight(self, key: WorkerKey | None = None) -> int:
         """Requests the queen is relaying to one worker now (to all of them without ``key``)."""
@@ -332,7 +360,8 @@ class HiveRegistry:
             hive_id,
             state,
             record,
-            self._in_flight.get((hive_id, record.worker_id), 0),
+            self._in_flight.get((hive_id, record.worker_id), 0)
+            + self._shared_in_flight.get((hive_id, record.worker_id), 0),
             self._health.get((hive_id, record.worker_id, record.url, record.pid)),
         )
         return self.worker_record(view)

@@ -39,7 +39,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from jobproto import JobFailed, Merge, TransportFailed
 from jobproto.client import JobClient, ssl_context
-from jobproto.relay import relay
+from jobproto.relay import RelayPoint, relay
 from rbee_contracts.auth import hive_token, worker_token
 
 __all__ = ["UNAVAILABLE", "Remote", "trust"]
@@ -292,12 +292,23 @@ class Remote:
         worker: str | None = None,
         max_reconnects: int = HIVE_RECONNECTS,
         merge: Merge | None = None,
+        context: Mapping[str, Any] | None = None,
+        resume: RelayPoint | None = None,
     ) -> Any:
         """Run ``operation`` on the service at ``url`` (hive ``hive``, or its worker ``worker``)
-        as part of the current job; its result."""
+        as part of the current job; its result. ``context`` and ``resume`` are the relay's
+        (``jobproto.relay``: what its checkpoints hold, and the point to go on from)."""
         try:
             client = self.client(url, hive=hive, worker=worker, max_reconnects=max_reconnects)
-            return await relay(client, operation, fields, service=service, merge=merge)
+            return await relay(
+                client,
+                operation,
+                fields,
+                service=service,
+                merge=merge,
+                context=context,
+                resume=resume,
+            )
         except JobFailed as exc:
             # the relay's own failure to reach the peer has a cause; a downstream failure has none
             if exc.code == UNAVAILABLE and isinstance(exc.__cause__, Exception):

@@ -9,6 +9,8 @@ Who may (``rbee_queen.security``): ``PUT /v1/hives/H`` needs scope ``hive:H`` (H
 checked before the body is read; the reads need ``jobs`` (the keeper's token). Without a secret
 the queen checks no tokens, and ``require_scope`` lets every call through.
 
+Queen replicas: an accepted heartbeat goes to the other replicas too (``rbee_queen.replicas``).
+
 From where: a heartbeat's ``url`` must be on the address the heartbeat came from
 (``check_hive_address``), so a join token cannot point the queen (and the prompts it relays)
 at another machine; the registry then pins that host for as long as it knows the hive.
@@ -141,11 +143,13 @@ def hive_routes(queen: Queen) -> list[BaseRoute]:
                 None if not server else str(server[0]),
             )
             principal = principal_of(request)
-            created = registry.register(
-                registration, queen.clock(), owner=None if principal is None else principal.name
-            )
+            owner = None if principal is None else principal.name
+            now = queen.clock()
+            created = registry.register(registration, now, owner=owner)
         except RequestError as exc:
             return _error(exc)
+        if queen.replicas is not None:  # every queen replica shall know it
+            queen.replicas.hive_heard(registration, owner, now)
         body = {
             "hive_id": hive_id,
             "state": HiveState.UP,  # it was heard just now

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from jobproto import JobFailed, RequestError, concat_data, narrate
+from jobproto import JobFailed, RequestError, concat_data, narrate, set_checkpoint
+from jobproto.relay import RelayPoint
 from rbee_contracts.hive_ops import ModelDownloadParams, ModelInfo, ModelList, WorkerSpawnParams
 from rbee_contracts.lifecycle import HiveState, WorkerState
 from rbee_contracts.queen_ops import forward_fields
@@ -30,7 +31,7 @@ from rbee_contracts.reading import read_result
 from rbee_contracts.records import WorkerRecord
 
 from .decisions import HiveInfo, NoCapacity, pick_worker, place
-from .registry import HiveRegistry, WorkerView
+from .registry import HiveRegistry, WorkerView, url_host
 from .remote import UNAVAILABLE, WORKER_RECONNECTS, Remote
 from .settings import QueenSettings
 
@@ -88,7 +89,11 @@ class Scheduler:
         self.on_routed: Callable[[float], None] | None = None
 
     async def infer(self, model: str, hive: str | None, fields: Mapping[str, Any]) -> Any:
-        """Run ``infer`` on the best worker for ``model`` (starting one if needed), relayed."""
+        """Run ``infer`` on the best worker for ``model`` (starting one if needed), relayed.
+
+        The relay's checkpoints name the worker (its URL, hive and id: ``context``), so that
+        another queen replica can follow the same worker job if this one stops
+        (``resume_infer``)."""
         async with self.worker_for(model, hive) as worker:
             assert worker.url is not None  # routable workers have one
             try:
@@ -101,11 +106,61 @@ class Scheduler:
                     worker=worker.worker_id,  # its token, derived from its hive's
                     max_reconnects=WORKER_RECONNECTS,
                     merge=concat_data,  # token deltas the client has not read yet coalesce
+                    context={"url": worker.url, "hive": worker.hive_id, "worker": worker.worker_id},
                 )
             except JobFailed as exc:
                 if exc.code in ("engine_dead", UNAVAILABLE):  # no new requests for it
                     self.registry.set_health(worker.incarnation, False)
                 raise
+
+    async def resume_infer(self, point: RelayPoint) -> Any:
+        """Go on relaying the worker job ``point`` names, after the last event the job stored
+        (an ``infer`` adopted from a replica that stopped): no routing, no new worker job, so
+        the worker's generation goes on where it was and no token is sent twice.
+
+        The worker is contacted only when the checkpoint names a hive this queen knows and a
+        URL on that hive's host, as a heartbeat would have to (``rbee_queen.registry``); it is
+        counted in flight while the relay lasts.
+        """
+        url, hive_id, worker_id = (point.context.get(k) for k in ("url", "hive", "worker"))
+        if not (isinstance(url, str) and isinstance(hive_id, str) and isinstance(worker_id, str)):
+            raise JobFailed(
+                "downstream_lost", f"worker job {point.job_id}: its checkpoint names no worker"
+            )
+        if hive_id not in self.registry or url_host(url) != url_host(
+            self.registry.get(hive_id).url
+        ):
+            raise JobFailed(
+                "downstream_lost",
+                f"worker {worker_id} of hive {hive_id} is not known here: cannot resume its job"
+                f" {point.job_id}",
+            )
+        # the checkpoint again first: what this replica stores before the relay sets its own
+        again = {**point.context, "service": point.service, "job_id": point.job_id}
+        set_checkpoint({"relay": {**again, "seq": point.seq}})
+        narrate(
+            "resumed",
+            f"following worker {worker_id}'s job {point.job_id} on from event {point.seq}",
+            worker_id=worker_id,
+            hive_id=hive_id,
+        )
+        key = (hive_id, worker_id)
+        self.registry.acquire(key)
+        try:
+            return await self.remote.relay(
+                url,
+                point.service or f"worker:{worker_id}",
+                "infer",
+                {},
+                hive=hive_id,
+                worker=worker_id,
+                max_reconnects=WORKER_RECONNECTS,
+                merge=concat_data,
+                context={"url": url, "hive": hive_id, "worker": worker_id},
+                resume=point,
+            )
+        finally:
+            self.registry.release(key)
 
     @asynccontextmanager
     async def worker_for(self, model: str, hive: str | None = None) -> AsyncIterator[WorkerView]:

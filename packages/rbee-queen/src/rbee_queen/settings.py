@@ -42,6 +42,15 @@ def _tls_pair(settings: QueenSettings, attribute: attrs.Attribute[Any], value: P
         raise ValueError("tls_cert and tls_key go together: give both or neither")
 
 
+def _redacted(url: str | None) -> str:
+    """A Redis URL as settings show it: never with its password (``redis://host:port/db``)."""
+    if url is None:
+        return "None"
+    from jobproto.redis import redacted_url  # the extra's module, only for a queen that has one
+
+    return repr(redacted_url(url))
+
+
 def _default_hive_command() -> tuple[str, ...]:
     # The same interpreter as the queen: the hive is installed next to it in the workspace.
     return (sys.executable, "-m", "rbee_hive.app")
@@ -91,3 +100,13 @@ class QueenSettings:
     tls_key: Path | None = attrs.field(default=None, converter=_optional_path, validator=_tls_pair)
     #: verify hives and workers that serve HTTPS against this CA (or pinned certificate)
     tls_ca: Path | None = attrs.field(default=None, converter=_optional_path)
+
+    # -- replicas (rbee_queen.replicas; README, "Two queens on one Redis") ---------------------
+    #: the Redis that queen replicas share (jobs, hives, in-flight counts); None: this queen
+    #: alone, its jobs in its memory. It may hold a password: shown only without it.
+    redis_url: str | None = attrs.field(default=None, repr=_redacted)
+    #: this queen's id among the replicas (None: host name, pid and a random suffix)
+    replica_id: str | None = None
+    #: how long a replica's hold on the jobs it runs lasts without renewal (seconds): a job
+    #: whose replica died is adopted by another after this (and up to half of it again)
+    lease_ttl: float = attrs.field(default=5.0, validator=_positive)
