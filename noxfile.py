@@ -124,24 +124,30 @@ def conformance(session: nox.Session) -> None:
     """jobproto's conformance suite, from jobproto alone (no workspace sync, no torch).
 
     ``nox -s conformance`` runs the suite shipped in the package (``python -m
-    jobproto.conformance``) against the reference service, then the repository's tests of the
+    jobproto.conformance``) against the reference service, then the same suite against the
+    reference service keeping its jobs in Redis (``scripts/conformance_redis.py``: a private
+    ``redis-server``, which ``.ci/run`` installs), then the repository's tests of the
     reference server and of the command itself. ``nox -s conformance -- --url URL`` runs the
     shipped suite against the service at URL (it must mount the conformance operations); the
     command's other flags (``--token-file PATH``, ``--own-operations``, ``--examples N``) and
     pytest's go after ``--`` too.
     """
     # pytest-timeout: the repository's pytest configuration sets a per-test timeout
-    session.install("./packages/jobproto[conformance,server]", "pytest-timeout")
+    session.install("./packages/jobproto[conformance,server,redis]", "pytest-timeout")
     session.run("python", "-m", "jobproto.conformance", *session.posargs)
     if not any(arg == "--url" or arg.startswith("--url=") for arg in session.posargs):
+        session.run("python", "scripts/conformance_redis.py", *session.posargs)
         session.run(
             "pytest",
             CONFORMANCE_DIR,
             "-m",
             "conformance",
-            # the shipped suite just ran from the installed package
+            # the shipped suite just ran from the installed package, on both stores (the
+            # Redis-backed run's own tests run in the tests session)
             "--ignore",
             f"{CONFORMANCE_DIR}/test_shipped_suite.py",
+            "--ignore",
+            f"{CONFORMANCE_DIR}/test_redis_store.py",
         )
 
 

@@ -40,6 +40,7 @@ SECTIONS = {
     "vllm": "bench.s7_vllm",
     "frozen": "bench.s8_frozen",
     "openai": "bench.s9_openai",
+    "store": "bench.s10_store",
 }
 #: the sections that run only with ``--vllm`` (or named by ``--only``), and what they say without
 VLLM_SECTIONS = {

@@ -24,6 +24,9 @@ The jobproto operations:
 
 ``--stock-http`` serves with uvicorn's own protocol classes instead of ``jobproto.server``'s (no
 HTTP limits, no abort extension: how a frozen subscriber was dropped before).
+
+``--store URL`` (jobproto only) keeps the jobs in the Redis server at URL (``jobproto.redis``,
+namespace ``bench``) instead of the service's memory: section 10 measures one beside the other.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from starlette.types import Receive, Scope, Send
 from jobproto import Operations, emit_data
 from jobproto._correlation import new_correlation_id, new_job_id
 from jobproto._wire import dumps, encode_created_frame, format_timestamp
-from jobproto.asgi import ServiceSettings, create_app
+from jobproto.asgi import JobService, ServiceSettings, create_app
 from jobproto.server import Server, config, run
 
 __all__ = ["LISTENING", "frame", "token_payload"]
@@ -112,7 +115,7 @@ class TickParams:
     interval: float
 
 
-def jobproto_app(settings: ServiceSettings) -> Starlette:
+def jobproto_app(settings: ServiceSettings, store_url: str | None = None) -> Starlette:
     ops = Operations()
     go = anyio.Event()
     gate: dict[str, anyio.Event] = {"go": go}
@@ -163,9 +166,13 @@ def jobproto_app(settings: ServiceSettings) -> Starlette:
         gate["go"] = anyio.Event()
         return JSONResponse({"reset": True})
 
+    store = None
+    if store_url is not None:
+        from jobproto.redis import RedisStore  # the redis extra: only when asked for
+
+        store = RedisStore(store_url, "bench", max_log_events=settings.max_log_events)
     return create_app(
-        ops,
-        settings,
+        JobService(ops, settings, store=store),
         routes=[
             Route("/bench/go", go_route, methods=["POST"]),
             Route("/bench/reset", reset_route, methods=["POST"]),
@@ -398,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retention", type=float, default=600.0)
     p.add_argument("--send-timeout", type=float, default=30.0)
     p.add_argument("--stock-http", action="store_true", help="uvicorn's own protocol classes")
+    p.add_argument("--store", default=None, metavar="URL", help="keep the jobs in this Redis")
     args = p.parse_args(argv)
     if args.kind == "jobproto":
         settings = ServiceSettings(
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
             retention_ttl=args.retention,
             send_timeout=args.send_timeout,
         )
-        app = jobproto_app(settings)
+        app = jobproto_app(settings, args.store)
     elif args.kind == "sse":
         app = sse_app()
     elif args.kind == "streaming":

@@ -262,4 +262,14 @@ def targets(sections: list[Section]) -> list[Target]:
             _spread(row.ours, " ms") if row else "",
         )
     )
+    out.append(
+        _ratio_target(
+            sections,
+            ("store", "events/s, 1 stream"),
+            "redis_store_throughput",
+            f"stream throughput on the Redis store ≥ 0.5{TIMES} the in-memory store's, 1 stream",
+            (0.5, "ge"),
+            (",.0f", "events/s"),
+        )
+    )
     return out

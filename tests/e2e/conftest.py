@@ -913,3 +913,5 @@ def _sibling(name: str) -> Any:
 
 #: ``machines``: two machines (network namespaces, else loopback addresses), one per module
 machines = _sibling("machines").machines
+#: ``queen_replicas``: queens on one Redis server of the test's own (tests/e2e/replicas.py)
+queen_replicas = _sibling("replicas").queen_replicas
