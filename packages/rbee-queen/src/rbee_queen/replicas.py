@@ -337,7 +337,8 @@ class ReplicaSync:
     def _failed(self, what: str, exc: StoreUnavailable) -> None:
         if not self._outage:  # once per outage, not once per try
             self._outage = True
-            logger.warning("replica %s: cannot %s: %s (retrying)", self.replica, what, exc.message)
+            # the detail names the store's (redacted) address; the message is the client's
+            logger.warning("replica %s: cannot %s: %s (retrying)", self.replica, what, exc.detail)
 
     def _recovered(self) -> None:
         if self._outage:
