@@ -192,7 +192,21 @@ class Replicas:
         ]
         running, info = self._start(argv, env, HIVE_LISTENING, "the hive")
         self.hives.append(running)
+        # listening is not registered: its first heartbeat may still be on its way
+        self.wait_for_hive(queen)
         return str(info["url"])
+
+    def wait_for_hive(self, queen: Replica, within: float = 60.0) -> None:
+        """Until ``queen`` lists the hive as up (polled; bounded)."""
+        deadline = time.monotonic() + within
+        while True:
+            response = httpx.get(f"{queen.url}/v1/hives", headers=self.headers, timeout=10)
+            hives = response.json().get("hives", []) if response.status_code == 200 else []
+            if any(h.get("hive_id") == HIVE_ID and h.get("state") == "up" for h in hives):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"queen {queen.name} does not list the hive as up: {hives}")
+            time.sleep(0.2)
 
     def job(self, queen: Replica, operation: str, **fields: Any) -> dict[str, Any]:
         """``POST /v1/jobs`` on ``queen`` (expected to be accepted); the created job."""
