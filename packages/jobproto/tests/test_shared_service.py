@@ -9,7 +9,7 @@ leases lapse as a killed process's would.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -209,8 +209,16 @@ def events(body: bytes) -> list[dict[str, Any]]:
     return out
 
 
-async def read_until(r: Replica, job_id: str, seq: int) -> list[dict[str, Any]]:
-    """Open the stream and read until event ``seq`` has come, then hang up."""
+async def read_until(
+    r: Replica,
+    job_id: str,
+    seq: int = 0,
+    *,
+    until: Callable[[list[dict[str, Any]]], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """Open the stream and read until event ``seq`` has come (or ``until`` holds for what came),
+    then hang up."""
+    done = until or (lambda got: bool(got) and got[-1]["seq"] >= seq)
     got: list[dict[str, Any]] = []
     async with r.client.stream("GET", f"/v1/jobs/{job_id}/stream") as response:
         buffer = b""
@@ -219,7 +227,7 @@ async def read_until(r: Replica, job_id: str, seq: int) -> list[dict[str, Any]]:
             *blocks, buffer = buffer.split(b"\n\n")
             for block in blocks:
                 got.extend(events(block + b"\n\n"))
-            if got and got[-1]["seq"] >= seq:
+            if done(got):
                 return got
     raise AssertionError(f"the stream ended before event {seq}: {got}")
 
@@ -681,16 +689,13 @@ async def test_a_relay_handed_over_at_shutdown_leaves_its_downstream_job_to_the_
         async with replica(redis_url, redis_namespace, "b", gates, relay_to=down_url) as b:
             async with replica(redis_url, redis_namespace, "a", gates, relay_to=down_url) as a:
                 job_id = await create(a, "relayed")
-                head: list[dict[str, Any]] = []
-                async with a.client.stream("GET", f"/v1/jobs/{job_id}/stream") as response:
-                    buffer = b""
-                    async for chunk in response.aiter_bytes():
-                        buffer += chunk
-                        *blocks, buffer = buffer.split(b"\n\n")
-                        for block in blocks:
-                            head.extend(events(block + b"\n\n"))
-                        if any(e["payload"].get("i") == 4 for e in head if e["type"] == "data"):
-                            break
+                head = await read_until(
+                    a,
+                    job_id,
+                    until=lambda got: any(
+                        e["payload"].get("i") == 4 for e in got if e["type"] == "data"
+                    ),
+                )
             # A shut down and handed the job over: its relay left the downstream job running
             listed = (await dc.get("/v1/jobs")).json()["jobs"]
             assert [j["state"] for j in listed] == ["running"]
