@@ -40,3 +40,12 @@ def _smollm2() -> Any:
     finally:
         sys.path.pop(0)
     return smollm2
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-report",
+        metavar="JSON",
+        default=None,
+        help="write what tests/e2e/chaos measured into JSON and render the Markdown beside it",
+    )

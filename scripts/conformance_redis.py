@@ -22,6 +22,8 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    from redis import Redis
+
     from jobproto.conformance._server import STORE_ENV
     from jobproto.testing import redis_server
 
@@ -29,7 +31,12 @@ def main(argv: list[str]) -> int:
         print(f"conformance on Redis: redis-server on 127.0.0.1:{redis.port}", flush=True)
         command = [sys.executable, "-m", "jobproto.conformance", *argv]
         env = {**os.environ, STORE_ENV: redis.url}
-        return subprocess.run(command, env=env, check=False).returncode
+        code = subprocess.run(command, env=env, check=False).returncode
+        # the jobs went to Redis, not to the servers' memory
+        if code == 0 and not Redis.from_url(redis.url).keys("jobproto-conformance-*:job:*"):
+            print("conformance on Redis: no job reached Redis", file=sys.stderr, flush=True)
+            return 1
+        return code
 
 
 if __name__ == "__main__":
